@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Publish tasks (one per CSV row) to a durable RabbitMQ queue, every one confirmed.
+
+    python emitter_of_tasks.py                     # tasks.csv -> task_queue
+    python emitter_of_tasks.py --file jobs.csv --resume
+    python emitter_of_tasks.py --message "Hello..." --message "Bye."
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+
+from taskqueue import admin
+from taskqueue.cli import (
+    add_broker_options,
+    broker_settings,
+    on_stop_signals,
+    positive_int,
+    queue_spec,
+    run_script,
+)
+from taskqueue.config import DEFAULT_MAX_TASK_BYTES, mask_url
+from taskqueue.errors import EXIT_INCOMPLETE, UserError
+from taskqueue.progress import Progress, count_rows
+from taskqueue.publisher import DEFAULT_CONFIRM_WINDOW, ConfirmedPublisher, ResumeState
+from taskqueue.tasks import read_tasks, tasks_from_messages
+from util_logger import get_logger, log_dir
+
+SCRIPT = "emitter_of_tasks"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_argument_group("tasks")
+    source.add_argument("--file", default="tasks.csv",
+                        help="CSV file, one task per non-blank line; - reads stdin "
+                             "(default: %(default)s)")
+    source.add_argument("--header", action="store_true",
+                        help="the file has a header row; take the tasks from --column")
+    source.add_argument("--column", metavar="NAME|INDEX",
+                        help="with --header: the column holding the task (name, or number from 1;"
+                             " default: the first)")
+    source.add_argument("--message", action="append", metavar="TEXT",
+                        help="publish this task instead of the file (repeatable)")
+    source.add_argument("--max-task-bytes", type=positive_int, default=DEFAULT_MAX_TASK_BYTES,
+                        help="longest task accepted, in bytes (default: %(default)s)")
+    source.add_argument("--resume", action="store_true",
+                        help="continue this file after the last row confirmed by an earlier, "
+                             "interrupted run (state kept in logs/)")
+    parser.add_argument("--confirm-window", type=positive_int, default=DEFAULT_CONFIRM_WINDOW,
+                        help="messages in flight before waiting for confirms "
+                             "(default: %(default)s)")
+    panel = parser.add_argument_group("admin panel")
+    answer = panel.add_mutually_exclusive_group()
+    answer.add_argument("--admin", action="store_true", default=None,
+                        help="open the RabbitMQ admin panel without asking")
+    answer.add_argument("--no-admin", dest="admin", action="store_false",
+                        help="do not ask about the admin panel")
+    panel.add_argument("--admin-url", help="the panel's address (default: the broker's host, "
+                                           "port 15672)")
+    add_broker_options(parser)
+    args = parser.parse_args(argv)
+    if args.column and not args.header:
+        parser.error("--column needs --header")
+    if args.resume and (args.message or args.file == "-"):
+        parser.error("--resume needs a file (not --message or stdin)")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    log = get_logger(SCRIPT, args.log_level)
+    settings, spec = broker_settings(args), queue_spec(args)
+    maybe_offer_panel(args, settings.urls[0], log)
+
+    state = None if (args.message or args.file == "-") else ResumeState(
+        log_dir() / "emitter_state.json", args.file, spec.name)
+    skip = state.confirmed_through() if (state and args.resume) else 0
+    if args.message:
+        tasks, total = tasks_from_messages(args.message), len(args.message)
+    else:
+        tasks = read_tasks(args.file, header=args.header, column=args.column,
+                           max_bytes=args.max_task_bytes, skip_through=skip)
+        total = count_rows(args.file)
+    if skip:
+        log.info("resuming %s after row %d (confirmed by an earlier run)", args.file, skip)
+
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    log.info("publishing to queue %r at %s (run %s)", spec.name, mask_url(settings.urls[0]), run_id)
+    progress = Progress(log, None if skip else total)
+    publisher = ConfirmedPublisher(settings, spec, tasks, log, window=args.confirm_window,
+                                   run_id=run_id, on_tick=progress.update, state=state)
+    on_stop_signals(lambda: publisher.call_threadsafe(publisher.request_stop))
+    try:
+        publisher.run()
+    finally:
+        progress.done()
+        publisher.save_state(complete=publisher.stats.rejected == 0 and not publisher.stop_requested
+                             and publisher.input_error is None)
+    return report(publisher, args, log)
+
+
+def maybe_offer_panel(args: argparse.Namespace, broker_url: str, log) -> None:
+    """Ask only a person at a terminal; --admin/--no-admin answer up front."""
+    want = args.admin
+    if want is None and sys.stdin.isatty() and args.file != "-":
+        want = admin.ask_yes_no("Would you like to monitor RabbitMQ queues?")
+    if want:
+        admin.offer_panel(admin.admin_url(broker_url, args.admin_url), True, log.info)
+
+
+def report(publisher: ConfirmedPublisher, args: argparse.Namespace, log) -> int:
+    """The end-of-run summary; the exit code says whether every row read was confirmed."""
+    stats = publisher.stats
+    depth = "?" if stats.queue_depth is None else stats.queue_depth
+    consumers = "?" if stats.consumers is None else stats.consumers
+    log.info("summary: %d rows read, %d confirmed, %d rejected, %d republished after a "
+             "connection loss, %.2f s, %.0f msg/s; queue %r now holds %s messages, %s consumers",
+             stats.read, stats.confirmed, stats.rejected, stats.republished, stats.seconds,
+             stats.rate, publisher.queue.name, depth, consumers)
+    through = publisher.confirmed_through()
+    if publisher.input_error:
+        raise UserError(f"{publisher.input_error} (rows up to {through} were published; fix the "
+                        "file and run again with --resume to continue from there)",
+                        publisher.input_error.exit_code)
+    if stats.rejected:
+        raise UserError(f"{stats.rejected} rows were refused by the broker (see the log); "
+                        "run again with --resume to retry from the first refused row",
+                        EXIT_INCOMPLETE)
+    if publisher.stop_requested:
+        log.warning("stopped on request: every row up to %d is confirmed; run again with "
+                    "--resume to continue", through)
+    return 0
+
+
+if __name__ == "__main__":
+    run_script(SCRIPT, main)

@@ -1,0 +1,98 @@
+"""What both scripts share on the command line: broker options, logging, and the rule that a
+user error is one line on stderr with an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable
+
+from taskqueue.config import (
+    DEFAULT_DELIVERY_LIMIT,
+    DEFAULT_QUEUE,
+    BrokerSettings,
+    QueueSpec,
+    TlsOptions,
+    broker_urls,
+    with_credentials,
+)
+from taskqueue.errors import UserError
+from util_logger import LEVELS
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def add_broker_options(parser: argparse.ArgumentParser) -> None:
+    """--url, --queue and friends, identical in both scripts."""
+    group = parser.add_argument_group("broker")
+    group.add_argument("--url", action="append", metavar="URL",
+                       help="AMQP URL, amqp:// or amqps://; repeat it for fail-over across nodes "
+                            "(default: $RABBITMQ_URL, which may be a comma-separated list, else "
+                            "amqp://guest:guest@localhost:5672/%%2F)")
+    group.add_argument("--credentials-file", metavar="PATH",
+                       help="file whose first line is USER:PASSWORD, used instead of the URL's "
+                            "(keeps the password off the command line)")
+    group.add_argument("--queue", default=DEFAULT_QUEUE,
+                       help="durable task queue (default: %(default)s)")
+    group.add_argument("--queue-type", choices=("classic", "quorum"), default="classic",
+                       help="classic (default; matches a queue made by the RabbitMQ tutorial) or "
+                            "quorum (replicated across a cluster)")
+    group.add_argument("--delivery-limit", type=positive_int, default=DEFAULT_DELIVERY_LIMIT,
+                       help="quorum queues: deliveries before the broker dead-letters a message "
+                            "that keeps killing workers (default: %(default)s)")
+    group.add_argument("--connect-timeout", type=positive_float, default=60.0, metavar="SECONDS",
+                       help="keep trying to (re)connect this long before giving up "
+                            "(default: %(default)s)")
+    group.add_argument("--ca-file", help="CA certificate(s) to verify an amqps:// broker")
+    group.add_argument("--cert-file", help="client certificate for amqps:// (optional)")
+    group.add_argument("--key-file", help="client certificate's private key (optional)")
+    parser.add_argument("--log-level", default="INFO", choices=LEVELS,
+                        help="console and log file detail (default: %(default)s)")
+
+
+def broker_settings(args: argparse.Namespace) -> BrokerSettings:
+    urls = [with_credentials(url, args.credentials_file) for url in broker_urls(args.url)]
+    return BrokerSettings(urls=urls, connect_timeout=args.connect_timeout,
+                          tls=TlsOptions(args.ca_file, args.cert_file, args.key_file))
+
+
+def queue_spec(args: argparse.Namespace) -> QueueSpec:
+    return QueueSpec(args.queue, args.queue_type, args.delivery_limit)
+
+
+def on_stop_signals(handler: Callable[[], None]) -> None:
+    """Call *handler* on Ctrl+C (SIGINT) and SIGTERM instead of raising KeyboardInterrupt."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _signum, _frame: handler())
+
+
+def run_script(script: str, main: Callable[[], int]) -> None:
+    """Run *main*; turn a UserError into one line on stderr and its exit code."""
+    try:
+        code = main()
+    except UserError as error:
+        print(f"{script}: error: {error}", file=sys.stderr)
+        code = error.exit_code
+    except KeyboardInterrupt:  # before the signal handlers were installed
+        print(f"{script}: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

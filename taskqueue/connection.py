@@ -1,0 +1,282 @@
+"""Connect to the first broker that answers; on loss, reconnect with capped backoff and jitter.
+
+``BrokerSession`` owns one pika ``SelectConnection`` at a time (asynchronous, so heartbeats
+keep flowing whatever the work does) and one channel on it. It tries the URLs in order, fails
+over to the next on loss, and gives up with a clear ``UserError`` once ``connect_timeout``
+seconds pass without a connection. Subclasses (the publisher and the consumer) only say what
+to do when a channel is ready and when it is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import pika
+import pika.exceptions as pe
+from pika.adapters.select_connection import IOLoop
+from pika.channel import Channel
+
+from taskqueue.config import BrokerSettings, QueueSpec, TlsOptions, mask_url, url_user
+from taskqueue.errors import EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_UNREACHABLE, UserError
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: 0.5 s, 1 s, 2 s ... up to *cap* seconds,
+    each drawn at random below that bound so that many workers do not reconnect in step."""
+
+    def __init__(self, first: float = 0.5, cap: float = 10.0) -> None:
+        self.first, self.cap, self.attempt = first, cap, 0
+
+    def next_delay(self) -> float:
+        bound = min(self.cap, self.first * 2 ** self.attempt)
+        self.attempt += 1
+        return random.uniform(bound / 2, bound)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def connection_parameters(url: str, settings: BrokerSettings) -> pika.URLParameters:
+    """pika parameters for *url*, with TLS verification on for amqps://."""
+    params = pika.URLParameters(url)
+    params.connection_attempts = 1  # BrokerSession does the retrying, with backoff and failover
+    params.socket_timeout = min(10.0, max(1.0, settings.connect_timeout))
+    params.blocked_connection_timeout = 300
+    if settings.heartbeat is not None:
+        params.heartbeat = settings.heartbeat
+    if urlsplit(url).scheme == "amqps":
+        params.ssl_options = pika.SSLOptions(tls_context(settings.tls), urlsplit(url).hostname)
+    return params
+
+
+def tls_context(tls: TlsOptions) -> ssl.SSLContext:
+    """A verifying TLS context: the system CAs, or ``--ca-file``; a client certificate if given."""
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise UserError(f"cannot load TLS files ({exc}); check --ca-file, --cert-file and "
+                        "--key-file", EXIT_BAD_INPUT) from None
+    return context
+
+
+def explain_connect_error(exc: BaseException, url: str) -> tuple[bool, str]:
+    """(fatal, reason) for a failed connection attempt. Fatal errors are the broker saying no,
+    which waiting will not change; the others (refused, timeout, reset) are worth retrying."""
+    where = mask_url(url)
+    text = repr(exc)
+    if isinstance(exc, (pe.ProbableAuthenticationError, pe.AuthenticationError)):
+        return True, (f"RabbitMQ at {where} refused the login of user {url_user(url)!r}; check the "
+                      "user and password in --url / RABBITMQ_URL (guest works only on localhost)")
+    if isinstance(exc, pe.ProbableAccessDeniedError):
+        vhost = urlsplit(url).path.lstrip("/") or "%2F"
+        return True, (f"RabbitMQ at {where} refused access to virtual host {vhost!r} (it does not "
+                      "exist or the user has no permission); create it with 'rabbitmqctl add_vhost'"
+                      " and 'rabbitmqctl set_permissions', or fix the URL")
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return True, (f"the TLS certificate of {where} could not be verified; pass the CA that "
+                      "signed it with --ca-file")
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+        return True, (f"{where} does not speak TLS (a plain AMQP port?); use amqp:// or the "
+                      "broker's TLS port (usually 5671)")
+    if isinstance(exc, pe.IncompatibleProtocolError):
+        return False, "the port answered but not as an AMQP broker (wrong port, or TLS port?)"
+    if "Connection refused" in text:
+        return False, "connection refused (is RabbitMQ running on that host and port?)"
+    if "timed out" in text.lower() or "Timeout" in text:
+        return False, "timed out"
+    if "Name or service not known" in text or "getaddrinfo" in text:
+        return False, "host name not found"
+    return False, text[:200]
+
+
+def explain_channel_error(exc: BaseException, queue: str) -> UserError | None:
+    """A UserError for a channel the broker closed because of something the user must fix,
+    else None (a transient loss worth reconnecting for)."""
+    if not isinstance(exc, pe.ChannelClosedByBroker):
+        return None
+    if exc.reply_code == 406 and "inequivalent arg" in exc.reply_text:
+        return UserError(
+            f"queue {queue!r} already exists with other arguments ({exc.reply_text.split(' - ')[-1]});"
+            f" use another --queue, match its --queue-type, or delete it with "
+            f"'rabbitmqctl delete_queue {queue}' if its messages can go", EXIT_REFUSED)
+    if exc.reply_code == 403:
+        return UserError(f"RabbitMQ refused an operation on queue {queue!r}: {exc.reply_text}; "
+                         "grant the user configure/write/read permissions on the vhost",
+                         EXIT_REFUSED)
+    if exc.reply_code == 405:
+        return UserError(f"queue {queue!r} is locked by another connection ({exc.reply_text})",
+                         EXIT_REFUSED)
+    return None
+
+
+class BrokerSession:
+    """One channel to the broker, kept open across broker restarts and node failures.
+
+    Contract for subclasses:
+      * ``on_channel_ready(channel)``: the channel is open; declare, consume or publish.
+      * ``on_channel_lost()``: the channel is gone (messages in flight are unconfirmed / will
+        be redelivered); a new ``on_channel_ready`` follows once reconnected.
+      * call ``finish()`` when done: closes the connection and makes ``run()`` return.
+      * call ``fail(error)`` for an error that retrying cannot fix.
+    ``run()`` blocks in the I/O loop and raises the UserError given to ``fail`` (or the
+    connect timeout) once the loop ends.
+    """
+
+    def __init__(self, settings: BrokerSettings, queue: QueueSpec, log: logging.Logger) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.log = log
+        self.ioloop = IOLoop()
+        self.channel: Channel | None = None
+        self._connection: pika.SelectConnection | None = None
+        self._url_index = 0
+        self._backoff = Backoff()
+        self._deadline = 0.0
+        self._finishing = False
+        self._error: UserError | None = None
+        self._last_reason = ""
+        self.connections_made = 0
+
+    # --- the public surface -------------------------------------------------------------
+    def run(self) -> None:
+        self._deadline = time.monotonic() + self.settings.connect_timeout
+        self._connect()
+        self.ioloop.start()
+        if self._error:
+            raise self._error
+
+    def finish(self) -> None:
+        """Close the connection cleanly and end ``run()``."""
+        self._finishing = True
+        if self._connection and self._connection.is_open:
+            self._connection.close()
+        elif not (self._connection and self._connection.is_closing):
+            self.ioloop.stop()
+
+    def fail(self, error: UserError) -> None:
+        self._error = self._error or error
+        self.finish()
+
+    def call_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run *callback* on the I/O thread (from a work thread or a signal handler)."""
+        self.ioloop.add_callback_threadsafe(callback)
+
+    @property
+    def url(self) -> str:
+        return self.settings.urls[self._url_index % len(self.settings.urls)]
+
+    # --- for subclasses ------------------------------------------------------------------
+    def on_channel_ready(self, channel: Channel) -> None:
+        raise NotImplementedError
+
+    def on_channel_lost(self) -> None:
+        """Default: nothing to clean up."""
+
+    # --- connection lifecycle --------------------------------------------------------------
+    def _connect(self) -> None:
+        if self._finishing:
+            self.ioloop.stop()
+            return
+        try:
+            params = connection_parameters(self.url, self.settings)
+        except UserError as exc:
+            self.fail(exc)
+            return
+        self.log.debug("connecting to %s", mask_url(self.url))
+        self._connection = pika.SelectConnection(
+            params, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_closed, custom_ioloop=self.ioloop)
+
+    def _on_open(self, connection: pika.SelectConnection) -> None:
+        self.connections_made += 1
+        again = " again" if self.connections_made > 1 else ""
+        self.log.info("connected%s to %s", again, mask_url(self.url))
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_open_error(self, _connection: object, exc: BaseException) -> None:
+        fatal, reason = explain_connect_error(exc, self.url)
+        if fatal:
+            self._error = UserError(reason, EXIT_REFUSED)
+            self.ioloop.stop()
+            return
+        self._last_reason = reason
+        self._retry_later(f"cannot reach {mask_url(self.url)}: {reason}")
+
+    def _retry_later(self, why: str) -> None:
+        if self._finishing:
+            self.ioloop.stop()
+            return
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            self._error = UserError(
+                f"no RabbitMQ broker answered at {', '.join(map(mask_url, self.settings.urls))} "
+                f"within {self.settings.connect_timeout:g} s ({self._last_reason}); start the "
+                "broker, check --url / RABBITMQ_URL, or raise --connect-timeout", EXIT_UNREACHABLE)
+            self.ioloop.stop()
+            return
+        self._url_index += 1  # fail over: the next attempt goes to the next URL in the list
+        delay = min(self._backoff.next_delay(), remaining)
+        self.log.warning("%s; retrying in %.1f s (attempt %d)", why, delay, self._backoff.attempt)
+        self.ioloop.call_later(delay, self._connect)
+
+    def _on_channel_open(self, channel: Channel) -> None:
+        self.channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        self._backoff.reset()
+        self.on_channel_ready(channel)
+
+    def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        if channel is not self.channel:
+            return
+        self.channel = None
+        self.on_channel_lost()
+        if self._finishing:
+            return
+        error = explain_channel_error(reason, self.queue.name)
+        if error:
+            self.fail(error)
+            return
+        text = str(reason)
+        if "delivery acknowledgement" in text and "timed out" in text:
+            self.log.error("the broker closed the channel: a task ran longer than its "
+                           "consumer_timeout (rabbitmq.conf, default 1800000 ms); the task is "
+                           "redelivered. Raise consumer_timeout for tasks that long.")
+        else:
+            self.log.warning("channel closed by the broker: %s", reason)
+        # A closed channel on a live connection: start over on a fresh connection.
+        if self._connection and self._connection.is_open:
+            self._connection.close()
+
+    def _on_closed(self, _connection: object, reason: BaseException) -> None:
+        if self.channel is not None:
+            self.channel = None
+            self.on_channel_lost()
+        if self._finishing:
+            self.ioloop.stop()
+            return
+        self._last_reason = str(reason) or type(reason).__name__
+        self._deadline = time.monotonic() + self.settings.connect_timeout
+        self._retry_later(f"connection to {mask_url(self.url)} lost ({self._last_reason})")
+
+
+def declare_queues(channel: Channel, spec: QueueSpec, on_done: Callable[[], None]) -> None:
+    """Declare the task queue and its companions (durable, same arguments in both scripts),
+    one after the other, then call *on_done*. A mismatch closes the channel with 406, which
+    ``BrokerSession`` turns into a clear error."""
+    pending = list(spec.declarations())
+
+    def declare_next(_frame: object = None) -> None:
+        if not pending:
+            on_done()
+            return
+        name, arguments = pending.pop(0)
+        channel.queue_declare(name, durable=True, arguments=arguments, callback=declare_next)
+
+    declare_next()

@@ -1,0 +1,174 @@
+"""CSV rows -> tasks, and how long a task takes.
+
+Without a header, every non-blank line *is* a task, exactly as the user wrote it: the line
+``Resize a.png, b.png...`` becomes that text, commas and all. With ``--header --column``, the
+file is parsed as CSV and one column is taken. Files are streamed line by line, so memory does
+not grow with the number of rows, and every error names the file and the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from taskqueue.config import DEFAULT_MAX_TASK_BYTES
+from taskqueue.errors import UserError
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: its text, where it came from, and a stable id for spotting duplicates."""
+
+    text: str
+    row: int  # line number in the source file (1-based), or position among --message tasks
+    source: str  # file name, "<stdin>" or "<message>"
+    message_id: str
+
+
+class CsvError(UserError):
+    """A problem in the task file; ``row`` is the bad line."""
+
+    def __init__(self, message: str, row: int = 0) -> None:
+        super().__init__(message)
+        self.row = row
+
+
+def message_id(source: str, row: int, text: str) -> str:
+    """A stable id: the same row of the same file always gets the same id, so a consumer can
+    recognise a message published twice (after a connection loss) as one task."""
+    digest = hashlib.sha1(f"{source}\0{row}\0{text}".encode()).hexdigest()[:12]
+    return f"{Path(source).name}:{row}:{digest}"
+
+
+def seconds_for(text: str, seconds_per_dot: float) -> float:
+    """The simulated work: a fixed time per '.' in the task text."""
+    return text.count(".") * seconds_per_dot
+
+
+def tasks_from_messages(messages: list[str]) -> Iterator[Task]:
+    """Tasks given on the command line with --message, numbered from 1."""
+    for number, text in enumerate(messages, start=1):
+        if not text.strip():
+            raise CsvError(f"--message number {number} is blank; give the task text", number)
+        yield Task(text, number, "<message>", message_id("<message>", number, text))
+
+
+def open_task_file(path: str) -> tuple[BinaryIO, str]:
+    """Open *path* (``-`` for stdin) for binary reading; return it and its display name."""
+    if path == "-":
+        return sys.stdin.buffer, "<stdin>"
+    try:
+        return open(path, "rb"), path
+    except FileNotFoundError:
+        raise CsvError(f"task file {path!r} not found; pass --file PATH (or - for stdin)") from None
+    except IsADirectoryError:
+        raise CsvError(f"task file {path!r} is a directory; pass --file PATH to a CSV file") from None
+    except OSError as exc:
+        raise CsvError(f"cannot read task file {path!r}: {exc.strerror}") from None
+
+
+def read_lines(stream: BinaryIO, name: str, max_bytes: int) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text without line ending) for every line; check size, NUL, UTF-8."""
+    number = 0
+    while True:
+        raw = stream.readline(max_bytes + 3)  # bounded: one huge line cannot eat the memory
+        if not raw:
+            return
+        number += 1
+        line = raw.rstrip(b"\r\n")
+        if len(line) > max_bytes:
+            raise CsvError(f"{name} line {number}: longer than {max_bytes} bytes; split the task "
+                           "or raise --max-task-bytes", number)
+        if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]  # a BOM from spreadsheet exports is not part of the first task
+        if b"\0" in line:
+            raise CsvError(f"{name} line {number}: contains a NUL byte (binary file?); "
+                           "save it as plain UTF-8 text", number)
+        try:
+            yield number, line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CsvError(f"{name} line {number}: not valid UTF-8 (byte 0x{line[exc.start]:02x} "
+                           f"at column {exc.start + 1}); save the file as UTF-8", number) from None
+
+
+def read_tasks(path: str, *, header: bool = False, column: str | None = None,
+               max_bytes: int = DEFAULT_MAX_TASK_BYTES, skip_through: int = 0) -> Iterator[Task]:
+    """Stream the tasks of *path*. Rows numbered <= *skip_through* are read but not yielded
+    (that is how --resume continues after the last confirmed row)."""
+    stream, name = open_task_file(path)
+    source = name if name == "<stdin>" else str(Path(path).resolve())
+    try:
+        lines = read_lines(stream, name, max_bytes)
+        rows = _column_rows(lines, name, column) if header else _plain_rows(lines)
+        seen_any = False
+        for number, text in rows:
+            seen_any = True
+            if number > skip_through:
+                yield Task(text, number, name, message_id(source, number, text))
+        if not seen_any:
+            raise CsvError(f"{name} has no tasks (it is empty or blank); put one task per line")
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def _plain_rows(lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    for number, text in lines:
+        if text.strip():
+            yield number, text
+
+
+def _column_rows(lines: Iterator[tuple[int, str]], name: str,
+                 column: str | None) -> Iterator[tuple[int, str]]:
+    """Parse CSV records (quoted fields may span lines) and take one column of each."""
+    header_row: list[str] | None = None
+    index = 0
+    for number, record in _csv_records(lines, name):
+        if header_row is None:
+            header_row = record
+            index = _column_index(header_row, column, name)
+            continue
+        if not any(field.strip() for field in record):
+            continue
+        if index >= len(record):
+            raise CsvError(f"{name} line {number}: has {len(record)} fields, column "
+                           f"{column or 1!s} needs {index + 1}", number)
+        if record[index].strip():
+            yield number, record[index]
+
+
+def _csv_records(lines: Iterator[tuple[int, str]], name: str) -> Iterator[tuple[int, list[str]]]:
+    pending: list[str] = []
+    start = 0
+    for number, text in lines:
+        if not pending:
+            start = number
+        pending.append(text)
+        if sum(len(part) for part in pending) > 1024 * 1024:
+            raise CsvError(f"{name} line {start}: a quoted field is never closed", start)
+        try:
+            records = list(csv.reader(io.StringIO("\n".join(pending)), strict=True))
+        except csv.Error:
+            continue  # an open quote: the record goes on over the next line
+        pending = []
+        yield start, (records[0] if records else [])
+    if pending:
+        raise CsvError(f"{name} line {start}: a quoted field is never closed", start)
+
+
+def _column_index(header_row: list[str], column: str | None, name: str) -> int:
+    if column is None:
+        return 0
+    names = [h.strip() for h in header_row]
+    if column in names:
+        return names.index(column)
+    if column.isdigit() and 1 <= int(column) <= len(names):
+        return int(column) - 1
+    raise CsvError(f"{name}: no column {column!r} in the header (columns: {', '.join(names)}); "
+                   "pass --column NAME or a number from 1", 1)
