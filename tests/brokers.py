@@ -1,0 +1,91 @@
+"""Throwaway RabbitMQ nodes for tests that restart, stop or reconfigure a broker.
+
+Each node has its own name, ports, config and data dir under a temp dir owned by the rabbitmq
+user; the main broker on 5672 is never touched. Always ``stop()`` (the fixtures do)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ctl(node: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(["rabbitmqctl", "-n", node, *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+class ThrowawayBroker:
+    """A RabbitMQ node on 127.0.0.1:<port>, configured by *conf* lines."""
+
+    def __init__(self, conf: list[str] | None = None, plugins: str = "[].",
+                 name: str | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dist_port = free_port()
+        self.node = f"{name or 'tq' + str(self.port)}@localhost"
+        self.dir = Path(tempfile.mkdtemp(prefix="tq-broker-"))
+        shutil.chown(self.dir, "rabbitmq", "rabbitmq")
+        os.chmod(self.dir, 0o755)
+        lines = [f"listeners.tcp.default = 127.0.0.1:{self.port}", "loopback_users = none",
+                 *(conf or [])]
+        self._write("rabbitmq.conf", "\n".join(lines) + "\n")
+        self._write("enabled_plugins", plugins + "\n")
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def _write(self, name: str, text: str) -> None:
+        path = self.dir / name
+        path.write_text(text)
+        shutil.chown(path, "rabbitmq", "rabbitmq")
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            RABBITMQ_NODENAME=self.node, RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq.conf"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
+            RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"), RABBITMQ_LOG_BASE=str(self.dir / "log"),
+            RABBITMQ_PID_FILE=str(self.dir / "pid"))
+        return env
+
+    def start(self, timeout: float = 60) -> ThrowawayBroker:
+        subprocess.run(["rabbitmq-server", "-detached"], env=self.env(), check=True,
+                       capture_output=True, timeout=30)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # await_startup fails until the node registers
+            if ctl(self.node, "await_startup", "--timeout", "30").returncode == 0:
+                return self
+            time.sleep(0.3)
+        raise RuntimeError(f"broker node {self.node} did not start; see {self.dir}/log")
+
+    def stop(self) -> None:
+        ctl(self.node, "stop")
+
+    def stop_app(self) -> None:
+        """The broker goes down (all connections closed) but the Erlang VM stays: fast."""
+        assert ctl(self.node, "stop_app").returncode == 0
+
+    def start_app(self) -> None:
+        assert ctl(self.node, "start_app").returncode == 0
+
+    def restart(self, down_for: float = 0.5) -> None:
+        self.stop_app()
+        time.sleep(down_for)
+        self.start_app()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

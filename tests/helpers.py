@@ -1,0 +1,139 @@
+"""Running the real scripts as subprocesses, and looking at queues on a real broker."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pika
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+def script_env(log_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("RABBITMQ_URL", None)
+    env["TASKQUEUE_LOG_DIR"] = str(log_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["BROWSER"] = "true"  # webbrowser.open must never start a real browser in tests
+    return env
+
+
+def run_script(name: str, *args: str, log_dir: Path, timeout: float = 60,
+               stdin: object = subprocess.DEVNULL, input: str | None = None
+               ) -> subprocess.CompletedProcess:
+    kwargs = {"input": input} if input is not None else {"stdin": stdin}
+    return subprocess.run([sys.executable, str(ROOT / name), *args], capture_output=True,
+                          text=True, timeout=timeout, env=script_env(log_dir), cwd=ROOT, **kwargs)
+
+
+def start_worker(*args: str, log_dir: Path, out: Path) -> subprocess.Popen:
+    handle = open(out, "w")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen([sys.executable, str(ROOT / "listening_worker.py"), *args],
+                            stdout=handle, stderr=subprocess.STDOUT, env=script_env(log_dir),
+                            cwd=ROOT, stdin=subprocess.DEVNULL)
+
+
+def consumers(name: str, url: str = MAIN_URL) -> int:
+    state = queue_state(name, url)
+    return state[1] if state else 0
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+DONE_LINE = re.compile(r"\[(?P<worker>[^\]]+)\] done row (?P<row>\d+)")
+
+
+def done_rows(*outputs: Path) -> Counter:
+    """(worker, row) of every 'done' line in the workers' outputs."""
+    rows: Counter = Counter()
+    for path in outputs:
+        for match in DONE_LINE.finditer(path.read_text()):
+            rows[(match["worker"], int(match["row"]))] += 1
+    return rows
+
+
+def queue_state(name: str, url: str = MAIN_URL) -> tuple[int, int] | None:
+    """(ready messages, consumers) of a queue, by a passive declare; None if there is none."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        frame = connection.channel().queue_declare(name, passive=True)
+        return frame.method.message_count, frame.method.consumer_count
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return None
+        raise
+    finally:
+        connection.close()
+
+
+def unacked(name: str, node: str = "rabbit@localhost") -> int:
+    out = subprocess.run(["rabbitmqctl", "-n", node, "list_queues", "-q", "--no-table-headers",
+                          "name", "messages_unacknowledged"], capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0] == name:
+            return int(parts[1])
+    raise AssertionError(f"queue {name} not found")
+
+
+def drain(name: str, url: str = MAIN_URL) -> list[tuple[pika.BasicProperties, bytes]]:
+    """Take every ready message off a queue (acked) and return them."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    messages = []
+    try:
+        channel = connection.channel()
+        while True:
+            method, properties, body = channel.basic_get(name, auto_ack=True)
+            if method is None:
+                return messages
+            messages.append((properties, body))
+    finally:
+        connection.close()
+
+
+def publish_raw(name: str, bodies: list[bytes], url: str = MAIN_URL) -> None:
+    """Publish bodies as they are (for bad-message tests), persistent, confirmed."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(name, durable=True)
+        for number, body in enumerate(bodies, start=1):
+            channel.basic_publish("", name, body, pika.BasicProperties(
+                delivery_mode=2, message_id=f"raw-{number}", headers={"row": number}))
+    finally:
+        connection.close()
+
+
+def delete_queues(base: str, url: str = MAIN_URL) -> None:
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+    except pika.exceptions.AMQPError:
+        return
+    try:
+        for suffix in ("", ".retry", ".dead", ".events"):
+            channel = connection.channel()
+            channel.queue_delete(base + suffix)
+    finally:
+        connection.close()
+
+
+def write_csv(path: Path, rows: list[str]) -> Path:
+    path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+    return path

@@ -1,0 +1,86 @@
+"""URLs, credentials, queue arguments, progress text: pure logic, no broker."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from taskqueue.admin import admin_url
+from taskqueue.config import QueueSpec, broker_urls, mask_url, with_credentials
+from taskqueue.connection import Backoff
+from taskqueue.errors import UserError
+from taskqueue.progress import Progress
+from taskqueue.publisher import PublishStats
+
+
+def test_url_precedence_cli_env_default():
+    assert broker_urls(["amqp://h1"], {"RABBITMQ_URL": "amqp://h2"}) == ["amqp://h1"]
+    assert broker_urls(None, {"RABBITMQ_URL": "amqp://h2, amqp://h3"}) == ["amqp://h2", "amqp://h3"]
+    assert broker_urls(None, {}) == ["amqp://guest:guest@localhost:5672/%2F"]
+
+
+@pytest.mark.parametrize("url", ["http://h", "amqp://", "amqp://u:secret@h:99999/", "amqp://h:x/"])
+def test_bad_urls_are_refused_without_the_password(url):
+    with pytest.raises(UserError) as caught:
+        broker_urls([url], {})
+    assert "secret" not in str(caught.value)
+
+
+def test_mask_url_hides_only_the_password():
+    assert mask_url("amqp://bob:s3cr%40t@host:5672/v") == "amqp://bob:***@host:5672/v"
+    assert mask_url("amqp://host/") == "amqp://host/"
+    assert "s3cret" not in mask_url("amqp://bob:s3cret@host:notaport/")
+
+
+def test_credentials_file(tmp_path):
+    creds = tmp_path / "creds"
+    creds.write_text("alice:p@ss:word\n")
+    url = with_credentials("amqp://guest:guest@h:5672/%2F", str(creds))
+    assert url == "amqp://alice:p%40ss%3Aword@h:5672/%2F"
+    creds.write_text("nocolon\n")
+    with pytest.raises(UserError, match="USER:PASSWORD"):
+        with_credentials("amqp://h/", str(creds))
+
+
+def test_classic_queue_has_no_arguments_and_quorum_dead_letters():
+    assert QueueSpec("q").arguments() == {}
+    args = QueueSpec("q", "quorum", delivery_limit=4).arguments()
+    assert args["x-queue-type"] == "quorum" and args["x-delivery-limit"] == 4
+    assert args["x-dead-letter-routing-key"] == "q.dead"
+    names = [name for name, _ in QueueSpec("q").declarations()]
+    assert names == ["q", "q.retry", "q.dead", "q.events"]
+
+
+def test_admin_url_never_has_the_password():
+    assert admin_url("amqp://u:secret@rabbit.example:5672/%2F") == \
+        "http://rabbit.example:15672/#/queues"
+    assert admin_url("amqps://h/", None).startswith("https://h:15672")
+    assert admin_url("amqp://h/", "http://x:1/") == "http://x:1/"
+
+
+def test_backoff_grows_and_is_capped():
+    backoff = Backoff(first=0.5, cap=4)
+    delays = [backoff.next_delay() for _ in range(8)]
+    assert all(0.25 <= d <= 4 for d in delays)
+    assert max(delays[4:]) > 1.0
+    backoff.reset()
+    assert backoff.next_delay() <= 0.5
+
+
+def test_progress_on_a_non_terminal_has_no_control_characters():
+    stream = io.StringIO()
+    log = logging.getLogger("progress-test")
+    handler = logging.StreamHandler(stream)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    progress = Progress(log, total=10, stream=io.StringIO())
+    stats = PublishStats(read=5, confirmed=4)
+    progress.update(stats, force=True)
+    progress.done()
+    text = stream.getvalue()
+    assert "4 confirmed" in text and "of 10" in text
+    assert not any(ord(ch) < 32 and ch != "\n" for ch in text)
+    terminal_bar = progress.bar(stats)
+    assert terminal_bar.startswith("[############")

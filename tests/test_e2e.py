@@ -1,0 +1,101 @@
+"""The real scripts against the real broker on 127.0.0.1:5672, one queue per test."""
+
+from __future__ import annotations
+
+import signal
+
+import pika
+
+from tests.helpers import (
+    MAIN_URL,
+    consumers,
+    done_rows,
+    queue_state,
+    run_script,
+    start_worker,
+    unacked,
+    wait_for,
+    write_csv,
+)
+
+
+def test_three_workers_share_a_csv_each_task_done_once(queue, logs, tmp_path):
+    rows = [f"task {n}" + "." * (n % 4) for n in range(1, 31)]
+    csv = write_csv(tmp_path / "tasks.csv", rows)
+    outs = [tmp_path / f"w{n}.out" for n in range(3)]
+    workers = [start_worker("--queue", queue, "--name", f"w{n}", "--seconds-per-dot", "0.01",
+                            "--exit-when-idle", "2", log_dir=logs, out=out)
+               for n, out in enumerate(outs)]
+    wait_for(lambda: consumers(queue) == 3, what="3 consumers")
+    emitted = run_script("emitter_of_tasks.py", "--queue", queue, "--file", str(csv), log_dir=logs)
+    assert emitted.returncode == 0, emitted.stderr
+    assert "30 rows read, 30 confirmed, 0 rejected" in emitted.stdout
+    assert [w.wait(timeout=60) for w in workers] == [0, 0, 0]
+
+    done = done_rows(*outs)
+    assert sorted(row for _, row in done) == list(range(1, 31)), "each task exactly once"
+    assert {worker for worker, _ in done} == {"w0", "w1", "w2"}, "every worker did some"
+    assert queue_state(queue) == (0, 0)
+    assert unacked(queue) == 0
+    summary = outs[0].read_text()
+    assert "worker w0:" in summary and "done" in summary
+    assert (logs / "listening_worker.log").exists() and (logs / "emitter_of_tasks.log").exists()
+
+
+def test_row_text_arrives_exactly_as_written(queue, logs, tmp_path):
+    csv = write_csv(tmp_path / "t.csv", ["Resize a.png, b.png...", "  padded, \"quoted\" ."])
+    assert run_script("emitter_of_tasks.py", "--queue", queue, "--file", str(csv),
+                      log_dir=logs).returncode == 0
+    connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+    channel = connection.channel()
+    bodies, props = [], []
+    for _ in range(2):
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        bodies.append(body.decode())
+        props.append(properties)
+    connection.close()
+    assert bodies == ["Resize a.png, b.png...", "  padded, \"quoted\" ."]
+    assert all(p.delivery_mode == 2 and p.message_id for p in props)
+    assert props[0].headers["row"] == 1
+
+
+def test_messages_from_the_command_line_and_stdin(queue, logs):
+    result = run_script("emitter_of_tasks.py", "--queue", queue, "--message", "one.",
+                        "--message", "two..", log_dir=logs)
+    assert result.returncode == 0 and "2 confirmed" in result.stdout
+    result = run_script("emitter_of_tasks.py", "--queue", queue, "--file", "-",
+                        input="three.\nfour.\n", log_dir=logs)
+    assert result.returncode == 0 and "2 confirmed" in result.stdout
+    assert queue_state(queue)[0] == 4
+
+
+def test_killed_worker_task_is_done_by_another(queue, logs, tmp_path):
+    slow = start_worker("--queue", queue, "--name", "doomed", "--seconds-per-dot", "1",
+                        log_dir=logs, out=tmp_path / "doomed.out")
+    wait_for(lambda: consumers(queue) == 1, what="first worker")
+    run_script("emitter_of_tasks.py", "--queue", queue, "--message", "long.....", log_dir=logs)
+    wait_for(lambda: "received" in (tmp_path / "doomed.out").read_text(), what="task received")
+    slow.send_signal(signal.SIGKILL)
+    slow.wait(timeout=10)
+    rescuer = start_worker("--queue", queue, "--name", "rescuer", "--seconds-per-dot", "0.01",
+                           "--exit-when-idle", "1.5", log_dir=logs, out=tmp_path / "rescuer.out")
+    assert rescuer.wait(timeout=60) == 0
+    out = (tmp_path / "rescuer.out").read_text()
+    assert "done row 1" in out and "redelivered" in out
+    assert queue_state(queue) == (0, 0)
+
+
+def test_emitter_without_a_terminal_never_asks(queue, logs):
+    result = run_script("emitter_of_tasks.py", "--queue", queue, "--message", "x", log_dir=logs,
+                        timeout=20)
+    assert result.returncode == 0
+    assert "Would you like" not in result.stdout + result.stderr
+
+
+def test_admin_with_the_panel_down_says_how_to_enable_it(queue, logs):
+    result = run_script("emitter_of_tasks.py", "--queue", queue, "--message", "x", "--admin",
+                        "--admin-url", "http://127.0.0.1:9/#/queues", log_dir=logs, timeout=20)
+    assert result.returncode == 0
+    assert "http://127.0.0.1:9/#/queues" in result.stdout
+    assert "does not answer" in result.stdout
+    assert "rabbitmq-plugins enable rabbitmq_management" in result.stdout

@@ -1,0 +1,104 @@
+"""CSV reading and dot counting: pure logic, no broker."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskqueue.tasks import CsvError, message_id, read_tasks, seconds_for, tasks_from_messages
+
+
+def texts(path, **kwargs):
+    return [(t.row, t.text) for t in read_tasks(str(path), **kwargs)]
+
+
+def test_each_nonblank_line_is_a_task_exactly_as_written(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"Hello.\r\n\n   \nResize a.png, b.png...\n\"quoted\", too.\n")
+    assert texts(path) == [(1, "Hello."), (4, "Resize a.png, b.png..."), (5, '"quoted", too.')]
+
+
+def test_header_and_column_by_name_or_number(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('id,task\n1,"Resize a.png, b.png..."\n2,"two\nlines."\n3,\n')
+    assert texts(path, header=True, column="task") == [(2, "Resize a.png, b.png..."),
+                                                       (3, "two\nlines.")]
+    assert texts(path, header=True, column="1") == [(2, "1"), (3, "2"), (5, "3")]
+
+
+def test_unknown_column_names_the_columns(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("id,task\n1,x\n")
+    with pytest.raises(CsvError, match="no column 'job'.*columns: id, task"):
+        list(read_tasks(str(path), header=True, column="job"))
+
+
+def test_skip_through_resumes_after_a_row(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a\nb\nc\n")
+    assert texts(path, skip_through=2) == [(3, "c")]
+
+
+@pytest.mark.parametrize(("content", "message", "row"), [
+    (b"", "has no tasks", 0),
+    (b"\n  \n", "has no tasks", 0),
+    (b"ok.\nbad \xff byte\n", r"line 2: not valid UTF-8 \(byte 0xff at column 5\)", 2),
+    (b"ok.\nnul\0here\n", "line 2: contains a NUL byte", 2),
+    (b"ok.\n" + b"x" * 100 + b"\n", "line 2: longer than 50 bytes", 2),
+])
+def test_bad_files_name_the_line(tmp_path, content, message, row):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    tasks = read_tasks(str(path), max_bytes=50)
+    with pytest.raises(CsvError, match=message) as caught:
+        list(tasks)
+    assert caught.value.row == row
+    assert "bad.csv" in str(caught.value)
+
+
+def test_rows_before_a_bad_line_are_yielded_first(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"one.\ntwo.\n\xfe\n")
+    tasks = read_tasks(str(path))
+    assert [next(tasks).text, next(tasks).text] == ["one.", "two."]
+    with pytest.raises(CsvError):
+        next(tasks)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(CsvError, match="not found; pass --file"):
+        list(read_tasks(str(tmp_path / "nope.csv")))
+    with pytest.raises(CsvError, match="is a directory"):
+        list(read_tasks(str(tmp_path)))
+
+
+def test_bom_is_dropped(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"\xef\xbb\xbfFirst.\n")
+    assert texts(path) == [(1, "First.")]
+
+
+def test_message_ids_are_stable_and_distinct():
+    assert message_id("/a/t.csv", 1, "x") == message_id("/a/t.csv", 1, "x")
+    assert message_id("/a/t.csv", 1, "x") != message_id("/a/t.csv", 2, "x")
+    assert message_id("/a/t.csv", 1, "x").startswith("t.csv:1:")
+
+
+def test_messages_and_blank_message():
+    assert [t.text for t in tasks_from_messages(["a.", "b.."])] == ["a.", "b.."]
+    with pytest.raises(CsvError, match="--message number 2 is blank"):
+        list(tasks_from_messages(["a", " "]))
+
+
+def test_seconds_per_dot():
+    assert seconds_for("Hello...", 1.0) == 3.0
+    assert seconds_for("none", 1.0) == 0.0
+    assert seconds_for("a.b.", 0.25) == 0.5
+
+
+def test_a_large_file_is_streamed(tmp_path):
+    path = tmp_path / "big.csv"
+    with open(path, "w") as handle:
+        for number in range(200_000):
+            handle.write(f"task {number}.\n")
+    count = sum(1 for _ in read_tasks(str(path)))
+    assert count == 200_000
