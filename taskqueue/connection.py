@@ -103,7 +103,8 @@ def explain_channel_error(exc: BaseException, queue: str) -> UserError | None:
         return None
     if exc.reply_code == 406 and "inequivalent arg" in exc.reply_text:
         return UserError(
-            f"queue {queue!r} already exists with other arguments ({exc.reply_text.split(' - ')[-1]});"
+            f"queue {queue!r} already exists with other arguments "
+            f"({exc.reply_text.split(' - ')[-1]});"
             f" use another --queue, match its --queue-type, or delete it with "
             f"'rabbitmqctl delete_queue {queue}' if its messages can go", EXIT_REFUSED)
     if exc.reply_code == 403:

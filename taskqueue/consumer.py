@@ -67,7 +67,8 @@ class WorkThread:
         self._jobs: queue_module.SimpleQueue = queue_module.SimpleQueue()
         threading.Thread(target=self._loop, name="work", daemon=True).start()
 
-    def submit(self, job: Callable[[], None], on_done: Callable[[BaseException | None], None]) -> None:
+    def submit(self, job: Callable[[], None],
+               on_done: Callable[[BaseException | None], None]) -> None:
         self._jobs.put((job, on_done))
 
     def _loop(self) -> None:
@@ -161,7 +162,8 @@ class TaskConsumer(BrokerSession):
         if self._stop_requests == 1:
             if self.in_hand:
                 self.log.warning("[%s] stopping after the task in hand (%s); press Ctrl+C again "
-                                 "to requeue it and stop now", self.options.name, self.in_hand.label())
+                                 "to requeue it and stop now", self.options.name,
+                                 self.in_hand.label())
             self._cancel_consumer()
             self._finish_if_idle()
             return

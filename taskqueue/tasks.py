@@ -68,7 +68,8 @@ def open_task_file(path: str) -> tuple[BinaryIO, str]:
     except FileNotFoundError:
         raise CsvError(f"task file {path!r} not found; pass --file PATH (or - for stdin)") from None
     except IsADirectoryError:
-        raise CsvError(f"task file {path!r} is a directory; pass --file PATH to a CSV file") from None
+        raise CsvError(f"task file {path!r} is a directory; pass --file PATH to a CSV file"
+                       ) from None
     except OSError as exc:
         raise CsvError(f"cannot read task file {path!r}: {exc.strerror}") from None
 

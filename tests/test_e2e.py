@@ -50,7 +50,7 @@ def test_row_text_arrives_exactly_as_written(queue, logs, tmp_path):
     channel = connection.channel()
     bodies, props = [], []
     for _ in range(2):
-        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        _method, properties, body = channel.basic_get(queue, auto_ack=True)
         bodies.append(body.decode())
         props.append(properties)
     connection.close()

@@ -28,7 +28,7 @@ def test_header_and_column_by_name_or_number(tmp_path):
 def test_unknown_column_names_the_columns(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("id,task\n1,x\n")
-    with pytest.raises(CsvError, match="no column 'job'.*columns: id, task"):
+    with pytest.raises(CsvError, match=r"no column 'job'.*columns: id, task"):
         list(read_tasks(str(path), header=True, column="job"))
 
 
