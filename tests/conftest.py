@@ -46,9 +46,10 @@ def _node(conf: list[str]) -> ThrowawayBroker:
     return ThrowawayBroker(conf).start()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def node():
-    """A throwaway broker node this test may restart or stop."""
+    """A throwaway broker node the tests of a module may restart or stop (each test uses its
+    own queue, and leaves the node running)."""
     broker = _node([])
     yield broker
     broker.cleanup()

@@ -137,3 +137,21 @@ def delete_queues(base: str, url: str = MAIN_URL) -> None:
 def write_csv(path: Path, rows: list[str]) -> Path:
     path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+def consume_all(name: str, url: str = MAIN_URL, quiet_for: float = 1.0) -> list:
+    """Take every message off a queue quickly (prefetch 1000, auto-ack): [(properties, body)]."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    messages = []
+    try:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=1000)
+        for method, properties, body in channel.consume(name, auto_ack=True,
+                                                        inactivity_timeout=quiet_for):
+            if method is None:
+                break
+            messages.append((properties, body))
+        channel.cancel()
+    finally:
+        connection.close()
+    return messages
