@@ -281,3 +281,19 @@ def declare_queues(channel: Channel, spec: QueueSpec, on_done: Callable[[], None
         channel.queue_declare(name, durable=True, arguments=arguments, callback=declare_next)
 
     declare_next()
+
+
+def open_blocking(settings: BrokerSettings) -> pika.BlockingConnection:
+    """A plain blocking connection to the first URL that answers, for short jobs such as the
+    report (no reconnect loop: a failure is reported, the user runs it again)."""
+    reasons = []
+    for url in settings.urls:
+        try:
+            return pika.BlockingConnection(connection_parameters(url, settings))
+        except pe.AMQPError as exc:
+            fatal, reason = explain_connect_error(exc, url)
+            if fatal:
+                raise UserError(reason, EXIT_REFUSED) from None
+            reasons.append(f"{mask_url(url)}: {reason}")
+    raise UserError(f"no RabbitMQ broker answered ({'; '.join(reasons)}); start the broker or "
+                    "check --url", EXIT_UNREACHABLE)

@@ -12,8 +12,20 @@ import time
 from collections import Counter
 
 from tests.brokers import ctl
-from tests.helpers import (ROOT, consume_all, consumers, done_rows, publish_raw, queue_state,
-                           run_script, script_env, start_worker, unacked, wait_for, write_csv)
+from tests.helpers import (
+    ROOT,
+    consume_all,
+    consumers,
+    done_rows,
+    publish_raw,
+    queue_state,
+    run_script,
+    script_env,
+    start_worker,
+    unacked,
+    wait_for,
+    write_csv,
+)
 
 
 def start_emitter(*args: str, log_dir, out) -> subprocess.Popen:

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Who did what: collect the workers' task events and print a table and a timeline picture.
+
+    python task_report.py                          # latest run on task_queue
+    python task_report.py --queue demo_task_queue --run 20261128-101500-ab12cd
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from taskqueue.cli import add_broker_options, broker_settings, queue_spec, run_script
+from taskqueue.errors import UserError
+from taskqueue.report import EventStore, RunReport, latest_run
+from util_logger import get_logger
+
+SCRIPT = "task_report"
+REPORTS = Path(__file__).resolve().parent / "reports"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", metavar="RUN_ID",
+                        help="which emitter run (its id is in the emitter's log; default: latest)")
+    parser.add_argument("--reports-dir", type=Path, default=REPORTS, metavar="DIR",
+                        help="where collected events and pictures are kept (default: reports/)")
+    parser.add_argument("--svg", type=Path, metavar="PATH",
+                        help="where to write the timeline (default: DIR/<queue>-<run>.svg)")
+    parser.add_argument("--offline", action="store_true",
+                        help="use only events collected before; do not contact the broker")
+    add_broker_options(parser)
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    log = get_logger(SCRIPT, args.log_level)
+    spec = queue_spec(args)
+    store = EventStore(args.reports_dir, spec.name)
+    if not args.offline:
+        moved = store.collect(broker_settings(args), spec)
+        log.info("collected %d new events from %r into %s", moved, spec.events_name, store.path)
+    events = store.events()
+    run_id = args.run or latest_run(events)
+    report = RunReport(events, run_id or "", spec.name)
+    if not report.events:
+        raise UserError(f"no task events for queue {spec.name!r}"
+                        f"{' and run ' + repr(args.run) if args.run else ''}; run workers on it "
+                        "first (events are on unless a worker ran with --no-events)")
+    print(report.table())
+    svg_path = args.svg or args.reports_dir / f"{spec.name}-{run_id}.svg"
+    svg_path.parent.mkdir(parents=True, exist_ok=True)
+    svg_path.write_text(report.svg(), encoding="utf-8")
+    print(f"\ntimeline picture: {svg_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_script(SCRIPT, main)
