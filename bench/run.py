@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Benchmarks: ours against naive baselines, side by side in one run, as ratios.
+
+    make bench         # full sizes; writes bench/results.md
+    make bench-quick   # small sizes, a few seconds; writes bench/out/results-quick.md (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pika
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import baselines  # noqa: E402
+from taskqueue.config import BrokerSettings, QueueSpec  # noqa: E402
+from taskqueue.consumer import TaskConsumer, WorkerOptions  # noqa: E402
+from taskqueue.publisher import ConfirmedPublisher  # noqa: E402
+from taskqueue.report import EventStore, RunReport, latest_run  # noqa: E402
+from taskqueue.tasks import read_tasks  # noqa: E402
+from util_logger import CONSOLE_FORMAT, FILE_FORMAT  # noqa: E402
+
+URL = os.environ.get("BENCH_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+@dataclass
+class Row:
+    measure: str
+    ours: float
+    baseline: float
+    unit: str
+    goal: str
+    passed: bool
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.baseline if self.baseline else float("inf")
+
+
+class Queues:
+    """Unique queue names for this run; all deleted at the end."""
+
+    def __init__(self) -> None:
+        self.prefix = f"bench.{uuid.uuid4().hex[:8]}"
+        self.made: list[str] = []
+
+    def new(self, label: str) -> str:
+        name = f"{self.prefix}.{label}"
+        self.made += [name, f"{name}.retry", f"{name}.dead", f"{name}.events"]
+        return name
+
+    def delete_all(self) -> None:
+        connection = pika.BlockingConnection(pika.URLParameters(URL))
+        for name in self.made:
+            connection.channel().queue_delete(name)
+        connection.close()
+
+
+def write_rows(path: Path, count: int, dots: int = 0) -> Path:
+    with open(path, "w", encoding="utf-8") as handle:
+        for number in range(count):
+            handle.write(f"task {number}{'.' * dots}\n")
+    return path
+
+
+def quiet_logger(name: str, directory: Path) -> logging.Logger:
+    """Like util_logger's, but the console goes to /dev/null: the cost stays, the noise not."""
+    log = logging.getLogger(name)
+    log.handlers.clear()
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    console = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
+    console.setFormatter(logging.Formatter(CONSOLE_FORMAT))
+    file_handler = logging.FileHandler(directory / f"{name}.log")
+    file_handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    log.addHandler(console)
+    log.addHandler(file_handler)
+    return log
+
+
+def settings() -> BrokerSettings:
+    return BrokerSettings(urls=[URL], connect_timeout=10)
+
+
+def ours_publish(queue: str, path: Path, log: logging.Logger) -> float:
+    started = time.perf_counter()
+    publisher = ConfirmedPublisher(settings(), QueueSpec(queue), read_tasks(str(path)), log)
+    publisher.run()
+    assert publisher.stats.confirmed == publisher.stats.read, "every row confirmed"
+    return time.perf_counter() - started
+
+
+def bench_emitter(queues: Queues, tmp: Path, rows: int, log: logging.Logger) -> list[Row]:
+    path = write_rows(tmp / "rows.csv", rows)
+    naive_path = write_rows(tmp / "naive.csv", max(200, rows // 10))
+    naive_rows = max(200, rows // 10)
+    ours = min(ours_publish(queues.new(f"ours{i}"), path, log) for i in range(2))
+    unconfirmed = min(baselines.publish_unconfirmed(URL, queues.new(f"unconf{i}"), str(path))
+                      for i in range(2))
+    naive = baselines.publish_confirm_each(URL, queues.new("naive"), str(naive_path))
+    ours_rate, naive_rate, unconf_rate = rows / ours, naive_rows / naive, rows / unconfirmed
+    return [
+        Row("emitter msg/s vs confirm-per-message", ours_rate, naive_rate, "msg/s", ">= 10x",
+            ours_rate >= 10 * naive_rate),
+        Row("emitter msg/s vs unconfirmed loop", ours_rate, unconf_rate, "msg/s", ">= 0.8x",
+            ours_rate >= 0.8 * unconf_rate),
+    ]
+
+
+def preload(queue: str, count: int) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(URL))
+    channel = connection.channel()
+    channel.queue_declare(queue, durable=True)
+    for number in range(count):
+        channel.basic_publish("", queue, f"task {number}".encode(), baselines.PERSISTENT)
+    connection.close()
+
+
+def ours_worker(queue: str, count: int, log: logging.Logger) -> float:
+    consumer: TaskConsumer | None = None
+    done = 0
+
+    def handler(_text: str) -> None:
+        nonlocal done
+        done += 1
+        if done == count:
+            consumer.call_threadsafe(consumer.request_stop)
+
+    consumer = TaskConsumer(settings(), QueueSpec(queue), log,
+                            WorkerOptions(name="bench", handler=handler))
+    started = time.perf_counter()
+    consumer.run()
+    assert consumer.stats.done == count
+    return time.perf_counter() - started
+
+
+def bench_worker(queues: Queues, count: int, log: logging.Logger) -> list[Row]:
+    ours_times, bare_times = [], []
+    for attempt in range(3):  # alternate, so drift on a noisy machine hits both alike
+        queue = queues.new(f"bare{attempt}")
+        preload(queue, count)
+        bare_times.append(baselines.bare_worker(URL, queue, count))
+        queue = queues.new(f"worker{attempt}")
+        preload(queue, count)
+        ours_times.append(ours_worker(queue, count, log))
+    ours_rate, bare_rate = count / min(ours_times), count / min(bare_times)
+    return [Row("worker zero-dot tasks/s vs bare worker", ours_rate, bare_rate, "tasks/s",
+                ">= 0.9x", ours_rate >= 0.9 * bare_rate)]
+
+
+def bench_fairness(queues: Queues, tmp: Path, tasks: int, workers: int,
+                   seconds_per_dot: float) -> list[Row]:
+    queue = queues.new("fair")
+    rng = random.Random(42)
+    dots = [1 + n % 8 for n in range(tasks)]
+    rng.shuffle(dots)
+    path = tmp / "fair.csv"
+    path.write_text("".join(f"job {n}{'.' * d}\n" for n, d in enumerate(dots)))
+    env = {**os.environ, "TASKQUEUE_LOG_DIR": str(tmp / "logs")}
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "listening_worker.py"), "--queue", queue,
+                               "--name", f"w{n}", "--seconds-per-dot", str(seconds_per_dot),
+                               "--exit-when-idle", "1"], env=env, stdout=subprocess.DEVNULL)
+             for n in range(workers)]
+    time.sleep(1.0)  # all consuming before the first task arrives
+    subprocess.run([sys.executable, str(ROOT / "emitter_of_tasks.py"), "--queue", queue, "--file",
+                    str(path), "--no-admin"], env=env, stdout=subprocess.DEVNULL, check=True)
+    for proc in procs:
+        proc.wait(timeout=120)
+    store = EventStore(tmp / "reports", queue)
+    store.collect(settings(), QueueSpec(queue))
+    events = store.events()
+    report = RunReport(events, latest_run(events) or "", queue)
+    makespan = report.end - report.start
+    bound = max(max(dots) * seconds_per_dot, sum(dots) * seconds_per_dot / workers)
+    return [Row(f"fair dispatch makespan, {tasks} tasks / {workers} workers", makespan, bound,
+                "s", "<= 1.1x lower bound", makespan <= 1.1 * bound)]
+
+
+def peak_rss_kib(queue: str, path: Path, tmp: Path) -> int:
+    env = {**os.environ, "TASKQUEUE_LOG_DIR": str(tmp / "logs")}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "emitter_of_tasks.py"), "--queue", queue,
+                             "--file", str(path), "--no-admin"], env=env,
+                            stdout=subprocess.DEVNULL)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return usage.ru_maxrss
+
+
+def bench_memory(queues: Queues, tmp: Path, small: int, large: int) -> list[Row]:
+    small_kib = peak_rss_kib(queues.new("mem_small"), write_rows(tmp / "small.csv", small), tmp)
+    large_kib = peak_rss_kib(queues.new("mem_large"), write_rows(tmp / "large.csv", large), tmp)
+    return [Row(f"emitter peak RSS, {large:,} rows vs {small:,} rows", large_kib / 1024,
+                small_kib / 1024, "MiB", "<= 1.1x", large_kib <= 1.1 * small_kib)]
+
+
+def render(rows: list[Row], title: str) -> str:
+    lines = [f"# {title}", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores, "
+             f"RabbitMQ at {URL.split('@')[-1]}, pika {pika.__version__}, "
+             f"Python {sys.version.split()[0]}.", "",
+             "| measure | ours | baseline | ratio | goal | result |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row.measure} | {row.ours:,.2f} {row.unit} | {row.baseline:,.2f} "
+                     f"{row.unit} | {row.ratio:.2f}x | {row.goal} | "
+                     f"{'pass' if row.passed else 'FAIL'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
+    args = parser.parse_args()
+    sizes = (dict(rows=2000, worker=300, fair=12, small=500, large=5000) if args.quick else
+             dict(rows=50_000, worker=5000, fair=40, small=1000, large=1_000_000))
+    queues = Queues()
+    results: list[Row] = []
+    with tempfile.TemporaryDirectory() as directory:
+        tmp = Path(directory)
+        (tmp / "logs").mkdir()
+        log = quiet_logger("bench", tmp)
+        try:
+            results += bench_emitter(queues, tmp, sizes["rows"], log)
+            results += bench_worker(queues, sizes["worker"], log)
+            results += bench_fairness(queues, tmp, sizes["fair"], 4, 0.05)
+            results += bench_memory(queues, tmp, sizes["small"], sizes["large"])
+        finally:
+            queues.delete_all()
+    title = "Benchmark results (quick sizes)" if args.quick else "Benchmark results"
+    text = render(results, title)
+    print(text)
+    out = ROOT / ("bench/out/results-quick.md" if args.quick else "bench/results.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"written to {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
