@@ -68,7 +68,7 @@ def main() -> int:
     options = WorkerOptions(name=args.name, handler=handler, expected_seconds=expected,
                             exit_when_idle=args.exit_when_idle, max_retries=args.max_retries,
                             retry_delay=args.retry_delay, max_task_bytes=args.max_task_bytes,
-                            events=args.events)
+                            events=args.events, inline_when_instant=not args.handler)
     consumer = TaskConsumer(settings, spec, log, options)
     on_stop_signals(lambda: consumer.call_threadsafe(consumer.request_stop))
     log.info("[%s] starting: queue %r at %s", args.name, spec.name, mask_url(settings.urls[0]))

@@ -11,8 +11,6 @@ import argparse
 import logging
 import os
 import random
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,11 +26,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench import baselines  # noqa: E402
 from taskqueue.config import BrokerSettings, QueueSpec  # noqa: E402
-from taskqueue.consumer import TaskConsumer, WorkerOptions  # noqa: E402
+from taskqueue.consumer import TaskConsumer, WorkerOptions, sleep_per_dot  # noqa: E402
 from taskqueue.publisher import ConfirmedPublisher  # noqa: E402
 from taskqueue.report import EventStore, RunReport, latest_run  # noqa: E402
-from taskqueue.tasks import read_tasks  # noqa: E402
-from util_logger import CONSOLE_FORMAT, FILE_FORMAT  # noqa: E402
+from taskqueue.tasks import read_tasks, seconds_for  # noqa: E402
+from util_logger import get_logger  # noqa: E402
 
 URL = os.environ.get("BENCH_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -78,18 +76,10 @@ def write_rows(path: Path, count: int, dots: int = 0) -> Path:
 
 
 def quiet_logger(name: str, directory: Path) -> logging.Logger:
-    """Like util_logger's, but the console goes to /dev/null: the cost stays, the noise not."""
-    log = logging.getLogger(name)
-    log.handlers.clear()
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    console = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
-    console.setFormatter(logging.Formatter(CONSOLE_FORMAT))
-    file_handler = logging.FileHandler(directory / f"{name}.log")
-    file_handler.setFormatter(logging.Formatter(FILE_FORMAT))
-    log.addHandler(console)
-    log.addHandler(file_handler)
-    return log
+    """The scripts' own logging (file + console, on its background thread), with the console
+    sent to /dev/null: the cost stays, the noise goes."""
+    os.environ["TASKQUEUE_LOG_DIR"] = str(directory)
+    return get_logger(name, "INFO", console=open(os.devnull, "w"))
 
 
 def settings() -> BrokerSettings:
@@ -131,17 +121,22 @@ def preload(queue: str, count: int) -> None:
 
 
 def ours_worker(queue: str, count: int, log: logging.Logger) -> float:
+    """The worker as listening_worker.py wires it (simulated work, events, a log line at the
+    start and end of every task), told to stop after *count* tasks."""
     consumer: TaskConsumer | None = None
     done = 0
+    simulated_work = sleep_per_dot(0.0)
 
-    def handler(_text: str) -> None:
+    def handler(text: str) -> None:
         nonlocal done
+        simulated_work(text)
         done += 1
         if done == count:
             consumer.call_threadsafe(consumer.request_stop)
 
-    consumer = TaskConsumer(settings(), QueueSpec(queue), log,
-                            WorkerOptions(name="bench", handler=handler))
+    consumer = TaskConsumer(settings(), QueueSpec(queue), log, WorkerOptions(
+        name="bench", handler=handler, expected_seconds=lambda text: seconds_for(text, 0.0),
+        inline_when_instant=True))
     started = time.perf_counter()
     consumer.run()
     assert consumer.stats.done == count

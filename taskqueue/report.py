@@ -41,11 +41,12 @@ class EventStore:
                         spec.events_name, inactivity_timeout=0.5):
                     if method is None:
                         break
-                    store.write(body.decode("utf-8", "replace").strip() + "\n")
+                    lines = _as_lines(body)
+                    store.write(lines)
                     store.flush()
                     os.fsync(store.fileno())
                     channel.basic_ack(method.delivery_tag)
-                    moved += 1
+                    moved += lines.count("\n")
                 channel.cancel()
         finally:
             connection.close()
@@ -62,6 +63,16 @@ class EventStore:
                 except ValueError:
                     continue  # a torn line from a crash; the rest is still good
         return events
+
+
+def _as_lines(body: bytes) -> str:
+    """One JSON line per event; a message holds one event or a list of them."""
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        return ""  # not ours; dropping it beats breaking every later report
+    events = decoded if isinstance(decoded, list) else [decoded]
+    return "".join(json.dumps(event) + "\n" for event in events if isinstance(event, dict))
 
 
 def latest_run(events: list[dict]) -> str | None:
