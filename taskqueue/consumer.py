@@ -33,7 +33,7 @@ from pika.spec import Basic
 from taskqueue.config import DEFAULT_MAX_TASK_BYTES, BrokerSettings, QueueSpec
 from taskqueue.connection import BrokerSession, declare_queues
 from taskqueue.errors import UserError
-from taskqueue.tasks import seconds_for
+from taskqueue.tasks import row_of, seconds_for
 
 CONSUMER_TIMEOUT_SECONDS = 1800  # RabbitMQ's default consumer_timeout (30 min)
 EVENT_BATCH = 200  # events per message at most
@@ -109,7 +109,7 @@ class Delivery:
 
     def label(self) -> str:
         """How log lines name the task: its row and message id."""
-        row = self.headers.get("row")
+        row = row_of(self.properties.message_id)
         where = f"row {row}" if row is not None else "no row"
         return f"{where}, id {self.properties.message_id or '-'}"
 
@@ -375,10 +375,10 @@ class TaskConsumer(BrokerSession):
         the report costs the task loop almost nothing."""
         if not self.options.events:
             return
-        headers = delivery.headers
         self._events.append({
-            "run_id": headers.get("run_id", ""), "worker": self.options.name, "host": self._host,
-            "message_id": delivery.properties.message_id, "row": headers.get("row"),
+            "run_id": delivery.properties.correlation_id or "", "worker": self.options.name,
+            "host": self._host, "message_id": delivery.properties.message_id,
+            "row": row_of(delivery.properties.message_id),
             "task": delivery.text[:200], "outcome": outcome, "received": delivery.received,
             "started": delivery.started or delivery.received, "finished": time.time(),
             "seconds": round(seconds, 4), "attempt": delivery.retries + 1,
@@ -414,4 +414,5 @@ def _copy_properties(original: pika.BasicProperties, headers: dict,
         delivery_mode=pika.DeliveryMode.Persistent, message_id=original.message_id,
         content_type=original.content_type, content_encoding=original.content_encoding,
         app_id=original.app_id, timestamp=original.timestamp, headers=headers,
+        correlation_id=original.correlation_id,
         expiration=expiration)

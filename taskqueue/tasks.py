@@ -39,11 +39,18 @@ class CsvError(UserError):
         self.row = row
 
 
-def message_id(source: str, row: int, text: str) -> str:
+def message_id(source: str, row: int, text: str, label: str | None = None) -> str:
     """A stable id: the same row of the same file always gets the same id, so a consumer can
-    recognise a message published twice (after a connection loss) as one task."""
+    recognise a message published twice (after a connection loss) as one task. *label* is the
+    short name shown in the id (default: the file name of *source*)."""
     digest = hashlib.sha1(f"{source}\0{row}\0{text}".encode()).hexdigest()[:12]
-    return f"{Path(source).name}:{row}:{digest}"
+    return f"{label or Path(source).name}:{row}:{digest}"
+
+
+def row_of(message_id: str | None) -> int | None:
+    """The row number inside an id made by ``message_id`` (None for other producers' ids)."""
+    parts = (message_id or "").rsplit(":", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
 
 
 def seconds_for(text: str, seconds_per_dot: float) -> float:
@@ -104,6 +111,7 @@ def read_tasks(path: str, *, header: bool = False, column: str | None = None,
     (that is how --resume continues after the last confirmed row)."""
     stream, name = open_task_file(path)
     source = name if name == "<stdin>" else str(Path(path).resolve())
+    label = Path(source).name
     try:
         lines = read_lines(stream, name, max_bytes)
         rows = _column_rows(lines, name, column) if header else _plain_rows(lines)
@@ -111,7 +119,7 @@ def read_tasks(path: str, *, header: bool = False, column: str | None = None,
         for number, text in rows:
             seen_any = True
             if number > skip_through:
-                yield Task(text, number, name, message_id(source, number, text))
+                yield Task(text, number, name, message_id(source, number, text, label))
         if not seen_any:
             raise CsvError(f"{name} has no tasks (it is empty or blank); put one task per line")
     finally:

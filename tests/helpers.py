@@ -116,7 +116,7 @@ def publish_raw(name: str, bodies: list[bytes], url: str = MAIN_URL) -> None:
         channel.queue_declare(name, durable=True)
         for number, body in enumerate(bodies, start=1):
             channel.basic_publish("", name, body, pika.BasicProperties(
-                delivery_mode=2, message_id=f"raw-{number}", headers={"row": number}))
+                delivery_mode=2, message_id=f"raw:{number}:0"))
     finally:
         connection.close()
 

@@ -6,6 +6,7 @@ import signal
 
 import pika
 
+from taskqueue.tasks import row_of
 from tests.helpers import (
     MAIN_URL,
     consumers,
@@ -56,7 +57,7 @@ def test_row_text_arrives_exactly_as_written(queue, logs, tmp_path):
     connection.close()
     assert bodies == ["Resize a.png, b.png...", "  padded, \"quoted\" ."]
     assert all(p.delivery_mode == 2 and p.message_id for p in props)
-    assert props[0].headers["row"] == 1
+    assert row_of(props[0].message_id) == 1 and props[0].correlation_id, "row and run id"
 
 
 def test_messages_from_the_command_line_and_stdin(queue, logs):

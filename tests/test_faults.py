@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 
+from taskqueue.tasks import row_of
 from tests.brokers import ctl
 from tests.helpers import (
     ROOT,
@@ -36,7 +37,7 @@ def start_emitter(*args: str, log_dir, out) -> subprocess.Popen:
 
 
 def rows_of(messages) -> Counter:
-    return Counter(properties.headers["row"] for properties, _ in messages)
+    return Counter(row_of(properties.message_id) for properties, _ in messages)
 
 
 def test_200_tasks_3_workers_survive_two_broker_restarts(node, logs, tmp_path):

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from taskqueue.tasks import CsvError, message_id, read_tasks, seconds_for, tasks_from_messages
+from taskqueue.tasks import (
+    CsvError,
+    message_id,
+    read_tasks,
+    row_of,
+    seconds_for,
+    tasks_from_messages,
+)
 
 
 def texts(path, **kwargs):
@@ -81,6 +88,11 @@ def test_message_ids_are_stable_and_distinct():
     assert message_id("/a/t.csv", 1, "x") == message_id("/a/t.csv", 1, "x")
     assert message_id("/a/t.csv", 1, "x") != message_id("/a/t.csv", 2, "x")
     assert message_id("/a/t.csv", 1, "x").startswith("t.csv:1:")
+
+
+def test_row_travels_inside_the_message_id():
+    assert row_of(message_id("/a/b:c.csv", 12, "x")) == 12
+    assert row_of("someone-else's-id") is None and row_of(None) is None
 
 
 def test_messages_and_blank_message():
