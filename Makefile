@@ -15,8 +15,9 @@ demo: venv
 	PY=$(PY) bash scripts/demo.sh
 
 test: venv lint
-	$(PY) -m pytest -q -m "not cluster" tests
+	$(PY) -m pytest -q tests
 
+# Only the multi-node tests (3-node cluster, fail-over); `make test` runs them too.
 test-cluster: venv
 	$(PY) -m pytest -q -m cluster tests
 

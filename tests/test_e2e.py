@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import signal
+import subprocess
+import sys
 
 import pika
 
 from taskqueue.tasks import row_of
 from tests.helpers import (
     MAIN_URL,
+    ROOT,
     consumers,
     done_rows,
     queue_state,
     run_script,
+    script_env,
     start_worker,
     unacked,
     wait_for,
@@ -100,3 +106,17 @@ def test_admin_with_the_panel_down_says_how_to_enable_it(queue, logs):
     assert "http://127.0.0.1:9/#/queues" in result.stdout
     assert "does not answer" in result.stdout
     assert "rabbitmq-plugins enable rabbitmq_management" in result.stdout
+
+
+def test_emitter_on_a_terminal_asks_and_takes_no_for_an_answer(queue, logs):
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "emitter_of_tasks.py"), "--queue", queue,
+                             "--message", "x"], stdin=terminal, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=script_env(logs), cwd=ROOT)
+    os.write(controller, b"n\n")
+    out, err = proc.communicate(timeout=30)
+    os.close(controller)
+    os.close(terminal)
+    assert proc.returncode == 0, err
+    assert "Would you like to monitor RabbitMQ queues? y or n" in out
+    assert "admin panel" not in out and "1 confirmed" in out

@@ -1,0 +1,39 @@
+"""The admin-panel offer against a broker node whose management plugin is on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.brokers import ThrowawayBroker, free_port
+from tests.helpers import ROOT, script_env
+
+
+@pytest.fixture(scope="module")
+def panel_node():
+    port = free_port()
+    node = ThrowawayBroker([f"management.tcp.port = {port}", "management.tcp.ip = 127.0.0.1"],
+                           plugins="[rabbitmq_management].").start()
+    node.panel_port = port
+    yield node
+    node.cleanup()
+
+
+def test_admin_opens_the_panel_without_the_password(panel_node, logs, tmp_path):
+    opened = tmp_path / "opened.txt"
+    env = script_env(logs)
+    env["BROWSER"] = (f"{sys.executable} -c \"import sys; open('{opened}', 'w')"
+                      f".write(sys.argv[1])\" %s")
+    url = f"amqp://guest:s3cret@127.0.0.1:{panel_node.port}/%2F"
+    panel = f"http://127.0.0.1:{panel_node.panel_port}/#/queues"
+    result = subprocess.run([sys.executable, str(ROOT / "emitter_of_tasks.py"), "--url", url,
+                             "--queue", "admin_q", "--message", "x", "--admin", "--admin-url",
+                             panel, "--connect-timeout", "1"], capture_output=True, text=True,
+                            env=env, cwd=ROOT, stdin=subprocess.DEVNULL, timeout=60)
+    # The login fails (wrong password) after the panel was offered: the offer comes first.
+    assert f"RabbitMQ admin panel: {panel}" in result.stdout
+    assert "does not answer" not in result.stdout
+    assert opened.read_text() == panel
+    assert "s3cret" not in result.stdout + result.stderr

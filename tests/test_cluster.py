@@ -1,0 +1,131 @@
+"""Beyond one broker: a 3-node cluster with a quorum queue, node failure in mid-run, fail-over
+across a URL list, and the broker's delivery limit for tasks that kill their worker."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import pytest
+
+from tests.brokers import ThrowawayBroker, ctl
+from tests.helpers import (
+    consume_all,
+    consumers,
+    done_rows,
+    queue_state,
+    run_script,
+    start_worker,
+    wait_for,
+    write_csv,
+)
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Three nodes on one machine, joined into one cluster."""
+    nodes = [ThrowawayBroker(name=f"tqcluster{n}") for n in range(3)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda node: node.start(), nodes))
+        for node in nodes[1:]:
+            node.stop_app()
+            joined = ctl(node.node, "join_cluster", nodes[0].node)
+            assert joined.returncode == 0, joined.stderr
+            node.start_app()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.cleanup()
+
+
+def running_nodes(node: ThrowawayBroker) -> list[str]:
+    out = ctl(node.node, "cluster_status", "--formatter", "json").stdout
+    return sorted(json.loads(out)["running_nodes"])
+
+
+def leader_of(queue: str, node: ThrowawayBroker) -> str:
+    out = ctl(node.node, "list_queues", "-q", "--no-table-headers", "name", "leader").stdout
+    for line in out.splitlines():
+        name, _, leader = line.partition("\t")
+        if name == queue:
+            return leader.strip()
+    raise AssertionError(f"no queue {queue}: {out}")
+
+
+def test_quorum_queue_survives_losing_the_leader_node(cluster, logs, tmp_path):
+    queue = "cluster_tasks"
+    by_name = {node.node: node for node in cluster}
+    csv = write_csv(tmp_path / "t.csv", [f"task {n}." for n in range(300)])
+    assert run_script("emitter_of_tasks.py", "--queue", queue, "--queue-type", "quorum",
+                      *[arg for node in cluster for arg in ("--url", node.url)], "--file",
+                      str(csv), log_dir=logs).returncode == 0
+    outs = [tmp_path / f"w{n}.out" for n in range(3)]
+    workers = []
+    for n, out in enumerate(outs):
+        ring = cluster[n:] + cluster[:n]  # each worker starts on a different node
+        urls = [arg for node in ring for arg in ("--url", node.url)]
+        workers.append(start_worker("--queue", queue, "--queue-type", "quorum", *urls,
+                                    "--name", f"w{n}", "--seconds-per-dot", "0.03",
+                                    "--exit-when-idle", "8", log_dir=logs, out=out))
+    wait_for(lambda: len(done_rows(*outs)) >= 60, timeout=60, what="work under way")
+    leader = by_name[leader_of(queue, cluster[1])]
+    leader.stop_app()
+    assert [w.wait(timeout=180) for w in workers] == [0, 0, 0], "workers end alive"
+    assert any("connected again" in out.read_text() for out in outs), "someone failed over"
+    survivor = next(node for node in cluster if node is not leader)
+    assert {row for _, row in done_rows(*outs)} == set(range(1, 301)), "no task lost"
+    assert queue_state(queue, survivor.url) == (0, 0)
+    leader.start_app()
+    assert running_nodes(cluster[0]) == sorted(node.node for node in cluster), "cluster whole"
+
+
+def test_broker_dead_letters_a_task_that_keeps_killing_workers(cluster, logs, tmp_path):
+    queue = "poison_quorum"
+    url = cluster[0].url
+    assert run_script("emitter_of_tasks.py", "--url", url, "--queue", queue, "--queue-type",
+                      "quorum", "--delivery-limit", "2", "--message", "poison pill",
+                      "--message", "fine.", log_dir=logs).returncode == 0
+    exits = []
+    for attempt in range(6):
+        worker = start_worker("--url", url, "--queue", queue, "--queue-type", "quorum",
+                              "--delivery-limit", "2", "--handler", "tests.handlers:die_on_poison",
+                              "--exit-when-idle", "1.5", log_dir=logs,
+                              out=tmp_path / f"w{attempt}.out")
+        exits.append(worker.wait(timeout=60))
+        if exits[-1] == 0:
+            break
+    assert exits[-1] == 0 and exits.count(70) >= 2, exits
+    dead = consume_all(queue + ".dead", url)
+    assert [body for _, body in dead] == [b"poison pill"]
+    assert queue_state(queue, url) == (0, 0)
+
+
+def test_worker_fails_over_to_the_next_url(cluster, logs, tmp_path):
+    queue = "failover_q"
+    out = tmp_path / "w.out"
+    worker = start_worker("--url", "amqp://guest:guest@127.0.0.1:9/%2F", "--url",
+                          cluster[2].url, "--queue", queue, "--exit-when-idle", "1.5",
+                          "--seconds-per-dot", "0", log_dir=logs, out=out)
+    wait_for(lambda: consumers(queue, cluster[2].url) == 1, what="consumer on the second URL")
+    run_script("emitter_of_tasks.py", "--url", cluster[2].url, "--queue", queue,
+               "--message", "x.", log_dir=logs)
+    assert worker.wait(timeout=30) == 0
+    text = out.read_text()
+    assert "cannot reach amqp://guest:***@127.0.0.1:9" in text
+    assert f"connected to amqp://guest:***@127.0.0.1:{cluster[2].port}" in text
+    assert "done row 1" in text
+
+
+def test_a_second_queue_type_is_refused_clearly(cluster, logs):
+    url = cluster[0].url
+    assert run_script("emitter_of_tasks.py", "--url", url, "--queue", "typed_q", "--message",
+                      "x", log_dir=logs).returncode == 0
+    result = run_script("listening_worker.py", "--url", url, "--queue", "typed_q",
+                        "--queue-type", "quorum", log_dir=logs)
+    assert result.returncode == 4 and "already exists with other arguments" in result.stderr
+    assert "--queue-type" in result.stderr
+
+
