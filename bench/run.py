@@ -62,8 +62,13 @@ class Queues:
         return name
 
     def delete_all(self) -> None:
+        self.delete(*self.made)
+
+    @staticmethod
+    def delete(*names: str) -> None:
+        """Delete now, so the next measurement starts on a broker as empty as the last one."""
         connection = pika.BlockingConnection(pika.URLParameters(URL))
-        for name in self.made:
+        for name in names:
             connection.channel().queue_delete(name)
         connection.close()
 
@@ -100,9 +105,12 @@ def bench_emitter(queues: Queues, tmp: Path, rows: int, log: logging.Logger) -> 
     naive_rows = max(200, rows // 10)
     ours_times, unconfirmed_times = [], []
     for attempt in range(3):  # alternate, so drift on a noisy machine hits both alike
-        ours_times.append(ours_publish(queues.new(f"ours{attempt}"), path, log))
-        unconfirmed_times.append(
-            baselines.publish_unconfirmed(URL, queues.new(f"unconf{attempt}"), str(path)))
+        queue = queues.new(f"ours{attempt}")
+        ours_times.append(ours_publish(queue, path, log))
+        queues.delete(queue)
+        queue = queues.new(f"unconf{attempt}")
+        unconfirmed_times.append(baselines.publish_unconfirmed(URL, queue, str(path)))
+        queues.delete(queue)
     ours, unconfirmed = min(ours_times), min(unconfirmed_times)
     naive = baselines.publish_confirm_each(URL, queues.new("naive"), str(naive_path))
     ours_rate, naive_rate, unconf_rate = rows / ours, naive_rows / naive, rows / unconfirmed
@@ -171,9 +179,9 @@ def bench_fairness(queues: Queues, tmp: Path, tasks: int, workers: int,
     env = {**os.environ, "TASKQUEUE_LOG_DIR": str(tmp / "logs")}
     procs = [subprocess.Popen([sys.executable, str(ROOT / "listening_worker.py"), "--queue", queue,
                                "--name", f"w{n}", "--seconds-per-dot", str(seconds_per_dot),
-                               "--exit-when-idle", "1"], env=env, stdout=subprocess.DEVNULL)
+                               "--exit-when-idle", "3"], env=env, stdout=subprocess.DEVNULL)
              for n in range(workers)]
-    time.sleep(1.0)  # all consuming before the first task arrives
+    wait_for_consumers(queue, workers)  # all consuming before the first task arrives
     subprocess.run([sys.executable, str(ROOT / "emitter_of_tasks.py"), "--queue", queue, "--file",
                     str(path), "--no-admin"], env=env, stdout=subprocess.DEVNULL, check=True)
     for proc in procs:
@@ -186,6 +194,22 @@ def bench_fairness(queues: Queues, tmp: Path, tasks: int, workers: int,
     bound = max(max(dots) * seconds_per_dot, sum(dots) * seconds_per_dot / workers)
     return [Row(f"fair dispatch makespan, {tasks} tasks / {workers} workers", makespan, bound,
                 "s", "<= 1.1x lower bound", makespan <= 1.1 * bound)]
+
+
+def wait_for_consumers(queue: str, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        connection = pika.BlockingConnection(pika.URLParameters(URL))
+        try:
+            frame = connection.channel().queue_declare(queue, passive=True)
+            if frame.method.consumer_count >= count:
+                return
+        except pika.exceptions.ChannelClosedByBroker:
+            pass  # not declared yet
+        finally:
+            connection.close()
+        time.sleep(0.1)
+    raise RuntimeError(f"{count} workers did not start consuming {queue} in {timeout} s")
 
 
 def peak_rss_kib(queue: str, path: Path, tmp: Path) -> int:

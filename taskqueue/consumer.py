@@ -211,6 +211,7 @@ class TaskConsumer(BrokerSession):
 
     def _consume(self, channel: Channel) -> None:
         self._consumer_tag = channel.basic_consume(self.queue.name, self._on_message)
+        self._last_activity = time.monotonic()  # idle time counts from consuming, not start
         self.log.info("[%s] waiting for tasks on queue %r (one at a time). Ctrl+C to stop",
                       self.options.name, self.queue.name)
 
