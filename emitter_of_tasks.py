@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 import uuid
@@ -21,6 +22,7 @@ from taskqueue.cli import (
     positive_int,
     queue_spec,
     run_script,
+    script_parser,
 )
 from taskqueue.config import DEFAULT_MAX_TASK_BYTES, mask_url
 from taskqueue.errors import EXIT_INCOMPLETE, UserError
@@ -33,8 +35,7 @@ SCRIPT = "emitter_of_tasks"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     source = parser.add_argument_group("tasks")
     source.add_argument("--file", default="tasks.csv",
                         help="CSV file, one task per non-blank line; - reads stdin "
@@ -97,24 +98,25 @@ def main() -> int:
     on_stop_signals(lambda: publisher.call_threadsafe(publisher.request_stop))
     try:
         publisher.run()
-    finally:
+    finally:  # also when the broker stayed away: say how far the run got
         progress.done()
         publisher.save_state(complete=publisher.stats.rejected == 0 and not publisher.stop_requested
                              and publisher.input_error is None)
-    return report(publisher, args, log)
+        log_summary(publisher, log)
+    return exit_status(publisher, log)
 
 
-def maybe_offer_panel(args: argparse.Namespace, broker_url: str, log) -> None:
+def maybe_offer_panel(args: argparse.Namespace, broker_url: str, log: logging.Logger) -> None:
     """Ask only a person at a terminal; --admin/--no-admin answer up front."""
     want = args.admin
     if want is None and sys.stdin.isatty() and args.file != "-":
         want = admin.ask_yes_no("Would you like to monitor RabbitMQ queues?")
     if want:
-        admin.offer_panel(admin.admin_url(broker_url, args.admin_url), True, log.info)
+        admin.offer_panel(admin.admin_url(broker_url, args.admin_url), True, log)
 
 
-def report(publisher: ConfirmedPublisher, args: argparse.Namespace, log) -> int:
-    """The end-of-run summary; the exit code says whether every row read was confirmed."""
+def log_summary(publisher: ConfirmedPublisher, log: logging.Logger) -> None:
+    """The end-of-run summary line, whatever ended the run."""
     stats = publisher.stats
     depth = "?" if stats.queue_depth is None else stats.queue_depth
     consumers = "?" if stats.consumers is None else stats.consumers
@@ -122,11 +124,19 @@ def report(publisher: ConfirmedPublisher, args: argparse.Namespace, log) -> int:
              "connection loss, %.2f s, %.0f msg/s; queue %r now holds %s messages, %s consumers",
              stats.read, stats.confirmed, stats.rejected, stats.republished, stats.seconds,
              stats.rate, publisher.queue.name, depth, consumers)
+    if stats.confirmed < stats.read and publisher.resumable:
+        log.warning("every row up to %d is confirmed; run again with --resume to continue "
+                    "from there", publisher.confirmed_through())
+
+
+def exit_status(publisher: ConfirmedPublisher, log: logging.Logger) -> int:
+    """0 when every row read was confirmed (or the user asked to stop); else a UserError."""
+    stats = publisher.stats
     through = publisher.confirmed_through()
     if publisher.input_error:
-        raise UserError(f"{publisher.input_error} (rows up to {through} were published; fix the "
-                        "file and run again with --resume to continue from there)",
-                        publisher.input_error.exit_code)
+        hint = (f" (rows up to {through} were published; fix the file and run again with "
+                "--resume to continue from there)") if publisher.resumable else ""
+        raise UserError(f"{publisher.input_error}{hint}", publisher.input_error.exit_code)
     if stats.rejected:
         raise UserError(f"{stats.rejected} rows were refused by the broker (see the log); "
                         "run again with --resume to retry from the first refused row",

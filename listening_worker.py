@@ -19,6 +19,7 @@ from taskqueue.cli import (
     positive_int,
     queue_spec,
     run_script,
+    script_parser,
 )
 from taskqueue.config import DEFAULT_MAX_TASK_BYTES, mask_url
 from taskqueue.consumer import TaskConsumer, WorkerOptions, load_handler, sleep_per_dot
@@ -29,8 +30,7 @@ SCRIPT = "listening_worker"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     work = parser.add_argument_group("work")
     work.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}",
                       help="this worker's name in logs and reports (default: HOSTNAME-PID)")

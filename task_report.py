@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from taskqueue.cli import add_broker_options, broker_settings, queue_spec, run_script
+from taskqueue.cli import add_broker_options, broker_settings, queue_spec, run_script, script_parser
 from taskqueue.errors import UserError
 from taskqueue.report import EventStore, RunReport, latest_run
 from util_logger import get_logger
@@ -20,8 +20,7 @@ REPORTS = Path(__file__).resolve().parent / "reports"
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--run", metavar="RUN_ID",
                         help="which emitter run (its id is in the emitter's log; default: latest)")
     parser.add_argument("--reports-dir", type=Path, default=REPORTS, metavar="DIR",

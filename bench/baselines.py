@@ -19,23 +19,21 @@ def rows(path: str):
 
 def publish_confirm_each(url: str, queue: str, path: str) -> float:
     """BlockingConnection with confirm_delivery(): one round trip per message."""
-    started = time.perf_counter()
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    channel = connection.channel()
-    channel.queue_declare(queue, durable=True)
-    channel.confirm_delivery()
-    for text in rows(path):
-        channel.basic_publish("", queue, text.encode(), PERSISTENT)
-    connection.close()
-    return time.perf_counter() - started
+    return _publish_rows(url, queue, path, confirm=True)
 
 
 def publish_unconfirmed(url: str, queue: str, path: str) -> float:
     """BlockingConnection, no confirms: fast, but nothing says the broker has the messages."""
+    return _publish_rows(url, queue, path, confirm=False)
+
+
+def _publish_rows(url: str, queue: str, path: str, confirm: bool) -> float:
     started = time.perf_counter()
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
     channel.queue_declare(queue, durable=True)
+    if confirm:
+        channel.confirm_delivery()
     for text in rows(path):
         channel.basic_publish("", queue, text.encode(), PERSISTENT)
     connection.close()

@@ -6,6 +6,7 @@ URL shown never contains the password; the login page asks for it (guest/guest l
 
 from __future__ import annotations
 
+import logging
 import select
 import sys
 import urllib.error
@@ -51,12 +52,12 @@ def ask_yes_no(question: str, timeout: float = 30.0) -> bool:
     return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
-def offer_panel(url: str, open_it: bool, say) -> None:
-    """Print where the panel is; check it answers; open it in a browser if asked."""
-    say(f"RabbitMQ admin panel: {url} (log in with the broker user; guest/guest locally)")
+def offer_panel(url: str, open_it: bool, log: logging.Logger) -> None:
+    """Log where the panel is; check it answers; open it in a browser if asked."""
+    log.info("RabbitMQ admin panel: %s (log in with the broker user; guest/guest locally)", url)
     if not panel_answers(url):
-        say(f"the admin panel does not answer at {url}; enable it on the broker with: "
-            f"{ENABLE_COMMAND}")
+        log.warning("the admin panel does not answer at %s; enable it on the broker with: %s",
+                    url, ENABLE_COMMAND)
         return
     if open_it and not webbrowser.open(url):
-        say("no browser could be opened here; open the URL above yourself")
+        log.info("no browser could be opened here; open the URL above yourself")

@@ -21,24 +21,30 @@ from taskqueue.errors import UserError
 from util_logger import LEVELS
 
 
-def positive_float(text: str) -> float:
+def _number(text: str, kind: type, minimum: float, what: str) -> float:
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number >= 0 (seconds, mostly)."""
+    return _number(text, float, 0, "a number")
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+    """argparse type: a whole number >= 1 (counts, sizes)."""
+    return _number(text, int, 1, "a whole number")
+
+
+def script_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser whose --help starts with the script's docstring, examples and all."""
+    return argparse.ArgumentParser(description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_broker_options(parser: argparse.ArgumentParser) -> None:

@@ -169,6 +169,31 @@ class BrokerSession:
         """Run *callback* on the I/O thread (from a work thread or a signal handler)."""
         self.ioloop.add_callback_threadsafe(callback)
 
+    def inspect_queue(self, name: str, on_result: Callable[[int | None, int | None], None]) -> None:
+        """Ask for a queue's (depth, consumer count) on a short-lived channel of its own, so a
+        queue that is gone (404) closes only that channel. (None, None) when unknown."""
+        if not (self._connection and self._connection.is_open):
+            on_result(None, None)
+            return
+        answered = False
+
+        def answer(depth: int | None, consumers: int | None) -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                on_result(depth, consumers)
+
+        def on_declared(channel: Channel, frame: pika.frame.Method) -> None:
+            answer(frame.method.message_count, frame.method.consumer_count)
+            channel.close()
+
+        def on_open(channel: Channel) -> None:
+            channel.add_on_close_callback(lambda _channel, _reason: answer(None, None))
+            channel.queue_declare(name, passive=True,
+                                  callback=lambda frame: on_declared(channel, frame))
+
+        self._connection.channel(on_open_callback=on_open)
+
     @property
     def url(self) -> str:
         return self.settings.urls[self._url_index % len(self.settings.urls)]

@@ -210,10 +210,21 @@ class TaskConsumer(BrokerSession):
         channel.basic_qos(prefetch_count=1, callback=lambda _frame: self._consume(channel))
 
     def _consume(self, channel: Channel) -> None:
+        channel.add_on_cancel_callback(self._on_cancelled_by_broker)
         self._consumer_tag = channel.basic_consume(self.queue.name, self._on_message)
         self._last_activity = time.monotonic()  # idle time counts from consuming, not start
         self.log.info("[%s] waiting for tasks on queue %r (one at a time). Ctrl+C to stop",
                       self.options.name, self.queue.name)
+
+    def _on_cancelled_by_broker(self, _frame: object) -> None:
+        """The broker ended our subscription (queue deleted, or its node went away): start over
+        on a fresh connection, which declares the queue again."""
+        self._consumer_tag = None
+        if self._stop_requests or self.channel is None:
+            return
+        self.log.warning("[%s] the broker cancelled the subscription to %r (queue deleted or "
+                         "moved); subscribing again", self.options.name, self.queue.name)
+        self.channel.close()
 
     def on_channel_lost(self) -> None:
         self._consumer_tag = None

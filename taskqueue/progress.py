@@ -43,12 +43,12 @@ class Progress:
             self.stream.flush()
 
     def line(self, stats: PublishStats) -> str:
-        text = f"{stats.read} read, {stats.confirmed} confirmed"
+        text = f"{stats.read:,} read, {stats.confirmed:,} confirmed"
         if stats.rejected:
-            text += f", {stats.rejected} rejected"
+            text += f", {stats.rejected:,} rejected"
         text += f", {stats.rate:,.0f} msg/s"
         if self.total:
-            text += f", {100 * stats.confirmed / self.total:.0f}% of {self.total}"
+            text += f", {100 * stats.confirmed / self.total:.0f}% of {self.total:,}"
             eta = self._eta(stats)
             if eta is not None:
                 text += f", ETA {eta:.0f} s"

@@ -100,6 +100,11 @@ class ConfirmedPublisher(BrokerSession):
             bounds.append(self.first_bad_row - 1)
         return min(bounds)
 
+    @property
+    def resumable(self) -> bool:
+        """Whether --resume can continue this run (a file, with its state kept)."""
+        return self._state is not None
+
     def request_stop(self) -> None:
         """Stop reading rows; finish once the messages in flight are confirmed."""
         if self.stop_requested:
@@ -214,15 +219,11 @@ class ConfirmedPublisher(BrokerSession):
         if self._reading or self._in_flight or self._resend or self.stats.finished:
             return
         self.stats.finished = time.monotonic()
-        if self.channel is None or not self.channel.is_open:
-            self.finish()
-            return
         # Read the queue's depth and consumer count for the summary, then close.
-        self.channel.queue_declare(self.queue.name, passive=True, callback=self._on_depth)
+        self.inspect_queue(self.queue.name, self._on_depth)
 
-    def _on_depth(self, frame: pika.frame.Method) -> None:
-        self.stats.queue_depth = frame.method.message_count
-        self.stats.consumers = frame.method.consumer_count
+    def _on_depth(self, depth: int | None, consumers: int | None) -> None:
+        self.stats.queue_depth, self.stats.consumers = depth, consumers
         self.finish()
 
     def _tick(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import uuid
 
 import pytest
 
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="module")
 def cluster():
     """Three nodes on one machine, joined into one cluster."""
-    nodes = [ThrowawayBroker(name=f"tqcluster{n}") for n in range(3)]
+    suffix = uuid.uuid4().hex[:6]  # two runs at once must not share node names
+    nodes = [ThrowawayBroker(name=f"tqcluster{n}-{suffix}") for n in range(3)]
     try:
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             list(pool.map(lambda node: node.start(), nodes))

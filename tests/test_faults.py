@@ -17,6 +17,7 @@ from tests.helpers import (
     ROOT,
     consume_all,
     consumers,
+    delete_queues,
     done_rows,
     publish_raw,
     queue_state,
@@ -222,3 +223,54 @@ def test_a_worker_reports_a_slow_broker_ack_timeout_setting(queue, logs, tmp_pat
     assert worker.wait(timeout=10) == 0
 
 
+
+
+def test_missing_permissions_is_one_clear_line(node, logs):
+    user = ctl(node.node, "add_user", "limited", "s3cret")
+    assert user.returncode == 0, user.stderr
+    ctl(node.node, "set_permissions", "limited", "^$", "^$", "^$")  # may connect, nothing else
+    url = f"amqp://limited:s3cret@127.0.0.1:{node.port}/%2F"
+    result = run_script("listening_worker.py", "--url", url, "--queue", "perm_q", log_dir=logs)
+    assert result.returncode == 4, result.stderr
+    assert "refused an operation on queue 'perm_q'" in result.stderr
+    assert "permissions" in result.stderr and "s3cret" not in result.stdout + result.stderr
+
+
+def test_rows_the_broker_refuses_are_an_error_not_a_skip(node, logs):
+    """A policy caps the queue at 5 messages and refuses more: the broker nacks the rest."""
+    policy = ctl(node.node, "set_policy", "cap", "^capped_q$",
+                 '{"max-length": 5, "overflow": "reject-publish"}', "--apply-to", "queues")
+    assert policy.returncode == 0, policy.stderr
+    result = run_script("emitter_of_tasks.py", "--url", node.url, "--queue", "capped_q",
+                        *[arg for n in range(8) for arg in ("--message", f"task {n}")],
+                        log_dir=logs)
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "8 rows read, 5 confirmed, 3 rejected" in result.stdout
+    assert "refused (nack)" in result.stdout
+    assert "3 rows were refused by the broker" in result.stderr
+
+
+def test_rows_returned_unroutable_are_counted_as_rejected(queue, logs, tmp_path):
+    """The queue vanishes in mid-run: the broker returns what it cannot route (mandatory)."""
+    csv = write_csv(tmp_path / "t.csv", [f"row {n}." for n in range(50_000)])
+    out = tmp_path / "e.out"
+    emitter = start_emitter("--queue", queue, "--file", str(csv), "--confirm-window", "20",
+                            log_dir=logs, out=out)
+    wait_for(lambda: (queue_state(queue) or (0, 0))[0] > 500, interval=0.01, what="publishing")
+    delete_queues(queue)
+    assert emitter.wait(timeout=120) == 5
+    text = out.read_text()
+    assert "returned: no queue" in text and "rejected" in text
+
+
+def test_worker_subscribes_again_when_its_queue_is_deleted(queue, logs, tmp_path):
+    out = tmp_path / "w.out"
+    worker = start_worker("--queue", queue, "--seconds-per-dot", "0", "--exit-when-idle", "3",
+                          log_dir=logs, out=out)
+    wait_for(lambda: consumers(queue) == 1, what="worker")
+    delete_queues(queue)
+    wait_for(lambda: "subscribing again" in out.read_text(), what="the cancel")
+    wait_for(lambda: consumers(queue) == 1, what="worker back on the new queue")
+    run_script("emitter_of_tasks.py", "--queue", queue, "--message", "after.", log_dir=logs)
+    assert worker.wait(timeout=30) == 0
+    assert "done row 1" in out.read_text()
