@@ -224,7 +224,16 @@ class BrokerSession:
         self.connections_made += 1
         again = " again" if self.connections_made > 1 else ""
         self.log.info("connected%s to %s", again, mask_url(self.url))
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(
+            lambda _connection, _frame: self.log.info("the broker accepts messages again"))
         connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_blocked(self, _connection: object, frame: pika.frame.Method) -> None:
+        # RabbitMQ stops reading from publishers while a memory or disk alarm is on.
+        reason = getattr(frame.method, "reason", "") or "resource alarm"
+        self.log.warning("the broker is blocking publishers (%s): waiting; free memory or disk "
+                         "space on the broker (see 'rabbitmq-diagnostics alarms')", reason)
 
     def _on_open_error(self, _connection: object, exc: BaseException) -> None:
         fatal, reason = explain_connect_error(exc, self.url)

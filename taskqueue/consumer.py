@@ -98,6 +98,7 @@ class Delivery:
     text: str = ""
     received: float = field(default_factory=time.time)
     started: float = 0.0
+    requeued: bool = False  # put back by a second Ctrl+C: its result no longer matters
 
     @property
     def headers(self) -> dict:
@@ -176,6 +177,7 @@ class TaskConsumer(BrokerSession):
             self._finish_if_idle()
             return
         if self.in_hand and self.in_hand.channel.is_open:
+            self.in_hand.requeued = True
             self.in_hand.channel.basic_nack(self.in_hand.tag, requeue=True)
             self.log.warning("[%s] requeued %s: %r", self.options.name, self.in_hand.label(),
                              self.in_hand.text)
@@ -274,27 +276,35 @@ class TaskConsumer(BrokerSession):
         name = self.options.name
         if delivery.redelivered:
             self.stats.redelivered += 1
-        again = " (redelivered: it may have run before)" if delivery.redelivered else ""
-        self.log.info("[%s] received %s%s: %r", name, delivery.label(), again, delivery.text)
+        note = f" (attempt {delivery.retries + 1})" if delivery.retries else ""
+        if delivery.redelivered:
+            note += " (redelivered: it may have run before)"
+        self.log.info("[%s] received %s%s: %r", name, delivery.label(), note, delivery.text)
         expected = self.options.expected_seconds(delivery.text)
         if expected > CONSUMER_TIMEOUT_SECONDS:
             self.log.warning("[%s] this task takes ~%.0f s, longer than RabbitMQ's default "
                              "consumer_timeout (1800 s): raise consumer_timeout in rabbitmq.conf "
                              "or the broker will close the channel and redeliver it",
                              name, expected)
-        delivery.started = time.time()
         if self.options.inline_when_instant and expected == 0:
+            delivery.started = time.time()
             self._on_work_done(delivery, _call(self.options.handler, delivery.text))
             return
-        self._work.submit(partial(self.options.handler, delivery.text),
+        self._work.submit(partial(self._work_on, delivery),
                           lambda error: self.call_threadsafe(
                               partial(self._on_work_done, delivery, error)))
 
+    def _work_on(self, delivery: Delivery) -> None:
+        """On the work thread."""
+        delivery.started = time.time()
+        self.options.handler(delivery.text)
+
     def _on_work_done(self, delivery: Delivery, error: BaseException | None) -> None:
         """On the I/O thread: the handler returned (error is None) or raised."""
-        if self.in_hand is not delivery:
-            return  # requeued by a second Ctrl+C
-        self.in_hand = None
+        if delivery.requeued:
+            return
+        if self.in_hand is delivery:
+            self.in_hand = None  # (after a reconnect, the next task may be in hand already)
         self._last_activity = time.monotonic()
         seconds = time.time() - delivery.started
         self.stats.busy_seconds += seconds

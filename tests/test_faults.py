@@ -274,3 +274,20 @@ def test_worker_subscribes_again_when_its_queue_is_deleted(queue, logs, tmp_path
     run_script("emitter_of_tasks.py", "--queue", queue, "--message", "after.", log_dir=logs)
     assert worker.wait(timeout=30) == 0
     assert "done row 1" in out.read_text()
+
+
+def test_emitter_waits_out_a_memory_alarm(node, logs, tmp_path):
+    """With a memory alarm on, RabbitMQ blocks publishers; the emitter says so and finishes
+    once the alarm clears."""
+    out = tmp_path / "e.out"
+    assert ctl(node.node, "set_vm_memory_high_watermark", "0.00001").returncode == 0
+    try:
+        emitter = start_emitter("--url", node.url, "--queue", "alarm_q", "--message", "a.",
+                                "--message", "b.", log_dir=logs, out=out)
+        wait_for(lambda: "blocking publishers" in out.read_text(), timeout=30, what="blocked")
+        assert emitter.poll() is None, "still waiting, not failed"
+    finally:
+        ctl(node.node, "set_vm_memory_high_watermark", "0.4")
+    assert emitter.wait(timeout=60) == 0, out.read_text()
+    text = out.read_text()
+    assert "accepts messages again" in text and "2 confirmed" in text
