@@ -9,6 +9,7 @@ to do when a channel is ready and when it is lost.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import ssl
@@ -331,3 +332,14 @@ def open_blocking(settings: BrokerSettings) -> pika.BlockingConnection:
             reasons.append(f"{mask_url(url)}: {reason}")
     raise UserError(f"no RabbitMQ broker answered ({'; '.join(reasons)}); start the broker or "
                     "check --url", EXIT_UNREACHABLE)
+
+
+def settled_tags(frame: pika.frame.Method, pending: dict[int, object]) -> tuple[bool, list[int]]:
+    """(acked, tags) of a publisher confirm: which of the *pending* delivery tags it settles.
+    One Basic.Ack/Nack with ``multiple`` settles every pending tag up to its own; *pending* is
+    kept in publishing order, so the scan stops at the first later tag."""
+    method = frame.method
+    acked = isinstance(method, pika.spec.Basic.Ack)
+    if method.multiple:
+        return acked, list(itertools.takewhile(lambda tag: tag <= method.delivery_tag, pending))
+    return acked, [method.delivery_tag] if method.delivery_tag in pending else []

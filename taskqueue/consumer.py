@@ -16,7 +16,6 @@ loses.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import queue as queue_module
 import socket
@@ -31,13 +30,14 @@ from pika.channel import Channel
 from pika.spec import Basic
 
 from taskqueue.config import DEFAULT_MAX_TASK_BYTES, BrokerSettings, QueueSpec
-from taskqueue.connection import BrokerSession, declare_queues
+from taskqueue.connection import BrokerSession, declare_queues, settled_tags
 from taskqueue.errors import UserError
+from taskqueue.events import EVENT_FLUSH_SECONDS, EventBatch
 from taskqueue.tasks import row_of, seconds_for
 
 CONSUMER_TIMEOUT_SECONDS = 1800  # RabbitMQ's default consumer_timeout (30 min)
-EVENT_BATCH = 200  # events per message at most
-EVENT_FLUSH_SECONDS = 0.5  # and at least this often
+EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
+                                        content_type="application/json")
 Handler = Callable[[str], None]
 
 
@@ -161,8 +161,8 @@ class TaskConsumer(BrokerSession):
         self._confirm_tag = 0
         self._after_confirm: dict[int, Callable[[bool], None] | None] = {}
         self._last_activity = time.monotonic()
-        self._host = socket.gethostname()
-        self._events: list[dict] = []  # finished-task events not yet published
+        self._events = EventBatch(options.name, socket.gethostname(),
+                                  self._send_events) if options.events else None
 
     # --- stopping ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -370,52 +370,42 @@ class TaskConsumer(BrokerSession):
 
     # --- publishing on the consumer's channel (in confirm mode) ----------------------
     def _publish(self, routing_key: str, body: bytes, properties: pika.BasicProperties,
-                 on_confirm: Callable[[bool], None] | None) -> None:
+                 on_confirm: Callable[[bool], None] | None) -> bool:
+        """Publish; *on_confirm(acked)* runs when the broker confirms. False: no channel."""
         channel = self.channel
         if channel is None or not channel.is_open:
-            return
+            return False
         channel.basic_publish("", routing_key, body, properties)
         self._confirm_tag += 1
         self._after_confirm[self._confirm_tag] = on_confirm
+        return True
 
     def _on_confirm(self, frame: pika.frame.Method) -> None:
-        method = frame.method
-        acked = isinstance(method, Basic.Ack)
-        tags = [method.delivery_tag]
-        if method.multiple:
-            tags = [tag for tag in self._after_confirm if tag <= method.delivery_tag]
+        acked, tags = settled_tags(frame, self._after_confirm)
         for tag in tags:
-            callback = self._after_confirm.pop(tag, None)
+            callback = self._after_confirm.pop(tag)
             if callback is not None:
                 callback(acked)
         self._finish_if_idle()
 
     def _publish_event(self, delivery: Delivery, outcome: str, seconds: float,
                        reason: str = "") -> None:
-        """Record one small event per finished attempt, for the who-did-what report. Events
-        are sent in batches (one message per ``EVENT_BATCH`` or ``EVENT_FLUSH_SECONDS``), so
-        the report costs the task loop almost nothing."""
-        if not self.options.events:
+        """Record the attempt for the who-did-what report (sent in batches, see events.py)."""
+        if self._events is None:
             return
-        self._events.append({
-            "run_id": delivery.properties.correlation_id or "", "worker": self.options.name,
-            "host": self._host, "message_id": delivery.properties.message_id,
-            "row": row_of(delivery.properties.message_id),
-            "task": delivery.text[:200], "outcome": outcome, "received": delivery.received,
-            "started": delivery.started or delivery.received, "finished": time.time(),
-            "seconds": round(seconds, 4), "attempt": delivery.retries + 1,
-            "redelivered": delivery.redelivered, "reason": reason[:300]})
-        if len(self._events) >= EVENT_BATCH:
-            self._flush_events()
+        self._events.record(
+            run_id=delivery.properties.correlation_id or "", outcome=outcome,
+            message_id=delivery.properties.message_id, row=row_of(delivery.properties.message_id),
+            task=delivery.text, received=delivery.received,
+            started=delivery.started or delivery.received, seconds=seconds,
+            attempt=delivery.retries + 1, redelivered=delivery.redelivered, reason=reason)
+
+    def _send_events(self, body: bytes) -> bool:
+        return self._publish(self.queue.events_name, body, EVENT_PROPERTIES, None)
 
     def _flush_events(self) -> None:
-        if not self._events or self.channel is None or not self.channel.is_open:
-            return  # kept until a channel is there again
-        body = json.dumps(self._events).encode()
-        self._events = []
-        self._publish(self.queue.events_name, body,
-                      pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
-                                           content_type="application/json"), None)
+        if self._events is not None:
+            self._events.flush()
 
     def _flush_events_periodically(self) -> None:
         self._flush_events()

@@ -25,7 +25,7 @@ import pika
 from pika.channel import Channel
 
 from taskqueue.config import BrokerSettings, QueueSpec
-from taskqueue.connection import BrokerSession, declare_queues
+from taskqueue.connection import BrokerSession, declare_queues, settled_tags
 from taskqueue.errors import UserError
 from taskqueue.tasks import Task
 
@@ -188,17 +188,11 @@ class ConfirmedPublisher(BrokerSession):
         self._returned.add(properties.message_id)
 
     def _on_confirm(self, frame: pika.frame.Method) -> None:
-        method = frame.method
-        acked = isinstance(method, pika.spec.Basic.Ack)
-        last = method.delivery_tag
-        tags = [last]
-        if method.multiple:
-            tags = [tag for tag in self._in_flight if tag <= last]
+        acked, tags = settled_tags(frame, self._in_flight)
         for tag in tags:
-            task = self._in_flight.pop(tag, None)
-            if task is not None:
-                self._in_flight_bytes -= len(task.text.encode("utf-8"))
-                self._settle(task, acked)
+            task = self._in_flight.pop(tag)
+            self._in_flight_bytes -= len(task.text.encode("utf-8"))
+            self._settle(task, acked)
         if self.channel is not None:
             self._fill_window(self.channel)
 

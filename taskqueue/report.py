@@ -1,7 +1,7 @@
 """Who did what: task events -> a table and a timeline picture.
 
 Every worker publishes one small JSON event per finished attempt to ``<queue>.events`` (see
-consumer.py). ``EventStore.collect`` moves them from the broker into
+events.py). ``EventStore.collect`` moves them from the broker into
 ``reports/<queue>.events.jsonl`` (appended and flushed before the broker copy is acked, so
 none is lost), which keeps every run for later reports. ``RunReport`` then answers the
 question for one run: which worker did which task, when, and how the work was shared.
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from taskqueue.config import BrokerSettings, QueueSpec
 from taskqueue.connection import open_blocking
+from taskqueue.events import decode_events
 
 OUTCOME_COLOURS = {"done": "#4e79a7", "failed": "#f28e2b", "dead": "#e15759"}
 
@@ -41,7 +42,7 @@ class EventStore:
                         spec.events_name, inactivity_timeout=0.5):
                     if method is None:
                         break
-                    lines = _as_lines(body)
+                    lines = "".join(json.dumps(e) + "\n" for e in decode_events(body))
                     store.write(lines)
                     store.flush()
                     os.fsync(store.fileno())
@@ -63,16 +64,6 @@ class EventStore:
                 except ValueError:
                     continue  # a torn line from a crash; the rest is still good
         return events
-
-
-def _as_lines(body: bytes) -> str:
-    """One JSON line per event; a message holds one event or a list of them."""
-    try:
-        decoded = json.loads(body)
-    except ValueError:
-        return ""  # not ours; dropping it beats breaking every later report
-    events = decoded if isinstance(decoded, list) else [decoded]
-    return "".join(json.dumps(event) + "\n" for event in events if isinstance(event, dict))
 
 
 def latest_run(events: list[dict]) -> str | None:
