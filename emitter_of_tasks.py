@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 
 from taskqueue import admin
 from taskqueue.cli import (
@@ -28,7 +29,7 @@ from taskqueue.config import DEFAULT_MAX_TASK_BYTES, mask_url
 from taskqueue.errors import EXIT_INCOMPLETE, UserError
 from taskqueue.progress import Progress, count_rows
 from taskqueue.publisher import DEFAULT_CONFIRM_WINDOW, ConfirmedPublisher, ResumeState
-from taskqueue.tasks import read_tasks, tasks_from_messages
+from taskqueue.tasks import Task, read_tasks, tasks_from_messages
 from util_logger import get_logger, log_dir
 
 SCRIPT = "emitter_of_tasks"
@@ -80,19 +81,11 @@ def main() -> int:
 
     state = None if (args.message or args.file == "-") else ResumeState(
         log_dir() / "emitter_state.json", args.file, spec.name)
-    skip = state.confirmed_through() if (state and args.resume) else 0
-    if args.message:
-        tasks, total = tasks_from_messages(args.message), len(args.message)
-    else:
-        tasks = read_tasks(args.file, header=args.header, column=args.column,
-                           max_bytes=args.max_task_bytes, skip_through=skip)
-        total = count_rows(args.file)
-    if skip:
-        log.info("resuming %s after row %d (confirmed by an earlier run)", args.file, skip)
+    tasks, total = open_tasks(args, state, log)
 
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     log.info("publishing to queue %r at %s (run %s)", spec.name, mask_url(settings.urls[0]), run_id)
-    progress = Progress(log, None if skip else total)
+    progress = Progress(log, total)
     publisher = ConfirmedPublisher(settings, spec, tasks, log, window=args.confirm_window,
                                    run_id=run_id, on_tick=progress.update, state=state)
     on_stop_signals(lambda: publisher.call_threadsafe(publisher.request_stop))
@@ -104,6 +97,23 @@ def main() -> int:
                              and publisher.input_error is None)
         log_summary(publisher, log)
     return exit_status(publisher, log)
+
+
+def open_tasks(args: argparse.Namespace, state: ResumeState | None,
+               log: logging.Logger) -> tuple[Iterator[Task], int | None]:
+    """The tasks to publish (streamed) and how many there are, when that is known cheaply."""
+    if args.message:
+        return tasks_from_messages(args.message), len(args.message)
+    skip = 0
+    if state and args.resume:
+        skip = state.confirmed_through()
+        if skip:
+            log.info("resuming %s after row %d (confirmed by an earlier run)", args.file, skip)
+        else:
+            log.info("no earlier run of %s on this queue to resume: starting at row 1", args.file)
+    tasks = read_tasks(args.file, header=args.header, column=args.column,
+                       max_bytes=args.max_task_bytes, skip_through=skip)
+    return tasks, None if skip else count_rows(args.file)
 
 
 def maybe_offer_panel(args: argparse.Namespace, broker_url: str, log: logging.Logger) -> None:
