@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 
 import pika
 from pika.channel import Channel
@@ -100,7 +100,7 @@ class Delivery:
     started: float = 0.0
     requeued: bool = False  # put back by a second Ctrl+C: its result no longer matters
 
-    @property
+    @cached_property
     def headers(self) -> dict:
         return dict(self.properties.headers or {})
 
@@ -108,6 +108,7 @@ class Delivery:
     def retries(self) -> int:
         return int(self.headers.get("x-retries", 0))
 
+    @cached_property
     def label(self) -> str:
         """How log lines name the task: its row and message id."""
         row = row_of(self.properties.message_id)
@@ -172,14 +173,14 @@ class TaskConsumer(BrokerSession):
             if self.in_hand:
                 self.log.warning("[%s] stopping after the task in hand (%s); press Ctrl+C again "
                                  "to requeue it and stop now", self.options.name,
-                                 self.in_hand.label())
+                                 self.in_hand.label)
             self._cancel_consumer()
             self._finish_if_idle()
             return
         if self.in_hand and self.in_hand.channel.is_open:
             self.in_hand.requeued = True
             self.in_hand.channel.basic_nack(self.in_hand.tag, requeue=True)
-            self.log.warning("[%s] requeued %s: %r", self.options.name, self.in_hand.label(),
+            self.log.warning("[%s] requeued %s: %r", self.options.name, self.in_hand.label,
                              self.in_hand.text)
         self.in_hand = None
         self.finish()
@@ -233,7 +234,7 @@ class TaskConsumer(BrokerSession):
         self._after_confirm.clear()  # what was unconfirmed is redelivered or republished
         if self.in_hand:
             self.log.warning("[%s] connection lost while working on %s; the broker will deliver "
-                             "it again (at-least-once)", self.options.name, self.in_hand.label())
+                             "it again (at-least-once)", self.options.name, self.in_hand.label)
 
     def _check_idle(self) -> None:
         idle_for = time.monotonic() - self._last_activity
@@ -279,7 +280,7 @@ class TaskConsumer(BrokerSession):
         note = f" (attempt {delivery.retries + 1})" if delivery.retries else ""
         if delivery.redelivered:
             note += " (redelivered: it may have run before)"
-        self.log.info("[%s] received %s%s: %r", name, delivery.label(), note, delivery.text)
+        self.log.info("[%s] received %s%s: %r", name, delivery.label, note, delivery.text)
         expected = self.options.expected_seconds(delivery.text)
         if expected > CONSUMER_TIMEOUT_SECONDS:
             self.log.warning("[%s] this task takes ~%.0f s, longer than RabbitMQ's default "
@@ -311,22 +312,15 @@ class TaskConsumer(BrokerSession):
         if not delivery.channel.is_open:
             # The broker already put it back; acking on a new channel is impossible.
             self.log.warning("[%s] finished %s after the connection was lost; it is redelivered",
-                             self.options.name, delivery.label())
+                             self.options.name, delivery.label)
         elif error is None:
             delivery.channel.basic_ack(delivery.tag)
             self.stats.done += 1
-            # pika sends the ack on the loop's next turn; log after that, so the broker is
-            # already sending the next task while this one is written down.
-            self.ioloop.call_later(0, partial(self._record_done, delivery, seconds))
-            return
+            self.log.info("[%s] done %s in %.2f s: %r", self.options.name, delivery.label,
+                          seconds, delivery.text)
+            self._publish_event(delivery, "done", seconds)
         else:
             self._on_failure(delivery, f"{type(error).__name__}: {error}", seconds)
-        self._finish_if_idle()
-
-    def _record_done(self, delivery: Delivery, seconds: float) -> None:
-        self.log.info("[%s] done %s in %.2f s: %r", self.options.name, delivery.label(),
-                      seconds, delivery.text)
-        self._publish_event(delivery, "done", seconds)
         self._finish_if_idle()
 
     def _on_failure(self, delivery: Delivery, reason: str, seconds: float) -> None:
@@ -336,7 +330,7 @@ class TaskConsumer(BrokerSession):
             self._dead_letter(delivery, f"failed {attempt} times; last: {reason}")
             return
         self.log.warning("[%s] failed %s (%s); retry %d/%d in %.1f s", self.options.name,
-                         delivery.label(), reason, attempt, self.options.max_retries,
+                         delivery.label, reason, attempt, self.options.max_retries,
                          self.options.retry_delay)
         self._publish_event(delivery, "failed", seconds, reason)
         headers = {**delivery.headers, "x-retries": attempt, "x-last-error": reason[:500]}
@@ -347,7 +341,7 @@ class TaskConsumer(BrokerSession):
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Park the message in ``<queue>.dead`` with the reason, then ack the original."""
         self.stats.dead_lettered += 1
-        self.log.error("[%s] dead-lettered %s to %r: %s", self.options.name, delivery.label(),
+        self.log.error("[%s] dead-lettered %s to %r: %s", self.options.name, delivery.label,
                        self.queue.dead_name, reason)
         headers = {**delivery.headers, "x-death-reason": reason[:1000],
                    "x-original-queue": self.queue.name, "x-dead-lettered-by": self.options.name}
