@@ -40,8 +40,9 @@ def _publish_rows(url: str, queue: str, path: str, confirm: bool) -> float:
     return time.perf_counter() - started
 
 
-def bare_worker(url: str, queue: str, count: int) -> float:
-    """The tutorial's worker without the sleep: prefetch 1, manual ack, stop after *count*."""
+def bare_worker(url: str, queue: str, count: int, say: bool = False) -> float:
+    """The tutorial's worker without the sleep: prefetch 1, manual ack, stop after *count*.
+    With *say*, it also prints its two lines per task, as the tutorial's worker.py does."""
     started = time.perf_counter()
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
@@ -49,8 +50,11 @@ def bare_worker(url: str, queue: str, count: int) -> float:
     channel.basic_qos(prefetch_count=1)
     done = 0
 
-    def callback(ch, method, _properties, _body) -> None:
+    def callback(ch, method, _properties, body) -> None:
         nonlocal done
+        if say:
+            print(f" [x] Received {body.decode()}")
+            print(" [x] Done")
         ch.basic_ack(delivery_tag=method.delivery_tag)
         done += 1
         if done == count:
