@@ -162,6 +162,7 @@ class TaskConsumer(BrokerSession):
         self._confirm_tag = 0
         self._after_confirm: dict[int, Callable[[bool], None] | None] = {}
         self._last_activity = time.monotonic()
+        self._retry_due = 0.0  # when the last task sent to <queue>.retry flows back
         self._events = EventBatch(options.name, socket.gethostname(),
                                   self._send_events) if options.events else None
 
@@ -237,7 +238,7 @@ class TaskConsumer(BrokerSession):
                              "it again (at-least-once)", self.options.name, self.in_hand.label)
 
     def _check_idle(self) -> None:
-        idle_for = time.monotonic() - self._last_activity
+        idle_for = time.monotonic() - max(self._last_activity, self._retry_due)
         if self.in_hand is None and idle_for >= self.options.exit_when_idle:
             if not self._stop_requests:
                 self.log.info("[%s] no task for %.1f s: exiting (--exit-when-idle)",
@@ -337,6 +338,8 @@ class TaskConsumer(BrokerSession):
         properties = _copy_properties(delivery.properties, headers,
                                       expiration=str(int(self.options.retry_delay * 1000)))
         self._publish_then_ack(delivery, self.queue.retry_name, properties)
+        # --exit-when-idle must not give up on a task that is due back after its delay.
+        self._retry_due = time.monotonic() + self.options.retry_delay
 
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Park the message in ``<queue>.dead`` with the reason, then ack the original."""

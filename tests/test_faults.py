@@ -130,7 +130,7 @@ def test_bad_messages_are_dead_lettered_and_good_ones_done(queue, logs, tmp_path
 def test_failing_task_is_retried_then_dead_lettered(queue, logs, tmp_path):
     out = tmp_path / "w.out"
     worker = start_worker("--queue", queue, "--handler", "tests.handlers:fail_on_boom",
-                          "--max-retries", "2", "--retry-delay", "0.2", "--exit-when-idle", "2",
+                          "--max-retries", "2", "--retry-delay", "1.2", "--exit-when-idle", "1",
                           log_dir=logs, out=out)
     assert run_script("emitter_of_tasks.py", "--queue", queue, "--message", "ok one",
                       "--message", "boom", "--message", "ok two", log_dir=logs).returncode == 0
