@@ -12,7 +12,7 @@ from pathlib import Path
 
 from taskqueue.cli import add_broker_options, broker_settings, queue_spec, run_script, script_parser
 from taskqueue.errors import UserError
-from taskqueue.report import EventStore, RunReport, latest_run
+from taskqueue.report import EventStore, RunReport, latest_run, list_runs, queue_status
 from util_logger import get_logger
 
 SCRIPT = "task_report"
@@ -29,6 +29,11 @@ def parse_args() -> argparse.Namespace:
                         help="where to write the timeline (default: DIR/<queue>-<run>.svg)")
     parser.add_argument("--offline", action="store_true",
                         help="use only events collected before; do not contact the broker")
+    parser.add_argument("--list", action="store_true",
+                        help="list the runs collected so far instead of reporting one")
+    parser.add_argument("--status", action="store_true",
+                        help="show the queue and its companions now (waiting, in progress, "
+                             "retrying, dead) and exit")
     add_broker_options(parser)
     return parser.parse_args()
 
@@ -37,11 +42,17 @@ def main() -> int:
     args = parse_args()
     log = get_logger(SCRIPT, args.log_level)
     spec = queue_spec(args)
+    if args.status:
+        print(queue_status(broker_settings(args), spec))
+        return 0
     store = EventStore(args.reports_dir, spec.name)
     if not args.offline:
         moved = store.collect(broker_settings(args), spec)
         log.info("collected %d new events from %r into %s", moved, spec.events_name, store.path)
     events = store.events()
+    if args.list:
+        print(list_runs(events))
+        return 0
     run_id = args.run or latest_run(events)
     report = RunReport(events, run_id or "", spec.name)
     if not report.events:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
+
+import pika
 
 from taskqueue.config import BrokerSettings, QueueSpec
 from taskqueue.connection import open_blocking
@@ -172,3 +175,42 @@ class RunReport:
         parts.append("</svg>")
         return "\n".join(parts)
 
+
+
+def list_runs(events: list[dict]) -> str:
+    """One line per run: id, when, tasks done, workers, wall time; newest last."""
+    runs: dict[str, list[dict]] = {}
+    for event in events:
+        runs.setdefault(event.get("run_id") or "", []).append(event)
+    lines = [f"{'run':<26} {'started':<19} {'done':>6} {'workers':>7} {'seconds':>8}"]
+    for run_id, run_events in sorted(runs.items(), key=lambda item: min(
+            e["started"] for e in item[1])):
+        start = min(e["started"] for e in run_events)
+        wall = max(e["finished"] for e in run_events) - start
+        done = sum(e.get("outcome") == "done" for e in run_events)
+        workers = len({e["worker"] for e in run_events})
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start))
+        lines.append(f"{run_id or '(none)':<26} {when:<19} {done:>6} {workers:>7} {wall:>8.1f}")
+    return "\n".join(lines)
+
+
+def queue_status(settings: BrokerSettings, spec: QueueSpec) -> str:
+    """The queue and its companions right now: messages waiting, and consumers. (Tasks in
+    progress are not 'waiting'; `rabbitmqctl list_queues name messages_unacknowledged` or the
+    admin panel counts those.)"""
+    connection = open_blocking(settings)
+    lines = [f"{'queue':<40} {'waiting':>8} {'consumers':>9}"]
+    try:
+        for name, _arguments in spec.declarations():
+            channel = connection.channel()
+            try:
+                frame = channel.queue_declare(name, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                lines.append(f"{name:<40} {'(none)':>8}")
+                continue
+            lines.append(f"{name:<40} {frame.method.message_count:>8} "
+                         f"{frame.method.consumer_count:>9}")
+            channel.close()
+    finally:
+        connection.close()
+    return "\n".join(lines)

@@ -49,6 +49,15 @@ def test_report_of_12_tasks_by_3_workers(queue, logs, tmp_path):
                        "--offline", log_dir=logs)
     assert again.returncode == 0 and "12 tasks done by 3 workers" in again.stdout
 
+    runs = run_script("task_report.py", "--queue", queue, "--reports-dir", str(reports),
+                      "--offline", "--list", log_dir=logs)
+    run_lines = [line.split() for line in runs.stdout.splitlines()[1:]]
+    assert len(run_lines) == 1 and run_lines[0][3:5] == ["12", "3"], runs.stdout
+
+    status = run_script("task_report.py", "--queue", queue, "--status", log_dir=logs)
+    rows = {line.split()[0]: line.split()[1:] for line in status.stdout.splitlines()[1:]}
+    assert rows[queue] == ["0", "0"] and rows[queue + ".dead"] == ["0", "0"], status.stdout
+
 
 def test_report_with_no_events_is_one_clear_line(queue, logs, tmp_path):
     result = run_script("task_report.py", "--queue", queue, "--reports-dir", str(tmp_path),
