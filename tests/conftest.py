@@ -11,7 +11,7 @@ import pika
 import pytest
 
 from tests.brokers import ThrowawayBroker
-from tests.helpers import MAIN_URL, delete_queues
+from tests.helpers import MAIN_URL, delete_queues, kill_leftovers
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,15 @@ def queue(main_broker: str, request: pytest.FixtureRequest) -> str:
     """A fresh queue name on the main broker; it and its companions are deleted afterwards."""
     name = f"test.{request.node.name[:40]}.{uuid.uuid4().hex[:8]}"
     yield name
+    kill_leftovers()
     delete_queues(name)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    """Every background script a test started is gone when the test ends."""
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture

@@ -33,11 +33,31 @@ def run_script(name: str, *args: str, log_dir: Path, timeout: float = 60,
                           text=True, timeout=timeout, env=script_env(log_dir), cwd=ROOT, **kwargs)
 
 
-def start_worker(*args: str, log_dir: Path, out: Path) -> subprocess.Popen:
+STARTED: list[subprocess.Popen] = []  # background scripts; conftest kills leftovers
+
+
+def start_script(name: str, *args: str, log_dir: Path, out: Path) -> subprocess.Popen:
+    """Start a script in the background, its output going to *out*."""
     handle = open(out, "w")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen([sys.executable, str(ROOT / "listening_worker.py"), *args],
-                            stdout=handle, stderr=subprocess.STDOUT, env=script_env(log_dir),
-                            cwd=ROOT, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, str(ROOT / name), *args], stdout=handle,
+                               stderr=subprocess.STDOUT, env=script_env(log_dir), cwd=ROOT,
+                               stdin=subprocess.DEVNULL)
+    STARTED.append(process)
+    return process
+
+
+def start_worker(*args: str, log_dir: Path, out: Path) -> subprocess.Popen:
+    return start_script("listening_worker.py", *args, log_dir=log_dir, out=out)
+
+
+def kill_leftovers() -> None:
+    """A test that failed half-way may leave workers running: they would declare its queues
+    again after teardown, or run forever."""
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def consumers(name: str, url: str = MAIN_URL) -> int:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 
 from taskqueue.tasks import row_of
 from tests.brokers import ctl
 from tests.helpers import (
-    ROOT,
     consume_all,
     consumers,
     delete_queues,
@@ -22,7 +20,7 @@ from tests.helpers import (
     publish_raw,
     queue_state,
     run_script,
-    script_env,
+    start_script,
     start_worker,
     unacked,
     wait_for,
@@ -31,10 +29,7 @@ from tests.helpers import (
 
 
 def start_emitter(*args: str, log_dir, out) -> subprocess.Popen:
-    handle = open(out, "w")  # noqa: SIM115
-    return subprocess.Popen([sys.executable, str(ROOT / "emitter_of_tasks.py"), *args],
-                            stdout=handle, stderr=subprocess.STDOUT, env=script_env(log_dir),
-                            cwd=ROOT, stdin=subprocess.DEVNULL)
+    return start_script("emitter_of_tasks.py", *args, log_dir=log_dir, out=out)
 
 
 def rows_of(messages) -> Counter:
