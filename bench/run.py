@@ -275,6 +275,9 @@ def main() -> int:
             queues.delete_all()
     title = "Benchmark results (quick sizes)" if args.quick else "Benchmark results"
     text = render(results, title)
+    if args.quick:
+        text += ("\nQuick sizes only check that every benchmark still runs; they are too small "
+                 "to judge the goals (see `make bench` and bench/results.md).\n")
     print(text)
     out = ROOT / ("bench/out/results-quick.md" if args.quick else "bench/results.md")
     out.parent.mkdir(parents=True, exist_ok=True)
