@@ -78,12 +78,7 @@ class WorkThread:
     def _loop(self) -> None:
         while True:
             job, on_done = self._jobs.get()
-            try:
-                job()
-            except Exception as exc:
-                on_done(exc)
-            else:
-                on_done(None)
+            on_done(run_job(job))
 
 
 @dataclass
@@ -290,7 +285,7 @@ class TaskConsumer(BrokerSession):
                              name, expected)
         if self.options.inline_when_instant and expected == 0:
             delivery.started = time.time()
-            self._on_work_done(delivery, _call(self.options.handler, delivery.text))
+            self._on_work_done(delivery, run_job(partial(self.options.handler, delivery.text)))
             return
         self._work.submit(partial(self._work_on, delivery),
                           lambda error: self.call_threadsafe(
@@ -409,9 +404,10 @@ class TaskConsumer(BrokerSession):
         self.ioloop.call_later(EVENT_FLUSH_SECONDS, self._flush_events_periodically)
 
 
-def _call(handler: Handler, text: str) -> BaseException | None:
+def run_job(job: Callable[[], None]) -> BaseException | None:
+    """Run *job*; any exception it raises is the task's failure, returned, never raised."""
     try:
-        handler(text)
+        job()
     except Exception as exc:
         return exc
     return None

@@ -148,12 +148,11 @@ class ConfirmedPublisher(BrokerSession):
             task = self._next_task()
             if task is None:
                 break
-            body = task.text.encode("utf-8")
-            channel.basic_publish("", self.queue.name, body, self._properties(task),
+            channel.basic_publish("", self.queue.name, task.body, self._properties(task),
                                   mandatory=True)
             self._next_tag += 1
             self._in_flight[self._next_tag] = task
-            self._in_flight_bytes += len(body)
+            self._in_flight_bytes += len(task.body)
         self._finish_if_settled()
 
     def _next_task(self) -> Task | None:
@@ -191,7 +190,7 @@ class ConfirmedPublisher(BrokerSession):
         acked, tags = settled_tags(frame, self._in_flight)
         for tag in tags:
             task = self._in_flight.pop(tag)
-            self._in_flight_bytes -= len(task.text.encode("utf-8"))
+            self._in_flight_bytes -= len(task.body)
             self._settle(task, acked)
         if self.channel is not None:
             self._fill_window(self.channel)

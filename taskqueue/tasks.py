@@ -14,6 +14,7 @@ import io
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +30,11 @@ class Task:
     row: int  # line number in the source file (1-based), or position among --message tasks
     source: str  # file name, "<stdin>" or "<message>"
     message_id: str
+
+    @cached_property
+    def body(self) -> bytes:
+        """The message body: the text as UTF-8, encoded once however often it is sent."""
+        return self.text.encode("utf-8")
 
 
 class CsvError(UserError):
