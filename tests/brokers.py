@@ -89,3 +89,20 @@ class ThrowawayBroker:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def close_connections_of(broker: ThrowawayBroker, pid: int) -> int:
+    """Make the broker close every connection that process *pid* has open to it (as a network
+    fault or an admin would); return how many."""
+    listed = subprocess.run(["ss", "-tnpH", "state", "established", f"( dport = :{broker.port} )"],
+                            capture_output=True, text=True, check=True, timeout=10).stdout
+    ports = {line.split()[2].rsplit(":", 1)[1] for line in listed.splitlines()
+             if f"pid={pid}," in line}
+    closed = 0
+    rows = ctl(broker.node, "list_connections", "-q", "--no-table-headers", "pid", "peer_port")
+    for row in rows.stdout.splitlines():
+        connection, _, peer_port = row.partition("\t")
+        if peer_port.strip() in ports:
+            ctl(broker.node, "close_connection", connection.strip(), "test: connection dropped")
+            closed += 1
+    return closed

@@ -13,3 +13,11 @@ def die_on_poison(text: str) -> None:
         import os
 
         os._exit(70)
+
+
+def exit_on_call(text: str) -> None:
+    """Calls sys.exit() (SystemExit is not an Exception) for tasks containing 'exit'."""
+    if "exit" in text:
+        import sys
+
+        sys.exit(3)

@@ -78,6 +78,11 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.05, what: str =
 DONE_LINE = re.compile(r"\[(?P<worker>[^\]]+)\] done row (?P<row>\d+)")
 
 
+def done_counts(*outputs: Path) -> Counter:
+    """How many tasks each worker logged as done so far (worker -> count)."""
+    return Counter(worker for worker, _row in done_rows(*outputs).elements())
+
+
 def done_rows(*outputs: Path) -> Counter:
     """(worker, row) of every 'done' line in the workers' outputs."""
     rows: Counter = Counter()

@@ -37,3 +37,36 @@ def test_admin_opens_the_panel_without_the_password(panel_node, logs, tmp_path):
     assert "does not answer" not in result.stdout
     assert opened.read_text() == panel
     assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_the_question_needs_no_select_on_the_console(monkeypatch):
+    """Windows cannot select() on console input: the timed question must not depend on it."""
+    import io
+
+    from taskqueue import admin
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
+    assert admin.ask_yes_no("Open it?", timeout=5) is True
+    monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
+    assert admin.ask_yes_no("Open it?", timeout=5) is False
+
+
+def test_no_answer_in_time_is_no():
+    import os
+    import time
+
+    from taskqueue import admin
+
+    read_end, write_end = os.pipe()
+    try:
+        with open(read_end, closefd=False) as silent:
+            saved, sys.stdin = sys.stdin, silent
+            try:
+                started = time.monotonic()
+                assert admin.ask_yes_no("Open it?", timeout=0.5) is False
+                assert time.monotonic() - started < 3
+            finally:
+                sys.stdin = saved
+    finally:
+        os.close(read_end)
+        os.close(write_end)

@@ -6,16 +6,18 @@ the others use a queue of their own on the main broker."""
 from __future__ import annotations
 
 import signal
+import sys
 import subprocess
 import time
 from collections import Counter
 
 from taskqueue.tasks import row_of
-from tests.brokers import ctl
+from tests.brokers import close_connections_of, ctl
 from tests.helpers import (
     consume_all,
     consumers,
     delete_queues,
+    done_counts,
     done_rows,
     publish_raw,
     queue_state,
@@ -36,12 +38,12 @@ def rows_of(messages) -> Counter:
     return Counter(row_of(properties.message_id) for properties, _ in messages)
 
 
-def test_200_tasks_3_workers_survive_two_broker_restarts(node, logs, tmp_path):
+def test_300_tasks_3_workers_survive_two_broker_restarts(node, logs, tmp_path):
     queue = "restart_q"
-    csv = write_csv(tmp_path / "t.csv", [f"task {n}" + "." * (1 + n % 3) for n in range(200)])
+    csv = write_csv(tmp_path / "t.csv", [f"task {n}" + "." * (1 + n % 3) for n in range(300)])
     outs = [tmp_path / f"w{n}.out" for n in range(3)]
     workers = [start_worker("--url", node.url, "--queue", queue, "--name", f"w{n}",
-                            "--seconds-per-dot", "0.05", "--exit-when-idle", "6",
+                            "--seconds-per-dot", "0.05", "--exit-when-idle", "4",
                             log_dir=logs, out=out) for n, out in enumerate(outs)]
     wait_for(lambda: consumers(queue, node.url) == 3, what="3 consumers")
     assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
@@ -49,11 +51,53 @@ def test_200_tasks_3_workers_survive_two_broker_restarts(node, logs, tmp_path):
     for _ in range(2):
         time.sleep(1.5)
         node.restart(down_for=0.5)
+    after_fault = done_counts(*outs)
+    assert sum(after_fault.values()) < 300, "the restarts came while tasks were waiting"
     assert [w.wait(timeout=120) for w in workers] == [0, 0, 0], "workers end alive and well"
     done = done_rows(*outs)
-    assert {row for _, row in done} == set(range(1, 201)), "no task lost"
+    assert {row for _, row in done} == set(range(1, 301)), "no task lost"
+    at_end = done_counts(*outs)
+    assert all(at_end[f"w{n}"] > after_fault[f"w{n}"] for n in range(3)), \
+        ("every worker did tasks after the second restart", after_fault, at_end)
     assert all("connected again" in out.read_text() for out in outs)
     assert queue_state(queue, node.url) == (0, 0)
+
+
+def test_idle_time_does_not_count_while_the_broker_is_away(node, logs, tmp_path):
+    """--exit-when-idle means "connected, consuming, and no task came": a broker that is down
+    for longer than that must not end the worker while tasks wait."""
+    queue = "idle_down_q"
+    out = tmp_path / "w.out"
+    assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue,
+                      *[arg for n in range(40) for arg in ("--message", f"t{n}.")],
+                      log_dir=logs).returncode == 0
+    worker = start_worker("--url", node.url, "--queue", queue, "--name", "w",
+                          "--seconds-per-dot", "0.1", "--exit-when-idle", "3", log_dir=logs,
+                          out=out)
+    wait_for(lambda: sum(done_counts(out).values()) >= 5, what="work under way")
+    node.stop_app()
+    try:
+        time.sleep(8)
+        assert worker.poll() is None, "the worker waited for the broker: " + out.read_text()[-500:]
+    finally:
+        node.start_app()
+    assert worker.wait(timeout=60) == 0
+    assert {row for _, row in done_rows(out)} == set(range(1, 41)), "every task done"
+    assert queue_state(queue, node.url) == (0, 0)
+
+
+def test_a_worker_that_cannot_reconnect_exits_3(node, logs, tmp_path):
+    queue = "gone_q"
+    out = tmp_path / "w.out"
+    worker = start_worker("--url", node.url, "--queue", queue, "--exit-when-idle", "2",
+                          "--connect-timeout", "4", log_dir=logs, out=out)
+    wait_for(lambda: consumers(queue, node.url) == 1, what="worker")
+    node.stop_app()
+    try:
+        assert worker.wait(timeout=60) == 3, out.read_text()
+    finally:
+        node.start_app()
+    assert "no RabbitMQ broker answered" in out.read_text()
 
 
 def test_emitter_publishes_every_row_while_the_broker_restarts(node, logs, tmp_path):
@@ -286,3 +330,199 @@ def test_emitter_waits_out_a_memory_alarm(node, logs, tmp_path):
     assert emitter.wait(timeout=60) == 0, out.read_text()
     text = out.read_text()
     assert "accepts messages again" in text and "2 confirmed" in text
+
+
+def test_handler_calling_sys_exit_fails_the_attempt(queue, logs, tmp_path):
+    """SystemExit is not an Exception: it must still be that attempt's failure, never a
+    silently stopped worker holding its task."""
+    out = tmp_path / "w.out"
+    worker = start_worker("--queue", queue, "--handler", "tests.handlers:exit_on_call",
+                          "--max-retries", "1", "--retry-delay", "0.5", "--exit-when-idle", "1.5",
+                          log_dir=logs, out=out)
+    assert run_script("emitter_of_tasks.py", "--queue", queue, "--message", "please exit",
+                      "--message", "fine", log_dir=logs).returncode == 0
+    assert worker.wait(timeout=60) == 0, out.read_text()
+    dead = consume_all(queue + ".dead")
+    assert [body for _, body in dead] == [b"please exit"]
+    assert "SystemExit" in dead[0][0].headers["x-death-reason"]
+    assert sorted(row for _, row in done_rows(out)) == [2]
+    assert queue_state(queue) == (0, 0)
+
+
+def test_a_header_we_cannot_read_dead_letters_the_message(queue, logs, tmp_path):
+    """x-retries: "abc" (another producer's header) must not make the worker reconnect in a
+    loop: the message goes to <queue>.dead with the reason, the others are done."""
+    import pika
+
+    from tests.helpers import MAIN_URL
+
+    connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    channel.queue_declare(queue, durable=True)
+    channel.basic_publish("", queue, b"odd one", pika.BasicProperties(
+        delivery_mode=2, message_id="raw:1:0", headers={"x-retries": "abc"}))
+    channel.basic_publish("", queue, b"good one", pika.BasicProperties(
+        delivery_mode=2, message_id="raw:2:0"))
+    connection.close()
+    out = tmp_path / "w.out"
+    worker = start_worker("--queue", queue, "--seconds-per-dot", "0", "--exit-when-idle", "1.5",
+                          log_dir=logs, out=out)
+    assert worker.wait(timeout=30) == 0, out.read_text()
+    text = out.read_text()
+    assert "connected again" not in text and "lost" not in text, text
+    dead = consume_all(queue + ".dead")
+    assert [body for _, body in dead] == [b"odd one"]
+    assert "x-retries" in dead[0][0].headers["x-death-reason"]
+    assert sorted(row for _, row in done_rows(out)) == [2]
+
+
+def test_after_a_reconnect_mid_task_the_worker_takes_no_task_it_cannot_start(node, logs,
+                                                                              tmp_path):
+    """A worker still busy with a task from a lost connection must not take a new delivery that
+    would wait behind it while another worker is free."""
+    queue = "busy_reconnect_q"
+    outs = {name: tmp_path / f"{name}.out" for name in ("busy", "other", "late")}
+
+    def worker(name: str) -> subprocess.Popen:
+        return start_worker("--url", node.url, "--queue", queue, "--name", name,
+                            "--seconds-per-dot", "1", "--exit-when-idle", "2", log_dir=logs,
+                            out=outs[name])
+
+    busy = worker("busy")
+    wait_for(lambda: consumers(queue, node.url) == 1, what="worker")
+    run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--message",
+               "long........", log_dir=logs)
+    wait_for(lambda: "received row 1" in outs["busy"].read_text(), what="long task in hand")
+    other = worker("other")  # idle: it takes the long task when the broker requeues it
+    wait_for(lambda: consumers(queue, node.url) == 2, what="second worker")
+    assert close_connections_of(node, busy.pid) >= 1
+    wait_for(lambda: "received row 1" in outs["other"].read_text(), what="redelivery")
+    wait_for(lambda: "connected again" in outs["busy"].read_text(), what="reconnect")
+    time.sleep(0.5)
+    run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--message",
+               "short.", log_dir=logs)
+    time.sleep(0.5)
+    late = worker("late")
+    wait_for(lambda: "done row 1" in outs["late"].read_text(), timeout=5,
+             what="a free worker doing the short task while the others are busy")
+    assert [w.wait(timeout=60) for w in (busy, other, late)] == [0, 0, 0]
+    assert "'short.'" not in outs["busy"].read_text()
+
+
+def test_second_ctrl_c_stops_an_emitter_waiting_for_an_absent_broker(node, logs, tmp_path):
+    queue = "emit_away_q"
+    total = 50_000
+    csv = write_csv(tmp_path / "t.csv", [f"row {n}." for n in range(total)])
+    out = tmp_path / "e.out"
+    emitter = start_emitter("--url", node.url, "--queue", queue, "--file", str(csv),
+                            "--confirm-window", "50", "--resume", log_dir=logs, out=out)
+    wait_for(lambda: (queue_state(queue, node.url) or (0, 0))[0] > 2000, interval=0.01,
+             what="publishing under way")
+    node.stop_app()
+    try:
+        wait_for(lambda: "retrying in" in out.read_text(), what="waiting for the broker")
+        emitter.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert emitter.poll() is None, "the first Ctrl+C waits for the messages in flight"
+        stopped = time.monotonic()
+        emitter.send_signal(signal.SIGINT)
+        emitter.wait(timeout=10)
+        assert time.monotonic() - stopped < 3, "a second Ctrl+C stops at once"
+    finally:
+        node.start_app()
+    resumed = run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
+                         str(csv), "--resume", log_dir=logs, timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    rows = rows_of(consume_all(queue, node.url))
+    assert set(rows) == set(range(1, total + 1)), "the saved point lost no row"
+    assert sum(rows.values()) - total <= 50, "duplicates only within the window"
+
+
+def test_a_slow_stdin_does_not_hold_back_the_rows_already_read(queue, logs):
+    from tests.helpers import ROOT, script_env
+
+    emitter = subprocess.Popen(
+        [sys.executable, str(ROOT / "emitter_of_tasks.py"), "--queue", queue, "--file", "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=script_env(logs), cwd=ROOT, text=True)
+    try:
+        emitter.stdin.write("first.\n")
+        emitter.stdin.flush()
+        wait_for(lambda: (queue_state(queue) or (0, 0))[0] == 1, timeout=2.5,
+                 what="the first row in the queue while stdin stays open")
+        emitter.stdin.write("second.\n")
+        emitter.stdin.close()
+        assert emitter.wait(timeout=30) == 0
+    finally:
+        if emitter.poll() is None:
+            emitter.kill()
+    assert queue_state(queue)[0] == 2
+
+
+def test_resume_after_a_finished_run_publishes_nothing_again(queue, logs, tmp_path):
+    csv = write_csv(tmp_path / "t.csv", [f"row {n}." for n in range(10)])
+    for _ in range(3):
+        result = run_script("emitter_of_tasks.py", "--queue", queue, "--file", str(csv),
+                            "--resume", log_dir=logs)
+        assert result.returncode == 0, result.stderr
+    assert queue_state(queue)[0] == 10
+
+
+def test_message_ids_are_unique_per_run_for_messages(queue, logs):
+    for _ in range(2):
+        assert run_script("emitter_of_tasks.py", "--queue", queue, "--message", "same text",
+                          log_dir=logs).returncode == 0
+    ids = [properties.message_id for properties, _ in consume_all(queue)]
+    assert len(ids) == 2 and ids[0] != ids[1], ids
+
+
+def test_a_console_that_cannot_show_the_task_does_not_kill_the_worker(queue, logs, tmp_path):
+    from tests.helpers import ROOT, script_env
+
+    assert run_script("emitter_of_tasks.py", "--queue", queue, "--message", "Übersetze 日本語 .",
+                      log_dir=logs).returncode == 0
+    env = script_env(logs)
+    env["PYTHONIOENCODING"] = "cp1252"
+    result = subprocess.run([sys.executable, str(ROOT / "listening_worker.py"), "--queue", queue,
+                             "--seconds-per-dot", "0", "--exit-when-idle", "1.5"],
+                            capture_output=True, env=env, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")
+    assert b"Traceback" not in result.stderr
+    assert b"done row 1" in result.stdout
+    assert "Übersetze 日本語 ." in (logs / "listening_worker.log").read_text(encoding="utf-8")
+    assert queue_state(queue) == (0, 0)
+
+
+def test_the_readme_permission_recipe_works_for_both_scripts(node, logs, tmp_path):
+    """Run the README's own rabbitmqctl lines for a user of your own, then both scripts as
+    that user, with the default queue name."""
+    import shlex
+
+    from tests.helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**A user of your own.**"):]
+    lines = [line for line in section.split("```")[1].splitlines()
+             if line.startswith("rabbitmqctl ")]
+    assert any("add_user" in line for line in lines) and any("set_permissions" in line
+                                                             for line in lines)
+    for line in lines:
+        args = shlex.split(line.replace("a-long-password", "recipe-pw"))
+        result = ctl(node.node, *args[1:])
+        assert result.returncode == 0, (line, result.stderr)
+    url = f"amqp://tasks:recipe-pw@127.0.0.1:{node.port}/%2F"
+    sent = run_script("emitter_of_tasks.py", "--url", url, "--message", "as tasks.",
+                      "--message", "boom", log_dir=logs)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    out = tmp_path / "w.out"
+    worker = start_worker("--url", url, "--handler", "tests.handlers:fail_on_boom",
+                          "--max-retries", "1", "--retry-delay", "0.3", "--exit-when-idle", "1.5",
+                          log_dir=logs, out=out)
+    assert worker.wait(timeout=60) == 0, out.read_text()
+    assert "done row 1" in out.read_text() and "dead-lettered" in out.read_text()
+    report = run_script("task_report.py", "--url", url, "--reports-dir", str(tmp_path / "r"),
+                        log_dir=logs)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert queue_state("task_queue", node.url) == (0, 0)
+    assert [body for _, body in consume_all("task_queue.dead", node.url)] == [b"boom"]

@@ -77,3 +77,35 @@ def test_latest_run_and_run_filter():
     report = RunReport(events, "a", "q")
     assert [w.worker for w in report.workers] == ["w1"]
     assert "1 tasks done by 1 workers" in report.table()
+
+
+def test_the_report_says_when_its_counts_cannot_be_complete(queue, logs, tmp_path):
+    """Half the work is done by a worker that sends no events: the report must say that its
+    counts are incomplete instead of presenting half the run as the whole."""
+    csv = write_csv(tmp_path / "t.csv", [f"task {n}." for n in range(8)])
+    quiet = start_worker("--queue", queue, "--name", "quiet", "--no-events",
+                         "--seconds-per-dot", "0.05", "--exit-when-idle", "1.5", log_dir=logs,
+                         out=tmp_path / "quiet.out")
+    loud = start_worker("--queue", queue, "--name", "loud", "--seconds-per-dot", "0.05",
+                        "--exit-when-idle", "1.5", log_dir=logs, out=tmp_path / "loud.out")
+    wait_for(lambda: consumers(queue) == 2, what="2 workers")
+    assert run_script("emitter_of_tasks.py", "--queue", queue, "--file", str(csv),
+                      log_dir=logs).returncode == 0
+    assert quiet.wait(timeout=60) == 0 and loud.wait(timeout=60) == 0
+    result = run_script("task_report.py", "--queue", queue, "--reports-dir",
+                        str(tmp_path / "reports"), log_dir=logs)
+    assert result.returncode == 0, result.stderr
+    assert "8 tasks published" in result.stdout, result.stdout
+    assert "incomplete" in result.stdout, result.stdout
+
+
+def test_the_events_queue_is_bounded(queue, logs, tmp_path):
+    import subprocess
+
+    worker = start_worker("--queue", queue, "--exit-when-idle", "0.5", log_dir=logs,
+                          out=tmp_path / "w.out")
+    assert worker.wait(timeout=30) == 0
+    listed = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name",
+                             "arguments"], capture_output=True, text=True, timeout=30).stdout
+    line = next(line for line in listed.splitlines() if line.startswith(queue + ".events\t"))
+    assert "x-max-length" in line, line

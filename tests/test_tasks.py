@@ -114,3 +114,45 @@ def test_a_large_file_is_streamed(tmp_path):
             handle.write(f"task {number}.\n")
     count = sum(1 for _ in read_tasks(str(path)))
     assert count == 200_000
+
+
+def test_csv_errors_say_what_is_wrong(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('id,task\n1,"closed" then text\n')
+    with pytest.raises(CsvError, match=r"line 2: .*'[,]' expected after '\"'"):
+        list(read_tasks(str(path), header=True, column="task"))
+
+
+def test_a_long_quoted_field_is_read_in_one_pass(tmp_path):
+    """A quoted field spanning many lines is parsed once, not once per line it spans."""
+    path = tmp_path / "t.csv"
+    body = "\n".join(f"line {n} of a long cell" for n in range(20_000))
+    path.write_text(f'id,task\n1,"{body}"\n2,after\n')
+    import time
+
+    started = time.perf_counter()
+    tasks = texts(path, header=True, column="task")
+    assert tasks == [(2, body), (20_002, "after")]
+    assert time.perf_counter() - started < 5, "linear, not quadratic"
+
+
+def test_two_emitters_sharing_the_logs_keep_each_others_resume_point(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        mismatches = pool.starmap(_save_many, [(str(tmp_path), "a.csv"), (str(tmp_path), "b.csv")])
+    assert mismatches == [0, 0]
+
+
+def _save_many(directory: str, source: str) -> int:
+    from pathlib import Path
+
+    from taskqueue.publisher import ResumeState
+
+    state = ResumeState(Path(directory) / "emitter_state.json", source, "q")
+    mismatches = 0
+    for number in range(1, 301):
+        state.save(number, complete=False)
+        mismatches += state.confirmed_through() != number
+    return mismatches

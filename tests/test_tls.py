@@ -94,3 +94,51 @@ def test_missing_ca_file_is_bad_input(tls_node, logs, tmp_path):
     result = run_script("listening_worker.py", "--url", url, "--ca-file",
                         str(tmp_path / "nope.pem"), "--queue", "tls_q4", log_dir=logs)
     assert result.returncode == 2 and "cannot load TLS files" in result.stderr
+
+
+def make_client_cert(directory: Path, ca: str) -> None:
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=worker", "-keyout",
+            "client.key", "-out", "client.csr", cwd=directory)
+    openssl("x509", "-req", "-in", "client.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-days", "2", "-out", "client.pem", cwd=directory)
+
+
+@pytest.fixture(scope="module")
+def client_cert_node(tls_node):
+    """A second node whose TLS listener demands a client certificate signed by the test CA."""
+    certs = tls_node.certs
+    make_client_cert(certs, "test-ca")
+    node_certs = Path("/tmp") / f"tq-certs-{free_port()}"
+    shutil.copytree(certs, node_certs)
+    shutil.chown(node_certs, "rabbitmq", "rabbitmq")
+    for path in node_certs.iterdir():
+        shutil.chown(path, "rabbitmq", "rabbitmq")
+    tls_port = free_port()
+    node = ThrowawayBroker([
+        f"listeners.ssl.default = 127.0.0.1:{tls_port}",
+        f"ssl_options.cacertfile = {node_certs}/test-ca.pem",
+        f"ssl_options.certfile = {node_certs}/server.pem",
+        f"ssl_options.keyfile = {node_certs}/server.key",
+        "ssl_options.verify = verify_peer",
+        "ssl_options.fail_if_no_peer_cert = true",
+    ]).start()
+    node.tls_port = tls_port
+    yield node
+    node.cleanup()
+    shutil.rmtree(node_certs, ignore_errors=True)
+
+
+def test_a_broker_that_wants_a_client_certificate_says_so_at_once(client_cert_node, tls_node,
+                                                                  logs):
+    url = f"amqps://guest:guest@localhost:{client_cert_node.tls_port}/%2F"
+    ca = str(tls_node.certs / "test-ca.pem")
+    result = run_script("emitter_of_tasks.py", "--url", url, "--ca-file", ca, "--queue",
+                        "cert_q", "--message", "x", "--connect-timeout", "20", log_dir=logs)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "client certificate" in result.stderr and "--cert-file" in result.stderr
+    assert result.stderr.count("\n") == 1 and "retrying" not in result.stdout
+    with_cert = run_script("emitter_of_tasks.py", "--url", url, "--ca-file", ca, "--cert-file",
+                           str(tls_node.certs / "client.pem"), "--key-file",
+                           str(tls_node.certs / "client.key"), "--queue", "cert_q",
+                           "--message", "x", log_dir=logs)
+    assert with_cert.returncode == 0, with_cert.stdout + with_cert.stderr
