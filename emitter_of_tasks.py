@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 from taskqueue import admin
 from taskqueue.cli import (
@@ -80,15 +81,17 @@ def main() -> int:
     maybe_offer_panel(args, settings.urls[0], log)
 
     state = None if (args.message or args.file == "-") else ResumeState(
-        log_dir() / "emitter_state.json", args.file, spec.name)
-    tasks, total = open_tasks(args, state, log)
-
+        log_dir(), args.file, spec.name)
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    tasks, total, skip = open_tasks(args, state, run_id, log)
+
     log.info("publishing to queue %r at %s (run %s)", spec.name, mask_url(settings.urls[0]), run_id)
     progress = Progress(log, total)
-    publisher = ConfirmedPublisher(settings, spec, tasks, log, window=args.confirm_window,
-                                   run_id=run_id, on_tick=progress.update, state=state)
-    on_stop_signals(lambda: publisher.call_threadsafe(publisher.request_stop))
+    publisher = ConfirmedPublisher(
+        replace(settings, client_name=f"emitter_of_tasks run {run_id}"), spec, tasks, log,
+        window=args.confirm_window, run_id=run_id, on_tick=progress.update, state=state,
+        start_after=skip, total=total, interactive_input=args.file == "-")
+    on_stop_signals(publisher)
     try:
         publisher.run()
     finally:  # also when the broker stayed away: say how far the run got
@@ -99,11 +102,12 @@ def main() -> int:
     return exit_status(publisher, log)
 
 
-def open_tasks(args: argparse.Namespace, state: ResumeState | None,
-               log: logging.Logger) -> tuple[Iterator[Task], int | None]:
-    """The tasks to publish (streamed) and how many there are, when that is known cheaply."""
+def open_tasks(args: argparse.Namespace, state: ResumeState | None, run_id: str,
+               log: logging.Logger) -> tuple[Iterator[Task], int | None, int]:
+    """The tasks to publish (streamed), how many there are (when that is known cheaply), and
+    the row after which this run starts (--resume)."""
     if args.message:
-        return tasks_from_messages(args.message), len(args.message)
+        return tasks_from_messages(args.message, run_id), len(args.message), 0
     skip = 0
     if state and args.resume:
         skip = state.confirmed_through()
@@ -112,8 +116,9 @@ def open_tasks(args: argparse.Namespace, state: ResumeState | None,
         else:
             log.info("no earlier run of %s on this queue to resume: starting at row 1", args.file)
     tasks = read_tasks(args.file, header=args.header, column=args.column,
-                       max_bytes=args.max_task_bytes, skip_through=skip)
-    return tasks, None if skip else count_rows(args.file)
+                       max_bytes=args.max_task_bytes, skip_through=skip, run_id=run_id)
+    total = count_rows(args.file)
+    return tasks, None if total is None else max(0, total - skip), skip
 
 
 def maybe_offer_panel(args: argparse.Namespace, broker_url: str, log: logging.Logger) -> None:
@@ -134,6 +139,11 @@ def log_summary(publisher: ConfirmedPublisher, log: logging.Logger) -> None:
              "connection loss, %.2f s, %.0f msg/s; queue %r now holds %s messages, %s consumers",
              stats.read, stats.confirmed, stats.rejected, stats.republished, stats.seconds,
              stats.rate, publisher.queue.name, depth, consumers)
+    if stats.republished_rows:
+        low, high = stats.republished_rows
+        log.warning("%d messages (rows %d-%d) were published again after a connection loss: "
+                    "the broker may hold some of them twice (same message_id)",
+                    stats.republished, low, high)
     if stats.confirmed < stats.read and publisher.resumable:
         log.warning("every row up to %d is confirmed; run again with --resume to continue "
                     "from there", publisher.confirmed_through())

@@ -34,6 +34,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--status", action="store_true",
                         help="show the queue and its companions now (waiting, in progress, "
                              "retrying, dead) and exit")
+    parser.add_argument("--csv", type=Path, metavar="FILE",
+                        help="also write one row per task of the run: row, task, worker, host, "
+                             "started, seconds, attempts, outcome, result or error")
     add_broker_options(parser)
     return parser.parse_args()
 
@@ -48,13 +51,14 @@ def main() -> int:
     store = EventStore(args.reports_dir, spec.name)
     if not args.offline:
         moved = store.collect(broker_settings(args), spec)
-        log.info("collected %d new events from %r into %s", moved, spec.events_name, store.path)
-    events = store.events()
+        log.info("collected %d new task events (and %d notes from emitters and workers) from "
+                 "%r into %s", moved["task"], sum(moved.values()) - moved["task"],
+                 spec.events_name, store.path)
     if args.list:
-        print(list_runs(events))
+        print(list_runs(store.events()))
         return 0
-    run_id = args.run or latest_run(events)
-    report = RunReport(events, run_id or "", spec.name)
+    run_id = args.run or latest_run(store.events())
+    report = RunReport(store.events(), run_id or "", spec.name)
     if not report.events:
         raise UserError(f"no task events for queue {spec.name!r}"
                         f"{' and run ' + repr(args.run) if args.run else ''}; run workers on it "
@@ -64,6 +68,13 @@ def main() -> int:
     svg_path.parent.mkdir(parents=True, exist_ok=True)
     svg_path.write_text(report.svg(), encoding="utf-8")
     print(f"\ntimeline picture: {svg_path}")
+    if args.csv:
+        try:
+            rows = report.write_csv(args.csv)
+        except OSError as exc:
+            raise UserError(f"cannot write --csv {str(args.csv)!r} ({exc.strerror}); "
+                            "give a writable path") from None
+        print(f"results: {rows} tasks written to {args.csv}")
     return 0
 
 

@@ -76,13 +76,25 @@ class ConsoleAndFileHandler(logging.Handler):
         level_name = f"{logging.getLevelName(level):<7}"
         with self.lock:
             day, clock = self._stamp(created)
-            self.console.write(f"{clock} {level_name} {message}\n")
+            self._to_console(f"{clock} {level_name} {message}\n")
             if self.log_file is not None:
                 millis = int((created % 1) * 1000)
                 self.log_file.write(f"{day} {clock}.{millis:03d} {level_name} "
                                     f"[{name} pid={self.pid}] {message}\n")
         if level >= logging.WARNING:
             self.flush()
+
+    def _to_console(self, line: str) -> None:
+        """Logging must never kill a worker: a character the console cannot show (a Windows
+        code page) is written as an escape; the log file stays UTF-8 and complete."""
+        try:
+            self.console.write(line)
+        except UnicodeEncodeError:
+            encoding = getattr(self.console, "encoding", None) or "ascii"
+            with contextlib.suppress(OSError, ValueError):
+                self.console.write(line.encode(encoding, "backslashreplace").decode(encoding))
+        except (OSError, ValueError):
+            pass  # a closed console (pipe gone): the log file still gets the line
 
     def flush(self) -> None:
         with self.lock:

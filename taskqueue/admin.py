@@ -7,8 +7,9 @@ URL shown never contains the password; the login page asks for it (guest/guest l
 from __future__ import annotations
 
 import logging
-import select
+import queue
 import sys
+import threading
 import urllib.error
 import urllib.request
 import webbrowser
@@ -43,13 +44,18 @@ def panel_answers(url: str, timeout: float = 2.0) -> bool:
 
 
 def ask_yes_no(question: str, timeout: float = 30.0) -> bool:
-    """Ask on a terminal; no answer within *timeout* seconds counts as no."""
+    """Ask on a terminal; no answer within *timeout* seconds counts as no. The answer is read
+    on a thread of its own: select() on console input does not exist on Windows."""
     print(f"{question} y or n (no answer in {timeout:.0f} s = n): ", end="", flush=True)
-    ready, _, _ = select.select([sys.stdin], [], [], timeout)
-    if not ready:
+    answers: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: answers.put(sys.stdin.readline()), name="answer",
+                     daemon=True).start()
+    try:
+        answer = answers.get(timeout=timeout)
+    except queue.Empty:
         print()
         return False
-    return sys.stdin.readline().strip().lower() in ("y", "yes")
+    return answer.strip().lower() in ("y", "yes")
 
 
 def offer_panel(url: str, open_it: bool, log: logging.Logger) -> None:

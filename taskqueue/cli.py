@@ -4,13 +4,15 @@ user error is one line on stderr with an exit code, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 from collections.abc import Callable
+from typing import Protocol
 
 from taskqueue.config import (
-    DEFAULT_DELIVERY_LIMIT,
     DEFAULT_QUEUE,
+    QUEUE_TYPES,
     BrokerSettings,
     QueueSpec,
     TlsOptions,
@@ -41,6 +43,14 @@ def positive_int(text: str) -> int:
     return _number(text, int, 1, "a whole number")
 
 
+def seconds_above_zero(text: str) -> float:
+    """argparse type: a number of seconds > 0 (timeouts)."""
+    value = _number(text, float, 0, "a number of seconds")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
 def script_parser(doc: str | None) -> argparse.ArgumentParser:
     """A parser whose --help starts with the script's docstring, examples and all."""
     return argparse.ArgumentParser(description=doc,
@@ -59,12 +69,10 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
                             "(keeps the password off the command line)")
     group.add_argument("--queue", default=DEFAULT_QUEUE,
                        help="durable task queue (default: %(default)s)")
-    group.add_argument("--queue-type", choices=("classic", "quorum"), default="classic",
-                       help="classic (default; matches a queue made by the RabbitMQ tutorial) or "
-                            "quorum (replicated across a cluster)")
-    group.add_argument("--delivery-limit", type=positive_int, default=DEFAULT_DELIVERY_LIMIT,
-                       help="quorum queues: deliveries before the broker dead-letters a message "
-                            "that keeps killing workers (default: %(default)s)")
+    group.add_argument("--queue-type", choices=QUEUE_TYPES, default="auto",
+                       help="auto (default): use the queue as it is if it exists, else create a "
+                            "quorum queue, as today's RabbitMQ tutorial does; quorum or classic: "
+                            "create that type, and refuse a queue of the other type")
     group.add_argument("--connect-timeout", type=positive_float, default=60.0, metavar="SECONDS",
                        help="keep trying to (re)connect this long before giving up "
                             "(default: %(default)s)")
@@ -82,17 +90,33 @@ def broker_settings(args: argparse.Namespace) -> BrokerSettings:
 
 
 def queue_spec(args: argparse.Namespace) -> QueueSpec:
-    return QueueSpec(args.queue, args.queue_type, args.delivery_limit)
+    return QueueSpec(args.queue, args.queue_type)
 
 
-def on_stop_signals(handler: Callable[[], None]) -> None:
-    """Call *handler* on Ctrl+C (SIGINT) and SIGTERM instead of raising KeyboardInterrupt."""
+class Signalled(Protocol):
+    def note_signal(self) -> None: ...
+
+
+def on_stop_signals(session: Signalled) -> None:
+    """On Ctrl+C (SIGINT) and SIGTERM, only count (``note_signal``): the session's I/O loop
+    notices within a tenth of a second and decides what the n-th request means."""
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda _signum, _frame: handler())
+        signal.signal(signum, lambda _signum, _frame: session.note_signal())
+
+
+def safe_console() -> None:
+    """A console that cannot show a character (a Windows code page, PYTHONIOENCODING=cp1252)
+    gets an escape instead of killing the script with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
 
 
 def run_script(script: str, main: Callable[[], int]) -> None:
     """Run *main*; turn a UserError into one line on stderr and its exit code."""
+    safe_console()
     try:
         code = main()
     except UserError as error:

@@ -1,7 +1,10 @@
-"""Options shared by both scripts: broker URLs, credentials, TLS, and the queue's shape.
+"""Options shared by the scripts: broker URLs, credentials, TLS, and the queues' shape.
 
-Both scripts must declare the task queue with *identical* arguments, or RabbitMQ refuses the
-second declaration; ``QueueSpec.arguments()`` is the single place that decides them.
+The task queue is *adopted* when it exists (whatever its type and arguments: the RabbitMQ
+tutorial, an older version of this project or an admin may have made it) and created with
+``x-queue-type`` only when it does not (see topology.py). The companions ``<queue>.retry``,
+``.dead`` and ``.events`` are ours: ``QueueSpec.companion_arguments`` decides their arguments
+from the task queue's type, so they survive whatever the task queue survives.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from taskqueue.errors import EXIT_BAD_INPUT, UserError
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/%2F"
 DEFAULT_QUEUE = "task_queue"
 DEFAULT_MAX_TASK_BYTES = 64 * 1024  # a task is a line of text, not a payload store
-DEFAULT_DELIVERY_LIMIT = 5  # quorum queues: redeliveries before the broker dead-letters
+DEFAULT_DELIVERY_LIMIT = 5  # deliveries without an ack before a worker dead-letters a task
+QUEUE_TYPES = ("auto", "quorum", "classic")
+EVENTS_MAX_MESSAGES = 20_000  # <queue>.events keeps at most this many batches (oldest dropped)
 
 
 def broker_urls(cli_urls: list[str] | None, environ: dict[str, str] | None = None) -> list[str]:
@@ -110,22 +115,23 @@ class BrokerSettings:
     connect_timeout: float = 60.0
     tls: TlsOptions = field(default_factory=TlsOptions)
     heartbeat: int | None = None  # None: accept the broker's proposal
+    client_name: str = ""  # shown in the admin panel's connection list
 
 
 @dataclass(frozen=True)
 class QueueSpec:
     """The task queue and its companions, all durable.
 
+    ``<name>``        the tasks; adopted as it is when it exists, else created as
+                      ``queue_type`` (``auto`` creates a quorum queue);
     ``<name>.retry``  failed tasks wait here (per-message TTL) and flow back to ``<name>``;
     ``<name>.dead``   tasks that failed too often or can never succeed, with the reason;
-    ``<name>.events`` one small JSON event per finished task, for the who-did-what report.
-    The companions need no special arguments on ``<name>`` itself, so a queue made by an
-    older version (or by the RabbitMQ tutorial) keeps working.
+    ``<name>.events`` task events for the who-did-what report (bounded), fed by the exchange
+                      of the same name, which live views (``task_report.py --watch``) also bind.
     """
 
     name: str = DEFAULT_QUEUE
-    queue_type: str = "classic"
-    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    queue_type: str = "auto"
 
     @property
     def retry_name(self) -> str:
@@ -139,28 +145,44 @@ class QueueSpec:
     def events_name(self) -> str:
         return f"{self.name}.events"
 
-    def arguments(self) -> dict[str, object]:
-        """Arguments of the task queue itself; classic queues get none (tutorial-compatible)."""
-        if self.queue_type == "classic":
-            return {}
-        # Quorum queues count redeliveries; past the limit the broker moves the message to
-        # the dead-letter queue itself, so a task that kills every worker cannot loop forever.
-        return {
-            "x-queue-type": "quorum",
-            "x-delivery-limit": self.delivery_limit,
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": self.dead_name,
-        }
+    @property
+    def exchange(self) -> str:
+        """The topic exchange workers send events to (same name as the events queue)."""
+        return self.events_name
 
-    def retry_arguments(self) -> dict[str, object]:
-        """The retry queue dead-letters expired messages back onto the task queue."""
-        return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.name}
+    @property
+    def companions(self) -> list[str]:
+        return [self.retry_name, self.dead_name, self.events_name]
 
-    def declarations(self) -> list[tuple[str, dict[str, object]]]:
-        """Every queue both scripts declare, in order, with its arguments."""
-        return [
-            (self.name, self.arguments()),
-            (self.retry_name, self.retry_arguments()),
-            (self.dead_name, {}),
-            (self.events_name, {}),
-        ]
+    @property
+    def all_queues(self) -> list[str]:
+        return [self.name, *self.companions]
+
+    def create_type(self) -> str:
+        """The type to create the task queue with when it does not exist."""
+        return "quorum" if self.queue_type == "auto" else self.queue_type
+
+    def task_queue_arguments(self) -> dict[str, object]:
+        """Exactly what today's RabbitMQ tutorial declares, so its code can declare it too
+        (RabbitMQ refuses a redeclaration with other arguments). Classic: none at all."""
+        return {"x-queue-type": "quorum"} if self.create_type() == "quorum" else {}
+
+    def companion_arguments(self, name: str, task_type: str,
+                            broker_version: tuple[int, ...]) -> dict[str, object]:
+        """Arguments for a companion queue that does not exist yet. With a quorum task queue
+        they are quorum queues too (replicated: a node's loss cannot take them away); the
+        retry queue then needs RabbitMQ 3.10+ (message TTL, at-least-once dead-lettering),
+        and falls back to classic before that."""
+        quorum = task_type == "quorum"
+        if name == self.retry_name:
+            arguments: dict[str, object] = {"x-dead-letter-exchange": "",
+                                            "x-dead-letter-routing-key": self.name}
+            if quorum and broker_version >= (3, 10):
+                arguments.update({"x-queue-type": "quorum",
+                                  "x-dead-letter-strategy": "at-least-once",
+                                  "x-overflow": "reject-publish"})
+            return arguments
+        arguments = {"x-queue-type": "quorum"} if quorum else {}
+        if name == self.events_name:
+            arguments["x-max-length"] = EVENTS_MAX_MESSAGES
+        return arguments

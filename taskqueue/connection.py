@@ -3,8 +3,10 @@
 ``BrokerSession`` owns one pika ``SelectConnection`` at a time (asynchronous, so heartbeats
 keep flowing whatever the work does) and one channel on it. It tries the URLs in order, fails
 over to the next on loss, and gives up with a clear ``UserError`` once ``connect_timeout``
-seconds pass without a connection. Subclasses (the publisher and the consumer) only say what
-to do when a channel is ready and when it is lost.
+seconds pass without getting back to work (an open connection on which the queues cannot be
+used does not count). Subclasses (the publisher, the consumer and the worker's outbox) only
+say what to do when a channel is ready and when it is lost. Several sessions may share one
+I/O loop (the worker consumes on one connection and publishes on another).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from pika.channel import Channel
 
 from taskqueue.config import BrokerSettings, QueueSpec, TlsOptions, mask_url, url_user
 from taskqueue.errors import EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_UNREACHABLE, UserError
+from taskqueue.topology import HomeNodeDown, QueueSetup, Topology
+
+SIGNAL_POLL_SECONDS = 0.1  # how soon Ctrl+C is noticed; also wakes select() on Windows
 
 
 class Backoff:
@@ -47,7 +52,9 @@ def connection_parameters(url: str, settings: BrokerSettings) -> pika.URLParamet
     params = pika.URLParameters(url)
     params.connection_attempts = 1  # BrokerSession does the retrying, with backoff and failover
     params.socket_timeout = min(10.0, max(1.0, settings.connect_timeout))
-    params.blocked_connection_timeout = 300
+    params.blocked_connection_timeout = None  # a resource alarm is waited out, never a reason
+    if settings.client_name:                  # to drop the connection
+        params.client_properties = {"connection_name": settings.client_name}
     if settings.heartbeat is not None:
         params.heartbeat = settings.heartbeat
     if urlsplit(url).scheme == "amqps":
@@ -83,6 +90,12 @@ def explain_connect_error(exc: BaseException, url: str) -> tuple[bool, str]:
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return True, (f"the TLS certificate of {where} could not be verified; pass the CA that "
                       "signed it with --ca-file")
+    if "CERTIFICATE_REQUIRED" in text or "certificate required" in text:
+        return True, (f"the broker at {where} wants a client certificate; pass --cert-file and "
+                      "--key-file (a certificate signed by a CA the broker trusts)")
+    if "BAD_CERTIFICATE" in text or "UNKNOWN_CA" in text or "bad certificate" in text:
+        return True, (f"the broker at {where} refused our client certificate (--cert-file); "
+                      "use one signed by a CA the broker trusts")
     if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
         return True, (f"{where} does not speak TLS (a plain AMQP port?); use amqp:// or the "
                       "broker's TLS port (usually 5671)")
@@ -100,6 +113,8 @@ def explain_connect_error(exc: BaseException, url: str) -> tuple[bool, str]:
 def explain_channel_error(exc: BaseException, queue: str) -> UserError | None:
     """A UserError for a channel the broker closed because of something the user must fix,
     else None (a transient loss worth reconnecting for)."""
+    if isinstance(exc, UserError):
+        return exc
     if not isinstance(exc, pe.ChannelClosedByBroker):
         return None
     if exc.reply_code == 406 and "inequivalent arg" in exc.reply_text:
@@ -122,37 +137,58 @@ class BrokerSession:
     """One channel to the broker, kept open across broker restarts and node failures.
 
     Contract for subclasses:
-      * ``on_channel_ready(channel)``: the channel is open; declare, consume or publish.
+      * ``on_channel_ready(channel)``: the channel is open; declare, consume or publish, then
+        call ``mark_ready()`` once back at work (this is what resets ``connect_timeout``).
       * ``on_channel_lost()``: the channel is gone (messages in flight are unconfirmed / will
         be redelivered); a new ``on_channel_ready`` follows once reconnected.
-      * call ``finish()`` when done: closes the connection and makes ``run()`` return.
+      * ``on_stop_request(count)``: Ctrl+C / SIGTERM number *count* arrived (on the I/O loop).
+      * call ``finish()`` when done: closes the connection, then ends ``run()`` (or calls
+        ``on_finished`` when the loop belongs to another session).
       * call ``fail(error)`` for an error that retrying cannot fix.
     ``run()`` blocks in the I/O loop and raises the UserError given to ``fail`` (or the
     connect timeout) once the loop ends.
     """
 
-    def __init__(self, settings: BrokerSettings, queue: QueueSpec, log: logging.Logger) -> None:
+    label = ""  # how log lines name this connection ("" for the script's main one)
+
+    def __init__(self, settings: BrokerSettings, log: logging.Logger, *, queue_name: str = "",
+                 ioloop: IOLoop | None = None) -> None:
         self.settings = settings
-        self.queue = queue
+        self.queue_name = queue_name
         self.log = log
-        self.ioloop = IOLoop()
+        self.ioloop = ioloop or IOLoop()
+        self.owns_loop = ioloop is None
         self.channel: Channel | None = None
+        self.connect_timeout = settings.connect_timeout
+        self.on_finished: Callable[[], None] | None = None
+        self.signals = 0  # raised by a signal handler; read by the loop (see note_signal)
+        self._signals_seen = 0
         self._connection: pika.SelectConnection | None = None
         self._url_index = 0
         self._backoff = Backoff()
         self._deadline = 0.0
+        self._ready = False
+        self._opened_unready = False
         self._finishing = False
+        self._finished = False
         self._error: UserError | None = None
         self._last_reason = ""
+        self.blocked = False
         self.connections_made = 0
 
     # --- the public surface -------------------------------------------------------------
     def run(self) -> None:
-        self._deadline = time.monotonic() + self.settings.connect_timeout
-        self._connect()
+        self.start()
         self.ioloop.start()
         if self._error:
             raise self._error
+
+    def start(self) -> None:
+        """Begin connecting (the loop is started by ``run`` or by the loop's owner)."""
+        self._deadline = time.monotonic() + self.connect_timeout
+        if self.owns_loop:
+            self.ioloop.call_later(SIGNAL_POLL_SECONDS, self._poll_signals)
+        self._connect()
 
     def finish(self) -> None:
         """Close the connection cleanly and end ``run()``."""
@@ -160,14 +196,33 @@ class BrokerSession:
         if self._connection and self._connection.is_open:
             self._connection.close()
         elif not (self._connection and self._connection.is_closing):
-            self.ioloop.stop()
+            self._done()
 
     def fail(self, error: UserError) -> None:
         self._error = self._error or error
         self.finish()
 
+    @property
+    def error(self) -> UserError | None:
+        return self._error
+
+    def mark_ready(self) -> None:
+        """Back at work: the next loss starts a fresh ``connect_timeout``."""
+        self._ready = True
+        self._opened_unready = False
+        self._backoff.reset()
+
+    def note_signal(self) -> None:
+        """For a signal handler: only counts. Locks are not safe there (the handler runs on the
+        thread of the I/O loop, which may hold one), so the loop polls the count."""
+        self.signals += 1
+
+    def on_stop_request(self, count: int) -> None:
+        """Default: stop at once."""
+        self.finish()
+
     def call_threadsafe(self, callback: Callable[[], None]) -> None:
-        """Run *callback* on the I/O thread (from a work thread or a signal handler)."""
+        """Run *callback* on the I/O thread (from a work thread)."""
         self.ioloop.add_callback_threadsafe(callback)
 
     def inspect_queue(self, name: str, on_result: Callable[[int | None, int | None], None]) -> None:
@@ -199,6 +254,10 @@ class BrokerSession:
     def url(self) -> str:
         return self.settings.urls[self._url_index % len(self.settings.urls)]
 
+    @property
+    def connection(self) -> pika.SelectConnection | None:
+        return self._connection
+
     # --- for subclasses ------------------------------------------------------------------
     def on_channel_ready(self, channel: Channel) -> None:
         raise NotImplementedError
@@ -206,10 +265,60 @@ class BrokerSession:
     def on_channel_lost(self) -> None:
         """Default: nothing to clean up."""
 
+    def on_blocked(self, reason: str) -> None:
+        self.log.warning("the broker is blocking publishers (%s): waiting; free memory or disk "
+                         "space on the broker (see 'rabbitmq-diagnostics alarms')", reason)
+
+    def on_unblocked(self) -> None:
+        self.log.info("the broker accepts messages again")
+
+    def set_up_queues(self, channel: Channel, spec: QueueSpec,
+                      on_done: Callable[[Topology], None]) -> None:
+        """Declare-or-adopt the queues (topology.py) on this connection, then *on_done*. A
+        queue whose node is down is waited for (within ``connect_timeout``), loudly."""
+        def on_error(exc: BaseException) -> None:
+            if isinstance(exc, HomeNodeDown):
+                self.log.error("%s; it is a classic queue, which lives on that one node: "
+                               "waiting for the node (quorum queues do not stop for one node)",
+                               exc)
+                self.drop_connection(str(exc))
+                return
+            error = explain_channel_error(exc, spec.name)
+            if error:
+                self.fail(error)
+            else:
+                self.log.warning("setting up the queues failed (%s); starting over", exc)
+                self.drop_connection(str(exc))
+
+        QueueSetup(channel.connection, spec, self.log, on_done, on_error,
+                   quiet=self.connections_made > 1).start()
+
+    def drop_connection(self, why: str) -> None:
+        """Start over on a fresh connection (after a setup problem worth waiting out)."""
+        self._last_reason = why
+        if self._connection and self._connection.is_open:
+            self._connection.close()
+
     # --- connection lifecycle --------------------------------------------------------------
+    def _done(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self.on_finished is not None:
+            self.on_finished()
+        if self.owns_loop:
+            self.ioloop.stop()
+
+    def _poll_signals(self) -> None:
+        while self._signals_seen < self.signals:
+            self._signals_seen += 1
+            self.on_stop_request(self._signals_seen)
+        if not self._finished:
+            self.ioloop.call_later(SIGNAL_POLL_SECONDS, self._poll_signals)
+
     def _connect(self) -> None:
         if self._finishing:
-            self.ioloop.stop()
+            self._done()
             return
         try:
             params = connection_parameters(self.url, self.settings)
@@ -223,39 +332,51 @@ class BrokerSession:
 
     def _on_open(self, connection: pika.SelectConnection) -> None:
         self.connections_made += 1
+        self._opened_unready = True
         again = " again" if self.connections_made > 1 else ""
-        self.log.info("connected%s to %s", again, mask_url(self.url))
+        self.log.info("%sconnected%s to %s", self._prefix(), again, mask_url(self.url))
         connection.add_on_connection_blocked_callback(self._on_blocked)
-        connection.add_on_connection_unblocked_callback(
-            lambda _connection, _frame: self.log.info("the broker accepts messages again"))
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
         connection.channel(on_open_callback=self._on_channel_open)
+
+    def _prefix(self) -> str:
+        return f"{self.label}: " if self.label else ""
 
     def _on_blocked(self, _connection: object, frame: pika.frame.Method) -> None:
         # RabbitMQ stops reading from publishers while a memory or disk alarm is on.
-        reason = getattr(frame.method, "reason", "") or "resource alarm"
-        self.log.warning("the broker is blocking publishers (%s): waiting; free memory or disk "
-                         "space on the broker (see 'rabbitmq-diagnostics alarms')", reason)
+        self.blocked = True
+        self.on_blocked(getattr(frame.method, "reason", "") or "resource alarm")
+
+    def _on_unblocked(self, _connection: object, _frame: object) -> None:
+        self.blocked = False
+        self.on_unblocked()
 
     def _on_open_error(self, _connection: object, exc: BaseException) -> None:
         fatal, reason = explain_connect_error(exc, self.url)
         if fatal:
-            self._error = UserError(reason, EXIT_REFUSED)
-            self.ioloop.stop()
+            self._error = self._error or UserError(reason, EXIT_REFUSED)
+            self._finishing = True
+            self._done()
             return
         self._last_reason = reason
-        self._retry_later(f"cannot reach {mask_url(self.url)}: {reason}")
+        self._retry_later(f"{self._prefix()}cannot reach {mask_url(self.url)}: {reason}")
 
     def _retry_later(self, why: str) -> None:
         if self._finishing:
-            self.ioloop.stop()
+            self._done()
             return
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
-            self._error = UserError(
-                f"no RabbitMQ broker answered at {', '.join(map(mask_url, self.settings.urls))} "
-                f"within {self.settings.connect_timeout:g} s ({self._last_reason}); start the "
-                "broker, check --url / RABBITMQ_URL, or raise --connect-timeout", EXIT_UNREACHABLE)
-            self.ioloop.stop()
+            urls = ", ".join(map(mask_url, self.settings.urls))
+            self._error = self._error or UserError(
+                f"connected to {urls} but could not use the queues within "
+                f"{self.connect_timeout:g} s ({self._last_reason}); bring the node back, or "
+                "raise --connect-timeout" if self._opened_unready else
+                f"no RabbitMQ broker answered at {urls} within {self.connect_timeout:g} s "
+                f"({self._last_reason}); start the broker, check --url / RABBITMQ_URL, or "
+                "raise --connect-timeout", EXIT_UNREACHABLE)
+            self._finishing = True
+            self._done()
             return
         self._url_index += 1  # fail over: the next attempt goes to the next URL in the list
         delay = min(self._backoff.next_delay(), remaining)
@@ -265,7 +386,6 @@ class BrokerSession:
     def _on_channel_open(self, channel: Channel) -> None:
         self.channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
-        self._backoff.reset()
         self.on_channel_ready(channel)
 
     def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
@@ -275,7 +395,7 @@ class BrokerSession:
         self.on_channel_lost()
         if self._finishing:
             return
-        error = explain_channel_error(reason, self.queue.name)
+        error = explain_channel_error(reason, self.queue_name)
         if error:
             self.fail(error)
             return
@@ -285,7 +405,8 @@ class BrokerSession:
                            "consumer_timeout (rabbitmq.conf, default 1800000 ms); the task is "
                            "redelivered. Raise consumer_timeout for tasks that long.")
         else:
-            self.log.warning("channel closed by the broker: %s", reason)
+            self.log.warning("%schannel closed by the broker: %s", self._prefix(), reason)
+        self._last_reason = text
         # A closed channel on a live connection: start over on a fresh connection.
         if self._connection and self._connection.is_open:
             self._connection.close()
@@ -295,27 +416,14 @@ class BrokerSession:
             self.channel = None
             self.on_channel_lost()
         if self._finishing:
-            self.ioloop.stop()
+            self._done()
             return
-        self._last_reason = str(reason) or type(reason).__name__
-        self._deadline = time.monotonic() + self.settings.connect_timeout
-        self._retry_later(f"connection to {mask_url(self.url)} lost ({self._last_reason})")
-
-
-def declare_queues(channel: Channel, spec: QueueSpec, on_done: Callable[[], None]) -> None:
-    """Declare the task queue and its companions (durable, same arguments in both scripts),
-    one after the other, then call *on_done*. A mismatch closes the channel with 406, which
-    ``BrokerSession`` turns into a clear error."""
-    pending = list(spec.declarations())
-
-    def declare_next(_frame: object = None) -> None:
-        if not pending:
-            on_done()
-            return
-        name, arguments = pending.pop(0)
-        channel.queue_declare(name, durable=True, arguments=arguments, callback=declare_next)
-
-    declare_next()
+        if self._ready:  # we were at work: a fresh allowance for getting back to it
+            self._ready = False
+            self._deadline = time.monotonic() + self.connect_timeout
+            self._last_reason = str(reason) or type(reason).__name__
+        self._retry_later(f"{self._prefix()}connection to {mask_url(self.url)} lost "
+                          f"({str(reason) or type(reason).__name__})")
 
 
 def open_blocking(settings: BrokerSettings) -> pika.BlockingConnection:

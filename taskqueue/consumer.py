@@ -1,114 +1,51 @@
-"""The worker's loop: one task at a time, worked off the I/O thread, acked only when done.
+"""The worker's consuming side: take deliveries, hand each to a free slot, ack when done.
 
-``TaskConsumer`` asks for ``prefetch_count=1``, so the broker hands each worker one task and
-the next one only after the ack: whoever is free next gets the next task (fair dispatch). The
-work runs on a ``WorkThread`` while pika's I/O loop keeps answering heartbeats, so a task of any
-length does not cost the connection; the result comes back to the I/O thread with
-``add_callback_threadsafe`` (pika's documented pattern), where the ack is sent.
+``TaskConsumer`` asks for ``prefetch_count`` = its number of slots (1 by default), so the
+broker never hands a worker more unacked tasks than it can work on at once: whoever has a free
+slot gets the next task (fair dispatch). The work runs in the slots (slots.py, work.py) while
+pika's I/O loop keeps answering heartbeats; outcomes come back to the I/O thread, where the ack
+is sent. Everything the worker publishes goes through its ``Outbox`` (outbox.py), a connection
+of its own, so that a broker blocking publishers (memory or disk alarm) never stops consuming.
 
-A task that fails is published to ``<queue>.retry`` (it flows back after ``retry_delay``) up to
-``max_retries`` times, then parked in ``<queue>.dead`` with the reason in its headers. A message
-that can never succeed (not UTF-8, empty, too large) goes to ``<queue>.dead`` at once. The copy is
-confirmed by the broker before the original is acked, so a crash in between duplicates, never
-loses.
+A task that fails is copied to ``<queue>.retry`` (it flows back after ``retry_delay``) up to
+``max_retries`` times, then to ``<queue>.dead`` with the reason in its headers. A message that
+can never succeed (not UTF-8, empty, too large, unreadable headers) or that was delivered
+``delivery_limit`` times without an ack (quorum queues count: it keeps killing or hanging its
+workers) goes to ``<queue>.dead`` at once. The copy is confirmed by the broker before the
+original is acked, so a crash in between duplicates, never loses.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import queue as queue_module
+import os
 import socket
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cached_property, partial
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
 import pika
 from pika.channel import Channel
 from pika.spec import Basic
 
-from taskqueue.config import DEFAULT_MAX_TASK_BYTES, BrokerSettings, QueueSpec
-from taskqueue.connection import BrokerSession, declare_queues, settled_tags
-from taskqueue.errors import UserError
-from taskqueue.events import EVENT_FLUSH_SECONDS, EventBatch
-from taskqueue.tasks import row_of, seconds_for
+from taskqueue.config import (
+    DEFAULT_DELIVERY_LIMIT,
+    DEFAULT_MAX_TASK_BYTES,
+    BrokerSettings,
+    QueueSpec,
+)
+from taskqueue.connection import BrokerSession
+from taskqueue.delivery import Delivery
+from taskqueue.events import EVENT_FLUSH_SECONDS, event_id, task_event
+from taskqueue.outbox import Copy, Outbox
+from taskqueue.slots import WorkSlot, slot_names
+from taskqueue.topology import Topology
+from taskqueue.work import Outcome, Runner, failure_reason
 
 CONSUMER_TIMEOUT_SECONDS = 1800  # RabbitMQ's default consumer_timeout (30 min)
-EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
-                                        content_type="application/json")
-Handler = Callable[[str], None]
-
-
-def sleep_per_dot(seconds_per_dot: float) -> Handler:
-    """The default work: sleep a fixed time for every '.' in the task text."""
-    def work(text: str) -> None:
-        seconds = seconds_for(text, seconds_per_dot)
-        if seconds > 0:  # sleep(0) still yields the CPU: ~80 us per task for nothing
-            time.sleep(seconds)
-    return work
-
-
-def load_handler(spec: str) -> Handler:
-    """Import ``package.module:function``, a callable taking the task text."""
-    module_name, _, attribute = spec.partition(":")
-    try:
-        handler = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise UserError(f"cannot load --handler {spec!r} ({exc}); "
-                        "give MODULE:FUNCTION, importable from here") from None
-    if not callable(handler):
-        raise UserError(f"--handler {spec!r} is not a function")
-    return handler
-
-
-class WorkThread:
-    """One daemon thread that runs handlers one at a time and reports each outcome through
-    ``on_done(error or None)``. Daemon, so a second Ctrl+C can exit while a task sleeps."""
-
-    def __init__(self) -> None:
-        self._jobs: queue_module.SimpleQueue = queue_module.SimpleQueue()
-        threading.Thread(target=self._loop, name="work", daemon=True).start()
-
-    def submit(self, job: Callable[[], None],
-               on_done: Callable[[BaseException | None], None]) -> None:
-        self._jobs.put((job, on_done))
-
-    def _loop(self) -> None:
-        while True:
-            job, on_done = self._jobs.get()
-            on_done(run_job(job))
-
-
-@dataclass
-class Delivery:
-    """A message in hand, and what we know about it."""
-
-    channel: Channel
-    tag: int
-    properties: pika.BasicProperties
-    body: bytes
-    redelivered: bool
-    text: str = ""
-    received: float = field(default_factory=time.time)
-    started: float = 0.0
-    requeued: bool = False  # put back by a second Ctrl+C: its result no longer matters
-
-    @cached_property
-    def headers(self) -> dict:
-        return dict(self.properties.headers or {})
-
-    @property
-    def retries(self) -> int:
-        return int(self.headers.get("x-retries", 0))
-
-    @cached_property
-    def label(self) -> str:
-        """How log lines name the task: its row and message id."""
-        row = row_of(self.properties.message_id)
-        where = f"row {row}" if row is not None else "no row"
-        return f"{where}, id {self.properties.message_id or '-'}"
+TICK_SECONDS = 0.25  # idle checks, event flushes and live snapshots run on this beat
+SNAPSHOT_SECONDS = (0.5, 2.0)  # a live snapshot at most this often, and at least this often
+EXIT_GRACE_SECONDS = 5.0  # at exit, wait this long for the last events to be confirmed
 
 
 @dataclass
@@ -117,108 +54,171 @@ class WorkerStats:
     failed_attempts: int = 0
     dead_lettered: int = 0
     redelivered: int = 0
-    busy_seconds: float = 0.0
+    done_by_run: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
-    def summary(self, name: str) -> str:
-        total = time.monotonic() - self.started
-        return (f"worker {name}: {self.done} done, {self.failed_attempts} failed attempts, "
+    def summary(self, name: str, slots: list[WorkSlot], events_dropped: int = 0) -> str:
+        wall = time.monotonic() - self.started
+        busy = sum(slot.busy_seconds for slot in slots)
+        text = (f"worker {name}: {self.done} done, {self.failed_attempts} failed attempts, "
                 f"{self.dead_lettered} dead-lettered, {self.redelivered} redelivered; busy "
-                f"{self.busy_seconds:.1f} s, idle {max(0.0, total - self.busy_seconds):.1f} s")
+                f"{busy:.1f} s, idle {max(0.0, wall * len(slots) - busy):.1f} s")
+        if len(slots) > 1:
+            text += " (" + ", ".join(f"{slot.name}: {slot.done}" for slot in slots) + ")"
+        if events_dropped:
+            text += f"; {events_dropped} events dropped (the report will say so)"
+        return text
 
 
 @dataclass(frozen=True)
 class WorkerOptions:
     name: str
-    handler: Handler
-    expected_seconds: Callable[[str], float] = lambda _text: 0.0
     exit_when_idle: float | None = None
     max_retries: int = 3
     retry_delay: float = 2.0
     max_task_bytes: int = DEFAULT_MAX_TASK_BYTES
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
     events: bool = True
-    # Only for the built-in simulated work, whose length is known in advance: a task with no
-    # dots has nothing to wait for, so it runs on the I/O thread and skips two thread switches.
-    inline_when_instant: bool = False
 
 
 class TaskConsumer(BrokerSession):
-    """Consume the task queue with prefetch 1 until stopped, idle, or failed for good."""
+    """Consume the task queue into ``len(runners)`` slots until stopped, idle, or failed for
+    good. ``request_stop()`` (or Ctrl+C / SIGTERM): first, take no new task and finish the
+    ones in hand; second, put them back in the queue and stop now."""
 
     def __init__(self, settings: BrokerSettings, queue: QueueSpec, log: logging.Logger,
-                 options: WorkerOptions) -> None:
-        super().__init__(settings, queue, log)
+                 options: WorkerOptions, runners: list[Runner]) -> None:
+        super().__init__(replace(settings, client_name=f"listening_worker {options.name}"), log,
+                         queue_name=queue.name)
+        self.queue = queue
         self.options = options
         self.stats = WorkerStats()
-        self.in_hand: Delivery | None = None
-        self._work = WorkThread()
+        self.host = socket.gethostname()
+        self.topology: Topology | None = None
+        self.slots = [WorkSlot(name, runner, self._on_outcome, self.call_threadsafe)
+                      for name, runner in zip(slot_names(options.name, len(runners)), runners)]
+        self.outbox = Outbox(settings, queue, log, self.ioloop, options.name)
+        self.outbox.on_finished = self._on_outbox_finished
         self._stop_requests = 0
+        self._closing = False
         self._consumer_tag: str | None = None
-        self._confirm_tag = 0
-        self._after_confirm: dict[int, Callable[[bool], None] | None] = {}
-        self._last_activity = time.monotonic()
+        self._waiting_for_slots = False
+        self._idle_since: float | None = None  # consuming with every slot free, since when
         self._retry_due = 0.0  # when the last task sent to <queue>.retry flows back
-        self._events = EventBatch(options.name, socket.gethostname(),
-                                  self._send_events) if options.events else None
+        self._copies: dict[int, tuple[WorkSlot, Delivery, Copy]] = {}
+        self._changed = True
+        self._last_snapshot = 0.0
+        self._ticks = 0
 
-    # --- stopping ------------------------------------------------------------------------
+    # --- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        super().start()
+        self.outbox.start()
+        self.ioloop.call_later(TICK_SECONDS, self._tick)
+
     def request_stop(self) -> None:
-        """First call: take no new task, finish the one in hand. Second: requeue it, stop now."""
+        self.on_stop_request(0)
+
+    def on_stop_request(self, _count: int) -> None:
         self._stop_requests += 1
+        name = self.options.name
+        in_hand = [slot for slot in self.slots if slot.delivery and not slot.delivery.settled]
         if self._stop_requests == 1:
-            if self.in_hand:
-                self.log.warning("[%s] stopping after the task in hand (%s); press Ctrl+C again "
-                                 "to requeue it and stop now", self.options.name,
-                                 self.in_hand.label)
+            if in_hand:
+                self.log.warning("[%s] stopping after the %d task(s) in hand (%s); press Ctrl+C "
+                                 "again to requeue them and stop now", name, len(in_hand),
+                                 "; ".join(slot.delivery.label for slot in in_hand))
             self._cancel_consumer()
             self._finish_if_idle()
             return
-        if self.in_hand and self.in_hand.channel.is_open:
-            self.in_hand.requeued = True
-            self.in_hand.channel.basic_nack(self.in_hand.tag, requeue=True)
-            self.log.warning("[%s] requeued %s: %r", self.options.name, self.in_hand.label,
-                             self.in_hand.text)
-        self.in_hand = None
-        self.finish()
+        for slot in in_hand:
+            delivery = slot.delivery
+            if delivery.channel.is_open:
+                delivery.channel.basic_nack(delivery.tag, requeue=True)
+                self.log.warning("[%s] requeued %s: %r", slot.name, delivery.label, delivery.text)
+            delivery.settled = True
+            slot.interrupt()
+        self._shutdown(grace=1.0)
 
     def _cancel_consumer(self) -> None:
         if self.channel is not None and self.channel.is_open and self._consumer_tag:
             self.channel.basic_cancel(self._consumer_tag)
-            self._consumer_tag = None
+        self._consumer_tag = None
+
+    def _on_outbox_finished(self) -> None:
+        if self.outbox.error is not None:
+            self.fail(self.outbox.error)  # e.g. no permission to publish: the user must act
+        else:
+            self.finish()
 
     def _finish_if_idle(self) -> None:
-        if self._stop_requests and self.in_hand is None:
-            self._flush_events()
-            if not self._after_confirm:
-                self.finish()
+        if self._stop_requests and all(slot.free for slot in self.slots):
+            self._shutdown(EXIT_GRACE_SECONDS)
+
+    def _shutdown(self, grace: float) -> None:
+        """Record the worker's totals, let the outbox send what waits, then close."""
+        if self._closing:
+            return
+        self._closing = True
+        if self.options.events:
+            self.outbox.record({
+                "kind": "worker", "id": event_id(), "worker": self.options.name,
+                "host": self.host, "pid": os.getpid(), "time": time.time(),
+                "done": self.stats.done, "failed": self.stats.failed_attempts,
+                "dead": self.stats.dead_lettered, "runs": dict(self.stats.done_by_run),
+                "events_dropped": self.outbox.events.dropped})
+            self.outbox.announce(self._snapshot(state="stopped"))
+        for slot in self.slots:
+            slot.close()
+        self.outbox.close(grace)
 
     # --- BrokerSession hooks -----------------------------------------------------------
     def on_channel_ready(self, channel: Channel) -> None:
         if self._stop_requests:
-            self.finish()
+            self._finish_if_idle()
             return
-        self._confirm_tag = 0
-        declare_queues(channel, self.queue, lambda: channel.confirm_delivery(
-            ack_nack_callback=self._on_confirm, callback=lambda _f: self._set_qos(channel)))
-        if self.connections_made == 1:
-            self.ioloop.call_later(EVENT_FLUSH_SECONDS, self._flush_events_periodically)
-            if self.options.exit_when_idle is not None:
-                self.ioloop.call_later(0.2, self._check_idle)
+        self.set_up_queues(channel, self.queue, lambda topology: self._on_set_up(channel,
+                                                                                   topology))
 
-    def _set_qos(self, channel: Channel) -> None:
-        channel.basic_qos(prefetch_count=1, callback=lambda _frame: self._consume(channel))
+    def _on_set_up(self, channel: Channel, topology: Topology) -> None:
+        self.topology = topology
+        self.outbox.exchange_ready = True
+        self.outbox.send()
+        self.mark_ready()
+        channel.add_on_cancel_callback(self._on_cancelled_by_broker)
+        self._subscribe(channel)
+
+    def _subscribe(self, channel: Channel) -> None:
+        """prefetch_count = the number of slots. Slots still busy with work from a lost
+        connection (an in-process handler cannot be stopped) would make a new task wait behind
+        them while other workers are free: subscribe only once they are done."""
+        if self._stop_requests or channel is not self.channel or not channel.is_open:
+            return
+        if not all(slot.free for slot in self.slots):
+            if not self._waiting_for_slots:
+                self.log.warning("[%s] still working on a task from the lost connection: taking "
+                                 "new tasks once it is finished", self.options.name)
+            self._waiting_for_slots = True
+            return
+        self._waiting_for_slots = False
+        channel.basic_qos(prefetch_count=len(self.slots),
+                          callback=lambda _frame: self._consume(channel))
 
     def _consume(self, channel: Channel) -> None:
-        channel.add_on_cancel_callback(self._on_cancelled_by_broker)
+        if self._stop_requests or channel is not self.channel:
+            return
         self._consumer_tag = channel.basic_consume(self.queue.name, self._on_message)
-        self._last_activity = time.monotonic()  # idle time counts from consuming, not start
-        self.log.info("[%s] waiting for tasks on queue %r (one at a time). Ctrl+C to stop",
-                      self.options.name, self.queue.name)
+        self._idle_since = time.monotonic()  # idle time counts from consuming, not from start
+        count = len(self.slots)
+        self.log.info("[%s] waiting for tasks on queue %r (%s). Ctrl+C to stop",
+                      self.options.name, self.queue.name,
+                      "one at a time" if count == 1 else f"up to {count} at a time")
 
     def _on_cancelled_by_broker(self, _frame: object) -> None:
         """The broker ended our subscription (queue deleted, or its node went away): start over
-        on a fresh connection, which declares the queue again."""
+        on a fresh connection, which sets the queues up again."""
         self._consumer_tag = None
+        self._idle_since = None
         if self._stop_requests or self.channel is None:
             return
         self.log.warning("[%s] the broker cancelled the subscription to %r (queue deleted or "
@@ -227,190 +227,222 @@ class TaskConsumer(BrokerSession):
 
     def on_channel_lost(self) -> None:
         self._consumer_tag = None
-        self._after_confirm.clear()  # what was unconfirmed is redelivered or republished
-        if self.in_hand:
-            self.log.warning("[%s] connection lost while working on %s; the broker will deliver "
-                             "it again (at-least-once)", self.options.name, self.in_hand.label)
-
-    def _check_idle(self) -> None:
-        idle_for = time.monotonic() - max(self._last_activity, self._retry_due)
-        if self.in_hand is None and idle_for >= self.options.exit_when_idle:
-            if not self._stop_requests:
-                self.log.info("[%s] no task for %.1f s: exiting (--exit-when-idle)",
-                              self.options.name, idle_for)
-                self.request_stop()
-            return
-        self.ioloop.call_later(0.2, self._check_idle)
+        self._idle_since = None
+        for slot in self.slots:
+            delivery = slot.delivery
+            if delivery is None or delivery.settled:
+                continue
+            delivery.settled = True  # nobody can ack it now: the broker delivers it again
+            self.log.warning("[%s] connection lost while working on %s: stopped it; the broker "
+                             "delivers it again (at-least-once)", slot.name, delivery.label)
+            slot.interrupt()
+        for key, (slot, delivery, copy) in list(self._copies.items()):
+            copy.cancelled = True  # the original is back in the queue: no copy needed
+            del self._copies[key]
+            self._free(slot, delivery, 0.0)
 
     # --- one task ------------------------------------------------------------------------
     def _on_message(self, channel: Channel, method: Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
-        self._last_activity = time.monotonic()
         delivery = Delivery(channel, method.delivery_tag, properties, body, method.redelivered)
-        if self._stop_requests:  # sent before our cancel reached the broker
+        slot = next((slot for slot in self.slots if slot.free), None)
+        if self._stop_requests or slot is None:  # sent before our cancel reached the broker
             channel.basic_nack(delivery.tag, requeue=True)
             return
-        problem = self._unworkable(delivery)
-        if problem:
-            self._dead_letter(delivery, problem)
-            return
-        self._start_work(delivery)
-
-    def _unworkable(self, delivery: Delivery) -> str | None:
-        """Why this message can never succeed, or None. Sets ``delivery.text``."""
-        if not delivery.body:
-            return "empty message"
-        if len(delivery.body) > self.options.max_task_bytes:
-            return f"message of {len(delivery.body)} bytes exceeds {self.options.max_task_bytes}"
+        slot.delivery = delivery
+        self._changed = True
+        self._idle_since = None
         try:
-            delivery.text = delivery.body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return f"body is not UTF-8 text ({exc.reason} at byte {exc.start})"
-        return None
+            self._take(slot, delivery)
+        except Exception as exc:  # one odd message must never take the connection down
+            self.log.exception("[%s] cannot handle %s", slot.name, delivery.label)
+            if not delivery.settled:
+                self._dead_letter(slot, delivery, "the worker could not handle this message: "
+                                  f"{failure_reason(exc)}")
 
-    def _start_work(self, delivery: Delivery) -> None:
-        self.in_hand = delivery
-        name = self.options.name
+    def _take(self, slot: WorkSlot, delivery: Delivery) -> None:
+        problem = delivery.problem(self.options.max_task_bytes)
+        if problem:
+            self._dead_letter(slot, delivery, problem)
+            return
+        limit = self.options.delivery_limit
+        if delivery.delivery_count >= limit:
+            self._dead_letter(slot, delivery, f"delivered {delivery.delivery_count + 1} times "
+                              f"without an ack (--delivery-limit {limit}): it may crash or hang "
+                              "every worker that takes it")
+            return
         if delivery.redelivered:
             self.stats.redelivered += 1
         note = f" (attempt {delivery.retries + 1})" if delivery.retries else ""
         if delivery.redelivered:
             note += " (redelivered: it may have run before)"
-        self.log.info("[%s] received %s%s: %r", name, delivery.label, note, delivery.text)
-        expected = self.options.expected_seconds(delivery.text)
-        if expected > CONSUMER_TIMEOUT_SECONDS:
+        self.log.info("[%s] received %s%s: %r", slot.name, delivery.label, note, delivery.text)
+        expected = slot.runner.expected_seconds(delivery.text)
+        if expected > CONSUMER_TIMEOUT_SECONDS and not (
+                slot.runner.timeout and slot.runner.timeout < CONSUMER_TIMEOUT_SECONDS):
             self.log.warning("[%s] this task takes ~%.0f s, longer than RabbitMQ's default "
                              "consumer_timeout (1800 s): raise consumer_timeout in rabbitmq.conf "
                              "or the broker will close the channel and redeliver it",
-                             name, expected)
-        if self.options.inline_when_instant and expected == 0:
-            delivery.started = time.time()
-            self._on_work_done(delivery, run_job(partial(self.options.handler, delivery.text)))
-            return
-        self._work.submit(partial(self._work_on, delivery),
-                          lambda error: self.call_threadsafe(
-                              partial(self._on_work_done, delivery, error)))
+                             slot.name, expected)
+        slot.assign(delivery)
 
-    def _work_on(self, delivery: Delivery) -> None:
-        """On the work thread."""
-        delivery.started = time.time()
-        self.options.handler(delivery.text)
-
-    def _on_work_done(self, delivery: Delivery, error: BaseException | None) -> None:
-        """On the I/O thread: the handler returned (error is None) or raised."""
-        if delivery.requeued:
-            return
-        if self.in_hand is delivery:
-            self.in_hand = None  # (after a reconnect, the next task may be in hand already)
-        self._last_activity = time.monotonic()
+    def _on_outcome(self, slot: WorkSlot, delivery: Delivery, outcome: Outcome) -> None:
+        """On the I/O thread: the slot's work for *delivery* ended."""
         seconds = time.time() - delivery.started
-        self.stats.busy_seconds += seconds
-        if not delivery.channel.is_open:
-            # The broker already put it back; acking on a new channel is impossible.
-            self.log.warning("[%s] finished %s after the connection was lost; it is redelivered",
-                             self.options.name, delivery.label)
-        elif error is None:
-            delivery.channel.basic_ack(delivery.tag)
-            self.stats.done += 1
-            self.log.info("[%s] done %s in %.2f s: %r", self.options.name, delivery.label,
-                          seconds, delivery.text)
-            self._publish_event(delivery, "done", seconds)
-        else:
-            self._on_failure(delivery, f"{type(error).__name__}: {error}", seconds)
+        try:
+            self._settle(slot, delivery, outcome, seconds)
+        except Exception:
+            self.log.exception("[%s] could not settle %s; it goes back to the queue",
+                               slot.name, delivery.label)
+            if not delivery.settled and delivery.channel.is_open:
+                delivery.channel.basic_nack(delivery.tag, requeue=True)
+            delivery.settled = True
+            self._free(slot, delivery, seconds)
+
+    def _settle(self, slot: WorkSlot, delivery: Delivery, outcome: Outcome,
+                seconds: float) -> None:
+        if delivery.settled or not delivery.channel.is_open:
+            # Requeued by a second Ctrl+C, or the connection was lost: the broker has it back.
+            self._free(slot, delivery, seconds)
+            return
+        if not outcome.ok:
+            slot.failed += 1
+            self._on_failure(slot, delivery, outcome.reason, seconds)
+            return
+        delivery.channel.basic_ack(delivery.tag)
+        delivery.settled = True
+        self.stats.done += 1
+        self.stats.done_by_run[delivery.run_id] += 1
+        slot.done += 1
+        result = f" -> {outcome.result[:80]!r}" if outcome.result else ""
+        self.log.info("[%s] done %s in %.2f s: %r%s", slot.name, delivery.label, seconds,
+                      delivery.text, result)
+        self._record(slot, delivery, "done", seconds, result=outcome.result)
+        self._free(slot, delivery, seconds)
+
+    def _free(self, slot: WorkSlot, delivery: Delivery, seconds: float) -> None:
+        if slot.delivery is not delivery:
+            return  # freed already (its copy was cancelled when the connection dropped)
+        slot.release(seconds)
+        self._changed = True
+        if all(slot.free for slot in self.slots):
+            if self._consumer_tag:
+                self._idle_since = time.monotonic()
+            if self._waiting_for_slots and self.channel is not None:
+                self._subscribe(self.channel)
         self._finish_if_idle()
 
-    def _on_failure(self, delivery: Delivery, reason: str, seconds: float) -> None:
+    def _on_failure(self, slot: WorkSlot, delivery: Delivery, reason: str,
+                    seconds: float) -> None:
         self.stats.failed_attempts += 1
         attempt = delivery.retries + 1
         if attempt > self.options.max_retries:
-            self._dead_letter(delivery, f"failed {attempt} times; last: {reason}")
+            self._dead_letter(slot, delivery, f"failed {attempt} times; last: {reason}", seconds)
             return
-        self.log.warning("[%s] failed %s (%s); retry %d/%d in %.1f s", self.options.name,
+        self.log.warning("[%s] failed %s (%s); retry %d/%d in %.1f s", slot.name,
                          delivery.label, reason, attempt, self.options.max_retries,
                          self.options.retry_delay)
-        self._publish_event(delivery, "failed", seconds, reason)
+        self._record(slot, delivery, "failed", seconds, reason)
         headers = {**delivery.headers, "x-retries": attempt, "x-last-error": reason[:500]}
+        headers.pop("x-delivery-count", None)  # the broker's count, not ours to carry over
         properties = _copy_properties(delivery.properties, headers,
                                       expiration=str(int(self.options.retry_delay * 1000)))
-        self._publish_then_ack(delivery, self.queue.retry_name, properties)
+        self._copy_then_ack(slot, delivery, self.queue.retry_name, properties, seconds)
         # --exit-when-idle must not give up on a task that is due back after its delay.
         self._retry_due = time.monotonic() + self.options.retry_delay
 
-    def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+    def _dead_letter(self, slot: WorkSlot, delivery: Delivery, reason: str,
+                     seconds: float = 0.0) -> None:
         """Park the message in ``<queue>.dead`` with the reason, then ack the original."""
         self.stats.dead_lettered += 1
-        self.log.error("[%s] dead-lettered %s to %r: %s", self.options.name, delivery.label,
+        self.log.error("[%s] dead-lettered %s to %r: %s", slot.name, delivery.label,
                        self.queue.dead_name, reason)
         headers = {**delivery.headers, "x-death-reason": reason[:1000],
-                   "x-original-queue": self.queue.name, "x-dead-lettered-by": self.options.name}
-        self._publish_event(delivery, "dead", 0.0, reason)
-        self._publish_then_ack(delivery, self.queue.dead_name,
-                               _copy_properties(delivery.properties, headers))
+                   "x-original-queue": self.queue.name, "x-dead-lettered-by": slot.name}
+        headers.pop("x-delivery-count", None)
+        self._record(slot, delivery, "dead", seconds, reason)
+        self._copy_then_ack(slot, delivery, self.queue.dead_name,
+                            _copy_properties(delivery.properties, headers), seconds)
 
-    def _publish_then_ack(self, delivery: Delivery, routing_key: str,
-                          properties: pika.BasicProperties) -> None:
-        def settle(confirmed: bool) -> None:
-            if not delivery.channel.is_open:
-                return
-            if confirmed:
-                delivery.channel.basic_ack(delivery.tag)
-            else:  # the broker refused the copy: keep the original rather than lose it
-                delivery.channel.basic_nack(delivery.tag, requeue=True)
-            self._finish_if_idle()
+    def _copy_then_ack(self, slot: WorkSlot, delivery: Delivery, routing_key: str,
+                       properties: pika.BasicProperties, seconds: float) -> None:
+        """The slot keeps the delivery (unacked) until the broker confirms the copy."""
+        key = id(delivery)
 
-        self._publish(routing_key, delivery.body, properties, settle)
+        def settled(confirmed: bool) -> None:
+            self._copies.pop(key, None)
+            if not delivery.settled and delivery.channel.is_open:
+                if confirmed:
+                    delivery.channel.basic_ack(delivery.tag)
+                else:  # the broker refused the copy: keep the original rather than lose it
+                    self.log.warning("[%s] the broker refused the copy of %s to %r; the task "
+                                     "goes back to the queue", slot.name, delivery.label,
+                                     routing_key)
+                    delivery.channel.basic_nack(delivery.tag, requeue=True)
+                delivery.settled = True
+            self._free(slot, delivery, seconds)
 
-    # --- publishing on the consumer's channel (in confirm mode) ----------------------
-    def _publish(self, routing_key: str, body: bytes, properties: pika.BasicProperties,
-                 on_confirm: Callable[[bool], None] | None) -> bool:
-        """Publish; *on_confirm(acked)* runs when the broker confirms. False: no channel."""
-        channel = self.channel
-        if channel is None or not channel.is_open:
-            return False
-        channel.basic_publish("", routing_key, body, properties)
-        self._confirm_tag += 1
-        self._after_confirm[self._confirm_tag] = on_confirm
-        return True
+        copy = Copy(routing_key, delivery.body, properties, settled)
+        self._copies[key] = (slot, delivery, copy)
+        self.outbox.publish_copy(copy)
 
-    def _on_confirm(self, frame: pika.frame.Method) -> None:
-        acked, tags = settled_tags(frame, self._after_confirm)
-        for tag in tags:
-            callback = self._after_confirm.pop(tag)
-            if callback is not None:
-                callback(acked)
-        self._finish_if_idle()
-
-    def _publish_event(self, delivery: Delivery, outcome: str, seconds: float,
-                       reason: str = "") -> None:
-        """Record the attempt for the who-did-what report (sent in batches, see events.py)."""
-        if self._events is None:
+    # --- events, live snapshots, idleness -------------------------------------------------
+    def _record(self, slot: WorkSlot, delivery: Delivery, outcome: str, seconds: float,
+                reason: str = "", result: str | None = None) -> None:
+        """Record the attempt for the report and live views (sent in batches, see events.py)."""
+        if not self.options.events:
             return
-        self._events.record(
-            run_id=delivery.properties.correlation_id or "", outcome=outcome,
-            message_id=delivery.properties.message_id, row=row_of(delivery.properties.message_id),
-            task=delivery.text, received=delivery.received,
+        message_id = delivery.properties.message_id
+        self.outbox.record(task_event(
+            run_id=delivery.run_id, worker=slot.name, host=self.host,
+            message_id=message_id if isinstance(message_id, str) else None, row=delivery.row,
+            task=delivery.text, outcome=outcome, received=delivery.received,
             started=delivery.started or delivery.received, seconds=seconds,
-            attempt=delivery.retries + 1, redelivered=delivery.redelivered, reason=reason)
+            attempt=delivery.attempt,
+            redelivered=delivery.redelivered, reason=reason, result=result))
 
-    def _send_events(self, body: bytes) -> bool:
-        return self._publish(self.queue.events_name, body, EVENT_PROPERTIES, None)
+    def _snapshot(self, state: str = "running") -> dict:
+        slots = []
+        for slot in self.slots:
+            delivery = slot.delivery
+            if delivery is None:
+                slots.append({"slot": slot.name, "state": "idle", "since": slot.idle_since,
+                              "done": slot.done, "failed": slot.failed})
+            else:
+                slots.append({"slot": slot.name, "state": "busy", "since": delivery.started,
+                              "row": delivery.row, "task": delivery.text[:80],
+                              "run_id": delivery.run_id, "done": slot.done,
+                              "failed": slot.failed})
+        return {"kind": "snapshot", "worker": self.options.name, "host": self.host,
+                "pid": os.getpid(), "time": time.time(), "state": state, "slots": slots,
+                "connected": self._consumer_tag is not None}
 
-    def _flush_events(self) -> None:
-        if self._events is not None:
-            self._events.flush()
+    def _tick(self) -> None:
+        if self._finished:
+            return
+        self._ticks += 1
+        now = time.monotonic()
+        if self.options.events and not self._closing:
+            since = now - self._last_snapshot
+            if (self._changed and since >= SNAPSHOT_SECONDS[0]) or since >= SNAPSHOT_SECONDS[1]:
+                self.outbox.announce(self._snapshot())
+                self._changed, self._last_snapshot = False, now
+        if self._ticks % round(EVENT_FLUSH_SECONDS / TICK_SECONDS) == 0:
+            self.outbox.send()
+        self._check_idle(now)
+        self.ioloop.call_later(TICK_SECONDS, self._tick)
 
-    def _flush_events_periodically(self) -> None:
-        self._flush_events()
-        self.ioloop.call_later(EVENT_FLUSH_SECONDS, self._flush_events_periodically)
-
-
-def run_job(job: Callable[[], None]) -> BaseException | None:
-    """Run *job*; any exception it raises is the task's failure, returned, never raised."""
-    try:
-        job()
-    except Exception as exc:
-        return exc
-    return None
+    def _check_idle(self, now: float) -> None:
+        """--exit-when-idle: idle means connected, consuming, every slot free, no task came
+        (and none is due back from <queue>.retry). Time spent disconnected does not count."""
+        limit = self.options.exit_when_idle
+        if limit is None or self._stop_requests or self._idle_since is None:
+            return
+        idle_for = now - max(self._idle_since, self._retry_due)
+        if idle_for >= limit:
+            self.log.info("[%s] no task for %.1f s: exiting (--exit-when-idle)",
+                          self.options.name, idle_for)
+            self.request_stop()
 
 
 def _copy_properties(original: pika.BasicProperties, headers: dict,
@@ -419,5 +451,4 @@ def _copy_properties(original: pika.BasicProperties, headers: dict,
         delivery_mode=pika.DeliveryMode.Persistent, message_id=original.message_id,
         content_type=original.content_type, content_encoding=original.content_encoding,
         app_id=original.app_id, timestamp=original.timestamp, headers=headers,
-        correlation_id=original.correlation_id,
-        expiration=expiration)
+        correlation_id=original.correlation_id, expiration=expiration)

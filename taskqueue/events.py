@@ -1,50 +1,98 @@
-"""Task events: one small JSON record per finished attempt, the raw material of the report.
+"""Events: small JSON records, the raw material of the report and of the live view.
 
-Workers record an event when a task is done, fails, or is dead-lettered, and send them to
-``<queue>.events`` in batches (one message holds a JSON list), so that the report costs the
-task loop almost nothing. The report decodes them with ``decode_events``.
+Kinds (field ``kind``; events of older workers have none and are task events):
+  ``task``      one finished attempt (done, failed, dead) of one task by one worker slot;
+  ``run``       an emitter run started (with its row count when known) or finished (with how
+                many tasks it published);
+  ``worker``    a worker stopped, with its totals and how many events it had to drop;
+  ``snapshot``  what a worker's slots are doing right now (live views only, never stored).
+Workers send them in batches (one message holds a JSON list) to the ``<queue>.events`` topic
+exchange: ``report`` events reach the durable ``<queue>.events`` queue and every live view,
+``live`` ones only the live views. Every stored event carries an ``id``, so one sent twice
+(after a reconnect) is counted once.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import time
-from collections.abc import Callable
+from collections import deque
 
 EVENT_BATCH = 200  # events per message at most
 EVENT_FLUSH_SECONDS = 0.5  # and at least this often (the worker's I/O loop calls flush)
+MAX_PENDING_EVENTS = 10_000  # waiting while the broker is away or blocks us; oldest dropped
+MAX_TASK_TEXT = 200
+MAX_RESULT = 1024  # bytes of a handler's result (or a command's output) kept with its event
+
+_ids = itertools.count(1)
+_PROCESS = f"{os.getpid():x}{int(time.time() * 1000) % 0xFFFFFF:06x}"
+
+
+def event_id() -> str:
+    """Unique per event: this process, and a counter."""
+    return f"{_PROCESS}-{next(_ids)}"
+
+
+def cap_text(text: str, limit: int) -> str:
+    """*text* cut to at most *limit* UTF-8 bytes (never in the middle of a character)."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore") + "…"
+
+
+def task_event(*, run_id: str, worker: str, host: str, message_id: str | None, row: int | None,
+               task: str, outcome: str, received: float, started: float, seconds: float,
+               attempt: int, redelivered: bool, reason: str = "",
+               result: str | None = None) -> dict:
+    return {"kind": "task", "id": event_id(), "run_id": run_id, "worker": worker, "host": host,
+            "message_id": message_id, "row": row, "task": cap_text(task, MAX_TASK_TEXT),
+            "outcome": outcome, "received": received, "started": started,
+            "finished": time.time(), "seconds": round(seconds, 4), "attempt": attempt,
+            "redelivered": redelivered, "reason": reason[:300],
+            "result": None if result is None else cap_text(result, MAX_RESULT)}
+
+
+def run_event(run_id: str, queue: str, state: str, total: int | None, published: int) -> dict:
+    return {"kind": "run", "id": event_id(), "run_id": run_id, "queue": queue, "state": state,
+            "total": total, "published": published, "time": time.time()}
 
 
 class EventBatch:
-    """Collects events and hands them to *send* (bytes of a JSON list) in batches.
+    """Events waiting to be sent, bounded: beyond ``MAX_PENDING_EVENTS`` the oldest go, and
+    ``dropped`` counts them (the report then says its counts are incomplete)."""
 
-    ``flush()`` returns False when *send* could not take them (no channel right now); they are
-    kept for the next flush."""
+    def __init__(self, limit: int = MAX_PENDING_EVENTS) -> None:
+        self._pending: deque[dict] = deque()
+        self._limit = limit
+        self.dropped = 0
 
-    def __init__(self, worker: str, host: str, send: Callable[[bytes], bool]) -> None:
-        self.worker, self.host = worker, host
-        self._send = send
-        self._pending: list[dict] = []
+    def __len__(self) -> int:
+        return len(self._pending)
 
-    def record(self, *, run_id: str, message_id: str | None, row: int | None, task: str,
-               outcome: str, received: float, started: float, seconds: float, attempt: int,
-               redelivered: bool, reason: str = "") -> None:
-        self._pending.append({
-            "run_id": run_id, "worker": self.worker, "host": self.host,
-            "message_id": message_id, "row": row, "task": task[:200], "outcome": outcome,
-            "received": received, "started": started, "finished": time.time(),
-            "seconds": round(seconds, 4), "attempt": attempt, "redelivered": redelivered,
-            "reason": reason[:300]})
-        if len(self._pending) >= EVENT_BATCH:
-            self.flush()
+    def add(self, event: dict) -> None:
+        self._pending.append(event)
+        if len(self._pending) > self._limit:
+            self._pending.popleft()
+            self.dropped += 1
 
-    def flush(self) -> bool:
-        if not self._pending:
-            return True
-        if not self._send(json.dumps(self._pending).encode()):
-            return False
-        self._pending = []
-        return True
+    def take(self) -> list[dict]:
+        """Up to ``EVENT_BATCH`` events, oldest first, removed from the batch."""
+        count = min(EVENT_BATCH, len(self._pending))
+        return [self._pending.popleft() for _ in range(count)]
+
+    def put_back(self, events: list[dict]) -> None:
+        """Events sent but not confirmed when a connection was lost: they go first again."""
+        self._pending.extendleft(reversed(events))
+        while len(self._pending) > self._limit:
+            self._pending.popleft()
+            self.dropped += 1
+
+
+def encode(events: list[dict]) -> bytes:
+    return json.dumps(events, ensure_ascii=False).encode("utf-8")
 
 
 def decode_events(body: bytes) -> list[dict]:

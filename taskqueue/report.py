@@ -3,16 +3,22 @@
 Every worker publishes one small JSON event per finished attempt to ``<queue>.events`` (see
 events.py). ``EventStore.collect`` moves them from the broker into
 ``reports/<queue>.events.jsonl`` (appended and flushed before the broker copy is acked, so
-none is lost), which keeps every run for later reports. ``RunReport`` then answers the
-question for one run: which worker did which task, when, and how the work was shared.
+none is lost), which keeps every run for later reports; it is read as a stream, so only one
+run's events are ever in memory. ``RunReport`` then answers the question for one run: which
+worker did which task, when, how the work was shared, what each task returned, and whether
+the counts can be complete (the emitter says how many tasks it published; workers say how
+many they did and whether they had to drop events).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
@@ -26,55 +32,66 @@ OUTCOME_COLOURS = {"done": "#4e79a7", "failed": "#f28e2b", "dead": "#e15759"}
 
 
 class EventStore:
-    """The JSON-lines file of all events ever collected for one queue."""
+    """The JSON-lines file of all events ever collected for one queue, read as a stream."""
 
     def __init__(self, directory: Path, queue: str) -> None:
         self.path = directory / f"{queue}.events.jsonl"
 
-    def collect(self, settings: BrokerSettings, spec: QueueSpec) -> int:
-        """Move every waiting event from the broker into the file; return how many."""
+    def collect(self, settings: BrokerSettings, spec: QueueSpec) -> Counter:
+        """Move every waiting event from the broker into the file; return how many of each
+        kind. Works during a resource alarm too: it only consumes."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = open_blocking(settings)
-        moved = 0
+        moved: Counter = Counter()
         try:
             channel = connection.channel()
-            channel.queue_declare(spec.events_name, durable=True)
+            try:
+                channel.queue_declare(spec.events_name, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                return moved  # no worker has made it yet: nothing to collect
             channel.basic_qos(prefetch_count=500)
             with open(self.path, "a", encoding="utf-8") as store:
                 for method, _properties, body in channel.consume(
                         spec.events_name, inactivity_timeout=0.5):
                     if method is None:
                         break
-                    lines = "".join(json.dumps(e) + "\n" for e in decode_events(body))
-                    store.write(lines)
+                    events = [e for e in decode_events(body) if e.get("kind") != "snapshot"]
+                    store.write("".join(json.dumps(e, ensure_ascii=False) + "\n"
+                                        for e in events))
                     store.flush()
                     os.fsync(store.fileno())
                     channel.basic_ack(method.delivery_tag)
-                    moved += lines.count("\n")
+                    moved.update(kind_of(event) for event in events)
                 channel.cancel()
         finally:
             connection.close()
         return moved
 
-    def events(self) -> list[dict]:
+    def events(self) -> Iterator[dict]:
+        """Every stored event, oldest first, one at a time (the file may hold many runs)."""
         if not self.path.exists():
-            return []
-        events = []
+            return
         with open(self.path, encoding="utf-8") as store:
             for line in store:
                 try:
-                    events.append(json.loads(line))
+                    event = json.loads(line)
                 except ValueError:
                     continue  # a torn line from a crash; the rest is still good
-        return events
+                if isinstance(event, dict):
+                    yield event
 
 
-def latest_run(events: list[dict]) -> str | None:
-    """The run whose last event is the newest."""
+def kind_of(event: dict) -> str:
+    return event.get("kind") or "task"  # events of older workers have no kind
+
+
+def latest_run(events: Iterable[dict]) -> str | None:
+    """The run whose last task event is the newest."""
     last: dict[str, float] = {}
     for event in events:
-        run = event.get("run_id") or ""
-        last[run] = max(last.get(run, 0.0), float(event.get("finished", 0)))
+        if kind_of(event) == "task":
+            run = event.get("run_id") or ""
+            last[run] = max(last.get(run, 0.0), float(event.get("finished", 0)))
     return max(last, key=last.get) if last else None
 
 
@@ -87,14 +104,43 @@ class WorkerLine:
     busy: float = 0.0
 
 
+@dataclass
+class TaskLine:
+    """One task of the run as the CSV shows it: its last attempt, and how many there were."""
+
+    row: object
+    task: str
+    worker: str
+    host: str
+    started: float
+    seconds: float
+    attempts: int
+    outcome: str
+    result: str
+
+
 class RunReport:
     """The events of one run, and what they say."""
 
-    def __init__(self, events: list[dict], run_id: str, queue: str) -> None:
+    def __init__(self, events: Iterable[dict], run_id: str, queue: str) -> None:
         self.run_id = run_id
         self.queue = queue
-        self.events = sorted((e for e in events if (e.get("run_id") or "") == run_id),
-                             key=lambda e: e["started"])
+        tasks: dict[str, dict] = {}
+        self.runs: list[dict] = []
+        self.worker_totals: dict[str, dict] = {}
+        for event in events:
+            kind = kind_of(event)
+            if kind == "worker":
+                if run_id in (event.get("runs") or {}):
+                    self.worker_totals[event["worker"]] = event
+                continue
+            if (event.get("run_id") or "") != run_id:
+                continue
+            if kind == "run":
+                self.runs.append(event)
+            elif kind == "task":
+                tasks[event.get("id") or f"old-{len(tasks)}"] = event  # a resent event counts once
+        self.events = sorted(tasks.values(), key=lambda e: e["started"])
         self.start = min((e["started"] for e in self.events), default=0.0)
         self.end = max((e["finished"] for e in self.events), default=0.0)
 
@@ -110,24 +156,91 @@ class RunReport:
             line.busy += float(event.get("seconds", 0))
         return sorted(lines.values(), key=lambda line: line.worker)
 
+    @property
+    def published(self) -> int | None:
+        """How many tasks the emitter says this run published (None if it did not say)."""
+        finished = [run for run in self.runs if run.get("state") == "finished"]
+        return max(int(run.get("published") or 0) for run in finished) if finished else None
+
+    def tasks(self) -> list[TaskLine]:
+        """One line per task (message id): its final attempt."""
+        by_task: dict[str, list[dict]] = {}
+        for event in self.events:
+            key = event.get("message_id") or f"{event.get('row')}:{event.get('task')}"
+            by_task.setdefault(key, []).append(event)
+        lines = []
+        for attempts in by_task.values():
+            last = max(attempts, key=lambda e: e["finished"])
+            outcome = last.get("outcome", "done")
+            text = last.get("result") if outcome == "done" else last.get("reason")
+            lines.append(TaskLine(last.get("row") if last.get("row") is not None else "-",
+                                  last.get("task") or "", last["worker"], last.get("host") or "",
+                                  last["started"], float(last.get("seconds", 0)), len(attempts),
+                                  outcome, text or ""))
+        return sorted(lines, key=lambda line: (str(type(line.row)), line.row))
+
+    def completeness(self) -> list[str]:
+        """What the counts may be missing, in words; empty when they are complete."""
+        notes = []
+        settled = {line.outcome: 0 for line in self.tasks()}
+        for line in self.tasks():
+            settled[line.outcome] += 1
+        done, dead = settled.get("done", 0), settled.get("dead", 0)
+        published = self.published
+        if published is not None and done + dead < published:
+            notes.append(
+                f"incomplete: {published} tasks published, events show {done} done and {dead} "
+                f"dead-lettered; the other {published - done - dead} are still queued or "
+                "retrying, or were done by workers whose events did not arrive (--no-events, "
+                "killed, or events dropped)")
+        for worker, totals in sorted(self.worker_totals.items()):
+            said = int((totals.get("runs") or {}).get(self.run_id, 0))
+            seen = sum(1 for e in self.events
+                       if e["worker"].split("/")[0] == worker and e.get("outcome") == "done")
+            if said > seen:
+                notes.append(f"incomplete: worker {worker} says it did {said} tasks of this run, "
+                             f"events show {seen}")
+            if totals.get("events_dropped"):
+                notes.append(f"incomplete: worker {worker} had to drop "
+                             f"{totals['events_dropped']} events (broker away or blocking)")
+        return notes
+
     def table(self) -> str:
         workers = self.workers
         total_busy = sum(w.busy for w in workers) or 1.0
         done = sum(w.done for w in workers)
         out = [f"run {self.run_id or '(no run id)'} on queue {self.queue!r}: {done} tasks done "
-               f"by {len(workers)} workers in {self.end - self.start:.1f} s", "",
-               f"{'worker':<24} {'done':>5} {'failed':>6} {'dead':>5} {'busy s':>8} {'share':>6}"]
+               f"by {len(workers)} workers in {self.end - self.start:.1f} s"]
+        if self.published is not None:
+            out.append(f"{self.published} tasks published by the emitter")
+        out += self.completeness()
+        out += ["", f"{'worker':<24} {'done':>5} {'failed':>6} {'dead':>5} {'busy s':>8} "
+                    f"{'share':>6}"]
         out += [f"{w.worker:<24} {w.done:>5} {w.failed:>6} {w.dead:>5} {w.busy:>8.2f} "
                 f"{100 * w.busy / total_busy:>5.0f}%" for w in workers]
         out += ["", f"{'row':>5}  {'task':<28} {'worker':<24} {'start s':>7} {'took s':>6}"
-                    "  outcome"]
+                    "  outcome   result / reason"]
         for event in self.events:
-            task = (event.get("task") or "")[:28]
+            task = (event.get("task") or "")[:28].replace("\n", " ")
             row = event.get("row") if event.get("row") is not None else "-"
+            note = event.get("result") or event.get("reason") or ""
             out.append(f"{row!s:>5}  {task:<28} {event['worker']:<24} "
                        f"{event['started'] - self.start:>7.2f} {event.get('seconds', 0):>6.2f}  "
-                       f"{event.get('outcome', 'done')}")
+                       f"{event.get('outcome', 'done'):<8}  {note[:60]}".rstrip())
         return "\n".join(out)
+
+    def write_csv(self, path: Path) -> int:
+        """One row per task of the run (its last attempt); returns how many."""
+        lines = self.tasks()
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["row", "task", "worker", "host", "started", "seconds", "attempts",
+                             "outcome", "result_or_error"])
+            for line in lines:
+                started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(line.started))
+                writer.writerow([line.row, line.task, line.worker, line.host, started,
+                                 f"{line.seconds:.3f}", line.attempts, line.outcome, line.result])
+        return len(lines)
 
     def svg(self) -> str:
         """A timeline: one lane per worker, one bar per task attempt, labelled by its row."""
@@ -177,20 +290,33 @@ class RunReport:
 
 
 
-def list_runs(events: list[dict]) -> str:
+@dataclass
+class RunLine:
+    start: float = float("inf")
+    end: float = 0.0
+    done: int = 0
+    workers: set = field(default_factory=set)
+    seen: set = field(default_factory=set)
+
+
+def list_runs(events: Iterable[dict]) -> str:
     """One line per run: id, when, tasks done, workers, wall time; newest last."""
-    runs: dict[str, list[dict]] = {}
+    runs: dict[str, RunLine] = {}
     for event in events:
-        runs.setdefault(event.get("run_id") or "", []).append(event)
+        if kind_of(event) != "task" or event.get("id") in runs.get(event.get("run_id") or "",
+                                                                    RunLine()).seen:
+            continue
+        line = runs.setdefault(event.get("run_id") or "", RunLine())
+        line.seen.add(event.get("id"))
+        line.start = min(line.start, event["started"])
+        line.end = max(line.end, event["finished"])
+        line.done += event.get("outcome") == "done"
+        line.workers.add(event["worker"])
     lines = [f"{'run':<26} {'started':<19} {'done':>6} {'workers':>7} {'seconds':>8}"]
-    for run_id, run_events in sorted(runs.items(), key=lambda item: min(
-            e["started"] for e in item[1])):
-        start = min(e["started"] for e in run_events)
-        wall = max(e["finished"] for e in run_events) - start
-        done = sum(e.get("outcome") == "done" for e in run_events)
-        workers = len({e["worker"] for e in run_events})
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start))
-        lines.append(f"{run_id or '(none)':<26} {when:<19} {done:>6} {workers:>7} {wall:>8.1f}")
+    for run_id, line in sorted(runs.items(), key=lambda item: item[1].start):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(line.start))
+        lines.append(f"{run_id or '(none)':<26} {when:<19} {line.done:>6} "
+                     f"{len(line.workers):>7} {line.end - line.start:>8.1f}")
     return "\n".join(lines)
 
 
@@ -201,7 +327,7 @@ def queue_status(settings: BrokerSettings, spec: QueueSpec) -> str:
     connection = open_blocking(settings)
     lines = [f"{'queue':<40} {'waiting':>8} {'consumers':>9}"]
     try:
-        for name, _arguments in spec.declarations():
+        for name in spec.all_queues:
             channel = connection.channel()
             try:
                 frame = channel.queue_declare(name, passive=True)

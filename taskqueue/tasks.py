@@ -1,16 +1,19 @@
 """CSV rows -> tasks, and how long a task takes.
 
 Without a header, every non-blank line *is* a task, exactly as the user wrote it: the line
-``Resize a.png, b.png...`` becomes that text, commas and all. With ``--header --column``, the
-file is parsed as CSV and one column is taken. Files are streamed line by line, so memory does
-not grow with the number of rows, and every error names the file and the line.
+``Resize a.png, b.png...`` becomes that text, commas and all. One exception, for files saved
+from a spreadsheet: a line that is exactly one quoted CSV field (``"Resize a.png, b.png..."``,
+with ``""`` for a quote inside), possibly followed by empty fields, is the text the user typed
+in that cell. With ``--header --column``, the file is parsed as CSV and one column is taken.
+Files are streamed line by line, so memory does not grow with the number of rows, and every
+error names the file and the line.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,12 +67,14 @@ def seconds_for(text: str, seconds_per_dot: float) -> float:
     return text.count(".") * seconds_per_dot
 
 
-def tasks_from_messages(messages: list[str]) -> Iterator[Task]:
-    """Tasks given on the command line with --message, numbered from 1."""
+def tasks_from_messages(messages: list[str], run_id: str = "") -> Iterator[Task]:
+    """Tasks given on the command line with --message, numbered from 1. Their ids include the
+    run id: the same text sent by two runs is two tasks, not one published twice."""
     for number, text in enumerate(messages, start=1):
         if not text.strip():
             raise CsvError(f"--message number {number} is blank; give the task text", number)
-        yield Task(text, number, "<message>", message_id("<message>", number, text))
+        yield Task(text, number, "<message>",
+                   message_id(f"<message>\0{run_id}", number, text, "<message>"))
 
 
 def open_task_file(path: str) -> tuple[BinaryIO, str]:
@@ -112,15 +117,18 @@ def read_lines(stream: BinaryIO, name: str, max_bytes: int) -> Iterator[tuple[in
 
 
 def read_tasks(path: str, *, header: bool = False, column: str | None = None,
-               max_bytes: int = DEFAULT_MAX_TASK_BYTES, skip_through: int = 0) -> Iterator[Task]:
+               max_bytes: int = DEFAULT_MAX_TASK_BYTES, skip_through: int = 0,
+               run_id: str = "") -> Iterator[Task]:
     """Stream the tasks of *path*. Rows numbered <= *skip_through* are read but not yielded
-    (that is how --resume continues after the last confirmed row)."""
+    (that is how --resume continues after the last confirmed row). A file's ids are stable
+    across runs (resumable); stdin's include *run_id* (each run is new input)."""
     stream, name = open_task_file(path)
-    source = name if name == "<stdin>" else str(Path(path).resolve())
-    label = Path(source).name
+    source = f"<stdin>\0{run_id}" if name == "<stdin>" else str(Path(path).resolve())
+    label = "<stdin>" if name == "<stdin>" else Path(source).name
     try:
         lines = read_lines(stream, name, max_bytes)
-        rows = _column_rows(lines, name, column) if header else _plain_rows(lines)
+        rows = (_column_rows(lines, name, column, max_bytes) if header
+                else _plain_rows(lines))
         seen_any = False
         for number, text in rows:
             seen_any = True
@@ -133,15 +141,27 @@ def read_tasks(path: str, *, header: bool = False, column: str | None = None,
             stream.close()
 
 
+# One quoted field, "" for a quote inside, then nothing but empty fields: a spreadsheet's cell.
+SPREADSHEET_CELL = re.compile(r'"((?:[^"]|"")*)",*')
+
+
+def spreadsheet_cell(line: str) -> str:
+    """The text typed in the cell if *line* is exactly one quoted CSV field (possibly followed
+    by empty fields), as a spreadsheet saves a cell holding a comma; else *line* unchanged."""
+    match = SPREADSHEET_CELL.fullmatch(line)
+    return match.group(1).replace('""', '"') if match else line
+
+
 def _plain_rows(lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
     for number, text in lines:
         if text.strip():
-            yield number, text
+            yield number, spreadsheet_cell(text)
 
 
-def _column_rows(lines: Iterator[tuple[int, str]], name: str,
-                 column: str | None) -> Iterator[tuple[int, str]]:
+def _column_rows(lines: Iterator[tuple[int, str]], name: str, column: str | None,
+                 max_bytes: int = DEFAULT_MAX_TASK_BYTES) -> Iterator[tuple[int, str]]:
     """Parse CSV records (quoted fields may span lines) and take one column of each."""
+    csv.field_size_limit(max(max_bytes + 1, 131072))  # our own limit speaks below, by name
     header_row: list[str] | None = None
     index = 0
     for number, record in _csv_records(lines, name):
@@ -154,27 +174,38 @@ def _column_rows(lines: Iterator[tuple[int, str]], name: str,
         if index >= len(record):
             raise CsvError(f"{name} line {number}: has {len(record)} fields, column "
                            f"{column or 1!s} needs {index + 1}", number)
+        if len(record[index].encode("utf-8")) > max_bytes:
+            raise CsvError(f"{name} line {number}: the task is longer than {max_bytes} bytes; "
+                           "split it or raise --max-task-bytes", number)
         if record[index].strip():
             yield number, record[index]
 
 
 def _csv_records(lines: Iterator[tuple[int, str]], name: str) -> Iterator[tuple[int, list[str]]]:
-    pending: list[str] = []
-    start = 0
-    for number, text in lines:
-        if not pending:
-            start = number
-        pending.append(text)
-        if sum(len(part) for part in pending) > 1024 * 1024:
-            raise CsvError(f"{name} line {start}: a quoted field is never closed", start)
+    """(first line number, fields) of each CSV record. The csv module pulls the lines itself,
+    so a quoted field spanning many lines is parsed once (no re-scan per line)."""
+    numbers: list[int] = []  # the line number of the last line handed to the reader
+
+    def texts() -> Iterator[str]:
+        for number, text in lines:
+            numbers[:] = [number]
+            yield text + "\n"
+
+    reader = csv.reader(texts(), strict=True)
+    start = 1
+    while True:
         try:
-            records = list(csv.reader(io.StringIO("\n".join(pending)), strict=True))
-        except csv.Error:
-            continue  # an open quote: the record goes on over the next line
-        pending = []
-        yield start, (records[0] if records else [])
-    if pending:
-        raise CsvError(f"{name} line {start}: a quoted field is never closed", start)
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            line = numbers[0] if numbers else start
+            where = f"line {start}" if line == start else f"lines {start}-{line}"
+            problem = "a quoted field is never closed" if "EOF" in str(exc) else str(exc)
+            raise CsvError(f"{name} {where}: {problem}; check the quotes (a quote inside a "
+                           'quoted field is written "")', start) from None
+        yield start, record
+        start = (numbers[0] if numbers else start) + 1
 
 
 def _column_index(header_row: list[str], column: str | None, name: str) -> int:

@@ -58,15 +58,13 @@ def test_no_answer_in_time_is_no():
     from taskqueue import admin
 
     read_end, write_end = os.pipe()
+    silent = open(read_end)  # noqa: SIM115 - closed below, after its reader got EOF
+    saved, sys.stdin = sys.stdin, silent
     try:
-        with open(read_end, closefd=False) as silent:
-            saved, sys.stdin = sys.stdin, silent
-            try:
-                started = time.monotonic()
-                assert admin.ask_yes_no("Open it?", timeout=0.5) is False
-                assert time.monotonic() - started < 3
-            finally:
-                sys.stdin = saved
+        started = time.monotonic()
+        assert admin.ask_yes_no("Open it?", timeout=0.5) is False
+        assert time.monotonic() - started < 3
     finally:
-        os.close(read_end)
-        os.close(write_end)
+        sys.stdin = saved
+        os.close(write_end)  # the question's reader thread reads EOF and lets go of the file
+        silent.close()

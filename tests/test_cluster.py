@@ -96,12 +96,12 @@ def test_broker_dead_letters_a_task_that_keeps_killing_workers(cluster, logs, tm
     queue = "poison_quorum"
     url = cluster[0].url
     assert run_script("emitter_of_tasks.py", "--url", url, "--queue", queue, "--queue-type",
-                      "quorum", "--delivery-limit", "2", "--message", "poison pill",
-                      "--message", "fine.", log_dir=logs).returncode == 0
+                      "quorum", "--message", "poison pill", "--message", "fine.",
+                      log_dir=logs).returncode == 0
     exits = []
-    for attempt in range(6):
-        worker = start_worker("--url", url, "--queue", queue, "--queue-type", "quorum",
-                              "--delivery-limit", "2", "--handler", "tests.handlers:die_on_poison",
+    for attempt in range(6):  # --in-process: no isolation, so the poison kills the worker
+        worker = start_worker("--url", url, "--queue", queue, "--delivery-limit", "2",
+                              "--handler", "tests.handlers:die_on_poison", "--in-process",
                               "--exit-when-idle", "1.5", log_dir=logs,
                               out=tmp_path / f"w{attempt}.out")
         exits.append(worker.wait(timeout=60))
@@ -132,10 +132,11 @@ def test_worker_fails_over_to_the_next_url(cluster, logs, tmp_path):
 def test_a_second_queue_type_is_refused_clearly(cluster, logs):
     url = cluster[0].url
     assert run_script("emitter_of_tasks.py", "--url", url, "--queue", "typed_q", "--message",
-                      "x", log_dir=logs).returncode == 0
+                      "x", "--queue-type", "classic", log_dir=logs).returncode == 0
     result = run_script("listening_worker.py", "--url", url, "--queue", "typed_q",
                         "--queue-type", "quorum", log_dir=logs)
-    assert result.returncode == 4 and "already exists with other arguments" in result.stderr
-    assert "--queue-type" in result.stderr
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "already exists as a classic queue, not quorum" in result.stderr
+    assert "--queue-type" in result.stderr and result.stderr.count("\n") == 1
 
 

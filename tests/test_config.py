@@ -44,13 +44,37 @@ def test_credentials_file(tmp_path):
         with_credentials("amqp://h/", str(creds))
 
 
-def test_classic_queue_has_no_arguments_and_quorum_dead_letters():
-    assert QueueSpec("q").arguments() == {}
-    args = QueueSpec("q", "quorum", delivery_limit=4).arguments()
-    assert args["x-queue-type"] == "quorum" and args["x-delivery-limit"] == 4
-    assert args["x-dead-letter-routing-key"] == "q.dead"
-    names = [name for name, _ in QueueSpec("q").declarations()]
-    assert names == ["q", "q.retry", "q.dead", "q.events"]
+def test_a_new_task_queue_gets_exactly_the_tutorials_arguments():
+    assert QueueSpec("q").task_queue_arguments() == {"x-queue-type": "quorum"}  # auto
+    assert QueueSpec("q", "quorum").task_queue_arguments() == {"x-queue-type": "quorum"}
+    assert QueueSpec("q", "classic").task_queue_arguments() == {}
+    assert QueueSpec("q").all_queues == ["q", "q.retry", "q.dead", "q.events"]
+
+
+def test_companions_follow_the_task_queues_type():
+    spec = QueueSpec("q")
+    retry = spec.companion_arguments("q.retry", "quorum", (3, 10, 8))
+    assert retry["x-queue-type"] == "quorum" and retry["x-dead-letter-routing-key"] == "q"
+    assert retry["x-dead-letter-strategy"] == "at-least-once"
+    assert "x-queue-type" not in spec.companion_arguments("q.retry", "quorum", (3, 9, 0)), \
+        "quorum queues take message TTL only from 3.10"
+    assert spec.companion_arguments("q.dead", "quorum", (4, 0)) == {"x-queue-type": "quorum"}
+    assert spec.companion_arguments("q.dead", "classic", (4, 0)) == {}
+    assert spec.companion_arguments("q.events", "classic", (3, 10))["x-max-length"] > 0
+
+
+def test_a_refusal_names_the_queue_type_or_an_argument():
+    from taskqueue.topology import read_refusal
+
+    text = ("PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': "
+            "received 'classic' but current is 'quorum'")
+    assert read_refusal(text) == ("x-queue-type", "quorum")
+    text = ("inequivalent arg 'x-delivery-limit' for queue 'q' in vhost '/': received none but "
+            "current is the value '5' of type 'signedint'")
+    assert read_refusal(text) == ("x-delivery-limit", 5)
+    text = ("inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received the value "
+            "'quorum' of type 'longstr' but current is none")
+    assert read_refusal(text) == ("x-queue-type", None)
 
 
 def test_admin_url_never_has_the_password():

@@ -50,15 +50,16 @@ def test_unparseable_url(url, queue, logs):
     assert_one_clear_line(result, 2, "broker URL")
 
 
-def test_queue_that_exists_with_other_arguments(queue, logs):
+def test_a_queue_of_the_other_type_is_refused_when_a_type_is_asked_for(queue, logs):
     connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
     connection.channel().queue_declare(queue, durable=True, arguments={"x-max-length": 10})
     connection.close()
     for script, extra in (("emitter_of_tasks.py", ["--message", "x"]),
                           ("listening_worker.py", [])):
-        result = run_script(script, "--queue", queue, *extra, log_dir=logs)
-        assert_one_clear_line(result, 4, f"queue {queue!r} already exists with other arguments",
-                              "--queue")
+        result = run_script(script, "--queue", queue, "--queue-type", "quorum", *extra,
+                            log_dir=logs)
+        assert_one_clear_line(result, 4, f"queue {queue!r} already exists as a classic queue",
+                              "--queue-type", "--queue")
 
 
 def test_tutorial_made_queue_is_accepted(queue, logs):

@@ -26,7 +26,7 @@ def test_report_of_12_tasks_by_3_workers(queue, logs, tmp_path):
     result = run_script("task_report.py", "--queue", queue, "--reports-dir", str(reports),
                         log_dir=logs)
     assert result.returncode == 0, result.stderr
-    assert "collected 12 new events" in result.stdout
+    assert "collected 12 new task events" in result.stdout
     lines = result.stdout.splitlines()
     table_rows = [line.split() for line in lines if line.strip().startswith(("worker-",))]
     assert len(table_rows) == 3

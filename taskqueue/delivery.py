@@ -1,0 +1,104 @@
+"""A message in hand, and what we can read from it without trusting its sender.
+
+Anyone can publish to the task queue (the tutorial's new_task.py, amqp-publish, another
+client), so every header is decoded defensively: a value we cannot read makes the message
+unworkable (dead-lettered with the reason), never an exception on the I/O thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import pika
+from pika.channel import Channel
+
+from taskqueue.tasks import row_of
+
+
+def header_count(headers: dict, name: str) -> int:
+    """A non-negative whole-number header (0 when absent); ValueError names it otherwise."""
+    value = headers.get(name, 0)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"header {name} is not a whole number ({value!r})") from None
+    if number < 0:
+        raise ValueError(f"header {name} is negative ({number})")
+    return number
+
+
+@dataclass
+class Delivery:
+    """One delivery of one message to this worker."""
+
+    channel: Channel
+    tag: int
+    properties: pika.BasicProperties
+    body: bytes
+    redelivered: bool
+    text: str = ""
+    received: float = field(default_factory=time.time)
+    started: float = 0.0
+    settled: bool = False  # acked, nacked or handed to the broker again: hands off
+
+    @cached_property
+    def headers(self) -> dict:
+        headers = self.properties.headers
+        return dict(headers) if isinstance(headers, dict) else {}
+
+    @property
+    def retries(self) -> int:
+        """Times our workers sent it to ``<queue>.retry`` (checked by ``problem()``)."""
+        return header_count(self.headers, "x-retries")
+
+    @property
+    def attempt(self) -> int:
+        """This attempt's number (1 when the retry header cannot be read)."""
+        try:
+            return self.retries + 1
+        except ValueError:
+            return 1
+
+    @property
+    def delivery_count(self) -> int:
+        """Earlier deliveries without an ack, as a quorum queue counts them (0 elsewhere)."""
+        return header_count(self.headers, "x-delivery-count")
+
+    @property
+    def run_id(self) -> str:
+        value = self.properties.correlation_id
+        return value if isinstance(value, str) else ""
+
+    @cached_property
+    def label(self) -> str:
+        """How log lines name the task: its row and message id."""
+        message_id = self.properties.message_id
+        row = row_of(message_id if isinstance(message_id, str) else None)
+        where = f"row {row}" if row is not None else "no row"
+        return f"{where}, id {message_id or '-'}"
+
+    @property
+    def row(self) -> int | None:
+        message_id = self.properties.message_id
+        return row_of(message_id if isinstance(message_id, str) else None)
+
+    def problem(self, max_bytes: int) -> str | None:
+        """Why this message can never succeed, or None. Sets ``text``."""
+        if not self.body:
+            return "empty message"
+        if len(self.body) > max_bytes:
+            return f"message of {len(self.body)} bytes exceeds {max_bytes}"
+        try:
+            self.text = self.body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return f"body is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        try:
+            self.retries  # noqa: B018 - read once so that a bad header is caught here
+            self.delivery_count  # noqa: B018
+        except ValueError as exc:
+            return str(exc)
+        return None

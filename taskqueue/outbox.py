@@ -1,0 +1,197 @@
+"""The worker's publishing connection: events, and copies to ``<queue>.retry`` / ``.dead``.
+
+During a memory or disk alarm RabbitMQ blocks every connection that publishes and stops
+reading from it, acks included. So the worker never publishes on the connection it consumes
+from (RabbitMQ's own advice): ``Outbox`` is a second connection, on the same I/O loop, and
+consuming never waits for it. While it is blocked or away:
+  * events wait in a bounded batch (oldest dropped, counted) and go out afterwards;
+  * a copy to ``.retry``/``.dead`` waits too, and its original stays unacked until the copy is
+    confirmed: the task is never lost, and the worker's other slots keep working.
+Everything is published with confirms; what was unconfirmed when the connection dropped is
+sent again (events carry ids, so the report counts each once).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import pika
+from pika.adapters.select_connection import IOLoop
+from pika.channel import Channel
+
+from taskqueue.config import BrokerSettings, QueueSpec
+from taskqueue.connection import BrokerSession, settled_tags
+from taskqueue.events import EventBatch, encode
+from taskqueue.topology import ROUTING_LIVE, ROUTING_REPORT
+
+EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
+                                        content_type="application/json")
+LIVE_PROPERTIES = pika.BasicProperties(content_type="application/json", expiration="10000")
+MAX_EVENT_BATCHES_IN_FLIGHT = 20
+
+
+@dataclass
+class Copy:
+    """A message to put in another queue before its original may be acked."""
+
+    routing_key: str
+    body: bytes
+    properties: pika.BasicProperties
+    on_settled: Callable[[bool], None]  # True: the broker has it; False: refused or unroutable
+    cancelled: bool = False  # the original went back to the queue: the copy is not needed
+
+
+class Outbox(BrokerSession):
+    """Publish for the worker on a connection of its own; see the module docstring."""
+
+    label = "publishing connection"
+
+    def __init__(self, settings: BrokerSettings, spec: QueueSpec, log: logging.Logger,
+                 ioloop: IOLoop, worker: str) -> None:
+        named = replace(settings, client_name=f"listening_worker {worker} (publishing)")
+        super().__init__(named, log, queue_name=spec.name, ioloop=ioloop)
+        self.spec = spec
+        self.worker = worker
+        self.connect_timeout = math.inf  # the consuming connection decides when to give up
+        self.events = EventBatch()
+        self.exchange_ready = False  # set by the consumer once the queues are set up
+        self._copies: deque[Copy] = deque()
+        self._unconfirmed: dict[int, Copy | list[dict] | None] = {}
+        self._returned: set[tuple[str, str]] = set()
+        self._snapshot: dict | None = None
+        self._tag = 0
+        self._closing_since: float | None = None
+        self._grace = 0.0
+        self._confirming = False
+
+    # --- what the consumer calls -----------------------------------------------------------
+    def publish_copy(self, copy: Copy) -> None:
+        self._copies.append(copy)
+        self.send()
+
+    def record(self, event: dict) -> None:
+        self.events.add(event)
+
+    def announce(self, snapshot: dict) -> None:
+        """The latest live snapshot; only the newest is ever sent (no backlog)."""
+        self._snapshot = snapshot
+
+    @property
+    def waiting(self) -> int:
+        """Events and copies not yet confirmed by the broker."""
+        unconfirmed = sum(len(item) if isinstance(item, list) else 1
+                          for item in self._unconfirmed.values() if item is not None)
+        return len(self.events) + len(self._copies) + unconfirmed
+
+    def send(self) -> None:
+        """Publish what waits, if the broker takes it now (called often; cheap when idle)."""
+        channel = self.channel
+        if channel is None or not channel.is_open or self.blocked or not self._confirming:
+            return
+        while self._copies:
+            copy = self._copies.popleft()
+            if not copy.cancelled:
+                self._publish(channel, "", copy.routing_key, copy.body, copy.properties, copy,
+                              mandatory=True)
+        if not self.exchange_ready:
+            return
+        batches = sum(isinstance(item, list) for item in self._unconfirmed.values())
+        while len(self.events) and batches < MAX_EVENT_BATCHES_IN_FLIGHT:
+            batch = self.events.take()
+            self._publish(channel, self.spec.exchange, ROUTING_REPORT, encode(batch),
+                          EVENT_PROPERTIES, batch)
+            batches += 1
+        if self._snapshot is not None:
+            self._publish(channel, self.spec.exchange, ROUTING_LIVE, encode([self._snapshot]),
+                          LIVE_PROPERTIES, None)
+            self._snapshot = None
+
+    def close(self, grace: float) -> None:
+        """Send what waits for up to *grace* seconds (while the broker takes it), then close;
+        ``on_finished`` follows."""
+        self._closing_since = time.monotonic()
+        self._grace = grace
+        self._close_when_sent()
+
+    # --- publishing with confirms -----------------------------------------------------------
+    def _publish(self, channel: Channel, exchange: str, routing_key: str, body: bytes,
+                 properties: pika.BasicProperties, item: Copy | list[dict] | None,
+                 mandatory: bool = False) -> None:
+        channel.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
+        self._tag += 1
+        self._unconfirmed[self._tag] = item
+
+    def on_channel_ready(self, channel: Channel) -> None:
+        self._tag = 0
+        self._confirming = False
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm,
+                                 callback=lambda _frame: self._on_confirming())
+
+    def _on_confirming(self) -> None:
+        self._confirming = True
+        self.mark_ready()
+        self.send()
+
+    def on_channel_lost(self) -> None:
+        self._confirming = False
+        self._returned.clear()
+        lost = list(self._unconfirmed.values())
+        self._unconfirmed.clear()
+        copies = [item for item in lost if isinstance(item, Copy) and not item.cancelled]
+        self._copies.extendleft(reversed(copies))
+        for item in reversed(lost):
+            if isinstance(item, list):
+                self.events.put_back(item)
+
+    def _on_return(self, _channel: Channel, method: object, properties: pika.BasicProperties,
+                   _body: bytes) -> None:
+        # A return always precedes the confirm of the same message.
+        self._returned.add((getattr(method, "routing_key", ""), properties.message_id or ""))
+
+    def _on_confirm(self, frame: pika.frame.Method) -> None:
+        acked, tags = settled_tags(frame, self._unconfirmed)
+        for tag in tags:
+            item = self._unconfirmed.pop(tag)
+            if isinstance(item, Copy):
+                key = (item.routing_key, item.properties.message_id or "")
+                returned = key in self._returned
+                self._returned.discard(key)
+                item.on_settled(acked and not returned)
+            elif isinstance(item, list) and not acked:
+                self.events.put_back(item)
+        self.send()
+        if self._closing_since is not None:
+            self._close_when_sent()
+
+    # --- the alarm, said once on the worker ---------------------------------------------------
+    def on_blocked(self, reason: str) -> None:
+        self.log.warning("[%s] the broker blocks publishing (%s; a memory or disk alarm): tasks "
+                         "go on; events and retry/dead-letter copies wait until it ends",
+                         self.worker, reason)
+
+    def on_unblocked(self) -> None:
+        self.log.info("[%s] the alarm is over: publishing again (%d waiting)", self.worker,
+                      self.waiting)
+        self.send()
+
+    # --- closing ------------------------------------------------------------------------
+    def _close_when_sent(self) -> None:
+        if self._finished or self._finishing:
+            return
+        self.send()
+        pending = self.waiting
+        out_of_time = time.monotonic() - self._closing_since >= self._grace
+        if pending and not out_of_time and self.connections_made:
+            self.ioloop.call_later(0.05, self._close_when_sent)
+            return
+        if pending and self.exchange_ready and len(self.events):
+            self.log.warning("[%s] %d events could not be sent before exiting (broker away or "
+                             "blocking): the report of this run will say it is incomplete",
+                             self.worker, len(self.events))
+        self.finish()

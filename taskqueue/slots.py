@@ -1,0 +1,83 @@
+"""Work slots: a worker runs up to ``--concurrency`` tasks at once, one per slot.
+
+A ``WorkSlot`` owns a ``Runner`` (work.py) and a thread to run it on, so that pika's I/O loop
+keeps answering heartbeats whatever the work does. The consumer hands it a delivery with
+``assign``; the outcome comes back to the I/O thread through ``call_threadsafe`` (pika's
+documented pattern), where the consumer acks. A slot holds its delivery until the consumer
+``release``s it (after the ack): that is what keeps a worker at most N unacked tasks.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+
+from taskqueue.delivery import Delivery
+from taskqueue.work import Outcome, Runner
+
+OutcomeCallback = Callable[["WorkSlot", Delivery, Outcome], None]
+
+
+def slot_names(worker: str, count: int) -> list[str]:
+    """``alice`` for one slot; ``alice/1`` ... ``alice/N`` for several."""
+    return [worker] if count == 1 else [f"{worker}/{n}" for n in range(1, count + 1)]
+
+
+class WorkSlot:
+    """One task at a time, on a thread of its own (started lazily, only if a task needs it)."""
+
+    def __init__(self, name: str, runner: Runner, on_outcome: OutcomeCallback,
+                 call_threadsafe: Callable[[Callable[[], None]], None]) -> None:
+        self.name = name
+        self.runner = runner
+        self.delivery: Delivery | None = None
+        self.idle_since = time.time()
+        self.done = self.failed = 0
+        self.busy_seconds = 0.0
+        self._on_outcome = on_outcome
+        self._call_threadsafe = call_threadsafe
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def free(self) -> bool:
+        return self.delivery is None
+
+    def assign(self, delivery: Delivery) -> None:
+        """Start *delivery*'s work. Instant work runs here, on the I/O thread: handing it to
+        the slot's thread and back would cost two thread switches for nothing."""
+        self.delivery = delivery
+        delivery.started = time.time()
+        if self.runner.instant(delivery.text):
+            self._on_outcome(self, delivery, Outcome(True))
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=f"slot {self.name}",
+                                            daemon=True)  # daemon: a 2nd Ctrl+C can exit
+            self._thread.start()
+        self._jobs.put(delivery)
+
+    def release(self, seconds: float) -> None:
+        """The delivery is settled (or given up): the slot takes the next task."""
+        self.delivery = None
+        self.busy_seconds += seconds
+        self.idle_since = time.time()
+
+    def interrupt(self) -> None:
+        """Stop the task in hand now (connection lost, or a second Ctrl+C)."""
+        self.runner.interrupt()
+
+    def close(self) -> None:
+        self.runner.close()
+        self._jobs.put(None)
+
+    def _loop(self) -> None:
+        while True:
+            delivery = self._jobs.get()
+            if delivery is None:
+                return
+            outcome = self.runner.run(delivery.text)
+            self._call_threadsafe(partial(self._on_outcome, self, delivery, outcome))

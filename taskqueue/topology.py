@@ -1,0 +1,241 @@
+"""Declare-or-adopt: make sure the task queue, its companions and the events exchange exist.
+
+An existing queue is used as it is, whatever its type and arguments, because RabbitMQ refuses a
+redeclaration whose arguments differ: today's tutorial makes ``task_queue`` a quorum queue, older
+code a classic one, an admin may add a policy or a limit. Only a queue that does not exist is
+created, the task queue with exactly the tutorial's arguments (``QueueSpec``).
+
+The broker does not say a queue's type in reply to a passive declare, so ``QueueSetup`` asks
+by redeclaring it as ``x-queue-type: classic`` on a channel of its own: a quorum queue refuses
+with "... but current is 'quorum'", which names its type (the refusal closes only that channel).
+RabbitMQ compares some arguments before the type, so a refusal about another argument names
+that argument's value: the probe adds it and asks again, until the type is named or accepted.
+
+Every step runs on a short-lived channel of its own, so an answer such as 404 closes only that
+channel, never the connection or the caller's channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pika.channel import Channel
+from pika.connection import Connection
+from pika.exceptions import ChannelClosedByBroker
+
+from taskqueue.config import QueueSpec
+from taskqueue.errors import EXIT_REFUSED, UserError
+
+ROUTING_REPORT = "report"  # events the report keeps (finished tasks, runs, worker totals)
+ROUTING_LIVE = "live"  # what live views want on top (worker snapshots); dropped if no view
+
+
+class HomeNodeDown(Exception):
+    """A classic queue's node is down: the queue exists but cannot be used until it is back."""
+
+
+@dataclass
+class Topology:
+    """What the setup found."""
+
+    task_type: str = "classic"
+    created: list[str] = field(default_factory=list)
+    types: dict[str, str] = field(default_factory=dict)
+
+
+def broker_version(connection: Connection) -> tuple[int, ...]:
+    """The broker's version from its handshake, e.g. (3, 10, 8); (0,) if it does not say."""
+    text = (getattr(connection, "server_properties", None) or {}).get("version", b"")
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3]) or (0,)
+
+
+REFUSAL = re.compile(r"inequivalent arg '(?P<arg>[^']+)'.*but current is "
+                     r"(?:none|the value '(?P<value>[^']*)' of type '(?P<type>\w+)'|"
+                     r"'(?P<plain>[^']*)'$)")
+PROBE_ROUNDS = 12
+
+
+def read_refusal(reply_text: str) -> tuple[str, object] | None:
+    """(argument, its current value) from a 406 'inequivalent arg' refusal; value None when the
+    queue has no such argument; None when the text is not such a refusal."""
+    match = REFUSAL.search(reply_text)
+    if not match:
+        return None
+    if match["plain"] is not None:
+        return match["arg"], match["plain"]
+    if match["value"] is None:
+        return match["arg"], None
+    kind, value = match["type"], match["value"]
+    if kind in ("signedint", "long", "short", "byte", "unsignedint", "unsignedshort"):
+        return match["arg"], int(value)
+    if kind == "bool":
+        return match["arg"], value == "true"
+    return match["arg"], value
+
+
+class QueueSetup:
+    """Run once per connection: ``QueueSetup(connection, spec, log, on_done, on_error).start()``.
+
+    ``on_done(topology)`` once everything exists; ``on_error(exc)`` with a ``UserError`` (the
+    user must change something), ``HomeNodeDown`` (worth waiting for), or a channel error."""
+
+    def __init__(self, connection: Connection, spec: QueueSpec, log: logging.Logger,
+                 on_done: Callable[[Topology], None],
+                 on_error: Callable[[BaseException], None], *, quiet: bool = False) -> None:
+        self.connection, self.spec, self.log = connection, spec, log
+        self.on_done, self.on_error = on_done, on_error
+        self.quiet = quiet  # after the first connection: say nothing unless something changed
+        self.version = broker_version(connection)
+        self.topology = Topology()
+        self._remaining = list(spec.all_queues)
+        self._recreated = False
+
+    def start(self) -> None:
+        self._next_queue()
+
+    # --- one step: an operation on a fresh channel ---------------------------------------
+    def _on_channel(self, operation: Callable[[Channel, Callable[[object], None]], None],
+                    on_ok: Callable[[object], None],
+                    on_refused: Callable[[ChannelClosedByBroker], None]) -> None:
+        state = {"settled": False}
+
+        def closed(_channel: Channel, reason: BaseException) -> None:
+            if state["settled"]:
+                return
+            state["settled"] = True
+            if isinstance(reason, ChannelClosedByBroker):
+                on_refused(reason)
+            else:
+                self.on_error(reason)
+
+        def opened(channel: Channel) -> None:
+            channel.add_on_close_callback(closed)
+
+            def answered(frame: object) -> None:
+                state["settled"] = True
+                channel.close()
+                on_ok(frame)
+
+            operation(channel, answered)
+
+        self.connection.channel(on_open_callback=opened)
+
+    # --- queues ----------------------------------------------------------------------------
+    def _next_queue(self) -> None:
+        if not self._remaining:
+            self._bind_events()
+            return
+        name = self._remaining[0]
+        # Our own companions most likely have the arguments we give them: start from those
+        # (the broker's refusal text is cut at 255 characters, long values cannot be learned).
+        hint = {} if name == self.spec.name else {
+            key: value for key, value in self.spec.companion_arguments(
+                name, self.topology.task_type, self.version).items() if key != "x-queue-type"}
+        self._on_channel(lambda ch, ok: ch.queue_declare(name, passive=True, callback=ok),
+                         lambda _frame: self._probe_type(name, hint),
+                         lambda refusal: self._on_missing(name, refusal))
+
+    def _probe_type(self, name: str, known: dict[str, object] | None = None,
+                    rounds: int = PROBE_ROUNDS) -> None:
+        known = dict(known or {})
+
+        def found(kind: str) -> None:
+            self.topology.types[name] = kind
+            self._check_found(name, kind)
+
+        def refused(refusal: ChannelClosedByBroker) -> None:
+            if refusal.reply_code != 406:
+                self.on_error(refusal)
+                return
+            answer = read_refusal(refusal.reply_text)  # None if cut short (255 characters)
+            if answer is None:
+                found("unknown")
+            elif answer[0] == "x-queue-type":
+                found(str(answer[1] or "classic"))
+            elif rounds <= 1 or (answer[1] is None and answer[0] not in known):
+                found("unknown")  # arguments we cannot reproduce: the type stays unknown
+            else:
+                if answer[1] is None:
+                    del known[answer[0]]  # a hint the queue does not have
+                else:
+                    known[answer[0]] = answer[1]  # the queue's value: ask again with it
+                self._probe_type(name, known, rounds - 1)
+
+        arguments = {**known, "x-queue-type": "classic"}
+        self._on_channel(lambda ch, ok: ch.queue_declare(name, durable=True, arguments=arguments,
+                                                         callback=ok),
+                         lambda _frame: found("classic"), refused)
+
+    def _check_found(self, name: str, kind: str) -> None:
+        spec = self.spec
+        if name == spec.name:
+            self.topology.task_type = kind
+            if kind == "unknown":
+                kind = self.topology.task_type = "classic"  # what needs no special handling
+            if kind not in ("classic", "quorum"):
+                self.on_error(UserError(f"queue {name!r} is a {kind} queue, which cannot be a "
+                                        "work queue; use another --queue", EXIT_REFUSED))
+                return
+            if spec.queue_type != "auto" and spec.queue_type != kind:
+                self.on_error(UserError(
+                    f"queue {name!r} already exists as a {kind} queue, not {spec.queue_type}; "
+                    f"leave out --queue-type (the default, auto, uses it as it is), use "
+                    f"another --queue, or delete it with 'rabbitmqctl delete_queue {name}' "
+                    "if its messages can go", EXIT_REFUSED))
+                return
+            if not self.quiet:
+                self.log.info("queue %r exists: a %s queue, used as it is", name, kind)
+        elif kind == "classic" and self.topology.task_type == "quorum" and not self.quiet:
+            self.log.warning("%r is a classic queue (one node) beside the quorum queue %r: "
+                             "delete it when it is empty and it is made again as a quorum "
+                             "queue", name, spec.name)
+        self._remaining.pop(0)
+        self._next_queue()
+
+    def _on_missing(self, name: str, refusal: ChannelClosedByBroker) -> None:
+        if refusal.reply_code == 404 and "home node" in refusal.reply_text:
+            self.on_error(HomeNodeDown(refusal.reply_text.split(" - ", 1)[-1]))
+            return
+        if refusal.reply_code != 404:
+            self.on_error(refusal)
+            return
+        spec = self.spec
+        if name == spec.name:
+            arguments, kind = spec.task_queue_arguments(), spec.create_type()
+            self.topology.task_type = kind
+        else:
+            arguments = spec.companion_arguments(name, self.topology.task_type, self.version)
+            kind = str(arguments.get("x-queue-type", "classic"))
+
+        def created(_frame: object) -> None:
+            self.topology.types[name] = kind
+            self.topology.created.append(name)
+            self.log.info("created queue %r (%s)", name, kind)
+            self._remaining.pop(0)
+            self._next_queue()
+
+        def refused(again: ChannelClosedByBroker) -> None:
+            # Someone made it in between (another worker): adopt theirs, once.
+            if again.reply_code == 406 and not self._recreated:
+                self._recreated = True
+                self._next_queue()
+            else:
+                self.on_error(again)
+
+        self._on_channel(lambda ch, ok: ch.queue_declare(name, durable=True, arguments=arguments,
+                                                         callback=ok), created, refused)
+
+    # --- the events exchange -------------------------------------------------------------
+    def _bind_events(self) -> None:
+        spec = self.spec
+
+        def bind(channel: Channel, ok: Callable[[object], None]) -> None:
+            channel.exchange_declare(spec.exchange, "topic", durable=True, callback=lambda _f:
+                                     channel.queue_bind(spec.events_name, spec.exchange,
+                                                        ROUTING_REPORT, callback=ok))
+
+        self._on_channel(bind, lambda _frame: self.on_done(self.topology), self.on_error)

@@ -1,0 +1,390 @@
+"""How a slot does a task: the work itself, and stopping it for real.
+
+A ``Runner`` belongs to one slot and runs one task at a time on that slot's thread:
+``run(text)`` blocks until the work is done, failed or timed out and returns an ``Outcome``;
+it never raises. ``interrupt()`` (from any thread) stops the task in hand at once.
+
+  ``SimulatedWork``   the demo: a fixed time per '.' (an interruptible wait, so a timeout or a
+                      lost connection really ends it);
+  ``IsolatedHandler`` ``--handler`` in a long-lived child process (the default): a handler that
+                      crashes its process (os._exit, a signal, a segfault, the OOM killer) or
+                      outlives ``--task-timeout`` costs one attempt and one new child, never the
+                      worker. The process is started with ``spawn`` on every platform: nothing
+                      here needs fork, SIGALRM or SIGUSR1, so it works on Windows too;
+  ``InProcessHandler`` ``--handler --in-process``: a plain call (no isolation, no timeout);
+  ``CommandWork``     ``--command``: a program per task, its process group killed on timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_for_any
+
+from taskqueue.errors import UserError
+from taskqueue.events import MAX_RESULT, cap_text
+from taskqueue.tasks import seconds_for
+
+CHILD_START_SECONDS = 60.0  # a handler module slower than this to import is reported
+STDERR_TAIL_BYTES = 2048
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to: ``ok`` with an optional ``result`` text, or a ``reason``."""
+
+    ok: bool
+    result: str | None = None
+    reason: str = ""
+
+
+def result_text(value: object) -> str | None:
+    """A handler's return value as the text kept with its event (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return cap_text(str(value), MAX_RESULT)
+
+
+def failure_reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def timed_out(seconds: float) -> Outcome:
+    return Outcome(False, reason=f"timed out after {seconds:g} s")
+
+
+def load_handler(spec: str) -> Callable[[str], object]:
+    """Import ``package.module:function``, a callable taking the task text."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UserError(f"--handler {spec!r} must be MODULE:FUNCTION, e.g. mytasks:resize")
+    import importlib
+
+    try:
+        handler = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise UserError(f"cannot load --handler {spec!r} ({exc}); "
+                        "give MODULE:FUNCTION, importable from here") from None
+    except BaseException as exc:  # the module itself raised (or exited) while loading
+        raise UserError(f"cannot load --handler {spec!r}: importing {module_name!r} raised "
+                        f"{failure_reason(exc)}") from None
+    if not callable(handler):
+        raise UserError(f"--handler {spec!r} is not a function")
+    return handler
+
+
+class Runner:
+    """One slot's way of working. Subclasses override ``run`` (and ``interrupt``)."""
+
+    timeout: float | None = None
+
+    def start(self) -> None:
+        """Get ready before the first task (e.g. start a child process); may raise UserError."""
+
+    def instant(self, text: str) -> bool:
+        """True when the task needs no time at all (it may then run on the I/O thread)."""
+        return False
+
+    def expected_seconds(self, text: str) -> float:
+        return 0.0
+
+    def run(self, text: str) -> Outcome:
+        raise NotImplementedError
+
+    def interrupt(self) -> None:
+        """Stop the task in hand now (its outcome is then a failure nobody acks)."""
+
+    def close(self) -> None:
+        self.interrupt()
+
+
+class SimulatedWork(Runner):
+    """Sleep ``seconds_per_dot`` per '.' in the text, interruptibly."""
+
+    def __init__(self, seconds_per_dot: float, timeout: float | None = None) -> None:
+        self.seconds_per_dot, self.timeout = seconds_per_dot, timeout
+        self._interrupted = threading.Event()
+
+    def instant(self, text: str) -> bool:
+        return self.expected_seconds(text) == 0  # sleep(0) would still yield the CPU: ~80 us
+
+    def expected_seconds(self, text: str) -> float:
+        return seconds_for(text, self.seconds_per_dot)
+
+    def run(self, text: str) -> Outcome:
+        seconds = self.expected_seconds(text)
+        if seconds <= 0:
+            return Outcome(True)
+        self._interrupted.clear()
+        limit = seconds if self.timeout is None else min(seconds, self.timeout)
+        if self._interrupted.wait(limit):
+            return Outcome(False, reason="stopped")
+        if self.timeout is not None and seconds > self.timeout:
+            return timed_out(self.timeout)
+        return Outcome(True)
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
+
+
+class InProcessHandler(Runner):
+    """``--in-process``: call the handler on the slot's thread. It cannot be stopped: no
+    ``--task-timeout``, and a handler that crashes the process takes the worker with it."""
+
+    def __init__(self, handler: Callable[[str], object]) -> None:
+        self.handler = handler
+
+    def run(self, text: str) -> Outcome:
+        try:
+            return Outcome(True, result_text(self.handler(text)))
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt too: this attempt failed
+            return Outcome(False, reason=failure_reason(exc))
+
+
+def died_how(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "it stopped answering"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name}"
+    return f"exited with code {exitcode}"
+
+
+class IsolatedHandler(Runner):
+    """The handler in a child process of its own, kept for task after task (a task costs a
+    message each way on a pipe, tens of microseconds) and replaced only after it died or was
+    killed for outliving ``timeout``."""
+
+    def __init__(self, spec: str, timeout: float | None = None, label: str = "") -> None:
+        self.spec, self.timeout, self.label = spec, timeout, label
+        self._context = multiprocessing.get_context("spawn")
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._pipe = None
+        self._lock = threading.Lock()  # interrupt() comes from another thread
+
+    def start(self) -> None:
+        """Start the child and wait until it has loaded the handler (UserError if it can't)."""
+        self._spawn()
+        self._await_ready()
+
+    def _spawn(self) -> None:
+        from taskqueue.child import serve
+
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=serve, args=(child, self.spec),
+                                        name=f"handler {self.label}".strip(), daemon=True)
+        process.start()
+        child.close()
+        with self._lock:
+            self._process, self._pipe = process, parent
+
+    def _await_ready(self) -> None:
+        process, pipe = self._process, self._pipe
+        ready = wait_for_any([pipe, process.sentinel], CHILD_START_SECONDS)
+        kind, value = "died", None
+        if pipe in ready:
+            with contextlib.suppress(EOFError):
+                kind, value = pipe.recv()
+        if kind == "ready":
+            return
+        self.close()
+        if kind == "load-error":
+            raise UserError(value)
+        why = died_how(process.exitcode) if ready else \
+            f"it took longer than {CHILD_START_SECONDS:g} s"
+        raise UserError(f"the --handler {self.spec!r} could not be loaded in a child process "
+                        f"({why})")
+
+    def run(self, text: str) -> Outcome:
+        if self._process is None or not self._process.is_alive():
+            try:
+                self.start()
+            except UserError as error:
+                return Outcome(False, reason=f"handler process could not start: {error}")
+        process, pipe = self._process, self._pipe
+        with contextlib.suppress(OSError):  # it died just now: the sentinel says how
+            pipe.send(text)
+        ready = wait_for_any([pipe, process.sentinel], self.timeout)
+        if pipe in ready:
+            try:
+                kind, value = pipe.recv()
+                return Outcome(True, value) if kind == "ok" else Outcome(False, reason=value)
+            except (EOFError, OSError):
+                pass  # the child died before it could answer
+        if not ready:
+            self._kill()
+            return timed_out(self.timeout)
+        self._kill()
+        return Outcome(False, reason=f"handler process died: {died_how(process.exitcode)}")
+
+    def _kill(self) -> None:
+        with self._lock:
+            process, pipe = self._process, self._pipe
+            self._process = self._pipe = None
+        if process is not None:
+            if process.is_alive():
+                process.kill()  # SIGKILL, or TerminateProcess on Windows
+            process.join(5)
+        if pipe is not None:
+            pipe.close()
+
+    def interrupt(self) -> None:
+        self._kill()
+
+    def close(self) -> None:
+        """Let an idle child exit on its own (it reads EOF), else kill it."""
+        with self._lock:
+            pipe = self._pipe
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.send(None)
+        process = self._process
+        if process is not None:
+            process.join(0.5)
+        self._kill()
+
+
+def start_runners(runners: list[IsolatedHandler]) -> None:
+    """Start every child at once (each takes a moment to import), then wait for all; if one
+    cannot load the handler, stop them all and raise its UserError."""
+    try:
+        for runner in runners:
+            runner._spawn()
+        for runner in runners:
+            runner._await_ready()
+    except BaseException:
+        for runner in runners:
+            runner.close()
+        raise
+
+
+def split_command(template: str) -> list[str]:
+    """The ``--command`` template split once, by shell-like (shlex) rules: never through a
+    shell, so the task text is always data. UserError if the program cannot be found."""
+    try:
+        argv = shlex.split(template)
+    except ValueError as exc:
+        raise UserError(f"cannot split --command {template!r} ({exc}); check its quotes") from None
+    if not argv:
+        raise UserError("--command is empty; give a program, e.g. --command \"python work.py {}\"")
+    program = argv[0]
+    if shutil.which(program) is None and not (os.path.sep in program and os.path.isfile(program)):
+        raise UserError(f"--command: program {program!r} not found (not on PATH and not a "
+                        "file); give its full path or install it")
+    return argv
+
+
+def command_for(argv: list[str], text: str) -> list[str]:
+    """Each ``{}`` becomes the task text, inside one argument; without ``{}`` the text is
+    added as the last argument (as GNU parallel does)."""
+    if any("{}" in arg for arg in argv):
+        return [arg.replace("{}", text) for arg in argv]
+    return [*argv, text]
+
+
+class CommandWork(Runner):
+    """``--command``: one program run per task. Exit code 0 is done, with its stdout (capped)
+    as the result; anything else is a failure whose reason is the exit code and the last
+    lines of stderr. On timeout its whole process group (or tree, on Windows) is killed."""
+
+    def __init__(self, argv: list[str], timeout: float | None = None) -> None:
+        self.argv, self.timeout = argv, timeout
+        self._process: subprocess.Popen | None = None
+        self._killed = False
+
+    def run(self, text: str) -> Outcome:
+        self._killed = False
+        try:
+            process = subprocess.Popen(command_for(self.argv, text), stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       **_own_process_group())
+        except OSError as exc:
+            return Outcome(False, reason=f"cannot run {self.argv[0]!r}: {exc.strerror or exc}")
+        self._process = process
+        stdout = _Drain(process.stdout, keep_head=MAX_RESULT)
+        stderr = _Drain(process.stderr, keep_tail=STDERR_TAIL_BYTES)
+        try:
+            code = process.wait(self.timeout)
+        except subprocess.TimeoutExpired:
+            self._kill_tree()
+            process.wait()
+            stdout.join(), stderr.join()
+            return timed_out(self.timeout)
+        finally:
+            self._process = None
+        stdout.join(), stderr.join()
+        if code == 0 and not self._killed:
+            output = stdout.text().strip()
+            return Outcome(True, output or None)
+        tail = " | ".join(stderr.text().strip().splitlines()[-5:])
+        how = "stopped" if self._killed else (f"exit code {code}" if code >= 0
+                                               else died_how(code))
+        return Outcome(False, reason=f"{how}{': ' + tail if tail else ''}")
+
+    def _kill_tree(self) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        self._killed = True
+        if os.name == "nt":  # no process groups: taskkill knows the tree
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)],
+                           capture_output=True, check=False)
+        else:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except OSError:
+                process.kill()
+
+    def interrupt(self) -> None:
+        self._kill_tree()
+
+
+def _own_process_group() -> dict:
+    """Start the program in a group of its own: a terminal's Ctrl+C (meant for the worker,
+    which finishes its tasks) does not reach it, and a timeout can kill it with its children."""
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
+
+
+class _Drain:
+    """Read a pipe to its end on a thread, keeping only its first or last bytes (memory stays
+    bounded however much a program writes)."""
+
+    def __init__(self, stream, *, keep_head: int = 0, keep_tail: int = 0) -> None:
+        self._stream, self._head, self._tail = stream, keep_head, keep_tail
+        self._kept = bytearray()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with self._stream:
+            while True:
+                block = self._stream.read1(65536) if hasattr(self._stream, "read1") else \
+                    self._stream.read(65536)
+                if not block:
+                    return
+                if self._head:
+                    self._kept += block[:max(0, self._head + 4 - len(self._kept))]
+                else:
+                    self._kept += block
+                    del self._kept[:-self._tail]
+
+    def join(self) -> None:
+        self._thread.join(10)
+
+    def text(self) -> str:
+        return cap_text(self._kept.decode("utf-8", "replace"), self._head or self._tail)
