@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Who did what: collect the workers' task events and print a table and a timeline picture.
+"""Who did what: collect the workers' task events and print a table and a timeline picture;
+or watch the workers live.
 
     python task_report.py                          # latest run on task_queue
     python task_report.py --queue demo_task_queue --run 20261128-101500-ab12cd
+    python task_report.py --csv results.csv        # one row per task: worker, result or error
+    python task_report.py --watch                  # live: every worker, its task, the queue
 """
 
 from __future__ import annotations
@@ -10,9 +13,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from taskqueue.cli import add_broker_options, broker_settings, queue_spec, run_script, script_parser
+from taskqueue.cli import (
+    add_broker_options,
+    broker_settings,
+    queue_spec,
+    run_script,
+    script_parser,
+    seconds_above_zero,
+)
 from taskqueue.errors import UserError
 from taskqueue.report import EventStore, RunReport, latest_run, list_runs, queue_status
+from taskqueue.watch import watch
 from util_logger import get_logger
 
 SCRIPT = "task_report"
@@ -34,11 +45,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--status", action="store_true",
                         help="show the queue and its companions now (waiting, in progress, "
                              "retrying, dead) and exit")
+    live = parser.add_argument_group("live view")
+    live.add_argument("--watch", action="store_true",
+                      help="show every worker, its task in hand, the queue and the ETA, live "
+                           "(refreshed every --interval seconds; Ctrl+C to leave)")
+    live.add_argument("--until-done", action="store_true",
+                      help="with --watch: end once the queue is empty and every worker idle")
+    live.add_argument("--interval", type=seconds_above_zero, default=1.0, metavar="SECONDS",
+                      help="with --watch: seconds between refreshes (default: %(default)s)")
     parser.add_argument("--csv", type=Path, metavar="FILE",
                         help="also write one row per task of the run: row, task, worker, host, "
                              "started, seconds, attempts, outcome, result or error")
     add_broker_options(parser)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.until_done and not args.watch:
+        parser.error("--until-done needs --watch")
+    return args
 
 
 def main() -> int:
@@ -47,6 +69,12 @@ def main() -> int:
     spec = queue_spec(args)
     if args.status:
         print(queue_status(broker_settings(args), spec))
+        return 0
+    if args.watch:
+        state = watch(broker_settings(args), spec, until_done=args.until_done,
+                      interval=args.interval)
+        print(f"watched queue {spec.name!r}: {state.done} tasks done, {state.dead} dead-lettered "
+              f"while watching (run {state.run_id or '-'})")
         return 0
     store = EventStore(args.reports_dir, spec.name)
     if not args.offline:

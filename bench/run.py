@@ -26,11 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import baselines  # noqa: E402
+from bench.work import noop  # noqa: E402
 from taskqueue.config import BrokerSettings, QueueSpec  # noqa: E402
-from taskqueue.consumer import TaskConsumer, WorkerOptions, sleep_per_dot  # noqa: E402
+from taskqueue.consumer import TaskConsumer, WorkerOptions  # noqa: E402
 from taskqueue.publisher import ConfirmedPublisher  # noqa: E402
 from taskqueue.report import EventStore, RunReport, latest_run  # noqa: E402
-from taskqueue.tasks import read_tasks, seconds_for  # noqa: E402
+from taskqueue.tasks import read_tasks  # noqa: E402
+from taskqueue.work import InProcessHandler, IsolatedHandler, Runner, SimulatedWork  # noqa: E402
 from util_logger import get_logger  # noqa: E402
 
 URL = os.environ.get("BENCH_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -94,7 +96,8 @@ def settings() -> BrokerSettings:
 
 def ours_publish(queue: str, path: Path, log: logging.Logger) -> float:
     started = time.perf_counter()
-    publisher = ConfirmedPublisher(settings(), QueueSpec(queue), read_tasks(str(path)), log)
+    publisher = ConfirmedPublisher(settings(), QueueSpec(queue, "classic"),
+                                   read_tasks(str(path)), log)
     publisher.run()
     assert publisher.stats.confirmed == publisher.stats.read, "every row confirmed"
     return time.perf_counter() - started
@@ -123,35 +126,34 @@ def bench_emitter(queues: Queues, tmp: Path, rows: int, log: logging.Logger) -> 
     ]
 
 
-def preload(queue: str, count: int) -> None:
+def preload(queue: str, count: int, queue_type: str = "classic", dots: int = 0) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(URL))
     channel = connection.channel()
-    channel.queue_declare(queue, durable=True)
+    channel.queue_declare(queue, durable=True, arguments={"x-queue-type": queue_type})
     for number in range(count):
-        channel.basic_publish("", queue, f"task {number}".encode(), baselines.PERSISTENT)
+        channel.basic_publish("", queue, f"task {number}{'.' * dots}".encode(),
+                              baselines.PERSISTENT)
     connection.close()
 
 
-def ours_worker(queue: str, count: int, log: logging.Logger) -> float:
-    """The worker as listening_worker.py wires it (simulated work, events, a log line at the
-    start and end of every task), told to stop after *count* tasks."""
-    consumer: TaskConsumer | None = None
-    done = 0
-    simulated_work = sleep_per_dot(0.0)
+def ours_worker(queue: str, count: int, log: logging.Logger,
+                runners: list[Runner] | None = None) -> float:
+    """The worker as listening_worker.py wires it (events, a log line at the start and end of
+    every task; simulated work unless *runners* say otherwise), stopped after *count* tasks."""
+    runners = runners or [SimulatedWork(0.0)]
+    consumer = TaskConsumer(settings(), QueueSpec(queue), log, WorkerOptions(name="bench"),
+                            runners)
 
-    def handler(text: str) -> None:
-        nonlocal done
-        simulated_work(text)
-        done += 1
-        if done == count:
-            consumer.call_threadsafe(consumer.request_stop)
+    def stop_when_done() -> None:
+        if consumer.stats.done >= count:
+            consumer.request_stop()
+        else:
+            consumer.ioloop.call_later(0.005, stop_when_done)
 
-    consumer = TaskConsumer(settings(), QueueSpec(queue), log, WorkerOptions(
-        name="bench", handler=handler, expected_seconds=lambda text: seconds_for(text, 0.0),
-        inline_when_instant=True))
+    consumer.ioloop.call_later(0.005, stop_when_done)
     started = time.perf_counter()
     consumer.run()
-    assert consumer.stats.done == count
+    assert consumer.stats.done == count, consumer.stats.done
     return time.perf_counter() - started
 
 
@@ -179,6 +181,70 @@ def bench_worker(queues: Queues, count: int, log: logging.Logger) -> list[Row]:
                 tutorial_rate, "tasks/s", "context", True)]
 
 
+def bench_isolation(queues: Queues, count: int, log: logging.Logger) -> list[Row]:
+    """Per-task cost of a handler in its own child process against a plain call."""
+    isolated_times, in_process_times = [], []
+    for attempt in range(3):
+        queue = queues.new(f"inproc{attempt}")
+        preload(queue, count)
+        in_process_times.append(ours_worker(queue, count, log, [InProcessHandler(noop)]))
+        queues.delete(queue)
+        queue = queues.new(f"isolated{attempt}")
+        preload(queue, count)
+        runner = IsolatedHandler("bench.work:noop")
+        runner.start()  # the child's start-up is paid once per worker, not per task
+        try:
+            isolated_times.append(ours_worker(queue, count, log, [runner]))
+        finally:
+            runner.close()
+        queues.delete(queue)
+    isolated_us = 1e6 * min(isolated_times) / count
+    in_process_us = 1e6 * min(in_process_times) / count
+    return [Row("handler per task: isolated child vs in-process call", isolated_us,
+                in_process_us, "us", "+ < 1 ms/task", isolated_us - in_process_us < 1000)]
+
+
+def bench_concurrency(queues: Queues, count: int, log: logging.Logger,
+                      task_seconds: float = 0.02) -> list[Row]:
+    """Short tasks (20 ms each) with 1, 2 and 4 slots in one worker."""
+    rates = {}
+    for slots in (1, 2, 4):
+        queue = queues.new(f"slots{slots}")
+        preload(queue, count, dots=1)
+        runners = [SimulatedWork(task_seconds) for _ in range(slots)]
+        rates[slots] = count / ours_worker(queue, count, log, runners)
+        queues.delete(queue)
+    return [Row(f"{slots} slots vs 1 slot, {task_seconds * 1000:.0f} ms tasks", rates[slots],
+                rates[1], "tasks/s", f">= {goal}x", rates[slots] >= goal * rates[1])
+            for slots, goal in ((2, 1.8), (4, 3.4))]
+
+
+def bench_queue_types(queues: Queues, tmp: Path, rows: int, count: int,
+                      log: logging.Logger) -> list[Row]:
+    """Quorum (what auto creates) against classic, publishing and consuming, side by side."""
+    path = write_rows(tmp / "types.csv", rows)
+    publish: dict[str, list[float]] = {"quorum": [], "classic": []}
+    consume: dict[str, list[float]] = {"quorum": [], "classic": []}
+    for attempt in range(3):
+        for kind in ("quorum", "classic"):
+            queue = queues.new(f"{kind}p{attempt}")
+            publisher = ConfirmedPublisher(settings(), QueueSpec(queue, kind),
+                                           read_tasks(str(path)), log)
+            started = time.perf_counter()
+            publisher.run()
+            publish[kind].append(time.perf_counter() - started)
+            queues.delete(queue)
+            queue = queues.new(f"{kind}c{attempt}")
+            preload(queue, count, kind)
+            consume[kind].append(ours_worker(queue, count, log))
+            queues.delete(queue)
+    return [
+        Row("emitter msg/s: quorum queue vs classic", rows / min(publish["quorum"]),
+            rows / min(publish["classic"]), "msg/s", "context", True),
+        Row("worker zero-dot tasks/s: quorum queue vs classic", count / min(consume["quorum"]),
+            count / min(consume["classic"]), "tasks/s", "context", True)]
+
+
 def bench_fairness(queues: Queues, tmp: Path, tasks: int, workers: int,
                    seconds_per_dot: float) -> list[Row]:
     queue = queues.new("fair")
@@ -199,7 +265,7 @@ def bench_fairness(queues: Queues, tmp: Path, tasks: int, workers: int,
         proc.wait(timeout=120)
     store = EventStore(tmp / "reports", queue)
     store.collect(settings(), QueueSpec(queue))
-    events = store.events()
+    events = list(store.events())
     report = RunReport(events, latest_run(events) or "", queue)
     makespan = report.end - report.start
     bound = max(max(dots) * seconds_per_dot, sum(dots) * seconds_per_dot / workers)
@@ -258,8 +324,10 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
     args = parser.parse_args()
-    sizes = (dict(rows=2000, worker=300, fair=12, small=500, large=5000) if args.quick else
-             dict(rows=50_000, worker=5000, fair=40, small=1000, large=1_000_000))
+    sizes = (dict(rows=2000, worker=300, fair=12, small=500, large=5000, slots=40, types=2000)
+             if args.quick else
+             dict(rows=50_000, worker=5000, fair=40, small=1000, large=1_000_000, slots=200,
+                  types=50_000))
     queues = Queues()
     results: list[Row] = []
     with tempfile.TemporaryDirectory() as directory:
@@ -269,6 +337,9 @@ def main() -> int:
         try:
             results += bench_emitter(queues, tmp, sizes["rows"], log)
             results += bench_worker(queues, sizes["worker"], log)
+            results += bench_isolation(queues, sizes["worker"], log)
+            results += bench_concurrency(queues, sizes["slots"], log)
+            results += bench_queue_types(queues, tmp, sizes["types"], sizes["worker"], log)
             results += bench_fairness(queues, tmp, sizes["fair"], 4, 0.05)
             results += bench_memory(queues, tmp, sizes["small"], sizes["large"])
         finally:

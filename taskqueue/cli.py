@@ -8,9 +8,10 @@ import contextlib
 import signal
 import sys
 from collections.abc import Callable
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from taskqueue.config import (
+    DEFAULT_HEARTBEAT,
     DEFAULT_QUEUE,
     QUEUE_TYPES,
     BrokerSettings,
@@ -19,7 +20,7 @@ from taskqueue.config import (
     broker_urls,
     with_credentials,
 )
-from taskqueue.errors import UserError
+from taskqueue.errors import EXIT_BAD_INPUT, UserError
 from util_logger import LEVELS
 
 
@@ -51,10 +52,16 @@ def seconds_above_zero(text: str) -> float:
     return value
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, except that a usage error is one line on stderr (not the whole usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def script_parser(doc: str | None) -> argparse.ArgumentParser:
     """A parser whose --help starts with the script's docstring, examples and all."""
-    return argparse.ArgumentParser(description=doc,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_broker_options(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +83,10 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--connect-timeout", type=positive_float, default=60.0, metavar="SECONDS",
                        help="keep trying to (re)connect this long before giving up "
                             "(default: %(default)s)")
+    group.add_argument("--heartbeat", type=positive_int, default=DEFAULT_HEARTBEAT,
+                       metavar="SECONDS",
+                       help="AMQP heartbeat timeout: a network path that goes silent is noticed "
+                            "within 1.5-3 times this (default: %(default)s)")
     group.add_argument("--ca-file", help="CA certificate(s) to verify an amqps:// broker")
     group.add_argument("--cert-file", help="client certificate for amqps:// (optional)")
     group.add_argument("--key-file", help="client certificate's private key (optional)")
@@ -86,7 +97,8 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
 def broker_settings(args: argparse.Namespace) -> BrokerSettings:
     urls = [with_credentials(url, args.credentials_file) for url in broker_urls(args.url)]
     return BrokerSettings(urls=urls, connect_timeout=args.connect_timeout,
-                          tls=TlsOptions(args.ca_file, args.cert_file, args.key_file))
+                          tls=TlsOptions(args.ca_file, args.cert_file, args.key_file),
+                          heartbeat=args.heartbeat)
 
 
 def queue_spec(args: argparse.Namespace) -> QueueSpec:

@@ -21,6 +21,10 @@ DEFAULT_QUEUE = "task_queue"
 DEFAULT_MAX_TASK_BYTES = 64 * 1024  # a task is a line of text, not a payload store
 DEFAULT_DELIVERY_LIMIT = 5  # deliveries without an ack before a worker dead-letters a task
 QUEUE_TYPES = ("auto", "quorum", "classic")
+# RabbitMQ proposes 60 s, so a path that goes silent is noticed after 65-130 s (pika checks
+# every heartbeat + 5 s); 10 s (RabbitMQ advises 5-20 s) notices it within 15-30 s. Our I/O
+# loops never wait on work, so a short heartbeat cannot cost a long task its connection.
+DEFAULT_HEARTBEAT = 10
 EVENTS_MAX_MESSAGES = 20_000  # <queue>.events keeps at most this many batches (oldest dropped)
 
 
@@ -114,7 +118,7 @@ class BrokerSettings:
     urls: list[str]
     connect_timeout: float = 60.0
     tls: TlsOptions = field(default_factory=TlsOptions)
-    heartbeat: int | None = None  # None: accept the broker's proposal
+    heartbeat: int | None = DEFAULT_HEARTBEAT
     client_name: str = ""  # shown in the admin panel's connection list
 
 

@@ -56,7 +56,9 @@ def connection_parameters(url: str, settings: BrokerSettings) -> pika.URLParamet
     if settings.client_name:                  # to drop the connection
         params.client_properties = {"connection_name": settings.client_name}
     if settings.heartbeat is not None:
-        params.heartbeat = settings.heartbeat
+        # The lower of the broker's proposal and ours (pika would take ours as it is).
+        ours = settings.heartbeat
+        params.heartbeat = lambda _connection, proposed: min(proposed, ours) if proposed else ours
     if urlsplit(url).scheme == "amqps":
         params.ssl_options = pika.SSLOptions(tls_context(settings.tls), urlsplit(url).hostname)
     return params

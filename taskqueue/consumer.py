@@ -97,6 +97,7 @@ class TaskConsumer(BrokerSession):
         self.topology: Topology | None = None
         self.slots = [WorkSlot(name, runner, self._on_outcome, self.call_threadsafe)
                       for name, runner in zip(slot_names(options.name, len(runners)), runners)]
+        self._free_slots = list(reversed(self.slots))  # a stack: the first slot goes first
         self.outbox = Outbox(settings, queue, log, self.ioloop, options.name)
         self.outbox.on_finished = self._on_outbox_finished
         self._stop_requests = 0
@@ -104,6 +105,7 @@ class TaskConsumer(BrokerSession):
         self._consumer_tag: str | None = None
         self._waiting_for_slots = False
         self._idle_since: float | None = None  # consuming with every slot free, since when
+        self._idle_probe: object | None = None  # a round trip asked before exiting idle
         self._retry_due = 0.0  # when the last task sent to <queue>.retry flows back
         self._copies: dict[int, tuple[WorkSlot, Delivery, Copy]] = {}
         self._changed = True
@@ -152,7 +154,7 @@ class TaskConsumer(BrokerSession):
             self.finish()
 
     def _finish_if_idle(self) -> None:
-        if self._stop_requests and all(slot.free for slot in self.slots):
+        if self._stop_requests and len(self._free_slots) == len(self.slots):
             self._shutdown(EXIT_GRACE_SECONDS)
 
     def _shutdown(self, grace: float) -> None:
@@ -183,7 +185,7 @@ class TaskConsumer(BrokerSession):
     def _on_set_up(self, channel: Channel, topology: Topology) -> None:
         self.topology = topology
         self.outbox.exchange_ready = True
-        self.outbox.send()
+        self.outbox.send(everything=True)
         self.mark_ready()
         channel.add_on_cancel_callback(self._on_cancelled_by_broker)
         self._subscribe(channel)
@@ -228,6 +230,7 @@ class TaskConsumer(BrokerSession):
     def on_channel_lost(self) -> None:
         self._consumer_tag = None
         self._idle_since = None
+        self._idle_probe = None
         for slot in self.slots:
             delivery = slot.delivery
             if delivery is None or delivery.settled:
@@ -245,10 +248,10 @@ class TaskConsumer(BrokerSession):
     def _on_message(self, channel: Channel, method: Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
         delivery = Delivery(channel, method.delivery_tag, properties, body, method.redelivered)
-        slot = next((slot for slot in self.slots if slot.free), None)
-        if self._stop_requests or slot is None:  # sent before our cancel reached the broker
+        if self._stop_requests or not self._free_slots:  # sent before our cancel arrived
             channel.basic_nack(delivery.tag, requeue=True)
             return
+        slot = self._free_slots.pop()
         slot.delivery = delivery
         self._changed = True
         self._idle_since = None
@@ -324,8 +327,9 @@ class TaskConsumer(BrokerSession):
         if slot.delivery is not delivery:
             return  # freed already (its copy was cancelled when the connection dropped)
         slot.release(seconds)
+        self._free_slots.append(slot)
         self._changed = True
-        if all(slot.free for slot in self.slots):
+        if len(self._free_slots) == len(self.slots):
             if self._consumer_tag:
                 self._idle_since = time.monotonic()
             if self._waiting_for_slots and self.channel is not None:
@@ -428,21 +432,34 @@ class TaskConsumer(BrokerSession):
                 self.outbox.announce(self._snapshot())
                 self._changed, self._last_snapshot = False, now
         if self._ticks % round(EVENT_FLUSH_SECONDS / TICK_SECONDS) == 0:
-            self.outbox.send()
+            self.outbox.send(everything=True)  # events and the snapshot go out on this beat
         self._check_idle(now)
         self.ioloop.call_later(TICK_SECONDS, self._tick)
 
     def _check_idle(self, now: float) -> None:
         """--exit-when-idle: idle means connected, consuming, every slot free, no task came
-        (and none is due back from <queue>.retry). Time spent disconnected does not count."""
+        (and none is due back from <queue>.retry). Time spent disconnected does not count, nor
+        does a path gone silent: before exiting, a round trip must say the queue is empty."""
         limit = self.options.exit_when_idle
         if limit is None or self._stop_requests or self._idle_since is None:
             return
         idle_for = now - max(self._idle_since, self._retry_due)
-        if idle_for >= limit:
-            self.log.info("[%s] no task for %.1f s: exiting (--exit-when-idle)",
-                          self.options.name, idle_for)
-            self.request_stop()
+        if idle_for < limit or self._idle_probe is not None:
+            return
+        probe = self._idle_probe = object()
+
+        def answered(depth: int | None, _consumers: int | None) -> None:
+            if self._idle_probe is not probe:
+                return  # asked on a connection since lost
+            self._idle_probe = None
+            if depth == 0 and self._idle_since is not None and not self._stop_requests:
+                self.log.info("[%s] no task for %.1f s: exiting (--exit-when-idle)",
+                              self.options.name, time.monotonic() - self._idle_since)
+                self.request_stop()
+            elif depth:
+                self._idle_since = time.monotonic()  # tasks wait: they are on their way
+
+        self.inspect_queue(self.queue.name, answered)
 
 
 def _copy_properties(original: pika.BasicProperties, headers: dict,

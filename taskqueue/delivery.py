@@ -50,7 +50,7 @@ class Delivery:
         headers = self.properties.headers
         return dict(headers) if isinstance(headers, dict) else {}
 
-    @property
+    @cached_property
     def retries(self) -> int:
         """Times our workers sent it to ``<queue>.retry`` (checked by ``problem()``)."""
         return header_count(self.headers, "x-retries")
@@ -63,7 +63,7 @@ class Delivery:
         except ValueError:
             return 1
 
-    @property
+    @cached_property
     def delivery_count(self) -> int:
         """Earlier deliveries without an ack, as a quorum queue counts them (0 elsewhere)."""
         return header_count(self.headers, "x-delivery-count")
@@ -96,6 +96,9 @@ class Delivery:
             self.text = self.body.decode("utf-8")
         except UnicodeDecodeError as exc:
             return f"body is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        if not self.properties.headers:  # the usual case: nothing to read
+            self.__dict__.update(headers={}, retries=0, delivery_count=0)
+            return None
         try:
             self.retries  # noqa: B018 - read once so that a bad header is caught here
             self.delivery_count  # noqa: B018

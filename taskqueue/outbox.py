@@ -26,7 +26,7 @@ from pika.channel import Channel
 
 from taskqueue.config import BrokerSettings, QueueSpec
 from taskqueue.connection import BrokerSession, settled_tags
-from taskqueue.events import EventBatch, encode
+from taskqueue.events import EVENT_BATCH, EventBatch, encode
 from taskqueue.topology import ROUTING_LIVE, ROUTING_REPORT
 
 EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
@@ -88,8 +88,9 @@ class Outbox(BrokerSession):
                           for item in self._unconfirmed.values() if item is not None)
         return len(self.events) + len(self._copies) + unconfirmed
 
-    def send(self) -> None:
-        """Publish what waits, if the broker takes it now (called often; cheap when idle)."""
+    def send(self, everything: bool = False) -> None:
+        """Publish the copies that wait, and full batches of events (everything, with
+        *everything*: the consumer's flush beat, or closing), if the broker takes them now."""
         channel = self.channel
         if channel is None or not channel.is_open or self.blocked or not self._confirming:
             return
@@ -100,13 +101,15 @@ class Outbox(BrokerSession):
                               mandatory=True)
         if not self.exchange_ready:
             return
+        everything = everything or self._closing_since is not None
         batches = sum(isinstance(item, list) for item in self._unconfirmed.values())
-        while len(self.events) and batches < MAX_EVENT_BATCHES_IN_FLIGHT:
+        while (len(self.events) >= (1 if everything else EVENT_BATCH)
+               and batches < MAX_EVENT_BATCHES_IN_FLIGHT):
             batch = self.events.take()
             self._publish(channel, self.spec.exchange, ROUTING_REPORT, encode(batch),
                           EVENT_PROPERTIES, batch)
             batches += 1
-        if self._snapshot is not None:
+        if self._snapshot is not None and everything:
             self._publish(channel, self.spec.exchange, ROUTING_LIVE, encode([self._snapshot]),
                           LIVE_PROPERTIES, None)
             self._snapshot = None

@@ -320,23 +320,33 @@ def list_runs(events: Iterable[dict]) -> str:
     return "\n".join(lines)
 
 
+def passive_counts(connection: pika.BlockingConnection,
+                   names: list[str]) -> dict[str, tuple[int, int] | None]:
+    """(ready messages, consumers) of each queue, by passive declares; None for a queue that
+    does not exist. Consuming-only: it works during a resource alarm."""
+    counts: dict[str, tuple[int, int] | None] = {}
+    for name in names:
+        channel = connection.channel()
+        try:
+            frame = channel.queue_declare(name, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            counts[name] = None  # the 404 closed the channel
+            continue
+        counts[name] = (frame.method.message_count, frame.method.consumer_count)
+        channel.close()
+    return counts
+
+
 def queue_status(settings: BrokerSettings, spec: QueueSpec) -> str:
     """The queue and its companions right now: messages waiting, and consumers. (Tasks in
-    progress are not 'waiting'; `rabbitmqctl list_queues name messages_unacknowledged` or the
-    admin panel counts those.)"""
+    progress are not 'waiting': ``task_report.py --watch`` shows them, worker by worker.)"""
     connection = open_blocking(settings)
-    lines = [f"{'queue':<40} {'waiting':>8} {'consumers':>9}"]
     try:
-        for name in spec.all_queues:
-            channel = connection.channel()
-            try:
-                frame = channel.queue_declare(name, passive=True)
-            except pika.exceptions.ChannelClosedByBroker:
-                lines.append(f"{name:<40} {'(none)':>8}")
-                continue
-            lines.append(f"{name:<40} {frame.method.message_count:>8} "
-                         f"{frame.method.consumer_count:>9}")
-            channel.close()
+        counts = passive_counts(connection, spec.all_queues)
     finally:
         connection.close()
+    lines = [f"{'queue':<40} {'waiting':>8} {'consumers':>9}"]
+    for name, count in counts.items():
+        lines.append(f"{name:<40} {'(none)':>8}" if count is None else
+                     f"{name:<40} {count[0]:>8} {count[1]:>9}")
     return "\n".join(lines)

@@ -21,3 +21,34 @@ def exit_on_call(text: str) -> None:
         import sys
 
         sys.exit(3)
+
+
+def sleep_forever(text: str) -> None:
+    """A stuck network call: never returns for tasks containing 'hang'."""
+    if "hang" in text:
+        import time
+
+        while True:
+            time.sleep(60)
+
+
+def kill_self_on_poison(text: str) -> None:
+    """SIGKILLs the process it runs in (a segfault, the OOM killer) for 'poison' tasks."""
+    if "poison" in text:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def shout(text: str) -> str:
+    """Returns a result: the text in capitals."""
+    return text.upper()
+
+
+def slow_quarter(text: str) -> str:
+    """A quarter of a second of real work per task (sleep stands in for it)."""
+    import time
+
+    time.sleep(0.25)
+    return f"did {text}"

@@ -11,6 +11,8 @@ import sys
 import time
 from collections import Counter
 
+import pytest
+
 from taskqueue.tasks import row_of
 from tests.brokers import close_connections_of, ctl
 from tests.helpers import (
@@ -336,11 +338,12 @@ def test_emitter_waits_out_a_memory_alarm(node, logs, tmp_path):
     assert "accepts messages again" in text and "2 confirmed" in text
 
 
-def test_handler_calling_sys_exit_fails_the_attempt(queue, logs, tmp_path):
+@pytest.mark.parametrize("where", [[], ["--in-process"]], ids=["isolated", "in-process"])
+def test_handler_calling_sys_exit_fails_the_attempt(where, queue, logs, tmp_path):
     """SystemExit is not an Exception: it must still be that attempt's failure, never a
     silently stopped worker holding its task."""
     out = tmp_path / "w.out"
-    worker = start_worker("--queue", queue, "--handler", "tests.handlers:exit_on_call",
+    worker = start_worker("--queue", queue, "--handler", "tests.handlers:exit_on_call", *where,
                           "--max-retries", "1", "--retry-delay", "0.5", "--exit-when-idle", "1.5",
                           log_dir=logs, out=out)
     assert run_script("emitter_of_tasks.py", "--queue", queue, "--message", "please exit",

@@ -1,0 +1,113 @@
+"""``task_report.py --watch``: the live view's I/O, around ``LiveState`` (live.py).
+
+A view binds a queue of its own (exclusive, bounded, gone when the view ends) to the
+``<queue>.events`` exchange, so it sees every worker's snapshots and finished tasks without
+taking anything away from the durable ``<queue>.events`` queue the report reads: any number of
+views may watch at once. Once a second it asks the broker how many tasks wait in the queue and
+its companions (passive declares: nothing is published, so it keeps working during a memory or
+disk alarm) and redraws: a full screen on a terminal, one plain line per refresh elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+import uuid
+from typing import TextIO
+
+from taskqueue.config import BrokerSettings, QueueSpec
+from taskqueue.connection import open_blocking
+from taskqueue.events import decode_events
+from taskqueue.live import LiveState, QueueCounts
+from taskqueue.report import passive_counts
+
+VIEW_QUEUE_LIMIT = 10_000  # messages a slow view may fall behind before the oldest go
+
+
+class TerminalScreen:
+    """Redraw in place: cursor home, each line cleared to its end, the rest cleared."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        _enable_escape_codes()
+        stream.write("\x1b[?25l\x1b[2J")  # hide the cursor, clear the screen
+
+    def draw(self, lines: list[str]) -> None:
+        self.stream.write("\x1b[H" + "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\x1b[?25h")
+        self.stream.flush()
+
+
+def _enable_escape_codes() -> None:
+    """Windows consoles draw escape codes only once asked to (virtual terminal mode)."""
+    if os.name != "nt":
+        return
+    try:
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.GetStdHandle(-11)
+        mode = ctypes.c_uint32()
+        if kernel32.GetConsoleMode(handle, ctypes.byref(mode)):
+            kernel32.SetConsoleMode(handle, mode.value | 0x0004)
+    except (AttributeError, OSError):
+        pass
+
+
+def _stop_on_sigterm() -> None:
+    def raise_interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
+def watch(settings: BrokerSettings, spec: QueueSpec, *, until_done: bool = False,
+          interval: float = 1.0, stream: TextIO | None = None) -> LiveState:
+    """Show the live view until Ctrl+C (or, with *until_done*, until the queue is empty and
+    every worker idle). Returns the last state (for the caller's summary)."""
+    stream = stream or sys.stdout
+    connection = open_blocking(settings)
+    state = LiveState(spec.name)
+    screen = TerminalScreen(stream) if stream.isatty() else None
+    _stop_on_sigterm()
+    try:
+        channel = connection.channel()
+        channel.exchange_declare(spec.exchange, "topic", durable=True)
+        view = f"{spec.name}.watch.{uuid.uuid4().hex[:8]}"
+        channel.queue_declare(view, exclusive=True, auto_delete=True,
+                              arguments={"x-max-length": VIEW_QUEUE_LIMIT})
+        channel.queue_bind(view, spec.exchange, "#")
+        channel.basic_consume(view, lambda _ch, _method, _props, body: [
+            state.feed(event) for event in decode_events(body)], auto_ack=True)
+        done_for = 0
+        while True:
+            counts = passive_counts(connection, [spec.name, spec.retry_name, spec.dead_name])
+            task, retry, dead = (counts[name] for name in (spec.name, spec.retry_name,
+                                                           spec.dead_name))
+            state.counts = QueueCounts(task and task[0], retry and retry[0], dead and dead[0],
+                                       task and task[1])
+            now = time.time()
+            if screen is not None:
+                screen.draw(state.screen(now, shutil.get_terminal_size().columns))
+            else:
+                print(state.line(now), file=stream, flush=True)
+            done_for = done_for + 1 if until_done and state.all_done(now) else 0
+            if done_for >= 2:  # twice in a row: a task in flight between two reads is seen
+                break
+            next_draw = time.monotonic() + interval
+            while (left := next_draw - time.monotonic()) > 0:  # returns early on each event
+                connection.process_data_events(time_limit=left)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if screen is not None:
+            screen.close()
+        if connection.is_open:
+            connection.close()
+    return state

@@ -1,0 +1,87 @@
+"""A TCP proxy on 127.0.0.1 whose path can go silent: bytes stop flowing both ways, with no
+FIN and no RST, as when a NAT table or a firewall forgets a connection. Then ``drop_old()``
+closes what was open before, and new connections flow again. For tests and bench/soak.py."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+
+class SilentProxy:
+    """Forward 127.0.0.1:<port> to *target_port*; ``go_silent()``, ``drop_old()``."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._silent = threading.Event()
+        self._generation = 0  # connections made before drop_old() belong to older generations
+        self._closed = False
+        self.silent_since: float | None = None
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def go_silent(self) -> None:
+        self.silent_since = time.time()
+        self._silent.set()
+
+    def drop_old(self) -> None:
+        """Close every connection made so far and let new ones flow."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+            self._generation += 1
+        for pair in pairs:
+            for sock in pair:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+        self._silent.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        self.drop_old()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+                generation = self._generation
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink, generation),
+                                 daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, generation: int) -> None:
+        try:
+            while True:
+                try:
+                    data = source.recv(65536)
+                except OSError:
+                    data = b""
+                # Silent: hold the bytes, and an end of stream too (no FIN, no RST gets out).
+                while self._silent.is_set() and generation == self._generation:
+                    time.sleep(0.05)
+                if generation != self._generation or not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
