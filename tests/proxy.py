@@ -4,6 +4,7 @@ closes what was open before, and new connections flow again. For tests and bench
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -35,10 +36,8 @@ class SilentProxy:
             self._generation += 1
         for pair in pairs:
             for sock in pair:
-                try:
+                with contextlib.suppress(OSError):
                     sock.close()
-                except OSError:
-                    pass
         self._silent.clear()
 
     def close(self) -> None:
@@ -81,7 +80,5 @@ class SilentProxy:
             pass
         finally:
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
