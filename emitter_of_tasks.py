@@ -29,7 +29,7 @@ from taskqueue.cli import (
 from taskqueue.config import DEFAULT_MAX_TASK_BYTES, mask_url
 from taskqueue.errors import EXIT_INCOMPLETE, UserError
 from taskqueue.progress import Progress, count_rows
-from taskqueue.publisher import DEFAULT_CONFIRM_WINDOW, ConfirmedPublisher, ResumeState
+from taskqueue.publisher import CONFIRM_WINDOWS, ConfirmedPublisher, ResumeState
 from taskqueue.tasks import Task, read_tasks, tasks_from_messages
 from util_logger import get_logger, log_dir
 
@@ -54,9 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--resume", action="store_true",
                         help="continue this file after the last row confirmed by an earlier, "
                              "interrupted run (state kept in logs/)")
-    parser.add_argument("--confirm-window", type=positive_int, default=DEFAULT_CONFIRM_WINDOW,
-                        help="messages in flight before waiting for confirms "
-                             "(default: %(default)s)")
+    parser.add_argument("--confirm-window", type=positive_int, metavar="N",
+                        help="messages in flight before waiting for confirms; after a lost "
+                             "connection up to this many may be published twice (default: "
+                             f"{CONFIRM_WINDOWS['quorum']:,} on a quorum queue, "
+                             f"{CONFIRM_WINDOWS['classic']:,} on a classic one)")
     panel = parser.add_argument_group("admin panel")
     answer = panel.add_mutually_exclusive_group()
     answer.add_argument("--admin", action="store_true", default=None,

@@ -35,6 +35,13 @@ class TerminalScreen:
         _enable_escape_codes()
         stream.write("\x1b[?25l\x1b[2J")  # hide the cursor, clear the screen
 
+    def width(self) -> int:
+        """The terminal's own width (not $COLUMNS, which a parent may have set for itself)."""
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError):
+            return shutil.get_terminal_size().columns
+
     def draw(self, lines: list[str]) -> None:
         self.stream.write("\x1b[H" + "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J")
         self.stream.flush()
@@ -94,7 +101,7 @@ def watch(settings: BrokerSettings, spec: QueueSpec, *, until_done: bool = False
                                        task and task[1])
             now = time.time()
             if screen is not None:
-                screen.draw(state.screen(now, shutil.get_terminal_size().columns))
+                screen.draw(state.screen(now, screen.width()))
             else:
                 print(state.line(now), file=stream, flush=True)
             done_for = done_for + 1 if until_done and state.all_done(now) else 0

@@ -82,6 +82,9 @@ def test_workers_drain_through_an_alarm_and_the_emitter_waits(kind, alarm_node, 
         status = run_script("task_report.py", "--url", node.url, "--queue", queue, "--status",
                             log_dir=logs, timeout=30)
         assert status.returncode == 0 and queue in status.stdout, status.stderr
+        during = run_script("task_report.py", "--url", node.url, "--queue", queue,
+                            "--reports-dir", str(tmp_path / "r"), log_dir=logs, timeout=30)
+        assert during.returncode == 0, during.stdout + during.stderr  # collecting consumes only
         assert emitter.poll() is None, "the emitter waits while publishing is blocked"
         assert "blocking publishers" in emitter_out.read_text()
     finally:

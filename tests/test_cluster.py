@@ -140,3 +140,22 @@ def test_a_second_queue_type_is_refused_clearly(cluster, logs):
     assert "--queue-type" in result.stderr and result.stderr.count("\n") == 1
 
 
+
+
+def test_a_classic_queue_whose_node_is_down_is_a_clear_bounded_error(cluster, logs, tmp_path):
+    """A classic queue lives on one node: with that node down the queue cannot be used. The
+    worker says so and gives up after --connect-timeout (exit 3), never a silent loop."""
+    home = cluster[2]
+    assert run_script("emitter_of_tasks.py", "--url", home.url, "--queue", "homeless_q",
+                      "--queue-type", "classic", "--message", "x", log_dir=logs).returncode == 0
+    home.stop_app()
+    try:
+        result = run_script("listening_worker.py", "--url", cluster[0].url, "--url",
+                            cluster[1].url, "--queue", "homeless_q", "--connect-timeout", "6",
+                            "--exit-when-idle", "1", log_dir=logs, timeout=60)
+    finally:
+        home.start_app()
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "home node" in result.stdout and "waiting for the node" in result.stdout
+    assert "could not use the queues within 6 s" in result.stderr
+    assert result.stderr.count("\n") == 1
