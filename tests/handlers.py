@@ -52,3 +52,11 @@ def slow_quarter(text: str) -> str:
 
     time.sleep(0.25)
     return f"did {text}"
+
+
+def one_second(text: str) -> str:
+    """A second of work."""
+    import time
+
+    time.sleep(1)
+    return f"finished {text}"

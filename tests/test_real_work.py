@@ -208,3 +208,39 @@ def test_ctrl_c_finishes_every_slots_task(queue, logs, tmp_path):
     assert worker.wait(timeout=30) == 0
     assert sorted(row for _, row in done_rows(out)) == [1, 2, 3]
     assert queue_state(queue) == (1, 0) and unacked(queue) == 0
+
+
+def test_ctrl_c_in_a_terminal_reaches_the_children_too_yet_their_tasks_finish(queue, logs,
+                                                                               tmp_path):
+    """A terminal's Ctrl+C is sent to the whole process group: the handler's child process and
+    a command's program must not die of it; the worker finishes the tasks in hand."""
+    import os
+    import signal
+
+    from tests.helpers import ROOT, script_env
+
+    program = tmp_path / "second.py"
+    program.write_text("import time\ntime.sleep(1)\nprint('slept')\n")
+    runs = [["--handler", "tests.handlers:one_second", "--concurrency", "2"],
+            ["--command", f"{sys.executable} {program}", "--concurrency", "2"]]
+    for number, work in enumerate(runs):
+        out = tmp_path / f"w{number}.out"
+        with open(out, "w") as handle:
+            worker = subprocess.Popen([sys.executable, str(ROOT / "listening_worker.py"),
+                                       "--queue", queue, *work], stdout=handle,
+                                      stderr=subprocess.STDOUT, env=script_env(logs), cwd=ROOT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_for(lambda: consumers(queue) == 1, what="worker")
+            emit(queue, logs, "a", "b", "c")
+            wait_for(lambda: out.read_text().count("received") == 2, what="two tasks in hand")
+            os.killpg(worker.pid, signal.SIGINT)  # what Ctrl+C in its terminal does
+            assert worker.wait(timeout=30) == 0, out.read_text()
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        text = out.read_text()
+        assert sorted(row for _, row in done_rows(out)) == [1, 2], text
+        assert "] failed " not in text and "died" not in text, text
+        assert queue_state(queue) == (1, 0)
+        consume_all(queue)

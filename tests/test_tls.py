@@ -30,31 +30,47 @@ def make_server_cert(directory: Path, ca: str) -> None:
             cwd=directory)
 
 
-@pytest.fixture(scope="module")
-def tls_node(tmp_path_factory):
-    certs = tmp_path_factory.mktemp("certs")
-    make_ca(certs, "test-ca")
-    make_ca(certs, "other-ca")
-    make_server_cert(certs, "test-ca")
+def make_client_cert(directory: Path, ca: str) -> None:
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=worker", "-keyout",
+            "client.key", "-out", "client.csr", cwd=directory)
+    openssl("x509", "-req", "-in", "client.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-days", "2", "-out", "client.pem", cwd=directory)
+
+
+def tls_broker(certs: Path, demand_client_cert: bool) -> ThrowawayBroker:
+    """A node with a TLS listener using *certs* (copied where the rabbitmq user can read them);
+    ``node.tls_port``; ``node.node_certs`` is removed by the caller."""
     node_certs = Path("/tmp") / f"tq-certs-{free_port()}"
     shutil.copytree(certs, node_certs)
     shutil.chown(node_certs, "rabbitmq", "rabbitmq")
     for path in node_certs.iterdir():
         shutil.chown(path, "rabbitmq", "rabbitmq")
     tls_port = free_port()
+    verify = "verify_peer" if demand_client_cert else "verify_none"
     node = ThrowawayBroker([
         f"listeners.ssl.default = 127.0.0.1:{tls_port}",
         f"ssl_options.cacertfile = {node_certs}/test-ca.pem",
         f"ssl_options.certfile = {node_certs}/server.pem",
         f"ssl_options.keyfile = {node_certs}/server.key",
-        "ssl_options.verify = verify_none",
-        "ssl_options.fail_if_no_peer_cert = false",
+        f"ssl_options.verify = {verify}",
+        f"ssl_options.fail_if_no_peer_cert = {str(demand_client_cert).lower()}",
     ]).start()
-    node.tls_port = tls_port
+    node.tls_port, node.node_certs = tls_port, node_certs
+    return node
+
+
+@pytest.fixture(scope="module")
+def tls_node(tmp_path_factory):
+    certs = tmp_path_factory.mktemp("certs")
+    make_ca(certs, "test-ca")
+    make_ca(certs, "other-ca")
+    make_server_cert(certs, "test-ca")
+    make_client_cert(certs, "test-ca")
+    node = tls_broker(certs, demand_client_cert=False)
     node.certs = certs
     yield node
     node.cleanup()
-    shutil.rmtree(node_certs, ignore_errors=True)
+    shutil.rmtree(node.node_certs, ignore_errors=True)
 
 
 def test_emitter_and_worker_over_amqps(tls_node, logs, tmp_path):
@@ -96,36 +112,13 @@ def test_missing_ca_file_is_bad_input(tls_node, logs, tmp_path):
     assert result.returncode == 2 and "cannot load TLS files" in result.stderr
 
 
-def make_client_cert(directory: Path, ca: str) -> None:
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=worker", "-keyout",
-            "client.key", "-out", "client.csr", cwd=directory)
-    openssl("x509", "-req", "-in", "client.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-            "-CAcreateserial", "-days", "2", "-out", "client.pem", cwd=directory)
-
-
 @pytest.fixture(scope="module")
 def client_cert_node(tls_node):
     """A second node whose TLS listener demands a client certificate signed by the test CA."""
-    certs = tls_node.certs
-    make_client_cert(certs, "test-ca")
-    node_certs = Path("/tmp") / f"tq-certs-{free_port()}"
-    shutil.copytree(certs, node_certs)
-    shutil.chown(node_certs, "rabbitmq", "rabbitmq")
-    for path in node_certs.iterdir():
-        shutil.chown(path, "rabbitmq", "rabbitmq")
-    tls_port = free_port()
-    node = ThrowawayBroker([
-        f"listeners.ssl.default = 127.0.0.1:{tls_port}",
-        f"ssl_options.cacertfile = {node_certs}/test-ca.pem",
-        f"ssl_options.certfile = {node_certs}/server.pem",
-        f"ssl_options.keyfile = {node_certs}/server.key",
-        "ssl_options.verify = verify_peer",
-        "ssl_options.fail_if_no_peer_cert = true",
-    ]).start()
-    node.tls_port = tls_port
+    node = tls_broker(tls_node.certs, demand_client_cert=True)
     yield node
     node.cleanup()
-    shutil.rmtree(node_certs, ignore_errors=True)
+    shutil.rmtree(node.node_certs, ignore_errors=True)
 
 
 def test_a_broker_that_wants_a_client_certificate_says_so_at_once(client_cert_node, tls_node,
