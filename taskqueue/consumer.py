@@ -140,7 +140,10 @@ class TaskConsumer(BrokerSession):
                 self.log.warning("[%s] requeued %s: %r", slot.name, delivery.label, delivery.text)
             delivery.settled = True
             slot.interrupt()
-        self._shutdown(grace=1.0)
+        if self._closing:  # already waiting for the last events to go out: stop waiting
+            self.outbox.finish()
+        else:
+            self._shutdown(grace=1.0)
 
     def _cancel_consumer(self) -> None:
         if self.channel is not None and self.channel.is_open and self._consumer_tag:
