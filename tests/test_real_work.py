@@ -233,7 +233,8 @@ def test_ctrl_c_in_a_terminal_reaches_the_children_too_yet_their_tasks_finish(qu
         try:
             wait_for(lambda: consumers(queue) == 1, what="worker")
             emit(queue, logs, "a", "b", "c")
-            wait_for(lambda: out.read_text().count("received") == 2, what="two tasks in hand")
+            wait_for(lambda out=out: out.read_text().count("received") == 2,
+                     what="two tasks in hand")
             os.killpg(worker.pid, signal.SIGINT)  # what Ctrl+C in its terminal does
             assert worker.wait(timeout=30) == 0, out.read_text()
         finally:
