@@ -123,12 +123,20 @@ def test_emitter_publishes_every_row_while_the_broker_restarts(node, logs, tmp_p
 def test_worker_waits_for_a_broker_that_is_down_at_start(node, logs, tmp_path):
     node.stop_app()
     out = tmp_path / "w.out"
-    worker = start_worker("--url", node.url, "--queue", "late_q", "--seconds-per-dot", "0",
-                          "--exit-when-idle", "1", "--connect-timeout", "30", log_dir=logs, out=out)
-    wait_for(lambda: "retrying in" in out.read_text(), what="a retry")
-    node.start_app()
+    try:
+        worker = start_worker("--url", node.url, "--queue", "late_q", "--seconds-per-dot", "0",
+                              "--exit-when-idle", "3", "--connect-timeout", "30", log_dir=logs,
+                              out=out)
+        wait_for(lambda: "retrying in" in out.read_text(), what="a retry")
+    finally:
+        node.start_app()
+    wait_for(lambda: consumers("late_q", node.url) == 1, what="the worker consuming")
+    assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", "late_q",
+                      "--message", "late.", log_dir=logs).returncode == 0
     assert worker.wait(timeout=60) == 0
-    assert "connected to" in out.read_text()
+    text = out.read_text()
+    assert "connected to" in text and "done row 1" in text, "it works once the broker is up"
+    assert queue_state("late_q", node.url) == (0, 0)
 
 
 def test_ten_second_task_on_a_heartbeat_2_broker(heartbeat_node, logs, tmp_path):
