@@ -182,10 +182,8 @@ class RunReport:
     def completeness(self) -> list[str]:
         """What the counts may be missing, in words; empty when they are complete."""
         notes = []
-        settled = {line.outcome: 0 for line in self.tasks()}
-        for line in self.tasks():
-            settled[line.outcome] += 1
-        done, dead = settled.get("done", 0), settled.get("dead", 0)
+        settled = Counter(line.outcome for line in self.tasks())
+        done, dead = settled["done"], settled["dead"]
         published = self.published
         if published is not None and done + dead < published:
             notes.append(
