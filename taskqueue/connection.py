@@ -102,6 +102,10 @@ def explain_connect_error(exc: BaseException, url: str) -> tuple[bool, str]:
         return True, (f"{where} does not speak TLS (a plain AMQP port?); use amqp:// or the "
                       "broker's TLS port (usually 5671)")
     if isinstance(exc, pe.IncompatibleProtocolError):
+        if urlsplit(url).scheme == "amqps":
+            # Under load the broker's TLS alert can be lost to the reset that follows it.
+            return False, ("the connection closed right after the TLS handshake (if the broker "
+                           "wants a client certificate, pass --cert-file and --key-file)")
         return False, "the port answered but not as an AMQP broker (wrong port, or TLS port?)"
     if "Connection refused" in text:
         return False, "connection refused (is RabbitMQ running on that host and port?)"
