@@ -177,10 +177,11 @@ class IsolatedHandler(Runner):
 
     def start(self) -> None:
         """Start the child and wait until it has loaded the handler (UserError if it can't)."""
-        self._spawn()
-        self._await_ready()
+        self.spawn()
+        self.wait_ready()
 
-    def _spawn(self) -> None:
+    def spawn(self) -> None:
+        """Start the child (``wait_ready`` then waits for it to have loaded the handler)."""
         from taskqueue.child import serve
 
         parent, child = self._context.Pipe()
@@ -191,7 +192,7 @@ class IsolatedHandler(Runner):
         with self._lock:
             self._process, self._pipe = process, parent
 
-    def _await_ready(self) -> None:
+    def wait_ready(self) -> None:
         process, pipe = self._process, self._pipe
         ready = wait_for_any([pipe, process.sentinel], CHILD_START_SECONDS)
         kind, value = "died", None
@@ -262,9 +263,9 @@ def start_runners(runners: list[IsolatedHandler]) -> None:
     cannot load the handler, stop them all and raise its UserError."""
     try:
         for runner in runners:
-            runner._spawn()
+            runner.spawn()
         for runner in runners:
-            runner._await_ready()
+            runner.wait_ready()
     except BaseException:
         for runner in runners:
             runner.close()
