@@ -1,5 +1,8 @@
-"""taskqueue: the shared pieces behind emitter_of_tasks.py and listening_worker.py.
+"""taskqueue: the shared pieces behind emitter_of_tasks.py, listening_worker.py and
+task_report.py.
 
 Read in this order to follow one task from a CSV row to its ack:
-config -> tasks -> connection -> publisher (emitter side) -> consumer (worker side) -> report.
+config -> tasks -> feed -> topology -> connection -> publisher (emitter side) ->
+consumer -> delivery -> slots -> work (child) -> outbox (worker side) -> events -> report,
+live and watch.
 """

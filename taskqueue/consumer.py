@@ -199,7 +199,7 @@ class TaskConsumer(BrokerSession):
         them while other workers are free: subscribe only once they are done."""
         if self._stop_requests or channel is not self.channel or not channel.is_open:
             return
-        if not all(slot.free for slot in self.slots):
+        if len(self._free_slots) < len(self.slots):
             if not self._waiting_for_slots:
                 self.log.warning("[%s] still working on a task from the lost connection: taking "
                                  "new tasks once it is finished", self.options.name)

@@ -42,10 +42,6 @@ class WorkSlot:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    @property
-    def free(self) -> bool:
-        return self.delivery is None
-
     def assign(self, delivery: Delivery) -> None:
         """Start *delivery*'s work. Instant work runs here, on the I/O thread: handing it to
         the slot's thread and back would cost two thread switches for nothing."""
