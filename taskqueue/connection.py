@@ -29,6 +29,10 @@ from taskqueue.errors import EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_UNREACHABLE, Use
 from taskqueue.topology import HomeNodeDown, QueueSetup, Topology
 
 SIGNAL_POLL_SECONDS = 0.1  # how soon Ctrl+C is noticed; also wakes select() on Windows
+# A clean close waits for the broker's Close-Ok. A broker that blocks the connection (memory
+# or disk alarm) stops reading from it, and a path gone silent never answers: after this long
+# the socket is dropped instead (the broker then treats it as a lost connection).
+CLOSE_WAIT_SECONDS = 3.0
 
 
 class Backoff:
@@ -196,12 +200,30 @@ class BrokerSession:
             self.ioloop.call_later(SIGNAL_POLL_SECONDS, self._poll_signals)
         self._connect()
 
-    def finish(self) -> None:
-        """Close the connection cleanly and end ``run()``."""
+    def finish(self, wait: float = CLOSE_WAIT_SECONDS) -> None:
+        """Close the connection and end ``run()``: cleanly if the broker answers within *wait*
+        seconds, else by dropping the socket (at once while the broker blocks us: it reads
+        nothing from a blocked connection, not even Close)."""
         self._finishing = True
-        if self._connection and self._connection.is_open:
-            self._connection.close()
-        elif not (self._connection and self._connection.is_closing):
+        connection = self._connection
+        if connection and connection.is_open:
+            connection.close()
+            self.ioloop.call_later(0 if self.blocked else wait,
+                                   lambda: self._abort_if_still_closing(connection))
+        elif connection and connection.is_closing:
+            self.ioloop.call_later(0 if self.blocked else wait,
+                                   lambda: self._abort_if_still_closing(connection))
+        else:
+            self._done()
+
+    def _abort_if_still_closing(self, connection: pika.SelectConnection) -> None:
+        if connection is not self._connection or self._finished or connection.is_closed:
+            return
+        self.log.warning("%sthe broker did not answer the close (%s): dropping the connection",
+                         self._prefix(), "it blocks us" if self.blocked else "no reply")
+        try:
+            connection._adapter_disconnect_stream()  # pika's own abort path: on_close follows
+        except Exception:  # a transport already gone: nothing left to drop
             self._done()
 
     def fail(self, error: UserError) -> None:

@@ -22,6 +22,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import pika
@@ -354,26 +355,36 @@ class TaskConsumer(BrokerSession):
         headers.pop("x-delivery-count", None)  # the broker's count, not ours to carry over
         properties = _copy_properties(delivery.properties, headers,
                                       expiration=str(int(self.options.retry_delay * 1000)))
-        self._copy_then_ack(slot, delivery, self.queue.retry_name, properties, seconds)
-        # --exit-when-idle must not give up on a task that is due back after its delay.
+        self._copy_then_ack(slot, delivery, self.queue.retry_name, properties, seconds,
+                            self._note_retry_due)
+
+    def _note_retry_due(self) -> None:
+        # --exit-when-idle must not give up on a task due back from <queue>.retry: its delay
+        # runs from the moment the broker took the copy (an alarm may have held it).
         self._retry_due = time.monotonic() + self.options.retry_delay
 
     def _dead_letter(self, slot: WorkSlot, delivery: Delivery, reason: str,
                      seconds: float = 0.0) -> None:
-        """Park the message in ``<queue>.dead`` with the reason, then ack the original."""
-        self.stats.dead_lettered += 1
-        self.log.error("[%s] dead-lettered %s to %r: %s", slot.name, delivery.label,
-                       self.queue.dead_name, reason)
+        """Park the message in ``<queue>.dead`` with the reason, then ack the original. It is
+        counted (and recorded for the report) once the broker has the copy."""
         headers = {**delivery.headers, "x-death-reason": reason[:1000],
                    "x-original-queue": self.queue.name, "x-dead-lettered-by": slot.name}
         headers.pop("x-delivery-count", None)
-        self._record(slot, delivery, "dead", seconds, reason)
+
+        def parked() -> None:
+            self.stats.dead_lettered += 1
+            self.log.error("[%s] dead-lettered %s to %r: %s", slot.name, delivery.label,
+                           self.queue.dead_name, reason)
+            self._record(slot, delivery, "dead", seconds, reason)
+
         self._copy_then_ack(slot, delivery, self.queue.dead_name,
-                            _copy_properties(delivery.properties, headers), seconds)
+                            _copy_properties(delivery.properties, headers), seconds, parked)
 
     def _copy_then_ack(self, slot: WorkSlot, delivery: Delivery, routing_key: str,
-                       properties: pika.BasicProperties, seconds: float) -> None:
-        """The slot keeps the delivery (unacked) until the broker confirms the copy."""
+                       properties: pika.BasicProperties, seconds: float,
+                       on_acked: Callable[[], None]) -> None:
+        """The slot keeps the delivery (unacked) until the broker confirms the copy; then the
+        original is acked and *on_acked* runs."""
         key = id(delivery)
 
         def settled(confirmed: bool) -> None:
@@ -381,6 +392,7 @@ class TaskConsumer(BrokerSession):
             if not delivery.settled and delivery.channel.is_open:
                 if confirmed:
                     delivery.channel.basic_ack(delivery.tag)
+                    on_acked()
                 else:  # the broker refused the copy: keep the original rather than lose it
                     self.log.warning("[%s] the broker refused the copy of %s to %r; the task "
                                      "goes back to the queue", slot.name, delivery.label,
@@ -446,6 +458,8 @@ class TaskConsumer(BrokerSession):
         limit = self.options.exit_when_idle
         if limit is None or self._stop_requests or self._idle_since is None:
             return
+        if self._copies or self.outbox.copies_waiting:
+            return  # a failed task's copy is not confirmed yet: the task is still ours
         idle_for = now - max(self._idle_since, self._retry_due)
         if idle_for < limit or self._idle_probe is not None:
             return

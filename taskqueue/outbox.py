@@ -7,12 +7,17 @@ consuming never waits for it. While it is blocked or away:
   * events wait in a bounded batch (oldest dropped, counted) and go out afterwards;
   * a copy to ``.retry``/``.dead`` waits too, and its original stays unacked until the copy is
     confirmed: the task is never lost, and the worker's other slots keep working.
+A copy the broker returns (its queue was deleted) makes the outbox declare the queues again and
+send it once more, up to ``MAX_COPY_RETURNS`` times; only then is it refused (the consumer puts
+the original back). Returns are matched to publishes exactly: each copy carries an
+``x-copy-id`` header unique in this worker, which the broker hands back with the return.
 Everything is published with confirms; what was unconfirmed when the connection dropped is
 sent again (events carry ids, so the report counts each once).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -27,12 +32,14 @@ from pika.channel import Channel
 from taskqueue.config import BrokerSettings, QueueSpec
 from taskqueue.connection import BrokerSession, settled_tags
 from taskqueue.events import EVENT_BATCH, EventBatch, encode
-from taskqueue.topology import ROUTING_LIVE, ROUTING_REPORT
+from taskqueue.topology import ROUTING_LIVE, ROUTING_REPORT, QueueSetup, Topology
 
 EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
                                         content_type="application/json")
 LIVE_PROPERTIES = pika.BasicProperties(content_type="application/json", expiration="10000")
 MAX_EVENT_BATCHES_IN_FLIGHT = 20
+MAX_COPY_RETURNS = 3  # a copy returned this often (its queue keeps vanishing) is refused
+COPY_ID = "x-copy-id"
 
 
 @dataclass
@@ -44,6 +51,7 @@ class Copy:
     properties: pika.BasicProperties
     on_settled: Callable[[bool], None]  # True: the broker has it; False: refused or unroutable
     cancelled: bool = False  # the original went back to the queue: the copy is not needed
+    returns: int = 0  # times the broker returned it (no queue to route to)
 
 
 class Outbox(BrokerSession):
@@ -62,7 +70,9 @@ class Outbox(BrokerSession):
         self.exchange_ready = False  # set by the consumer once the queues are set up
         self._copies: deque[Copy] = deque()
         self._unconfirmed: dict[int, Copy | list[dict] | None] = {}
-        self._returned: set[tuple[str, str]] = set()
+        self._returned: set[str] = set()  # x-copy-id of copies returned, until confirmed
+        self._copy_ids = itertools.count(1)
+        self._remaking: list[Copy] | None = None  # copies waiting for the queues to be remade
         self._snapshot: dict | None = None
         self._tag = 0
         self._closing_since: float | None = None
@@ -86,7 +96,13 @@ class Outbox(BrokerSession):
         """Events and copies not yet confirmed by the broker."""
         unconfirmed = sum(len(item) if isinstance(item, list) else 1
                           for item in self._unconfirmed.values() if item is not None)
-        return len(self.events) + len(self._copies) + unconfirmed
+        return len(self.events) + self.copies_waiting + unconfirmed
+
+    @property
+    def copies_waiting(self) -> int:
+        """Copies not yet confirmed (waiting to be sent, being re-routed, or unconfirmed)."""
+        in_flight = sum(isinstance(item, Copy) for item in self._unconfirmed.values())
+        return len(self._copies) + len(self._remaking or ()) + in_flight
 
     def send(self, everything: bool = False) -> None:
         """Publish the copies that wait, and full batches of events (everything, with
@@ -97,6 +113,8 @@ class Outbox(BrokerSession):
         while self._copies:
             copy = self._copies.popleft()
             if not copy.cancelled:
+                copy.properties.headers = {**(copy.properties.headers or {}),
+                                           COPY_ID: f"{self.worker}:{next(self._copy_ids)}"}
                 self._publish(channel, "", copy.routing_key, copy.body, copy.properties, copy,
                               mandatory=True)
         if not self.exchange_ready:
@@ -152,25 +170,60 @@ class Outbox(BrokerSession):
             if isinstance(item, list):
                 self.events.put_back(item)
 
-    def _on_return(self, _channel: Channel, method: object, properties: pika.BasicProperties,
+    def _on_return(self, _channel: Channel, _method: object, properties: pika.BasicProperties,
                    _body: bytes) -> None:
-        # A return always precedes the confirm of the same message.
-        self._returned.add((getattr(method, "routing_key", ""), properties.message_id or ""))
+        # A return always precedes the confirm of the same message (only copies are mandatory).
+        copy_id = (properties.headers or {}).get(COPY_ID)
+        if isinstance(copy_id, bytes):
+            copy_id = copy_id.decode("utf-8", "replace")
+        if isinstance(copy_id, str):
+            self._returned.add(copy_id)
 
     def _on_confirm(self, frame: pika.frame.Method) -> None:
         acked, tags = settled_tags(frame, self._unconfirmed)
         for tag in tags:
             item = self._unconfirmed.pop(tag)
             if isinstance(item, Copy):
-                key = (item.routing_key, item.properties.message_id or "")
-                returned = key in self._returned
-                self._returned.discard(key)
-                item.on_settled(acked and not returned)
+                copy_id = item.properties.headers.get(COPY_ID)
+                if copy_id in self._returned:
+                    self._returned.discard(copy_id)
+                    self._on_copy_returned(item)
+                else:
+                    item.on_settled(acked)
             elif isinstance(item, list) and not acked:
                 self.events.put_back(item)
         self.send()
         if self._closing_since is not None:
             self._close_when_sent()
+
+    # --- a copy with no queue to go to ---------------------------------------------------------
+    def _on_copy_returned(self, copy: Copy) -> None:
+        """Its queue was deleted: make the queues again, then send it again (bounded)."""
+        copy.returns += 1
+        if copy.returns > MAX_COPY_RETURNS or copy.cancelled:
+            copy.on_settled(False)
+            return
+        if self._remaking is not None:
+            self._remaking.append(copy)
+            return
+        self.log.warning("[%s] queue %r is gone (the copy came back unroutable): declaring the "
+                         "queues again and sending it again", self.worker, copy.routing_key)
+        self._remaking = [copy]
+        connection = self.connection
+        if connection is None or not connection.is_open:
+            self._after_remake(None)
+            return
+        QueueSetup(connection, self.spec, self.log, self._after_remake, self._after_remake,
+                   quiet=True).start()
+
+    def _after_remake(self, outcome: Topology | BaseException | None) -> None:
+        copies, self._remaking = self._remaking or [], None
+        if isinstance(outcome, BaseException):
+            self.log.warning("[%s] could not declare the queues again (%s)", self.worker,
+                             outcome)
+        # Sent again on this connection, or on the next one if this one is gone.
+        self._copies.extend(copy for copy in copies if not copy.cancelled)
+        self.send()
 
     # --- the alarm, said once on the worker ---------------------------------------------------
     def on_blocked(self, reason: str) -> None:

@@ -159,8 +159,9 @@ class ConfirmedPublisher(BrokerSession):
         unconfirmed = [task for task in self._in_flight.values() if task is not None]
         self._in_flight.clear()
         self._in_flight_bytes = 0
-        if unconfirmed:
-            self._resend.extendleft(reversed(unconfirmed))
+        # Kept for sending again (and for the resume point, which stays before them).
+        self._resend.extendleft(reversed(unconfirmed))
+        if unconfirmed and not self._finishing:  # stopping: --resume sends them again
             self.stats.note_republished([task.row for task in unconfirmed])
             self.log.warning("%d messages were not confirmed before the connection dropped; "
                              "they will be published again (same message_id; those the broker "

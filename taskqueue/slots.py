@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import partial
 
 from taskqueue.delivery import Delivery
-from taskqueue.work import Outcome, Runner
+from taskqueue.work import Outcome, Runner, failure_reason
 
 OutcomeCallback = Callable[["WorkSlot", Delivery, Outcome], None]
 
@@ -71,9 +71,22 @@ class WorkSlot:
         self._jobs.put(None)
 
     def _loop(self) -> None:
+        """The thread's edge: whatever a runner does (a bug, an OS error, a task text the OS
+        will not take), the delivery gets an outcome and the slot takes the next task."""
         while True:
             delivery = self._jobs.get()
             if delivery is None:
                 return
-            outcome = self.runner.run(delivery.text)
-            self._call_threadsafe(partial(self._on_outcome, self, delivery, outcome))
+            outcome = run_guarded(self.runner, delivery.text)
+            try:
+                self._call_threadsafe(partial(self._on_outcome, self, delivery, outcome))
+            except BaseException:  # the I/O loop is gone (the worker is exiting): nobody acks
+                return
+
+
+def run_guarded(runner: Runner, text: str) -> Outcome:
+    """``runner.run(text)``, with any exception it raises made a failed attempt."""
+    try:
+        return runner.run(text)
+    except BaseException as exc:  # noqa: BLE001 - a slot must never die silently
+        return Outcome(False, reason=f"the worker could not run the task: {failure_reason(exc)}")

@@ -210,21 +210,29 @@ class IsolatedHandler(Runner):
                         f"({why})")
 
     def run(self, text: str) -> Outcome:
-        if self._process is None or not self._process.is_alive():
+        with self._lock:  # interrupt() may clear them from another thread at any moment
+            process, pipe = self._process, self._pipe
+        if process is None or not process.is_alive():
             try:
                 self.start()
-            except UserError as error:
+            except (UserError, OSError) as error:
                 return Outcome(False, reason=f"handler process could not start: {error}")
-        process, pipe = self._process, self._pipe
-        with contextlib.suppress(OSError):  # it died just now: the sentinel says how
-            pipe.send(text)
-        ready = wait_for_any([pipe, process.sentinel], self.timeout)
+            with self._lock:
+                process, pipe = self._process, self._pipe
+            if process is None:
+                return Outcome(False, reason="stopped")
+        with contextlib.suppress(OSError, ValueError):  # it died just now (or was interrupted):
+            pipe.send(text)                             # the sentinel says how
+        try:
+            ready = wait_for_any([pipe, process.sentinel], self.timeout)
+        except (OSError, ValueError):  # interrupt() closed the pipe under us
+            return Outcome(False, reason="stopped")
         if pipe in ready:
             try:
                 kind, value = pipe.recv()
                 return Outcome(True, value) if kind == "ok" else Outcome(False, reason=value)
-            except (EOFError, OSError):
-                pass  # the child died before it could answer
+            except (EOFError, OSError, ValueError):
+                pass  # the child died before it could answer (or was interrupted)
         if not ready:
             self._kill()
             return timed_out(self.timeout)
@@ -308,12 +316,16 @@ class CommandWork(Runner):
 
     def run(self, text: str) -> Outcome:
         self._killed = False
+        if "\0" in text:  # the OS cannot pass it as an argument (Popen raises ValueError)
+            return Outcome(False, reason="the task text contains a NUL byte, which cannot be "
+                                         "part of a program's argument")
         try:
             process = subprocess.Popen(command_for(self.argv, text), stdin=subprocess.DEVNULL,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        **_own_process_group())
-        except OSError as exc:
-            return Outcome(False, reason=f"cannot run {self.argv[0]!r}: {exc.strerror or exc}")
+        except (OSError, ValueError) as exc:
+            return Outcome(False, reason=f"cannot run {self.argv[0]!r}: "
+                                         f"{getattr(exc, 'strerror', None) or exc}")
         self._process = process
         stdout = _Drain(process.stdout, keep_head=MAX_RESULT)
         stderr = _Drain(process.stderr, keep_tail=STDERR_TAIL_BYTES)

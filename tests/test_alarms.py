@@ -4,6 +4,8 @@ finishes, the report keeps working, and nothing is lost."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 
 import pytest
@@ -107,3 +109,77 @@ def test_workers_drain_through_an_alarm_and_the_emitter_waits(kind, alarm_node, 
                         str(tmp_path / "r"), log_dir=logs)
     assert report.returncode == 0, report.stderr
     assert "incomplete" not in report.stdout, "events sent after the alarm: the report is whole"
+
+
+# --- faults meeting an alarm (issue 16) -------------------------------------------------------
+def test_an_idle_worker_stops_within_its_grace_during_an_alarm(alarm_node, logs, tmp_path):
+    """Its publishing connection is blocked: closing it cleanly would wait for the alarm."""
+    node, queue, out = alarm_node, "alarm_stop_worker_q", tmp_path / "w.out"
+    worker = start_worker("--url", node.url, "--queue", queue, "--name", "w1", log_dir=logs,
+                          out=out)
+    wait_for(lambda: consumers(queue, node.url) == 1, what="the worker")
+    set_alarm(node, "memory")
+    try:
+        time.sleep(1.5)  # a live snapshot went out and is held by the blocked connection
+        worker.send_signal(signal.SIGTERM)
+        try:
+            code = worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            raise AssertionError("the worker did not stop during the alarm: "
+                                 + out.read_text()) from None
+    finally:
+        clear_alarm(node, "memory")
+    assert code == 0, out.read_text()
+    assert "worker w1:" in out.read_text(), "the summary is printed"
+
+
+def test_the_emitters_second_ctrl_c_stops_it_during_an_alarm(alarm_node, logs, tmp_path):
+    node, queue, out = alarm_node, "alarm_stop_emitter_q", tmp_path / "e.out"
+    rows = write_csv(tmp_path / "rows.csv", [f"row {n}" for n in range(50)])
+    set_alarm(node, "disk")
+    try:
+        emitter = start_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue,
+                               "--file", str(rows), log_dir=logs, out=out)
+        wait_for(lambda: "blocking publishers" in out.read_text(), what="the emitter blocked")
+        emitter.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        emitter.send_signal(signal.SIGINT)
+        try:
+            code = emitter.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            emitter.kill()
+            raise AssertionError("a second Ctrl+C did not stop the emitter during the alarm: "
+                                 + out.read_text()) from None
+    finally:
+        clear_alarm(node, "disk")
+    text = out.read_text()
+    assert code == 0 and "stopped on request" in text and "--resume" in text, text
+    assert "second stop request" in text and "published again" not in text, text
+    assert "every row up to 0 is confirmed" in text, "the resume point stays before them"
+
+
+def test_exit_when_idle_waits_for_a_retry_copy_an_alarm_holds(alarm_node, logs, tmp_path):
+    """The failed task's copy to .retry waits for the alarm; the worker must not call itself
+    idle and leave the task to a queue nobody consumes."""
+    node, queue, out = alarm_node, "alarm_idle_retry_q", tmp_path / "w.out"
+    rows = write_csv(tmp_path / "rows.csv", ["slow...."])
+    assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
+                      str(rows), log_dir=logs).returncode == 0
+    set_alarm(node, "disk")
+    try:
+        worker = start_worker("--url", node.url, "--queue", queue, "--name", "w1",
+                              "--seconds-per-dot", "1", "--task-timeout", "0.3",
+                              "--max-retries", "1", "--retry-delay", "3",
+                              "--exit-when-idle", "1", log_dir=logs, out=out)
+        wait_for(lambda: "timed out after 0.3 s" in out.read_text(), what="a failed attempt")
+        time.sleep(5)  # longer than the retry delay: the delay runs from the broker's confirm
+        assert worker.poll() is None, ("idle while its retry copy waits: " + out.read_text())
+    finally:
+        clear_alarm(node, "disk")
+    assert worker.wait(timeout=60) == 0, out.read_text()
+    dead = consume_all(queue + ".dead", node.url)
+    assert [body for _, body in dead] == [b"slow...."], out.read_text()
+    assert "failed 2 times" in dead[0][0].headers["x-death-reason"]
+    assert queue_state(queue, node.url) == (0, 0)
+    assert consume_all(queue + ".retry", node.url) == []
