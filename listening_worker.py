@@ -26,6 +26,7 @@ from taskqueue.cli import (
 )
 from taskqueue.config import DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_TASK_BYTES, mask_url
 from taskqueue.consumer import TaskConsumer, WorkerOptions
+from taskqueue.reaper import REAPER
 from taskqueue.work import (
     CommandWork,
     InProcessHandler,
@@ -132,6 +133,7 @@ def main() -> int:
     finally:
         for slot in consumer.slots:
             slot.close()
+        REAPER.close()
         log.info(consumer.stats.summary(args.name, consumer.slots, consumer.outbox.events.dropped))
     return 0
 

@@ -4,18 +4,42 @@ It loads the handler once, says "ready", then answers one message per task: the 
 ``("ok", result text)`` or ``("error", reason)`` out. Any BaseException a handler raises
 (SystemExit included) is that task's failure. A crash of this process is seen by the parent
 through the process sentinel; end of input (the parent closed the pipe, or died) ends it.
+
+It dies with the worker: a thread watches the parent's sentinel (a pipe on POSIX, the process
+handle on Windows) and ends this process the moment the worker is gone, even in the middle of
+a task (a SIGKILLed worker cannot stop it; the broker hands the task to another worker, and
+the task must not run twice at once).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import signal
-from multiprocessing.connection import Connection
+import threading
+from multiprocessing.connection import Connection, wait
+
+EXIT_PARENT_GONE = 75
+
+
+def die_with_parent() -> None:
+    """End this process as soon as the process that started it ends."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(EXIT_PARENT_GONE)
+
+    threading.Thread(target=watch, name="parent watch", daemon=True).start()
 
 
 def serve(pipe: Connection, spec: str) -> None:
     # Ctrl+C in a terminal reaches every process of the group; the worker decides what a
     # Ctrl+C means (finish the tasks in hand), so the child must not die of it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
     from taskqueue.errors import UserError
     from taskqueue.work import failure_reason, load_handler, result_text
 

@@ -15,6 +15,36 @@ from dataclasses import dataclass, field
 GONE_AFTER = 6.0  # seconds without a snapshot before a worker counts as gone
 RATE_WINDOW = 10.0  # the rate is over the last this many seconds
 RECENT_FAILURES = 5
+SEEN_IDS = 50_000  # event ids remembered to drop a resent copy (resends come soon after)
+
+
+class RecentIds:
+    """Membership of the last *size* ids added: memory stays bounded however long the view
+    runs. A duplicate is a batch sent again after a reconnect, so it arrives soon after the
+    original, well inside the window."""
+
+    def __init__(self, size: int = SEEN_IDS) -> None:
+        self._order: deque = deque()
+        self._ids: set = set()
+        self._size = size
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, item: object) -> None:
+        if item in self._ids:
+            return
+        self._ids.add(item)
+        self._order.append(item)
+        if len(self._order) > self._size:
+            self._ids.discard(self._order.popleft())
+
+    def clear(self) -> None:
+        self._order.clear()
+        self._ids.clear()
 
 
 @dataclass
@@ -52,7 +82,7 @@ class LiveState:
     dead: int = 0
     finished_at: deque = field(default_factory=lambda: deque(maxlen=100_000))
     failures: deque = field(default_factory=lambda: deque(maxlen=RECENT_FAILURES))
-    _seen: set = field(default_factory=set)
+    _seen: RecentIds = field(default_factory=RecentIds)
     _latest_start: float = 0.0  # of the current run's tasks: older runs' stragglers start before
 
     # --- feeding ---------------------------------------------------------------------------
@@ -78,6 +108,7 @@ class LiveState:
     def _switch_run(self, run_id: str, when: float) -> None:
         self.run_id, self.total, self._latest_start = run_id, None, when
         self.done = self.failed = self.dead = 0
+        self._seen.clear()  # ids are per run: another run's events are not counted anyway
 
     def _run(self, event: dict) -> None:
         if event.get("run_id") != self.run_id:
@@ -92,12 +123,12 @@ class LiveState:
     def _task(self, event: dict) -> None:
         if event.get("id") in self._seen:
             return  # sent twice after a reconnect
-        self._seen.add(event.get("id"))
         run_id, started = event.get("run_id") or "", float(event.get("started") or 0)
         if run_id != self.run_id:
             if started < self._latest_start:
                 return  # a straggler of an older run
             self._switch_run(run_id, started)
+        self._seen.add(event.get("id"))
         self._latest_start = max(self._latest_start, started)
         outcome = event.get("outcome")
         finished = float(event.get("finished") or time.time())

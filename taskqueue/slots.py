@@ -88,5 +88,5 @@ def run_guarded(runner: Runner, text: str) -> Outcome:
     """``runner.run(text)``, with any exception it raises made a failed attempt."""
     try:
         return runner.run(text)
-    except BaseException as exc:  # noqa: BLE001 - a slot must never die silently
+    except BaseException as exc:
         return Outcome(False, reason=f"the worker could not run the task: {failure_reason(exc)}")

@@ -31,6 +31,7 @@ from multiprocessing.connection import wait as wait_for_any
 
 from taskqueue.errors import UserError
 from taskqueue.events import MAX_RESULT, cap_text
+from taskqueue.reaper import REAPER
 from taskqueue.tasks import seconds_for
 
 CHILD_START_SECONDS = 60.0  # a handler module slower than this to import is reported
@@ -280,9 +281,14 @@ def start_runners(runners: list[IsolatedHandler]) -> None:
         raise
 
 
-def split_command(template: str) -> list[str]:
+BATCH_SUFFIXES = (".bat", ".cmd")
+
+
+def split_command(template: str, windows: bool = os.name == "nt") -> list[str]:
     """The ``--command`` template split once, by shell-like (shlex) rules: never through a
-    shell, so the task text is always data. UserError if the program cannot be found."""
+    shell, so the task text is always data. UserError if the program cannot be found, or if
+    on Windows it is a batch file: Windows runs those through cmd.exe, whose quoting rules are
+    not the ones arguments are quoted by, so a task such as ``a" & calc & "`` would run calc."""
     try:
         argv = shlex.split(template)
     except ValueError as exc:
@@ -290,9 +296,14 @@ def split_command(template: str) -> list[str]:
     if not argv:
         raise UserError("--command is empty; give a program, e.g. --command \"python work.py {}\"")
     program = argv[0]
-    if shutil.which(program) is None and not (os.path.sep in program and os.path.isfile(program)):
+    found = shutil.which(program)
+    if found is None and not (os.path.sep in program and os.path.isfile(program)):
         raise UserError(f"--command: program {program!r} not found (not on PATH and not a "
                         "file); give its full path or install it")
+    if windows and (found or program).lower().endswith(BATCH_SUFFIXES):
+        raise UserError(f"--command: {found or program!r} is a batch file, which Windows runs "
+                        "through cmd.exe, where a task's text could run commands; give the "
+                        "program it starts instead (e.g. node with the script for npx)")
     return argv
 
 
@@ -327,6 +338,7 @@ class CommandWork(Runner):
             return Outcome(False, reason=f"cannot run {self.argv[0]!r}: "
                                          f"{getattr(exc, 'strerror', None) or exc}")
         self._process = process
+        REAPER.watch(process.pid)  # it dies with the worker, however the worker ends
         stdout = _Drain(process.stdout, keep_head=MAX_RESULT)
         stderr = _Drain(process.stderr, keep_tail=STDERR_TAIL_BYTES)
         try:
@@ -338,6 +350,7 @@ class CommandWork(Runner):
             return timed_out(self.timeout)
         finally:
             self._process = None
+            REAPER.forget(process.pid)
         stdout.join(), stderr.join()
         if code == 0 and not self._killed:
             output = stdout.text().strip()

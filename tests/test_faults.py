@@ -5,6 +5,7 @@ the others use a queue of their own on the main broker."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -313,7 +314,11 @@ def test_rows_returned_unroutable_are_counted_as_rejected(queue, logs, tmp_path)
     delete_queues(queue)
     assert emitter.wait(timeout=120) == 5
     text = out.read_text()
-    assert "returned: no queue" in text and "rejected" in text
+    assert "returned: no queue" in text
+    summary = re.search(r"(\d+) rows read, (\d+) confirmed, (\d+) rejected", text)
+    read, confirmed, rejected = map(int, summary.groups())
+    assert rejected > 0, "the returned rows are counted as rejected"
+    assert confirmed + rejected == read, "every row read is either confirmed or rejected"
 
 
 def test_worker_subscribes_again_when_its_queue_is_deleted(queue, logs, tmp_path):

@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 
-from taskqueue.live import LiveState
+from taskqueue.live import SEEN_IDS, LiveState, QueueCounts
 from tests.helpers import (
     ROOT,
     consumers,
@@ -134,9 +134,31 @@ def test_live_state_from_made_up_events():
     assert "idle for 4 s" in screen and "gone (not heard from for 30 s)" in screen
     assert "done 1/3" in screen and "dead 1" in screen
     assert "boom" in screen and "updated " in screen
-    assert not state.all_done(now)
     line = state.line(now)
     assert "\n" not in line and "alice/1 busy row 7" in line and "bob gone" in line
+    state.counts = QueueCounts(ready=0, retry=0, dead=1, consumers=1)
+    assert not state.all_done(now), "the queue is empty but row 7 is in hand (2 of 3 settled)"
+    state.feed({"kind": "task", "id": "e2", "run_id": "r1", "worker": "alice/1", "row": 7,
+                "outcome": "done", "started": now - 2, "finished": now})
+    assert not state.all_done(now), "the last snapshot still shows alice/1 busy"
+    state.feed({"kind": "snapshot", "worker": "alice", "host": "h1", "time": now,
+                "slots": [{"slot": "alice/1", "state": "idle", "since": now},
+                          {"slot": "alice/2", "state": "idle", "since": now - 4}]})
+    assert state.all_done(now), "3 of 3 settled, nothing queued, no slot busy"
+    state.counts = QueueCounts(ready=0, retry=1, dead=1, consumers=1)
+    assert not state.all_done(now), "a task waits in .retry"
+
+
+def test_the_live_view_remembers_a_bounded_number_of_event_ids():
+    state = LiveState("q")
+    now = time.time()
+    for n in range(SEEN_IDS + 20_000):
+        state.feed({"kind": "task", "id": f"e{n}", "run_id": "r1", "outcome": "done",
+                    "started": now, "finished": now})
+    assert len(state._seen) == SEEN_IDS, "memory does not grow with every event seen"
+    state.feed({"kind": "task", "id": f"e{SEEN_IDS + 19_000}", "run_id": "r1",
+                "outcome": "done", "started": now, "finished": now})  # a recent one, resent
+    assert state.done == SEEN_IDS + 20_000, "a resent recent event is still counted once"
 
 
 def test_until_done_needs_watch(logs):

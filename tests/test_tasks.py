@@ -137,12 +137,23 @@ def test_a_long_quoted_field_is_read_in_one_pass(tmp_path):
 
 
 def test_two_emitters_sharing_the_logs_keep_each_others_resume_point(tmp_path):
+    """Two emitters save their points in one logs folder while a third process keeps reading
+    the first one's: each ends with its own last value, and no read ever sees a half-written
+    point (a torn file would read as 0, making --resume start over) or a point going back."""
     import multiprocessing
 
+    from taskqueue.publisher import ResumeState
+
     context = multiprocessing.get_context("spawn")
-    with context.Pool(2) as pool:
-        mismatches = pool.starmap(_save_many, [(str(tmp_path), "a.csv"), (str(tmp_path), "b.csv")])
-    assert mismatches == [0, 0]
+    with context.Pool(3) as pool:
+        reads = pool.apply_async(_read_many, (str(tmp_path), "a.csv"))
+        saves = pool.starmap(_save_many, [(str(tmp_path), "a.csv"), (str(tmp_path), "b.csv")])
+        bad_reads, reads_done = reads.get(timeout=60)
+    assert saves == [0, 0]
+    assert reads_done > 0 and bad_reads == 0
+    assert ResumeState(tmp_path, "a.csv", "q").confirmed_through() == 300
+    assert ResumeState(tmp_path, "b.csv", "q").confirmed_through() == 300
+    assert ResumeState(tmp_path, "c.csv", "q").confirmed_through() == 0, "a third file: none"
 
 
 def _save_many(directory: str, source: str) -> int:
@@ -156,3 +167,23 @@ def _save_many(directory: str, source: str) -> int:
         state.save(number, complete=False)
         mismatches += state.confirmed_through() != number
     return mismatches
+
+
+def _read_many(directory: str, source: str) -> tuple[int, int]:
+    """(reads that went back or came out torn, reads made) while the point is being saved."""
+    from pathlib import Path
+
+    from taskqueue.publisher import ResumeState
+
+    state = ResumeState(Path(directory), source, "q")
+    import time
+
+    deadline = time.monotonic() + 20
+    last = bad = reads = 0
+    while time.monotonic() < deadline and last < 300:
+        value = state.confirmed_through()
+        if value < last:
+            bad += 1
+        last = max(last, value)
+        reads += last > 0
+    return bad, reads
