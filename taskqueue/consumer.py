@@ -102,6 +102,7 @@ class TaskConsumer(BrokerSession):
         self.outbox = Outbox(settings, queue, log, self.ioloop, options.name)
         self.outbox.on_finished = self._on_outbox_finished
         self._stop_requests = 0
+        self._stop_since: float | None = None
         self._closing = False
         self._consumer_tag: str | None = None
         self._waiting_for_slots = False
@@ -124,6 +125,7 @@ class TaskConsumer(BrokerSession):
 
     def on_stop_request(self, _count: int) -> None:
         self._stop_requests += 1
+        self._stop_since = self._stop_since or time.monotonic()
         name = self.options.name
         in_hand = [slot for slot in self.slots if slot.delivery and not slot.delivery.settled]
         if self._stop_requests == 1:
@@ -449,7 +451,25 @@ class TaskConsumer(BrokerSession):
         if self._ticks % round(EVENT_FLUSH_SECONDS / TICK_SECONDS) == 0:
             self.outbox.send(everything=True)  # events and the snapshot go out on this beat
         self._check_idle(now)
+        self._give_up_copies_if_overdue(now)
         self.ioloop.call_later(TICK_SECONDS, self._tick)
+
+    def _give_up_copies_if_overdue(self, now: float) -> None:
+        """Stopping, a copy the broker has not taken after EXIT_GRACE_SECONDS (an alarm blocks
+        publishing) no longer holds the worker: its original goes back to the queue instead
+        (its next attempt is at-least-once), so a stop never waits for the alarm to end."""
+        if self._stop_since is None or now - self._stop_since < EXIT_GRACE_SECONDS:
+            return
+        for key, (slot, delivery, copy) in list(self._copies.items()):
+            copy.cancelled = True
+            del self._copies[key]
+            if not delivery.settled and delivery.channel.is_open:
+                delivery.channel.basic_nack(delivery.tag, requeue=True)
+                self.log.warning("[%s] the broker has not taken the copy of %s to %r (blocked?):"
+                                 " stopping, the task goes back to the queue instead", slot.name,
+                                 delivery.label, copy.routing_key)
+            delivery.settled = True
+            self._free(slot, delivery, 0.0)
 
     def _check_idle(self, now: float) -> None:
         """--exit-when-idle: idle means connected, consuming, every slot free, no task came

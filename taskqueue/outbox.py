@@ -101,8 +101,10 @@ class Outbox(BrokerSession):
     @property
     def copies_waiting(self) -> int:
         """Copies not yet confirmed (waiting to be sent, being re-routed, or unconfirmed)."""
-        in_flight = sum(isinstance(item, Copy) for item in self._unconfirmed.values())
-        return len(self._copies) + len(self._remaking or ()) + in_flight
+        in_flight = sum(isinstance(item, Copy) and not item.cancelled
+                        for item in self._unconfirmed.values())
+        return sum(not copy.cancelled for copy in (*self._copies, *(self._remaking or ()))) \
+            + in_flight
 
     def send(self, everything: bool = False) -> None:
         """Publish the copies that wait, and full batches of events (everything, with

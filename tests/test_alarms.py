@@ -183,3 +183,29 @@ def test_exit_when_idle_waits_for_a_retry_copy_an_alarm_holds(alarm_node, logs, 
     assert "failed 2 times" in dead[0][0].headers["x-death-reason"]
     assert queue_state(queue, node.url) == (0, 0)
     assert consume_all(queue + ".retry", node.url) == []
+
+
+def test_a_stop_during_an_alarm_puts_back_a_task_whose_copy_waits(alarm_node, logs, tmp_path):
+    """The failed task's copy to .retry cannot be published: the stop does not wait for the
+    alarm to end; the original goes back to the queue instead (nothing lost)."""
+    node, queue, out = alarm_node, "alarm_stop_copy_q", tmp_path / "w.out"
+    rows = write_csv(tmp_path / "rows.csv", ["slow...."])
+    assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
+                      str(rows), log_dir=logs).returncode == 0
+    set_alarm(node, "disk")
+    try:
+        worker = start_worker("--url", node.url, "--queue", queue, "--name", "w1",
+                              "--seconds-per-dot", "1", "--task-timeout", "0.3",
+                              log_dir=logs, out=out)
+        wait_for(lambda: "timed out after 0.3 s" in out.read_text(), what="a failed attempt")
+        worker.send_signal(signal.SIGTERM)
+        try:
+            code = worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            raise AssertionError("the stop waited for the alarm: " + out.read_text()) from None
+        assert code == 0, out.read_text()
+        assert "the task goes back to the queue instead" in out.read_text()
+        assert queue_state(queue, node.url) == (1, 0), "the task is back in the queue"
+    finally:
+        clear_alarm(node, "disk")
