@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test test-cluster lint bench bench-quick soak clean
+.PHONY: venv demo test test-cluster lint bench bench-quick soak chaos chaos-ci clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -26,6 +26,16 @@ test-cluster: venv
 # not part of `make test`. Writes bench/soak.md.
 soak: venv
 	$(PY) bench/soak.py
+
+# A randomized fault run (bench/chaos.py): faults drawn from a seed, invariants checked at the
+# end. `make chaos` takes a new seed (printed) and runs 3 minutes; CHAOS="--seed 7 --duration
+# 600 --setup cluster" replays or lengthens one. CI runs chaos-ci: a fixed seed, about a minute.
+CHAOS ?=
+chaos: venv
+	$(PY) bench/chaos.py $(CHAOS)
+
+chaos-ci: venv
+	$(PY) bench/chaos.py --seed 16 --duration 40 --setup single
 
 lint: venv
 	$(VENV)/bin/ruff check .
