@@ -440,6 +440,9 @@ class BrokerSession:
             self._connection.close()
 
     def _on_closed(self, _connection: object, reason: BaseException) -> None:
+        # A block belongs to the connection: the next one starts unblocked (the broker blocks
+        # it again if the alarm is still on), or it would wait for an unblock never sent.
+        self.blocked = False
         if self.channel is not None:
             self.channel = None
             self.on_channel_lost()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.brokers import ctl
+from tests.brokers import close_connections_of, ctl
 from tests.helpers import (
     consume_all,
     consumers,
@@ -209,3 +209,34 @@ def test_a_stop_during_an_alarm_puts_back_a_task_whose_copy_waits(alarm_node, lo
         assert queue_state(queue, node.url) == (1, 0), "the task is back in the queue"
     finally:
         clear_alarm(node, "disk")
+
+
+def test_a_connection_lost_while_blocked_does_not_leave_the_worker_blocked(alarm_node, logs,
+                                                                          tmp_path):
+    """Found by `make chaos` (seed 4): the publishing connection was blocked by an alarm, then
+    lost (a node restart); the block was remembered across the reconnect, so no copy or event
+    was ever published again and the worker, holding its failed tasks, never got idle."""
+    node, queue, out = alarm_node, "alarm_lost_while_blocked_q", tmp_path / "w.out"
+    worker = start_worker("--url", node.url, "--queue", queue, "--name", "w1",
+                          "--seconds-per-dot", "1", "--task-timeout", "0.3", "--max-retries",
+                          "1", "--retry-delay", "0.2", "--exit-when-idle", "2", log_dir=logs,
+                          out=out)
+    wait_for(lambda: consumers(queue, node.url) == 1, what="the worker")
+    set_alarm(node, "memory")
+    try:
+        wait_for(lambda: "the broker blocks publishing" in out.read_text(), timeout=30,
+                 what="the publishing connection blocked (its snapshot)")
+        assert close_connections_of(node, worker.pid) == 2
+        wait_for(lambda: out.read_text().count("connected again") == 2, what="reconnected")
+    finally:
+        clear_alarm(node, "memory")
+    rows = write_csv(tmp_path / "rows.csv", ["slow...."])
+    assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
+                      str(rows), log_dir=logs).returncode == 0
+    try:
+        assert worker.wait(timeout=60) == 0, out.read_text()
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        raise AssertionError("stuck: its copies never went out: " + out.read_text()) from None
+    dead = consume_all(queue + ".dead", node.url)
+    assert [body for _, body in dead] == [b"slow...."], out.read_text()
