@@ -7,12 +7,10 @@ pika's I/O loop keeps answering heartbeats; outcomes come back to the I/O thread
 is sent. Everything the worker publishes goes through its ``Outbox`` (outbox.py), a connection
 of its own, so that a broker blocking publishers (memory or disk alarm) never stops consuming.
 
-A task that fails is copied to ``<queue>.retry`` (it flows back after ``retry_delay``) up to
-``max_retries`` times, then to ``<queue>.dead`` with the reason in its headers. A message that
-can never succeed (not UTF-8, empty, too large, unreadable headers) or that was delivered
-``delivery_limit`` times without an ack (quorum queues count: it keeps killing or hanging its
-workers) goes to ``<queue>.dead`` at once. The copy is confirmed by the broker before the
-original is acked, so a crash in between duplicates, never loses.
+What becomes of a task is decided by policy.py (pure functions: retry, dead letter, delivery
+limit); this class carries the verdict out. A copy to ``<queue>.retry`` or ``<queue>.dead`` is
+confirmed by the broker before the original is acked, so a crash in between duplicates, never
+loses; while a copy waits, its slot stays taken and the worker is not idle.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import pika
@@ -39,6 +36,7 @@ from taskqueue.connection import BrokerSession
 from taskqueue.delivery import Delivery
 from taskqueue.events import EVENT_FLUSH_SECONDS, event_id, task_event
 from taskqueue.outbox import Copy, Outbox
+from taskqueue.policy import Verdict, after_work, before_work, dead_letter
 from taskqueue.slots import WorkSlot, slot_names
 from taskqueue.topology import Topology
 from taskqueue.work import Outcome, Runner, failure_reason
@@ -266,19 +264,14 @@ class TaskConsumer(BrokerSession):
         except Exception as exc:  # one odd message must never take the connection down
             self.log.exception("[%s] cannot handle %s", slot.name, delivery.label)
             if not delivery.settled:
-                self._dead_letter(slot, delivery, "the worker could not handle this message: "
-                                  f"{failure_reason(exc)}")
+                self._copy_then_ack(slot, delivery, dead_letter(
+                    delivery, f"the worker could not handle this message: "
+                    f"{failure_reason(exc)}", self.queue, slot.name), 0.0)
 
     def _take(self, slot: WorkSlot, delivery: Delivery) -> None:
-        problem = delivery.problem(self.options.max_task_bytes)
-        if problem:
-            self._dead_letter(slot, delivery, problem)
-            return
-        limit = self.options.delivery_limit
-        if delivery.delivery_count >= limit:
-            self._dead_letter(slot, delivery, f"delivered {delivery.delivery_count + 1} times "
-                              f"without an ack (--delivery-limit {limit}): it may crash or hang "
-                              "every worker that takes it")
+        verdict = before_work(delivery, self.options, self.queue, slot.name)
+        if verdict is not None:
+            self._copy_then_ack(slot, delivery, verdict, 0.0)
             return
         if delivery.redelivered:
             self.stats.redelivered += 1
@@ -314,9 +307,11 @@ class TaskConsumer(BrokerSession):
             # Requeued by a second Ctrl+C, or the connection was lost: the broker has it back.
             self._free(slot, delivery, seconds)
             return
-        if not outcome.ok:
+        verdict = after_work(delivery, outcome, self.options, self.queue, slot.name)
+        if verdict.outcome != "done":
             slot.failed += 1
-            self._on_failure(slot, delivery, outcome.reason, seconds)
+            self.stats.failed_attempts += 1
+            self._copy_then_ack(slot, delivery, verdict, seconds)
             return
         delivery.channel.basic_ack(delivery.tag)
         delivery.settled = True
@@ -342,70 +337,47 @@ class TaskConsumer(BrokerSession):
                 self._subscribe(self.channel)
         self._finish_if_idle()
 
-    def _on_failure(self, slot: WorkSlot, delivery: Delivery, reason: str,
-                    seconds: float) -> None:
-        self.stats.failed_attempts += 1
-        attempt = delivery.retries + 1
-        if attempt > self.options.max_retries:
-            self._dead_letter(slot, delivery, f"failed {attempt} times; last: {reason}", seconds)
-            return
-        self.log.warning("[%s] failed %s (%s); retry %d/%d in %.1f s", slot.name,
-                         delivery.label, reason, attempt, self.options.max_retries,
-                         self.options.retry_delay)
-        self._record(slot, delivery, "failed", seconds, reason)
-        headers = {**delivery.headers, "x-retries": attempt, "x-last-error": reason[:500]}
-        headers.pop("x-delivery-count", None)  # the broker's count, not ours to carry over
-        properties = _copy_properties(delivery.properties, headers,
-                                      expiration=str(int(self.options.retry_delay * 1000)))
-        self._copy_then_ack(slot, delivery, self.queue.retry_name, properties, seconds,
-                            self._note_retry_due)
-
-    def _note_retry_due(self) -> None:
-        # --exit-when-idle must not give up on a task due back from <queue>.retry: its delay
-        # runs from the moment the broker took the copy (an alarm may have held it).
-        self._retry_due = time.monotonic() + self.options.retry_delay
-
-    def _dead_letter(self, slot: WorkSlot, delivery: Delivery, reason: str,
-                     seconds: float = 0.0) -> None:
-        """Park the message in ``<queue>.dead`` with the reason, then ack the original. It is
-        counted (and recorded for the report) once the broker has the copy."""
-        headers = {**delivery.headers, "x-death-reason": reason[:1000],
-                   "x-original-queue": self.queue.name, "x-dead-lettered-by": slot.name}
-        headers.pop("x-delivery-count", None)
-
-        def parked() -> None:
-            self.stats.dead_lettered += 1
-            self.log.error("[%s] dead-lettered %s to %r: %s", slot.name, delivery.label,
-                           self.queue.dead_name, reason)
-            self._record(slot, delivery, "dead", seconds, reason)
-
-        self._copy_then_ack(slot, delivery, self.queue.dead_name,
-                            _copy_properties(delivery.properties, headers), seconds, parked)
-
-    def _copy_then_ack(self, slot: WorkSlot, delivery: Delivery, routing_key: str,
-                       properties: pika.BasicProperties, seconds: float,
-                       on_acked: Callable[[], None]) -> None:
-        """The slot keeps the delivery (unacked) until the broker confirms the copy; then the
-        original is acked and *on_acked* runs."""
+    def _copy_then_ack(self, slot: WorkSlot, delivery: Delivery, verdict: Verdict,
+                       seconds: float) -> None:
+        """Carry out a retry or dead verdict: the slot keeps the delivery (unacked) until the
+        broker confirms the copy; then the original is acked (and a dead letter counted)."""
         key = id(delivery)
+        if verdict.outcome == "retry":
+            self.log.warning("[%s] failed %s (%s); retry %d/%d in %.1f s", slot.name,
+                             delivery.label, verdict.reason, delivery.attempt,
+                             self.options.max_retries, self.options.retry_delay)
+            self._record(slot, delivery, "failed", seconds, verdict.reason)
 
         def settled(confirmed: bool) -> None:
             self._copies.pop(key, None)
             if not delivery.settled and delivery.channel.is_open:
                 if confirmed:
                     delivery.channel.basic_ack(delivery.tag)
-                    on_acked()
+                    self._copied(slot, delivery, verdict, seconds)
                 else:  # the broker refused the copy: keep the original rather than lose it
                     self.log.warning("[%s] the broker refused the copy of %s to %r; the task "
                                      "goes back to the queue", slot.name, delivery.label,
-                                     routing_key)
+                                     verdict.copy_to)
                     delivery.channel.basic_nack(delivery.tag, requeue=True)
                 delivery.settled = True
             self._free(slot, delivery, seconds)
 
-        copy = Copy(routing_key, delivery.body, properties, settled)
+        properties = _copy_properties(delivery.properties, verdict.headers, verdict.expiration)
+        copy = Copy(verdict.copy_to, delivery.body, properties, settled)
         self._copies[key] = (slot, delivery, copy)
         self.outbox.publish_copy(copy)
+
+    def _copied(self, slot: WorkSlot, delivery: Delivery, verdict: Verdict,
+                seconds: float) -> None:
+        if verdict.outcome == "retry":
+            # --exit-when-idle must not give up on a task due back from <queue>.retry: its
+            # delay runs from the moment the broker took the copy (an alarm may have held it).
+            self._retry_due = time.monotonic() + self.options.retry_delay
+            return
+        self.stats.dead_lettered += 1
+        self.log.error("[%s] dead-lettered %s to %r: %s", slot.name, delivery.label,
+                       verdict.copy_to, verdict.reason)
+        self._record(slot, delivery, "dead", seconds, verdict.reason)
 
     # --- events, live snapshots, idleness -------------------------------------------------
     def _record(self, slot: WorkSlot, delivery: Delivery, outcome: str, seconds: float,

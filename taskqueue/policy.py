@@ -1,0 +1,79 @@
+"""What becomes of a task: the retry / dead-letter / delivery-limit policy, as pure functions.
+
+No broker here (Dramatiq keeps its retries as middleware for the same reason): a delivery and
+what its attempt came to go in, a ``Verdict`` comes out, and the consumer carries it out —
+an ack, or a copy to ``<queue>.retry`` / ``<queue>.dead`` confirmed before the original is
+acked. So the whole policy is tested without a broker (tests/test_policy.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from taskqueue.config import QueueSpec
+from taskqueue.delivery import Delivery
+from taskqueue.work import Outcome
+
+MAX_REASON = 1000  # characters of a reason kept in x-death-reason
+MAX_LAST_ERROR = 500  # ... and in x-last-error, on the way to a retry
+
+
+class Limits(Protocol):
+    """The options the policy reads (``WorkerOptions`` has them all)."""
+
+    max_retries: int
+    retry_delay: float
+    max_task_bytes: int
+    delivery_limit: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``done``: ack. ``retry`` / ``dead``: publish a copy to ``copy_to`` with ``headers`` (and
+    ``expiration``), then ack the original once the broker confirms the copy."""
+
+    outcome: str  # done, retry, dead
+    reason: str = ""
+    copy_to: str | None = None
+    headers: dict = field(default_factory=dict)
+    expiration: str | None = None
+
+
+def before_work(delivery: Delivery, limits: Limits, queue: QueueSpec,
+                slot: str) -> Verdict | None:
+    """A message that must not be worked on, dead-lettered unread: it can never succeed (not
+    UTF-8, empty, too large, unreadable headers), or it was delivered ``delivery_limit`` times
+    without an ack (a quorum queue counts: it keeps killing or hanging its workers). None: work
+    on it. (Sets ``delivery.text``.)"""
+    problem = delivery.problem(limits.max_task_bytes)
+    if problem:
+        return dead_letter(delivery, problem, queue, slot)
+    if delivery.delivery_count >= limits.delivery_limit:
+        return dead_letter(delivery, f"delivered {delivery.delivery_count + 1} times without an "
+                           f"ack (--delivery-limit {limits.delivery_limit}): it may crash or "
+                           "hang every worker that takes it", queue, slot)
+    return None
+
+
+def after_work(delivery: Delivery, outcome: Outcome, limits: Limits, queue: QueueSpec,
+               slot: str) -> Verdict:
+    """Done: ack. Failed: retry after ``retry_delay`` while attempts remain, else dead."""
+    if outcome.ok:
+        return Verdict("done")
+    attempt = delivery.retries + 1
+    if attempt > limits.max_retries:
+        return dead_letter(delivery, f"failed {attempt} times; last: {outcome.reason}", queue,
+                           slot)
+    headers = {**delivery.headers, "x-retries": attempt,
+               "x-last-error": outcome.reason[:MAX_LAST_ERROR]}
+    headers.pop("x-delivery-count", None)  # the broker's count, not ours to carry over
+    return Verdict("retry", outcome.reason, queue.retry_name, headers,
+                   expiration=str(int(limits.retry_delay * 1000)))
+
+
+def dead_letter(delivery: Delivery, reason: str, queue: QueueSpec, slot: str) -> Verdict:
+    headers = {**delivery.headers, "x-death-reason": reason[:MAX_REASON],
+               "x-original-queue": queue.name, "x-dead-lettered-by": slot}
+    headers.pop("x-delivery-count", None)
+    return Verdict("dead", reason, queue.dead_name, headers)

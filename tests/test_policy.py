@@ -1,0 +1,77 @@
+"""The retry / dead-letter / delivery-limit policy (policy.py): pure logic, no broker."""
+
+from __future__ import annotations
+
+import pika
+
+from taskqueue.config import QueueSpec
+from taskqueue.consumer import WorkerOptions
+from taskqueue.delivery import Delivery
+from taskqueue.policy import after_work, before_work
+from taskqueue.work import Outcome
+
+QUEUE = QueueSpec("jobs")
+OPTIONS = WorkerOptions(name="w", max_retries=2, retry_delay=1.5, max_task_bytes=100,
+                        delivery_limit=3)
+
+
+def delivery(body: bytes = b"resize cat.jpg", **headers: object) -> Delivery:
+    return Delivery(None, 1, pika.BasicProperties(headers=headers or None), body, False)
+
+
+def test_done_is_an_ack_with_no_copy():
+    task = delivery()
+    assert before_work(task, OPTIONS, QUEUE, "w/1") is None
+    verdict = after_work(task, Outcome(True, "ok"), OPTIONS, QUEUE, "w/1")
+    assert (verdict.outcome, verdict.copy_to) == ("done", None)
+
+
+def test_a_failure_is_retried_with_the_count_and_the_delay_then_dead():
+    task = delivery()
+    assert before_work(task, OPTIONS, QUEUE, "w/1") is None
+    first = after_work(task, Outcome(False, reason="boom"), OPTIONS, QUEUE, "w/1")
+    assert (first.outcome, first.copy_to, first.expiration) == ("retry", "jobs.retry", "1500")
+    assert first.headers == {"x-retries": 1, "x-last-error": "boom"}
+    again = delivery(**first.headers, **{"x-delivery-count": 0})
+    before_work(again, OPTIONS, QUEUE, "w/2")
+    second = after_work(again, Outcome(False, reason="boom"), OPTIONS, QUEUE, "w/2")
+    assert second.outcome == "retry" and second.headers["x-retries"] == 2
+    assert "x-delivery-count" not in second.headers, "the broker's count is not carried over"
+    last = delivery(**second.headers)
+    before_work(last, OPTIONS, QUEUE, "w/3")
+    dead = after_work(last, Outcome(False, reason="still boom"), OPTIONS, QUEUE, "w/3")
+    assert (dead.outcome, dead.copy_to) == ("dead", "jobs.dead")
+    assert dead.headers["x-death-reason"] == "failed 3 times; last: still boom"
+    assert dead.headers["x-original-queue"] == "jobs"
+    assert dead.headers["x-dead-lettered-by"] == "w/3"
+
+
+def test_max_retries_zero_sends_the_first_failure_to_dead():
+    options = WorkerOptions(name="w", max_retries=0)
+    task = delivery()
+    before_work(task, options, QUEUE, "w")
+    assert after_work(task, Outcome(False, reason="x"), options, QUEUE, "w").outcome == "dead"
+
+
+def test_unworkable_messages_go_to_dead_unread():
+    cases = {b"": "empty message", b"x" * 101: "exceeds 100",
+             b"\xff\xfe": "not UTF-8"}
+    for body, reason in cases.items():
+        verdict = before_work(delivery(body), OPTIONS, QUEUE, "w")
+        assert verdict.outcome == "dead" and reason in verdict.reason, (body, verdict)
+    bad = before_work(delivery(**{"x-retries": "many"}), OPTIONS, QUEUE, "w")
+    assert bad.outcome == "dead" and "x-retries is not a whole number" in bad.reason
+
+
+def test_the_delivery_limit_counts_deliveries_without_an_ack():
+    assert before_work(delivery(**{"x-delivery-count": 2}), OPTIONS, QUEUE, "w") is None
+    verdict = before_work(delivery(**{"x-delivery-count": 3}), OPTIONS, QUEUE, "w")
+    assert verdict.outcome == "dead" and "delivered 4 times without an ack" in verdict.reason
+    assert "x-delivery-count" not in verdict.headers
+
+
+def test_long_reasons_are_capped_in_headers():
+    task = delivery()
+    before_work(task, OPTIONS, QUEUE, "w")
+    verdict = after_work(task, Outcome(False, reason="e" * 5000), OPTIONS, QUEUE, "w")
+    assert len(verdict.headers["x-last-error"]) == 500
