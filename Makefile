@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test test-cluster lint bench bench-quick soak chaos chaos-ci clean
+.PHONY: venv demo test test-cluster lint bench bench-quick soak chaos chaos-ci bench-views clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -45,6 +45,11 @@ bench: venv
 
 bench-quick: venv
 	$(PY) bench/run.py --quick
+
+# The report at 10k, 100k and 1M task events and the live view with 200 x 8 slots (a few
+# minutes); writes bench/views.md.
+bench-views: venv
+	$(PY) bench/views.py --write
 
 clean:
 	rm -rf $(VENV) logs reports/*.jsonl .pytest_cache

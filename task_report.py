@@ -22,7 +22,8 @@ from taskqueue.cli import (
     seconds_above_zero,
 )
 from taskqueue.errors import UserError
-from taskqueue.report import EventStore, RunReport, latest_run, list_runs, queue_status
+from taskqueue.report import RunReport, run_attempts
+from taskqueue.store import EventStore, latest_run, list_runs, queue_status
 from taskqueue.watch import watch
 from util_logger import get_logger
 
@@ -42,6 +43,9 @@ def parse_args() -> argparse.Namespace:
                         help="use only events collected before; do not contact the broker")
     parser.add_argument("--list", action="store_true",
                         help="list the runs collected so far instead of reporting one")
+    parser.add_argument("--tasks", action="store_true",
+                        help="list every attempt of the run, however many (a run of more than "
+                             "50 lists its failures and slowest tasks; --csv has every task)")
     parser.add_argument("--status", action="store_true",
                         help="show the queue and its companions now (waiting, in progress, "
                              "retrying, dead) and exit")
@@ -87,18 +91,18 @@ def main() -> int:
         return 0
     run_id = args.run or latest_run(store.events())
     report = RunReport(store.events(), run_id or "", spec.name)
-    if not report.events:
+    if not report.attempts:
         raise UserError(f"no task events for queue {spec.name!r}"
                         f"{' and run ' + repr(args.run) if args.run else ''}; run workers on it "
                         "first (events are on unless a worker ran with --no-events)")
-    print(report.table())
+    print(report.table(run_attempts(store.events(), report.run_id) if args.tasks else None))
     svg_path = args.svg or args.reports_dir / f"{spec.name}-{run_id}.svg"
     svg_path.parent.mkdir(parents=True, exist_ok=True)
     svg_path.write_text(report.svg(), encoding="utf-8")
     print(f"\ntimeline picture: {svg_path}")
     if args.csv:
         try:
-            rows = report.write_csv(args.csv)
+            rows = report.write_csv(args.csv, store.events())
         except OSError as exc:
             raise UserError(f"cannot write --csv {str(args.csv)!r} ({exc.strerror}); "
                             "give a writable path") from None

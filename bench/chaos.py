@@ -48,7 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from taskqueue.config import BrokerSettings, QueueSpec  # noqa: E402
-from taskqueue.report import EventStore, RunReport  # noqa: E402
+from taskqueue.report import RunReport, task_lines  # noqa: E402
+from taskqueue.store import EventStore  # noqa: E402
 from tests.brokers import ThrowawayBroker, ctl  # noqa: E402
 from tests.helpers import consume_all, queue_state  # noqa: E402
 from tests.proxy import SilentProxy  # noqa: E402
@@ -777,8 +778,8 @@ class Chaos:
             for run_id in batch.run_ids:
                 report = RunReport(store.events(), run_id, self.queue)
                 self.report_incomplete |= bool(report.completeness())
-                reported |= {f"{batch.path.name}:{line.row}" for line in report.tasks()
-                             if line.outcome in ("done", "dead")}
+                reported |= {f"{batch.path.name}:{line.row}"
+                             for line in task_lines(store.events(), run_id)}
         return reported
 
     def print_table(self, counts: list[tuple[str, object]]) -> None:

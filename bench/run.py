@@ -30,7 +30,8 @@ from bench.work import noop  # noqa: E402
 from taskqueue.config import BrokerSettings, QueueSpec  # noqa: E402
 from taskqueue.consumer import TaskConsumer, WorkerOptions  # noqa: E402
 from taskqueue.publisher import ConfirmedPublisher  # noqa: E402
-from taskqueue.report import EventStore, RunReport, latest_run  # noqa: E402
+from taskqueue.report import RunReport  # noqa: E402
+from taskqueue.store import EventStore, latest_run  # noqa: E402
 from taskqueue.tasks import read_tasks  # noqa: E402
 from taskqueue.work import InProcessHandler, IsolatedHandler, Runner, SimulatedWork  # noqa: E402
 from util_logger import get_logger  # noqa: E402

@@ -392,7 +392,8 @@ class TaskConsumer(BrokerSession):
             task=delivery.text, outcome=outcome, received=delivery.received,
             started=delivery.started or delivery.received, seconds=seconds,
             attempt=delivery.attempt,
-            redelivered=delivery.redelivered, reason=reason, result=result))
+            redelivered=delivery.redelivered, reason=reason, result=result,
+            queued=delivery.queued))
 
     def _snapshot(self, state: str = "running") -> dict:
         slots = []
@@ -403,6 +404,7 @@ class TaskConsumer(BrokerSession):
                               "done": slot.done, "failed": slot.failed})
             else:
                 slots.append({"slot": slot.name, "state": "busy", "since": delivery.started,
+                              "queued": delivery.queued,
                               "row": delivery.row, "task": delivery.text[:80],
                               "run_id": delivery.run_id, "done": slot.done,
                               "failed": slot.failed})

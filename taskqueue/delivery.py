@@ -69,6 +69,12 @@ class Delivery:
         return header_count(self.headers, "x-delivery-count")
 
     @property
+    def queued(self) -> float | None:
+        """When it was published (the message's timestamp, if its sender set one)."""
+        value = self.properties.timestamp
+        return float(value) if isinstance(value, int) and value > 0 else None
+
+    @property
     def run_id(self) -> str:
         value = self.properties.correlation_id
         return value if isinstance(value, str) else ""

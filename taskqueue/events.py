@@ -46,10 +46,10 @@ def cap_text(text: str, limit: int) -> str:
 def task_event(*, run_id: str, worker: str, host: str, message_id: str | None, row: int | None,
                task: str, outcome: str, received: float, started: float, seconds: float,
                attempt: int, redelivered: bool, reason: str = "",
-               result: str | None = None) -> dict:
+               result: str | None = None, queued: float | None = None) -> dict:
     return {"kind": "task", "id": event_id(), "run_id": run_id, "worker": worker, "host": host,
             "message_id": message_id, "row": row, "task": cap_text(task, MAX_TASK_TEXT),
-            "outcome": outcome, "received": received, "started": started,
+            "outcome": outcome, "queued": queued, "received": received, "started": started,
             "finished": time.time(), "seconds": round(seconds, 4), "attempt": attempt,
             "redelivered": redelivered, "reason": reason[:300],
             "result": None if result is None else cap_text(result, MAX_RESULT)}
@@ -104,3 +104,35 @@ def decode_events(body: bytes) -> list[dict]:
         return []
     events = decoded if isinstance(decoded, list) else [decoded]
     return [event for event in events if isinstance(event, dict)]
+
+
+SEEN_IDS = 50_000  # event ids remembered to drop a resent copy (resends come soon after)
+
+
+class RecentIds:
+    """Membership of the last *size* ids added: memory stays bounded however long the view
+    runs. A duplicate is a batch sent again after a reconnect, so it arrives soon after the
+    original, well inside the window."""
+
+    def __init__(self, size: int = SEEN_IDS) -> None:
+        self._order: deque = deque()
+        self._ids: set = set()
+        self._size = size
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, item: object) -> None:
+        if item in self._ids:
+            return
+        self._ids.add(item)
+        self._order.append(item)
+        if len(self._order) > self._size:
+            self._ids.discard(self._order.popleft())
+
+    def clear(self) -> None:
+        self._order.clear()
+        self._ids.clear()

@@ -12,39 +12,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from taskqueue.events import RecentIds
+from taskqueue.live_screen import draw, one_line
+
 GONE_AFTER = 6.0  # seconds without a snapshot before a worker counts as gone
 RATE_WINDOW = 10.0  # the rate is over the last this many seconds
 RECENT_FAILURES = 5
-SEEN_IDS = 50_000  # event ids remembered to drop a resent copy (resends come soon after)
-
-
-class RecentIds:
-    """Membership of the last *size* ids added: memory stays bounded however long the view
-    runs. A duplicate is a batch sent again after a reconnect, so it arrives soon after the
-    original, well inside the window."""
-
-    def __init__(self, size: int = SEEN_IDS) -> None:
-        self._order: deque = deque()
-        self._ids: set = set()
-        self._size = size
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def add(self, item: object) -> None:
-        if item in self._ids:
-            return
-        self._ids.add(item)
-        self._order.append(item)
-        if len(self._order) > self._size:
-            self._ids.discard(self._order.popleft())
-
-    def clear(self) -> None:
-        self._order.clear()
-        self._ids.clear()
 
 
 @dataclass
@@ -83,6 +56,9 @@ class LiveState:
     finished_at: deque = field(default_factory=lambda: deque(maxlen=100_000))
     failures: deque = field(default_factory=lambda: deque(maxlen=RECENT_FAILURES))
     _seen: RecentIds = field(default_factory=RecentIds)
+    last_wait: tuple[float, float] | None = None  # (started, seconds it had waited) of the
+    #                                               newest task taken: the queue's latency
+    _seconds: tuple[float, int] = (0.0, 0)  # the run's task seconds and attempts so far
     _latest_start: float = 0.0  # of the current run's tasks: older runs' stragglers start before
 
     # --- feeding ---------------------------------------------------------------------------
@@ -104,10 +80,26 @@ class LiveState:
                 float(slot.get("since") or event.get("time") or 0), slot.get("row"),
                 slot.get("task") or "", int(slot.get("done") or 0),
                 int(slot.get("failed") or 0), float(event.get("time") or time.time()))
+            if slot.get("state") == "busy":
+                self._note_wait(slot.get("since"), slot.get("queued"))
+
+    def _note_wait(self, started: object, queued: object) -> None:
+        """Latency, as Sidekiq shows it: how long the newest task taken had waited for a
+        worker (the tasks still waiting were published after it: they wait at most that)."""
+        if not isinstance(started, (int, float)) or not isinstance(queued, (int, float)):
+            return
+        if self.last_wait is None or started > self.last_wait[0]:
+            self.last_wait = (float(started), max(0.0, float(started) - float(queued)))
+
+    def mean_seconds(self) -> float | None:
+        """The run's mean attempt time so far (None before the first)."""
+        total, count = self._seconds
+        return total / count if count else None
 
     def _switch_run(self, run_id: str, when: float) -> None:
         self.run_id, self.total, self._latest_start = run_id, None, when
         self.done = self.failed = self.dead = 0
+        self._seconds = (0.0, 0)
         self._seen.clear()  # ids are per run: another run's events are not counted anyway
 
     def _run(self, event: dict) -> None:
@@ -130,6 +122,9 @@ class LiveState:
             self._switch_run(run_id, started)
         self._seen.add(event.get("id"))
         self._latest_start = max(self._latest_start, started)
+        self._note_wait(event.get("started"), event.get("queued"))
+        total, count = self._seconds
+        self._seconds = (total + float(event.get("seconds") or 0), count + 1)
         outcome = event.get("outcome")
         finished = float(event.get("finished") or time.time())
         if outcome == "done":
@@ -186,52 +181,12 @@ class LiveState:
             return self.done + self.dead >= self.total
         return self.done + self.dead > 0
 
-    # --- drawing -----------------------------------------------------------------------
-    def _progress(self, now: float) -> str:
-        total = f"/{self.total}" if self.total is not None else ""
-        eta = self.eta(now)
-        eta_text = "?" if eta is None else f"{eta:.0f} s"
-        return (f"done {self.done}{total}, failed attempts {self.failed}, dead {self.dead}, "
-                f"{self.rate(now):.1f} tasks/s, ETA {eta_text}")
-
-    def _queue_text(self, now: float) -> str:
-        def show(value: int | None) -> str:
-            return "?" if value is None else str(value)
-
-        c = self.counts
-        return (f"ready {show(c.ready)}, in progress {self.in_progress(now)}, retrying "
-                f"{show(c.retry)}, dead {show(c.dead)}, consumers {show(c.consumers)}")
-
-    def screen(self, now: float | None = None, width: int = 100) -> list[str]:
-        now = time.time() if now is None else now
-        done_total = sum(slot.done for slot in self.slots.values()) or 1
-        lines = [f"queue {self.queue!r}: {self._queue_text(now)}",
-                 f"run {self.run_id or '-'}: {self._progress(now)}", "",
-                 f"{'worker':<22} {'host':<14} {'state':<50} {'done':>5} {'failed':>6} "
-                 f"{'share':>5}"]
-        for slot in sorted(self.slots.values(), key=lambda s: s.slot):
-            lines.append(f"{slot.slot:<22.22} {slot.host:<14.14} "
-                         f"{self.slot_state(slot, now):<50.50} {slot.done:>5} {slot.failed:>6} "
-                         f"{100 * slot.done / done_total:>4.0f}%")
-        if not self.slots:
-            lines.append("(no worker heard from yet: start listening_worker.py)")
-        lines += ["", "last failures:" if self.failures else "last failures: none"]
-        for when, worker, row, task, outcome, reason in self.failures:
-            clock = time.strftime("%H:%M:%S", time.localtime(when))
-            lines.append(f"  {clock} {worker} row {row} {task[:30]!r}: {outcome} ({reason})")
-        lines += ["", f"updated {time.strftime('%H:%M:%S', time.localtime(now))}   "
-                      "(Ctrl+C to leave)"]
-        return [line[:width] for line in lines]
+    # --- drawing (live_screen.py) -------------------------------------------------------------
+    def screen(self, now: float | None = None, width: int = 100,
+               height: int | None = None) -> list[str]:
+        """The terminal view, fitted to *width* x *height* (no height: every slot)."""
+        return draw(self, time.time() if now is None else now, width, height)
 
     def line(self, now: float | None = None) -> str:
         """One plain line: for logs, pipes and CI (no escape codes)."""
-        now = time.time() if now is None else now
-        workers = ", ".join(
-            f"{slot.slot} " + ("busy row " + str(slot.row) if slot.state == "busy"
-                               and self.active(slot, now) else
-                               "idle" if self.active(slot, now) else
-                               "stopped" if slot.state == "stopped" else "gone")
-            for slot in sorted(self.slots.values(), key=lambda s: s.slot)) or "none yet"
-        clock = time.strftime("%H:%M:%S", time.localtime(now))
-        return (f"{clock} queue {self.queue!r}: {self._queue_text(now)} | {self._progress(now)}"
-                f" | workers: {workers}")
+        return one_line(self, time.time() if now is None else now)

@@ -22,7 +22,7 @@ from taskqueue.config import BrokerSettings, QueueSpec
 from taskqueue.connection import open_blocking
 from taskqueue.events import decode_events
 from taskqueue.live import LiveState, QueueCounts
-from taskqueue.report import passive_counts
+from taskqueue.store import passive_counts
 
 VIEW_QUEUE_LIMIT = 10_000  # messages a slow view may fall behind before the oldest go
 
@@ -35,12 +35,14 @@ class TerminalScreen:
         _enable_escape_codes()
         stream.write("\x1b[?25l\x1b[2J")  # hide the cursor, clear the screen
 
-    def width(self) -> int:
-        """The terminal's own width (not $COLUMNS, which a parent may have set for itself)."""
+    def size(self) -> tuple[int, int]:
+        """The terminal's own (columns, lines), asked at every refresh so that the view
+        follows a resize (not $COLUMNS, which a parent may have set for itself)."""
         try:
-            return os.get_terminal_size(self.stream.fileno()).columns
+            size = os.get_terminal_size(self.stream.fileno())
         except (OSError, ValueError):
-            return shutil.get_terminal_size().columns
+            size = shutil.get_terminal_size()
+        return size.columns, size.lines
 
     def draw(self, lines: list[str]) -> None:
         self.stream.write("\x1b[H" + "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J")
@@ -101,7 +103,8 @@ def watch(settings: BrokerSettings, spec: QueueSpec, *, until_done: bool = False
                                        task and task[1])
             now = time.time()
             if screen is not None:
-                screen.draw(state.screen(now, screen.width()))
+                columns, lines = screen.size()
+                screen.draw(state.screen(now, columns, lines - 1))  # the last line stays free
             else:
                 print(state.line(now), file=stream, flush=True)
             done_for = done_for + 1 if until_done and state.all_done(now) else 0

@@ -10,7 +10,8 @@ import sys
 import time
 import uuid
 
-from taskqueue.live import SEEN_IDS, LiveState, QueueCounts
+from taskqueue.events import SEEN_IDS
+from taskqueue.live import LiveState, QueueCounts
 from tests.helpers import (
     ROOT,
     consumers,
@@ -26,15 +27,21 @@ ROWS = [f"task {n}" + "." * (1 + n % 3) for n in range(12)]
 
 
 class Tmux:
-    """A tmux server of our own (its own socket) running one command in a 150x45 window."""
+    """A tmux server of our own (its own socket) running one command in a window of *size*
+    (columns, lines)."""
 
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+    def __init__(self, command: list[str], env: dict[str, str],
+                 size: tuple[int, int] = (150, 45)) -> None:
         assert shutil.which("tmux"), "tmux is needed (apt install tmux)"
         self.socket = f"tq-{uuid.uuid4().hex[:8]}"
         exports = " ".join(f"{key}={shlex.quote(value)}" for key, value in env.items()
                            if key in ("TASKQUEUE_LOG_DIR", "PATH", "PYTHONUNBUFFERED"))
         shell = f"cd {shlex.quote(str(ROOT))} && env {exports} {shlex.join(command)}; sleep 120"
-        self._tmux("new-session", "-d", "-s", "view", "-x", "150", "-y", "45", shell)
+        self._tmux("new-session", "-d", "-s", "view", "-x", str(size[0]), "-y", str(size[1]),
+                   shell)
+
+    def resize(self, columns: int, lines: int) -> None:
+        self._tmux("resize-window", "-t", "view", "-x", str(columns), "-y", str(lines))
 
     def _tmux(self, *args: str) -> str:
         return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True,

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from taskqueue.config import BrokerSettings, QueueSpec
-from taskqueue.report import EventStore, RunReport, latest_run
+from taskqueue.report import RunReport
+from taskqueue.store import EventStore, latest_run
 from tests.helpers import (
     MAIN_URL,
     consume_all,
@@ -148,7 +149,8 @@ def test_four_slots_do_forty_quarter_second_tasks_at_once(queue, logs, tmp_path)
     store = EventStore(tmp_path / "reports", queue)
     store.collect(BrokerSettings([MAIN_URL]), QueueSpec(queue))
     report = RunReport(store.events(), latest_run(store.events()) or "", queue)
-    assert {w.worker for w in report.workers} == {"quad/1", "quad/2", "quad/3", "quad/4"}
+    assert {s.worker for s in report.slots} == {"quad/1", "quad/2", "quad/3", "quad/4"}
+    assert [(w.worker, w.slots) for w in report.workers] == [("quad", 4)]
     wall = report.end - report.start
     assert wall < 0.5 * 40 * 0.25, f"4 slots took {wall:.2f} s (one slot: 10 s)"
 

@@ -1,0 +1,188 @@
+"""What the live view draws, fitted to the terminal: the queue line (with its latency), the
+run line (done/total, rate, ETA) and the last failures are always on screen; the workers get
+the rows that are left.
+
+  * every slot fits: one line per slot, in natural order (w2 before w10);
+  * else one line per worker, its slots folded ("4/4 busy: rows 129-132, longest 3 s");
+  * else the workers that matter first (gone or stuck-looking, then the busiest), and one line
+    for the rest: "... and 37 more workers: 30 busy, 7 idle".
+
+Pure drawing over ``LiveState`` (live.py); watch.py asks the terminal its size every refresh,
+so the view follows a resize.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from taskqueue.live import LiveState, SlotView
+
+STUCK_AFTER = 60.0  # a task busy this long (or 5x the run's mean) looks stuck
+HEADER = (f"{'worker':<22} {'host':<14} {'state':<50} {'done':>5} {'failed':>6} {'share':>5}")
+
+
+def natural_key(name: str) -> list:
+    """w2 before w10: digits compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def draw(state: LiveState, now: float, width: int = 100, height: int | None = None) -> list[str]:
+    top = [f"queue {state.queue!r}: {queue_text(state, now)}",
+           f"run {state.run_id or '-'}: {progress_text(state, now)}", ""]
+    failures = failure_lines(state)
+    bottom = ["", f"updated {time.strftime('%H:%M:%S', time.localtime(now))}   "
+                  "(Ctrl+C to leave)"]
+    if height is not None:
+        # The failures shrink before the workers vanish: a header and at least one worker line.
+        room_for_failures = max(1, height - len(top) - len(bottom) - 3)
+        failures = failures[:room_for_failures]
+        rows = max(1, height - len(top) - len(failures) - len(bottom) - 1)
+    else:
+        rows = None
+    lines = [*top, HEADER, *worker_lines(state, now, rows), *failures, *bottom]
+    if height is not None:
+        lines = lines[:height]
+    return [line[:width] for line in lines]
+
+
+def one_line(state: LiveState, now: float) -> str:
+    """For logs, pipes and CI: the queue, the run, and a short account of the workers."""
+    slots = sorted(state.slots.values(), key=lambda s: natural_key(s.slot))
+    if len(slots) <= 12:
+        workers = ", ".join(f"{slot.slot} {short_state(state, slot, now)}"
+                            for slot in slots) or "none yet"
+    else:
+        counts = defaultdict(int)
+        for slot in slots:
+            counts[short_state(state, slot, now).split(" ")[0]] += 1
+        workers = f"{len(slots)} slots: " + ", ".join(f"{n} {what}" for what, n in
+                                                      sorted(counts.items()))
+    clock = time.strftime("%H:%M:%S", time.localtime(now))
+    return (f"{clock} queue {state.queue!r}: {queue_text(state, now)} | "
+            f"{progress_text(state, now)} | workers: {workers}")
+
+
+# --- the fixed lines ----------------------------------------------------------------------------
+def queue_text(state: LiveState, now: float) -> str:
+    def show(value: int | None) -> str:
+        return "?" if value is None else str(value)
+
+    c = state.counts
+    text = (f"ready {show(c.ready)}, in progress {state.in_progress(now)}, retrying "
+            f"{show(c.retry)}, dead {show(c.dead)}, consumers {show(c.consumers)}")
+    if state.last_wait is not None and c.ready:
+        text += f", latency {seconds_text(state.last_wait[1])}"
+    return text
+
+
+def progress_text(state: LiveState, now: float) -> str:
+    total = f"/{state.total}" if state.total is not None else ""
+    eta = state.eta(now)
+    return (f"done {state.done}{total}, failed attempts {state.failed}, dead {state.dead}, "
+            f"{state.rate(now):.1f} tasks/s, ETA {'?' if eta is None else seconds_text(eta)}")
+
+
+def failure_lines(state: LiveState) -> list[str]:
+    lines = ["", "last failures:" if state.failures else "last failures: none"]
+    for when, worker, row, task, outcome, reason in reversed(state.failures):  # newest first
+        clock = time.strftime("%H:%M:%S", time.localtime(when))
+        lines.append(f"  {clock} {worker} row {row} {task[:30]!r}: {outcome} ({reason})")
+    return lines
+
+
+def seconds_text(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# --- the workers --------------------------------------------------------------------------------
+def worker_lines(state: LiveState, now: float, rows: int | None) -> list[str]:
+    slots = sorted(state.slots.values(), key=lambda s: natural_key(s.slot))
+    if not slots:
+        return ["(no worker heard from yet: start listening_worker.py)"]
+    done_total = sum(slot.done for slot in slots) or 1
+    if rows is None or len(slots) <= rows:
+        return [row_text(slot.slot, slot.host, state.slot_state(slot, now), slot.done,
+                         slot.failed, done_total) for slot in slots]
+    workers: dict[str, list[SlotView]] = defaultdict(list)
+    for slot in slots:
+        workers[slot.worker or slot.slot].append(slot)
+    names = sorted(workers, key=natural_key)
+    if len(names) <= rows:
+        return [worker_row(state, name, workers[name], now, done_total) for name in names]
+    ranked = sorted(names, key=lambda name: (-attention(state, workers[name], now),
+                                             natural_key(name)))
+    shown = sorted(ranked[:rows - 1], key=natural_key)
+    rest = ranked[rows - 1:]
+    summary = defaultdict(int)
+    for name in rest:
+        summary[worker_summary_state(state, workers[name], now)] += 1
+    told = ", ".join(f"{n} {what}" for what, n in sorted(summary.items()))
+    return [*(worker_row(state, name, workers[name], now, done_total) for name in shown),
+            f"... and {len(rest)} more workers: {told}"]
+
+
+def row_text(name: str, host: str, what: str, done: int, failed: int, done_total: int) -> str:
+    return (f"{name:<22.22} {host:<14.14} {what:<50.50} {done:>5} {failed:>6} "
+            f"{100 * done / done_total:>4.0f}%")
+
+
+def worker_row(state: LiveState, name: str, slots: list[SlotView], now: float,
+               done_total: int) -> str:
+    return row_text(name, slots[0].host, folded_state(state, slots, now),
+                    sum(s.done for s in slots), sum(s.failed for s in slots), done_total)
+
+
+def folded_state(state: LiveState, slots: list[SlotView], now: float) -> str:
+    """One worker's slots in a few words: '4/4 busy: rows 129-132, longest 3 s'."""
+    if all(s.state == "stopped" for s in slots):
+        return "stopped"
+    if all(not state.active(s, now) for s in slots):
+        return state.slot_state(slots[0], now)  # gone (not heard from for N s)
+    busy = [s for s in slots if s.state == "busy" and state.active(s, now)]
+    if not busy:
+        idle_for = min(now - s.since for s in slots)
+        return f"{len(slots)} idle for {max(0.0, idle_for):.0f} s"
+    rows = sorted(s.row for s in busy if isinstance(s.row, int))
+    where = ""
+    if rows:
+        where = f"rows {rows[0]}-{rows[-1]}" if len(rows) > 1 else f"row {rows[0]}"
+    longest = max(now - s.since for s in busy)
+    return f"{len(busy)}/{len(slots)} busy: {where}{', ' if where else ''}longest " \
+           f"{max(0.0, longest):.0f} s"
+
+
+def short_state(state: LiveState, slot: SlotView, now: float) -> str:
+    if slot.state == "busy" and state.active(slot, now):
+        return f"busy row {slot.row}"
+    if state.active(slot, now):
+        return "idle"
+    return "stopped" if slot.state == "stopped" else "gone"
+
+
+def worker_summary_state(state: LiveState, slots: list[SlotView], now: float) -> str:
+    if any(s.state == "busy" and state.active(s, now) for s in slots):
+        return "busy"
+    if any(state.active(s, now) for s in slots):
+        return "idle"
+    return "stopped" if all(s.state == "stopped" for s in slots) else "gone"
+
+
+def attention(state: LiveState, slots: list[SlotView], now: float) -> float:
+    """Who is shown first when not every worker fits: the gone and the stuck-looking, then
+    the busiest."""
+    mean = state.mean_seconds()
+    stuck_after = STUCK_AFTER if mean is None else min(STUCK_AFTER, max(5.0, 5 * mean))
+    busy = [s for s in slots if s.state == "busy" and state.active(s, now)]
+    if any(s.state != "stopped" and not state.active(s, now) for s in slots):
+        return 3.0
+    if any(now - s.since > stuck_after for s in busy):
+        return 2.0
+    return len(busy) / len(slots)
