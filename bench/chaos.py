@@ -153,6 +153,7 @@ class Batch:
     emitters: list[Proc] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
     complete: bool = False
+    claimed: bool = False  # an emitter was started for it (by one fault thread only)
     republished: bool = False  # killed or reconnected mid-publish: duplicates are allowed
 
 
@@ -251,6 +252,11 @@ class Chaos:
         return proc
 
     def start_emitter(self, batch: Batch) -> Proc:
+        with self.lock:  # one numbering of a batch's emitter runs, whoever starts them
+            batch.claimed = True
+            return self._start_emitter(batch)
+
+    def _start_emitter(self, batch: Batch) -> Proc:
         resume = ["--resume"] if batch.emitters else []
         url = self.setup.url
         if self.setup.proxy and self.misc.random() < 0.5:
@@ -265,8 +271,7 @@ class Chaos:
                 stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
                 env=self.env())
         proc = Proc(f"{batch.name}#{len(batch.emitters) + 1}", "emitter", popen, out)
-        with self.lock:
-            batch.emitters.append(proc)
+        batch.emitters.append(proc)
         return proc
 
     def running_workers(self) -> list[Proc]:
@@ -340,8 +345,16 @@ class Chaos:
         with self.lock:
             self.active.discard(name)
 
+    def claim_batch(self) -> Batch | None:
+        """The next batch nobody has emitted, taken by one caller only (faults race)."""
+        with self.lock:
+            batch = next((b for b in self.batches if not b.claimed), None)
+            if batch is not None:
+                batch.claimed = True
+            return batch
+
     def fault_emit(self, rng: random.Random) -> bool:
-        batch = next((b for b in self.batches if not b.emitters), None)
+        batch = self.claim_batch()
         if batch is None:
             return False
         self.start_emitter(batch)
@@ -369,7 +382,7 @@ class Chaos:
     def _hit_emitter(self, rng: random.Random, sig: signal.Signals) -> bool:
         running = self.running_emitter()
         if running is None:
-            batch = next((b for b in self.batches if not b.emitters), None)
+            batch = self.claim_batch()
             if batch is None:
                 return False
             proc = self.start_emitter(batch)
@@ -630,9 +643,8 @@ class Chaos:
 
     def finish_publishing(self) -> None:
         """Every batch published whole: emitted if never, resumed until an emitter completes."""
-        for batch in self.batches:
-            if not batch.emitters:
-                self.start_emitter(batch)
+        while (batch := self.claim_batch()) is not None:
+            self.start_emitter(batch)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             self.maintain()
