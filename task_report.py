@@ -6,109 +6,11 @@ or watch the workers live.
     python task_report.py --queue demo_task_queue --run 20261128-101500-ab12cd
     python task_report.py --csv results.csv        # one row per task: worker, result or error
     python task_report.py --watch                  # live: every worker, its task, the queue
+
+Installed with pip, the same command is ``taskqueue-report`` (same options).
 """
 
-from __future__ import annotations
-
-import argparse
-from pathlib import Path
-
-from taskqueue.cli import (
-    add_broker_options,
-    broker_settings,
-    queue_spec,
-    run_script,
-    script_parser,
-    seconds_above_zero,
-)
-from taskqueue.errors import UserError
-from taskqueue.report import RunReport, run_attempts
-from taskqueue.store import EventStore, latest_run, list_runs, queue_status
-from taskqueue.watch import watch
-from util_logger import get_logger
-
-SCRIPT = "task_report"
-REPORTS = Path(__file__).resolve().parent / "reports"
-
-
-def parse_args() -> argparse.Namespace:
-    parser = script_parser(__doc__)
-    parser.add_argument("--run", metavar="RUN_ID",
-                        help="which emitter run (its id is in the emitter's log; default: latest)")
-    parser.add_argument("--reports-dir", type=Path, default=REPORTS, metavar="DIR",
-                        help="where collected events and pictures are kept (default: reports/)")
-    parser.add_argument("--svg", type=Path, metavar="PATH",
-                        help="where to write the timeline (default: DIR/<queue>-<run>.svg)")
-    parser.add_argument("--offline", action="store_true",
-                        help="use only events collected before; do not contact the broker")
-    parser.add_argument("--list", action="store_true",
-                        help="list the runs collected so far instead of reporting one")
-    parser.add_argument("--tasks", action="store_true",
-                        help="list every attempt of the run, however many (a run of more than "
-                             "50 lists its failures and slowest tasks; --csv has every task)")
-    parser.add_argument("--status", action="store_true",
-                        help="show the queue and its companions now (waiting, in progress, "
-                             "retrying, dead) and exit")
-    live = parser.add_argument_group("live view")
-    live.add_argument("--watch", action="store_true",
-                      help="show every worker, its task in hand, the queue and the ETA, live "
-                           "(refreshed every --interval seconds; Ctrl+C to leave)")
-    live.add_argument("--until-done", action="store_true",
-                      help="with --watch: end once the queue is empty and every worker idle")
-    live.add_argument("--interval", type=seconds_above_zero, default=1.0, metavar="SECONDS",
-                      help="with --watch: seconds between refreshes (default: %(default)s)")
-    parser.add_argument("--csv", type=Path, metavar="FILE",
-                        help="also write one row per task of the run: row, task, worker, host, "
-                             "started, seconds, attempts, outcome, result or error")
-    add_broker_options(parser)
-    args = parser.parse_args()
-    if args.until_done and not args.watch:
-        parser.error("--until-done needs --watch")
-    return args
-
-
-def main() -> int:
-    args = parse_args()
-    log = get_logger(SCRIPT, args.log_level)
-    spec = queue_spec(args)
-    if args.status:
-        print(queue_status(broker_settings(args), spec))
-        return 0
-    if args.watch:
-        state = watch(broker_settings(args), spec, until_done=args.until_done,
-                      interval=args.interval)
-        print(f"watched queue {spec.name!r}: {state.done} tasks done, {state.dead} dead-lettered "
-              f"while watching (run {state.run_id or '-'})")
-        return 0
-    store = EventStore(args.reports_dir, spec.name)
-    if not args.offline:
-        moved = store.collect(broker_settings(args), spec)
-        log.info("collected %d new task events (and %d notes from emitters and workers) from "
-                 "%r into %s", moved["task"], sum(moved.values()) - moved["task"],
-                 spec.events_name, store.path)
-    if args.list:
-        print(list_runs(store.events()))
-        return 0
-    run_id = args.run or latest_run(store.events())
-    report = RunReport(store.events(), run_id or "", spec.name)
-    if not report.attempts:
-        raise UserError(f"no task events for queue {spec.name!r}"
-                        f"{' and run ' + repr(args.run) if args.run else ''}; run workers on it "
-                        "first (events are on unless a worker ran with --no-events)")
-    print(report.table(run_attempts(store.events(), report.run_id) if args.tasks else None))
-    svg_path = args.svg or args.reports_dir / f"{spec.name}-{run_id}.svg"
-    svg_path.parent.mkdir(parents=True, exist_ok=True)
-    svg_path.write_text(report.svg(), encoding="utf-8")
-    print(f"\ntimeline picture: {svg_path}")
-    if args.csv:
-        try:
-            rows = report.write_csv(args.csv, store.events())
-        except OSError as exc:
-            raise UserError(f"cannot write --csv {str(args.csv)!r} ({exc.strerror}); "
-                            "give a writable path") from None
-        print(f"results: {rows} tasks written to {args.csv}")
-    return 0
-
+from taskqueue.commands.reporter import entry
 
 if __name__ == "__main__":
-    run_script(SCRIPT, main)
+    entry()

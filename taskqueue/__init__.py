@@ -6,3 +6,5 @@ config -> tasks -> feed -> topology -> connection -> publisher (emitter side) ->
 consumer -> delivery -> slots -> work (child) -> outbox (worker side) -> events -> report,
 live and watch.
 """
+
+__version__ = "0.3.0"

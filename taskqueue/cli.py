@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn, Protocol
 
+from taskqueue import __version__
 from taskqueue.config import (
     DEFAULT_HEARTBEAT,
     DEFAULT_QUEUE,
@@ -21,7 +22,7 @@ from taskqueue.config import (
     with_credentials,
 )
 from taskqueue.errors import EXIT_BAD_INPUT, UserError
-from util_logger import LEVELS
+from taskqueue.log import LEVELS
 
 
 def _number(text: str, kind: type, minimum: float, what: str) -> float:
@@ -60,8 +61,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def script_parser(doc: str | None) -> argparse.ArgumentParser:
-    """A parser whose --help starts with the script's docstring, examples and all."""
-    return OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A parser whose --help starts with the script's docstring, examples and all; and
+    ``--version``."""
+    parser = OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
 
 
 def add_broker_options(parser: argparse.ArgumentParser) -> None:

@@ -24,6 +24,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,10 @@ def load_handler(spec: str) -> Callable[[str], object]:
         raise UserError(f"--handler {spec!r} must be MODULE:FUNCTION, e.g. mytasks:resize")
     import importlib
 
+    # From the directory the worker runs in, as the README promises: a console script's own
+    # directory is first on sys.path, not the current one (spawned children inherit sys.path).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         handler = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError, ValueError) as exc:

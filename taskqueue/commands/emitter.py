@@ -1,0 +1,176 @@
+"""Publish tasks (one per CSV row) to a durable RabbitMQ queue, every one confirmed.
+
+    python emitter_of_tasks.py                     # tasks.csv -> task_queue
+    python emitter_of_tasks.py --file jobs.csv --resume
+    python emitter_of_tasks.py --message "Hello..." --message "Bye."
+
+Installed with pip, the same command is ``taskqueue-emit`` (same options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+
+from taskqueue import admin
+from taskqueue.cli import (
+    add_broker_options,
+    broker_settings,
+    on_stop_signals,
+    positive_int,
+    queue_spec,
+    run_script,
+    script_parser,
+)
+from taskqueue.config import DEFAULT_MAX_TASK_BYTES, mask_url
+from taskqueue.errors import EXIT_INCOMPLETE, UserError
+from taskqueue.log import get_logger, log_dir
+from taskqueue.progress import Progress, count_rows
+from taskqueue.publisher import CONFIRM_WINDOWS, ConfirmedPublisher, ResumeState
+from taskqueue.tasks import Task, read_tasks, tasks_from_messages
+
+SCRIPT = "emitter_of_tasks"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = script_parser(__doc__)
+    source = parser.add_argument_group("tasks")
+    source.add_argument("--file", default="tasks.csv",
+                        help="CSV file, one task per non-blank line; - reads stdin "
+                             "(default: %(default)s)")
+    source.add_argument("--header", action="store_true",
+                        help="the file has a header row; take the tasks from --column")
+    source.add_argument("--column", metavar="NAME|INDEX",
+                        help="with --header: the column holding the task (name, or number from 1;"
+                             " default: the first)")
+    source.add_argument("--message", action="append", metavar="TEXT",
+                        help="publish this task instead of the file (repeatable)")
+    source.add_argument("--max-task-bytes", type=positive_int, default=DEFAULT_MAX_TASK_BYTES,
+                        help="longest task accepted, in bytes (default: %(default)s)")
+    source.add_argument("--resume", action="store_true",
+                        help="continue this file after the last row confirmed by an earlier, "
+                             "interrupted run (state kept in logs/)")
+    parser.add_argument("--confirm-window", type=positive_int, metavar="N",
+                        help="messages in flight before waiting for confirms; after a lost "
+                             "connection up to this many may be published twice (default: "
+                             f"{CONFIRM_WINDOWS['quorum']:,} on a quorum queue, "
+                             f"{CONFIRM_WINDOWS['classic']:,} on a classic one)")
+    panel = parser.add_argument_group("admin panel")
+    answer = panel.add_mutually_exclusive_group()
+    answer.add_argument("--admin", action="store_true", default=None,
+                        help="open the RabbitMQ admin panel without asking")
+    answer.add_argument("--no-admin", dest="admin", action="store_false",
+                        help="do not ask about the admin panel")
+    panel.add_argument("--admin-url", help="the panel's address (default: the broker's host, "
+                                           "port 15672)")
+    add_broker_options(parser)
+    args = parser.parse_args(argv)
+    if args.column and not args.header:
+        parser.error("--column needs --header")
+    if args.resume and (args.message or args.file == "-"):
+        parser.error("--resume needs a file (not --message or stdin)")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    log = get_logger(SCRIPT, args.log_level)
+    settings, spec = broker_settings(args), queue_spec(args)
+    maybe_offer_panel(args, settings.urls[0], log)
+
+    state = None if (args.message or args.file == "-") else ResumeState(
+        log_dir(), args.file, spec.name)
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    tasks, total, skip = open_tasks(args, state, run_id, log)
+
+    log.info("publishing to queue %r at %s (run %s)", spec.name, mask_url(settings.urls[0]), run_id)
+    progress = Progress(log, total)
+    publisher = ConfirmedPublisher(
+        replace(settings, client_name=f"emitter_of_tasks run {run_id}"), spec, tasks, log,
+        window=args.confirm_window, run_id=run_id, on_tick=progress.update, state=state,
+        start_after=skip, total=total, interactive_input=args.file == "-")
+    on_stop_signals(publisher)
+    try:
+        publisher.run()
+    finally:  # also when the broker stayed away: say how far the run got
+        progress.done()
+        publisher.save_state(complete=publisher.stats.rejected == 0 and not publisher.stop_requested
+                             and publisher.input_error is None)
+        log_summary(publisher, log)
+    return exit_status(publisher, log)
+
+
+def open_tasks(args: argparse.Namespace, state: ResumeState | None, run_id: str,
+               log: logging.Logger) -> tuple[Iterator[Task], int | None, int]:
+    """The tasks to publish (streamed), how many there are (when that is known cheaply), and
+    the row after which this run starts (--resume)."""
+    if args.message:
+        return tasks_from_messages(args.message, run_id), len(args.message), 0
+    skip = 0
+    if state and args.resume:
+        skip = state.confirmed_through()
+        if skip:
+            log.info("resuming %s after row %d (confirmed by an earlier run)", args.file, skip)
+        else:
+            log.info("no earlier run of %s on this queue to resume: starting at row 1", args.file)
+    tasks = read_tasks(args.file, header=args.header, column=args.column,
+                       max_bytes=args.max_task_bytes, skip_through=skip, run_id=run_id)
+    total = count_rows(args.file)
+    return tasks, None if total is None else max(0, total - skip), skip
+
+
+def maybe_offer_panel(args: argparse.Namespace, broker_url: str, log: logging.Logger) -> None:
+    """Ask only a person at a terminal; --admin/--no-admin answer up front."""
+    want = args.admin
+    if want is None and sys.stdin.isatty() and args.file != "-":
+        want = admin.ask_yes_no("Would you like to monitor RabbitMQ queues?")
+    if want:
+        admin.offer_panel(admin.admin_url(broker_url, args.admin_url), True, log)
+
+
+def log_summary(publisher: ConfirmedPublisher, log: logging.Logger) -> None:
+    """The end-of-run summary line, whatever ended the run."""
+    stats = publisher.stats
+    depth = "?" if stats.queue_depth is None else stats.queue_depth
+    consumers = "?" if stats.consumers is None else stats.consumers
+    log.info("summary: %d rows read, %d confirmed, %d rejected, %d republished after a "
+             "connection loss, %.2f s, %.0f msg/s; queue %r now holds %s messages, %s consumers",
+             stats.read, stats.confirmed, stats.rejected, stats.republished, stats.seconds,
+             stats.rate, publisher.queue.name, depth, consumers)
+    if stats.republished_rows:
+        low, high = stats.republished_rows
+        log.warning("%d messages (rows %d-%d) were published again after a connection loss: "
+                    "the broker may hold some of them twice (same message_id)",
+                    stats.republished, low, high)
+    if stats.confirmed < stats.read and publisher.resumable:
+        log.warning("every row up to %d is confirmed; run again with --resume to continue "
+                    "from there", publisher.confirmed_through())
+
+
+def exit_status(publisher: ConfirmedPublisher, log: logging.Logger) -> int:
+    """0 when every row read was confirmed (or the user asked to stop); else a UserError."""
+    stats = publisher.stats
+    through = publisher.confirmed_through()
+    if publisher.input_error:
+        hint = (f" (rows up to {through} were published; fix the file and run again with "
+                "--resume to continue from there)") if publisher.resumable else ""
+        raise UserError(f"{publisher.input_error}{hint}", publisher.input_error.exit_code)
+    if stats.rejected:
+        raise UserError(f"{stats.rejected} rows were refused by the broker (see the log); "
+                        "run again with --resume to retry from the first refused row",
+                        EXIT_INCOMPLETE)
+    if publisher.stop_requested:
+        log.warning("stopped on request: every row up to %d is confirmed; run again with "
+                    "--resume to continue", through)
+    return 0
+
+
+
+def entry() -> None:
+    """The console script (``pip install``) and the top-level script both start here."""
+    run_script(SCRIPT, main)
