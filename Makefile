@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test test-cluster lint bench bench-quick soak chaos chaos-ci bench-views clean
+.PHONY: venv demo test test-cluster lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -50,6 +50,10 @@ bench-quick: venv
 # minutes); writes bench/views.md.
 bench-views: venv
 	$(PY) bench/views.py --write
+
+# task_control.py requeue-dead with 10k and 1M dead tasks (a few minutes); bench/requeue.md.
+bench-requeue: venv
+	$(PY) bench/requeue.py --write
 
 clean:
 	rm -rf $(VENV) logs reports/*.jsonl .pytest_cache

@@ -78,6 +78,7 @@ FAULTS = {  # kind: (weight, setups it applies to)
     "silent path": (3, "single"), "delete companions": (2, "single cluster"),
     "late worker": (2, "single cluster"), "stop during alarm": (2, "single cluster"),
     "bad bytes": (2, "single cluster"),
+    "pause": (2, "single cluster"), "stop a worker by name": (2, "single cluster"),
 }
 DONE = re.compile(r"\] done (?:row \d+|no row), id (\S+) in ")
 REDELIVERED = re.compile(r"\] received (?:row \d+|no row), id (\S+)[^\n]*\(redelivered")
@@ -557,6 +558,37 @@ class Chaos:
                     raise
                 time.sleep(1.0)
 
+    def control(self, *args: str) -> str:
+        """task_control.py, as an operator would run it (on a node that is up)."""
+        result = subprocess.run([sys.executable, str(ROOT / "task_control.py"), *args,
+                                 "--queue", self.queue, "--url", self.setup.url],
+                                capture_output=True, text=True, cwd=ROOT, env=self.env(),
+                                timeout=120, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise RuntimeError(f"task_control.py {args[0]}: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    def fault_pause(self, rng: random.Random) -> bool:
+        """Pause every worker for a while (they finish what is in hand), then resume."""
+        if not self._durational("pause"):
+            return False
+        try:
+            seconds = rng.uniform(2.0, 8.0)
+            self.say(f"pause for {seconds:.1f} s: {self.control('pause')[:100]}")
+            self._sleep_unless_ending(seconds)
+        finally:
+            self.say(f"resume: {self.control('resume')[:100]}")
+            self._over("pause")
+        return True
+
+    def fault_stop_a_worker_by_name(self, rng: random.Random) -> bool:
+        worker = self._pick_worker(rng)
+        if worker is None:
+            return False
+        self.say(f"stop-workers --name {worker.name}: "
+                 f"{self.control('stop-workers', '--name', worker.name)[:100]}")
+        return True
+
     def _sleep_unless_ending(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not self.ending:
@@ -616,10 +648,10 @@ class Chaos:
                 while time.monotonic() - self.t0 < at:
                     self.maintain()
                     time.sleep(0.2)
-                if kind == "emit":
-                    self.strike("emit")
-                else:
-                    self.strike(kind)
+                self.strike(kind)
+            while time.monotonic() - self.t0 < self.duration:  # the last faults run their course
+                self.maintain()
+                time.sleep(0.2)
             self.end_faults()
             self.finish_publishing()
             self.drain_with_workers()

@@ -155,6 +155,11 @@ class QueueSpec:
         return self.events_name
 
     @property
+    def control_name(self) -> str:
+        """The stream of control commands (pause, resume, cancel, stop): task_control.py."""
+        return f"{self.name}.control"
+
+    @property
     def companions(self) -> list[str]:
         return [self.retry_name, self.dead_name, self.events_name]
 

@@ -33,6 +33,8 @@ from taskqueue.config import (
     QueueSpec,
 )
 from taskqueue.connection import BrokerSession
+from taskqueue.control.listener import WorkerControl
+from taskqueue.control.state import ControlState
 from taskqueue.delivery import Delivery
 from taskqueue.events import EVENT_FLUSH_SECONDS, event_id, task_event
 from taskqueue.outbox import Copy, Outbox
@@ -53,6 +55,7 @@ class WorkerStats:
     failed_attempts: int = 0
     dead_lettered: int = 0
     redelivered: int = 0
+    cancelled: int = 0
     done_by_run: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
@@ -64,6 +67,8 @@ class WorkerStats:
                 f"{busy:.1f} s, idle {max(0.0, wall * len(slots) - busy):.1f} s")
         if len(slots) > 1:
             text += " (" + ", ".join(f"{slot.name}: {slot.done}" for slot in slots) + ")"
+        if self.cancelled:
+            text += f"; {self.cancelled} cancelled"
         if events_dropped:
             text += f"; {events_dropped} events dropped (the report will say so)"
         return text
@@ -111,6 +116,8 @@ class TaskConsumer(BrokerSession):
         self._changed = True
         self._last_snapshot = 0.0
         self._ticks = 0
+        self.control = WorkerControl(queue, ControlState(options.name, time.time()), log,
+                                     self._on_control, self._answer)
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -192,7 +199,8 @@ class TaskConsumer(BrokerSession):
         self.outbox.send(everything=True)
         self.mark_ready()
         channel.add_on_cancel_callback(self._on_cancelled_by_broker)
-        self._subscribe(channel)
+        # The control stream first: a worker started while the queue is paused takes nothing.
+        self.control.start(channel.connection, self.ioloop, lambda: self._subscribe(channel))
 
     def _subscribe(self, channel: Channel) -> None:
         """prefetch_count = the number of slots. Slots still busy with work from a lost
@@ -200,6 +208,8 @@ class TaskConsumer(BrokerSession):
         them while other workers are free: subscribe only once they are done."""
         if self._stop_requests or channel is not self.channel or not channel.is_open:
             return
+        if self.control.paused or self._consumer_tag:
+            return  # paused (task_control.py): resume subscribes
         if len(self._free_slots) < len(self.slots):
             if not self._waiting_for_slots:
                 self.log.warning("[%s] still working on a task from the lost connection: taking "
@@ -211,7 +221,8 @@ class TaskConsumer(BrokerSession):
                           callback=lambda _frame: self._consume(channel))
 
     def _consume(self, channel: Channel) -> None:
-        if self._stop_requests or channel is not self.channel:
+        if self._stop_requests or channel is not self.channel or self.control.paused \
+                or self._consumer_tag:
             return
         self._consumer_tag = channel.basic_consume(self.queue.name, self._on_message)
         self._idle_since = time.monotonic()  # idle time counts from consuming, not from start
@@ -232,6 +243,7 @@ class TaskConsumer(BrokerSession):
         self.channel.close()
 
     def on_channel_lost(self) -> None:
+        self.control.stop()
         self._consumer_tag = None
         self._idle_since = None
         self._idle_probe = None
@@ -252,7 +264,8 @@ class TaskConsumer(BrokerSession):
     def _on_message(self, channel: Channel, method: Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
         delivery = Delivery(channel, method.delivery_tag, properties, body, method.redelivered)
-        if self._stop_requests or not self._free_slots:  # sent before our cancel arrived
+        if self._stop_requests or not self._free_slots or self.control.paused:
+            # Sent before our basic.cancel arrived (stopping, or paused): back to the queue.
             channel.basic_nack(delivery.tag, requeue=True)
             return
         slot = self._free_slots.pop()
@@ -269,9 +282,13 @@ class TaskConsumer(BrokerSession):
                     f"{failure_reason(exc)}", self.queue, slot.name), 0.0)
 
     def _take(self, slot: WorkSlot, delivery: Delivery) -> None:
-        verdict = before_work(delivery, self.options, self.queue, slot.name)
-        if verdict is not None:
+        verdict = before_work(delivery, self.options, self.queue, slot.name,
+                              self.control.state.cancelled_runs)
+        if verdict is not None and verdict.outcome == "cancelled":
+            self._ack_cancelled(slot, delivery, 0.0)
+        elif verdict is not None:
             self._copy_then_ack(slot, delivery, verdict, 0.0)
+        if verdict is not None:
             return
         if delivery.redelivered:
             self.stats.redelivered += 1
@@ -307,7 +324,11 @@ class TaskConsumer(BrokerSession):
             # Requeued by a second Ctrl+C, or the connection was lost: the broker has it back.
             self._free(slot, delivery, seconds)
             return
-        verdict = after_work(delivery, outcome, self.options, self.queue, slot.name)
+        verdict = after_work(delivery, outcome, self.options, self.queue, slot.name,
+                             delivery.cancelled)
+        if verdict.outcome == "cancelled":
+            self._ack_cancelled(slot, delivery, seconds)
+            return
         if verdict.outcome != "done":
             slot.failed += 1
             self.stats.failed_attempts += 1
@@ -323,6 +344,54 @@ class TaskConsumer(BrokerSession):
                       delivery.text, result)
         self._record(slot, delivery, "done", seconds, result=outcome.result)
         self._free(slot, delivery, seconds)
+
+    def _ack_cancelled(self, slot: WorkSlot, delivery: Delivery, seconds: float) -> None:
+        delivery.channel.basic_ack(delivery.tag)
+        delivery.settled = True
+        self.stats.cancelled += 1
+        self.log.info("[%s] cancelled %s (run %s was cancelled): %r", slot.name, delivery.label,
+                      delivery.run_id, delivery.text)
+        self._record(slot, delivery, "cancelled", seconds, f"run {delivery.run_id} cancelled")
+        self._free(slot, delivery, seconds)
+
+    # --- task_control.py: pause, resume, cancel, stop ---------------------------------------
+    def _on_control(self, action: str, record: dict) -> None:
+        name = self.options.name
+        self._changed = True
+        if action == "pause":
+            in_hand = len(self.slots) - len(self._free_slots)
+            self.log.warning("[%s] paused (task_control.py): taking no new tasks%s", name,
+                             f"; finishing the {in_hand} in hand" if in_hand else "")
+            self._cancel_consumer()
+            self._idle_since = None  # paused is not idle: --exit-when-idle waits for resume
+        elif action == "resume":
+            self.log.info("[%s] resumed (task_control.py): taking tasks again", name)
+            if self.channel is not None and not self._waiting_for_slots:
+                self._subscribe(self.channel)
+        elif action == "cancel":
+            self._cancel_run(record["run"])
+        elif action == "stop":
+            self.log.warning("[%s] stop requested (task_control.py stop-workers)", name)
+            if not self._stop_requests:
+                self.request_stop()
+
+    def _cancel_run(self, run_id: str) -> None:
+        """Tasks of *run_id* in hand are stopped for real; queued ones are acked unrun."""
+        stopped = 0
+        for slot in self.slots:
+            delivery = slot.delivery
+            if delivery is not None and not delivery.settled and delivery.run_id == run_id:
+                delivery.cancelled = True
+                slot.interrupt()
+                stopped += 1
+        self.log.warning("[%s] run %s cancelled (task_control.py): %s", self.options.name,
+                         run_id, f"stopping its {stopped} task(s) in hand" if stopped else
+                         "its tasks will not be run")
+
+    def _answer(self, record: dict, what: str) -> None:
+        self.outbox.reply({"kind": "control-answer", "id": record.get("id"),
+                           "command": record.get("command"), "worker": self.options.name,
+                           "host": self.host, "did": what, "time": time.time()})
 
     def _free(self, slot: WorkSlot, delivery: Delivery, seconds: float) -> None:
         if slot.delivery is not delivery:
@@ -408,6 +477,8 @@ class TaskConsumer(BrokerSession):
                               "row": delivery.row, "task": delivery.text[:80],
                               "run_id": delivery.run_id, "done": slot.done,
                               "failed": slot.failed})
+        if state == "running" and self.control.paused:
+            state = "paused"
         return {"kind": "snapshot", "worker": self.options.name, "host": self.host,
                 "pid": os.getpid(), "time": time.time(), "state": state, "slots": slots,
                 "connected": self._consumer_tag is not None}

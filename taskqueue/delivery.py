@@ -44,6 +44,7 @@ class Delivery:
     received: float = field(default_factory=time.time)
     started: float = 0.0
     settled: bool = False  # acked, nacked or handed to the broker again: hands off
+    cancelled: bool = False  # its run was cancelled while it ran (task_control.py cancel)
 
     @cached_property
     def headers(self) -> dict:

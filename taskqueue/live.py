@@ -40,6 +40,7 @@ class SlotView:
     done: int = 0
     failed: int = 0
     heard: float = 0.0  # when its worker's last snapshot came
+    paused: bool = False  # its worker is paused (task_control.py pause)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class LiveState:
     done: int = 0
     failed: int = 0
     dead: int = 0
+    cancelled: int = 0
     finished_at: deque = field(default_factory=lambda: deque(maxlen=100_000))
     failures: deque = field(default_factory=lambda: deque(maxlen=RECENT_FAILURES))
     _seen: RecentIds = field(default_factory=RecentIds)
@@ -79,7 +81,8 @@ class LiveState:
                 "stopped" if stopped else slot.get("state", "idle"),
                 float(slot.get("since") or event.get("time") or 0), slot.get("row"),
                 slot.get("task") or "", int(slot.get("done") or 0),
-                int(slot.get("failed") or 0), float(event.get("time") or time.time()))
+                int(slot.get("failed") or 0), float(event.get("time") or time.time()),
+                paused=event.get("state") == "paused")
             if slot.get("state") == "busy":
                 self._note_wait(slot.get("since"), slot.get("queued"))
 
@@ -98,7 +101,7 @@ class LiveState:
 
     def _switch_run(self, run_id: str, when: float) -> None:
         self.run_id, self.total, self._latest_start = run_id, None, when
-        self.done = self.failed = self.dead = 0
+        self.done = self.failed = self.dead = self.cancelled = 0
         self._seconds = (0.0, 0)
         self._seen.clear()  # ids are per run: another run's events are not counted anyway
 
@@ -130,6 +133,8 @@ class LiveState:
         if outcome == "done":
             self.done += 1
             self.finished_at.append(finished)
+        elif outcome == "cancelled":
+            self.cancelled += 1
         else:
             self.failed += outcome == "failed"
             self.dead += outcome == "dead"
@@ -144,8 +149,17 @@ class LiveState:
             return f"gone (not heard from for {now - slot.heard:.0f} s)"
         if slot.state == "busy":
             row = f"row {slot.row}" if slot.row is not None else "a task"
-            return f'busy on {row} "{slot.task[:40]}" for {max(0.0, now - slot.since):.0f} s'
+            paused = "paused, finishing " if slot.paused else ""
+            return (f'{paused}busy on {row} "{slot.task[:40]}" for '
+                    f"{max(0.0, now - slot.since):.0f} s")
+        if slot.paused:
+            return "paused"
         return f"idle for {max(0.0, now - slot.since):.0f} s"
+
+    def paused(self, now: float) -> bool:
+        """The queue is paused: every worker heard from says so."""
+        active = [slot for slot in self.slots.values() if self.active(slot, now)]
+        return bool(active) and all(slot.paused for slot in active)
 
     def active(self, slot: SlotView, now: float) -> bool:
         return slot.state != "stopped" and now - slot.heard <= GONE_AFTER
@@ -161,7 +175,7 @@ class LiveState:
     def eta(self, now: float) -> float | None:
         rate = self.rate(now)
         if self.total is not None:
-            left = max(0, self.total - self.done - self.dead)
+            left = max(0, self.total - self.done - self.dead - self.cancelled)
         elif self.counts.ready is not None:
             left = self.counts.ready + (self.counts.retry or 0) + self.in_progress(now)
         else:

@@ -72,7 +72,8 @@ def queue_text(state: LiveState, now: float) -> str:
         return "?" if value is None else str(value)
 
     c = state.counts
-    text = (f"ready {show(c.ready)}, in progress {state.in_progress(now)}, retrying "
+    text = "PAUSED (task_control.py resume): " if state.paused(now) else ""
+    text += (f"ready {show(c.ready)}, in progress {state.in_progress(now)}, retrying "
             f"{show(c.retry)}, dead {show(c.dead)}, consumers {show(c.consumers)}")
     if state.last_wait is not None and c.ready:
         text += f", latency {seconds_text(state.last_wait[1])}"
@@ -82,7 +83,9 @@ def queue_text(state: LiveState, now: float) -> str:
 def progress_text(state: LiveState, now: float) -> str:
     total = f"/{state.total}" if state.total is not None else ""
     eta = state.eta(now)
-    return (f"done {state.done}{total}, failed attempts {state.failed}, dead {state.dead}, "
+    cancelled = f", cancelled {state.cancelled}" if state.cancelled else ""
+    return (f"done {state.done}{total}, failed attempts {state.failed}, dead {state.dead}"
+            f"{cancelled}, "
             f"{state.rate(now):.1f} tasks/s, ETA {'?' if eta is None else seconds_text(eta)}")
 
 
@@ -147,6 +150,8 @@ def folded_state(state: LiveState, slots: list[SlotView], now: float) -> str:
     if all(not state.active(s, now) for s in slots):
         return state.slot_state(slots[0], now)  # gone (not heard from for N s)
     busy = [s for s in slots if s.state == "busy" and state.active(s, now)]
+    if not busy and slots[0].paused:
+        return "paused"
     if not busy:
         idle_for = min(now - s.since for s in slots)
         return f"{len(slots)} idle for {max(0.0, idle_for):.0f} s"
@@ -163,7 +168,7 @@ def short_state(state: LiveState, slot: SlotView, now: float) -> str:
     if slot.state == "busy" and state.active(slot, now):
         return f"busy row {slot.row}"
     if state.active(slot, now):
-        return "idle"
+        return "paused" if slot.paused else "idle"
     return "stopped" if slot.state == "stopped" else "gone"
 
 

@@ -32,7 +32,13 @@ from pika.channel import Channel
 from taskqueue.config import BrokerSettings, QueueSpec
 from taskqueue.connection import BrokerSession, settled_tags
 from taskqueue.events import EVENT_BATCH, EventBatch, encode
-from taskqueue.topology import ROUTING_LIVE, ROUTING_REPORT, QueueSetup, Topology
+from taskqueue.topology import (
+    ROUTING_CONTROL,
+    ROUTING_LIVE,
+    ROUTING_REPORT,
+    QueueSetup,
+    Topology,
+)
 
 EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
                                         content_type="application/json")
@@ -74,6 +80,7 @@ class Outbox(BrokerSession):
         self._copy_ids = itertools.count(1)
         self._remaking: list[Copy] | None = None  # copies waiting for the queues to be remade
         self._snapshot: dict | None = None
+        self._replies: deque[dict] = deque(maxlen=100)  # answers to control commands
         self._tag = 0
         self._closing_since: float | None = None
         self._grace = 0.0
@@ -86,6 +93,11 @@ class Outbox(BrokerSession):
 
     def record(self, event: dict) -> None:
         self.events.add(event)
+
+    def reply(self, answer: dict) -> None:
+        """An answer to a control command (task_control.py waits a few seconds for it)."""
+        self._replies.append(answer)
+        self.send()
 
     def announce(self, snapshot: dict) -> None:
         """The latest live snapshot; only the newest is ever sent (no backlog)."""
@@ -129,6 +141,9 @@ class Outbox(BrokerSession):
             self._publish(channel, self.spec.exchange, ROUTING_REPORT, encode(batch),
                           EVENT_PROPERTIES, batch)
             batches += 1
+        while self._replies:
+            self._publish(channel, self.spec.exchange, ROUTING_CONTROL,
+                          encode([self._replies.popleft()]), LIVE_PROPERTIES, None)
         if self._snapshot is not None and everything:
             self._publish(channel, self.spec.exchange, ROUTING_LIVE, encode([self._snapshot]),
                           LIVE_PROPERTIES, None)

@@ -8,6 +8,7 @@ acked. So the whole policy is tested without a broker (tests/test_policy.py).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,15 +34,15 @@ class Verdict:
     """``done``: ack. ``retry`` / ``dead``: publish a copy to ``copy_to`` with ``headers`` (and
     ``expiration``), then ack the original once the broker confirms the copy."""
 
-    outcome: str  # done, retry, dead
+    outcome: str  # done, cancelled (both: ack), retry, dead (both: a copy, then ack)
     reason: str = ""
     copy_to: str | None = None
     headers: dict = field(default_factory=dict)
     expiration: str | None = None
 
 
-def before_work(delivery: Delivery, limits: Limits, queue: QueueSpec,
-                slot: str) -> Verdict | None:
+def before_work(delivery: Delivery, limits: Limits, queue: QueueSpec, slot: str,
+                cancelled_runs: Collection[str] = ()) -> Verdict | None:
     """A message that must not be worked on, dead-lettered unread: it can never succeed (not
     UTF-8, empty, too large, unreadable headers), or it was delivered ``delivery_limit`` times
     without an ack (a quorum queue counts: it keeps killing or hanging its workers). None: work
@@ -49,6 +50,8 @@ def before_work(delivery: Delivery, limits: Limits, queue: QueueSpec,
     problem = delivery.problem(limits.max_task_bytes)
     if problem:
         return dead_letter(delivery, problem, queue, slot)
+    if delivery.run_id and delivery.run_id in cancelled_runs:
+        return Verdict("cancelled", f"run {delivery.run_id} was cancelled")
     if delivery.delivery_count >= limits.delivery_limit:
         return dead_letter(delivery, f"delivered {delivery.delivery_count + 1} times without an "
                            f"ack (--delivery-limit {limits.delivery_limit}): it may crash or "
@@ -57,10 +60,13 @@ def before_work(delivery: Delivery, limits: Limits, queue: QueueSpec,
 
 
 def after_work(delivery: Delivery, outcome: Outcome, limits: Limits, queue: QueueSpec,
-               slot: str) -> Verdict:
-    """Done: ack. Failed: retry after ``retry_delay`` while attempts remain, else dead."""
+               slot: str, cancelled: bool = False) -> Verdict:
+    """Done: ack. Stopped because its run was cancelled: ack, as cancelled. Failed: retry
+    after ``retry_delay`` while attempts remain, else dead."""
     if outcome.ok:
         return Verdict("done")
+    if cancelled:
+        return Verdict("cancelled", f"run {delivery.run_id} was cancelled")
     attempt = delivery.retries + 1
     if attempt > limits.max_retries:
         return dead_letter(delivery, f"failed {attempt} times; last: {outcome.reason}", queue,

@@ -38,6 +38,7 @@ class WorkerLine:
     dead: int = 0
     busy: float = 0.0
     slots: int = 1
+    cancelled: int = 0
 
 
 @dataclass
@@ -103,6 +104,7 @@ class RunReport:
         self.bins = BusyBins()
         self._done_tasks = TaskSet()  # distinct tasks, in a bit per row
         self._dead_tasks = TaskSet()
+        self._cancelled_tasks = TaskSet()
         seen = RecentIds()
         for event in events:
             kind = kind_of(event)
@@ -129,6 +131,7 @@ class RunReport:
         line.done += outcome == "done"
         line.failed += outcome == "failed"
         line.dead += outcome == "dead"
+        line.cancelled += outcome == "cancelled"
         line.busy += seconds
         self.bins.add(worker_of(slot), started, finished)
         if outcome == "done":
@@ -138,6 +141,8 @@ class RunReport:
                 heapq.heappush(self.slowest, entry)
             elif seconds > self.slowest[0][0]:
                 heapq.heapreplace(self.slowest, entry)
+        elif outcome == "cancelled":
+            self._cancelled_tasks.add(event)
         else:
             if outcome == "dead":
                 self._dead_tasks.add(event)
@@ -160,6 +165,11 @@ class RunReport:
         return len(self._dead_tasks)
 
     @property
+    def cancelled(self) -> int:
+        """Tasks acked unrun, or stopped, because their run was cancelled (task_control.py)."""
+        return len(self._cancelled_tasks)
+
+    @property
     def slots(self) -> list[WorkerLine]:
         return sorted(self.slot_lines.values(), key=lambda line: natural_key(line.worker))
 
@@ -171,12 +181,14 @@ class RunReport:
             name = worker_of(slot.worker)
             line = lines.get(name)
             if line is None:
-                lines[name] = WorkerLine(name, slot.done, slot.failed, slot.dead, slot.busy)
+                lines[name] = WorkerLine(name, slot.done, slot.failed, slot.dead, slot.busy,
+                                         cancelled=slot.cancelled)
             else:
                 line.done += slot.done
                 line.failed += slot.failed
                 line.dead += slot.dead
                 line.busy += slot.busy
+                line.cancelled += slot.cancelled
                 line.slots += 1
         return list(lines.values())
 
@@ -189,12 +201,14 @@ class RunReport:
     def completeness(self) -> list[str]:
         """What the counts may be missing, in words; empty when they are complete."""
         notes = []
-        done, dead = self.done, self.dead
+        done, dead, cancelled = self.done, self.dead, self.cancelled
         published = self.published
-        if published is not None and done + dead < published:
+        if published is not None and done + dead + cancelled < published:
+            shown = f"{done} done and {dead} dead-lettered" + (
+                f" and {cancelled} cancelled" if cancelled else "")
             notes.append(
-                f"incomplete: {published} tasks published, events show {done} done and {dead} "
-                f"dead-lettered; the other {published - done - dead} are still queued or "
+                f"incomplete: {published} tasks published, events show {shown}; the other "
+                f"{published - done - dead - cancelled} are still queued or "
                 "retrying, or were done by workers whose events did not arrive (--no-events, "
                 "killed, or events dropped)")
         seen_by_worker = {line.worker: line.done for line in self.workers}
@@ -255,10 +269,10 @@ def run_attempts(events: Iterable[dict], run_id: str) -> Iterator[dict]:
 
 
 def task_lines(events: Iterable[dict], run_id: str) -> Iterator[TaskLine]:
-    """The run's settled tasks, as a stream: one line per done or dead attempt."""
+    """The run's settled tasks, as a stream: one line per done, dead or cancelled attempt."""
     for event in run_attempts(events, run_id):
         outcome = event.get("outcome", "done")
-        if outcome not in ("done", "dead"):
+        if outcome not in ("done", "dead", "cancelled"):
             continue
         text = event.get("result") if outcome == "done" else event.get("reason")
         yield TaskLine(event.get("row") if event.get("row") is not None else "-",

@@ -24,8 +24,9 @@ def table_lines(report: RunReport, attempts: Iterable[dict] | None = None) -> li
     workers, slots = report.workers, report.slots
     counted = f"{len(workers)} workers" + (f" ({len(slots)} slots)"
                                            if len(slots) != len(workers) else "")
+    cancelled = f", {report.cancelled} cancelled" if report.cancelled else ""
     out = [f"run {report.run_id or '(no run id)'} on queue {report.queue!r}: {report.done} "
-           f"tasks done by {counted} in {report.end - report.start:.1f} s"]
+           f"tasks done by {counted} in {report.end - report.start:.1f} s{cancelled}"]
     if report.published is not None:
         out.append(f"{report.published} tasks published by the emitter")
     out += report.completeness()

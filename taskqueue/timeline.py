@@ -16,7 +16,8 @@ from html import escape
 BAR_LIMIT = 2000  # attempts drawn as bars; beyond, lanes are shaded by utilisation
 MAX_BINS = 512
 MAX_LANES = 50  # lanes in a big run's picture; the rest are named in a line
-OUTCOME_COLOURS = {"done": "#4e79a7", "failed": "#f28e2b", "dead": "#e15759"}
+OUTCOME_COLOURS = {"done": "#4e79a7", "failed": "#f28e2b", "dead": "#e15759",
+                   "cancelled": "#9c9c9c"}
 UNITS = [(1e-3, "ms", 0.0), (1.0, "s", 1.0), (60.0, "min", 300.0), (3600.0, "h", 10800.0)]
 
 
@@ -122,7 +123,7 @@ def svg(title: str, start: float, end: float, lanes: list[tuple[str, str, int]],
                      'drawn (the table has them all)</text>')
     legend = OUTCOME_COLOURS if bars is not None else {"busy": "#4e79a7"}
     for index, (outcome, colour) in enumerate(legend.items()):
-        x_legend = left + width - 210 + index * 75
+        x_legend = left + width - 285 + index * 75
         parts.append(f'<rect x="{x_legend}" y="12" width="12" height="12" fill="{colour}"/>'
                      f'<text x="{x_legend + 16}" y="22">{outcome}</text>')
     parts.append("</svg>")

@@ -31,6 +31,7 @@ from taskqueue.errors import EXIT_REFUSED, UserError
 
 ROUTING_REPORT = "report"  # events the report keeps (finished tasks, runs, worker totals)
 ROUTING_LIVE = "live"  # what live views want on top (worker snapshots); dropped if no view
+ROUTING_CONTROL = "control"  # workers' answers to task_control.py's commands
 
 
 class HomeNodeDown(Exception):
@@ -239,3 +240,33 @@ class QueueSetup:
                                                         ROUTING_REPORT, callback=ok))
 
         self._on_channel(bind, lambda _frame: self.on_done(self.topology), self.on_error)
+
+
+# --- the control stream (task_control.py) ------------------------------------------------------
+CONTROL_ARGUMENTS = {"x-queue-type": "stream"}  # RabbitMQ 3.9+; replicated like quorum queues
+
+
+def declare_control(connection: Connection, spec: QueueSpec, on_done: Callable[[], None],
+                    on_error: Callable[[BaseException], None]) -> None:
+    """Make sure ``<queue>.control`` exists (a durable stream, kept however old), on a channel
+    of its own; *on_error* gets the broker's refusal (403: no permission; 406: an older broker
+    without streams, or a queue of that name that is not a stream)."""
+    state = {"settled": False}
+
+    def closed(_channel: Channel, reason: BaseException) -> None:
+        if not state["settled"]:
+            state["settled"] = True
+            on_error(reason)
+
+    def opened(channel: Channel) -> None:
+        channel.add_on_close_callback(closed)
+
+        def declared(_frame: object) -> None:
+            state["settled"] = True
+            channel.close()
+            on_done()
+
+        channel.queue_declare(spec.control_name, durable=True, arguments=CONTROL_ARGUMENTS,
+                              callback=declared)
+
+    connection.channel(on_open_callback=opened)

@@ -541,6 +541,11 @@ def test_the_readme_permission_recipe_works_for_both_scripts(node, logs, tmp_pat
                           log_dir=logs, out=out)
     assert worker.wait(timeout=60) == 0, out.read_text()
     assert "done row 1" in out.read_text() and "dead-lettered" in out.read_text()
+    assert "cannot read the control stream" not in out.read_text(), "the recipe covers it"
+    for command in (["pause"], ["resume"], ["requeue-dead", "--dry-run"]):
+        controlled = run_script("task_control.py", *command, "--url", url, log_dir=logs,
+                                timeout=60)
+        assert controlled.returncode == 0, controlled.stdout + controlled.stderr
     report = run_script("task_report.py", "--url", url, "--reports-dir", str(tmp_path / "r"),
                         log_dir=logs)
     assert report.returncode == 0, report.stdout + report.stderr

@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers import ROOT, consume_all, queue_state, wait_for
 
-COMMANDS = ("taskqueue-emit", "taskqueue-worker", "taskqueue-report")
+COMMANDS = ("taskqueue-emit", "taskqueue-worker", "taskqueue-report", "taskqueue-control")
 
 
 def run(*args: object, cwd: Path | None = None, env: dict | None = None,

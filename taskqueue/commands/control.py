@@ -1,0 +1,100 @@
+"""Operate the queue from any machine that reaches the broker: put dead tasks back, pause and
+resume the workers, cancel a run, stop workers (as SIGTERM would).
+
+    python task_control.py requeue-dead                       # every task in <queue>.dead
+    python task_control.py requeue-dead --reason "timed out" --run 20261130-101500-ab12cd
+    python task_control.py requeue-dead --limit 100 --dry-run
+    python task_control.py pause                              # finish what is in hand
+    python task_control.py resume
+    python task_control.py cancel --run 20261130-101500-ab12cd
+    python task_control.py stop-workers [--name alice]
+
+Installed with pip, the same command is ``taskqueue-control`` (same options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from taskqueue.cli import (
+    add_broker_options,
+    broker_settings,
+    positive_int,
+    queue_spec,
+    run_script,
+    script_parser,
+)
+from taskqueue.control import commands
+from taskqueue.control.requeue import DeadFilter, DeadMover, progress_printer
+from taskqueue.log import get_logger
+
+SCRIPT = "task_control"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = script_parser(__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    requeue = sub.add_parser("requeue-dead", help="move tasks from <queue>.dead back to the "
+                             "queue, retry counts reset (e.g. requeue-dead --reason timeout)")
+    requeue.add_argument("--reason", help="only tasks whose reason contains TEXT (ours or the "
+                         "broker's), e.g. --reason 'timed out'")
+    requeue.add_argument("--run", metavar="ID", help="only tasks of this emitter run")
+    requeue.add_argument("--limit", type=positive_int, metavar="N", help="stop after N moved")
+    requeue.add_argument("--dry-run", action="store_true",
+                         help="count and list what would move; move nothing")
+    sub.add_parser("pause", help="workers finish the tasks in hand and take no new ones")
+    sub.add_parser("resume", help="workers take tasks again")
+    cancel = sub.add_parser("cancel", help="tasks of a run are not run; those running stop "
+                            "(e.g. cancel --run 20261130-101500-ab12cd)")
+    cancel.add_argument("--run", metavar="ID", required=True,
+                        help="the emitter run (its id is in the emitter's log)")
+    stop = sub.add_parser("stop-workers", help="workers finish the tasks in hand and exit 0, "
+                          "as after SIGTERM (e.g. stop-workers --name alice)")
+    stop.add_argument("--name", help="only this worker (default: every worker)")
+    for command in (requeue, sub.choices["pause"], sub.choices["resume"], cancel, stop):
+        add_broker_options(command)
+    return parser.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
+    log = get_logger(SCRIPT, args.log_level)
+    settings, spec = broker_settings(args), queue_spec(args)
+    if args.command == "requeue-dead":
+        return requeue_dead(args, settings, spec, log)
+    what = {"pause": f"paused queue {spec.name!r}", "resume": f"resumed queue {spec.name!r}",
+            "cancel": f"cancelled run {getattr(args, 'run', '')} on queue {spec.name!r}",
+            "stop-workers": f"asked {'worker ' + args.name if getattr(args, 'name', None) else 'every worker'} of queue {spec.name!r} to stop"}[args.command]  # noqa: E501
+    kind = "stop" if args.command == "stop-workers" else args.command
+    outcome = commands.send(settings, spec, kind, run=getattr(args, "run", None),
+                            worker=getattr(args, "name", None))
+    print(commands.summary(outcome, what))
+    return 0
+
+
+def requeue_dead(args: argparse.Namespace, settings, spec, log) -> int:
+    chosen = DeadFilter(args.reason, args.run, args.limit)
+    mover = DeadMover(settings, spec, log, chosen, dry_run=args.dry_run,
+                      on_progress=progress_printer())
+    mover.run()
+    stats = mover.stats
+    if sys.stderr.isatty() and stats.seen:
+        sys.stderr.write("\n")
+    if args.dry_run:
+        print(f"dry run: {stats.moved} of the {stats.total} tasks in {spec.dead_name!r} would "
+              f"move back to {spec.name!r}; nothing moved")
+        for line in stats.shown:
+            print(f"  {line}")
+        return 0
+    print(f"requeue-dead: {stats.seen} of the {stats.total} tasks in {spec.dead_name!r} looked "
+          f"at: {stats.moved} moved back to {spec.name!r} (retry counts reset), {stats.kept} "
+          f"left in {spec.dead_name!r}"
+          + (f", {stats.refused} refused by the broker (still there)" if stats.refused else "")
+          + f"; {stats.rate:,.0f} tasks/s")
+    return 0
+
+
+def entry() -> None:
+    """The console script (``pip install``) and the top-level script both start here."""
+    run_script(SCRIPT, main)

@@ -1,0 +1,128 @@
+"""The sending side of pause, resume, cancel and stop-workers: append the command to
+``<queue>.control`` (confirmed), and count the workers that answer.
+
+Which workers are there is learnt from their live snapshots (each sends one at least every two
+seconds to the events exchange), listened to for ``LISTEN_SECONDS`` before the command goes out;
+their answers come back on the same exchange. A worker that does not answer in
+``ANSWER_SECONDS`` is named: it acts when it reads the stream (on reconnecting, say).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import pika
+
+from taskqueue.config import BrokerSettings, QueueSpec
+from taskqueue.connection import open_blocking
+from taskqueue.control.state import command
+from taskqueue.errors import EXIT_REFUSED, UserError
+from taskqueue.events import decode_events
+from taskqueue.topology import CONTROL_ARGUMENTS, ROUTING_CONTROL, ROUTING_LIVE
+
+LISTEN_SECONDS = 2.5  # workers snapshot at least every 2 s
+ANSWER_SECONDS = 5.0
+GONE_AFTER = 6.0
+
+
+@dataclass
+class Outcome:
+    """What came of one command."""
+
+    record: dict
+    known: dict[str, str] = field(default_factory=dict)  # worker -> state before the command
+    answers: dict[str, str] = field(default_factory=dict)  # worker -> what it did
+
+    @property
+    def silent(self) -> list[str]:
+        return sorted(set(self.concerned) - set(self.answers))
+
+    @property
+    def concerned(self) -> list[str]:
+        named = self.record.get("worker")
+        return [name for name in self.known if named in (None, name)]
+
+
+def send(settings: BrokerSettings, spec: QueueSpec, kind: str, *, run: str | None = None,
+         worker: str | None = None) -> Outcome:
+    """Give the command; return who was there and who answered."""
+    connection = open_blocking(settings)
+    try:
+        return _send(connection, spec, kind, run, worker)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise UserError(control_refusal(spec, exc), EXIT_REFUSED) from None
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def _send(connection: pika.BlockingConnection, spec: QueueSpec, kind: str, run: str | None,
+          worker: str | None) -> Outcome:
+    listen = connection.channel()
+    listen.exchange_declare(spec.exchange, "topic", durable=True)
+    inbox = f"{spec.name}.control-answers.{uuid.uuid4().hex[:8]}"
+    listen.queue_declare(inbox, exclusive=True, auto_delete=True)
+    for key in (ROUTING_LIVE, ROUTING_CONTROL):
+        listen.queue_bind(inbox, spec.exchange, key)
+    outcome = Outcome(command(kind, run=run, worker=worker))
+
+    def on_event(_ch, _method, _properties, body: bytes) -> None:
+        for event in decode_events(body):
+            take(outcome, event)
+
+    listen.basic_consume(inbox, on_event, auto_ack=True)
+    deadline = time.monotonic() + LISTEN_SECONDS
+    while time.monotonic() < deadline:
+        connection.process_data_events(time_limit=max(0.0, deadline - time.monotonic()))
+    append(connection, spec, outcome.record)
+    deadline = time.monotonic() + ANSWER_SECONDS
+    while time.monotonic() < deadline and outcome.silent:
+        connection.process_data_events(time_limit=max(0.0, deadline - time.monotonic()))
+    return outcome
+
+
+def take(outcome: Outcome, event: dict) -> None:
+    if event.get("kind") == "snapshot":
+        fresh = time.time() - float(event.get("time") or 0) < GONE_AFTER
+        if event.get("state") != "stopped" and fresh and event.get("worker"):
+            outcome.known.setdefault(event["worker"], str(event.get("state")))
+    elif event.get("kind") == "control-answer" and event.get("id") == outcome.record["id"]:
+        outcome.answers[str(event.get("worker"))] = str(event.get("did"))
+        outcome.known.setdefault(str(event.get("worker")), "running")
+
+
+def append(connection: pika.BlockingConnection, spec: QueueSpec, record: dict) -> None:
+    """Publish *record* to the control stream, confirmed (made if missing)."""
+    channel = connection.channel()
+    channel.queue_declare(spec.control_name, durable=True, arguments=CONTROL_ARGUMENTS)
+    channel.confirm_delivery()
+    channel.basic_publish("", spec.control_name, json.dumps(record).encode(),
+                          pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
+                                               content_type="application/json"), mandatory=True)
+    channel.close()
+
+
+def control_refusal(spec: QueueSpec, exc: pika.exceptions.ChannelClosedByBroker) -> str:
+    if exc.reply_code == 403:
+        return (f"RabbitMQ refused an operation ({exc.reply_text}); grant the user "
+                f"configure/write/read permissions on {spec.control_name!r} and "
+                f"'{spec.name}.control-answers.*' (the README's recipe covers them)")
+    return (f"cannot use the control stream {spec.control_name!r} ({exc.reply_text}); it needs "
+            "RabbitMQ 3.9 or newer (streams), and the name free for a stream")
+
+
+def summary(outcome: Outcome, what: str) -> str:
+    """One line: what was done, by how many workers, and who did not answer."""
+    concerned, answers = outcome.concerned, outcome.answers
+    if not concerned and not answers:
+        return f"{what}; no worker is running (workers that start will act on it)"
+    acted = ", ".join(f"{name} ({did})" if did != "nothing to change" else f"{name} (already)"
+                      for name, did in sorted(answers.items()))
+    text = f"{what}; {len(answers)} worker(s) answered: {acted or 'none'}"
+    if outcome.silent:
+        text += (f"; no answer from {', '.join(outcome.silent)} (they act when they read the "
+                 "control stream)")
+    return text

@@ -1,0 +1,167 @@
+"""The worker's side of ``<queue>.control``: read every command from the stream's start, act on
+what concerns this worker, answer the new ones.
+
+On each connection, before the worker takes a task, ``WorkerControl.start`` declares the stream
+and consumes it (from the first command the first time, from where it left off after a
+reconnect). The broker says nothing when a reader reaches the end of a stream, so the worker
+counts itself caught up once no command has come for ``QUIET_SECONDS``; only then does it
+subscribe to the task queue, so a worker started while the queue is paused takes nothing.
+
+A worker that may not read or declare the stream (no permission, or a broker older than 3.9,
+which has no streams) says so once and works without control: the queue does not stop. A stream
+that is there but not yet readable (its node restarting: "home node ... is down") is waited for,
+since the worker cannot know whether the queue is paused; after ``WAIT_SECONDS`` the worker says
+so and works, and keeps trying to read it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import pika
+from pika.channel import Channel
+from pika.connection import Connection
+from pika.spec import Basic
+
+from taskqueue.config import QueueSpec
+from taskqueue.control.state import ControlState, decode
+from taskqueue.topology import declare_control
+
+QUIET_SECONDS = 0.5
+RETRY_SECONDS = 1.0
+WAIT_SECONDS = 30.0
+PREFETCH = 200  # a stream reader must have a prefetch; commands are small
+
+
+class WorkerControl:
+    """Feeds the control stream's commands to ``on_command(action, record)``; answers through
+    ``answer(record, what)``. ``state`` says what is in force (paused, cancelled runs)."""
+
+    def __init__(self, spec: QueueSpec, state: ControlState, log: logging.Logger,
+                 on_command: Callable[[str, dict], None],
+                 answer: Callable[[dict, str], None]) -> None:
+        self.spec, self.state, self.log = spec, state, log
+        self.on_command, self.answer = on_command, answer
+        self.available = True  # False once the stream turned out unusable: said once
+        self._next_offset: int | None = None
+        self._generation = 0
+        self._waiting_since: float | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.state.paused
+
+    def start(self, connection: Connection, ioloop, on_caught_up: Callable[[], None]) -> None:
+        """Read the stream on *connection*; *on_caught_up* once no command came for a moment
+        (or at once, when the stream cannot be used)."""
+        self._generation += 1
+        called = []
+
+        def once() -> None:
+            if not called:
+                called.append(True)
+                on_caught_up()
+
+        self._read(connection, ioloop, self._generation, once)
+
+    def _read(self, connection: Connection, ioloop, generation: int,
+              on_caught_up: Callable[[], None]) -> None:
+        if not self.available:
+            on_caught_up()
+            return
+        quiet = {"timer": None, "done": False}
+
+        def caught_up() -> None:
+            if not quiet["done"] and generation == self._generation:
+                quiet["done"] = True
+                on_caught_up()
+
+        def heard() -> None:  # a command came: wait for the next quiet moment
+            if quiet["done"]:
+                return
+            if quiet["timer"] is not None:
+                ioloop.remove_timeout(quiet["timer"])
+            quiet["timer"] = ioloop.call_later(QUIET_SECONDS, caught_up)
+
+        def unusable(reason: BaseException) -> None:
+            if generation != self._generation:
+                return
+            code = getattr(reason, "reply_code", None)
+            if code in (403, 406):
+                self.available = False
+                self.log.warning("cannot read the control stream %r (%s): working without "
+                                 "pause/cancel/stop-workers (a user with permission for it, "
+                                 "and RabbitMQ 3.9+, get them)", self.spec.control_name,
+                                 getattr(reason, "reply_text", reason))
+                caught_up()
+            elif code is not None and connection.is_open:
+                self._retry(connection, ioloop, generation, on_caught_up, reason)
+
+        def subscribe() -> None:
+            connection.channel(on_open_callback=lambda channel: self._consume(
+                channel, generation, heard, unusable))
+            self._waiting_since = None
+            heard()
+
+        declare_control(connection, self.spec, subscribe, unusable)
+
+    def _retry(self, connection: Connection, ioloop, generation: int,
+               caught_up: Callable[[], None], reason: BaseException) -> None:
+        """Not readable yet (its node is restarting): try again soon; past WAIT_SECONDS,
+        work meanwhile (said once) and keep trying."""
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+            self.log.warning("the control stream %r cannot be read yet (%s): waiting for it "
+                             "before taking tasks", self.spec.control_name,
+                             getattr(reason, "reply_text", reason))
+        elif now - self._waiting_since > WAIT_SECONDS:
+            self.log.warning("the control stream %r is still unreadable after %.0f s: taking "
+                             "tasks meanwhile (a pause given now is seen once it is readable)",
+                             self.spec.control_name, WAIT_SECONDS)
+            self._waiting_since = now + 3600  # said once an hour at most
+            caught_up()
+
+        def again() -> None:
+            if generation == self._generation and connection.is_open:
+                self._read(connection, ioloop, generation, caught_up)
+
+        ioloop.call_later(RETRY_SECONDS, again)
+
+    def stop(self) -> None:
+        """The connection is gone: whatever it was reading belongs to the past."""
+        self._generation += 1
+
+    def _consume(self, channel: Channel, generation: int, heard: Callable[[], None],
+                 unusable: Callable[[BaseException], None]) -> None:
+        channel.add_on_close_callback(lambda _channel, reason: unusable(reason)
+                                      if isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+                                      else None)
+        offset = "first" if self._next_offset is None else self._next_offset
+
+        def on_message(ch: Channel, method: Basic.Deliver, properties: pika.BasicProperties,
+                       body: bytes) -> None:
+            ch.basic_ack(method.delivery_tag)
+            if generation != self._generation:
+                return
+            position = (properties.headers or {}).get("x-stream-offset")
+            if isinstance(position, int):
+                if self._next_offset is not None and position < self._next_offset:
+                    return  # read before the reconnect
+                self._next_offset = position + 1
+            heard()
+            record = decode(body)
+            if record is not None:
+                self._apply(record)
+
+        channel.basic_qos(prefetch_count=PREFETCH, callback=lambda _frame: channel.basic_consume(
+            self.spec.control_name, on_message, arguments={"x-stream-offset": offset}))
+
+    def _apply(self, record: dict) -> None:
+        action = self.state.apply(record)
+        if action is not None:
+            self.on_command(action, record)
+        if self.state.concerns(record) and self.state.is_new(record):
+            self.answer(record, action or "nothing to change")

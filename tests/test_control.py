@@ -1,0 +1,256 @@
+"""Operating the queue (issue 17): task_control.py's requeue-dead, pause, resume, cancel and
+stop-workers, against real workers on a real broker (restarts on a throwaway node)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pika
+import pytest
+
+from taskqueue.config import QueueSpec
+from taskqueue.consumer import WorkerOptions
+from taskqueue.control.state import ControlState, command, decode
+from taskqueue.delivery import Delivery
+from taskqueue.policy import after_work, before_work
+from taskqueue.work import Outcome
+from tests.brokers import ctl
+from tests.helpers import (
+    MAIN_URL,
+    consume_all,
+    consumers,
+    done_rows,
+    queue_state,
+    run_script,
+    start_worker,
+    wait_for,
+    write_csv,
+)
+
+
+def control(*args: str, logs, url: str = MAIN_URL) -> str:
+    result = run_script("task_control.py", *args, "--url", url, log_dir=logs, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def emit(queue: str, logs, path, url: str = MAIN_URL) -> str:
+    """Publish a file; return the run id."""
+    result = run_script("emitter_of_tasks.py", "--queue", queue, "--url", url, "--file",
+                        str(path), log_dir=logs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return re.search(r"\(run (\S+)\)", result.stdout)[1]
+
+
+def dead_tasks(queue: str, logs, tmp_path, texts: list[str], handler: str) -> str:
+    """Tasks that fail at once into <queue>.dead; returns their run id."""
+    run = emit(queue, logs, write_csv(tmp_path / f"{handler.split(':')[1]}.csv", texts))
+    worker = start_worker("--queue", queue, "--handler", handler, "--max-retries", "0",
+                          "--exit-when-idle", "1.5", log_dir=logs,
+                          out=tmp_path / f"{handler.split(':')[1]}.out")
+    assert worker.wait(timeout=60) == 0
+    return run
+
+
+# --- requeue-dead ----------------------------------------------------------------------------
+def test_requeue_dead_by_reason_and_run_while_workers_run(queue, logs, tmp_path):
+    booms = [f"boom {n}" for n in range(20)]
+    exits = [f"exit {n}" for n in range(10)]
+    boom_run = dead_tasks(queue, logs, tmp_path, booms, "tests.handlers:fail_on_boom")
+    dead_tasks(queue, logs, tmp_path, exits, "tests.handlers:exit_on_call")
+    assert queue_state(queue + ".dead")[0] == 30
+    dry = control("requeue-dead", "--queue", queue, "--reason", "SystemExit", "--dry-run",
+                  logs=logs)
+    assert "10 of the 30 tasks" in dry and "nothing moved" in dry and "exit" in dry, dry
+    assert queue_state(queue + ".dead")[0] == 30, "a dry run moves nothing"
+    out = tmp_path / "shout.out"
+    worker = start_worker("--queue", queue, "--handler", "tests.handlers:shout",
+                          "--exit-when-idle", "3", log_dir=logs, out=out)
+    wait_for(lambda: consumers(queue) == 1, what="the worker")
+    moved = control("requeue-dead", "--queue", queue, "--reason", "SystemExit", logs=logs)
+    assert "10 moved back" in moved and "20 left" in moved, moved
+    wait_for(lambda: len(done_rows(out)) == 10, what="the 10 replayed tasks done")
+    by_run = control("requeue-dead", "--queue", queue, "--run", boom_run, "--limit", "5",
+                     logs=logs)
+    assert "5 moved back" in by_run, by_run
+    assert worker.wait(timeout=60) == 0, out.read_text()
+    text = out.read_text()
+    assert text.count("done row") == 15, "10 replayed exits and 5 booms, each once"
+    assert len(set(re.findall(r"done row \d+, id (\S+)", text))) == 15
+    left = consume_all(queue + ".dead")
+    assert len(left) == 15 and all(b"boom" in body for _, body in left), "the rest stay"
+    assert queue_state(queue) == (0, 0)
+
+
+def test_requeue_dead_takes_any_message_and_counts_replays(queue, logs, tmp_path):
+    """Messages with none of our headers (another client's, or the broker's own dead letters
+    with x-death) go back too; the retry count is reset and x-replayed counts."""
+    connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+    channel = connection.channel()
+    channel.queue_declare(queue, durable=True)  # a classic queue, as the tutorial makes it
+    channel.queue_declare(queue + ".dead", durable=True)
+    channel.confirm_delivery()
+    channel.basic_publish("", queue + ".dead", b"plain", pika.BasicProperties(delivery_mode=2))
+    channel.basic_publish("", queue + ".dead", b"ours", pika.BasicProperties(
+        delivery_mode=2, headers={"x-retries": 3, "x-death-reason": "failed 4 times",
+                                  "x-replayed": 1}))
+    channel.basic_publish("", queue + ".dead", b"broker's", pika.BasicProperties(
+        delivery_mode=2, headers={"x-death": [{"reason": "expired", "queue": queue,
+                                               "count": 1}]}))
+    connection.close()
+    moved = control("requeue-dead", "--queue", queue, logs=logs)
+    assert "3 moved back" in moved, moved
+    back = {body: props.headers for props, body in consume_all(queue)}
+    assert set(back) == {b"plain", b"ours", b"broker's"}
+    assert back[b"ours"] == {"x-replayed": 2}, "retry count and death notes gone"
+    assert back[b"broker's"] == {"x-replayed": 1} and back[b"plain"] == {"x-replayed": 1}
+    assert queue_state(queue + ".dead") == (0, 0)
+
+
+# --- pause, resume, stop-workers ------------------------------------------------------------
+def test_pause_resume_and_a_worker_started_while_paused(queue, logs, tmp_path):
+    outs = [tmp_path / "w1.out", tmp_path / "w2.out"]
+    first = start_worker("--queue", queue, "--name", "w1", "--seconds-per-dot", "0.2",
+                         log_dir=logs, out=outs[0])
+    wait_for(lambda: consumers(queue) == 1, what="w1")
+    paused = control("pause", "--queue", queue, logs=logs)
+    assert "1 worker(s) answered: w1 (pause)" in paused, paused
+    late = start_worker("--queue", queue, "--name", "w2", "--seconds-per-dot", "0.2",
+                        log_dir=logs, out=outs[1])
+    wait_for(lambda: "starting" in outs[1].read_text(), what="w2 started")
+    emit(queue, logs, write_csv(tmp_path / "t.csv", [f"t{n}." for n in range(6)]))
+    time.sleep(3)
+    assert done_rows(*outs) == {}, "nobody takes a task while paused, not even a new worker"
+    assert queue_state(queue) == (6, 0)
+    resumed = control("resume", "--queue", queue, logs=logs)
+    assert "w1 (resume)" in resumed and "w2 (resume)" in resumed, resumed
+    wait_for(lambda: len(done_rows(*outs)) == 6, what="the tasks done after resume")
+    stopped = control("stop-workers", "--queue", queue, "--name", "w2", logs=logs)
+    assert "w2 (stop)" in stopped and "w1" not in stopped.split("answered:")[1], stopped
+    assert late.wait(timeout=30) == 0
+    assert first.poll() is None, "only the one named"
+    control("stop-workers", "--queue", queue, logs=logs)
+    assert first.wait(timeout=30) == 0
+    assert "stop requested (task_control.py stop-workers)" in outs[0].read_text()
+
+
+@pytest.fixture(scope="module")
+def restart_node():
+    from tests.conftest import _node
+
+    broker = _node([])
+    yield broker
+    broker.cleanup()
+
+
+def test_a_pause_survives_a_worker_restart_and_a_broker_restart(restart_node, logs, tmp_path):
+    node, queue = restart_node, "paused_q"
+    control("pause", "--queue", queue, logs=logs, url=node.url)
+    emit(queue, logs, write_csv(tmp_path / "t.csv", ["a.", "b."]), url=node.url)
+    node.restart(down_for=1.0)
+    out = tmp_path / "w.out"
+    worker = start_worker("--queue", queue, "--url", node.url, "--seconds-per-dot", "0.1",
+                          log_dir=logs, out=out)
+    wait_for(lambda: "connected" in out.read_text(), what="the worker")
+    time.sleep(2)
+    assert "received" not in out.read_text(), "paused: still, after the broker restarted"
+    node.restart(down_for=1.0)
+    wait_for(lambda: "connected again" in out.read_text(), timeout=60, what="reconnected")
+    time.sleep(2)
+    assert "received" not in out.read_text(), "a reconnect does not undo a pause"
+    control("resume", "--queue", queue, logs=logs, url=node.url)
+    wait_for(lambda: len(done_rows(out)) == 2, what="done after resume")
+    control("stop-workers", "--queue", queue, logs=logs, url=node.url)
+    assert worker.wait(timeout=30) == 0
+
+
+def test_a_worker_without_permission_for_control_keeps_working(restart_node, logs, tmp_path):
+    node, queue = restart_node, "perm_q"
+    assert ctl(node.node, "add_user", "nocontrol", "pw").returncode == 0
+    allowed = r"^perm_q(\.retry|\.dead|\.events)?$|^amq\.default$"
+    assert ctl(node.node, "set_permissions", "nocontrol", allowed, allowed,
+               allowed).returncode == 0
+    url = f"amqp://nocontrol:pw@127.0.0.1:{node.port}/%2F"
+    emit(queue, logs, write_csv(tmp_path / "t.csv", ["a.", "b."]), url=url)
+    out = tmp_path / "w.out"
+    worker = start_worker("--queue", queue, "--url", url, "--seconds-per-dot", "0.05",
+                          "--exit-when-idle", "1.5", log_dir=logs, out=out)
+    assert worker.wait(timeout=60) == 0, out.read_text()
+    text = out.read_text()
+    assert text.count("cannot read the control stream") == 1, text
+    assert len(done_rows(out)) == 2
+    refused = run_script("task_control.py", "pause", "--queue", queue, "--url", url,
+                         log_dir=logs)
+    assert refused.returncode != 0 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "permissions" in refused.stderr
+
+
+# --- cancel ---------------------------------------------------------------------------------
+def test_cancel_stops_a_runs_running_tasks_and_skips_its_queued_ones(queue, logs, tmp_path):
+    out = tmp_path / "w.out"
+    worker = start_worker("--queue", queue, "--name", "w", "--concurrency", "2",
+                          "--seconds-per-dot", "1", "--exit-when-idle", "2", log_dir=logs,
+                          out=out)
+    wait_for(lambda: consumers(queue) == 1, what="the worker")
+    doomed = emit(queue, logs, write_csv(tmp_path / "doomed.csv",
+                                         [f"long {n}" + "." * 30 for n in range(6)]))
+    wait_for(lambda: out.read_text().count("received") == 2, what="two in hand")
+    other = emit(queue, logs, write_csv(tmp_path / "other.csv", ["other 1.", "other 2."]))
+    said = control("cancel", "--queue", queue, "--run", doomed, logs=logs)
+    assert "w (cancel)" in said, said
+    assert worker.wait(timeout=60) == 0, out.read_text()
+    text = out.read_text()
+    assert text.count("cancelled row") == 6, text
+    assert "stopping its 2 task(s) in hand" in text
+    assert text.count("received") == 2 + 2, "the 4 queued ones of the run never started"
+    assert len(done_rows(out)) == 2 and "done row 1, id other.csv" in text, "the other run"
+    report = run_script("task_report.py", "--queue", queue, "--run", doomed, "--reports-dir",
+                        str(tmp_path / "r"), "--csv", str(tmp_path / "r.csv"), log_dir=logs)
+    assert "6 cancelled" in report.stdout, report.stdout
+    assert (tmp_path / "r.csv").read_text().count(",cancelled,") == 6
+    assert other != doomed and queue_state(queue) == (0, 0)
+
+
+# --- the pure parts ---------------------------------------------------------------------------
+def test_control_state_is_what_the_commands_add_up_to():
+    started = time.time()
+    state = ControlState("alice", started)
+    old = {**command("stop"), "time": started - 60}
+    assert state.apply(old) is None and not state.is_new(old), "an old stop is history"
+    assert state.apply(command("pause")) == "pause" and state.paused
+    assert state.apply(command("pause")) is None, "paused already"
+    assert state.apply(command("cancel", run="r1")) == "cancel"
+    assert state.apply(command("resume")) == "resume" and not state.paused
+    assert state.apply(command("stop", worker="bob")) is None, "named for another"
+    assert state.apply(command("stop", worker="alice")) == "stop"
+    assert decode(b"not json") is None and decode(b'{"command": "explode"}') is None
+    assert decode(b'{"command": "cancel"}') is None, "a cancel names its run"
+    assert state.cancelled_runs == {"r1"}
+
+
+def test_the_policy_acks_a_cancelled_runs_tasks():
+    options, queue = WorkerOptions(name="w"), QueueSpec("q")
+    task = Delivery(None, 1, pika.BasicProperties(correlation_id="r1"), b"x", False)
+    assert before_work(task, options, queue, "w", {"r1"}).outcome == "cancelled"
+    other = Delivery(None, 1, pika.BasicProperties(correlation_id="r2"), b"x", False)
+    assert before_work(other, options, queue, "w", {"r1"}) is None
+    stopped = after_work(other, Outcome(False, reason="stopped"), options, queue, "w",
+                         cancelled=True)
+    assert stopped.outcome == "cancelled" and stopped.copy_to is None
+    finished = after_work(other, Outcome(True), options, queue, "w", cancelled=True)
+    assert finished.outcome == "done", "it finished before it could be stopped: done"
+
+
+def test_the_live_view_shows_a_paused_queue_and_its_workers():
+    from taskqueue.live import LiveState
+
+    now = time.time()
+    state = LiveState("q")
+    state.feed({"kind": "snapshot", "worker": "w1", "host": "h", "time": now, "state": "paused",
+                "slots": [{"slot": "w1", "state": "idle", "since": now - 3}]})
+    state.feed({"kind": "task", "id": "e1", "run_id": "r", "worker": "w1", "row": 1,
+                "outcome": "cancelled", "started": now - 1, "finished": now})
+    screen = "\n".join(state.screen(now, 120, 30))
+    assert screen.startswith("queue 'q': PAUSED") and "cancelled 1" in screen, screen
+    assert "paused" in screen.split("worker", 1)[1]
