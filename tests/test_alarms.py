@@ -112,6 +112,15 @@ def test_workers_drain_through_an_alarm_and_the_emitter_waits(kind, alarm_node, 
 
 
 # --- faults meeting an alarm (issue 16) -------------------------------------------------------
+
+def exit_code_within(process, seconds: float, out, what: str) -> int:
+    """The process's exit code, if it ends within *seconds*; else kill it and fail."""
+    try:
+        return process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(f"{what}: {out.read_text()}") from None
+
 def test_an_idle_worker_stops_within_its_grace_during_an_alarm(alarm_node, logs, tmp_path):
     """Its publishing connection is blocked: closing it cleanly would wait for the alarm."""
     node, queue, out = alarm_node, "alarm_stop_worker_q", tmp_path / "w.out"
@@ -122,12 +131,7 @@ def test_an_idle_worker_stops_within_its_grace_during_an_alarm(alarm_node, logs,
     try:
         time.sleep(1.5)  # a live snapshot went out and is held by the blocked connection
         worker.send_signal(signal.SIGTERM)
-        try:
-            code = worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            raise AssertionError("the worker did not stop during the alarm: "
-                                 + out.read_text()) from None
+        code = exit_code_within(worker, 20, out, "the worker did not stop during the alarm")
     finally:
         clear_alarm(node, "memory")
     assert code == 0, out.read_text()
@@ -145,12 +149,8 @@ def test_the_emitters_second_ctrl_c_stops_it_during_an_alarm(alarm_node, logs, t
         emitter.send_signal(signal.SIGINT)
         time.sleep(0.5)
         emitter.send_signal(signal.SIGINT)
-        try:
-            code = emitter.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            emitter.kill()
-            raise AssertionError("a second Ctrl+C did not stop the emitter during the alarm: "
-                                 + out.read_text()) from None
+        code = exit_code_within(emitter, 15, out,
+                                "a second Ctrl+C did not stop the emitter during the alarm")
     finally:
         clear_alarm(node, "disk")
     text = out.read_text()
@@ -199,11 +199,7 @@ def test_a_stop_during_an_alarm_puts_back_a_task_whose_copy_waits(alarm_node, lo
                               log_dir=logs, out=out)
         wait_for(lambda: "timed out after 0.3 s" in out.read_text(), what="a failed attempt")
         worker.send_signal(signal.SIGTERM)
-        try:
-            code = worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            raise AssertionError("the stop waited for the alarm: " + out.read_text()) from None
+        code = exit_code_within(worker, 30, out, "the stop waited for the alarm")
         assert code == 0, out.read_text()
         assert "the task goes back to the queue instead" in out.read_text()
         assert queue_state(queue, node.url) == (1, 0), "the task is back in the queue"
