@@ -47,9 +47,9 @@ import pika
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from taskqueue.config import BrokerSettings, QueueSpec  # noqa: E402
-from taskqueue.report import RunReport, task_lines  # noqa: E402
-from taskqueue.store import EventStore  # noqa: E402
+from taskqueue.broker.config import BrokerSettings, QueueSpec  # noqa: E402
+from taskqueue.views.report import RunReport, task_lines  # noqa: E402
+from taskqueue.views.store import EventStore  # noqa: E402
 from tests.brokers import ThrowawayBroker, ctl  # noqa: E402
 from tests.helpers import consume_all, queue_state  # noqa: E402
 from tests.proxy import SilentProxy  # noqa: E402

@@ -46,7 +46,7 @@ def fill_dead(queue: str, count: int, logs: Path) -> None:
 
 def requeue_once(queue: str) -> dict:
     """In this process: the mover's time and peak RSS."""
-    from taskqueue.config import BrokerSettings, QueueSpec
+    from taskqueue.broker.config import BrokerSettings, QueueSpec
     from taskqueue.control.requeue import DeadFilter, DeadMover
     from taskqueue.log import get_logger
 

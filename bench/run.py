@@ -27,14 +27,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench import baselines  # noqa: E402
 from bench.work import noop  # noqa: E402
-from taskqueue.config import BrokerSettings, QueueSpec  # noqa: E402
-from taskqueue.consumer import TaskConsumer, WorkerOptions  # noqa: E402
+from taskqueue.broker.config import BrokerSettings, QueueSpec  # noqa: E402
+from taskqueue.emitter.publisher import ConfirmedPublisher  # noqa: E402
+from taskqueue.emitter.tasks import read_tasks  # noqa: E402
 from taskqueue.log import get_logger  # noqa: E402
-from taskqueue.publisher import ConfirmedPublisher  # noqa: E402
-from taskqueue.report import RunReport  # noqa: E402
-from taskqueue.store import EventStore, latest_run  # noqa: E402
-from taskqueue.tasks import read_tasks  # noqa: E402
-from taskqueue.work import InProcessHandler, IsolatedHandler, Runner, SimulatedWork  # noqa: E402
+from taskqueue.views.report import RunReport  # noqa: E402
+from taskqueue.views.store import EventStore, latest_run  # noqa: E402
+from taskqueue.worker.consumer import TaskConsumer, WorkerOptions  # noqa: E402
+from taskqueue.worker.work import InProcessHandler, IsolatedHandler, Runner, SimulatedWork  # noqa: E402
 
 URL = os.environ.get("BENCH_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 

@@ -68,8 +68,8 @@ def write_events(path: Path, count: int, workers: int = 10, slots: int = 4,
 
 def report_once(store: Path, csv: Path | None) -> dict:
     """In this process: the report's text, picture and (optionally) CSV; time and peak RSS."""
-    from taskqueue.report import RunReport
-    from taskqueue.store import EventStore
+    from taskqueue.views.report import RunReport
+    from taskqueue.views.store import EventStore
 
     started = time.perf_counter()
     events = EventStore(store.parent, "q")
@@ -95,7 +95,7 @@ def measure(count: int, tmp: Path, with_csv: bool) -> dict:
 
 
 def live_render() -> dict:
-    from taskqueue.live import LiveState, QueueCounts
+    from taskqueue.views.live import LiveState, QueueCounts
 
     now = time.time()
     state = LiveState("q")

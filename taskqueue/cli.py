@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import NoReturn, Protocol
 
 from taskqueue import __version__
-from taskqueue.config import (
+from taskqueue.broker.config import (
     DEFAULT_HEARTBEAT,
     DEFAULT_QUEUE,
     QUEUE_TYPES,

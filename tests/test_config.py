@@ -8,11 +8,11 @@ import logging
 import pytest
 
 from taskqueue.admin import admin_url
-from taskqueue.config import QueueSpec, broker_urls, mask_url, with_credentials
-from taskqueue.connection import Backoff
+from taskqueue.broker.config import QueueSpec, broker_urls, mask_url, with_credentials
+from taskqueue.broker.connection import Backoff
+from taskqueue.emitter.progress import Progress
+from taskqueue.emitter.publisher import PublishStats
 from taskqueue.errors import UserError
-from taskqueue.progress import Progress
-from taskqueue.publisher import PublishStats
 
 
 def test_url_precedence_cli_env_default():
@@ -64,7 +64,7 @@ def test_companions_follow_the_task_queues_type():
 
 
 def test_a_refusal_names_the_queue_type_or_an_argument():
-    from taskqueue.topology import read_refusal
+    from taskqueue.broker.topology import read_refusal
 
     text = ("PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': "
             "received 'classic' but current is 'quorum'")

@@ -9,12 +9,12 @@ import time
 import pika
 import pytest
 
-from taskqueue.config import QueueSpec
-from taskqueue.consumer import WorkerOptions
+from taskqueue.broker.config import QueueSpec
 from taskqueue.control.state import ControlState, command, decode
-from taskqueue.delivery import Delivery
-from taskqueue.policy import after_work, before_work
-from taskqueue.work import Outcome
+from taskqueue.worker.consumer import WorkerOptions
+from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.policy import after_work, before_work
+from taskqueue.worker.work import Outcome
 from tests.brokers import ctl
 from tests.helpers import (
     MAIN_URL,
@@ -243,7 +243,7 @@ def test_the_policy_acks_a_cancelled_runs_tasks():
 
 
 def test_the_live_view_shows_a_paused_queue_and_its_workers():
-    from taskqueue.live import LiveState
+    from taskqueue.views.live import LiveState
 
     now = time.time()
     state = LiveState("q")

@@ -11,7 +11,7 @@ import sys
 
 import pika
 
-from taskqueue.tasks import row_of
+from taskqueue.emitter.tasks import row_of
 from tests.helpers import (
     MAIN_URL,
     ROOT,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from taskqueue.tasks import read_tasks
+from taskqueue.emitter.tasks import read_tasks
 from tests.helpers import (
     MAIN_URL,
     ROOT,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pika
 
-from taskqueue.config import QueueSpec
-from taskqueue.consumer import WorkerOptions
-from taskqueue.delivery import Delivery
-from taskqueue.policy import after_work, before_work
-from taskqueue.work import Outcome
+from taskqueue.broker.config import QueueSpec
+from taskqueue.worker.consumer import WorkerOptions
+from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.policy import after_work, before_work
+from taskqueue.worker.work import Outcome
 
 QUEUE = QueueSpec("jobs")
 OPTIONS = WorkerOptions(name="w", max_retries=2, retry_delay=1.5, max_task_bytes=100,

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from taskqueue.config import BrokerSettings, QueueSpec
-from taskqueue.report import RunReport
-from taskqueue.store import EventStore, latest_run
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.views.report import RunReport
+from taskqueue.views.store import EventStore, latest_run
 from tests.helpers import (
     MAIN_URL,
     consume_all,

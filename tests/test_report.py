@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from taskqueue.report import RunReport
-from taskqueue.store import latest_run
+from taskqueue.views.report import RunReport
+from taskqueue.views.store import latest_run
 from tests.helpers import consumers, run_script, start_worker, wait_for, write_csv
 
 SVG = "{http://www.w3.org/2000/svg}"

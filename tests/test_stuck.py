@@ -15,10 +15,10 @@ from pathlib import Path
 import pika
 import pytest
 
-from taskqueue.delivery import Delivery
 from taskqueue.errors import UserError
-from taskqueue.slots import WorkSlot
-from taskqueue.work import Outcome, Runner, split_command
+from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.slots import WorkSlot
+from taskqueue.worker.work import Outcome, Runner, split_command
 from tests.helpers import (
     MAIN_URL,
     consume_all,
@@ -184,8 +184,8 @@ def test_a_returned_copy_is_told_apart_from_another_with_the_same_key_and_no_id(
 
     from pika.spec import Basic
 
-    from taskqueue.config import BrokerSettings, QueueSpec
-    from taskqueue.outbox import COPY_ID, Copy, Outbox
+    from taskqueue.broker.config import BrokerSettings, QueueSpec
+    from taskqueue.worker.outbox import COPY_ID, Copy, Outbox
 
     outbox = Outbox(BrokerSettings(urls=[MAIN_URL]), QueueSpec("q"), logging.getLogger("t"),
                     None, "w")
@@ -207,7 +207,7 @@ def test_a_returned_copy_is_told_apart_from_another_with_the_same_key_and_no_id(
 def test_programs_we_start_do_not_inherit_the_reapers_pipe():
     """The reaper's pipe must not leak into programs we start (they would keep it open and
     the reaper would never see the worker end)."""
-    code = ("from taskqueue.reaper import REAPER; import subprocess, sys, os; "
+    code = ("from taskqueue.worker.reaper import REAPER; import subprocess, sys, os; "
             "REAPER.watch(os.getpid()); REAPER.forget(os.getpid()); "
             "print(' '.join(subprocess.run(['ls', '/proc/self/fd'], capture_output=True, "
             "text=True).stdout.split())); REAPER.close()")

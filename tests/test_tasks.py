@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from taskqueue.tasks import (
+from taskqueue.emitter.tasks import (
     CsvError,
     message_id,
     read_tasks,
@@ -142,7 +142,7 @@ def test_two_emitters_sharing_the_logs_keep_each_others_resume_point(tmp_path):
     point (a torn file would read as 0, making --resume start over) or a point going back."""
     import multiprocessing
 
-    from taskqueue.publisher import ResumeState
+    from taskqueue.emitter.publisher import ResumeState
 
     context = multiprocessing.get_context("spawn")
     with context.Pool(3) as pool:
@@ -159,7 +159,7 @@ def test_two_emitters_sharing_the_logs_keep_each_others_resume_point(tmp_path):
 def _save_many(directory: str, source: str) -> int:
     from pathlib import Path
 
-    from taskqueue.publisher import ResumeState
+    from taskqueue.emitter.publisher import ResumeState
 
     state = ResumeState(Path(directory), source, "q")
     mismatches = 0
@@ -173,7 +173,7 @@ def _read_many(directory: str, source: str) -> tuple[int, int]:
     """(reads that went back or came out torn, reads made) while the point is being saved."""
     from pathlib import Path
 
-    from taskqueue.publisher import ResumeState
+    from taskqueue.emitter.publisher import ResumeState
 
     state = ResumeState(Path(directory), source, "q")
     import time

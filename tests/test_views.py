@@ -13,10 +13,10 @@ import xml.etree.ElementTree as ET
 import pika
 
 from bench.views import write_events
-from taskqueue.config import QueueSpec
-from taskqueue.live import LiveState, QueueCounts
-from taskqueue.report import RunReport, run_attempts
-from taskqueue.timeline import ticks
+from taskqueue.broker.config import QueueSpec
+from taskqueue.views.live import LiveState, QueueCounts
+from taskqueue.views.report import RunReport, run_attempts
+from taskqueue.views.timeline import ticks
 from tests.helpers import MAIN_URL, ROOT, script_env, wait_for
 from tests.test_live import Tmux
 
@@ -129,7 +129,7 @@ def test_the_report_of_a_20000_task_run_is_short_small_and_flat_in_memory(tmp_pa
 
 def test_a_small_run_lists_every_attempt_and_big_ones_on_request(tmp_path):
     store = write_store(tmp_path, 60)
-    from taskqueue.store import EventStore
+    from taskqueue.views.store import EventStore
 
     events = EventStore(store, "q")
     report = RunReport(events.events(), "big", "q")

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from taskqueue import admin
+from taskqueue.broker.config import DEFAULT_MAX_TASK_BYTES, mask_url
 from taskqueue.cli import (
     add_broker_options,
     broker_settings,
@@ -27,12 +28,11 @@ from taskqueue.cli import (
     run_script,
     script_parser,
 )
-from taskqueue.config import DEFAULT_MAX_TASK_BYTES, mask_url
+from taskqueue.emitter.progress import Progress, count_rows
+from taskqueue.emitter.publisher import CONFIRM_WINDOWS, ConfirmedPublisher, ResumeState
+from taskqueue.emitter.tasks import Task, read_tasks, tasks_from_messages
 from taskqueue.errors import EXIT_INCOMPLETE, UserError
 from taskqueue.log import get_logger, log_dir
-from taskqueue.progress import Progress, count_rows
-from taskqueue.publisher import CONFIRM_WINDOWS, ConfirmedPublisher, ResumeState
-from taskqueue.tasks import Task, read_tasks, tasks_from_messages
 
 SCRIPT = "emitter_of_tasks"
 

@@ -24,9 +24,9 @@ from taskqueue.cli import (
 )
 from taskqueue.errors import UserError
 from taskqueue.log import get_logger
-from taskqueue.report import RunReport, run_attempts
-from taskqueue.store import EventStore, latest_run, list_runs, queue_status
-from taskqueue.watch import watch
+from taskqueue.views.report import RunReport, run_attempts
+from taskqueue.views.store import EventStore, latest_run, list_runs, queue_status
+from taskqueue.views.watch import watch
 
 SCRIPT = "task_report"
 REPORTS = Path("reports")  # in the directory the command runs in

@@ -14,6 +14,7 @@ import argparse
 import os
 import socket
 
+from taskqueue.broker.config import DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_TASK_BYTES, mask_url
 from taskqueue.cli import (
     add_broker_options,
     broker_settings,
@@ -25,11 +26,10 @@ from taskqueue.cli import (
     script_parser,
     seconds_above_zero,
 )
-from taskqueue.config import DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_TASK_BYTES, mask_url
-from taskqueue.consumer import TaskConsumer, WorkerOptions
 from taskqueue.log import get_logger
-from taskqueue.reaper import REAPER
-from taskqueue.work import (
+from taskqueue.worker.consumer import TaskConsumer, WorkerOptions
+from taskqueue.worker.reaper import REAPER
+from taskqueue.worker.work import (
     CommandWork,
     InProcessHandler,
     IsolatedHandler,

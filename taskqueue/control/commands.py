@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import pika
 
-from taskqueue.config import BrokerSettings, QueueSpec
-from taskqueue.connection import open_blocking
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.broker.connection import open_blocking
+from taskqueue.broker.topology import CONTROL_ARGUMENTS, ROUTING_CONTROL, ROUTING_LIVE
 from taskqueue.control.state import command
 from taskqueue.errors import EXIT_REFUSED, UserError
-from taskqueue.events import decode_events
-from taskqueue.topology import CONTROL_ARGUMENTS, ROUTING_CONTROL, ROUTING_LIVE
+from taskqueue.views.events import decode_events
 
 LISTEN_SECONDS = 2.5  # workers snapshot at least every 2 s
 ANSWER_SECONDS = 5.0

@@ -25,9 +25,9 @@ from pika.channel import Channel
 from pika.connection import Connection
 from pika.spec import Basic
 
-from taskqueue.config import QueueSpec
+from taskqueue.broker.config import QueueSpec
+from taskqueue.broker.topology import declare_control
 from taskqueue.control.state import ControlState, decode
-from taskqueue.topology import declare_control
 
 QUIET_SECONDS = 0.5
 RETRY_SECONDS = 1.0

@@ -23,8 +23,8 @@ import pika
 from pika.channel import Channel
 from pika.spec import Basic
 
-from taskqueue.config import BrokerSettings, QueueSpec
-from taskqueue.connection import BrokerSession, settled_tags
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.broker.connection import BrokerSession, settled_tags
 from taskqueue.errors import EXIT_UNREACHABLE, UserError
 
 WINDOW = 2000  # dead tasks in flight (delivered, republished, not yet confirmed)

@@ -12,8 +12,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from taskqueue.events import RecentIds
-from taskqueue.live_screen import draw, one_line
+from taskqueue.views.events import RecentIds
+from taskqueue.views.live_screen import draw, one_line
 
 GONE_AFTER = 6.0  # seconds without a snapshot before a worker counts as gone
 RATE_WINDOW = 10.0  # the rate is over the last this many seconds

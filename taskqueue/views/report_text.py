@@ -13,13 +13,13 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from taskqueue.report import RunReport, WorkerLine
+    from taskqueue.views.report import RunReport, WorkerLine
 
 SLOT_LINES_UP_TO = 40  # slots: up to this many, each gets a line under its worker
 
 
 def table_lines(report: RunReport, attempts: Iterable[dict] | None = None) -> list[str]:
-    from taskqueue.report import SMALL_RUN
+    from taskqueue.views.report import SMALL_RUN
 
     workers, slots = report.workers, report.slots
     counted = f"{len(workers)} workers" + (f" ({len(slots)} slots)"

@@ -13,8 +13,8 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 
+from taskqueue.emitter.tasks import Task
 from taskqueue.errors import UserError
-from taskqueue.tasks import Task
 
 CHUNK_TASKS = 256
 CHUNK_BYTES = 256 * 1024

@@ -12,9 +12,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from taskqueue.config import QueueSpec
-from taskqueue.delivery import Delivery
-from taskqueue.work import Outcome
+from taskqueue.broker.config import QueueSpec
+from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.work import Outcome
 
 MAX_REASON = 1000  # characters of a reason kept in x-death-reason
 MAX_LAST_ERROR = 500  # ... and in x-last-error, on the way to a retry

@@ -19,7 +19,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from taskqueue.live import LiveState, SlotView
+    from taskqueue.views.live import LiveState, SlotView
 
 STUCK_AFTER = 60.0  # a task busy this long (or 5x the run's mean) looks stuck
 HEADER = (f"{'worker':<22} {'host':<14} {'state':<50} {'done':>5} {'failed':>6} {'share':>5}")

@@ -26,22 +26,22 @@ import pika
 from pika.channel import Channel
 from pika.spec import Basic
 
-from taskqueue.config import (
+from taskqueue.broker.config import (
     DEFAULT_DELIVERY_LIMIT,
     DEFAULT_MAX_TASK_BYTES,
     BrokerSettings,
     QueueSpec,
 )
-from taskqueue.connection import BrokerSession
+from taskqueue.broker.connection import BrokerSession
+from taskqueue.broker.topology import Topology
 from taskqueue.control.listener import WorkerControl
 from taskqueue.control.state import ControlState
-from taskqueue.delivery import Delivery
-from taskqueue.events import EVENT_FLUSH_SECONDS, event_id, task_event
-from taskqueue.outbox import Copy, Outbox
-from taskqueue.policy import Verdict, after_work, before_work, dead_letter
-from taskqueue.slots import WorkSlot, slot_names
-from taskqueue.topology import Topology
-from taskqueue.work import Outcome, Runner, failure_reason
+from taskqueue.views.events import EVENT_FLUSH_SECONDS, event_id, task_event
+from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.outbox import Copy, Outbox
+from taskqueue.worker.policy import Verdict, after_work, before_work, dead_letter
+from taskqueue.worker.slots import WorkSlot, slot_names
+from taskqueue.worker.work import Outcome, Runner, failure_reason
 
 CONSUMER_TIMEOUT_SECONDS = 1800  # RabbitMQ's default consumer_timeout (30 min)
 TICK_SECONDS = 0.25  # idle checks, event flushes and live snapshots run on this beat

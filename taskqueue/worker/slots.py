@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from taskqueue.delivery import Delivery
-from taskqueue.work import Outcome, Runner, failure_reason
+from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.work import Outcome, Runner, failure_reason
 
 OutcomeCallback = Callable[["WorkSlot", Delivery, Outcome], None]
 

@@ -30,10 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for_any
 
+from taskqueue.emitter.tasks import seconds_for
 from taskqueue.errors import UserError
-from taskqueue.events import MAX_RESULT, cap_text
-from taskqueue.reaper import REAPER
-from taskqueue.tasks import seconds_for
+from taskqueue.views.events import MAX_RESULT, cap_text
+from taskqueue.worker.reaper import REAPER
 
 CHILD_START_SECONDS = 60.0  # a handler module slower than this to import is reported
 STDERR_TAIL_BYTES = 2048
@@ -188,7 +188,7 @@ class IsolatedHandler(Runner):
 
     def spawn(self) -> None:
         """Start the child (``wait_ready`` then waits for it to have loaded the handler)."""
-        from taskqueue.child import serve
+        from taskqueue.worker.child import serve
 
         parent, child = self._context.Pipe()
         process = self._context.Process(target=serve, args=(child, self.spec),

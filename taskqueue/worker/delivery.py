@@ -14,7 +14,7 @@ from functools import cached_property
 import pika
 from pika.channel import Channel
 
-from taskqueue.tasks import row_of
+from taskqueue.emitter.tasks import row_of
 
 
 def header_count(headers: dict, name: str) -> int:

@@ -27,13 +27,13 @@ from pathlib import Path
 import pika
 from pika.channel import Channel
 
-from taskqueue.config import BrokerSettings, QueueSpec
-from taskqueue.connection import BrokerSession, settled_tags
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.broker.connection import BrokerSession, settled_tags
+from taskqueue.broker.topology import ROUTING_REPORT, Topology
+from taskqueue.emitter.feed import TaskFeed
+from taskqueue.emitter.tasks import Task
 from taskqueue.errors import UserError
-from taskqueue.events import run_event
-from taskqueue.feed import TaskFeed
-from taskqueue.tasks import Task
-from taskqueue.topology import ROUTING_REPORT, Topology
+from taskqueue.views.events import run_event
 
 # The broker confirms persistent messages once they are on disk, in batches; the window must be
 # wide enough to keep it busy while the previous batch is written. It is also how many messages

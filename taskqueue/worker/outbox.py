@@ -29,16 +29,16 @@ import pika
 from pika.adapters.select_connection import IOLoop
 from pika.channel import Channel
 
-from taskqueue.config import BrokerSettings, QueueSpec
-from taskqueue.connection import BrokerSession, settled_tags
-from taskqueue.events import EVENT_BATCH, EventBatch, encode
-from taskqueue.topology import (
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.broker.connection import BrokerSession, settled_tags
+from taskqueue.broker.topology import (
     ROUTING_CONTROL,
     ROUTING_LIVE,
     ROUTING_REPORT,
     QueueSetup,
     Topology,
 )
+from taskqueue.views.events import EVENT_BATCH, EventBatch, encode
 
 EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
                                         content_type="application/json")

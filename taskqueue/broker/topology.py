@@ -26,7 +26,7 @@ from pika.channel import Channel
 from pika.connection import Connection
 from pika.exceptions import ChannelClosedByBroker
 
-from taskqueue.config import QueueSpec
+from taskqueue.broker.config import QueueSpec
 from taskqueue.errors import EXIT_REFUSED, UserError
 
 ROUTING_REPORT = "report"  # events the report keeps (finished tasks, runs, worker totals)

@@ -41,7 +41,7 @@ def serve(pipe: Connection, spec: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
     from taskqueue.errors import UserError
-    from taskqueue.work import failure_reason, load_handler, result_text
+    from taskqueue.worker.work import failure_reason, load_handler, result_text
 
     try:
         handler = load_handler(spec)

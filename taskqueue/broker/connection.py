@@ -24,9 +24,9 @@ import pika.exceptions as pe
 from pika.adapters.select_connection import IOLoop
 from pika.channel import Channel
 
-from taskqueue.config import BrokerSettings, QueueSpec, TlsOptions, mask_url, url_user
+from taskqueue.broker.config import BrokerSettings, QueueSpec, TlsOptions, mask_url, url_user
+from taskqueue.broker.topology import HomeNodeDown, QueueSetup, Topology
 from taskqueue.errors import EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_UNREACHABLE, UserError
-from taskqueue.topology import HomeNodeDown, QueueSetup, Topology
 
 SIGNAL_POLL_SECONDS = 0.1  # how soon Ctrl+C is noticed; also wakes select() on Windows
 # A clean close waits for the broker's Close-Ok. A broker that blocks the connection (memory

@@ -18,11 +18,11 @@ import time
 import uuid
 from typing import TextIO
 
-from taskqueue.config import BrokerSettings, QueueSpec
-from taskqueue.connection import open_blocking
-from taskqueue.events import decode_events
-from taskqueue.live import LiveState, QueueCounts
-from taskqueue.store import passive_counts
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.broker.connection import open_blocking
+from taskqueue.views.events import decode_events
+from taskqueue.views.live import LiveState, QueueCounts
+from taskqueue.views.store import passive_counts
 
 VIEW_QUEUE_LIMIT = 10_000  # messages a slow view may fall behind before the oldest go
 

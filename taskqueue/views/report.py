@@ -17,12 +17,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskqueue.events import RecentIds
-from taskqueue.live_screen import natural_key
-from taskqueue.report_text import table_lines
-from taskqueue.store import kind_of, worker_of
-from taskqueue.timeline import BAR_LIMIT, BusyBins
-from taskqueue.timeline import svg as timeline_svg
+from taskqueue.views.events import RecentIds
+from taskqueue.views.live_screen import natural_key
+from taskqueue.views.report_text import table_lines
+from taskqueue.views.store import kind_of, worker_of
+from taskqueue.views.timeline import BAR_LIMIT, BusyBins
+from taskqueue.views.timeline import svg as timeline_svg
 
 SMALL_RUN = 50  # tasks: up to this many, the table lists every attempt (else --tasks)
 LISTED = 20  # failures and dead-lettered tasks listed in a big run's table

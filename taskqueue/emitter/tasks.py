@@ -21,7 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
-from taskqueue.config import DEFAULT_MAX_TASK_BYTES
+from taskqueue.broker.config import DEFAULT_MAX_TASK_BYTES
 from taskqueue.errors import UserError
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pika
 
-from taskqueue.config import BrokerSettings, QueueSpec
-from taskqueue.connection import open_blocking
-from taskqueue.events import RecentIds, decode_events
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.broker.connection import open_blocking
+from taskqueue.views.events import RecentIds, decode_events
 
 
 class EventStore:
