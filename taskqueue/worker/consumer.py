@@ -16,19 +16,15 @@ loses; while a copy waits, its slot stays taken and the worker is not idle.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
-from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import pika
 from pika.channel import Channel
 from pika.spec import Basic
 
 from taskqueue.broker.config import (
-    DEFAULT_DELIVERY_LIMIT,
-    DEFAULT_MAX_TASK_BYTES,
     BrokerSettings,
     QueueSpec,
 )
@@ -36,7 +32,8 @@ from taskqueue.broker.connection import BrokerSession
 from taskqueue.broker.topology import Topology
 from taskqueue.control.listener import WorkerControl
 from taskqueue.control.state import ControlState
-from taskqueue.views.events import EVENT_FLUSH_SECONDS, event_id, task_event
+from taskqueue.views.events import EVENT_FLUSH_SECONDS
+from taskqueue.worker.account import WorkerAccount, WorkerOptions
 from taskqueue.worker.delivery import Delivery
 from taskqueue.worker.outbox import Copy, Outbox
 from taskqueue.worker.policy import Verdict, after_work, before_work, dead_letter
@@ -47,42 +44,6 @@ CONSUMER_TIMEOUT_SECONDS = 1800  # RabbitMQ's default consumer_timeout (30 min)
 TICK_SECONDS = 0.25  # idle checks, event flushes and live snapshots run on this beat
 SNAPSHOT_SECONDS = (0.5, 2.0)  # a live snapshot at most this often, and at least this often
 EXIT_GRACE_SECONDS = 5.0  # at exit, wait this long for the last events to be confirmed
-
-
-@dataclass
-class WorkerStats:
-    done: int = 0
-    failed_attempts: int = 0
-    dead_lettered: int = 0
-    redelivered: int = 0
-    cancelled: int = 0
-    done_by_run: Counter = field(default_factory=Counter)
-    started: float = field(default_factory=time.monotonic)
-
-    def summary(self, name: str, slots: list[WorkSlot], events_dropped: int = 0) -> str:
-        wall = time.monotonic() - self.started
-        busy = sum(slot.busy_seconds for slot in slots)
-        text = (f"worker {name}: {self.done} done, {self.failed_attempts} failed attempts, "
-                f"{self.dead_lettered} dead-lettered, {self.redelivered} redelivered; busy "
-                f"{busy:.1f} s, idle {max(0.0, wall * len(slots) - busy):.1f} s")
-        if len(slots) > 1:
-            text += " (" + ", ".join(f"{slot.name}: {slot.done}" for slot in slots) + ")"
-        if self.cancelled:
-            text += f"; {self.cancelled} cancelled"
-        if events_dropped:
-            text += f"; {events_dropped} events dropped (the report will say so)"
-        return text
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    name: str
-    exit_when_idle: float | None = None
-    max_retries: int = 3
-    retry_delay: float = 2.0
-    max_task_bytes: int = DEFAULT_MAX_TASK_BYTES
-    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
-    events: bool = True
 
 
 class TaskConsumer(BrokerSession):
@@ -96,7 +57,6 @@ class TaskConsumer(BrokerSession):
                          queue_name=queue.name)
         self.queue = queue
         self.options = options
-        self.stats = WorkerStats()
         self.host = socket.gethostname()
         self.topology: Topology | None = None
         self.slots = [WorkSlot(name, runner, self._on_outcome, self.call_threadsafe)
@@ -104,6 +64,9 @@ class TaskConsumer(BrokerSession):
         self._free_slots = list(reversed(self.slots))  # a stack: the first slot goes first
         self.outbox = Outbox(settings, queue, log, self.ioloop, options.name)
         self.outbox.on_finished = self._on_outbox_finished
+        self.account = WorkerAccount(options, self.host, self.slots, self.outbox)
+        self.stats = self.account.stats
+        self._record = self.account.record
         self._stop_requests = 0
         self._stop_since: float | None = None
         self._closing = False
@@ -173,14 +136,7 @@ class TaskConsumer(BrokerSession):
         if self._closing:
             return
         self._closing = True
-        if self.options.events:
-            self.outbox.record({
-                "kind": "worker", "id": event_id(), "worker": self.options.name,
-                "host": self.host, "pid": os.getpid(), "time": time.time(),
-                "done": self.stats.done, "failed": self.stats.failed_attempts,
-                "dead": self.stats.dead_lettered, "runs": dict(self.stats.done_by_run),
-                "events_dropped": self.outbox.events.dropped})
-            self.outbox.announce(self._snapshot(state="stopped"))
+        self.account.totals()
         for slot in self.slots:
             slot.close()
         self.outbox.close(grace)
@@ -449,40 +405,6 @@ class TaskConsumer(BrokerSession):
         self._record(slot, delivery, "dead", seconds, verdict.reason)
 
     # --- events, live snapshots, idleness -------------------------------------------------
-    def _record(self, slot: WorkSlot, delivery: Delivery, outcome: str, seconds: float,
-                reason: str = "", result: str | None = None) -> None:
-        """Record the attempt for the report and live views (sent in batches, see events.py)."""
-        if not self.options.events:
-            return
-        message_id = delivery.properties.message_id
-        self.outbox.record(task_event(
-            run_id=delivery.run_id, worker=slot.name, host=self.host,
-            message_id=message_id if isinstance(message_id, str) else None, row=delivery.row,
-            task=delivery.text, outcome=outcome, received=delivery.received,
-            started=delivery.started or delivery.received, seconds=seconds,
-            attempt=delivery.attempt,
-            redelivered=delivery.redelivered, reason=reason, result=result,
-            queued=delivery.queued))
-
-    def _snapshot(self, state: str = "running") -> dict:
-        slots = []
-        for slot in self.slots:
-            delivery = slot.delivery
-            if delivery is None:
-                slots.append({"slot": slot.name, "state": "idle", "since": slot.idle_since,
-                              "done": slot.done, "failed": slot.failed})
-            else:
-                slots.append({"slot": slot.name, "state": "busy", "since": delivery.started,
-                              "queued": delivery.queued,
-                              "row": delivery.row, "task": delivery.text[:80],
-                              "run_id": delivery.run_id, "done": slot.done,
-                              "failed": slot.failed})
-        if state == "running" and self.control.paused:
-            state = "paused"
-        return {"kind": "snapshot", "worker": self.options.name, "host": self.host,
-                "pid": os.getpid(), "time": time.time(), "state": state, "slots": slots,
-                "connected": self._consumer_tag is not None}
-
     def _tick(self) -> None:
         if self._finished:
             return
@@ -491,7 +413,8 @@ class TaskConsumer(BrokerSession):
         if self.options.events and not self._closing:
             since = now - self._last_snapshot
             if (self._changed and since >= SNAPSHOT_SECONDS[0]) or since >= SNAPSHOT_SECONDS[1]:
-                self.outbox.announce(self._snapshot())
+                state = "paused" if self.control.paused else "running"
+                self.outbox.announce(self.account.snapshot(state, self._consumer_tag is not None))
                 self._changed, self._last_snapshot = False, now
         if self._ticks % round(EVENT_FLUSH_SECONDS / TICK_SECONDS) == 0:
             self.outbox.send(everything=True)  # events and the snapshot go out on this beat

@@ -1,0 +1,108 @@
+"""What a worker tells about itself: its totals (the summary line at exit), one event per
+finished attempt (the report's and the live view's input, sent in batches by the outbox), and
+live snapshots of its slots. ``WorkerOptions`` are the settings a worker runs with."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from taskqueue.broker.config import DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_TASK_BYTES
+from taskqueue.views.events import event_id, task_event
+from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.outbox import Outbox
+from taskqueue.worker.slots import WorkSlot
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    name: str
+    exit_when_idle: float | None = None
+    max_retries: int = 3
+    retry_delay: float = 2.0
+    max_task_bytes: int = DEFAULT_MAX_TASK_BYTES
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    events: bool = True
+
+
+@dataclass
+class WorkerStats:
+    done: int = 0
+    failed_attempts: int = 0
+    dead_lettered: int = 0
+    redelivered: int = 0
+    cancelled: int = 0
+    done_by_run: Counter = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+
+    def summary(self, name: str, slots: list[WorkSlot], events_dropped: int = 0) -> str:
+        wall = time.monotonic() - self.started
+        busy = sum(slot.busy_seconds for slot in slots)
+        text = (f"worker {name}: {self.done} done, {self.failed_attempts} failed attempts, "
+                f"{self.dead_lettered} dead-lettered, {self.redelivered} redelivered; busy "
+                f"{busy:.1f} s, idle {max(0.0, wall * len(slots) - busy):.1f} s")
+        if len(slots) > 1:
+            text += " (" + ", ".join(f"{slot.name}: {slot.done}" for slot in slots) + ")"
+        if self.cancelled:
+            text += f"; {self.cancelled} cancelled"
+        if events_dropped:
+            text += f"; {events_dropped} events dropped (the report will say so)"
+        return text
+
+
+class WorkerAccount:
+    """Events and snapshots for one worker, through its outbox (nothing when events are off)."""
+
+    def __init__(self, options: WorkerOptions, host: str, slots: list[WorkSlot],
+                 outbox: Outbox) -> None:
+        self.options, self.host, self.slots, self.outbox = options, host, slots, outbox
+        self.stats = WorkerStats()
+
+    def record(self, slot: WorkSlot, delivery: Delivery, outcome: str, seconds: float,
+               reason: str = "", result: str | None = None) -> None:
+        """Record the attempt for the report and live views (sent in batches, see events.py)."""
+        if not self.options.events:
+            return
+        message_id = delivery.properties.message_id
+        self.outbox.record(task_event(
+            run_id=delivery.run_id, worker=slot.name, host=self.host,
+            message_id=message_id if isinstance(message_id, str) else None, row=delivery.row,
+            task=delivery.text, outcome=outcome, received=delivery.received,
+            started=delivery.started or delivery.received, seconds=seconds,
+            attempt=delivery.attempt,
+            redelivered=delivery.redelivered, reason=reason, result=result,
+            queued=delivery.queued))
+
+    def snapshot(self, state: str, connected: bool) -> dict:
+        """What every slot is doing now (*state*: running, paused or stopped)."""
+        slots = []
+        for slot in self.slots:
+            delivery = slot.delivery
+            if delivery is None:
+                slots.append({"slot": slot.name, "state": "idle", "since": slot.idle_since,
+                              "done": slot.done, "failed": slot.failed})
+            else:
+                slots.append({"slot": slot.name, "state": "busy", "since": delivery.started,
+                              "queued": delivery.queued,
+                              "row": delivery.row, "task": delivery.text[:80],
+                              "run_id": delivery.run_id, "done": slot.done,
+                              "failed": slot.failed})
+        return {"kind": "snapshot", "worker": self.options.name, "host": self.host,
+                "pid": os.getpid(), "time": time.time(), "state": state, "slots": slots,
+                "connected": connected}
+
+    def totals(self) -> None:
+        """At exit: what this worker did, per run (the report checks its counts with it), and
+        a last snapshot saying it stopped."""
+        if not self.options.events:
+            return
+        stats = self.stats
+        self.outbox.record({
+            "kind": "worker", "id": event_id(), "worker": self.options.name,
+            "host": self.host, "pid": os.getpid(), "time": time.time(),
+            "done": stats.done, "failed": stats.failed_attempts,
+            "dead": stats.dead_lettered, "runs": dict(stats.done_by_run),
+            "events_dropped": self.outbox.events.dropped})
+        self.outbox.announce(self.snapshot("stopped", connected=False))
