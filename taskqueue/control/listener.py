@@ -153,8 +153,12 @@ class WorkerControl:
                 self._next_offset = position + 1
             heard()
             record = decode(body)
-            if record is not None:
+            if record is None:
+                return
+            try:
                 self._apply(record)
+            except Exception:  # a command must never take the worker down: say it, go on
+                self.log.exception("could not act on the control command %r", record)
 
         channel.basic_qos(prefetch_count=PREFETCH, callback=lambda _frame: channel.basic_consume(
             self.spec.control_name, on_message, arguments={"x-stream-offset": offset}))
