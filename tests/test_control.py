@@ -66,7 +66,7 @@ def test_requeue_dead_by_reason_and_run_while_workers_run(queue, logs, tmp_path)
     assert queue_state(queue + ".dead")[0] == 30, "a dry run moves nothing"
     out = tmp_path / "shout.out"
     worker = start_worker("--queue", queue, "--handler", "tests.handlers:shout",
-                          "--exit-when-idle", "3", log_dir=logs, out=out)
+                          "--exit-when-idle", "5", log_dir=logs, out=out)
     wait_for(lambda: consumers(queue) == 1, what="the worker")
     moved = control("requeue-dead", "--queue", queue, "--reason", "SystemExit", logs=logs)
     assert "10 moved back" in moved and "20 left" in moved, moved
@@ -74,13 +74,15 @@ def test_requeue_dead_by_reason_and_run_while_workers_run(queue, logs, tmp_path)
     by_run = control("requeue-dead", "--queue", queue, "--run", boom_run, "--limit", "5",
                      logs=logs)
     assert "5 moved back" in by_run, by_run
+    wait_for(lambda: out.read_text().count("done row") == 15, what="the 5 booms done")
+    assert queue_state(queue + ".dead")[0] == 15, "the rest stay"
+    everything = control("requeue-dead", "--queue", queue, logs=logs)  # no filter
+    assert "15 moved back" in everything and "0 left" in everything, everything
     assert worker.wait(timeout=60) == 0, out.read_text()
     text = out.read_text()
-    assert text.count("done row") == 15, "10 replayed exits and 5 booms, each once"
-    assert len(set(re.findall(r"done row \d+, id (\S+)", text))) == 15
-    left = consume_all(queue + ".dead")
-    assert len(left) == 15 and all(b"boom" in body for _, body in left), "the rest stay"
-    assert queue_state(queue) == (0, 0)
+    done = re.findall(r"done row \d+, id (\S+)", text)
+    assert len(done) == 30 and len(set(done)) == 30, "every dead task done once"
+    assert queue_state(queue) == (0, 0) and queue_state(queue + ".dead") == (0, 0)
 
 
 def test_requeue_dead_takes_any_message_and_counts_replays(queue, logs, tmp_path):
