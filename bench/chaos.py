@@ -559,11 +559,16 @@ class Chaos:
                 time.sleep(1.0)
 
     def control(self, *args: str) -> str:
-        """task_control.py, as an operator would run it (on a node that is up)."""
-        result = subprocess.run([sys.executable, str(ROOT / "task_control.py"), *args,
-                                 "--queue", self.queue, "--url", self.setup.url],
-                                capture_output=True, text=True, cwd=ROOT, env=self.env(),
-                                timeout=120, stdin=subprocess.DEVNULL)
+        """task_control.py, as an operator would run it (on a node that is up); run again, as
+        an operator would, when it said the broker did not answer (another fault's doing)."""
+        for _attempt in range(20):
+            result = subprocess.run([sys.executable, str(ROOT / "task_control.py"), *args,
+                                     "--queue", self.queue, "--url", self.setup.url],
+                                    capture_output=True, text=True, cwd=ROOT, env=self.env(),
+                                    timeout=120, stdin=subprocess.DEVNULL)
+            if result.returncode != 3:  # 3: unreachable, said in one line
+                break
+            time.sleep(1.0)
         if result.returncode != 0:
             raise RuntimeError(f"task_control.py {args[0]}: {result.stderr.strip()}")
         return result.stdout.strip()
