@@ -393,11 +393,12 @@ class Chaos:
             batch, proc = running
         if not proc.send(sig):
             return False
-        if sig == signal.SIGTERM and rng.random() < 0.5:
+        second = sig == signal.SIGTERM and rng.random() < 0.5
+        if second:
             time.sleep(0.2)
-            proc.send(signal.SIGINT)  # a second stop request: stop at once
-        with self.lock:
-            batch.republished |= sig == signal.SIGKILL
+            proc.send(signal.SIGINT)  # a second stop request: stop at once, unconfirmed left
+        with self.lock:  # --resume publishes again what was not confirmed: the broker may
+            batch.republished |= sig == signal.SIGKILL or second  # have had some of it
         self.say(f"{sig.name}{' x2' if len(proc.signals) > 1 else ''} emitter {proc.name}")
         return True
 

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn, Protocol
 
+import pika
+
 from taskqueue import __version__
 from taskqueue.broker.config import (
     DEFAULT_HEARTBEAT,
@@ -21,7 +23,7 @@ from taskqueue.broker.config import (
     broker_urls,
     with_credentials,
 )
-from taskqueue.errors import EXIT_BAD_INPUT, UserError
+from taskqueue.errors import EXIT_BAD_INPUT, EXIT_UNREACHABLE, UserError
 from taskqueue.log import LEVELS
 
 
@@ -141,4 +143,8 @@ def run_script(script: str, main: Callable[[], int]) -> None:
     except KeyboardInterrupt:  # before the signal handlers were installed
         print(f"{script}: interrupted", file=sys.stderr)
         code = 130
+    except pika.exceptions.AMQPError as exc:  # a one-shot command's connection went away
+        print(f"{script}: error: the connection to the broker was lost ({exc!r:.200}); run "
+              "it again once the broker is back", file=sys.stderr)
+        code = EXIT_UNREACHABLE
     sys.exit(code)

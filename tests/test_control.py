@@ -256,3 +256,27 @@ def test_the_live_view_shows_a_paused_queue_and_its_workers():
     screen = "\n".join(state.screen(now, 120, 30))
     assert screen.startswith("queue 'q': PAUSED") and "cancelled 1" in screen, screen
     assert "paused" in screen.split("worker", 1)[1]
+
+
+def test_a_command_whose_broker_goes_away_says_so_in_one_line(restart_node, logs):
+    """Found by `make chaos` (seed 141994): the broker restarted while stop-workers waited for
+    answers, and the command ended in a traceback."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, script_env
+
+    node = restart_node
+    command = subprocess.Popen([sys.executable, str(ROOT / "task_control.py"), "pause",
+                                "--queue", "gone_q", "--url", node.url],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=script_env(logs), cwd=ROOT, stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # it listens for the workers for 2.5 s
+        node.stop_app()
+        _out, err = command.communicate(timeout=60)
+    finally:
+        node.start_app()
+    assert command.returncode == 3, err
+    assert err.count("\n") == 1 and "connection to the broker was lost" in err, err
+    assert "Traceback" not in err
