@@ -113,6 +113,13 @@ def test_workers_drain_through_an_alarm_and_the_emitter_waits(kind, alarm_node, 
 
 # --- faults meeting an alarm (issue 16) -------------------------------------------------------
 
+def emit_slow_task(node, queue: str, logs, tmp_path) -> None:
+    """One task of four dots: with --task-timeout 0.3 (1 s a dot) it fails every attempt."""
+    rows = write_csv(tmp_path / "rows.csv", ["slow...."])
+    assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
+                      str(rows), log_dir=logs).returncode == 0
+
+
 def exit_code_within(process, seconds: float, out, what: str) -> int:
     """The process's exit code, if it ends within *seconds*; else kill it and fail."""
     try:
@@ -163,9 +170,7 @@ def test_exit_when_idle_waits_for_a_retry_copy_an_alarm_holds(alarm_node, logs, 
     """The failed task's copy to .retry waits for the alarm; the worker must not call itself
     idle and leave the task to a queue nobody consumes."""
     node, queue, out = alarm_node, "alarm_idle_retry_q", tmp_path / "w.out"
-    rows = write_csv(tmp_path / "rows.csv", ["slow...."])
-    assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
-                      str(rows), log_dir=logs).returncode == 0
+    emit_slow_task(node, queue, logs, tmp_path)
     set_alarm(node, "disk")
     try:
         worker = start_worker("--url", node.url, "--queue", queue, "--name", "w1",
@@ -189,9 +194,7 @@ def test_a_stop_during_an_alarm_puts_back_a_task_whose_copy_waits(alarm_node, lo
     """The failed task's copy to .retry cannot be published: the stop does not wait for the
     alarm to end; the original goes back to the queue instead (nothing lost)."""
     node, queue, out = alarm_node, "alarm_stop_copy_q", tmp_path / "w.out"
-    rows = write_csv(tmp_path / "rows.csv", ["slow...."])
-    assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
-                      str(rows), log_dir=logs).returncode == 0
+    emit_slow_task(node, queue, logs, tmp_path)
     set_alarm(node, "disk")
     try:
         worker = start_worker("--url", node.url, "--queue", queue, "--name", "w1",
@@ -225,9 +228,7 @@ def test_a_connection_lost_while_blocked_does_not_leave_the_worker_blocked(alarm
         wait_for(lambda: out.read_text().count("connected again") == 2, what="reconnected")
     finally:
         clear_alarm(node, "memory")
-    rows = write_csv(tmp_path / "rows.csv", ["slow...."])
-    assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
-                      str(rows), log_dir=logs).returncode == 0
+    emit_slow_task(node, queue, logs, tmp_path)
     wait_for(lambda: (queue_state(queue + ".dead", node.url) or (0, 0))[0] == 1, timeout=30,
              what="the failed task's copies published (retry, then dead)")
     worker.send_signal(signal.SIGTERM)
