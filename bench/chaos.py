@@ -861,6 +861,8 @@ def main() -> int:
     if not shutil.which("rabbitmq-server"):
         print("chaos needs rabbitmq-server (throwaway nodes)", file=sys.stderr)
         return 2
+    # SIGTERM (a CI timeout, kill) ends the run through its finally: nodes and workers stopped.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     setup = args.setup or random.Random(seed).choice(["single", "cluster"])
     workdir = Path(tempfile.mkdtemp(prefix=f"chaos-{seed}-"))
