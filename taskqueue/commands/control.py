@@ -63,14 +63,22 @@ def main() -> int:
     settings, spec = broker_settings(args), queue_spec(args)
     if args.command == "requeue-dead":
         return requeue_dead(args, settings, spec, log)
-    what = {"pause": f"paused queue {spec.name!r}", "resume": f"resumed queue {spec.name!r}",
-            "cancel": f"cancelled run {getattr(args, 'run', '')} on queue {spec.name!r}",
-            "stop-workers": f"asked {'worker ' + args.name if getattr(args, 'name', None) else 'every worker'} of queue {spec.name!r} to stop"}[args.command]  # noqa: E501
+    what = done_text(args, spec.name)
     kind = "stop" if args.command == "stop-workers" else args.command
     outcome = commands.send(settings, spec, kind, run=getattr(args, "run", None),
                             worker=getattr(args, "name", None))
     print(commands.summary(outcome, what))
     return 0
+
+
+def done_text(args: argparse.Namespace, queue: str) -> str:
+    """What the summary line says was done."""
+    if args.command == "cancel":
+        return f"cancelled run {args.run} on queue {queue!r}"
+    if args.command == "stop-workers":
+        who = f"worker {args.name}" if args.name else "every worker"
+        return f"asked {who} of queue {queue!r} to stop"
+    return f"{args.command}d queue {queue!r}"  # paused, resumed
 
 
 def requeue_dead(args: argparse.Namespace, settings, spec, log) -> int:

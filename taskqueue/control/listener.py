@@ -48,6 +48,7 @@ class WorkerControl:
         self._next_offset: int | None = None
         self._generation = 0
         self._waiting_since: float | None = None
+        self._working_meanwhile = False  # said, and taking tasks, while the stream is unreadable
 
     @property
     def paused(self) -> bool:
@@ -102,7 +103,7 @@ class WorkerControl:
         def subscribe() -> None:
             connection.channel(on_open_callback=lambda channel: self._consume(
                 channel, generation, heard, unusable))
-            self._waiting_since = None
+            self._waiting_since, self._working_meanwhile = None, False
             heard()
 
         declare_control(connection, self.spec, subscribe, unusable)
@@ -117,11 +118,11 @@ class WorkerControl:
             self.log.warning("the control stream %r cannot be read yet (%s): waiting for it "
                              "before taking tasks", self.spec.control_name,
                              getattr(reason, "reply_text", reason))
-        elif now - self._waiting_since > WAIT_SECONDS:
+        elif now - self._waiting_since > WAIT_SECONDS and not self._working_meanwhile:
+            self._working_meanwhile = True
             self.log.warning("the control stream %r is still unreadable after %.0f s: taking "
                              "tasks meanwhile (a pause given now is seen once it is readable)",
                              self.spec.control_name, WAIT_SECONDS)
-            self._waiting_since = now + 3600  # said once an hour at most
             caught_up()
 
         def again() -> None:
