@@ -130,8 +130,11 @@ class QueueSpec:
                       ``queue_type`` (``auto`` creates a quorum queue);
     ``<name>.retry``  failed tasks wait here (per-message TTL) and flow back to ``<name>``;
     ``<name>.dead``   tasks that failed too often or can never succeed, with the reason;
-    ``<name>.events`` task events for the who-did-what report (bounded), fed by the exchange
-                      of the same name, which live views (``task_report.py --watch``) also bind.
+    ``<name>.results`` the record of every attempt's outcome (a stream: read by anyone, any
+                      number of times, kept by size and age), written before each ack;
+    ``<name>.control`` the stream of control commands (task_control.py);
+    the ``<name>.events`` exchange carries what live views watch (snapshots, finished tasks);
+    ``<name>.events`` the queue, made by versions before 0.4, is still read by the report.
     """
 
     name: str = DEFAULT_QUEUE
@@ -158,6 +161,22 @@ class QueueSpec:
     def control_name(self) -> str:
         """The stream of control commands (pause, resume, cancel, stop): task_control.py."""
         return f"{self.name}.control"
+
+    @property
+    def results_name(self) -> str:
+        """The stream of results records (results/record.py): every attempt's outcome."""
+        return f"{self.name}.results"
+
+    @property
+    def streams(self) -> list[str]:
+        """The streams beside the queue: its record of results, its control commands."""
+        return [self.results_name, self.control_name]
+
+    @property
+    def everything(self) -> list[str]:
+        """Every queue and stream of ours that may exist for this queue (the legacy events
+        queue included): what ``task_control.py delete-queue`` removes."""
+        return [*self.all_queues, *self.streams]
 
     @property
     def companions(self) -> list[str]:
