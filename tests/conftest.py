@@ -1,9 +1,12 @@
 """Fixtures: the real main broker (its absence fails the run), a unique queue per test that
-is deleted afterwards, and throwaway broker nodes for fault tests."""
+is deleted afterwards, and throwaway broker nodes for fault tests. A run that leaves a
+``test.`` queue on the main broker fails (``no_leftover_queues``)."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pika
 import pytest
 
 from tests.brokers import ThrowawayBroker
-from tests.helpers import MAIN_URL, delete_queues, kill_leftovers
+from tests.helpers import MAIN_URL, delete_queues, kill_leftovers, queue_names
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +26,60 @@ def main_broker() -> str:
         pytest.fail(f"no RabbitMQ on 127.0.0.1:5672 ({exc!r}); start it: rabbitmq-server -detached",
                     pytrace=False)
     return MAIN_URL
+
+
+LEFTOVERS: dict[str, object] = {}  # what no_leftover_queues found, for pytest_sessionfinish
+TEST_PREFIX = "test."
+SETTLE_SECONDS = 5.0  # exclusive queues of a command just ended may take a moment to go
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_queues():
+    """At the end of the session, the ``test.`` queues on the main broker that were not there
+    at its start; pytest_sessionfinish fails the run if there are any. Those of older runs are
+    counted, not held against this one."""
+    try:
+        before = queue_names(TEST_PREFIX)
+    except (OSError, subprocess.SubprocessError) as exc:
+        LEFTOVERS["unchecked"] = f"{exc!r:.200}"
+        yield
+        return
+    LEFTOVERS["before"] = before
+    yield
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        try:
+            left = queue_names(TEST_PREFIX) - before
+        except (OSError, subprocess.SubprocessError) as exc:
+            LEFTOVERS["unchecked"] = f"{exc!r:.200}"
+            return
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    LEFTOVERS["left"] = sorted(left)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if LEFTOVERS.get("left") and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    write = terminalreporter.write_line
+    if "unchecked" in LEFTOVERS:
+        write(f"leftover queues not checked: rabbitmqctl could not list them "
+              f"({LEFTOVERS['unchecked']})")
+    if LEFTOVERS.get("before"):
+        write(f"{len(LEFTOVERS['before'])} '{TEST_PREFIX}' queue(s) were on the main broker "
+              "before this run (ignored); delete them with rabbitmqctl delete_queue")
+    left = LEFTOVERS.get("left")
+    if left:
+        terminalreporter.write_sep("=", f"FAILED: {len(left)} '{TEST_PREFIX}' queue(s) left "
+                                   "on the main broker", red=True)
+        for name in left:
+            write(f"  {name}")
+        write("delete them in the test's teardown (tests.helpers.delete_queues), or use the "
+              "queue fixture; another test session running at the same time leaves them too")
 
 
 @pytest.fixture

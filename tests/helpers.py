@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pika
 
+from taskqueue.broker.config import QueueSpec
+
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -117,6 +119,15 @@ def unacked(name: str, node: str = "rabbit@localhost") -> int:
     raise AssertionError(f"queue {name} not found")
 
 
+def queue_names(prefix: str, node: str = "rabbit@localhost") -> set[str]:
+    """Names of the queues and streams on the main broker's node that start with *prefix*
+    (rabbitmqctl: the management API may not be there). Raises OSError or SubprocessError
+    when rabbitmqctl cannot tell."""
+    out = subprocess.run(["rabbitmqctl", "-n", node, "list_queues", "-q", "--no-table-headers",
+                          "name"], capture_output=True, text=True, check=True, timeout=60).stdout
+    return {line for line in out.splitlines() if line.startswith(prefix)}
+
+
 def drain(name: str, url: str = MAIN_URL) -> list[tuple[pika.BasicProperties, bytes]]:
     """Take every ready message off a queue (acked) and return them."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
@@ -147,16 +158,29 @@ def publish_raw(name: str, bodies: list[bytes], url: str = MAIN_URL) -> None:
 
 
 def delete_queues(base: str, url: str = MAIN_URL) -> None:
+    """Delete every queue and stream of *base* (``QueueSpec(base).everything``) and its events
+    exchange; a missing one is no error. One channel per operation: a 404 closes it."""
+    spec = QueueSpec(base)
     try:
         connection = pika.BlockingConnection(pika.URLParameters(url))
     except pika.exceptions.AMQPError:
         return
+    operations = [lambda channel, name=name: channel.queue_delete(name)
+                  for name in spec.everything]
+    operations.append(lambda channel: channel.exchange_delete(spec.exchange))
     try:
-        for suffix in ("", ".retry", ".dead", ".events"):
+        for operation in operations:
             channel = connection.channel()
-            channel.queue_delete(base + suffix)
+            try:
+                operation(channel)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+                continue
+            channel.close()
     finally:
-        connection.close()
+        if connection.is_open:
+            connection.close()
 
 
 def write_csv(path: Path, rows: list[str]) -> Path:

@@ -1,9 +1,13 @@
 """Operating the queue (issue 17): task_control.py's requeue-dead, pause, resume, cancel and
-stop-workers, against real workers on a real broker (restarts on a throwaway node)."""
+stop-workers, against real workers on a real broker (restarts on a throwaway node); and
+delete-queue."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import sys
 import time
 
 import pika
@@ -20,6 +24,7 @@ from tests.helpers import (
     MAIN_URL,
     consume_all,
     consumers,
+    delete_queues,
     done_rows,
     queue_state,
     run_script,
@@ -280,3 +285,153 @@ def test_a_command_whose_broker_goes_away_says_so_in_one_line(restart_node, logs
     assert command.returncode == 3, err
     assert err.count("\n") == 1 and "connection to the broker was lost" in err, err
     assert "Traceback" not in err
+
+
+# --- delete-queue ---------------------------------------------------------------------------
+def make_everything(queue: str) -> QueueSpec:
+    """Every queue and stream of QueueSpec.everything and the events exchange, as a worker and
+    an older version make them; 3 tasks, 2 dead ones, 1 control record."""
+    spec = QueueSpec(queue)
+    connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+    try:
+        channel = connection.channel()
+        for name in spec.everything:  # the legacy .events queue too
+            kind = "quorum" if name == queue else "stream" if name in spec.streams else "classic"
+            channel.queue_declare(name, durable=True, arguments={"x-queue-type": kind})
+        channel.exchange_declare(spec.exchange, "topic", durable=True)
+        channel.confirm_delivery()
+        for name, count in ((queue, 3), (spec.dead_name, 2), (spec.control_name, 1)):
+            for n in range(count):
+                channel.basic_publish("", name, f"m{n}".encode(),
+                                      pika.BasicProperties(delivery_mode=2))
+    finally:
+        connection.close()
+    return spec
+
+
+def exchange_exists(name: str) -> bool:
+    connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+    try:
+        connection.channel().exchange_declare(name, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return False
+        raise
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def existing(spec: QueueSpec) -> list[str]:
+    """Which of the queue's names exist (passive declares), the exchange last."""
+    names = [name for name in spec.everything if queue_state(name) is not None]
+    return names + ([f"exchange {spec.exchange}"] if exchange_exists(spec.exchange) else [])
+
+
+def everything_of(spec: QueueSpec) -> list[str]:
+    return [*spec.everything, f"exchange {spec.exchange}"]
+
+
+def delete_queue(queue: str, *args: str, logs, **kwargs):
+    return run_script("task_control.py", "delete-queue", "--queue", queue, "--url", MAIN_URL,
+                      *args, log_dir=logs, **kwargs)
+
+
+def test_delete_queue_lists_on_a_dry_run_then_deletes_everything_and_nothing_else(queue, logs):
+    spec = make_everything(queue)
+    neighbour = f"{queue}.keep"  # shares the prefix, is not one of ours: must survive
+    connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+    connection.channel().queue_declare(neighbour, durable=True)
+    connection.close()
+    try:
+        assert existing(spec) == everything_of(spec), "the test made them all"
+        dry = delete_queue(queue, "--dry-run", logs=logs)
+        assert dry.returncode == 0 and dry.stderr == "", dry.stderr
+        listed = dry.stdout.splitlines()
+        for name in spec.everything:
+            assert any(line.split()[:1] == [name] for line in listed), (name, dry.stdout)
+        assert any(line.split()[:2] == [queue, "queue"] and "3 messages" in line
+                   for line in listed), dry.stdout
+        assert any(line.split()[:2] == [spec.dead_name, "queue"] and "2 messages" in line
+                   for line in listed), dry.stdout
+        assert any(line.split() == [spec.exchange, "exchange"] for line in listed), dry.stdout
+        assert "nothing deleted" in listed[-1] and "5 messages" in listed[-1], dry.stdout
+        assert neighbour not in dry.stdout
+        assert existing(spec) == everything_of(spec), "a dry run deletes nothing"
+        assert queue_state(queue) == (3, 0), "nor takes a message"
+
+        done = delete_queue(queue, "--yes", logs=logs)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        summary = done.stdout.splitlines()[-1]
+        assert summary == (f"deleted 6 queues and streams holding 5 messages, and the exchange "
+                           f"'{spec.exchange}'"), done.stdout
+        assert existing(spec) == [], "every queue, stream and the exchange gone"
+        assert queue_state(neighbour) == (0, 0), "a name that is not ours is left alone"
+
+        again = delete_queue(queue, "--yes", logs=logs)
+        assert again.returncode == 0 and "nothing to delete" in again.stdout, again.stdout
+    finally:
+        delete_queues(neighbour)
+
+
+def test_delete_queue_off_a_terminal_without_yes_refuses_and_deletes_nothing(queue, logs):
+    spec = make_everything(queue)
+    for stdin in ({}, {"input": "y\n"}):  # nothing to read, and an answer piped in
+        refused = delete_queue(queue, logs=logs, **stdin)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stderr.count("\n") == 1 and "--yes" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert existing(spec) == everything_of(spec), "nothing deleted"
+        assert queue_state(queue) == (3, 0)
+
+
+def test_delete_queue_refuses_while_workers_consume_unless_forced(queue, logs):
+    spec = make_everything(queue)
+    consumer = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+    try:
+        channel = consumer.channel()
+        channel.basic_qos(prefetch_count=1)
+        channel.basic_consume(queue, lambda *_args: None)
+        consumer.process_data_events(time_limit=0.5)
+        wait_for(lambda: consumers(queue) == 1, what="the consumer")
+        refused = delete_queue(queue, "--yes", logs=logs)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stderr.count("\n") == 1, refused.stderr
+        assert "1 consumer" in refused.stderr and "stop-workers" in refused.stderr
+        assert "--force" in refused.stderr, refused.stderr
+        assert existing(spec) == everything_of(spec), "nothing deleted"
+        dry = delete_queue(queue, "--dry-run", logs=logs)
+        assert dry.returncode == 0 and "1 consumer" in dry.stdout, dry.stdout
+        forced = delete_queue(queue, "--yes", "--force", logs=logs)
+        assert forced.returncode == 0, forced.stdout + forced.stderr
+        # The consumer holds one task (prefetch 1): the broker counts the 2 ready and 2 dead.
+        assert forced.stdout.splitlines()[-1].startswith("deleted 6 queues and streams holding "
+                                                         "4 messages"), forced.stdout
+        assert existing(spec) == [], "deleted under the consumer"
+    finally:
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            consumer.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_delete_queue_on_a_terminal_asks_and_takes_no_for_no(queue, logs):
+    spec = make_everything(queue)
+    for answer, deleted in (("n", False), ("y", True)):
+        leader, follower = os.openpty()
+        try:
+            os.write(leader, f"{answer}\n".encode())  # typed ahead: read once it asks
+            result = delete_queue(queue, logs=logs, stdin=follower)
+        finally:
+            os.close(follower)
+            os.close(leader)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "y or n" in result.stdout, result.stdout
+        if deleted:
+            assert "= n): deleted 6 queues and streams holding 5 messages" in result.stdout, \
+                result.stdout
+            assert existing(spec) == []
+        else:
+            assert result.stdout.endswith("for good? y or n (no answer in 30 s = n): nothing "
+                                          "deleted\n"), result.stdout
+            assert existing(spec) == everything_of(spec)

@@ -1,5 +1,6 @@
 """Operate the queue from any machine that reaches the broker: put dead tasks back, pause and
-resume the workers, cancel a run, stop workers (as SIGTERM would).
+resume the workers, cancel a run, stop workers (as SIGTERM would), delete a queue and all of
+its companions.
 
     python task_control.py requeue-dead                       # every task in <queue>.dead
     python task_control.py requeue-dead --reason "timed out" --run 20261130-101500-ab12cd
@@ -8,6 +9,7 @@ resume the workers, cancel a run, stop workers (as SIGTERM would).
     python task_control.py resume
     python task_control.py cancel --run 20261130-101500-ab12cd
     python task_control.py stop-workers [--name alice]
+    python task_control.py delete-queue [--dry-run] [--yes] [--force]   # and its companions
 
 Installed with pip, the same command is ``taskqueue-control`` (same options).
 """
@@ -17,6 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from taskqueue.admin import ask_yes_no
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.broker.connection import open_blocking
 from taskqueue.cli import (
     add_broker_options,
     broker_settings,
@@ -26,6 +31,7 @@ from taskqueue.cli import (
     script_parser,
 )
 from taskqueue.control import commands
+from taskqueue.control.remove import QueueRemover, confirm
 from taskqueue.control.requeue import DeadFilter, DeadMover, progress_printer
 from taskqueue.log import get_logger
 
@@ -52,7 +58,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     stop = sub.add_parser("stop-workers", help="workers finish the tasks in hand and exit 0, "
                           "as after SIGTERM (e.g. stop-workers --name alice)")
     stop.add_argument("--name", help="only this worker (default: every worker)")
-    for command in (requeue, sub.choices["pause"], sub.choices["resume"], cancel, stop):
+    delete = sub.add_parser("delete-queue", help="delete the queue, its .retry, .dead, .events, "
+                            ".results and .control, and the <queue>.events exchange, messages "
+                            "and all (e.g. delete-queue --queue shot_q --dry-run)")
+    delete.add_argument("--dry-run", action="store_true",
+                        help="list what exists and would be deleted; delete nothing")
+    delete.add_argument("--yes", action="store_true",
+                        help="do not ask (needed when stdin is not a terminal)")
+    delete.add_argument("--force", action="store_true",
+                        help="delete even while workers consume the queue (they would declare "
+                             "it again: stop them first with stop-workers)")
+    for command in (requeue, sub.choices["pause"], sub.choices["resume"], cancel, stop, delete):
         add_broker_options(command)
     return parser.parse_args(argv)
 
@@ -63,6 +79,8 @@ def main() -> int:
     settings, spec = broker_settings(args), queue_spec(args)
     if args.command == "requeue-dead":
         return requeue_dead(args, settings, spec, log)
+    if args.command == "delete-queue":
+        return delete_queue(args, settings, spec)
     what = done_text(args, spec.name)
     kind = "stop" if args.command == "stop-workers" else args.command
     outcome = commands.send(settings, spec, kind, run=getattr(args, "run", None),
@@ -100,6 +118,42 @@ def requeue_dead(args: argparse.Namespace, settings, spec, log) -> int:
           f"left in {spec.dead_name!r}"
           + (f", {stats.refused} refused by the broker (still there)" if stats.refused else "")
           + f"; {stats.rate:,.0f} tasks/s")
+    return 0
+
+
+def delete_queue(args: argparse.Namespace, settings: BrokerSettings, spec: QueueSpec) -> int:
+    """List what exists; unless --dry-run, confirm and delete it. The connection is not held
+    while the user thinks (its heartbeat would lapse): the deletion looks again on a new one."""
+    connection = open_blocking(settings)
+    try:
+        found = QueueRemover(connection, spec).survey()
+    finally:
+        if connection.is_open:
+            connection.close()
+    if not found.anything:
+        print(f"nothing to delete: no queue, stream or exchange of queue {spec.name!r} exists")
+        return 0
+    print(f"{'would delete' if args.dry_run else 'found'} for queue {spec.name!r}:")
+    for line in found.lines():
+        print(line)
+    if args.dry_run:
+        busy = (f"; it has {found.consumers} consumer(s): without --force delete-queue would "
+                "refuse" if found.consumers else "")
+        print(f"dry run: {len(found.queues)} queues and streams holding {found.messages} "
+              f"messages{', and the exchange' if found.exchange else ''}; nothing deleted{busy}")
+        return 0
+    interactive = bool(sys.stdin and sys.stdin.isatty())
+    if not confirm(found, yes=args.yes, force=args.force, interactive=interactive,
+                   ask=ask_yes_no):
+        print("nothing deleted")
+        return 0
+    connection = open_blocking(settings)
+    try:
+        removed = QueueRemover(connection, spec).remove(force=args.force)
+    finally:
+        if connection.is_open:
+            connection.close()
+    print(removed.summary())
     return 0
 
 
