@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from taskqueue.errors import EXIT_BAD_INPUT, UserError
+from taskqueue.results.record import RESULTS_MAX_AGE, RESULTS_MAX_BYTES, stream_arguments
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/%2F"
 DEFAULT_QUEUE = "task_queue"
@@ -25,7 +26,6 @@ QUEUE_TYPES = ("auto", "quorum", "classic")
 # every heartbeat + 5 s); 10 s (RabbitMQ advises 5-20 s) notices it within 15-30 s. Our I/O
 # loops never wait on work, so a short heartbeat cannot cost a long task its connection.
 DEFAULT_HEARTBEAT = 10
-EVENTS_MAX_MESSAGES = 20_000  # <queue>.events keeps at most this many batches (oldest dropped)
 
 
 def broker_urls(cli_urls: list[str] | None, environ: dict[str, str] | None = None) -> list[str]:
@@ -139,6 +139,8 @@ class QueueSpec:
 
     name: str = DEFAULT_QUEUE
     queue_type: str = "auto"
+    results_max_age: str = RESULTS_MAX_AGE  # the results stream's retention, when we make it
+    results_max_bytes: int = RESULTS_MAX_BYTES
 
     @property
     def retry_name(self) -> str:
@@ -176,11 +178,16 @@ class QueueSpec:
     def everything(self) -> list[str]:
         """Every queue and stream of ours that may exist for this queue (the legacy events
         queue included): what ``task_control.py delete-queue`` removes."""
-        return [*self.all_queues, *self.streams]
+        return [*self.all_queues, self.events_name, *self.streams]
+
+    def results_arguments(self) -> dict[str, object]:
+        return stream_arguments(self.results_max_age, self.results_max_bytes)
 
     @property
     def companions(self) -> list[str]:
-        return [self.retry_name, self.dead_name, self.events_name]
+        """The queues made beside the task queue (since 0.4 no ``.events`` queue: the record
+        of results is the ``.results`` stream)."""
+        return [self.retry_name, self.dead_name]
 
     @property
     def all_queues(self) -> list[str]:
@@ -210,7 +217,4 @@ class QueueSpec:
                                   "x-dead-letter-strategy": "at-least-once",
                                   "x-overflow": "reject-publish"})
             return arguments
-        arguments = {"x-queue-type": "quorum"} if quorum else {}
-        if name == self.events_name:
-            arguments["x-max-length"] = EVENTS_MAX_MESSAGES
-        return arguments
+        return {"x-queue-type": "quorum"} if quorum else {}

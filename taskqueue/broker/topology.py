@@ -1,4 +1,5 @@
-"""Declare-or-adopt: make sure the task queue, its companions and the events exchange exist.
+"""Declare-or-adopt: make sure the task queue, its companions, the events exchange and the
+results stream exist.
 
 An existing queue is used as it is, whatever its type and arguments, because RabbitMQ refuses a
 redeclaration whose arguments differ: today's tutorial makes ``task_queue`` a quorum queue, older
@@ -29,7 +30,7 @@ from pika.exceptions import ChannelClosedByBroker
 from taskqueue.broker.config import QueueSpec
 from taskqueue.errors import EXIT_REFUSED, UserError
 
-ROUTING_REPORT = "report"  # events the report keeps (finished tasks, runs, worker totals)
+ROUTING_REPORT = "report"  # what versions before 0.4 stored in the <queue>.events queue
 ROUTING_LIVE = "live"  # what live views want on top (worker snapshots); dropped if no view
 ROUTING_CONTROL = "control"  # workers' answers to task_control.py's commands
 
@@ -230,16 +231,50 @@ class QueueSetup:
         self._on_channel(lambda ch, ok: ch.queue_declare(name, durable=True, arguments=arguments,
                                                          callback=ok), created, refused)
 
-    # --- the events exchange -------------------------------------------------------------
+    # --- the events exchange, the results stream ---------------------------------------
     def _bind_events(self) -> None:
         spec = self.spec
 
-        def bind(channel: Channel, ok: Callable[[object], None]) -> None:
-            channel.exchange_declare(spec.exchange, "topic", durable=True, callback=lambda _f:
-                                     channel.queue_bind(spec.events_name, spec.exchange,
-                                                        ROUTING_REPORT, callback=ok))
+        def declare(channel: Channel, ok: Callable[[object], None]) -> None:
+            channel.exchange_declare(spec.exchange, "topic", durable=True, callback=ok)
 
-        self._on_channel(bind, lambda _frame: self.on_done(self.topology), self.on_error)
+        self._on_channel(declare, lambda _frame: self._results_stream(), self.on_error)
+
+    def _results_stream(self) -> None:
+        """Used as it is when it exists (its retention was set by whoever made it); made with
+        ours otherwise. No permission for it stops the setup: no work without records."""
+        name = self.spec.results_name
+
+        def refused(refusal: ChannelClosedByBroker) -> None:
+            if refusal.reply_code == 404:
+                self._on_channel(lambda ch, ok: ch.queue_declare(
+                    name, durable=True, arguments=self.spec.results_arguments(), callback=ok),
+                    made, lambda again: self.on_error(results_refusal(name, again)))
+            else:
+                self.on_error(results_refusal(name, refusal))
+
+        def made(_frame: object) -> None:
+            self.topology.created.append(name)
+            self.log.info("created the results stream %r (kept %s, at most %.0f GB)", name,
+                          self.spec.results_max_age, self.spec.results_max_bytes / 1e9)
+            self.on_done(self.topology)
+
+        self._on_channel(lambda ch, ok: ch.queue_declare(name, passive=True, callback=ok),
+                         lambda _frame: self.on_done(self.topology), refused)
+
+
+def results_refusal(name: str, refusal: ChannelClosedByBroker) -> BaseException:
+    """What to tell the user when the results stream cannot be made or used."""
+    if refusal.reply_code == 403:
+        return UserError(f"no permission on the results stream {name!r} ({refusal.reply_text});"
+                         " every outcome is recorded there before its task is acked, so no "
+                         "task is taken without it: grant configure/write/read on it "
+                         "(rabbitmqctl set_permissions)", EXIT_REFUSED)
+    if refusal.reply_code == 406:
+        return UserError(f"cannot make the results stream {name!r} ({refusal.reply_text}): it "
+                         "needs RabbitMQ 3.9 or newer, and no other queue of that name",
+                         EXIT_REFUSED)
+    return refusal
 
 
 # --- the control stream (task_control.py) ------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -33,6 +32,7 @@ from taskqueue.emitter.publisher import CONFIRM_WINDOWS, ConfirmedPublisher, Res
 from taskqueue.emitter.tasks import Task, read_tasks, tasks_from_messages
 from taskqueue.errors import EXIT_INCOMPLETE, UserError
 from taskqueue.log import get_logger, log_dir
+from taskqueue.results.record import new_run_id
 
 SCRIPT = "emitter_of_tasks"
 
@@ -85,7 +85,7 @@ def main() -> int:
 
     state = None if (args.message or args.file == "-") else ResumeState(
         log_dir(), args.file, spec.name)
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    run_id = new_run_id(suffix=uuid.uuid4().hex[:6])
     tasks, total, skip = open_tasks(args, state, run_id, log)
 
     log.info("publishing to queue %r at %s (run %s)", spec.name, mask_url(settings.urls[0]), run_id)

@@ -29,7 +29,7 @@ from pika.channel import Channel
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.broker.connection import BrokerSession, settled_tags
-from taskqueue.broker.topology import ROUTING_REPORT, Topology
+from taskqueue.broker.topology import ROUTING_LIVE, Topology
 from taskqueue.emitter.feed import TaskFeed
 from taskqueue.emitter.tasks import Task
 from taskqueue.errors import UserError
@@ -222,15 +222,18 @@ class ConfirmedPublisher(BrokerSession):
             correlation_id=self._run_id, content_type="text/plain", timestamp=int(time.time()))
 
     def _announce(self, state: str) -> None:
-        """Tell the report and live views about this run (total rows, then what was sent)."""
+        """Tell the record (the results stream) and live views about this run: its total rows,
+        then how many it published."""
         channel = self.channel
         if channel is None or not channel.is_open or not self._publishing:
             return
         body = json.dumps([run_event(self._run_id, self.queue.name, state, self._total,
                                      self.stats.confirmed)]).encode()
-        channel.basic_publish(self.queue.exchange, ROUTING_REPORT, body, EVENT_PROPERTIES)
-        self._next_tag += 1
-        self._in_flight[self._next_tag] = None
+        for exchange, routing_key in (("", self.queue.results_name),
+                                      (self.queue.exchange, ROUTING_LIVE)):
+            channel.basic_publish(exchange, routing_key, body, EVENT_PROPERTIES)
+            self._next_tag += 1
+            self._in_flight[self._next_tag] = None
 
     def _on_return(self, _channel: Channel, _method: object, properties: pika.BasicProperties,
                    _body: bytes) -> None:

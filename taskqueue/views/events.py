@@ -24,7 +24,8 @@ EVENT_BATCH = 200  # events per message at most
 EVENT_FLUSH_SECONDS = 0.5  # and at least this often (the worker's I/O loop calls flush)
 MAX_PENDING_EVENTS = 10_000  # waiting while the broker is away or blocks us; oldest dropped
 MAX_TASK_TEXT = 200
-MAX_RESULT = 1024  # bytes of a handler's result (or a command's output) kept with its event
+MAX_REASON = 2000  # bytes of a failure reason
+MAX_RESULT = 16 * 1024  # bytes of a handler's result (or a command's output) kept in its record
 
 _ids = itertools.count(1)
 _PROCESS = f"{os.getpid():x}{int(time.time() * 1000) % 0xFFFFFF:06x}"
@@ -51,8 +52,10 @@ def task_event(*, run_id: str, worker: str, host: str, message_id: str | None, r
             "message_id": message_id, "row": row, "task": cap_text(task, MAX_TASK_TEXT),
             "outcome": outcome, "queued": queued, "received": received, "started": started,
             "finished": time.time(), "seconds": round(seconds, 4), "attempt": attempt,
-            "redelivered": redelivered, "reason": reason[:300],
-            "result": None if result is None else cap_text(result, MAX_RESULT)}
+            "redelivered": redelivered, "reason": cap_text(reason, MAX_REASON),
+            "result": None if result is None else cap_text(result, MAX_RESULT),
+            "cut": (result is not None and len(result.encode("utf-8")) > MAX_RESULT)
+            or len(reason.encode("utf-8")) > MAX_REASON}
 
 
 def run_event(run_id: str, queue: str, state: str, total: int | None, published: int) -> dict:

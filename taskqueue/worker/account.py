@@ -1,6 +1,7 @@
-"""What a worker tells about itself: its totals (the summary line at exit), one event per
-finished attempt (the report's and the live view's input, sent in batches by the outbox), and
-live snapshots of its slots. ``WorkerOptions`` are the settings a worker runs with."""
+"""What a worker tells about itself: one results record per finished attempt (the record:
+confirmed before the ack, see settlement.py; also shown to live views), its totals (the
+summary line at exit, and a record), and live snapshots of its slots. ``WorkerOptions`` are the
+settings a worker runs with."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class WorkerStats:
     dead_lettered: int = 0
     redelivered: int = 0
     cancelled: int = 0
+    skipped: int = 0  # already done (the record says so): acked unrun
     done_by_run: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
@@ -47,13 +49,16 @@ class WorkerStats:
             text += " (" + ", ".join(f"{slot.name}: {slot.done}" for slot in slots) + ")"
         if self.cancelled:
             text += f"; {self.cancelled} cancelled"
+        if self.skipped:
+            text += f"; {self.skipped} skipped (already done)"
         if events_dropped:
             text += f"; {events_dropped} events dropped (the report will say so)"
         return text
 
 
 class WorkerAccount:
-    """Events and snapshots for one worker, through its outbox (nothing when events are off)."""
+    """Records, events and snapshots for one worker, through its outbox (records always; live
+    events and snapshots not with --no-events)."""
 
     def __init__(self, options: WorkerOptions, host: str, slots: list[WorkSlot],
                  outbox: Outbox) -> None:
@@ -61,19 +66,21 @@ class WorkerAccount:
         self.stats = WorkerStats()
 
     def record(self, slot: WorkSlot, delivery: Delivery, outcome: str, seconds: float,
-               reason: str = "", result: str | None = None) -> None:
-        """Record the attempt for the report and live views (sent in batches, see events.py)."""
-        if not self.options.events:
-            return
+               reason: str = "", result: str | None = None) -> dict:
+        """The attempt's results record (the caller has it confirmed before the ack); live
+        views get it too."""
         message_id = delivery.properties.message_id
-        self.outbox.record(task_event(
+        record = task_event(
             run_id=delivery.run_id, worker=slot.name, host=self.host,
             message_id=message_id if isinstance(message_id, str) else None, row=delivery.row,
             task=delivery.text, outcome=outcome, received=delivery.received,
             started=delivery.started or delivery.received, seconds=seconds,
             attempt=delivery.attempt,
             redelivered=delivery.redelivered, reason=reason, result=result,
-            queued=delivery.queued))
+            queued=delivery.queued)
+        if self.options.events:
+            self.outbox.record({key: value for key, value in record.items() if key != "result"})
+        return record
 
     def snapshot(self, state: str, connected: bool) -> dict:
         """What every slot is doing now (*state*: running, paused or stopped)."""
@@ -96,13 +103,12 @@ class WorkerAccount:
     def totals(self) -> None:
         """At exit: what this worker did, per run (the report checks its counts with it), and
         a last snapshot saying it stopped."""
-        if not self.options.events:
-            return
         stats = self.stats
-        self.outbox.record({
+        self.outbox.record_result({
             "kind": "worker", "id": event_id(), "worker": self.options.name,
             "host": self.host, "pid": os.getpid(), "time": time.time(),
             "done": stats.done, "failed": stats.failed_attempts,
             "dead": stats.dead_lettered, "runs": dict(stats.done_by_run),
-            "events_dropped": self.outbox.events.dropped})
-        self.outbox.announce(self.snapshot("stopped", connected=False))
+            "skipped": stats.skipped, "events_dropped": self.outbox.events.dropped})
+        if self.options.events:
+            self.outbox.announce(self.snapshot("stopped", connected=False))

@@ -1,9 +1,11 @@
-"""The worker's publishing connection: events, and copies to ``<queue>.retry`` / ``.dead``.
+"""The worker's publishing connection: results records, copies to ``<queue>.retry`` /
+``.dead``, and events for the live views.
 
 During a memory or disk alarm RabbitMQ blocks every connection that publishes and stops
 reading from it, acks included. So the worker never publishes on the connection it consumes
 from (RabbitMQ's own advice): ``Outbox`` is a second connection, on the same I/O loop, and
 consuming never waits for it. While it is blocked or away:
+  * results records wait, and so do the acks of their tasks (the task stays in hand);
   * events wait in a bounded batch (oldest dropped, counted) and go out afterwards;
   * a copy to ``.retry``/``.dead`` waits too, and its original stays unacked until the copy is
     confirmed: the task is never lost, and the worker's other slots keep working.
@@ -11,8 +13,12 @@ A copy the broker returns (its queue was deleted) makes the outbox declare the q
 send it once more, up to ``MAX_COPY_RETURNS`` times; only then is it refused (the consumer puts
 the original back). Returns are matched to publishes exactly: each copy carries an
 ``x-copy-id`` header unique in this worker, which the broker hands back with the return.
-Everything is published with confirms; what was unconfirmed when the connection dropped is
-sent again (events carry ids, so the report counts each once).
+Records go to the ``<queue>.results`` stream in groups: while one group waits for its
+confirm, the records that come meanwhile gather into the next, so a confirm is paid once per
+group, not once per task. A group the broker returns (the stream was deleted) makes the outbox
+declare everything again and send it again, like a copy. Everything is published with
+confirms; what was unconfirmed when the connection dropped is sent again (records and events
+carry ids, so readers count each once).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import pika
 from pika.adapters.select_connection import IOLoop
@@ -34,10 +40,10 @@ from taskqueue.broker.connection import BrokerSession, settled_tags
 from taskqueue.broker.topology import (
     ROUTING_CONTROL,
     ROUTING_LIVE,
-    ROUTING_REPORT,
     QueueSetup,
     Topology,
 )
+from taskqueue.results.record import encode_group
 from taskqueue.views.events import EVENT_BATCH, EventBatch, encode
 
 EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
@@ -46,6 +52,8 @@ LIVE_PROPERTIES = pika.BasicProperties(content_type="application/json", expirati
 MAX_EVENT_BATCHES_IN_FLIGHT = 20
 MAX_COPY_RETURNS = 3  # a copy returned this often (its queue keeps vanishing) is refused
 COPY_ID = "x-copy-id"
+RECORD_GROUP = 1000  # records in one stream message at most
+RECORD_GROUPS_IN_FLIGHT = 1  # the next group gathers while this one is confirmed
 
 
 @dataclass
@@ -58,6 +66,24 @@ class Copy:
     on_settled: Callable[[bool], None]  # True: the broker has it; False: refused or unroutable
     cancelled: bool = False  # the original went back to the queue: the copy is not needed
     returns: int = 0  # times the broker returned it (no queue to route to)
+
+
+@dataclass
+class RecordGroup:
+    """Records published together to the results stream; each may have a callback, told
+    True once the broker has them, False if it would not take them."""
+
+    items: list[tuple[dict, Callable[[bool], None] | None]]
+    routing_key: str = ""
+    returns: int = 0
+    cancelled: bool = False  # never: a record says what happened, it is always sent
+    properties: pika.BasicProperties = field(default_factory=lambda: pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json"))
+
+    def settle(self, ok: bool) -> None:
+        for _record, callback in self.items:
+            if callback is not None:
+                callback(ok)
 
 
 class Outbox(BrokerSession):
@@ -75,10 +101,11 @@ class Outbox(BrokerSession):
         self.events = EventBatch()
         self.exchange_ready = False  # set by the consumer once the queues are set up
         self._copies: deque[Copy] = deque()
-        self._unconfirmed: dict[int, Copy | list[dict] | None] = {}
+        self._records: deque[tuple[dict, Callable[[bool], None] | None]] = deque()
+        self._unconfirmed: dict[int, Copy | RecordGroup | list[dict] | None] = {}
         self._returned: set[str] = set()  # x-copy-id of copies returned, until confirmed
         self._copy_ids = itertools.count(1)
-        self._remaking: list[Copy] | None = None  # copies waiting for the queues to be remade
+        self._remaking: list[Copy | RecordGroup] | None = None  # waiting for the queues
         self._snapshot: dict | None = None
         self._replies: deque[dict] = deque(maxlen=100)  # answers to control commands
         self._tag = 0
@@ -92,7 +119,15 @@ class Outbox(BrokerSession):
         self.send()
 
     def record(self, event: dict) -> None:
+        """An event for the live views (best effort: bounded, oldest dropped)."""
         self.events.add(event)
+
+    def record_result(self, record: dict, on_confirmed: Callable[[bool], None] | None = None
+                      ) -> None:
+        """A results record, to be confirmed by the broker (then *on_confirmed(True)*); kept
+        across reconnects until it is, never dropped."""
+        self._records.append((record, on_confirmed))
+        self.send()
 
     def reply(self, answer: dict) -> None:
         """An answer to a control command (task_control.py waits a few seconds for it)."""
@@ -106,9 +141,17 @@ class Outbox(BrokerSession):
     @property
     def waiting(self) -> int:
         """Events and copies not yet confirmed by the broker."""
-        unconfirmed = sum(len(item) if isinstance(item, list) else 1
+        unconfirmed = sum(len(item) if isinstance(item, list) else
+                          len(item.items) if isinstance(item, RecordGroup) else 1
                           for item in self._unconfirmed.values() if item is not None)
-        return len(self.events) + self.copies_waiting + unconfirmed
+        return len(self.events) + self.copies_waiting + self.records_waiting + unconfirmed
+
+    @property
+    def records_waiting(self) -> int:
+        """Results records not yet sent (or waiting for the stream to be made again)."""
+        remaking = sum(len(item.items) for item in self._remaking or ()
+                       if isinstance(item, RecordGroup))
+        return len(self._records) + remaking
 
     @property
     def copies_waiting(self) -> int:
@@ -133,12 +176,13 @@ class Outbox(BrokerSession):
                               mandatory=True)
         if not self.exchange_ready:
             return
+        self._send_records(channel)
         everything = everything or self._closing_since is not None
         batches = sum(isinstance(item, list) for item in self._unconfirmed.values())
         while (len(self.events) >= (1 if everything else EVENT_BATCH)
                and batches < MAX_EVENT_BATCHES_IN_FLIGHT):
             batch = self.events.take()
-            self._publish(channel, self.spec.exchange, ROUTING_REPORT, encode(batch),
+            self._publish(channel, self.spec.exchange, ROUTING_LIVE, encode(batch),
                           EVENT_PROPERTIES, batch)
             batches += 1
         while self._replies:
@@ -148,6 +192,21 @@ class Outbox(BrokerSession):
             self._publish(channel, self.spec.exchange, ROUTING_LIVE, encode([self._snapshot]),
                           LIVE_PROPERTIES, None)
             self._snapshot = None
+
+    def _send_records(self, channel: Channel) -> None:
+        groups = sum(isinstance(item, RecordGroup) for item in self._unconfirmed.values())
+        while self._records and groups < RECORD_GROUPS_IN_FLIGHT:
+            count = min(RECORD_GROUP, len(self._records))
+            group = RecordGroup([self._records.popleft() for _ in range(count)],
+                                self.spec.results_name)
+            self._publish_group(channel, group)
+            groups += 1
+
+    def _publish_group(self, channel: Channel, group: RecordGroup) -> None:
+        group.properties.headers = {COPY_ID: f"{self.worker}:{next(self._copy_ids)}"}
+        self._publish(channel, "", group.routing_key,
+                      encode_group([record for record, _ in group.items]), group.properties,
+                      group, mandatory=True)
 
     def close(self, grace: float) -> None:
         """Send what waits for up to *grace* seconds (while the broker takes it), then close;
@@ -184,6 +243,9 @@ class Outbox(BrokerSession):
         copies = [item for item in lost if isinstance(item, Copy) and not item.cancelled]
         self._copies.extendleft(reversed(copies))
         for item in reversed(lost):
+            if isinstance(item, RecordGroup):
+                self._records.extendleft(reversed(item.items))
+        for item in reversed(lost):
             if isinstance(item, list):
                 self.events.put_back(item)
 
@@ -200,11 +262,13 @@ class Outbox(BrokerSession):
         acked, tags = settled_tags(frame, self._unconfirmed)
         for tag in tags:
             item = self._unconfirmed.pop(tag)
-            if isinstance(item, Copy):
+            if isinstance(item, (Copy, RecordGroup)):
                 copy_id = item.properties.headers.get(COPY_ID)
-                if copy_id in self._returned:
+                if copy_id in self._returned or (isinstance(item, RecordGroup) and not acked):
                     self._returned.discard(copy_id)
                     self._on_copy_returned(item)
+                elif isinstance(item, RecordGroup):
+                    item.settle(True)
                 else:
                     item.on_settled(acked)
             elif isinstance(item, list) and not acked:
@@ -214,11 +278,18 @@ class Outbox(BrokerSession):
             self._close_when_sent()
 
     # --- a copy with no queue to go to ---------------------------------------------------------
-    def _on_copy_returned(self, copy: Copy) -> None:
-        """Its queue was deleted: make the queues again, then send it again (bounded)."""
+    def _on_copy_returned(self, copy: Copy | RecordGroup) -> None:
+        """Its queue (or the results stream) was deleted: make the queues again, then send it
+        again (bounded)."""
         copy.returns += 1
         if copy.returns > MAX_COPY_RETURNS or copy.cancelled:
-            copy.on_settled(False)
+            if isinstance(copy, RecordGroup):
+                self.log.error("[%s] the broker would not take %d results records into %r: "
+                               "their tasks go back to the queue", self.worker,
+                               len(copy.items), copy.routing_key)
+                copy.settle(False)
+            else:
+                copy.on_settled(False)
             return
         if self._remaking is not None:
             self._remaking.append(copy)
@@ -239,13 +310,25 @@ class Outbox(BrokerSession):
             self.log.warning("[%s] could not declare the queues again (%s)", self.worker,
                              outcome)
         # Sent again on this connection, or on the next one if this one is gone.
-        self._copies.extend(copy for copy in copies if not copy.cancelled)
+        for item in copies:
+            if isinstance(item, RecordGroup):
+                self._resend_group(item)
+            elif not item.cancelled:
+                self._copies.append(item)
         self.send()
+
+    def _resend_group(self, group: RecordGroup) -> None:
+        channel = self.channel
+        if channel is not None and channel.is_open and self._confirming and not self.blocked:
+            self._publish_group(channel, group)  # keeps its count of returns
+        else:
+            self._records.extendleft(reversed(group.items))
 
     # --- the alarm, said once on the worker ---------------------------------------------------
     def on_blocked(self, reason: str) -> None:
-        self.log.warning("[%s] the broker blocks publishing (%s; a memory or disk alarm): tasks "
-                         "go on; events and retry/dead-letter copies wait until it ends",
+        self.log.warning("[%s] the broker blocks publishing (%s; a memory or disk alarm): "
+                         "results records, retry/dead-letter copies and events wait until it "
+                         "ends, and so do the acks of finished tasks",
                          self.worker, reason)
 
     def on_unblocked(self) -> None:

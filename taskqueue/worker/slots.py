@@ -34,6 +34,7 @@ class WorkSlot:
         self.name = name
         self.runner = runner
         self.delivery: Delivery | None = None
+        self.settlement = None  # the consumer's Settlement of the delivery in hand
         self.idle_since = time.time()
         self.done = self.failed = 0
         self.busy_seconds = 0.0

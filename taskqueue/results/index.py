@@ -1,0 +1,95 @@
+"""Which tasks have a done record: the worker's answer to "was this task already done?".
+
+Memory stays bounded however long the record: only the runs a worker is handed are indexed
+(``MAX_RUNS``, least recently used first out), and a run costs one 32-bit fingerprint of its
+message_id per row (a million rows: 4 MB). Ids without a row (other producers') go in a bounded
+map; past its size they are forgotten, which can only mean a task runs again (at-least-once),
+never that one is skipped wrongly. Pure logic: the stream reading is tail.py's.
+"""
+
+from __future__ import annotations
+
+import zlib
+from array import array
+from collections import OrderedDict
+
+from taskqueue.emitter.tasks import row_of
+
+MAX_RUNS = 8
+MAX_ROWLESS = 100_000  # done ids without a row kept per run
+MAX_DETAILS = 50_000  # (worker, finished) of recent done records, for the log line
+MAX_ROW = 1 << 27  # beyond this a row number is not ours: treated as rowless
+
+
+def fingerprint(message_id: str) -> int:
+    return zlib.crc32(message_id.encode("utf-8")) | 1  # never 0, which means "not done"
+
+
+class RunIndex:
+    """The done tasks of one run."""
+
+    def __init__(self) -> None:
+        self.rows = array("I")
+        self.rowless: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, message_id: str) -> None:
+        row = row_of(message_id)
+        if row is not None and row < MAX_ROW:
+            if row >= len(self.rows):
+                self.rows.extend([0] * (row + 1 - len(self.rows)))
+            self.rows[row] = fingerprint(message_id)
+            return
+        self.rowless[message_id] = None
+        if len(self.rowless) > MAX_ROWLESS:
+            self.rowless.popitem(last=False)
+
+    def __contains__(self, message_id: str) -> bool:
+        row = row_of(message_id)
+        if row is not None and row < MAX_ROW:
+            return row < len(self.rows) and self.rows[row] == fingerprint(message_id)
+        return message_id in self.rowless
+
+
+class DoneIndex:
+    """Done records of the watched runs. ``watch(run)`` before ``add``/``lookup`` matter for
+    it; records of runs not watched are ignored (they cost nothing)."""
+
+    def __init__(self, max_runs: int = MAX_RUNS) -> None:
+        self.runs: OrderedDict[str, RunIndex] = OrderedDict()
+        self.max_runs = max_runs
+        self.details: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+
+    def watch(self, run: str) -> bool:
+        """Start indexing *run*; True when it is new (its records must be read again)."""
+        if run in self.runs:
+            self.runs.move_to_end(run)
+            return False
+        self.runs[run] = RunIndex()
+        if len(self.runs) > self.max_runs:
+            self.runs.popitem(last=False)
+        return True
+
+    def watched(self, run: str) -> bool:
+        return run in self.runs
+
+    def add(self, record: dict) -> None:
+        """A task record read from the stream (or confirmed by this worker)."""
+        if record.get("outcome") != "done":
+            return
+        message_id, run = record.get("message_id"), record.get("run_id") or ""
+        index = self.runs.get(run)
+        if index is None or not isinstance(message_id, str) or not message_id:
+            return
+        index.add(message_id)
+        self.details[(run, message_id)] = (str(record.get("worker") or "?"),
+                                           float(record.get("finished") or 0))
+        if len(self.details) > MAX_DETAILS:
+            self.details.popitem(last=False)
+
+    def lookup(self, run: str, message_id: str) -> tuple[str, float] | None:
+        """(worker, finished) of its done record, ("?", 0.0) when done but the detail is
+        forgotten, None when not done (as far as the records read say)."""
+        index = self.runs.get(run)
+        if index is None or message_id not in index:
+            return None
+        return self.details.get((run, message_id), ("?", 0.0))

@@ -1,0 +1,124 @@
+"""Read the results stream without taking anything away: any number of readers, any host.
+
+``RecordReader`` opens a blocking connection (like the report's other reads) and consumes
+``<queue>.results`` from a moment (``since``: a timestamp, so a run's records are found without
+reading the weeks before it) or from its first record. A stream never ends: ``records()`` stops
+once nothing has come for ``idle`` seconds (the broker sends what it has as fast as it can);
+``follow()`` goes on, yielding None at each quiet moment so the caller can stop. Marks (a
+worker's fences) are skipped. ``head()`` says where the stream begins now, so a report can say
+that retention removed the start of a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pika
+
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.broker.connection import open_blocking
+from taskqueue.errors import EXIT_REFUSED, UserError
+from taskqueue.results.record import decode_group, kind_of, stream_offset
+
+PREFETCH = 500  # stream messages in flight to a reader (each is a group of records)
+ACK_EVERY = 100
+
+
+class RecordReader:
+    """The records of one queue's results stream, read as a stream (memory stays flat)."""
+
+    def __init__(self, settings: BrokerSettings, spec: QueueSpec, idle: float = 1.0) -> None:
+        self.settings, self.spec, self.idle = settings, spec, idle
+        self.missing = False  # the stream does not exist (no worker of 0.4+ ran on the queue)
+        self.first_offset: int | None = None  # of the first message this reader got
+
+    def records(self, since: float | None = None) -> Iterator[dict]:
+        """Every record from *since* (None: the stream's start) up to now."""
+        for record in self.follow(since):
+            if record is None:
+                return
+            yield record
+
+    def follow(self, since: float | None = None) -> Iterator[dict | None]:
+        """Records from *since* on, as they come; None each time nothing came for ``idle``
+        seconds (the caller decides whether to go on)."""
+        connection = open_blocking(self.settings)
+        try:
+            channel = connection.channel()
+            if not self._exists(connection):
+                return
+            channel.basic_qos(prefetch_count=PREFETCH)
+            unacked = 0
+            for method, properties, body in channel.consume(
+                    self.spec.results_name, arguments={"x-stream-offset": stream_offset(since)},
+                    inactivity_timeout=self.idle):
+                if method is None:
+                    if unacked:
+                        channel.basic_ack(0, multiple=True)
+                        unacked = 0
+                    yield None
+                    continue
+                if self.first_offset is None:
+                    self.first_offset = _offset(properties)
+                unacked += 1
+                if unacked >= ACK_EVERY:
+                    channel.basic_ack(method.delivery_tag, multiple=True)
+                    unacked = 0
+                for record in decode_group(body):
+                    if kind_of(record) != "mark":
+                        yield record
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise _refused(self.spec, exc) from None
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def head(self) -> tuple[int, float] | None:
+        """(offset, time) of the stream's first record now; None when it is empty or gone.
+        An offset above 0 means retention has removed older records."""
+        connection = open_blocking(self.settings)
+        try:
+            if not self._exists(connection):
+                return None
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=1)
+            for method, properties, body in channel.consume(
+                    self.spec.results_name, arguments={"x-stream-offset": "first"},
+                    inactivity_timeout=self.idle):
+                if method is None:
+                    return None
+                times = [float(r.get("finished") or r.get("time") or 0)
+                         for r in decode_group(body)]
+                return _offset(properties) or 0, min(times, default=0.0)
+            return None
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise _refused(self.spec, exc) from None
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def _exists(self, connection: pika.BlockingConnection) -> bool:
+        probe = connection.channel()
+        try:
+            probe.queue_declare(self.spec.results_name, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise _refused(self.spec, exc) from None
+            self.missing = True
+            return False
+        probe.close()
+        return True
+
+
+def _offset(properties: pika.BasicProperties) -> int | None:
+    value = (properties.headers or {}).get("x-stream-offset")
+    return value if isinstance(value, int) else None
+
+
+def _refused(spec: QueueSpec, exc: pika.exceptions.ChannelClosedByBroker) -> UserError:
+    if exc.reply_code == 403:
+        return UserError(f"no permission to read the results stream {spec.results_name!r} "
+                         f"({exc.reply_text}); grant read permission on it (rabbitmqctl "
+                         "set_permissions)", EXIT_REFUSED)
+    return UserError(f"cannot read the results stream {spec.results_name!r} ({exc.reply_text})",
+                     EXIT_REFUSED)

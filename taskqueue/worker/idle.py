@@ -1,0 +1,74 @@
+"""``--exit-when-idle``: when a worker has had nothing to do for long enough, it stops.
+
+Idle means connected, consuming, every slot free, no task came, none is due back from
+``<queue>.retry``, and nothing of ours waits for the broker (a copy or a record unconfirmed:
+that task is still ours). Time spent disconnected does not count, nor does a path gone silent:
+before exiting, a round trip must say the queue is empty.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+
+class Worker(Protocol):
+    """What the watch needs of the consumer."""
+
+    log: object
+    outbox: object
+
+    def inspect_queue(self, name: str, on_result) -> None: ...
+    def request_stop(self) -> None: ...
+
+
+class IdleWatch:
+    """Says when to stop; the consumer tells it what happens (``consuming``, ``busy``,
+    ``all_free``, ``stop``, ``retry_due``) and calls ``check`` on its beat."""
+
+    def __init__(self, worker: Worker, limit: float | None) -> None:
+        self.worker, self.limit = worker, limit
+        self._since: float | None = None  # consuming with every slot free, since when
+        self._probe: object | None = None  # a round trip asked before exiting
+        self._retry_due = 0.0  # when the last task sent to <queue>.retry flows back
+
+    def consuming(self) -> None:
+        self._since = time.monotonic()
+
+    def all_free(self) -> None:
+        self._since = time.monotonic()
+
+    def busy(self) -> None:
+        self._since = None
+
+    def stop(self) -> None:
+        """Not consuming (paused, stopping, disconnected): not idle either."""
+        self._since = None
+        self._probe = None
+
+    def retry_due(self, delay: float) -> None:
+        self._retry_due = time.monotonic() + delay
+
+    def check(self, now: float) -> None:
+        if self.limit is None or self._since is None or self._probe is not None:
+            return
+        outbox = self.worker.outbox
+        if outbox.copies_waiting or outbox.records_waiting:
+            return
+        if now - max(self._since, self._retry_due) < self.limit:
+            return
+        probe = self._probe = object()
+        worker = self.worker
+
+        def answered(depth: int | None, _consumers: int | None) -> None:
+            if self._probe is not probe:
+                return  # asked on a connection since lost
+            self._probe = None
+            if depth == 0 and self._since is not None:
+                worker.log.info("[%s] no task for %.1f s: exiting (--exit-when-idle)",
+                                worker.options.name, time.monotonic() - self._since)
+                worker.request_stop()
+            elif depth:
+                self._since = time.monotonic()  # tasks wait: they are on their way
+
+        worker.inspect_queue(worker.queue.name, answered)

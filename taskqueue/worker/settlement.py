@@ -1,0 +1,125 @@
+"""The end of one delivery, in one place: record -> confirm -> ack.
+
+A finished attempt becomes a results record; a retry or a dead letter also becomes a copy to
+``<queue>.retry`` / ``.dead``. ``Settlement`` publishes them through the outbox and acks the
+task only once the broker has confirmed every one of them, so a crash in between repeats a
+record or a copy, never loses one. Each settlement has one state (``step``):
+
+    working -> confirming -> acked          the record (and copy) are on the broker
+                          -> requeued       the broker refused one: the task goes back
+            -> dropped                      the channel went: the broker delivers it again
+
+A task recognised as already done is acked at once (nothing to record: its record exists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+
+import pika
+
+from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.outbox import Copy, Outbox
+
+
+class Step(Enum):
+    WORKING = "working"
+    CONFIRMING = "confirming"
+    ACKED = "acked"
+    REQUEUED = "requeued"
+    DROPPED = "dropped"
+
+
+class Settlement:
+    """Carry one delivery to its end; ``on_over(self)`` once it is acked, requeued or dropped
+    (``outcome`` says what the attempt came to: done, retry, dead, cancelled, skipped)."""
+
+    def __init__(self, delivery: Delivery, outbox: Outbox,
+                 on_over: Callable[[Settlement], None],
+                 on_recorded: Callable[[dict], None] | None = None) -> None:
+        self.delivery, self.outbox, self.on_over = delivery, outbox, on_over
+        self.on_recorded = on_recorded  # a record of ours confirmed (the tail learns it)
+        self.step = Step.WORKING
+        self.outcome = ""
+        self.seconds = 0.0
+        self.why = ""  # why it was requeued (or skipped)
+        self.reason = ""  # the verdict's reason (failed, dead, cancelled)
+        self.result: str | None = None  # what the work returned
+        self.running = False  # its work runs in the slot (a dropped one is freed when it ends)
+        self.copy: Copy | None = None
+        self._parts = 0
+
+    @property
+    def in_hand(self) -> bool:
+        """Not acked, requeued or dropped yet: the task is still ours."""
+        return self.step in (Step.WORKING, Step.CONFIRMING)
+
+    def finish(self, outcome: str, seconds: float, record: dict | None = None,
+               copy_to: str | None = None, properties: pika.BasicProperties | None = None
+               ) -> None:
+        """Record (and copy), then ack once the broker has confirmed them all."""
+        if not self.in_hand:
+            return
+        self.outcome, self.seconds = outcome, seconds
+        if not self.delivery.channel.is_open:
+            self._over(Step.DROPPED)
+            return
+        self.step = Step.CONFIRMING
+        self._parts = (record is not None) + (copy_to is not None)
+        if record is not None:
+            self.outbox.record_result(record, lambda ok: self._confirmed(ok, record))
+        if copy_to is not None:
+            self.copy = Copy(copy_to, self.delivery.body, properties, self._confirmed)
+            self.outbox.publish_copy(self.copy)
+        if not self._parts:
+            self._ack()
+
+    def _confirmed(self, ok: bool, record: dict | None = None) -> None:
+        if record is not None and ok and self.on_recorded is not None:
+            self.on_recorded(record)  # true whatever became of the delivery meanwhile
+        if self.step is not Step.CONFIRMING:
+            return
+        if not ok:
+            self.requeue("the broker refused its record or copy")
+            return
+        self._parts -= 1
+        if self._parts == 0:
+            self._ack()
+
+    def _ack(self) -> None:
+        channel = self.delivery.channel
+        if not channel.is_open:
+            self._over(Step.DROPPED)
+            return
+        channel.basic_ack(self.delivery.tag)
+        self._over(Step.ACKED)
+
+    def requeue(self, why: str) -> bool:
+        """Put the task back in the queue now (a second Ctrl+C, a refused copy, a stop that
+        cannot wait for a blocked broker); True if it was still ours to put back."""
+        if not self.in_hand:
+            return False
+        self.why = why
+        if self.copy is not None:
+            self.copy.cancelled = True
+        if self.delivery.channel.is_open:
+            self.delivery.channel.basic_nack(self.delivery.tag, requeue=True)
+            self._over(Step.REQUEUED)
+        else:
+            self._over(Step.DROPPED)
+        return True
+
+    def drop(self) -> None:
+        """Its channel is gone: the broker has the task back. A record already given to the
+        outbox still goes out (it says what happened); a copy does not."""
+        if not self.in_hand:
+            return
+        if self.copy is not None:
+            self.copy.cancelled = True
+        self._over(Step.DROPPED)
+
+    def _over(self, step: Step) -> None:
+        self.step = step
+        self.delivery.settled = True
+        self.on_over(self)

@@ -1,0 +1,231 @@
+"""The worker's reading of the results stream: "was this task already done?", answered against
+the record caught up to the present.
+
+``ResultsTail`` consumes ``<queue>.results`` on the worker's consuming connection (it never
+publishes, so an alarm does not stop it) from where the earliest run it was handed began, and
+keeps the done records of those runs in a ``DoneIndex``. Records come in a little after they
+are written, so an answer that must be exact waits for a *fence*: the worker writes a mark into
+the stream (through its outbox) and, once its own mark comes back, it has read every record
+written before it. A fence is needed for a redelivered task (it may have been done by a worker
+that died before its ack), for the first task of a run (its records are being read), and after
+a reconnect; other deliveries are answered at once from what was read, plus this worker's own
+confirmed records (so a task it did itself is known before its next delivery). Fences are
+shared: every check that waits is answered by the next mark.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import pika
+from pika.channel import Channel
+from pika.connection import Connection
+from pika.spec import Basic
+
+from taskqueue.broker.config import QueueSpec
+from taskqueue.results.index import DoneIndex
+from taskqueue.results.record import (
+    CLOCK_SKEW,
+    decode_group,
+    kind_of,
+    mark,
+    run_began,
+    stream_offset,
+)
+
+PREFETCH = 1000
+RETRY_SECONDS = 1.0
+Answer = Callable[[tuple[str, float] | None], None]  # (worker, finished) of the done record
+
+
+class ResultsTail:
+    """See the module docstring. ``start`` on each connection, ``stop`` when it is lost;
+    ``check(key, exact, answer)``; ``note_done(record)`` for this worker's confirmed ones."""
+
+    def __init__(self, spec: QueueSpec, worker: str, log: logging.Logger,
+                 write_mark: Callable[[dict], None],
+                 on_refused: Callable[[BaseException], None]) -> None:
+        self.spec, self.worker, self.log = spec, worker, log
+        self.write_mark, self.on_refused = write_mark, on_refused
+        self.index = DoneIndex()
+        self._since: float | None = None  # where reading starts (None: the stream's start)
+        self._from_start = False  # a run with no time in its id: read everything
+        self._channel: Channel | None = None
+        self._connection: Connection | None = None
+        self._ioloop = None
+        self._generation = 0
+        self._requested = 0  # the newest fence asked for
+        self._seen = 0  # the newest of our marks read back
+        self._waiting: list[tuple[int, tuple[str, str], Answer]] = []
+        self._catching_up: dict[str, int] = {}  # run -> the fence that ends its catch-up
+        self._on_first_fence: Callable[[], None] | None = None
+        self._on_first_fence_needs = 0
+        self._next_needed = 0  # a fence asked for while one is in flight: sent when it is back
+        self._attached_now = False  # reading on this generation: fences may be written
+
+    # --- connection ------------------------------------------------------------------------
+    def start(self, connection: Connection, ioloop, on_ready: Callable[[], None]) -> None:
+        """Read the stream on *connection*; *on_ready* once a first fence has come back (the
+        worker can read and write the record: only then does it take tasks)."""
+        self._generation += 1
+        self._connection, self._ioloop = connection, ioloop
+        self._on_first_fence = on_ready
+        for run in self.index.runs:
+            self._catching_up[run] = 0  # what came meanwhile is read again (set on attach)
+        self._subscribe(self._generation)
+
+    def stop(self) -> None:
+        self._generation += 1
+        self._channel = None
+        self._attached_now = False
+
+    def _subscribe(self, generation: int) -> None:
+        connection = self._connection
+        if generation != self._generation or connection is None or not connection.is_open:
+            return
+        connection.channel(on_open_callback=lambda channel: self._consume(channel, generation))
+
+    def _consume(self, channel: Channel, generation: int) -> None:
+        if generation != self._generation:
+            channel.close()
+            return
+        self._channel = channel
+        channel.add_on_close_callback(lambda _ch, reason: self._on_closed(generation, reason))
+        channel.add_on_cancel_callback(lambda _frame: self._on_cancelled(generation))
+        # A start a little in the past, not "next": nothing written after the attach point may
+        # be missed, and fences are only written once attached (see _attached).
+        since = self._since if self._since is not None else time.time() - CLOCK_SKEW
+        offset = "first" if self._from_start else stream_offset(since)
+        channel.basic_qos(prefetch_count=PREFETCH, callback=lambda _frame: channel.basic_consume(
+            self.spec.results_name, self._on_message, arguments={"x-stream-offset": offset},
+            callback=lambda _frame: self._attached(generation)))
+
+    def _attached(self, generation: int) -> None:
+        """Reading: a fence written now is sure to be read. Everything waiting (checks, runs
+        catching up, the first fence) waits for this one: earlier marks may have been written
+        before the attach point, and would never be seen."""
+        if generation != self._generation:
+            return
+        self._attached_now = True
+        seq = self._requested + 1
+        self._ask(seq)
+        self._waiting = [(seq, key, answer) for _needs, key, answer in self._waiting]
+        self._catching_up = dict.fromkeys(self._catching_up, seq)
+        self._on_first_fence_needs = seq
+
+    def _on_closed(self, generation: int, reason: BaseException) -> None:
+        if generation != self._generation:
+            return
+        self._channel = None
+        code = getattr(reason, "reply_code", None)
+        if code == 403:
+            self.on_refused(reason)
+        elif code is not None:  # 404: the stream was deleted; the outbox makes it again
+            self._restart(generation, getattr(reason, "reply_text", str(reason)))
+
+    def _on_cancelled(self, generation: int) -> None:
+        if generation == self._generation:
+            self._restart(generation, "the broker cancelled the reading (stream deleted?)")
+
+    def _restart(self, generation: int, why: str, delay: float = RETRY_SECONDS) -> None:
+        """Read again from the start point: a run that began earlier came (*why* empty), or
+        the stream cannot be read now (deleted: the outbox makes it again)."""
+        if generation != self._generation or self._ioloop is None:
+            return
+        if why:
+            self.log.warning("[%s] the results stream %r cannot be read (%s): reading it again "
+                             "shortly", self.worker, self.spec.results_name, why)
+        self._generation += 1
+        self._attached_now = False
+        channel, self._channel = self._channel, None
+        if channel is not None and channel.is_open:
+            channel.close()
+        for run in self.index.runs:
+            self._catching_up[run] = self._fence()
+        again = self._generation
+        self._ioloop.call_later(delay, lambda: self._subscribe(again))
+
+    # --- reading ---------------------------------------------------------------------------
+    def _on_message(self, channel: Channel, method: Basic.Deliver,
+                    _properties: pika.BasicProperties, body: bytes) -> None:
+        channel.basic_ack(method.delivery_tag)
+        if channel is not self._channel:
+            return
+        for record in decode_group(body):
+            kind = kind_of(record)
+            if kind == "task":
+                self.index.add(record)
+            elif kind == "mark" and record.get("worker") == self.worker:
+                seq = record.get("seq")
+                if isinstance(seq, int) and seq > self._seen:
+                    self._seen = seq
+                    self._fence_came()
+
+    def note_done(self, record: dict) -> None:
+        """A record of ours the broker confirmed: known at once, before the task is acked."""
+        self.index.add(record)
+
+    # --- checks ----------------------------------------------------------------------------
+    def check(self, key: tuple[str, str] | None, exact: bool, answer: Answer) -> None:
+        """Answer whether the task *key* (run, message_id) has a done record. *exact*: it may
+        have been done just now elsewhere (a redelivery): wait for a fence first."""
+        if key is None:
+            answer(None)  # no message_id: never recognised, never skipped
+            return
+        run = key[0]
+        if self.index.watch(run):
+            self._read_from(run)
+        if exact or run in self._catching_up:
+            self._waiting.append((self._fence(), key, answer))
+            return
+        answer(self.index.lookup(*key))
+
+    def _read_from(self, run: str) -> None:
+        """A new run: its records must be read, from where it began."""
+        began = run_began(run)
+        if began is None:  # no time in its id: only the whole stream is sure to hold them
+            earlier, self._from_start = not self._from_start, True
+        else:
+            earlier = self._since is None or began < self._since
+            self._since = began if earlier else self._since
+            earlier = earlier and not self._from_start
+        self._catching_up[run] = self._fence()
+        if earlier and self._channel is not None:
+            self._restart(self._generation, "", delay=0.0)
+
+    def _fence(self) -> int:
+        """The fence a check made now must wait for: a mark written from now on. One is in
+        flight at a time; checks made meanwhile share the next."""
+        needed = self._requested + 1
+        if not self._attached_now:
+            return needed  # asked for on attach
+        if self._requested <= self._seen:
+            self._ask(needed)
+        else:
+            self._next_needed = needed
+        return needed
+
+    def _ask(self, seq: int) -> None:
+        self._requested = seq
+        self.write_mark(mark(self.worker, seq))
+
+    def _fence_came(self) -> None:
+        seen = self._seen
+        for run, needs in list(self._catching_up.items()):
+            if needs <= seen:
+                del self._catching_up[run]
+        ready, self._waiting = ([w for w in self._waiting if w[0] <= seen],
+                                [w for w in self._waiting if w[0] > seen])
+        for _needs, key, answer in ready:
+            answer(self.index.lookup(*key))
+        if self._next_needed > seen and self._requested <= seen and self._attached_now:
+            self._ask(self._next_needed)
+        if self._on_first_fence is not None and self._on_first_fence_needs <= seen:
+            callback, self._on_first_fence = self._on_first_fence, None
+            callback()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
