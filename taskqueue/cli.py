@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from taskqueue.broker.config import (
 )
 from taskqueue.errors import EXIT_BAD_INPUT, EXIT_UNREACHABLE, UserError
 from taskqueue.log import LEVELS
+from taskqueue.results.record import RESULTS_MAX_AGE, RESULTS_MAX_BYTES
 
 
 def _number(text: str, kind: type, minimum: float, what: str) -> float:
@@ -100,6 +102,23 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
                         help="console and log file detail (default: %(default)s)")
 
 
+def retention_age(text: str) -> str:
+    if not re.fullmatch(r"[1-9]\d*[YMDhms]", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age: give a number and a unit, "
+                                         "e.g. 30D or 12h (Y, M, D, h, m, s)")
+    return text
+
+
+def add_retention_options(group: argparse._ActionsContainer) -> None:
+    """How long the results stream keeps records, for the worker or emitter that makes it."""
+    group.add_argument("--results-max-age", type=retention_age, default=RESULTS_MAX_AGE,
+                       metavar="AGE", help="when the results stream <queue>.results is made: "
+                       "keep records this long (x-max-age: 30D, 12h, ...; default: %(default)s)")
+    group.add_argument("--results-max-bytes", type=positive_int, default=RESULTS_MAX_BYTES,
+                       metavar="BYTES", help="... and at most this many bytes, the oldest "
+                       "going first (x-max-length-bytes; default: %(default)s)")
+
+
 def broker_settings(args: argparse.Namespace) -> BrokerSettings:
     urls = [with_credentials(url, args.credentials_file) for url in broker_urls(args.url)]
     return BrokerSettings(urls=urls, connect_timeout=args.connect_timeout,
@@ -108,7 +127,9 @@ def broker_settings(args: argparse.Namespace) -> BrokerSettings:
 
 
 def queue_spec(args: argparse.Namespace) -> QueueSpec:
-    return QueueSpec(args.queue, args.queue_type)
+    return QueueSpec(args.queue, args.queue_type,
+                     getattr(args, "results_max_age", RESULTS_MAX_AGE),
+                     getattr(args, "results_max_bytes", RESULTS_MAX_BYTES))
 
 
 class Signalled(Protocol):

@@ -6,6 +6,7 @@ EXIT_BAD_INPUT = 2  # bad options, URL, CSV: the user must change something they
 EXIT_UNREACHABLE = 3  # no broker answered in time
 EXIT_REFUSED = 4  # the broker answered and said no (login, vhost, permissions, queue args)
 EXIT_INCOMPLETE = 5  # the run ended but some tasks were not confirmed / were rejected
+EXIT_SOME_FAILED = 6  # --wait: every task has its outcome, and some are dead or cancelled
 
 
 class UserError(Exception):

@@ -3,6 +3,7 @@
     python emitter_of_tasks.py                     # tasks.csv -> task_queue
     python emitter_of_tasks.py --file jobs.csv --resume
     python emitter_of_tasks.py --message "Hello..." --message "Bye."
+    python emitter_of_tasks.py --file jobs.csv --skip-done --wait --results out.csv
 
 Installed with pip, the same command is ``taskqueue-emit`` (same options).
 """
@@ -15,11 +16,13 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 from taskqueue import admin
-from taskqueue.broker.config import DEFAULT_MAX_TASK_BYTES, mask_url
+from taskqueue.broker.config import DEFAULT_MAX_TASK_BYTES, BrokerSettings, QueueSpec, mask_url
 from taskqueue.cli import (
     add_broker_options,
+    add_retention_options,
     broker_settings,
     on_stop_signals,
     positive_int,
@@ -27,12 +30,17 @@ from taskqueue.cli import (
     run_script,
     script_parser,
 )
+from taskqueue.emitter.done_rows import SkipDone, done_ids
 from taskqueue.emitter.progress import Progress, count_rows
 from taskqueue.emitter.publisher import CONFIRM_WINDOWS, ConfirmedPublisher, ResumeState
 from taskqueue.emitter.tasks import Task, read_tasks, tasks_from_messages
-from taskqueue.errors import EXIT_INCOMPLETE, UserError
+from taskqueue.errors import EXIT_INCOMPLETE, EXIT_SOME_FAILED, UserError
 from taskqueue.log import get_logger, log_dir
+from taskqueue.results.history import History
+from taskqueue.results.reader import RecordReader
 from taskqueue.results.record import new_run_id
+from taskqueue.results.table import write_tasks_file
+from taskqueue.results.waiting import OutcomeWaiter
 
 SCRIPT = "emitter_of_tasks"
 
@@ -55,6 +63,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--resume", action="store_true",
                         help="continue this file after the last row confirmed by an earlier, "
                              "interrupted run (state kept in logs/)")
+    source.add_argument("--skip-done", action="store_true",
+                        help="publish only the rows with no done record in any earlier run of "
+                             "this file (the results record, <queue>.results)")
+    results = parser.add_argument_group("results")
+    results.add_argument("--wait", action="store_true",
+                         help="after publishing, wait until every task has an outcome (done, "
+                              "dead or cancelled); exit 0 if all are done, 6 if not")
+    results.add_argument("--results", type=Path, metavar="FILE.csv",
+                         help="with --wait: write one row per task (task_report.py --csv's "
+                              "columns)")
+    add_retention_options(results)
     parser.add_argument("--confirm-window", type=positive_int, metavar="N",
                         help="messages in flight before waiting for confirms; after a lost "
                              "connection up to this many may be published twice (default: "
@@ -74,6 +93,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--column needs --header")
     if args.resume and (args.message or args.file == "-"):
         parser.error("--resume needs a file (not --message or stdin)")
+    if args.skip_done and (args.message or args.file == "-"):
+        parser.error("--skip-done needs a file (not --message or stdin)")
+    if args.results and not args.wait:
+        parser.error("--results needs --wait")
+
     return args
 
 
@@ -87,6 +111,10 @@ def main() -> int:
         log_dir(), args.file, spec.name)
     run_id = new_run_id(suffix=uuid.uuid4().hex[:6])
     tasks, total, skip = open_tasks(args, state, run_id, log)
+    skipping = None
+    if args.skip_done:
+        skipping, total = skip_done(args, settings, spec, total, log)
+        tasks = skipping(tasks)
 
     log.info("publishing to queue %r at %s (run %s)", spec.name, mask_url(settings.urls[0]), run_id)
     progress = Progress(log, total)
@@ -101,8 +129,59 @@ def main() -> int:
         progress.done()
         publisher.save_state(complete=publisher.stats.rejected == 0 and not publisher.stop_requested
                              and publisher.input_error is None)
-        log_summary(publisher, log)
-    return exit_status(publisher, log)
+        log_summary(publisher, log, skipping)
+    status = exit_status(publisher, log)
+    if args.wait and status == 0 and not publisher.stop_requested:
+        return wait_for_results(args, settings, spec, run_id, publisher, log)
+    return status
+
+
+def skip_done(args: argparse.Namespace, settings: BrokerSettings, spec: QueueSpec,
+              total: int | None, log: logging.Logger) -> tuple[SkipDone, int | None]:
+    """Read the record for the rows of this file done before (any run); count them."""
+    log.info("reading the results record %r for rows of %s done before", spec.results_name,
+             args.file)
+    label = Path(args.file).name
+    done = done_ids(RecordReader(settings, spec).records(), label)
+    counting = SkipDone(done)
+    for _task in counting(read_tasks(args.file, header=args.header, column=args.column,
+                                     max_bytes=args.max_task_bytes)):
+        pass
+    log.info("%d rows of %s are done already: skipping them", counting.skipped, args.file)
+    return SkipDone(done), None if total is None else max(0, total - counting.skipped)
+
+
+def wait_for_results(args: argparse.Namespace, settings: BrokerSettings, spec: QueueSpec,
+                     run_id: str, publisher: ConfirmedPublisher, log: logging.Logger) -> int:
+    """--wait: every published task's outcome, then the results file; 0, or 6 if not all
+    are done. Ctrl+C stops waiting only: the workers go on."""
+    expected = sum(publisher.confirmed_rows)
+    log.info("waiting for the outcomes of %d tasks (run %s); Ctrl+C stops waiting, the "
+             "workers go on", expected, run_id)
+    signals = publisher.signals
+    waiter = OutcomeWaiter(settings, spec, run_id, publisher.confirmed_rows, expected)
+    outcomes = waiter.wait(should_stop=lambda: publisher.signals > signals,
+                           progress=lambda o: log.info("waiting: %s", o.line()))
+    later = (f"task_report.py --queue {spec.name} --run {run_id} --csv "
+             f"{args.results or 'results.csv'}")
+    if outcomes.stopped:
+        log.warning("stopped waiting: %s; the rest stay with the workers. Collect the results "
+                    "later with: %s", outcomes.line(), later)
+        return 130
+    log.info("all outcomes in: %s", outcomes.line())
+    if args.results:
+        history = History(settings, spec, Path("reports"))
+        try:
+            table = write_tasks_file(args.results, run_id, history.run_records(run_id))
+        except OSError as exc:
+            raise UserError(f"cannot write --results {str(args.results)!r} ({exc.strerror}); "
+                            f"give a writable path, or collect them with: {later}") from None
+        log.info("results: %d tasks written to %s", table.tasks, args.results)
+    if outcomes.dead or outcomes.cancelled:
+        log.warning("%d tasks ended dead and %d cancelled (see the results, or "
+                    "task_report.py --run %s)", outcomes.dead, outcomes.cancelled, run_id)
+        return EXIT_SOME_FAILED
+    return 0
 
 
 def open_tasks(args: argparse.Namespace, state: ResumeState | None, run_id: str,
@@ -133,9 +212,12 @@ def maybe_offer_panel(args: argparse.Namespace, broker_url: str, log: logging.Lo
         admin.offer_panel(admin.admin_url(broker_url, args.admin_url), True, log)
 
 
-def log_summary(publisher: ConfirmedPublisher, log: logging.Logger) -> None:
+def log_summary(publisher: ConfirmedPublisher, log: logging.Logger,
+                skipping: SkipDone | None = None) -> None:
     """The end-of-run summary line, whatever ended the run."""
     stats = publisher.stats
+    if skipping is not None:
+        log.info("skipped %d rows done before (--skip-done)", skipping.skipped)
     depth = "?" if stats.queue_depth is None else stats.queue_depth
     consumers = "?" if stats.consumers is None else stats.consumers
     log.info("summary: %d rows read, %d confirmed, %d rejected, %d republished after a "

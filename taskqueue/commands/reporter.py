@@ -1,9 +1,10 @@
-"""Who did what: collect the workers' task events and print a table and a timeline picture;
+"""Who did what: read the results record of a run and print a table and a timeline picture;
 or watch the workers live.
 
     python task_report.py                          # latest run on task_queue
     python task_report.py --queue demo_task_queue --run 20261128-101500-ab12cd
     python task_report.py --csv results.csv        # one row per task: worker, result or error
+    python task_report.py --list                   # the runs recorded
     python task_report.py --watch                  # live: every worker, its task, the queue
 
 Installed with pip, the same command is ``taskqueue-report`` (same options).
@@ -24,8 +25,10 @@ from taskqueue.cli import (
 )
 from taskqueue.errors import UserError
 from taskqueue.log import get_logger
+from taskqueue.results.history import History
+from taskqueue.results.table import write_tasks_file
 from taskqueue.views.report import RunReport, run_attempts
-from taskqueue.views.store import EventStore, latest_run, list_runs, queue_status
+from taskqueue.views.store import list_runs, queue_status
 from taskqueue.views.watch import watch
 
 SCRIPT = "task_report"
@@ -37,13 +40,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--run", metavar="RUN_ID",
                         help="which emitter run (its id is in the emitter's log; default: latest)")
     parser.add_argument("--reports-dir", type=Path, default=REPORTS, metavar="DIR",
-                        help="where collected events and pictures are kept (default: reports/)")
+                        help="where pictures and local copies of runs are kept (default: "
+                             "reports/)")
     parser.add_argument("--svg", type=Path, metavar="PATH",
                         help="where to write the timeline (default: DIR/<queue>-<run>.svg)")
     parser.add_argument("--offline", action="store_true",
-                        help="use only events collected before; do not contact the broker")
+                        help="use only the local copies of runs read before (and older "
+                             "versions' files); do not contact the broker")
     parser.add_argument("--list", action="store_true",
-                        help="list the runs collected so far instead of reporting one")
+                        help="list the runs recorded instead of reporting one")
     parser.add_argument("--tasks", action="store_true",
                         help="list every attempt of the run, however many (a run of more than "
                              "50 lists its failures and slowest tasks; --csv has every task)")
@@ -81,35 +86,38 @@ def main() -> int:
         print(f"watched queue {spec.name!r}: {state.done} tasks done, {state.dead} dead-lettered "
               f"while watching (run {state.run_id or '-'})")
         return 0
-    store = EventStore(args.reports_dir, spec.name)
-    if not args.offline:
-        moved = store.collect(broker_settings(args), spec)
-        log.info("collected %d new task events (and %d notes from emitters and workers) from "
-                 "%r into %s", moved["task"], sum(moved.values()) - moved["task"],
-                 spec.events_name, store.path)
+    settings = None if args.offline else broker_settings(args)
+    history = History(settings, spec, args.reports_dir)
+    if settings is not None:
+        moved = history.legacy.collect(settings, spec)  # what versions before 0.4 queued
+        if sum(moved.values()):
+            log.info("collected %d task events of older workers from %r into %s",
+                     moved["task"], spec.events_name, history.legacy.path)
     if args.list:
-        print(list_runs(store.events()))
+        print(list_runs(history.all_records()))
         return 0
-    run_id = args.run or latest_run(store.events())
-    report = RunReport(store.events(), run_id or "", spec.name)
+    run_id = args.run or history.latest_run() or ""
+    records = history.run_records(run_id)
+    report = RunReport(records(), run_id, spec.name)
     if not report.attempts:
-        raise UserError(f"no task events for queue {spec.name!r}"
+        raise UserError(f"no results recorded for queue {spec.name!r}"
                         f"{' and run ' + repr(args.run) if args.run else ''}; run workers on it "
-                        "first (events are on unless a worker ran with --no-events)")
-    print(report.table(run_attempts(store.events(), report.run_id) if args.tasks else None))
+                        "first (task_report.py --list shows the runs recorded)")
+    if history.retention_note:
+        print(f"note: {history.retention_note}")
+    print(report.table(run_attempts(records(), report.run_id) if args.tasks else None))
     svg_path = args.svg or args.reports_dir / f"{spec.name}-{run_id}.svg"
     svg_path.parent.mkdir(parents=True, exist_ok=True)
     svg_path.write_text(report.svg(), encoding="utf-8")
     print(f"\ntimeline picture: {svg_path}")
     if args.csv:
         try:
-            rows = report.write_csv(args.csv, store.events())
+            table = write_tasks_file(args.csv, run_id, records)
         except OSError as exc:
             raise UserError(f"cannot write --csv {str(args.csv)!r} ({exc.strerror}); "
                             "give a writable path") from None
-        print(f"results: {rows} tasks written to {args.csv}")
+        print(f"results: {table.tasks} tasks written to {args.csv} (one row each)")
     return 0
-
 
 
 def entry() -> None:

@@ -17,6 +17,7 @@ import socket
 from taskqueue.broker.config import DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_TASK_BYTES, mask_url
 from taskqueue.cli import (
     add_broker_options,
+    add_retention_options,
     broker_settings,
     on_stop_signals,
     positive_float,
@@ -80,9 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "(default: %(default)s)")
     work.add_argument("--max-task-bytes", type=positive_int, default=DEFAULT_MAX_TASK_BYTES,
                       help="larger messages are dead-lettered unread (default: %(default)s)")
+    add_retention_options(parser.add_argument_group("results record"))
     work.add_argument("--no-events", dest="events", action="store_false",
-                      help="publish no events (the report and live view will not see this "
-                           "worker's tasks)")
+                      help="publish no live events (the live view will not see this worker; "
+                           "its results are recorded all the same)")
     add_broker_options(parser)
     args = parser.parse_args(argv)
     if args.max_retries < 0:

@@ -96,6 +96,7 @@ class ConfirmedPublisher(BrokerSession):
         self.stop_requested = False
         self.first_bad_row: int | None = None  # lowest row rejected by the broker
         self.last_row_read = start_after
+        self.confirmed_rows = bytearray()  # a byte per row: 1 once confirmed (for --wait)
         self._feed = TaskFeed(tasks, lambda: self.call_threadsafe(self._fill),
                               interactive=interactive_input)
         self._window = window  # None: by the queue's type, once it is known
@@ -253,6 +254,10 @@ class ConfirmedPublisher(BrokerSession):
     def _settle(self, task: Task, acked: bool) -> None:
         if acked and task.message_id not in self._returned:
             self.stats.confirmed += 1
+            if task.row >= len(self.confirmed_rows):
+                self.confirmed_rows.extend(bytes(max(task.row + 1 - len(self.confirmed_rows),
+                                                     len(self.confirmed_rows))))
+            self.confirmed_rows[task.row] = 1
             return
         self._returned.discard(task.message_id)
         self.stats.rejected += 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import time
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -93,28 +93,43 @@ def task_records(records: Iterable[dict], run_id: str) -> Iterable[dict]:
     return (r for r in records if kind_of(r) == "task" and (r.get("run_id") or "") == run_id)
 
 
+def task_rows(run_id: str, records: Callable[[], Iterable[dict]]
+              ) -> tuple[TaskTable, Iterator[dict]]:
+    """The table (first pass, done here) and the rows, one per task (second pass, as the
+    caller iterates): dicts with the ``COLUMNS`` as keys."""
+    table = TaskTable()
+    for record in task_records(records(), run_id):
+        table.add(record)
+
+    def rows() -> Iterator[dict]:
+        for record in task_records(records(), run_id):
+            attempts = table.deciding(record)
+            if attempts is not None:
+                yield _row_of(record, attempts, run_id)
+
+    return table, rows()
+
+
+def _row_of(record: dict, attempts: int, run_id: str) -> dict:
+    outcome = record.get("outcome") or "done"
+    text = record.get("result") if outcome == "done" else record.get("reason")
+    started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(float(record.get("started") or 0)))
+    return {"row": record.get("row") if record.get("row") is not None else "-",
+            "task": record.get("task") or "", "worker": record.get("worker") or "",
+            "host": record.get("host") or "", "started": started,
+            "seconds": f"{float(record.get('seconds') or 0):.3f}", "attempts": attempts,
+            "outcome": outcome, "result_or_error": text or "",
+            "message_id": record.get("message_id") or "", "run_id": run_id}
+
+
 def write_tasks_csv(handle: TextIO, run_id: str,
                     records: Callable[[], Iterable[dict]]) -> TaskTable:
     """Write one row per task of *run_id* to *handle*; *records()* gives the run's records,
     once per pass. Returns the table (its counts say how many of each)."""
-    table = TaskTable()
-    for record in task_records(records(), run_id):
-        table.add(record)
-    writer = csv.writer(handle)
-    writer.writerow(COLUMNS)
-    for record in task_records(records(), run_id):
-        attempts = table.deciding(record)
-        if attempts is None:
-            continue
-        outcome = record.get("outcome") or "done"
-        text = record.get("result") if outcome == "done" else record.get("reason")
-        started = time.strftime("%Y-%m-%dT%H:%M:%S",
-                                time.localtime(float(record.get("started") or 0)))
-        writer.writerow([record.get("row") if record.get("row") is not None else "-",
-                         record.get("task") or "", record.get("worker") or "",
-                         record.get("host") or "", started,
-                         f"{float(record.get('seconds') or 0):.3f}", attempts, outcome,
-                         text or "", record.get("message_id") or "", run_id])
+    table, rows = task_rows(run_id, records)
+    writer = csv.DictWriter(handle, COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
     return table
 
 
