@@ -1,12 +1,26 @@
 """taskqueue: the shared pieces behind emitter_of_tasks.py, listening_worker.py,
-task_report.py and task_control.py (and their console scripts, commands/).
+task_report.py and task_control.py (and their console scripts, commands/), and a small API
+for task lists that live in code: ``taskqueue.submit(texts)`` (api.py).
 
-The folders show the roles. Read in this order to follow one task from a CSV row to its ack:
-broker/config -> emitter/tasks -> emitter/feed -> broker/topology -> broker/connection ->
-emitter/publisher (the emitter's side) -> worker/consumer -> worker/delivery -> worker/policy ->
-worker/slots -> worker/work (worker/child, worker/reaper) -> worker/outbox (the worker's side)
--> views/events -> views/store -> views/report, views/live and views/watch; control/ operates
-the queue (pause, resume, cancel, stop-workers, requeue-dead).
+The folders show the roles. Read in this order to follow one task from a CSV row to its
+recorded result: broker/config -> emitter/tasks -> emitter/feed -> broker/topology ->
+broker/connection -> emitter/publisher (the emitter's side) -> worker/consumer ->
+worker/delivery -> worker/tail (already done?) -> worker/policy -> worker/slots -> worker/work
+(worker/child, worker/reaper) -> worker/settlement (record, confirm, ack) -> worker/outbox (the
+worker's publishing side) -> results/record -> results/reader -> results/table (one row per
+task) -> results/history, results/waiting -> views/ (report, live view); control/ operates the
+queue (pause, resume, cancel, stop-workers, requeue-dead, delete-queue).
 """
 
-__version__ = "0.3.0"
+from __future__ import annotations
+
+__version__ = "0.4.0"
+__all__ = ["Run", "submit"]
+
+
+def __getattr__(name: str):  # the API's imports only when it is used: the scripts start fast
+    if name in __all__:
+        import importlib
+
+        return getattr(importlib.import_module("taskqueue.api"), name)
+    raise AttributeError(name)

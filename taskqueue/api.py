@@ -1,0 +1,84 @@
+"""From Python: submit tasks, wait for their outcomes, read their results.
+
+    import taskqueue
+
+    run = taskqueue.submit(["resize a.png", "resize b.png"], queue="task_queue")
+    run.wait(timeout=600)                # True once every task has an outcome
+    for row in run.results():            # one dict per task, the --csv columns as keys
+        print(row["task"], row["outcome"], row["result_or_error"])
+
+``submit`` publishes every text as a task (persistent, confirmed by the broker, like the
+emitter) as one new run, and returns a ``Run``. The work is done by ``listening_worker.py``
+processes anywhere; the outcomes come from the results record (``<queue>.results``), so a Run
+can be waited for, or its results read, from another process later: ``Run(run_id, ...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from taskqueue.broker.config import DEFAULT_QUEUE, BrokerSettings, QueueSpec, broker_urls
+from taskqueue.emitter.publisher import ConfirmedPublisher
+from taskqueue.emitter.tasks import tasks_from_messages
+from taskqueue.errors import EXIT_INCOMPLETE, UserError
+from taskqueue.results.history import History
+from taskqueue.results.record import new_run_id
+from taskqueue.results.table import task_rows
+from taskqueue.results.waiting import Outcomes, OutcomeWaiter
+
+log = logging.getLogger("taskqueue.submit")  # configure it to see the publisher's lines
+
+
+class Run:
+    """One submitted run: ``run_id``, the ``queue``, how many tasks were ``published``."""
+
+    def __init__(self, run_id: str, queue: str = DEFAULT_QUEUE, url: str | list[str] | None
+                 = None, published: int = 0, connect_timeout: float = 60.0) -> None:
+        urls = [url] if isinstance(url, str) else url
+        self.run_id, self.published = run_id, published
+        self.spec = QueueSpec(queue)
+        self.settings = BrokerSettings(broker_urls(urls), connect_timeout=connect_timeout)
+        self.outcomes: Outcomes | None = None
+
+    @property
+    def queue(self) -> str:
+        return self.spec.name
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every task has an outcome (done, dead or cancelled), or *timeout*
+        seconds have passed; True if they all have one. ``outcomes`` says how many of each."""
+        rows = bytearray(self.published + 1)
+        rows[1:] = b"\x01" * self.published
+        waiter = OutcomeWaiter(self.settings, self.spec, self.run_id, rows, self.published)
+        self.outcomes = waiter.wait(timeout)
+        return self.outcomes.complete
+
+    def results(self) -> Iterator[dict]:
+        """One dict per task (its deciding attempt; keys: the ``--csv`` columns), as recorded
+        so far: tasks without a record yet are not there."""
+        with tempfile.TemporaryDirectory(prefix="taskqueue-") as directory:
+            history = History(self.settings, self.spec, Path(directory))
+            _table, rows = task_rows(self.run_id, history.run_records(self.run_id))
+            yield from rows
+
+
+def submit(texts: Iterable[str], queue: str = DEFAULT_QUEUE, url: str | list[str] | None = None,
+           *, connect_timeout: float = 60.0) -> Run:
+    """Publish each text as a task of one new run; every one confirmed by the broker before
+    this returns (else ``UserError``, which says what is wrong). *url*: an AMQP URL or a list
+    to fail over across (default: ``$RABBITMQ_URL``, else the local broker)."""
+    texts = list(texts)
+    run = Run(new_run_id(suffix=uuid.uuid4().hex[:6]), queue, url, len(texts), connect_timeout)
+    publisher = ConfirmedPublisher(run.settings, run.spec, tasks_from_messages(texts, run.run_id),
+                                   log, run_id=run.run_id, total=len(texts))
+    publisher.run()
+    if publisher.input_error is not None:
+        raise publisher.input_error
+    if publisher.stats.confirmed < len(texts):
+        raise UserError(f"only {publisher.stats.confirmed} of {len(texts)} tasks were confirmed "
+                        "by the broker", EXIT_INCOMPLETE)
+    return run
