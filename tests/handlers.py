@@ -60,3 +60,20 @@ def one_second(text: str) -> str:
 
     time.sleep(1)
     return f"finished {text}"
+
+
+def counted(text: str) -> str:
+    """Notes every run of a task in the file $RUNS_FILE (one line per start: the test counts
+    how often each task ran), works 20 ms, returns a result."""
+    import os
+    import time
+
+    with open(os.environ["RUNS_FILE"], "a", encoding="utf-8") as runs:
+        runs.write(f"{time.time():.6f} {text}\n")
+    time.sleep(0.02)
+    return f"result of {text}"
+
+
+def big_result(text: str) -> str:
+    """A result of 40 KB: more than a record keeps."""
+    return "x" * 40_000
