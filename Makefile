@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test test-cluster lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue clean
+.PHONY: venv demo test test-cluster lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -54,6 +54,13 @@ bench-views: venv
 # task_control.py requeue-dead with 10k and 1M dead tasks (a few minutes); bench/requeue.md.
 bench-requeue: venv
 	$(PY) bench/requeue.py --write
+
+# This tree's worker against today's code (f364aa4, taken out with git archive), both run as
+# scripts, alternating, best of 3 (a few minutes); writes bench/versus.md.
+# VERSUS="--against REF --ours-dir DIR --quick" changes what is compared.
+VERSUS ?=
+bench-versus: venv
+	$(PY) bench/versus.py $(VERSUS)
 
 clean:
 	rm -rf $(VENV) logs reports/*.jsonl .pytest_cache
