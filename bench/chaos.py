@@ -19,7 +19,9 @@ At the end, with every fault undone, it checks: every task published is done or 
 lost); duplicates only from the causes the README lists (a redelivery, an emitter that lost its
 connection or was killed); no task left in any queue; every worker sent SIGTERM exited 0 within
 its grace; every other worker exited on its own; no process of ours left running; the report
-agrees with the workers' logs. Any violation: exit 1, with the seed.
+agrees with the workers' logs, and misses no task done (its outcome is recorded before the ack,
+whatever killed whom); every task done has exactly one row in --csv; no attempt of a task
+started after the task's done record (same run). Any violation: exit 1, with the seed.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec  # noqa: E402
-from taskqueue.views.report import RunReport, task_lines  # noqa: E402
-from taskqueue.views.store import EventStore  # noqa: E402
+from taskqueue.results.history import History  # noqa: E402
+from taskqueue.results.table import task_rows  # noqa: E402
+from taskqueue.views.report import RunReport  # noqa: E402
 from tests.brokers import ThrowawayBroker, ctl  # noqa: E402
 from tests.helpers import consume_all, queue_state  # noqa: E402
 from tests.proxy import SilentProxy  # noqa: E402
@@ -758,8 +761,9 @@ class Chaos:
         if unlogged and not kills:
             self.violations.append(f"the report shows {len(unlogged)} tasks no log shows")
         missing = (published & set(settled)) - reported
-        if missing and not (kills or self.report_incomplete):
-            self.violations.append(f"the report misses {len(missing)} tasks, and says nothing")
+        if missing:  # recorded before the ack: a SIGKILL cannot lose an outcome any more
+            self.violations.append(f"the record misses {len(missing)} settled tasks, e.g. "
+                                   f"{sorted(missing)[:5]}")
         term_exits = self.check_workers()
         leftovers = self.check_processes()
         self.violations += [f"harness error: {text}" for text in self.harness_errors]
@@ -773,6 +777,8 @@ class Chaos:
             ("processes left over", leftovers),
             ("report: tasks it misses / shows beyond the logs", f"{len(missing)} / "
                                                                 f"{len(unlogged)}"),
+            ("--csv: tasks checked for one row each", self.rows_checked),
+            ("attempts started after a done record", self.late_starts),
         ])
         if self.violations:
             print(f"\nVIOLATIONS (seed {self.seed}):")
@@ -819,18 +825,47 @@ class Chaos:
         return leftovers
 
     def reported_tasks(self) -> set[str]:
-        """The tasks the report shows done or dead, over every emitter run of every batch."""
-        store = EventStore(self.dir / "reports", self.queue)
-        store.collect(BrokerSettings(urls=[self.setup.url]), QueueSpec(self.queue))
+        """The tasks the results record shows done or dead, over every emitter run of every
+        batch; also checks one row per task in --csv and no start after a done record."""
+        history = History(BrokerSettings(urls=[self.setup.url]), QueueSpec(self.queue),
+                          self.dir / "reports")
         reported: set[str] = set()
         self.report_incomplete = False
+        self.rows_checked = self.late_starts = 0
         for batch in self.batches:
             for run_id in batch.run_ids:
-                report = RunReport(store.events(), run_id, self.queue)
-                self.report_incomplete |= bool(report.completeness())
-                reported |= {f"{batch.path.name}:{line.row}"
-                             for line in task_lines(store.events(), run_id)}
+                records = history.run_records(run_id)
+                self.report_incomplete |= bool(RunReport(records(), run_id,
+                                                         self.queue).completeness())
+                _table, rows = task_rows(run_id, records)
+                per_task = Counter(row["row"] for row in rows)
+                self.rows_checked += len(per_task)
+                twice = [row for row, n in per_task.items() if n > 1]
+                if twice:
+                    self.violations.append(f"run {run_id}: {len(twice)} tasks with more than "
+                                           f"one row in --csv, e.g. rows {twice[:5]}")
+                reported |= {f"{batch.path.name}:{row}" for row in per_task}
+                self.check_no_start_after_done(run_id, records())
         return reported
+
+    def check_no_start_after_done(self, run_id: str, records) -> None:
+        """No attempt of a task may start after its done record was written (the next worker
+        reads the record first). The clock is this machine's, for every worker."""
+        done_at: dict[object, float] = {}
+        starts: list[tuple[object, float]] = []
+        for record in records:
+            if (record.get("kind") or "task") != "task":
+                continue
+            key = record.get("message_id")
+            starts.append((key, float(record.get("started") or 0)))
+            if record.get("outcome") == "done":
+                done_at[key] = min(done_at.get(key, float("inf")),
+                                   float(record.get("finished") or 0))
+        late = [key for key, started in starts if started > done_at.get(key, float("inf"))]
+        self.late_starts += len(late)
+        if late:
+            self.violations.append(f"run {run_id}: {len(late)} attempts started after their "
+                                   f"task's done record, e.g. {late[:3]}")
 
     def print_table(self, counts: list[tuple[str, object]]) -> None:
         rows = [

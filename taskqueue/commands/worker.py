@@ -137,7 +137,7 @@ def main() -> int:
         for slot in consumer.slots:
             slot.close()
         REAPER.close()
-        log.info(consumer.stats.summary(args.name, consumer.slots, consumer.outbox.events.dropped))
+        log.info(consumer.stats.summary(args.name, consumer.slots))
     return 0
 
 

@@ -58,14 +58,16 @@ class RecordReader:
                         unacked = 0
                     yield None
                     continue
+                offset = _offset(properties)
                 if self.first_offset is None:
-                    self.first_offset = _offset(properties)
+                    self.first_offset = offset
                 unacked += 1
                 if unacked >= ACK_EVERY:
                     channel.basic_ack(method.delivery_tag, multiple=True)
                     unacked = 0
                 for record in decode_group(body):
                     if kind_of(record) != "mark":
+                        record.setdefault("offset", offset)  # where it is in the stream
                         yield record
         except pika.exceptions.ChannelClosedByBroker as exc:
             raise _refused(self.spec, exc) from None

@@ -1,11 +1,12 @@
 """``task_report.py --watch``: the live view's I/O, around ``LiveState`` (live.py).
 
 A view binds a queue of its own (exclusive, bounded, gone when the view ends) to the
-``<queue>.events`` exchange, so it sees every worker's snapshots and finished tasks without
-taking anything away from the durable ``<queue>.events`` queue the report reads: any number of
-views may watch at once. Once a second it asks the broker how many tasks wait in the queue and
-its companions (passive declares: nothing is published, so it keeps working during a memory or
-disk alarm) and redraws: a full screen on a terminal, one plain line per refresh elsewhere.
+``<queue>.events`` exchange, so it sees every worker's snapshots, and reads the results stream
+from where the latest run began, so its totals are the record's (finished tasks): it takes
+nothing away from anyone, and any number of views may watch at once. Once a second it asks
+the broker how many tasks wait in the queue and its companions (passive declares: nothing is
+published, so it keeps working during a memory or disk alarm) and redraws: a full screen on a
+terminal, one plain line per refresh elsewhere.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ import signal
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import TextIO
+
+import pika
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.broker.connection import open_blocking
+from taskqueue.results.history import History
+from taskqueue.results.record import decode_group, run_began, stream_offset
 from taskqueue.views.events import decode_events
 from taskqueue.views.live import LiveState, QueueCounts
 from taskqueue.views.store import passive_counts
@@ -76,6 +82,31 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, raise_interrupt)
 
 
+def follow_results(connection: pika.BlockingConnection, spec: QueueSpec, state: LiveState,
+                   history: History) -> bool:
+    """Feed the view the results records from where the latest run began (and every one
+    after); False when there is no results stream yet."""
+    probe = connection.channel()
+    try:
+        probe.queue_declare(spec.results_name, passive=True)
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    probe.close()
+    latest = history.latest_run()
+    since = run_began(latest) if latest else None
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=1000)
+
+    def on_record(ch, method, _props, body: bytes) -> None:
+        ch.basic_ack(method.delivery_tag)
+        for record in decode_group(body):
+            state.feed(record)
+
+    channel.basic_consume(spec.results_name, on_record, arguments={
+        "x-stream-offset": stream_offset(since if since is not None else time.time() - 60)})
+    return True
+
+
 def watch(settings: BrokerSettings, spec: QueueSpec, *, until_done: bool = False,
           interval: float = 1.0, stream: TextIO | None = None) -> LiveState:
     """Show the live view until Ctrl+C (or, with *until_done*, until the queue is empty and
@@ -94,6 +125,7 @@ def watch(settings: BrokerSettings, spec: QueueSpec, *, until_done: bool = False
         channel.queue_bind(view, spec.exchange, "#")
         channel.basic_consume(view, lambda _ch, _method, _props, body: [
             state.feed(event) for event in decode_events(body)], auto_ack=True)
+        follow_results(connection, spec, state, History(settings, spec, Path("reports")))
         done_for = 0
         while True:
             counts = passive_counts(connection, [spec.name, spec.retry_name, spec.dead_name])

@@ -39,7 +39,7 @@ class WorkerStats:
     done_by_run: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
-    def summary(self, name: str, slots: list[WorkSlot], events_dropped: int = 0) -> str:
+    def summary(self, name: str, slots: list[WorkSlot]) -> str:
         wall = time.monotonic() - self.started
         busy = sum(slot.busy_seconds for slot in slots)
         text = (f"worker {name}: {self.done} done, {self.failed_attempts} failed attempts, "
@@ -51,8 +51,6 @@ class WorkerStats:
             text += f"; {self.cancelled} cancelled"
         if self.skipped:
             text += f"; {self.skipped} skipped (already done)"
-        if events_dropped:
-            text += f"; {events_dropped} events dropped (the report will say so)"
         return text
 
 
@@ -67,8 +65,10 @@ class WorkerAccount:
 
     def record(self, slot: WorkSlot, delivery: Delivery, outcome: str, seconds: float,
                reason: str = "", result: str | None = None) -> dict:
-        """The attempt's results record (the caller has it confirmed before the ack); live
-        views get it too."""
+        """The attempt's results record (the caller has it confirmed before the ack; live views
+        read it from the stream too). ``seen``: how far the worker had read the record when it
+        decided to run the task (the stream offset), so a reader can check that no task ran
+        after its done record was read."""
         message_id = delivery.properties.message_id
         record = task_event(
             run_id=delivery.run_id, worker=slot.name, host=self.host,
@@ -78,8 +78,7 @@ class WorkerAccount:
             attempt=delivery.attempt,
             redelivered=delivery.redelivered, reason=reason, result=result,
             queued=delivery.queued)
-        if self.options.events:
-            self.outbox.record({key: value for key, value in record.items() if key != "result"})
+        record["seen"] = delivery.seen
         return record
 
     def snapshot(self, state: str, connected: bool) -> dict:
@@ -109,6 +108,6 @@ class WorkerAccount:
             "host": self.host, "pid": os.getpid(), "time": time.time(),
             "done": stats.done, "failed": stats.failed_attempts,
             "dead": stats.dead_lettered, "runs": dict(stats.done_by_run),
-            "skipped": stats.skipped, "events_dropped": self.outbox.events.dropped})
+            "skipped": stats.skipped})
         if self.options.events:
             self.outbox.announce(self.snapshot("stopped", connected=False))

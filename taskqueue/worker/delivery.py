@@ -45,6 +45,7 @@ class Delivery:
     started: float = 0.0
     settled: bool = False  # acked, nacked or handed to the broker again: hands off
     cancelled: bool = False  # its run was cancelled while it ran (task_control.py cancel)
+    seen: int | None = None  # the results stream's offset read when it was checked (tail.py)
 
     @cached_property
     def headers(self) -> dict:

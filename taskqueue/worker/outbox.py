@@ -1,12 +1,12 @@
 """The worker's publishing connection: results records, copies to ``<queue>.retry`` /
-``.dead``, and events for the live views.
+``.dead``, and what live views watch (snapshots, answers to control commands).
 
 During a memory or disk alarm RabbitMQ blocks every connection that publishes and stops
 reading from it, acks included. So the worker never publishes on the connection it consumes
 from (RabbitMQ's own advice): ``Outbox`` is a second connection, on the same I/O loop, and
 consuming never waits for it. While it is blocked or away:
   * results records wait, and so do the acks of their tasks (the task stays in hand);
-  * events wait in a bounded batch (oldest dropped, counted) and go out afterwards;
+  * a live snapshot waits too (only the latest is kept);
   * a copy to ``.retry``/``.dead`` waits too, and its original stays unacked until the copy is
     confirmed: the task is never lost, and the worker's other slots keep working.
 A copy the broker returns (its queue was deleted) makes the outbox declare the queues again and
@@ -17,8 +17,8 @@ Records go to the ``<queue>.results`` stream in groups: while one group waits fo
 confirm, the records that come meanwhile gather into the next, so a confirm is paid once per
 group, not once per task. A group the broker returns (the stream was deleted) makes the outbox
 declare everything again and send it again, like a copy. Everything is published with
-confirms; what was unconfirmed when the connection dropped is sent again (records and events
-carry ids, so readers count each once).
+confirms; what was unconfirmed when the connection dropped is sent again (records carry ids,
+so readers count each once).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import itertools
 import logging
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -44,12 +44,11 @@ from taskqueue.broker.topology import (
     Topology,
 )
 from taskqueue.results.record import encode_group
-from taskqueue.views.events import EVENT_BATCH, EventBatch, encode
+from taskqueue.views.events import encode
 
 EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
                                         content_type="application/json")
 LIVE_PROPERTIES = pika.BasicProperties(content_type="application/json", expiration="10000")
-MAX_EVENT_BATCHES_IN_FLIGHT = 20
 MAX_COPY_RETURNS = 3  # a copy returned this often (its queue keeps vanishing) is refused
 COPY_ID = "x-copy-id"
 RECORD_GROUP = 1000  # records in one stream message at most
@@ -98,11 +97,11 @@ class Outbox(BrokerSession):
         self.spec = spec
         self.worker = worker
         self.connect_timeout = math.inf  # the consuming connection decides when to give up
-        self.events = EventBatch()
         self.exchange_ready = False  # set by the consumer once the queues are set up
         self._copies: deque[Copy] = deque()
         self._records: deque[tuple[dict, Callable[[bool], None] | None]] = deque()
-        self._unconfirmed: dict[int, Copy | RecordGroup | list[dict] | None] = {}
+        self._unconfirmed: dict[int, Copy | RecordGroup | None] = {}
+        self._in_flight: Counter = Counter()  # unconfirmed publishes by type of item
         self._returned: set[str] = set()  # x-copy-id of copies returned, until confirmed
         self._copy_ids = itertools.count(1)
         self._remaking: list[Copy | RecordGroup] | None = None  # waiting for the queues
@@ -117,10 +116,6 @@ class Outbox(BrokerSession):
     def publish_copy(self, copy: Copy) -> None:
         self._copies.append(copy)
         self.send()
-
-    def record(self, event: dict) -> None:
-        """An event for the live views (best effort: bounded, oldest dropped)."""
-        self.events.add(event)
 
     def record_result(self, record: dict, on_confirmed: Callable[[bool], None] | None = None
                       ) -> None:
@@ -141,10 +136,9 @@ class Outbox(BrokerSession):
     @property
     def waiting(self) -> int:
         """Events and copies not yet confirmed by the broker."""
-        unconfirmed = sum(len(item) if isinstance(item, list) else
-                          len(item.items) if isinstance(item, RecordGroup) else 1
+        unconfirmed = sum(len(item.items) if isinstance(item, RecordGroup) else 1
                           for item in self._unconfirmed.values() if item is not None)
-        return len(self.events) + self.copies_waiting + self.records_waiting + unconfirmed
+        return self.copies_waiting + self.records_waiting + unconfirmed
 
     @property
     def records_waiting(self) -> int:
@@ -178,13 +172,6 @@ class Outbox(BrokerSession):
             return
         self._send_records(channel)
         everything = everything or self._closing_since is not None
-        batches = sum(isinstance(item, list) for item in self._unconfirmed.values())
-        while (len(self.events) >= (1 if everything else EVENT_BATCH)
-               and batches < MAX_EVENT_BATCHES_IN_FLIGHT):
-            batch = self.events.take()
-            self._publish(channel, self.spec.exchange, ROUTING_LIVE, encode(batch),
-                          EVENT_PROPERTIES, batch)
-            batches += 1
         while self._replies:
             self._publish(channel, self.spec.exchange, ROUTING_CONTROL,
                           encode([self._replies.popleft()]), LIVE_PROPERTIES, None)
@@ -194,13 +181,11 @@ class Outbox(BrokerSession):
             self._snapshot = None
 
     def _send_records(self, channel: Channel) -> None:
-        groups = sum(isinstance(item, RecordGroup) for item in self._unconfirmed.values())
-        while self._records and groups < RECORD_GROUPS_IN_FLIGHT:
+        while self._records and self._in_flight[RecordGroup] < RECORD_GROUPS_IN_FLIGHT:
             count = min(RECORD_GROUP, len(self._records))
             group = RecordGroup([self._records.popleft() for _ in range(count)],
                                 self.spec.results_name)
             self._publish_group(channel, group)
-            groups += 1
 
     def _publish_group(self, channel: Channel, group: RecordGroup) -> None:
         group.properties.headers = {COPY_ID: f"{self.worker}:{next(self._copy_ids)}"}
@@ -217,11 +202,12 @@ class Outbox(BrokerSession):
 
     # --- publishing with confirms -----------------------------------------------------------
     def _publish(self, channel: Channel, exchange: str, routing_key: str, body: bytes,
-                 properties: pika.BasicProperties, item: Copy | list[dict] | None,
+                 properties: pika.BasicProperties, item: Copy | RecordGroup | None,
                  mandatory: bool = False) -> None:
         channel.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
         self._tag += 1
         self._unconfirmed[self._tag] = item
+        self._in_flight[type(item)] += 1
 
     def on_channel_ready(self, channel: Channel) -> None:
         self._tag = 0
@@ -240,14 +226,12 @@ class Outbox(BrokerSession):
         self._returned.clear()
         lost = list(self._unconfirmed.values())
         self._unconfirmed.clear()
+        self._in_flight.clear()
         copies = [item for item in lost if isinstance(item, Copy) and not item.cancelled]
         self._copies.extendleft(reversed(copies))
         for item in reversed(lost):
             if isinstance(item, RecordGroup):
                 self._records.extendleft(reversed(item.items))
-        for item in reversed(lost):
-            if isinstance(item, list):
-                self.events.put_back(item)
 
     def _on_return(self, _channel: Channel, _method: object, properties: pika.BasicProperties,
                    _body: bytes) -> None:
@@ -262,6 +246,7 @@ class Outbox(BrokerSession):
         acked, tags = settled_tags(frame, self._unconfirmed)
         for tag in tags:
             item = self._unconfirmed.pop(tag)
+            self._in_flight[type(item)] -= 1
             if isinstance(item, (Copy, RecordGroup)):
                 copy_id = item.properties.headers.get(COPY_ID)
                 if copy_id in self._returned or (isinstance(item, RecordGroup) and not acked):
@@ -271,8 +256,6 @@ class Outbox(BrokerSession):
                     item.settle(True)
                 else:
                     item.on_settled(acked)
-            elif isinstance(item, list) and not acked:
-                self.events.put_back(item)
         self.send()
         if self._closing_since is not None:
             self._close_when_sent()
@@ -346,8 +329,8 @@ class Outbox(BrokerSession):
         if pending and not out_of_time and self.connections_made:
             self.ioloop.call_later(0.05, self._close_when_sent)
             return
-        if pending and self.exchange_ready and len(self.events):
-            self.log.warning("[%s] %d events could not be sent before exiting (broker away or "
-                             "blocking): the report of this run will say it is incomplete",
-                             self.worker, len(self.events))
+        if pending and self.exchange_ready and self.records_waiting:
+            self.log.warning("[%s] %d results records could not be sent before exiting (broker "
+                             "away or blocking): their tasks were not acked, and run again",
+                             self.worker, self.records_waiting)
         self.finish()

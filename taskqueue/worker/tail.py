@@ -36,6 +36,7 @@ from taskqueue.results.record import (
 )
 
 PREFETCH = 1000
+ACK_EVERY = 50
 RETRY_SECONDS = 1.0
 Answer = Callable[[tuple[str, float] | None], None]  # (worker, finished) of the done record
 
@@ -64,6 +65,8 @@ class ResultsTail:
         self._on_first_fence_needs = 0
         self._next_needed = 0  # a fence asked for while one is in flight: sent when it is back
         self._attached_now = False  # reading on this generation: fences may be written
+        self._unacked = 0
+        self.position = -1  # the offset of the last message read: what answers are based on
 
     # --- connection ------------------------------------------------------------------------
     def start(self, connection: Connection, ioloop, on_ready: Callable[[], None]) -> None:
@@ -92,6 +95,7 @@ class ResultsTail:
             channel.close()
             return
         self._channel = channel
+        self._unacked = 0
         channel.add_on_close_callback(lambda _ch, reason: self._on_closed(generation, reason))
         channel.add_on_cancel_callback(lambda _frame: self._on_cancelled(generation))
         # A start a little in the past, not "next": nothing written after the attach point may
@@ -149,10 +153,16 @@ class ResultsTail:
 
     # --- reading ---------------------------------------------------------------------------
     def _on_message(self, channel: Channel, method: Basic.Deliver,
-                    _properties: pika.BasicProperties, body: bytes) -> None:
-        channel.basic_ack(method.delivery_tag)
+                    properties: pika.BasicProperties, body: bytes) -> None:
+        self._unacked += 1
+        if self._unacked >= ACK_EVERY:  # a stream reader's acks only give credit: batch them
+            channel.basic_ack(method.delivery_tag, multiple=True)
+            self._unacked = 0
         if channel is not self._channel:
             return
+        offset = (properties.headers or {}).get("x-stream-offset")
+        if isinstance(offset, int):
+            self.position = offset
         for record in decode_group(body):
             kind = kind_of(record)
             if kind == "task":

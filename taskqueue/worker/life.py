@@ -1,0 +1,201 @@
+"""A delivery's life, top to bottom: receive -> already done? -> run -> what becomes of it ->
+record, copy, confirm -> ack -> free the slot.
+
+``DeliveryLife`` is the part of ``TaskConsumer`` (consumer.py) that carries one delivery
+through: the record says whether it was done already (tail.py), a slot runs it (slots.py,
+work.py), the policy decides what becomes of it (policy.py, a pure decision), and its
+``Settlement`` (settlement.py) records it, has it confirmed and acks it. Each step's failure is
+handled where it happens: an odd message is dead-lettered with the reason, a settling that
+raises puts the task back in the queue, a delivery whose channel went away is dropped (the
+broker delivers it again).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pika
+from pika.channel import Channel
+from pika.spec import Basic
+
+from taskqueue.broker.config import QueueSpec
+from taskqueue.control.listener import WorkerControl
+from taskqueue.results.record import task_key
+from taskqueue.worker.account import WorkerAccount, WorkerOptions, WorkerStats
+from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.idle import IdleWatch
+from taskqueue.worker.outbox import Outbox
+from taskqueue.worker.policy import Verdict, after_work, before_work, dead_letter
+from taskqueue.worker.settlement import Settlement, Step
+from taskqueue.worker.slots import WorkSlot
+from taskqueue.worker.tail import ResultsTail
+from taskqueue.worker.work import Outcome, failure_reason
+
+CONSUMER_TIMEOUT_SECONDS = 1800  # RabbitMQ's default consumer_timeout (30 min)
+
+
+class DeliveryLife:
+    """Mixed into ``TaskConsumer``, which provides what is declared here."""
+
+    log: logging.Logger
+    queue: QueueSpec
+    options: WorkerOptions
+    slots: list[WorkSlot]
+    _free_slots: list[WorkSlot]
+    outbox: Outbox
+    account: WorkerAccount
+    stats: WorkerStats
+    tail: ResultsTail
+    idle: IdleWatch
+    control: WorkerControl
+    _stop_requests: int
+    _changed: bool
+
+    def _free(self, slot: WorkSlot, delivery: Delivery, seconds: float) -> None:
+        raise NotImplementedError  # the consumer's: the slot back on the stack, maybe stop
+
+    def _on_message(self, channel: Channel, method: Basic.Deliver,
+                    properties: pika.BasicProperties, body: bytes) -> None:
+        delivery = Delivery(channel, method.delivery_tag, properties, body, method.redelivered)
+        if self._stop_requests or not self._free_slots or self.control.paused:
+            # Sent before our basic.cancel arrived (stopping, or paused): back to the queue.
+            channel.basic_nack(delivery.tag, requeue=True)
+            return
+        slot = self._free_slots.pop()
+        slot.delivery = delivery
+        slot.settlement = Settlement(delivery, self.outbox, lambda s: self._on_over(slot, s),
+                                     self._on_recorded)
+        self._changed = True
+        self.idle.busy()
+        try:
+            self._take(slot, delivery)
+        except Exception as exc:  # one odd message must never take the connection down
+            self.log.exception("[%s] cannot handle %s", slot.name, delivery.label)
+            self._carry_out(slot, delivery, dead_letter(
+                delivery, f"the worker could not handle this message: {failure_reason(exc)}",
+                self.queue, slot.name), 0.0)
+
+    def _take(self, slot: WorkSlot, delivery: Delivery) -> None:
+        verdict = before_work(delivery, self.options, self.queue, slot.name,
+                              self.control.state.cancelled_runs)
+        if verdict is not None:
+            self._carry_out(slot, delivery, verdict, 0.0)
+            return
+        exact = delivery.redelivered or delivery.delivery_count > 0
+        self.tail.check(task_key({"run_id": delivery.run_id,
+                                  "message_id": delivery.properties.message_id}), exact,
+                        lambda done: self._checked(slot, delivery, done))
+
+    def _checked(self, slot: WorkSlot, delivery: Delivery, done: tuple[str, float] | None
+                 ) -> None:
+        """The record says whether the task was done already: if so, ack it unrun."""
+        settlement = slot.settlement
+        if slot.delivery is not delivery or settlement is None or not settlement.in_hand:
+            return  # dropped while the record was read: the broker delivers it again
+        delivery.seen = self.tail.position
+        if done is not None:
+            worker, finished = done
+            when = time.strftime("%H:%M:%S", time.localtime(finished)) if finished else "?"
+            settlement.why = f"already done by {worker} at {when}; result kept"
+            settlement.finish("skipped", 0.0)
+            return
+        if delivery.redelivered:
+            self.stats.redelivered += 1
+        note = f" (attempt {delivery.retries + 1})" if delivery.retries else ""
+        if delivery.redelivered:
+            note += " (redelivered: it may have run before)"
+        self.log.info("[%s] received %s%s: %r", slot.name, delivery.label, note, delivery.text)
+        expected = slot.runner.expected_seconds(delivery.text)
+        if expected > CONSUMER_TIMEOUT_SECONDS and not (
+                slot.runner.timeout and slot.runner.timeout < CONSUMER_TIMEOUT_SECONDS):
+            self.log.warning("[%s] this task takes ~%.0f s, longer than RabbitMQ's default "
+                             "consumer_timeout (1800 s): raise consumer_timeout in rabbitmq.conf "
+                             "or the broker will close the channel and redeliver it",
+                             slot.name, expected)
+        settlement.running = True
+        slot.assign(delivery)
+
+    def _on_outcome(self, slot: WorkSlot, delivery: Delivery, outcome: Outcome) -> None:
+        """On the I/O thread: the slot's work for *delivery* ended."""
+        seconds = time.time() - delivery.started
+        settlement = slot.settlement
+        if slot.delivery is not delivery or settlement is None:
+            return
+        settlement.running = False
+        if not settlement.in_hand:  # requeued (2nd Ctrl+C) or dropped: the broker has it back
+            self._free(slot, delivery, seconds)
+            return
+        try:
+            verdict = after_work(delivery, outcome, self.options, self.queue, slot.name,
+                                 delivery.cancelled)
+            self._carry_out(slot, delivery, verdict, seconds, outcome.result, ran=True)
+        except Exception:
+            self.log.exception("[%s] could not settle %s; it goes back to the queue",
+                               slot.name, delivery.label)
+            settlement.requeue("the worker could not settle it")
+
+    def _carry_out(self, slot: WorkSlot, delivery: Delivery, verdict: Verdict,
+                   seconds: float, result: str | None = None, ran: bool = False) -> None:
+        """The verdict's record (and copy), confirmed before the ack (settlement.py)."""
+        outcome = {"retry": "failed"}.get(verdict.outcome, verdict.outcome)
+        if ran and outcome in ("failed", "dead"):
+            slot.failed += 1
+            self.stats.failed_attempts += 1
+        if outcome == "failed":
+            self.log.warning("[%s] failed %s (%s); retry %d/%d in %.1f s", slot.name,
+                             delivery.label, verdict.reason, delivery.attempt,
+                             self.options.max_retries, self.options.retry_delay)
+        record = self.account.record(slot, delivery, outcome, seconds, verdict.reason, result)
+        properties = None if verdict.copy_to is None else _copy_properties(
+            delivery.properties, verdict.headers, verdict.expiration)
+        settlement = slot.settlement
+        settlement.reason, settlement.result = verdict.reason, result
+        settlement.finish(verdict.outcome, seconds, record, verdict.copy_to, properties)
+
+    def _on_recorded(self, record: dict) -> None:
+        self.tail.note_done(record)
+
+    def _on_over(self, slot: WorkSlot, settlement: Settlement) -> None:
+        """Acked, requeued or dropped: count it, say it, free the slot."""
+        delivery, seconds = settlement.delivery, settlement.seconds
+        if settlement.step is Step.REQUEUED and settlement.why.startswith("the broker refused"):
+            self.log.warning("[%s] %s for %s; the task goes back to the queue", slot.name,
+                             settlement.why, delivery.label)
+        elif settlement.step is Step.ACKED:
+            self._say_settled(slot, settlement)
+        self._free(slot, delivery, seconds)
+
+    def _say_settled(self, slot: WorkSlot, settlement: Settlement) -> None:
+        delivery, outcome, stats = settlement.delivery, settlement.outcome, self.stats
+        if outcome == "done":
+            stats.done += 1
+            stats.done_by_run[delivery.run_id] += 1
+            slot.done += 1
+            result = settlement.result
+            self.log.info("[%s] done %s in %.2f s: %r%s", slot.name, delivery.label,
+                          settlement.seconds, delivery.text,
+                          f" -> {result[:80]!r}" if result else "")
+        elif outcome == "retry":
+            self.idle.retry_due(self.options.retry_delay)  # from the moment the broker took it
+        elif outcome == "dead":
+            stats.dead_lettered += 1
+            self.log.error("[%s] dead-lettered %s to %r: %s", slot.name, delivery.label,
+                           self.queue.dead_name, settlement.reason)
+        elif outcome == "cancelled":
+            stats.cancelled += 1
+            self.log.info("[%s] cancelled %s (run %s was cancelled): %r", slot.name,
+                          delivery.label, delivery.run_id, delivery.text)
+        elif outcome == "skipped":
+            stats.skipped += 1
+            self.log.info("[%s] %s %s: %r", slot.name, delivery.label, settlement.why,
+                          delivery.text)
+
+
+def _copy_properties(original: pika.BasicProperties, headers: dict,
+                     expiration: str | None = None) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent, message_id=original.message_id,
+        content_type=original.content_type, content_encoding=original.content_encoding,
+        app_id=original.app_id, timestamp=original.timestamp, headers=headers,
+        correlation_id=original.correlation_id, expiration=expiration)
