@@ -67,7 +67,7 @@ def test_the_commands_run_a_round_trip_from_any_directory(installed, tmp_path, q
     bin_dir, env = installed / "bin", clean_env()
     for command in COMMANDS:
         assert run(bin_dir / command, "--version", cwd=work, env=env).stdout.strip() == \
-            f"{command} 0.3.0"
+            f"{command} 0.4.0"
     run(bin_dir / "taskqueue-emit", "--queue", queue, cwd=work, env=env)  # tasks.csv from here
     worker = run(bin_dir / "taskqueue-worker", "--queue", queue, "--name", "installed",
                  "--handler", "mytasks:shout", "--exit-when-idle", "1.5", cwd=work, env=env)
@@ -91,7 +91,7 @@ def test_the_git_url_installs_too(tmp_path):
     run(sys.executable, "-m", "venv", venv)
     run(venv / "bin" / "python", "-m", "pip", "install", "--quiet", f"git+file://{ROOT}")
     assert run(venv / "bin" / "taskqueue-worker", "--version", env=clean_env()).stdout.strip() \
-        == "taskqueue-worker 0.3.0"
+        == "taskqueue-worker 0.4.0"
 
 
 def readme_unit() -> str:

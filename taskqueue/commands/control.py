@@ -3,11 +3,11 @@ resume the workers, cancel a run, stop workers (as SIGTERM would), delete a queu
 its companions.
 
     python task_control.py requeue-dead                       # every task in <queue>.dead
-    python task_control.py requeue-dead --reason "timed out" --run 20261130-101500-ab12cd
+    python task_control.py requeue-dead --reason "timed out" --run 20261130T101500Z-ab12cd
     python task_control.py requeue-dead --limit 100 --dry-run
     python task_control.py pause                              # finish what is in hand
     python task_control.py resume
-    python task_control.py cancel --run 20261130-101500-ab12cd
+    python task_control.py cancel --run 20261130T101500Z-ab12cd
     python task_control.py stop-workers [--name alice]
     python task_control.py delete-queue [--dry-run] [--yes] [--force]   # and its companions
 
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sub.add_parser("pause", help="workers finish the tasks in hand and take no new ones")
     sub.add_parser("resume", help="workers take tasks again")
     cancel = sub.add_parser("cancel", help="tasks of a run are not run; those running stop "
-                            "(e.g. cancel --run 20261130-101500-ab12cd)")
+                            "(e.g. cancel --run 20261130T101500Z-ab12cd)")
     cancel.add_argument("--run", metavar="ID", required=True,
                         help="the emitter run (its id is in the emitter's log)")
     stop = sub.add_parser("stop-workers", help="workers finish the tasks in hand and exit 0, "

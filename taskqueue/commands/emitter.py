@@ -110,6 +110,8 @@ def main() -> int:
     state = None if (args.message or args.file == "-") else ResumeState(
         log_dir(), args.file, spec.name)
     run_id = new_run_id(suffix=uuid.uuid4().hex[:6])
+    if args.resume and state is not None and state.unfinished_run():
+        run_id = state.unfinished_run()  # the same run: rows it had done are not run again
     tasks, total, skip = open_tasks(args, state, run_id, log)
     skipping = None
     if args.skip_done:

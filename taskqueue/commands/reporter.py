@@ -2,7 +2,7 @@
 or watch the workers live.
 
     python task_report.py                          # latest run on task_queue
-    python task_report.py --queue demo_task_queue --run 20261128-101500-ab12cd
+    python task_report.py --queue demo_task_queue --run 20261128T101500Z-ab12cd
     python task_report.py --csv results.csv        # one row per task: worker, result or error
     python task_report.py --list                   # the runs recorded
     python task_report.py --watch                  # live: every worker, its task, the queue

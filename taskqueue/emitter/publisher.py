@@ -295,7 +295,7 @@ class ConfirmedPublisher(BrokerSession):
         """Record how far the file is confirmed, for --resume. A run that confirmed nothing
         (it read nothing new, or never reached the broker) leaves the saved point alone."""
         if self._state is not None and self.stats.confirmed > 0:
-            self._state.save(self.confirmed_through(), complete)
+            self._state.save(self.confirmed_through(), complete, self._run_id)
 
 
 class ResumeState:
@@ -323,9 +323,19 @@ class ResumeState:
         except (OSError, ValueError, AttributeError):
             return {}
 
-    def save(self, confirmed_through: int, complete: bool) -> None:
+    def unfinished_run(self) -> str | None:
+        """The run an interrupted emitter left unfinished: --resume goes on with it (its tasks
+        already done are then recognised, not run again)."""
+        try:
+            entry = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        run = entry.get("run_id")
+        return run if isinstance(run, str) and run and not entry.get("complete") else None
+
+    def save(self, confirmed_through: int, complete: bool, run_id: str = "") -> None:
         entry = {"key": self.key, "confirmed_through": confirmed_through, "complete": complete,
-                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                 "run_id": run_id, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(entry, indent=1), encoding="utf-8")

@@ -195,8 +195,10 @@ class RunReport:
     @property
     def published(self) -> int | None:
         """How many tasks the emitter says this run published (None if it did not say)."""
-        finished = [run for run in self.runs if run.get("state") == "finished"]
-        return max(int(run.get("published") or 0) for run in finished) if finished else None
+        finished = {run.get("id"): run for run in self.runs if run.get("state") == "finished"}
+        # One announcement per emitter that worked on the run (--resume goes on with it).
+        return sum(int(run.get("published") or 0) for run in finished.values()) \
+            if finished else None
 
     def completeness(self) -> list[str]:
         """What the counts may be missing, in words; empty when they are complete."""
@@ -207,10 +209,10 @@ class RunReport:
             shown = f"{done} done and {dead} dead-lettered" + (
                 f" and {cancelled} cancelled" if cancelled else "")
             notes.append(
-                f"incomplete: {published} tasks published, events show {shown}; the other "
-                f"{published - done - dead - cancelled} are still queued or "
-                "retrying, or were done by workers whose events did not arrive (--no-events, "
-                "killed, or events dropped)")
+                f"incomplete: {published} tasks published, the record shows {shown}; the "
+                f"other {published - done - dead - cancelled} are still queued, in hand or "
+                "retrying (or were done by workers older than 0.4 whose events did not "
+                "arrive)")
         seen_by_worker = {line.worker: line.done for line in self.workers}
         for worker, totals in sorted(self.worker_totals.items(),
                                      key=lambda item: natural_key(item[0])):
@@ -218,7 +220,7 @@ class RunReport:
             seen = seen_by_worker.get(worker, 0)
             if said > seen:
                 notes.append(f"incomplete: worker {worker} says it did {said} tasks of this run, "
-                             f"events show {seen}")
+                             f"the record shows {seen}")
             if totals.get("events_dropped"):
                 notes.append(f"incomplete: worker {worker} had to drop "
                              f"{totals['events_dropped']} events (broker away or blocking)")

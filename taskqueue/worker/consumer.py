@@ -73,6 +73,8 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         self.tail = ResultsTail(queue, options.name, log, self.outbox.record_result,
                                 lambda reason: self.fail(results_refusal(
                                     queue.results_name, reason)))
+        self.outbox.on_block = self.tail.publishing_blocked
+        self.outbox.on_unblock = self.tail.publishing_unblocked
         self.idle = IdleWatch(self, options.exit_when_idle)
         self._stop_requests = 0
         self._stop_since: float | None = None
@@ -106,9 +108,10 @@ class TaskConsumer(DeliveryLife, BrokerSession):
             self._finish_if_idle()
             return
         for slot in in_hand:
+            delivery = slot.delivery
             if slot.settlement.requeue("a second stop request"):
-                self.log.warning("[%s] requeued %s: %r", slot.name, slot.delivery.label,
-                                 slot.delivery.text)
+                self.log.warning("[%s] requeued %s: %r", slot.name, delivery.label,
+                                 delivery.text)
             slot.interrupt()
         if self.state is WorkerState.STOPPING:  # waiting for the last records: stop waiting
             self.outbox.finish()
@@ -306,8 +309,9 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         if self._stop_since is None or now - self._stop_since < EXIT_GRACE_SECONDS:
             return
         for slot in self.in_hand():
+            label = slot.delivery.label
             if slot.settlement.step is Step.CONFIRMING and slot.settlement.requeue(
                     "the broker has not confirmed its record or copy (blocked?)"):
                 self.log.warning("[%s] the broker has not taken the record or copy of %s "
                                  "(blocked?): stopping, the task goes back to the queue "
-                                 "instead", slot.name, slot.delivery.label)
+                                 "instead", slot.name, label)

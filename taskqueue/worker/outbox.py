@@ -98,6 +98,8 @@ class Outbox(BrokerSession):
         self.worker = worker
         self.connect_timeout = math.inf  # the consuming connection decides when to give up
         self.exchange_ready = False  # set by the consumer once the queues are set up
+        self.on_block: Callable[[], None] | None = None  # told when the broker blocks us
+        self.on_unblock: Callable[[], None] | None = None
         self._copies: deque[Copy] = deque()
         self._records: deque[tuple[dict, Callable[[bool], None] | None]] = deque()
         self._unconfirmed: dict[int, Copy | RecordGroup | None] = {}
@@ -222,6 +224,8 @@ class Outbox(BrokerSession):
         self.send()
 
     def on_channel_lost(self) -> None:
+        if self.on_unblock is not None:
+            self.on_unblock()  # a block belongs to its connection (the next one is told again)
         self._confirming = False
         self._returned.clear()
         lost = list(self._unconfirmed.values())
@@ -309,12 +313,16 @@ class Outbox(BrokerSession):
 
     # --- the alarm, said once on the worker ---------------------------------------------------
     def on_blocked(self, reason: str) -> None:
+        if self.on_block is not None:
+            self.on_block()
         self.log.warning("[%s] the broker blocks publishing (%s; a memory or disk alarm): "
                          "results records, retry/dead-letter copies and events wait until it "
                          "ends, and so do the acks of finished tasks",
                          self.worker, reason)
 
     def on_unblocked(self) -> None:
+        if self.on_unblock is not None:
+            self.on_unblock()
         self.log.info("[%s] the alarm is over: publishing again (%d waiting)", self.worker,
                       self.waiting)
         self.send()

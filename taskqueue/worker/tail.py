@@ -10,7 +10,9 @@ written before it. A fence is needed for a redelivered task (it may have been do
 that died before its ack), for the first task of a run (its records are being read), and after
 a reconnect; other deliveries are answered at once from what was read, plus this worker's own
 confirmed records (so a task it did itself is known before its next delivery). Fences are
-shared: every check that waits is answered by the next mark.
+shared: every check that waits is answered by the next mark. During a resource alarm no mark
+(and no record, by anyone) can be written: checks are then answered from what the stream holds,
+read for a moment.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from taskqueue.results.record import (
 
 PREFETCH = 1000
 ACK_EVERY = 50
+BLOCKED_GRACE = 1.0  # seconds to read what the stream holds when no fence can be written
 RETRY_SECONDS = 1.0
 Answer = Callable[[tuple[str, float] | None], None]  # (worker, finished) of the done record
 
@@ -66,6 +69,7 @@ class ResultsTail:
         self._next_needed = 0  # a fence asked for while one is in flight: sent when it is back
         self._attached_now = False  # reading on this generation: fences may be written
         self._unacked = 0
+        self._blocked_since: float | None = None  # the broker blocks our publishing (alarm)
         self.position = -1  # the offset of the last message read: what answers are based on
 
     # --- connection ------------------------------------------------------------------------
@@ -118,6 +122,8 @@ class ResultsTail:
         self._waiting = [(seq, key, answer) for _needs, key, answer in self._waiting]
         self._catching_up = dict.fromkeys(self._catching_up, seq)
         self._on_first_fence_needs = seq
+        if self._blocked_since is not None:
+            self._answer_blocked_later()
 
     def _on_closed(self, generation: int, reason: BaseException) -> None:
         if generation != self._generation:
@@ -188,7 +194,10 @@ class ResultsTail:
         if self.index.watch(run):
             self._read_from(run)
         if exact or run in self._catching_up:
-            self._waiting.append((self._fence(), key, answer))
+            if self._blocked_since is not None and self._attached_now:
+                self._answer_when_read(key, answer)
+            else:
+                self._waiting.append((self._fence(), key, answer))
             return
         answer(self.index.lookup(*key))
 
@@ -235,6 +244,42 @@ class ResultsTail:
         if self._on_first_fence is not None and self._on_first_fence_needs <= seen:
             callback, self._on_first_fence = self._on_first_fence, None
             callback()
+
+    def publishing_blocked(self) -> None:
+        """A memory or disk alarm: no mark can be written until it ends, and no record either,
+        by anyone. What the stream holds is read within moments; after ``BLOCKED_GRACE`` the
+        waiting checks are answered from it (and the first fence is not waited for: the first
+        record will show whether we may write)."""
+        self._blocked_since = time.monotonic()
+        self._answer_blocked_later()
+
+    def _answer_blocked_later(self) -> None:
+        if self._ioloop is None:
+            return
+        generation = self._generation
+
+        def answer_now() -> None:
+            if generation != self._generation or not self._attached_now \
+                    or self._blocked_since is None:
+                return
+            self._catching_up.clear()
+            waiting, self._waiting = self._waiting, []
+            for _needs, key, answer in waiting:
+                answer(self.index.lookup(*key))
+            if self._on_first_fence is not None:
+                callback, self._on_first_fence = self._on_first_fence, None
+                callback()
+
+        self._ioloop.call_later(BLOCKED_GRACE, answer_now)
+
+    def publishing_unblocked(self) -> None:
+        self._blocked_since = None  # the marks asked for meanwhile go out now
+
+    def _answer_when_read(self, key: tuple[str, str], answer: Answer) -> None:
+        """Blocked: no fence can be written; answer once the stream had a moment to be read."""
+        since = self._blocked_since or time.monotonic()
+        delay = max(0.0, since + BLOCKED_GRACE - time.monotonic())
+        self._ioloop.call_later(delay, lambda: answer(self.index.lookup(*key)))
 
     @property
     def waiting(self) -> int:
