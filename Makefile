@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test test-cluster lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus clean
+.PHONY: venv demo test test-cluster lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -61,6 +61,11 @@ bench-requeue: venv
 VERSUS ?=
 bench-versus: venv
 	$(PY) bench/versus.py $(VERSUS)
+
+# The results record with 10k, 100k and 1M records: the report's --csv and --skip-done, each
+# in a process of its own (a few minutes); writes bench/records.md.
+bench-records: venv
+	$(PY) bench/records.py --write
 
 clean:
 	rm -rf $(VENV) logs reports/*.jsonl .pytest_cache

@@ -31,8 +31,8 @@ from taskqueue.broker.config import BrokerSettings, QueueSpec  # noqa: E402
 from taskqueue.emitter.publisher import ConfirmedPublisher  # noqa: E402
 from taskqueue.emitter.tasks import read_tasks  # noqa: E402
 from taskqueue.log import get_logger  # noqa: E402
+from taskqueue.results.history import History  # noqa: E402
 from taskqueue.views.report import RunReport  # noqa: E402
-from taskqueue.views.store import EventStore, latest_run  # noqa: E402
 from taskqueue.worker.consumer import TaskConsumer, WorkerOptions  # noqa: E402
 from taskqueue.worker.work import InProcessHandler, IsolatedHandler, Runner, SimulatedWork  # noqa: E402
 
@@ -62,7 +62,7 @@ class Queues:
 
     def new(self, label: str) -> str:
         name = f"{self.prefix}.{label}"
-        self.made += [name, f"{name}.retry", f"{name}.dead", f"{name}.events"]
+        self.made += QueueSpec(name).everything
         return name
 
     def delete_all(self) -> None:
@@ -264,10 +264,9 @@ def bench_fairness(queues: Queues, tmp: Path, tasks: int, workers: int,
                     str(path), "--no-admin"], env=env, stdout=subprocess.DEVNULL, check=True)
     for proc in procs:
         proc.wait(timeout=120)
-    store = EventStore(tmp / "reports", queue)
-    store.collect(settings(), QueueSpec(queue))
-    events = list(store.events())
-    report = RunReport(events, latest_run(events) or "", queue)
+    history = History(settings(), QueueSpec(queue), tmp / "reports")
+    run = history.latest_run() or ""
+    report = RunReport(history.run_records(run)(), run, queue)
     makespan = report.end - report.start
     bound = max(max(dots) * seconds_per_dot, sum(dots) * seconds_per_dot / workers)
     return [Row(f"fair dispatch makespan, {tasks} tasks / {workers} workers", makespan, bound,

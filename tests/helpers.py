@@ -78,6 +78,7 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.05, what: str =
 
 
 DONE_LINE = re.compile(r"\[(?P<worker>[^\]]+)\] done row (?P<row>\d+)")
+SKIPPED_LINE = re.compile(r"\[(?P<worker>[^\]]+)\] skipped row (?P<row>\d+), .*: already done")
 
 
 def done_counts(*outputs: Path) -> Counter:
@@ -92,6 +93,35 @@ def done_rows(*outputs: Path) -> Counter:
         for match in DONE_LINE.finditer(path.read_text()):
             rows[(match["worker"], int(match["row"]))] += 1
     return rows
+
+
+def settled_rows(*outputs: Path) -> set[int]:
+    """Rows done, or skipped as already done (its done record came before a lost ack: the
+    task ran once, the redelivery was acked unrun)."""
+    rows = {row for _worker, row in done_rows(*outputs)}
+    for path in outputs:
+        rows |= {int(match["row"]) for match in SKIPPED_LINE.finditer(path.read_text())}
+    return rows
+
+
+def recorded(queue: str, url: str = MAIN_URL, run: str | None = None) -> dict[int, dict]:
+    """The results record of a run (default: the latest), as the --csv has it: row -> its one
+    row (raises if a row comes twice)."""
+    import tempfile
+
+    from taskqueue.broker.config import BrokerSettings
+    from taskqueue.results.history import History
+    from taskqueue.results.table import task_rows
+
+    with tempfile.TemporaryDirectory() as directory:
+        history = History(BrokerSettings([url]), QueueSpec(queue), Path(directory))
+        run = run or history.latest_run() or ""
+        _table, rows = task_rows(run, history.run_records(run))
+        table: dict[int, dict] = {}
+        for row in rows:
+            assert int(row["row"]) not in table, f"row {row['row']} twice in the record's CSV"
+            table[int(row["row"])] = row
+        return table
 
 
 def queue_state(name: str, url: str = MAIN_URL) -> tuple[int, int] | None:

@@ -48,7 +48,9 @@ def test_a_new_task_queue_gets_exactly_the_tutorials_arguments():
     assert QueueSpec("q").task_queue_arguments() == {"x-queue-type": "quorum"}  # auto
     assert QueueSpec("q", "quorum").task_queue_arguments() == {"x-queue-type": "quorum"}
     assert QueueSpec("q", "classic").task_queue_arguments() == {}
-    assert QueueSpec("q").all_queues == ["q", "q.retry", "q.dead", "q.events"]
+    assert QueueSpec("q").all_queues == ["q", "q.retry", "q.dead"]  # no .events queue (0.4)
+    assert QueueSpec("q").everything == ["q", "q.retry", "q.dead", "q.events", "q.results",
+                                         "q.control"]
 
 
 def test_companions_follow_the_task_queues_type():
@@ -60,7 +62,25 @@ def test_companions_follow_the_task_queues_type():
         "quorum queues take message TTL only from 3.10"
     assert spec.companion_arguments("q.dead", "quorum", (4, 0)) == {"x-queue-type": "quorum"}
     assert spec.companion_arguments("q.dead", "classic", (4, 0)) == {}
-    assert spec.companion_arguments("q.events", "classic", (3, 10))["x-max-length"] > 0
+
+
+def test_the_results_stream_keeps_weeks_and_its_retention_can_be_set():
+    arguments = QueueSpec("q").results_arguments()
+    assert arguments["x-queue-type"] == "stream"
+    assert arguments["x-max-age"] == "30D" and arguments["x-max-length-bytes"] == 20 * 10**9
+    small = QueueSpec("q", results_max_age="12h", results_max_bytes=50_000_000)
+    assert small.results_arguments()["x-max-age"] == "12h"
+    assert small.results_arguments()["x-stream-max-segment-size-bytes"] == 50_000_000
+
+
+def test_run_ids_say_when_the_run_began():
+    from taskqueue.results.record import CLOCK_SKEW, LEGACY_SLACK, new_run_id, run_began
+
+    run = new_run_id(1_764_583_200.0, "ab12cd")
+    assert run == "20251201T100000Z-ab12cd"
+    assert run_began(run) == 1_764_583_200.0 - CLOCK_SKEW
+    assert run_began("20251201-100000-ab12cd") == 1_764_583_200.0 - LEGACY_SLACK
+    assert run_began("") is None and run_began("someone-else's") is None
 
 
 def test_a_refusal_names_the_queue_type_or_an_argument():

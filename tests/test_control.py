@@ -175,7 +175,7 @@ def test_a_pause_survives_a_worker_restart_and_a_broker_restart(restart_node, lo
 def test_a_worker_without_permission_for_control_keeps_working(restart_node, logs, tmp_path):
     node, queue = restart_node, "perm_q"
     assert ctl(node.node, "add_user", "nocontrol", "pw").returncode == 0
-    allowed = r"^perm_q(\.retry|\.dead|\.events)?$|^amq\.default$"
+    allowed = r"^perm_q(\.retry|\.dead|\.events|\.results)?$|^amq\.default$"
     assert ctl(node.node, "set_permissions", "nocontrol", allowed, allowed,
                allowed).returncode == 0
     url = f"amqp://nocontrol:pw@127.0.0.1:{node.port}/%2F"

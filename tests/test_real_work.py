@@ -12,8 +12,8 @@ import time
 import pytest
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.results.history import History
 from taskqueue.views.report import RunReport
-from taskqueue.views.store import EventStore, latest_run
 from tests.helpers import (
     MAIN_URL,
     consume_all,
@@ -146,9 +146,9 @@ def test_four_slots_do_forty_quarter_second_tasks_at_once(queue, logs, tmp_path)
     assert sorted(row for _, row in done_rows(out)) == list(range(1, 41))
     assert max(samples) <= 4, samples
     assert 4 in samples, ("the slots were really used at once", samples)
-    store = EventStore(tmp_path / "reports", queue)
-    store.collect(BrokerSettings([MAIN_URL]), QueueSpec(queue))
-    report = RunReport(store.events(), latest_run(store.events()) or "", queue)
+    history = History(BrokerSettings([MAIN_URL]), QueueSpec(queue), tmp_path / "reports")
+    run = history.latest_run() or ""
+    report = RunReport(history.run_records(run)(), run, queue)
     assert {s.worker for s in report.slots} == {"quad/1", "quad/2", "quad/3", "quad/4"}
     assert [(w.worker, w.slots) for w in report.workers] == [("quad", 4)]
     wall = report.end - report.start
@@ -173,8 +173,8 @@ def test_results_come_out_as_csv(queue, logs, tmp_path):
     assert [row["result_or_error"] for row in rows] == ["FIRST, WITH A COMMA",
                                                          'SECOND "QUOTED"', "THIRD"]
     assert all(row["outcome"] == "done" and row["attempts"] == "1" for row in rows)
-    assert set(rows[0]) == {"row", "task", "worker", "host", "started", "seconds", "attempts",
-                            "outcome", "result_or_error"}
+    assert list(rows[0]) == ["row", "task", "worker", "host", "started", "seconds", "attempts",
+                             "outcome", "result_or_error", "message_id", "run_id"]
 
 
 @pytest.mark.parametrize(("args", "phrase"), [

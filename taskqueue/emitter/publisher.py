@@ -112,6 +112,7 @@ class ConfirmedPublisher(BrokerSession):
         self._returned: set[str] = set()  # message_ids the broker could not route
         self._next_tag = 0
         self._publishing = False  # the channel is in confirm mode: _fill may publish
+        self._depth_asked_on: object | None = None  # the connection asked for the final depth
 
     # --- progress ------------------------------------------------------------------------
     @property
@@ -269,13 +270,17 @@ class ConfirmedPublisher(BrokerSession):
 
     # --- ending ------------------------------------------------------------------------
     def _finish_if_settled(self) -> None:
-        if (self._reading or self._resend or self.stats.finished
+        if (self._reading or self._resend or self._finishing
                 or any(task is not None for task in self._in_flight.values())):
             return
-        self.stats.finished = time.monotonic()
-        self._announce("finished")
-        # Read the queue's depth and consumer count for the summary, then close.
-        self.inspect_queue(self.queue.name, self._on_depth)
+        if self.stats.finished is None:
+            self.stats.finished = time.monotonic()
+            self._announce("finished")
+        # Read the queue's depth and consumer count for the summary, then close. (Asked again
+        # on the next connection if this one is lost meanwhile: _start comes back here.)
+        if self._depth_asked_on is not self.connection:
+            self._depth_asked_on = self.connection
+            self.inspect_queue(self.queue.name, self._on_depth)
 
     def _on_depth(self, depth: int | None, consumers: int | None) -> None:
         self.stats.queue_depth, self.stats.consumers = depth, consumers

@@ -41,13 +41,16 @@ class History:
         """The run whose last task record is the newest, on the stream or in older files."""
         newest: dict[str, float] = {}
         _newest_of(self.legacy.events(), newest)
-        reader = self.reader()
-        if reader is not None:
+        reader = self.reader(idle=0.5)
+        head = reader.head() if reader is not None else None
+        if reader is not None and head is not None:
             for window in LATEST_WINDOWS:
+                since = None if window is None else time.time() - window
+                if since is not None and since <= head[1]:
+                    since = None  # the stream holds nothing older: read it all, once
                 found: dict[str, float] = {}
-                _newest_of(reader.records(None if window is None else time.time() - window),
-                           found)
-                if found or reader.missing:
+                _newest_of(reader.records(since), found)
+                if found or since is None:
                     newest.update({run: max(t, newest.get(run, 0.0)) for run, t in found.items()})
                     break
         for path in self.cache.glob("*.jsonl") if self.settings is None else ():

@@ -125,9 +125,12 @@ def watch(settings: BrokerSettings, spec: QueueSpec, *, until_done: bool = False
         channel.queue_bind(view, spec.exchange, "#")
         channel.basic_consume(view, lambda _ch, _method, _props, body: [
             state.feed(event) for event in decode_events(body)], auto_ack=True)
-        follow_results(connection, spec, state, History(settings, spec, Path("reports")))
+        history = History(settings, spec, Path("reports"))
+        following = follow_results(connection, spec, state, history)
         done_for = 0
         while True:
+            if not following:  # no results stream yet: the first worker is making it
+                following = follow_results(connection, spec, state, history)
             counts = passive_counts(connection, [spec.name, spec.retry_name, spec.dead_name])
             task, retry, dead = (counts[name] for name in (spec.name, spec.retry_name,
                                                            spec.dead_name))

@@ -298,6 +298,8 @@ class TaskConsumer(DeliveryLife, BrokerSession):
             self.outbox.send(everything=True)  # events and the snapshot go out on this beat
         if not self._stop_requests:
             self.idle.check(now)
+        self.outbox.check_confirms(now)
+        self.tail.check_fences(now)
         self._give_up_if_overdue(now)
         self.ioloop.call_later(TICK_SECONDS, self._tick)
 

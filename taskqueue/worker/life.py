@@ -94,14 +94,14 @@ class DeliveryLife:
         if slot.delivery is not delivery or settlement is None or not settlement.in_hand:
             return  # dropped while the record was read: the broker delivers it again
         delivery.seen = self.tail.position
+        if delivery.redelivered:
+            self.stats.redelivered += 1
         if done is not None:
             worker, finished = done
             when = time.strftime("%H:%M:%S", time.localtime(finished)) if finished else "?"
             settlement.why = f"already done by {worker} at {when}; result kept"
             settlement.finish("skipped", 0.0)
             return
-        if delivery.redelivered:
-            self.stats.redelivered += 1
         note = f" (attempt {delivery.retries + 1})" if delivery.retries else ""
         if delivery.redelivered:
             note += " (redelivered: it may have run before)"

@@ -53,6 +53,7 @@ MAX_COPY_RETURNS = 3  # a copy returned this often (its queue keeps vanishing) i
 COPY_ID = "x-copy-id"
 RECORD_GROUP = 1000  # records in one stream message at most
 RECORD_GROUPS_IN_FLIGHT = 1  # the next group gathers while this one is confirmed
+CONFIRM_TIMEOUT = 10.0  # seconds without a confirm, not blocked: the connection is no good
 
 
 @dataclass
@@ -104,6 +105,7 @@ class Outbox(BrokerSession):
         self._records: deque[tuple[dict, Callable[[bool], None] | None]] = deque()
         self._unconfirmed: dict[int, Copy | RecordGroup | None] = {}
         self._in_flight: Counter = Counter()  # unconfirmed publishes by type of item
+        self._sent_at: dict[int, float] = {}  # when each unconfirmed publish went out
         self._returned: set[str] = set()  # x-copy-id of copies returned, until confirmed
         self._copy_ids = itertools.count(1)
         self._remaking: list[Copy | RecordGroup] | None = None  # waiting for the queues
@@ -210,6 +212,7 @@ class Outbox(BrokerSession):
         self._tag += 1
         self._unconfirmed[self._tag] = item
         self._in_flight[type(item)] += 1
+        self._sent_at.setdefault(self._tag, time.monotonic())
 
     def on_channel_ready(self, channel: Channel) -> None:
         self._tag = 0
@@ -231,6 +234,7 @@ class Outbox(BrokerSession):
         lost = list(self._unconfirmed.values())
         self._unconfirmed.clear()
         self._in_flight.clear()
+        self._sent_at.clear()
         copies = [item for item in lost if isinstance(item, Copy) and not item.cancelled]
         self._copies.extendleft(reversed(copies))
         for item in reversed(lost):
@@ -251,6 +255,7 @@ class Outbox(BrokerSession):
         for tag in tags:
             item = self._unconfirmed.pop(tag)
             self._in_flight[type(item)] -= 1
+            self._sent_at.pop(tag, None)
             if isinstance(item, (Copy, RecordGroup)):
                 copy_id = item.properties.headers.get(COPY_ID)
                 if copy_id in self._returned or (isinstance(item, RecordGroup) and not acked):
@@ -263,6 +268,24 @@ class Outbox(BrokerSession):
         self.send()
         if self._closing_since is not None:
             self._close_when_sent()
+
+    # --- a broker that stopped confirming ---------------------------------------------------
+    def check_confirms(self, now: float) -> None:
+        """Called on the consumer's beat. The broker owes a confirm for longer than
+        ``CONFIRM_TIMEOUT`` while not blocking us (an alarm would explain it): the node behind
+        the stream or queue went away without a word (a stream's leader lost, a partition).
+        Start over on a fresh connection: what was unconfirmed is sent again, to wherever the
+        stream or queue now lives."""
+        if not self._sent_at or self.blocked or self._finishing:
+            return
+        oldest = next(iter(self._sent_at.values()))
+        if now - oldest < CONFIRM_TIMEOUT:
+            return
+        self.log.warning("[%s] the broker has not confirmed what we published %.0f s ago and "
+                         "is not blocking us (a node lost?): reconnecting to send it again",
+                         self.worker, now - oldest)
+        self._sent_at.clear()  # said once per connection
+        self.drop_connection("confirms stopped")
 
     # --- a copy with no queue to go to ---------------------------------------------------------
     def _on_copy_returned(self, copy: Copy | RecordGroup) -> None:

@@ -39,6 +39,7 @@ from taskqueue.results.record import (
 
 PREFETCH = 1000
 ACK_EVERY = 50
+FENCE_TIMEOUT = 15.0  # seconds for a mark to come back before reading the stream again
 BLOCKED_GRACE = 1.0  # seconds to read what the stream holds when no fence can be written
 RETRY_SECONDS = 1.0
 Answer = Callable[[tuple[str, float] | None], None]  # (worker, finished) of the done record
@@ -70,6 +71,7 @@ class ResultsTail:
         self._attached_now = False  # reading on this generation: fences may be written
         self._unacked = 0
         self._blocked_since: float | None = None  # the broker blocks our publishing (alarm)
+        self._fence_watch: tuple[int, float] | None = None  # (marks seen, since) while waiting
         self.position = -1  # the offset of the last message read: what answers are based on
 
     # --- connection ------------------------------------------------------------------------
@@ -271,6 +273,21 @@ class ResultsTail:
                 callback()
 
         self._ioloop.call_later(BLOCKED_GRACE, answer_now)
+
+    def check_fences(self, now: float) -> None:
+        """Called on the consumer's beat: a fence asked for ``FENCE_TIMEOUT`` ago and not back
+        (not blocked): our reading of the stream has stalled (its node went away without a
+        word). Read it again from the start point; the fence is asked for again on attach."""
+        if self._requested <= self._seen or self._blocked_since is not None \
+                or not self._attached_now:
+            self._fence_watch = None
+            return
+        if self._fence_watch is None or self._fence_watch[0] != self._seen:
+            self._fence_watch = (self._seen, now)  # marks still come back: not stalled
+        elif now - self._fence_watch[1] >= FENCE_TIMEOUT:
+            self._fence_watch = None
+            self._restart(self._generation, f"no mark came back for {FENCE_TIMEOUT:.0f} s",
+                          delay=0.0)
 
     def publishing_unblocked(self) -> None:
         self._blocked_since = None  # the marks asked for meanwhile go out now
