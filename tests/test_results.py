@@ -278,3 +278,28 @@ def test_submit_wait_results_from_python(queue, logs, tmp_path):
     assert result.stdout.strip() == ("[(1, 'x', 'done', 'X'), (2, 'y, z', 'done', 'Y, Z'), "
                                      "(3, 'x', 'done', 'X')]")
     assert worker.wait(timeout=60) == 0
+
+
+def test_resume_goes_on_with_the_interrupted_run_so_done_rows_are_not_run_again(queue, logs,
+                                                                                 tmp_path):
+    """An emitter killed after its last resume point was saved: --resume publishes the rows
+    after that point again. They belong to the same run, so those already done are acked
+    unrun (before 0.4 --resume made a new run, and they ran twice)."""
+    from taskqueue.emitter.publisher import ResumeState
+
+    path = write_csv(tmp_path / "t.csv", [f"job {n}" for n in range(1, 6)])
+    run = emit(queue, logs, path)
+    runs = tmp_path / "runs.txt"
+    assert counted_worker(queue, "w", logs, tmp_path, "--exit-when-idle", "1.5",
+                          runs=runs).wait(timeout=60) == 0
+    # As a SIGKILL a moment after the point for row 2 was saved would leave it:
+    ResumeState(logs, str(path), queue).save(2, complete=False, run_id=run)
+    result = run_script("emitter_of_tasks.py", "--queue", queue, "--file", str(path),
+                        "--resume", log_dir=logs)
+    assert result.returncode == 0, result.stderr
+    assert f"(run {run})" in result.stdout and "3 rows read, 3 confirmed" in result.stdout
+    again = counted_worker(queue, "v", logs, tmp_path, "--exit-when-idle", "1.5", runs=runs)
+    assert again.wait(timeout=60) == 0
+    assert runs_of(runs) == Counter(f"job {n}" for n in range(1, 6)), "each ran once"
+    assert "3 skipped (already done)" in (tmp_path / "v.out").read_text()
+    assert len(report_csv(queue, logs, tmp_path / "r", run)) == 5

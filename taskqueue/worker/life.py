@@ -188,8 +188,8 @@ class DeliveryLife:
                           delivery.label, delivery.run_id, delivery.text)
         elif outcome == "skipped":
             stats.skipped += 1
-            self.log.info("[%s] %s %s: %r", slot.name, delivery.label, settlement.why,
-                          delivery.text)
+            self.log.info("[%s] skipped %s (%r): %s", slot.name, delivery.label, delivery.text,
+                          settlement.why)
 
 
 def _copy_properties(original: pika.BasicProperties, headers: dict,
