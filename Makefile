@@ -42,9 +42,11 @@ lint: venv
 
 bench: venv
 	$(PY) bench/run.py
+	$(PY) bench/versus.py
 
 bench-quick: venv
 	$(PY) bench/run.py --quick
+	$(PY) bench/versus.py --quick
 
 # The report at 10k, 100k and 1M task events and the live view with 200 x 8 slots (a few
 # minutes); writes bench/views.md.
