@@ -281,6 +281,24 @@ def test_a_worker_reports_a_slow_broker_ack_timeout_setting(queue, logs, tmp_pat
 
 
 
+def test_no_permission_on_the_results_stream_is_one_line_before_any_task(node, logs, tmp_path):
+    """Everything but <queue>.results is allowed: the worker must say so before it takes a
+    task (never work without records), and the tasks stay in the queue."""
+    assert ctl(node.node, "add_user", "norecord", "pw").returncode == 0
+    allowed = r"^norec_q(\.retry|\.dead|\.control|\.events)?$|^amq\.default$"
+    assert ctl(node.node, "set_permissions", "norecord", allowed, allowed,
+               allowed).returncode == 0
+    assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", "norec_q",
+                      "--message", "a", "--message", "b", log_dir=logs).returncode == 0
+    url = f"amqp://norecord:pw@127.0.0.1:{node.port}/%2F"
+    result = run_script("listening_worker.py", "--url", url, "--queue", "norec_q", log_dir=logs)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "no permission on the results stream 'norec_q.results'" in result.stderr
+    assert "received" not in result.stdout, "no task taken"
+    assert queue_state("norec_q", node.url)[0] == 2, "the tasks stay in the queue"
+
+
 def test_missing_permissions_is_one_clear_line(node, logs):
     user = ctl(node.node, "add_user", "limited", "s3cret")
     assert user.returncode == 0, user.stderr
