@@ -70,6 +70,44 @@ def test_300_tasks_3_workers_survive_two_broker_restarts(node, logs, tmp_path):
     assert queue_state(queue, node.url) == (0, 0)
 
 
+def test_a_restart_storm_ends_no_worker(node, logs, tmp_path):
+    """The node restarted 10 times in a row (down 0.3-2 s) under 4 workers while new ones
+    start: a booting node opens its listener before its users and vhosts are up, a stopping
+    one cuts handshakes short, and pika calls both a refused login. Every worker must still be
+    there afterwards, and work (before: one exited 4 on a reconnect)."""
+    queue = "storm_q"
+    csv = write_csv(tmp_path / "t.csv", [f"task {n}." for n in range(400)])
+    assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
+                      str(csv), log_dir=logs).returncode == 0
+    outs = [tmp_path / f"w{n}.out" for n in range(8)]
+
+    def worker(n: int):
+        return start_worker("--url", node.url, "--queue", queue, "--name", f"w{n}",
+                            "--seconds-per-dot", "0.1", "--exit-when-idle", "5",
+                            log_dir=logs, out=outs[n])
+
+    workers = [worker(n) for n in range(4)]
+    wait_for(lambda: consumers(queue, node.url) == 4, what="4 workers")
+    for n in range(10):
+        if n % 2:
+            node.restart(down_for=0.3 + 0.17 * n)  # the app only
+        else:  # the whole node: it boots, its listener before its users and vhosts
+            node.stop()
+            time.sleep(0.3 + 0.17 * n)
+            node.start()
+        if n in (1, 3, 5, 7):  # a new worker arrives while the node is (re)starting
+            workers.append(worker(4 + n // 2))
+    assert all(w.poll() is None for w in workers), [
+        (out.name, out.read_text()[-300:]) for w, out in zip(workers, outs) if w.poll()]
+    before = done_counts(*outs)
+    assert [w.wait(timeout=180) for w in workers] == [0] * 8
+    after = done_counts(*outs)
+    assert settled_rows(*outs) == set(range(1, 401)), "every task done"
+    assert sum(after.values()) > sum(before.values()), "work went on after the storm"
+    assert not any("refused" in out.read_text() and "error" in out.read_text().lower()
+                   for out in outs if "exited" in out.read_text())
+
+
 def test_idle_time_does_not_count_while_the_broker_is_away(node, logs, tmp_path):
     """--exit-when-idle means "connected, consuming, and no task came": a broker that is down
     for longer than that must not end the worker while tasks wait."""

@@ -33,6 +33,7 @@ SIGNAL_POLL_SECONDS = 0.1  # how soon Ctrl+C is noticed; also wakes select() on 
 # or disk alarm) stops reading from it, and a path gone silent never answers: after this long
 # the socket is dropped instead (the broker then treats it as a lost connection).
 CLOSE_WAIT_SECONDS = 3.0
+REFUSAL_PERSISTS_SECONDS = 15.0  # a refused login / vhost counts as final only after this long
 
 
 class Backoff:
@@ -183,6 +184,7 @@ class BrokerSession:
         self._finished = False
         self._error: UserError | None = None
         self._last_reason = ""
+        self._refused_since: float | None = None  # a refused login or vhost, since when
         self.blocked = False
         self.connections_made = 0
 
@@ -360,6 +362,7 @@ class BrokerSession:
 
     def _on_open(self, connection: pika.SelectConnection) -> None:
         self.connections_made += 1
+        self._refused_since = None
         self._opened_unready = True
         again = " again" if self.connections_made > 1 else ""
         self.log.info("%sconnected%s to %s", self._prefix(), again, mask_url(self.url))
@@ -381,13 +384,29 @@ class BrokerSession:
 
     def _on_open_error(self, _connection: object, exc: BaseException) -> None:
         fatal, reason = explain_connect_error(exc, self.url)
-        if fatal:
+        if fatal and self._refusal_is_final():
             self._error = self._error or UserError(reason, EXIT_REFUSED)
             self._finishing = True
             self._done()
             return
+        if fatal:
+            reason += " (a node starting or stopping refuses too: trying again)"
+        else:
+            self._refused_since = None
         self._last_reason = reason
         self._retry_later(f"{self._prefix()}cannot reach {mask_url(self.url)}: {reason}")
+
+    def _refusal_is_final(self) -> bool:
+        """A refused login or vhost is final only when it persists: a booting node opens its
+        listener before its users and vhosts are up, and a stopping one cuts handshakes short
+        (pika calls both a refused login). A session that was connected before is never ended
+        by one: it keeps trying within --connect-timeout."""
+        now = time.monotonic()
+        if self._refused_since is None:
+            self._refused_since = now
+        if self.connections_made:
+            return False
+        return now - self._refused_since >= REFUSAL_PERSISTS_SECONDS or now >= self._deadline
 
     def _retry_later(self, why: str) -> None:
         if self._finishing:
