@@ -11,9 +11,11 @@ that retention removed the start of a run.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pika
+from pika.adapters.blocking_connection import BlockingChannel
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.broker.connection import open_blocking
@@ -42,12 +44,9 @@ class RecordReader:
     def follow(self, since: float | None = None) -> Iterator[dict | None]:
         """Records from *since* on, as they come; None each time nothing came for ``idle``
         seconds (the caller decides whether to go on)."""
-        connection = open_blocking(self.settings)
-        try:
-            channel = connection.channel()
-            if not self._exists(connection):
+        with self._channel(PREFETCH) as channel:
+            if channel is None:
                 return
-            channel.basic_qos(prefetch_count=PREFETCH)
             unacked = 0
             for method, properties, body in channel.consume(
                     self.spec.results_name, arguments={"x-stream-offset": stream_offset(since)},
@@ -69,21 +68,13 @@ class RecordReader:
                     if kind_of(record) != "mark":
                         record.setdefault("offset", offset)  # where it is in the stream
                         yield record
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            raise _refused(self.spec, exc) from None
-        finally:
-            if connection.is_open:
-                connection.close()
 
     def head(self) -> tuple[int, float] | None:
         """(offset, time) of the stream's first record now; None when it is empty or gone.
         An offset above 0 means retention has removed older records."""
-        connection = open_blocking(self.settings)
-        try:
-            if not self._exists(connection):
+        with self._channel(1) as channel:
+            if channel is None:
                 return None
-            channel = connection.channel()
-            channel.basic_qos(prefetch_count=1)
             for method, properties, body in channel.consume(
                     self.spec.results_name, arguments={"x-stream-offset": "first"},
                     inactivity_timeout=self.idle):
@@ -93,6 +84,19 @@ class RecordReader:
                          for r in decode_group(body)]
                 return _offset(properties) or 0, min(times, default=0.0)
             return None
+
+    @contextlib.contextmanager
+    def _channel(self, prefetch: int) -> Iterator[BlockingChannel | None]:
+        """A channel to read the stream on (None if there is no stream), its connection
+        closed afterwards; the broker's refusal becomes one clear line."""
+        connection = open_blocking(self.settings)
+        try:
+            if not self._exists(connection):
+                yield None
+                return
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=prefetch)
+            yield channel
         except pika.exceptions.ChannelClosedByBroker as exc:
             raise _refused(self.spec, exc) from None
         finally:
