@@ -303,3 +303,38 @@ def test_resume_goes_on_with_the_interrupted_run_so_done_rows_are_not_run_again(
     assert runs_of(runs) == Counter(f"job {n}" for n in range(1, 6)), "each ran once"
     assert "3 skipped (already done)" in (tmp_path / "v.out").read_text()
     assert len(report_csv(queue, logs, tmp_path / "r", run)) == 5
+
+
+def test_the_report_ends_while_workers_keep_writing(queue, logs, tmp_path):
+    """A stream never ends, and a busy one never pauses: the report reads up to where the
+    stream ended when it began (before: it waited for a quiet second that never came)."""
+    import json
+    import threading
+
+    run = emit(queue, logs, write_csv(tmp_path / "t.csv", [f"t{n}" for n in range(5)]))
+    assert counted_worker(queue, "w", logs, tmp_path, "--exit-when-idle",
+                          "1").wait(timeout=60) == 0
+    stop = threading.Event()
+
+    def busy_writer() -> None:  # another run's records, ten groups a second
+        connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+        channel = connection.channel()
+        n = 0
+        while not stop.is_set():
+            n += 1
+            channel.basic_publish("", f"{queue}.results", json.dumps([{
+                "kind": "task", "id": f"busy-{n}", "run_id": "other", "outcome": "failed",
+                "row": n, "message_id": f"x:{n}:0", "worker": "b", "started": 1.0,
+                "finished": 1.0, "seconds": 0.0}]).encode())
+            time.sleep(0.1)
+        connection.close()
+
+    writer = threading.Thread(target=busy_writer)
+    writer.start()
+    try:
+        time.sleep(1)
+        table = report_csv(queue, logs, tmp_path / "r", run)  # run_script: 60 s at most
+    finally:
+        stop.set()
+        writer.join()
+    assert sorted(row["task"] for row in table) == [f"t{n}" for n in range(5)]

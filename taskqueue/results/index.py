@@ -1,8 +1,9 @@
 """Which tasks have a done record: the worker's answer to "was this task already done?".
 
-Memory stays bounded however long the record: only the runs a worker is handed are indexed
-(``MAX_RUNS``, least recently used first out), and a run costs one 32-bit fingerprint of its
-message_id per row (a million rows: 4 MB). Ids without a row (other producers') go in a bounded
+Memory stays bounded however long the record: the runs a worker is handed are indexed
+(``MAX_RUNS``, least recently used first out), and as many others read meanwhile, and a run
+costs one 32-bit fingerprint of its message_id per row (a million rows: 4 MB). Ids without a
+row (other producers') go in a bounded
 map; past its size they are forgotten, which can only mean a task runs again (at-least-once),
 never that one is skipped wrongly. Pure logic: the stream reading is tail.py's.
 """
@@ -17,6 +18,7 @@ from taskqueue.emitter.tasks import row_of
 
 MAX_RUNS = 8
 MAX_ROWLESS = 100_000  # done ids without a row kept per run
+MAX_FORGOTTEN = 10_000  # runs remembered as dropped from the index (to read them again)
 MAX_DETAILS = 50_000  # (worker, finished) of recent done records, for the log line
 MAX_ROW = 1 << 27  # beyond this a row number is not ours: treated as rowless
 
@@ -51,23 +53,35 @@ class RunIndex:
 
 
 class DoneIndex:
-    """Done records of the watched runs. ``watch(run)`` before ``add``/``lookup`` matter for
-    it; records of runs not watched are ignored (they cost nothing)."""
+    """Done records of the runs a worker was handed (``runs``, the ``MAX_RUNS`` most recently
+    handed), and of the other runs read meanwhile (``recent``, as many): a run first handed
+    after its records were read is then known at once. ``watch(run)``: the run is of
+    interest; True when its records are all in the index (as far as they were read)."""
 
     def __init__(self, max_runs: int = MAX_RUNS) -> None:
         self.runs: OrderedDict[str, RunIndex] = OrderedDict()
+        self.recent: OrderedDict[str, RunIndex] = OrderedDict()
         self.max_runs = max_runs
         self.details: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        self.forgotten: OrderedDict[str, None] = OrderedDict()  # runs whose records went
+
+    def _forget(self, tier: OrderedDict) -> None:
+        run, _index = tier.popitem(last=False)
+        self.forgotten[run] = None
+        if len(self.forgotten) > MAX_FORGOTTEN:
+            self.forgotten.popitem(last=False)
 
     def watch(self, run: str) -> bool:
-        """Start indexing *run*; True when it is new (its records must be read again)."""
+        """Keep *run*'s records; True unless some were dropped from the index (the caller
+        still checks that reading began before the run did, or reads it again)."""
         if run in self.runs:
             self.runs.move_to_end(run)
-            return False
-        self.runs[run] = RunIndex()
+            return True
+        known = run not in self.forgotten  # kept, or none of its done records read yet
+        self.runs[run] = self.recent.pop(run, None) or RunIndex()
         if len(self.runs) > self.max_runs:
-            self.runs.popitem(last=False)
-        return True
+            self._forget(self.runs)
+        return known
 
     def watched(self, run: str) -> bool:
         return run in self.runs
@@ -77,9 +91,17 @@ class DoneIndex:
         if record.get("outcome") != "done":
             return
         message_id, run = record.get("message_id"), record.get("run_id") or ""
-        index = self.runs.get(run)
-        if index is None or not isinstance(message_id, str) or not message_id:
+        if not isinstance(message_id, str) or not message_id:
             return
+        index = self.runs.get(run)
+        if index is None:
+            index = self.recent.get(run)
+            if index is None:
+                index = self.recent[run] = RunIndex()
+                if len(self.recent) > self.max_runs:
+                    self._forget(self.recent)
+            else:
+                self.recent.move_to_end(run)
         index.add(message_id)
         self.details[(run, message_id)] = (str(record.get("worker") or "?"),
                                            float(record.get("finished") or 0))

@@ -12,6 +12,7 @@ that retention removed the start of a run.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import pika
@@ -24,6 +25,9 @@ from taskqueue.results.record import decode_group, kind_of, stream_offset
 
 PREFETCH = 500  # stream messages in flight to a reader (each is a group of records)
 ACK_EVERY = 100
+END_PROBE_SECONDS = 2.0  # reading the last chunk to learn where the stream ends, at most
+END_PROBE_IDLE = 0.2
+STALL_IDLES = 10  # pauses of `idle` before the end: the stream stalls, stop there
 
 
 class RecordReader:
@@ -33,13 +37,45 @@ class RecordReader:
         self.settings, self.spec, self.idle = settings, spec, idle
         self.missing = False  # the stream does not exist (no worker of 0.4+ ran on the queue)
         self.first_offset: int | None = None  # of the first message this reader got
+        self.last_offset = -1  # of the last message it got
+        self._group_done = True  # every record of the last message has been handed out
 
     def records(self, since: float | None = None) -> Iterator[dict]:
-        """Every record from *since* (None: the stream's start) up to now."""
+        """Every record from *since* (None: the stream's start) up to now: up to the end the
+        stream had when the reading began (however busy its writers are since), or a pause of
+        ``idle`` seconds past it; a stream that stalls before its end is given
+        ``STALL_IDLES`` pauses."""
+        end = self.end_offset()
+        if end is None:
+            return
+        idles = 0
         for record in self.follow(since):
             if record is None:
-                return
+                idles += 1
+                if self.last_offset >= end or idles >= STALL_IDLES:
+                    return
+                continue
+            idles = 0
             yield record
+            if self.last_offset >= end and self._group_done:
+                return
+
+    def end_offset(self) -> int | None:
+        """The offset of the stream's last message now (None: empty or missing): read from a
+        reader attached at "last", which gets the last chunk first."""
+        with self._channel(1000) as channel:
+            if channel is None:
+                return None
+            last = None
+            deadline = time.monotonic() + END_PROBE_SECONDS
+            for method, properties, _body in channel.consume(
+                    self.spec.results_name, arguments={"x-stream-offset": "last"},
+                    inactivity_timeout=END_PROBE_IDLE):
+                if method is None or time.monotonic() > deadline:
+                    break
+                offset = _offset(properties)
+                last = offset if last is None or (offset or 0) > last else last
+            return last
 
     def follow(self, since: float | None = None) -> Iterator[dict | None]:
         """Records from *since* on, as they come; None each time nothing came for ``idle``
@@ -60,14 +96,17 @@ class RecordReader:
                 offset = _offset(properties)
                 if self.first_offset is None:
                     self.first_offset = offset
+                self.last_offset = offset if offset is not None else self.last_offset
                 unacked += 1
                 if unacked >= ACK_EVERY:
                     channel.basic_ack(method.delivery_tag, multiple=True)
                     unacked = 0
-                for record in decode_group(body):
-                    if kind_of(record) != "mark":
-                        record.setdefault("offset", offset)  # where it is in the stream
-                        yield record
+                records = [r for r in decode_group(body) if kind_of(r) != "mark"]
+                self._group_done = not records
+                for number, record in enumerate(records, start=1):
+                    record.setdefault("offset", offset)  # where it is in the stream
+                    self._group_done = number == len(records)
+                    yield record
 
     def head(self) -> tuple[int, float] | None:
         """(offset, time) of the stream's first record now; None when it is empty or gone.

@@ -84,8 +84,10 @@ def kind_of(record: dict) -> str:
     return record.get("kind") or "task"  # events of older workers have no kind
 
 
-def mark(worker: str, seq: int) -> dict:
-    return {"kind": "mark", "worker": worker, "seq": seq, "time": time.time()}
+def mark(worker: str, seq: int, nonce: str) -> dict:
+    """A fence: *nonce* is this process's, so that another process with the same worker name
+    (a restarted ``--name alice``, or two by mistake) never answers our fences."""
+    return {"kind": "mark", "worker": worker, "nonce": nonce, "seq": seq, "time": time.time()}
 
 
 def task_key(record: dict) -> tuple[str, str] | None:

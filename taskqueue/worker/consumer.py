@@ -256,7 +256,7 @@ class TaskConsumer(DeliveryLife, BrokerSession):
                 self.state = WorkerState.PAUSED
         elif action == "resume":
             self.log.info("[%s] resumed (task_control.py): taking tasks again", name)
-            if self.channel is not None and not self._waiting_for_slots:
+            if self.channel is not None:  # (it waits for busy slots itself)
                 self._subscribe(self.channel)
         elif action == "cancel":
             self._cancel_run(record["run"])

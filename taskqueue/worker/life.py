@@ -89,10 +89,21 @@ class DeliveryLife:
 
     def _checked(self, slot: WorkSlot, delivery: Delivery, done: tuple[str, float] | None
                  ) -> None:
-        """The record says whether the task was done already: if so, ack it unrun."""
+        """The record says whether the task was done already: if so, ack it unrun; else run
+        it. (Called from the tail's reading too: a failure here puts the task back.)"""
         settlement = slot.settlement
         if slot.delivery is not delivery or settlement is None or not settlement.in_hand:
             return  # dropped while the record was read: the broker delivers it again
+        try:
+            self._start_or_skip(slot, delivery, settlement, done)
+        except Exception:
+            self.log.exception("[%s] could not start %s; it goes back to the queue",
+                               slot.name, delivery.label)
+            settlement.running = False
+            settlement.requeue("the worker could not start it")
+
+    def _start_or_skip(self, slot: WorkSlot, delivery: Delivery, settlement: Settlement,
+                       done: tuple[str, float] | None) -> None:
         delivery.seen = self.tail.position
         if delivery.redelivered:
             self.stats.redelivered += 1

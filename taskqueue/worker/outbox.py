@@ -235,6 +235,9 @@ class Outbox(BrokerSession):
         self._unconfirmed.clear()
         self._in_flight.clear()
         self._sent_at.clear()
+        if self._remaking is not None:  # its setup died with the connection: send them again
+            lost.extend(self._remaking)
+            self._remaking = None
         copies = [item for item in lost if isinstance(item, Copy) and not item.cancelled]
         self._copies.extendleft(reversed(copies))
         for item in reversed(lost):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 
 import pika
@@ -57,6 +58,7 @@ class ResultsTail:
         self.index = DoneIndex()
         self._since: float | None = None  # where reading starts (None: the stream's start)
         self._from_start = False  # a run with no time in its id: read everything
+        self._reading_from = float("inf")  # where the current reading began (a timestamp)
         self._channel: Channel | None = None
         self._connection: Connection | None = None
         self._ioloop = None
@@ -73,6 +75,7 @@ class ResultsTail:
         self._blocked_since: float | None = None  # the broker blocks our publishing (alarm)
         self._fence_watch: tuple[int, float] | None = None  # (marks seen, since) while waiting
         self.position = -1  # the offset of the last message read: what answers are based on
+        self._nonce = uuid.uuid4().hex  # our marks are ours alone
 
     # --- connection ------------------------------------------------------------------------
     def start(self, connection: Connection, ioloop, on_ready: Callable[[], None]) -> None:
@@ -108,6 +111,7 @@ class ResultsTail:
         # be missed, and fences are only written once attached (see _attached).
         since = self._since if self._since is not None else time.time() - CLOCK_SKEW
         offset = "first" if self._from_start else stream_offset(since)
+        self._reading_from = float("-inf") if self._from_start else since
         channel.basic_qos(prefetch_count=PREFETCH, callback=lambda _frame: channel.basic_consume(
             self.spec.results_name, self._on_message, arguments={"x-stream-offset": offset},
             callback=lambda _frame: self._attached(generation)))
@@ -175,7 +179,7 @@ class ResultsTail:
             kind = kind_of(record)
             if kind == "task":
                 self.index.add(record)
-            elif kind == "mark" and record.get("worker") == self.worker:
+            elif kind == "mark" and record.get("nonce") == self._nonce:
                 seq = record.get("seq")
                 if isinstance(seq, int) and seq > self._seen:
                     self._seen = seq
@@ -193,8 +197,10 @@ class ResultsTail:
             answer(None)  # no message_id: never recognised, never skipped
             return
         run = key[0]
-        if self.index.watch(run):
-            self._read_from(run)
+        if not self.index.watched(run):
+            self._first_sight(run)
+        else:
+            self.index.watch(run)  # (most recently handed)
         if exact or run in self._catching_up:
             if self._blocked_since is not None and self._attached_now:
                 self._answer_when_read(key, answer)
@@ -203,17 +209,21 @@ class ResultsTail:
             return
         answer(self.index.lookup(*key))
 
-    def _read_from(self, run: str) -> None:
-        """A new run: its records must be read, from where it began."""
+    def _first_sight(self, run: str) -> None:
+        """A run this worker had not been handed: its records are all in the index if they
+        were kept since reading began before the run did; else read it again from where it
+        began. Either way its first check waits for a fence (what is written now is read)."""
+        complete = self.index.watch(run)
         began = run_began(run)
         if began is None:  # no time in its id: only the whole stream is sure to hold them
-            earlier, self._from_start = not self._from_start, True
+            again = not self._from_start
+            self._from_start = True
         else:
-            earlier = self._since is None or began < self._since
-            self._since = began if earlier else self._since
-            earlier = earlier and not self._from_start
+            again = not (complete and began >= self._reading_from)
+            if again and (self._since is None or began < self._since):
+                self._since = began
         self._catching_up[run] = self._fence()
-        if earlier and self._channel is not None:
+        if again and self._channel is not None:
             self._restart(self._generation, "", delay=0.0)
 
     def _fence(self) -> int:
@@ -230,7 +240,7 @@ class ResultsTail:
 
     def _ask(self, seq: int) -> None:
         self._requested = seq
-        self.write_mark(mark(self.worker, seq))
+        self.write_mark(mark(self.worker, seq, self._nonce))
 
     def _fence_came(self) -> None:
         seen = self._seen
@@ -240,7 +250,7 @@ class ResultsTail:
         ready, self._waiting = ([w for w in self._waiting if w[0] <= seen],
                                 [w for w in self._waiting if w[0] > seen])
         for _needs, key, answer in ready:
-            answer(self.index.lookup(*key))
+            self._answer(answer, key)
         if self._next_needed > seen and self._requested <= seen and self._attached_now:
             self._ask(self._next_needed)
         if self._on_first_fence is not None and self._on_first_fence_needs <= seen:
@@ -267,7 +277,7 @@ class ResultsTail:
             self._catching_up.clear()
             waiting, self._waiting = self._waiting, []
             for _needs, key, answer in waiting:
-                answer(self.index.lookup(*key))
+                self._answer(answer, key)
             if self._on_first_fence is not None:
                 callback, self._on_first_fence = self._on_first_fence, None
                 callback()
@@ -288,6 +298,12 @@ class ResultsTail:
             self._fence_watch = None
             self._restart(self._generation, f"no mark came back for {FENCE_TIMEOUT:.0f} s",
                           delay=0.0)
+
+    def _answer(self, answer: Answer, key: tuple[str, str]) -> None:
+        try:
+            answer(self.index.lookup(*key))
+        except Exception:  # the caller's problem must not lose the other answers
+            self.log.exception("[%s] could not act on the answer for %s", self.worker, key[1])
 
     def publishing_unblocked(self) -> None:
         self._blocked_since = None  # the marks asked for meanwhile go out now
