@@ -384,12 +384,14 @@ class BrokerSession:
 
     def _on_open_error(self, _connection: object, exc: BaseException) -> None:
         fatal, reason = explain_connect_error(exc, self.url)
-        if fatal and self._refusal_is_final():
+        refusal = isinstance(exc, (pe.ProbableAuthenticationError, pe.AuthenticationError,
+                                   pe.ProbableAccessDeniedError))
+        if fatal and (not refusal or self._refusal_is_final()):
             self._error = self._error or UserError(reason, EXIT_REFUSED)
             self._finishing = True
             self._done()
             return
-        if fatal:
+        if refusal:
             reason += " (a node starting or stopping refuses too: trying again)"
         else:
             self._refused_since = None
