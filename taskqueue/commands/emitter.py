@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -172,9 +173,10 @@ def wait_for_results(args: argparse.Namespace, settings: BrokerSettings, spec: Q
         return 130
     log.info("all outcomes in: %s", outcomes.line())
     if args.results:
-        history = History(settings, spec, Path("reports"))
         try:
-            table = write_tasks_file(args.results, run_id, history.run_records(run_id))
+            with tempfile.TemporaryDirectory(prefix="taskqueue-") as scratch:
+                history = History(settings, spec, Path(scratch))  # its copy is only for this
+                table = write_tasks_file(args.results, run_id, history.run_records(run_id))
         except OSError as exc:
             raise UserError(f"cannot write --results {str(args.results)!r} ({exc.strerror}); "
                             f"give a writable path, or collect them with: {later}") from None

@@ -139,8 +139,11 @@ class RecordReader:
         except pika.exceptions.ChannelClosedByBroker as exc:
             raise _refused(self.spec, exc) from None
         finally:
-            if connection.is_open:
-                connection.close()
+            # Closing cancels the reading, and pika hands back what it got but we did not read
+            # with a nack, which a stream refuses by closing the connection: we are done anyway.
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                if connection.is_open:
+                    connection.close()
 
     def _exists(self, connection: pika.BlockingConnection) -> bool:
         probe = connection.channel()

@@ -11,6 +11,7 @@ terminal, one plain line per refresh elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -153,6 +154,8 @@ def watch(settings: BrokerSettings, spec: QueueSpec, *, until_done: bool = False
     finally:
         if screen is not None:
             screen.close()
-        if connection.is_open:
-            connection.close()
+        # A stream refuses the nack pika sends for what it got but we did not read: done anyway.
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            if connection.is_open:
+                connection.close()
     return state
