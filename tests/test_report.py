@@ -127,6 +127,7 @@ def test_runs_recorded_by_older_versions_stay_readable(queue, logs, tmp_path):
     connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
     channel = connection.channel()
     channel.queue_declare(f"{queue}.events", durable=True)
+    channel.confirm_delivery()
     channel.basic_publish("", f"{queue}.events", json.dumps(events).encode())
     connection.close()
     out = tmp_path / "old.csv"

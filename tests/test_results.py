@@ -154,6 +154,7 @@ def publish_copies(queue: str, tasks: list[dict]) -> None:
     """Publish again, by hand, messages with the ids of recorded tasks."""
     connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
     channel = connection.channel()
+    channel.confirm_delivery()  # an unconfirmed message may never reach a quorum queue
     for task in tasks:
         channel.basic_publish("", queue, task["task"].encode(), pika.BasicProperties(
             message_id=task["message_id"], correlation_id=task["run_id"], delivery_mode=2))
@@ -200,9 +201,10 @@ def test_a_new_run_and_a_message_without_id_run_again(queue, logs, tmp_path):
     emit(queue, logs, path)
     emit(queue, logs, path)  # a new run of the same file: the user asked for it again
     connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+    channel = connection.channel()
+    channel.confirm_delivery()
     for _ in range(2):  # another producer's messages: no message_id
-        connection.channel().basic_publish("", queue, b"anon",
-                                           pika.BasicProperties(delivery_mode=2))
+        channel.basic_publish("", queue, b"anon", pika.BasicProperties(delivery_mode=2))
     connection.close()
     runs = tmp_path / "runs.txt"
     worker = counted_worker(queue, "w", logs, tmp_path, "--exit-when-idle", "1.5", runs=runs)
