@@ -21,6 +21,8 @@ import json
 import re
 import time
 
+from taskqueue.views.events import decode_events
+
 RESULTS_MAX_AGE = "30D"  # x-max-age: records are kept at least this long ...
 RESULTS_MAX_BYTES = 20 * 10**9  # ... unless the stream grows past this (oldest segments go)
 SEGMENT_BYTES = 100 * 10**6  # retention removes whole segments: smaller ones, finer steps
@@ -72,12 +74,7 @@ def encode_group(records: list[dict]) -> bytes:
 
 def decode_group(body: bytes) -> list[dict]:
     """The records of one stream message; anything not ours yields nothing."""
-    try:
-        decoded = json.loads(body)
-    except ValueError:
-        return []
-    items = decoded if isinstance(decoded, list) else [decoded]
-    return [item for item in items if isinstance(item, dict)]
+    return decode_events(body)  # the same JSON list (or one object) as the live events
 
 
 def kind_of(record: dict) -> str:

@@ -20,9 +20,6 @@ import os
 import time
 from collections import deque
 
-EVENT_BATCH = 200  # events per message at most
-EVENT_FLUSH_SECONDS = 0.5  # and at least this often (the worker's I/O loop calls flush)
-MAX_PENDING_EVENTS = 10_000  # waiting while the broker is away or blocks us; oldest dropped
 MAX_TASK_TEXT = 200
 MAX_REASON = 2000  # bytes of a failure reason
 MAX_RESULT = 16 * 1024  # bytes of a handler's result (or a command's output) kept in its record
@@ -61,37 +58,6 @@ def task_event(*, run_id: str, worker: str, host: str, message_id: str | None, r
 def run_event(run_id: str, queue: str, state: str, total: int | None, published: int) -> dict:
     return {"kind": "run", "id": event_id(), "run_id": run_id, "queue": queue, "state": state,
             "total": total, "published": published, "time": time.time()}
-
-
-class EventBatch:
-    """Events waiting to be sent, bounded: beyond ``MAX_PENDING_EVENTS`` the oldest go, and
-    ``dropped`` counts them (the report then says its counts are incomplete)."""
-
-    def __init__(self, limit: int = MAX_PENDING_EVENTS) -> None:
-        self._pending: deque[dict] = deque()
-        self._limit = limit
-        self.dropped = 0
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def add(self, event: dict) -> None:
-        self._pending.append(event)
-        if len(self._pending) > self._limit:
-            self._pending.popleft()
-            self.dropped += 1
-
-    def take(self) -> list[dict]:
-        """Up to ``EVENT_BATCH`` events, oldest first, removed from the batch."""
-        count = min(EVENT_BATCH, len(self._pending))
-        return [self._pending.popleft() for _ in range(count)]
-
-    def put_back(self, events: list[dict]) -> None:
-        """Events sent but not confirmed when a connection was lost: they go first again."""
-        self._pending.extendleft(reversed(events))
-        while len(self._pending) > self._limit:
-            self._pending.popleft()
-            self.dropped += 1
 
 
 def encode(events: list[dict]) -> bytes:
