@@ -219,6 +219,35 @@ def test_cancel_stops_a_runs_running_tasks_and_skips_its_queued_ones(queue, logs
     assert other != doomed and queue_state(queue) == (0, 0)
 
 
+def test_cancel_is_given_at_once_no_task_started_after_it_runs_to_the_end(queue, logs,
+                                                                          tmp_path):
+    """Once cancel is asked for, the workers hear it at once: no task of the run that started
+    after that is done (before 0.5 the command waited 2.5 s to learn who was there, and a
+    one-second task started meanwhile ran to the end)."""
+    from taskqueue.broker.config import BrokerSettings
+    from taskqueue.control import commands
+    from taskqueue.results.history import History
+
+    outs = [tmp_path / "w1.out", tmp_path / "w2.out"]
+    workers = [start_worker("--queue", queue, "--name", f"w{n}", "--seconds-per-dot", "1",
+                            "--exit-when-idle", "2", log_dir=logs, out=out)
+               for n, out in enumerate(outs, 1)]
+    run = emit(queue, logs, write_csv(tmp_path / "t.csv", [f"t{n}." for n in range(20)]))
+    wait_for(lambda: all("done row" in out.read_text() for out in outs), timeout=60,
+             what="both workers to have done a task")
+    asked = time.time()
+    outcome = commands.send(BrokerSettings([MAIN_URL]), QueueSpec(queue), "cancel", run=run)
+    assert sorted(outcome.answers) == ["w1", "w2"], outcome
+    assert [worker.wait(timeout=60) for worker in workers] == [0, 0]
+    history = History(BrokerSettings([MAIN_URL]), QueueSpec(queue), tmp_path / "r")
+    tasks = [r for r in history.run_records(run)() if r.get("kind") in (None, "task")]
+    late = [r for r in tasks if r.get("outcome") == "done" and float(r["started"]) > asked]
+    assert not late, f"done after the cancel was asked for: {late}"
+    assert sum(r.get("outcome") == "cancelled" for r in tasks) >= 20 - sum(
+        r.get("outcome") == "done" for r in tasks)
+    assert queue_state(queue) == (0, 0)
+
+
 # --- the pure parts ---------------------------------------------------------------------------
 def test_control_state_is_what_the_commands_add_up_to():
     started = time.time()

@@ -1,8 +1,9 @@
 """The sending side of pause, resume, cancel and stop-workers: append the command to
 ``<queue>.control`` (confirmed), and count the workers that answer.
 
-Which workers are there is learnt from their live snapshots (each sends one at least every two
-seconds to the events exchange), listened to for ``LISTEN_SECONDS`` before the command goes out;
+The command goes out at once (a cancel that waited to learn who is there let tasks finish
+meanwhile); then which workers are there is learnt from their live snapshots (each sends one
+at least every two seconds to the events exchange), listened to for ``LISTEN_SECONDS``, while
 their answers come back on the same exchange. A worker that does not answer in
 ``ANSWER_SECONDS`` is named: it acts when it reads the stream (on reconnecting, say).
 """
@@ -33,7 +34,7 @@ class Outcome:
     """What came of one command."""
 
     record: dict
-    known: dict[str, str] = field(default_factory=dict)  # worker -> state before the command
+    known: dict[str, str] = field(default_factory=dict)  # worker -> state it said it was in
     answers: dict[str, str] = field(default_factory=dict)  # worker -> what it did
 
     @property
@@ -74,13 +75,12 @@ def _send(connection: pika.BlockingConnection, spec: QueueSpec, kind: str, run: 
             take(outcome, event)
 
     listen.basic_consume(inbox, on_event, auto_ack=True)
-    deadline = time.monotonic() + LISTEN_SECONDS
-    while time.monotonic() < deadline:
-        connection.process_data_events(time_limit=max(0.0, deadline - time.monotonic()))
-    append(connection, spec, outcome.record)
-    deadline = time.monotonic() + ANSWER_SECONDS
-    while time.monotonic() < deadline and outcome.silent:
-        connection.process_data_events(time_limit=max(0.0, deadline - time.monotonic()))
+    append(connection, spec, outcome.record)  # first: the workers act on it while we listen
+    listened = time.monotonic() + LISTEN_SECONDS  # who is there: snapshots come every 2 s
+    answered = time.monotonic() + ANSWER_SECONDS
+    while (now := time.monotonic()) < answered and (now < listened or outcome.silent):
+        until = min(answered, listened) if now < listened else answered
+        connection.process_data_events(time_limit=max(0.0, until - now))
     return outcome
 
 
