@@ -6,6 +6,7 @@ or watch the workers live.
     python task_report.py --csv results.csv        # one row per task: worker, result or error
     python task_report.py --list                   # the runs recorded
     python task_report.py --watch                  # live: every worker, its task, the queue
+    python task_report.py --serve                  # the same and more, in a browser
 
 Installed with pip, the same command is ``taskqueue-report`` (same options).
 """
@@ -30,6 +31,7 @@ from taskqueue.results.table import write_tasks_file
 from taskqueue.views.report import RunReport, run_attempts
 from taskqueue.views.store import list_runs, queue_status
 from taskqueue.views.watch import watch
+from taskqueue.web.access import DEFAULT_BIND
 
 SCRIPT = "task_report"
 REPORTS = Path("reports")  # in the directory the command runs in
@@ -62,7 +64,20 @@ def parse_args() -> argparse.Namespace:
     live.add_argument("--until-done", action="store_true",
                       help="with --watch: end once the queue is empty and every worker idle")
     live.add_argument("--interval", type=seconds_above_zero, default=1.0, metavar="SECONDS",
-                      help="with --watch: seconds between refreshes (default: %(default)s)")
+                      help="with --watch or --serve: seconds between refreshes (default: "
+                           "%(default)s)")
+    web = parser.add_argument_group("web view (pip install \"taskqueue[web]\")")
+    web.add_argument("--serve", action="store_true",
+                     help="serve the dashboard: live view, runs, dead tasks, control buttons, "
+                          "/metrics (Ctrl+C to stop)")
+    web.add_argument("--bind", default=DEFAULT_BIND, metavar="HOST:PORT",
+                     help="with --serve: where to listen (default: %(default)s; anything but "
+                          "loopback needs --auth-file)")
+    web.add_argument("--auth-file", type=Path, metavar="FILE",
+                     help="with --serve: log in with the USER:PASSWORD on the file's first "
+                          "line (default: a random token in the printed address)")
+    web.add_argument("--no-browser", action="store_true",
+                     help="with --serve: do not open a browser")
     parser.add_argument("--csv", type=Path, metavar="FILE",
                         help="also write one row per task of the run: row, task, worker, host, "
                              "started, seconds, attempts, outcome, result or error")
@@ -70,6 +85,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.until_done and not args.watch:
         parser.error("--until-done needs --watch")
+    if (args.auth_file or args.no_browser or args.bind != DEFAULT_BIND) and not args.serve:
+        parser.error("--bind, --auth-file and --no-browser go with --serve")
     return args
 
 
@@ -80,6 +97,8 @@ def main() -> int:
     if args.status:
         print(queue_status(broker_settings(args), spec))
         return 0
+    if args.serve:
+        return serve_dashboard(args, spec, log)
     if args.watch:
         state = watch(broker_settings(args), spec, until_done=args.until_done,
                       interval=args.interval)
@@ -118,6 +137,17 @@ def main() -> int:
                             "give a writable path") from None
         print(f"results: {table.tasks} tasks written to {args.csv} (one row each)")
     return 0
+
+
+def serve_dashboard(args: argparse.Namespace, spec, log) -> int:
+    from taskqueue import web
+
+    web.require()
+    from taskqueue.web.serve import browser_wanted, serve
+
+    return serve(broker_settings(args), spec, bind=args.bind, auth_file=args.auth_file,
+                 reports_dir=args.reports_dir, open_browser=browser_wanted(args.no_browser),
+                 interval=args.interval, log=log)
 
 
 def entry() -> None:

@@ -62,6 +62,7 @@ class LiveState:
     #                                               newest task taken: the queue's latency
     _seconds: tuple[float, int] = (0.0, 0)  # the run's task seconds and attempts so far
     _latest_start: float = 0.0  # of the current run's tasks: older runs' stragglers start before
+    gone_after: float = GONE_AFTER  # the web view says "gone" sooner (two snapshot intervals)
 
     # --- feeding ---------------------------------------------------------------------------
     def feed(self, event: dict) -> None:
@@ -141,11 +142,17 @@ class LiveState:
             self.failures.append((finished, event.get("worker", ""), event.get("row"),
                                   event.get("task") or "", outcome, event.get("reason") or ""))
 
+    def forget(self, now: float, after: float = 600.0) -> None:
+        """Drop the slots of workers not heard from for *after* seconds (a long-running view
+        would otherwise keep every worker that ever ran)."""
+        for name in [n for n, slot in self.slots.items() if now - slot.heard > after]:
+            del self.slots[name]
+
     # --- reading -------------------------------------------------------------------------
     def slot_state(self, slot: SlotView, now: float) -> str:
         if slot.state == "stopped":
             return "stopped"
-        if now - slot.heard > GONE_AFTER:
+        if now - slot.heard > self.gone_after:
             return f"gone (not heard from for {now - slot.heard:.0f} s)"
         if slot.state == "busy":
             row = f"row {slot.row}" if slot.row is not None else "a task"
@@ -162,7 +169,7 @@ class LiveState:
         return bool(active) and all(slot.paused for slot in active)
 
     def active(self, slot: SlotView, now: float) -> bool:
-        return slot.state != "stopped" and now - slot.heard <= GONE_AFTER
+        return slot.state != "stopped" and now - slot.heard <= self.gone_after
 
     def in_progress(self, now: float) -> int:
         return sum(1 for slot in self.slots.values()

@@ -1,0 +1,123 @@
+"""The dashboard's buttons: pause, resume, cancel a run, stop a worker or all, requeue dead
+tasks. The same code as ``task_control.py`` (control/commands.py, control/requeue.py).
+
+Each action is asked twice: ``preview`` says what it will touch (how many workers, tasks) and
+hands out a one-time ticket; ``perform`` with that ticket does it, once: a second submit of the
+same ticket (a double click, a resent form) gets the first one's answer and does nothing more.
+Every action performed is a log line: who, from where, what, and what came of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.control import commands
+from taskqueue.control.requeue import DeadFilter, DeadMover
+from taskqueue.errors import UserError
+
+ACTIONS = ("pause", "resume", "cancel", "stop", "requeue-dead")
+TICKETS_KEPT = 1000
+TICKET_SECONDS = 600.0  # a confirmation left open longer must be asked again
+
+
+@dataclass
+class Ticket:
+    action: str
+    run: str | None
+    worker: str | None
+    reason: str | None
+    made: float
+    answer: dict | None = None  # once performed
+    running: bool = False
+
+
+class ControlDesk:
+    """Previews and performs the control actions for one queue (``perform`` blocks: call it
+    from a thread)."""
+
+    def __init__(self, settings: BrokerSettings, spec: QueueSpec, log: logging.Logger) -> None:
+        self.settings, self.spec, self.log = settings, spec, log
+        self._tickets: dict[str, Ticket] = {}
+        self._lock = threading.Lock()
+
+    def preview(self, action: str, count: int, *, run: str | None = None,
+                worker: str | None = None, reason: str | None = None) -> dict:
+        """What the confirmation asks ("Pause 3 workers?"), and the ticket that does it."""
+        if action not in ACTIONS:
+            raise UserError(f"unknown action {action!r}")
+        if action == "cancel" and not run:
+            raise UserError("cancel needs the run")
+        ticket = secrets.token_urlsafe(16)
+        with self._lock:
+            self._forget_old()
+            self._tickets[ticket] = Ticket(action, run or None, worker or None, reason or None,
+                                           time.monotonic())
+        return {"ticket": ticket, "count": count,
+                "question": question(action, count, run=run, worker=worker, reason=reason)}
+
+    def perform(self, ticket_id: str, who: str) -> dict:
+        with self._lock:
+            ticket = self._tickets.get(ticket_id)
+            if ticket is None:
+                return {"ok": False, "summary": "this confirmation has expired: ask again"}
+            if ticket.answer is not None or ticket.running:
+                answer = dict(ticket.answer or {"ok": True, "summary": "being done"})
+                answer["again"] = True  # done once already: nothing more
+                return answer
+            ticket.running = True
+        try:
+            answer = {"ok": True, "summary": self._do(ticket)}
+        except UserError as exc:
+            answer = {"ok": False, "summary": str(exc)}
+        with self._lock:
+            ticket.answer, ticket.running = answer, False
+        self.log.info("dashboard control by %s: %s", who, answer["summary"])
+        return answer
+
+    def _do(self, ticket: Ticket) -> str:
+        if ticket.action == "requeue-dead":
+            mover = DeadMover(self.settings, self.spec, self.log,
+                              DeadFilter(ticket.reason, ticket.run, None))
+            mover.run()
+            stats = mover.stats
+            return (f"requeue-dead: {stats.moved} of the {stats.total} dead tasks moved back to "
+                    f"{self.spec.name!r}, {stats.kept} left"
+                    + (f", {stats.refused} refused by the broker" if stats.refused else ""))
+        outcome = commands.send(self.settings, self.spec, ticket.action, run=ticket.run,
+                                worker=ticket.worker)
+        return commands.summary(outcome, describe(ticket, self.spec.name))
+
+    def _forget_old(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, t in self._tickets.items() if now - t.made > TICKET_SECONDS]:
+            del self._tickets[key]
+        while len(self._tickets) >= TICKETS_KEPT:
+            del self._tickets[next(iter(self._tickets))]
+
+
+def question(action: str, count: int, *, run: str | None = None, worker: str | None = None,
+             reason: str | None = None) -> str:
+    if action == "requeue-dead":
+        which = "".join([f" of run {run}" if run else "",
+                         f" whose reason contains {reason!r}" if reason else ""])
+        return f"Requeue {count} dead task(s){which}?"
+    if action == "cancel":
+        return f"Cancel run {run}: {count} task(s) not yet finished will not run?"
+    if action == "stop":
+        return f"Stop worker {worker}?" if worker else f"Stop all {count} worker(s)?"
+    return f"{action.capitalize()} {count} worker(s)?"
+
+
+def describe(ticket: Ticket, queue: str) -> str:
+    """What was done, in task_control.py's words."""
+    if ticket.action == "cancel":
+        return f"cancelled run {ticket.run} on queue {queue!r}"
+    if ticket.action == "stop":
+        who = f"worker {ticket.worker}" if ticket.worker else "every worker"
+        return f"asked {who} of queue {queue!r} to stop"
+    return f"{ticket.action}d queue {queue!r}"

@@ -1,0 +1,310 @@
+"""The dashboard's routes (Tornado). Every route but /healthz needs the token or the login.
+
+  GET  /                      the live page (pushed to by /stream, Server-Sent Events)
+  GET  /live.json             what the live page shows, once
+  GET  /runs, /runs/ID        the runs recorded; one run: table, timeline, attempts
+  GET  /runs/ID/tasks.json    a page of its tasks (?outcome=&q=&page=)
+  GET  /runs/ID/task.json     one task's attempts (?row=N or ?id=MESSAGE_ID)
+  GET  /runs/ID/timeline.svg  /runs/ID/tasks.csv
+  GET  /dead                  dead tasks by reason (?run=ID), from the record
+  GET  /control/preview.json  what an action would touch, and its one-time ticket
+  POST /control               do it (CSRF token + same origin; GET is 405)
+  GET  /metrics               Prometheus text format
+  GET  /login, POST /login    with --auth-file only
+
+Safe by default: a CSP with no inline script (``frame-ancestors 'none'``), no CORS header,
+HttpOnly SameSite=Strict cookies, POST-only control with Tornado's XSRF check and an Origin
+check. Page text from tasks is data: templates escape it, the script sets ``textContent``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import tornado.escape
+import tornado.gen
+import tornado.ioloop
+import tornado.web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tornado.iostream import StreamClosedError
+
+from taskqueue.errors import UserError
+from taskqueue.web.access import Access
+from taskqueue.web.actions import ControlDesk
+from taskqueue.web.feed import DashboardFeed
+from taskqueue.web.hub import Hub
+from taskqueue.web.runs import RunPages
+
+HERE = Path(__file__).parent
+COOKIE = "taskqueue_session"
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+RUN_ID = r"([A-Za-z0-9_.:-]{1,100})"
+
+
+class Base(tornado.web.RequestHandler):
+    """Headers, who is asking, and the refusal for anyone else."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Referrer-Policy", "same-origin")
+        self.set_header("Cache-Control", "no-store")
+
+    @property
+    def access(self) -> Access:
+        return self.settings["access"]
+
+    def get_current_user(self) -> str | None:
+        via_header = self.access.header_ok(self.request.headers.get("Authorization"))
+        if via_header:
+            return via_header
+        cookie = self.get_signed_cookie(COOKIE, max_age_days=7)
+        return cookie.decode() if cookie else None
+
+    def prepare(self) -> None:
+        if self.current_user:
+            return
+        token = self.get_query_argument("token", None)
+        if self.request.method == "GET" and self.access.token_ok(token):
+            self.set_signed_cookie(COOKIE, "token", httponly=True, samesite="Strict")
+            self.redirect(self.request.path)  # the token leaves the address bar
+            return
+        self.refuse()
+
+    def refuse(self) -> None:
+        wants_page = "text/html" in self.request.headers.get("Accept", "")
+        if self.access.login and wants_page and self.request.method == "GET":
+            self.redirect("/login?next=" + tornado.escape.url_escape(self.request.uri))
+            return
+        self.set_status(401)
+        if self.access.login:
+            self.set_header("WWW-Authenticate", 'Basic realm="taskqueue"')
+        self.finish("the dashboard needs its token (open the address task_report.py --serve "
+                    "printed) or a login\n" if not self.access.login else "log in first\n")
+
+    def check_xsrf_cookie(self) -> None:
+        """Tornado's token check, and the request must come from our own pages."""
+        super().check_xsrf_cookie()
+        origin = self.request.headers.get("Origin") or self.request.headers.get("Referer")
+        ours = f"{self.request.protocol}://{self.request.host}"
+        if not origin or f"{urlsplit(origin).scheme}://{urlsplit(origin).netloc}" != ours:
+            raise tornado.web.HTTPError(403, "cross-origin request refused")
+
+    def page(self, template: str, **values: object) -> None:
+        self.render(template, queue=self.settings["feed"].spec.name, **values)
+
+    def json(self, value: object) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(value, ensure_ascii=False))
+
+    @property
+    def runs(self) -> RunPages:
+        return self.settings["runs"]
+
+    async def blocking(self, function, *args):
+        """Run *function* (which talks to the broker) off the server's thread."""
+        return await tornado.ioloop.IOLoop.current().run_in_executor(None, function, *args)
+
+
+class Health(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.finish("ok\n")
+
+
+class LivePage(Base):
+    def get(self) -> None:
+        self.page("live.html", title="live")
+
+
+class LiveJson(Base):
+    def get(self) -> None:
+        self.json(json.loads(self.settings["hub"].latest()[1]))
+
+
+class Stream(Base):
+    """Server-Sent Events: the hub's snapshot at the server's rate; the client sets nothing."""
+
+    async def get(self) -> None:
+        hub: Hub = self.settings["hub"]
+        if not hub.join():
+            raise tornado.web.HTTPError(503, "too many live pages open")
+        self.set_header("Content-Type", "text/event-stream")
+        try:
+            self.write(f"retry: {int(hub.interval * 2000)}\n\n")
+            version = -1
+            while True:
+                version, data = await hub.after(version)
+                self.write(f"data: {data}\n\n")
+                await self.flush()
+        except StreamClosedError:
+            pass
+        finally:
+            hub.leave()
+
+
+class RunsPage(Base):
+    def get(self) -> None:
+        feed: DashboardFeed = self.settings["feed"]
+        with feed.lock:
+            runs = feed.totals.run_list()
+        self.page("runs.html", title="runs", runs=runs, when=_when)
+
+
+class RunPage(Base):
+    def get(self, run_id: str) -> None:
+        self.page("run.html", title=f"run {run_id}", run_id=run_id)
+
+
+class RunTasks(Base):
+    async def get(self, run_id: str) -> None:
+        page = _int(self.get_query_argument("page", "1"), 1)
+        self.json(await self.blocking(self.runs.page, run_id,
+                                      self.get_query_argument("outcome", ""),
+                                      self.get_query_argument("q", "")[:200], page))
+
+
+class RunTask(Base):
+    async def get(self, run_id: str) -> None:
+        row = self.get_query_argument("row", None)
+        row_number = _int(row, None) if row is not None else None
+        self.json(await self.blocking(self.runs.attempts, run_id, row_number,
+                                      self.get_query_argument("id", "")))
+
+
+class RunTimeline(Base):
+    async def get(self, run_id: str) -> None:
+        self.set_header("Content-Type", "image/svg+xml")
+        self.finish(await self.blocking(self.runs.svg, run_id))
+
+
+class RunCsv(Base):
+    async def get(self, run_id: str) -> None:
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.set_header("Content-Disposition", f'attachment; filename="{run_id}.csv"')
+        for chunk in await self.blocking(lambda: list(self.runs.csv_lines(run_id))):
+            self.write(chunk)
+        self.finish()
+
+
+class DeadPage(Base):
+    async def get(self) -> None:
+        run_id = self.get_query_argument("run", "") or await self.blocking(self.runs.latest)
+        dead = await self.blocking(self.runs.dead, run_id)
+        feed: DashboardFeed = self.settings["feed"]
+        self.page("dead.html", title="dead tasks", dead=dead, in_queue=feed.state.counts.dead)
+
+
+class ControlPreview(Base):
+    async def get(self) -> None:
+        action = self.get_query_argument("action", "")
+        run = self.get_query_argument("run", "") or None
+        worker = self.get_query_argument("worker", "") or None
+        reason = self.get_query_argument("reason", "") or None
+        count = await self.blocking(self._count, action, run, worker, reason)
+        try:
+            self.json(self.settings["desk"].preview(action, count, run=run, worker=worker,
+                                                    reason=reason))
+        except UserError as exc:
+            raise tornado.web.HTTPError(400, str(exc)) from None
+
+    def _count(self, action: str, run: str | None, worker: str | None,
+               reason: str | None) -> int:
+        feed: DashboardFeed = self.settings["feed"]
+        now = time.time()
+        with feed.lock:
+            state = feed.state
+            workers = {s.worker for s in state.slots.values() if state.active(s, now)}
+            left = (state.total or 0) - state.done - state.dead - state.cancelled \
+                if run == state.run_id else None
+            in_dead = state.counts.dead or 0
+        if action == "requeue-dead":
+            if not run and not reason:
+                return in_dead
+            dead = self.runs.dead(run or self.runs.latest())
+            return sum(r["count"] for r in dead["reasons"]
+                       if not reason or reason.lower() in r["reason"].lower())
+        if action == "cancel":
+            return max(0, left) if left is not None else self.runs.page(run or "")["counts"][
+                "failed"]
+        return 1 if worker else len(workers)
+
+
+class Control(Base):
+    async def post(self) -> None:
+        who = f"{self.current_user} from {self.request.remote_ip}"
+        ticket = self.get_body_argument("ticket", "")
+        self.json(await self.blocking(self.settings["desk"].perform, ticket, who))
+
+
+class Metrics(Base):
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(self.settings["registry"]))
+
+
+class Login(Base):
+    def prepare(self) -> None:  # the one page open to everyone (with --auth-file)
+        if not self.access.login:
+            raise tornado.web.HTTPError(404)
+
+    def get(self) -> None:
+        self.page("login.html", title="log in", failed=False,
+                  next=self.get_query_argument("next", "/"))
+
+    async def post(self) -> None:
+        user = self.get_body_argument("user", "")
+        if not self.access.password_ok(user, self.get_body_argument("password", "")):
+            await tornado.gen.sleep(1.0)  # guessing is slow
+            self.set_status(403)
+            self.page("login.html", title="log in", failed=True, next="/")
+            return
+        self.set_signed_cookie(COOKIE, user, httponly=True, samesite="Strict")
+        target = self.get_body_argument("next", "/")
+        self.redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+
+
+class Static(Base, tornado.web.StaticFileHandler):
+    """The page's script and style, behind the same door as the rest."""
+
+
+def make_app(*, feed: DashboardFeed, hub: Hub, runs: RunPages, desk: ControlDesk,
+             access: Access, registry, cookie_secret: str) -> tornado.web.Application:
+    routes = [
+        (r"/", LivePage), (r"/live\.json", LiveJson), (r"/stream", Stream),
+        (r"/runs", RunsPage), (rf"/runs/{RUN_ID}", RunPage),
+        (rf"/runs/{RUN_ID}/tasks\.json", RunTasks), (rf"/runs/{RUN_ID}/task\.json", RunTask),
+        (rf"/runs/{RUN_ID}/timeline\.svg", RunTimeline), (rf"/runs/{RUN_ID}/tasks\.csv", RunCsv),
+        (r"/dead", DeadPage), (r"/control/preview\.json", ControlPreview), (r"/control", Control),
+        (r"/metrics", Metrics), (r"/healthz", Health), (r"/login", Login),
+        (r"/static/(.*)", Static, {"path": str(HERE / "static")}),
+    ]
+    return tornado.web.Application(
+        routes, template_path=str(HERE / "templates"), xsrf_cookies=True,
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"},
+        cookie_secret=cookie_secret, feed=feed, hub=hub, runs=runs, desk=desk, access=access,
+        registry=registry, autoescape="xhtml_escape", log_function=_quiet_log)
+
+
+def _quiet_log(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log, without the query string (it may carry the token)."""
+    status = handler.get_status()
+    if status >= 400:
+        logging.getLogger("tornado.access").warning(
+            "%d %s %s", status, handler.request.method, handler.request.path)
+
+
+def _int(text: str | None, default):
+    try:
+        return int(text or "")
+    except ValueError:
+        return default
+
+
+def _when(moment: float | None) -> str:
+    return "-" if not moment else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))

@@ -1,0 +1,145 @@
+"""The dashboard's one broker reader: a thread with one connection, however many tabs.
+
+It does what ``task_report.py --watch`` does (watch.py), for everyone at once: a queue of its
+own bound to the ``<queue>.events`` exchange (the workers' snapshots), the results stream read
+from its first record and then followed (totals, runs, the live run), and once a second the
+queue's counts by passive declares (nothing published: it keeps working during an alarm). The
+web handlers read ``view()`` under the lock; they never touch the broker for the live page.
+
+A lost connection is one log line and a new connection two seconds later, reading the stream
+on from the offset after the last record read, so nothing is counted twice or missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+
+import pika
+
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.broker.connection import open_blocking
+from taskqueue.errors import UserError
+from taskqueue.results.record import decode_group, kind_of
+from taskqueue.views.events import decode_events
+from taskqueue.views.live import LiveState, QueueCounts
+from taskqueue.views.store import passive_counts
+from taskqueue.views.watch import VIEW_QUEUE_LIMIT
+from taskqueue.web.totals import RecordTotals
+
+GONE_AFTER = 4.5  # two snapshot intervals (2 s) and a little: a killed worker shows as gone
+RECONNECT_SECONDS = 2.0
+FORGET_AFTER = 600.0  # a worker not heard from this long leaves the page (and /metrics)
+
+
+class DashboardFeed:
+    """Keeps ``state`` (the live view's LiveState) and ``totals`` (RecordTotals) up to date
+    from the broker, in a thread of its own, until ``stop()``."""
+
+    def __init__(self, settings: BrokerSettings, spec: QueueSpec, log: logging.Logger,
+                 interval: float = 1.0) -> None:
+        self.settings, self.spec, self.log, self.interval = settings, spec, log, interval
+        self.state = LiveState(spec.name, gone_after=GONE_AFTER)
+        self.totals = RecordTotals()
+        self.lock = threading.Lock()
+        self.connected = False
+        self.problem: str | None = None  # why the feed is not connected, for the page
+        self.connections = 0  # opened so far (a test checks that tabs do not add any)
+        self._next_offset: int | None = None  # the stream offset after the last record read
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dashboard-feed", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=10)
+
+    # --- the thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                connection = open_blocking(self.settings)
+            except UserError as exc:  # unreachable, refused: said on the page and in the log
+                self._lost(str(exc))
+                continue
+            self.connections += 1
+            try:
+                self._follow(connection)
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                self._lost(f"connection to the broker lost ({exc!r})")
+            except Exception as exc:  # a bug must not end the page's updates silently
+                self.log.exception("dashboard: the broker reader failed")
+                self._lost(f"the broker reader failed ({exc!r})")
+            finally:
+                with contextlib.suppress(pika.exceptions.AMQPError):
+                    if connection.is_open:
+                        connection.close()
+                self.connected = False
+
+    def _lost(self, why: str) -> None:
+        if why != self.problem:
+            self.log.warning("dashboard: %s; trying again every %.0f s", why, RECONNECT_SECONDS)
+        self.problem, self.connected = why, False
+        self._stopping.wait(RECONNECT_SECONDS)
+
+    def _follow(self, connection: pika.BlockingConnection) -> None:
+        channel = connection.channel()
+        channel.exchange_declare(self.spec.exchange, "topic", durable=True)
+        view = f"{self.spec.name}.watch.web-{uuid.uuid4().hex[:8]}"
+        channel.queue_declare(view, exclusive=True, auto_delete=True,
+                              arguments={"x-max-length": VIEW_QUEUE_LIMIT})
+        channel.queue_bind(view, self.spec.exchange, "#")
+        channel.basic_consume(view, self._on_live, auto_ack=True)
+        following = self._follow_results(connection)
+        if self.problem:
+            self.log.info("dashboard: connected to the broker again")
+        self.connected, self.problem = True, None
+        names = [self.spec.name, self.spec.retry_name, self.spec.dead_name]
+        while not self._stopping.is_set():
+            following = following or self._follow_results(connection)
+            counts = passive_counts(connection, names)
+            task, retry, dead = (counts[name] for name in names)
+            with self.lock:
+                self.state.counts = QueueCounts(task and task[0], retry and retry[0],
+                                                dead and dead[0], task and task[1])
+                self.state.forget(time.time(), FORGET_AFTER)
+            connection.process_data_events(time_limit=self.interval)
+
+    def _follow_results(self, connection: pika.BlockingConnection) -> bool:
+        """Read the results stream from where we left it (its start, the first time); False
+        while there is none yet (the first worker makes it)."""
+        probe = connection.channel()
+        try:
+            probe.queue_declare(self.spec.results_name, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return False
+        probe.close()
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=1000)
+        offset = "first" if self._next_offset is None else self._next_offset
+        channel.basic_consume(self.spec.results_name, self._on_record,
+                              arguments={"x-stream-offset": offset})
+        return True
+
+    # --- the callbacks (in the thread) -----------------------------------------------------
+    def _on_live(self, _channel, _method, _properties, body: bytes) -> None:
+        events = decode_events(body)
+        with self.lock:
+            for event in events:
+                self.state.feed(event)
+
+    def _on_record(self, channel, method, properties: pika.BasicProperties, body: bytes) -> None:
+        records = [r for r in decode_group(body) if kind_of(r) != "mark"]
+        with self.lock:
+            for record in records:
+                self.state.feed(record)
+                self.totals.add(record)
+            offset = (properties.headers or {}).get("x-stream-offset")
+            if isinstance(offset, int):
+                self._next_offset = offset + 1
+        channel.basic_ack(method.delivery_tag)

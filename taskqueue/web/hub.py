@@ -1,0 +1,61 @@
+"""The live page's pulse: once per interval the feed's state becomes one JSON text, and every
+open page (Server-Sent Events, app.py) is sent that same text. The rate is the server's: ten
+tabs cost one snapshot a second, and the broker nothing more (one reader, feed.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tornado.ioloop import PeriodicCallback
+from tornado.locks import Condition
+
+from taskqueue.web.feed import DashboardFeed
+from taskqueue.web.snapshot import live_json
+
+MAX_PAGES = 100  # live pages open at once; more are refused (503), not queued
+
+
+class Hub:
+    """``after(version)`` waits for the snapshot after *version*; ``latest()`` is the current."""
+
+    def __init__(self, feed: DashboardFeed, interval: float = 1.0) -> None:
+        self.feed, self.interval = feed, interval
+        self.version, self._text = 0, "{}"
+        self.pages = 0
+        self.most_pages = 0
+        self._changed = Condition()
+        self._timer = PeriodicCallback(self.refresh, interval * 1000)
+
+    def start(self) -> None:
+        self.refresh()
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+    def refresh(self) -> None:
+        with self.feed.lock:
+            snapshot = live_json(self.feed.state, time.time(), self.feed.problem)
+        self._text = json.dumps(snapshot, ensure_ascii=False)
+        self.version += 1
+        self._changed.notify_all()
+
+    def latest(self) -> tuple[int, str]:
+        return self.version, self._text
+
+    async def after(self, version: int) -> tuple[int, str]:
+        while self.version == version:
+            await self._changed.wait()
+        return self.version, self._text
+
+    def join(self) -> bool:
+        if self.pages >= MAX_PAGES:
+            return False
+        self.pages += 1
+        self.most_pages = max(self.most_pages, self.pages)
+        return True
+
+    def leave(self) -> None:
+        self.pages -= 1

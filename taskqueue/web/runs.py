@@ -1,0 +1,145 @@
+"""The history pages' data: one run's tasks (paged, filtered), a task's attempts, the dead tasks
+by reason, the timeline picture and the CSV, all from the results record (results/history.py:
+the run is read from the stream into a local copy, which the pages then read).
+
+Never from the queues: dead tasks are counted and shown from their records, not by taking
+them out of ``<queue>.dead`` to look. A run still going is read again when its copy is older
+than ``FRESH_SECONDS``; a quiet one (no record for a minute) when older than
+``QUIET_SECONDS``. One thread at a time reads a run (a lock): ten tabs on it read it once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from taskqueue.results.history import History
+from taskqueue.results.record import kind_of
+from taskqueue.results.table import task_rows
+from taskqueue.views.report import RunReport
+
+FRESH_SECONDS = 3.0
+QUIET_SECONDS = 60.0
+PAGE_SIZE = 50
+EXAMPLES = 5  # dead tasks shown per reason
+OUTCOMES = ("done", "failed", "dead", "cancelled")
+
+
+@dataclass
+class CachedRun:
+    records: Callable[[], Iterable[dict]] | None = None
+    read_at: float = 0.0
+    quiet: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class RunPages:
+    """A run's pages for the web view; every method may block (call it from a thread)."""
+
+    def __init__(self, history: History) -> None:
+        self.history = history
+        self._runs: dict[str, CachedRun] = defaultdict(CachedRun)
+        self._guard = threading.Lock()
+
+    def latest(self) -> str:
+        return self.history.latest_run() or ""
+
+    def records(self, run_id: str) -> Callable[[], Iterable[dict]]:
+        with self._guard:
+            cached = self._runs[run_id]
+        with cached.lock:
+            age = time.monotonic() - cached.read_at
+            if cached.records is None or age > (QUIET_SECONDS if cached.quiet else FRESH_SECONDS):
+                cached.records = self.history.run_records(run_id)
+                cached.read_at = time.monotonic()
+                cached.quiet = _newest(cached.records()) < time.time() - QUIET_SECONDS
+            return cached.records
+
+    def page(self, run_id: str, outcome: str = "", text: str = "", page: int = 1,
+             size: int = PAGE_SIZE) -> dict:
+        """One page of the run's tasks (one row per task, as the CSV has them)."""
+        table, rows = task_rows(run_id, self.records(run_id))
+        needle = text.strip().lower()
+        matching = (row for row in rows if (not outcome or row["outcome"] == outcome)
+                    and (not needle or needle in _searchable(row)))
+        skip, shown, more = (max(1, page) - 1) * size, [], 0
+        for index, row in enumerate(matching):
+            if index < skip:
+                continue
+            if len(shown) < size:
+                shown.append(row)
+            else:
+                more += 1
+        return {"run": run_id, "tasks": table.tasks, "counts": table.counts(), "page": page,
+                "size": size, "rows": shown, "matching": skip + len(shown) + more,
+                "outcome": outcome, "text": text}
+
+    def attempts(self, run_id: str, row: int | None, message_id: str = "") -> list[dict]:
+        """Every attempt of one task, oldest first: who, when, how long, outcome, reason."""
+        found = []
+        for record in self.records(run_id)():
+            if kind_of(record) != "task" or (record.get("run_id") or "") != run_id:
+                continue
+            if (row is not None and record.get("row") == row) or (
+                    message_id and record.get("message_id") == message_id):
+                found.append({key: record.get(key) for key in (
+                    "attempt", "worker", "slot", "host", "started", "seconds", "outcome",
+                    "result", "reason", "message_id", "row", "task")})
+        return sorted(found, key=lambda r: (r.get("started") or 0, r.get("attempt") or 0))
+
+    def dead(self, run_id: str) -> dict:
+        """The run's dead tasks (their last outcome), by reason, with a few of each."""
+        _table, rows = task_rows(run_id, self.records(run_id))
+        counts: Counter = Counter()
+        examples: dict[str, list[dict]] = defaultdict(list)
+        for row in rows:
+            if row["outcome"] != "dead":
+                continue
+            reason = reason_key(row["result_or_error"])
+            counts[reason] += 1
+            if len(examples[reason]) < EXAMPLES:
+                examples[reason].append({"row": row["row"], "task": row["task"],
+                                         "worker": row["worker"], "attempts": row["attempts"]})
+        return {"run": run_id, "total": sum(counts.values()),
+                "reasons": [{"reason": reason, "count": count, "examples": examples[reason]}
+                            for reason, count in counts.most_common()]}
+
+    def svg(self, run_id: str) -> str:
+        return RunReport(self.records(run_id)(), run_id, self.history.spec.name).svg()
+
+    def csv_lines(self, run_id: str) -> Iterator[str]:
+        import csv
+        import io
+
+        from taskqueue.results.table import COLUMNS
+
+        _table, rows = task_rows(run_id, self.records(run_id))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, COLUMNS)
+        writer.writeheader()
+        for count, row in enumerate(rows, 1):
+            writer.writerow(row)
+            if count % 1000 == 0:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+
+def reason_key(reason: str) -> str:
+    """A reason as the dead page groups it: its last line (a traceback's is the error), at
+    most 160 characters."""
+    first = (reason or "").strip().splitlines()[-1:] or ["(no reason)"]
+    return first[0][:160]
+
+
+def _searchable(row: dict) -> str:
+    return " ".join(str(row[key]) for key in ("row", "task", "worker", "host",
+                                               "result_or_error", "message_id")).lower()
+
+
+def _newest(records: Iterable[dict]) -> float:
+    return max((float(r.get("finished") or r.get("time") or 0) for r in records), default=0.0)

@@ -1,0 +1,90 @@
+"""``task_report.py --serve``: start the dashboard, say where it is, serve until Ctrl+C.
+
+One broker reader (feed.py) for the whole server, one snapshot a second for every page
+(hub.py), the routes in app.py. Ends with a one-line summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import secrets
+import signal
+import sys
+import webbrowser
+from pathlib import Path
+
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.errors import UserError
+from taskqueue.results.history import History
+from taskqueue.web.access import Access, check_bind, parse_bind
+from taskqueue.web.actions import ControlDesk
+from taskqueue.web.app import make_app
+from taskqueue.web.feed import DashboardFeed
+from taskqueue.web.hub import Hub
+from taskqueue.web.metrics import registry_of
+from taskqueue.web.runs import RunPages
+
+
+def serve(settings: BrokerSettings, spec: QueueSpec, *, bind: str, auth_file: Path | None,
+          reports_dir: Path, open_browser: bool, interval: float, log: logging.Logger) -> int:
+    host, port = parse_bind(bind)
+    access = Access.from_file(auth_file) if auth_file else Access.with_token()
+    check_bind(host, access)
+    feed = DashboardFeed(settings, spec, log, interval)
+    history = History(settings, spec, reports_dir)
+    desk = ControlDesk(settings, spec, log)
+    return asyncio.run(_serve(feed, history, desk, access, host, port, open_browser, log))
+
+
+async def _serve(feed: DashboardFeed, history: History, desk: ControlDesk, access: Access,
+                 host: str, port: int, open_browser: bool, log: logging.Logger) -> int:
+    hub = Hub(feed, feed.interval)
+    app = make_app(feed=feed, hub=hub, runs=RunPages(history), desk=desk, access=access,
+                   registry=registry_of(feed), cookie_secret=secrets.token_hex(32))
+    try:
+        server = app.listen(port, address=host, xheaders=False)
+    except OSError as exc:
+        busy = exc.errno == errno.EADDRINUSE
+        raise UserError(f"cannot listen on {host}:{port} ("
+                        f"{'in use by another program' if busy else exc.strerror}); choose "
+                        "another with --bind HOST:PORT") from None
+    feed.start()
+    hub.start()
+    shown_host = f"[{host}]" if ":" in host else host
+    address = f"http://{shown_host}:{port}/"
+    opened = address + (f"?token={access.token}" if access.token else "")
+    print(f"dashboard of queue {feed.spec.name!r}: {opened}", flush=True)
+    print("(Ctrl+C to stop)" + ("" if access.token else f"; log in as {access.user}"),
+          flush=True)
+    if open_browser:
+        with contextlib.suppress(webbrowser.Error, OSError):
+            webbrowser.open(opened)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stopping.set)  # not on Windows: Ctrl+C raises
+    try:
+        await stopping.wait()
+    finally:
+        hub.stop()
+        server.stop()
+        feed.stop()
+        log.info("dashboard stopped")
+    print(f"dashboard stopped: {feed.totals.records} records read, {hub.most_pages} live "
+          f"page(s) open at most", flush=True)
+    return 0
+
+
+def browser_wanted(no_browser: bool) -> bool:
+    """Open a browser only for a person at a terminal with a browser to open."""
+    if no_browser or not sys.stdout.isatty():
+        return False
+    try:
+        webbrowser.get()
+    except webbrowser.Error:
+        return False
+    return True

@@ -1,0 +1,71 @@
+"""The live page's data: ``LiveState`` (views/live.py) as one JSON-ready dict, made once per
+refresh and sent to every tab. Pure: no broker, no web server (tested with made-up events).
+
+The same words as the terminal view (live_screen.py): the queue, the run, each worker with its
+slots folded into one line ("4/4 busy: rows 129-132, longest 3 s"), the last failures. Slots are
+listed one by one only while there are few (``SLOTS_LISTED``): at 200 workers x 8 slots a
+worker is one row, and the page stays small.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from taskqueue.views.live import LiveState, SlotView
+from taskqueue.views.live_screen import folded_state, natural_key, short_state
+
+SLOTS_LISTED = 64  # more slots than this: workers only, each folded
+
+
+def live_json(state: LiveState, now: float, feed_problem: str | None = None) -> dict:
+    counts = state.counts
+    eta = state.eta(now)
+    slots = sorted(state.slots.values(), key=lambda s: natural_key(s.slot))
+    workers: dict[str, list[SlotView]] = defaultdict(list)
+    for slot in slots:
+        workers[slot.worker or slot.slot].append(slot)
+    done_total = sum(slot.done for slot in slots) or 1
+    listed = len(slots) <= SLOTS_LISTED
+    rows = [_worker(state, name, workers[name], now, done_total, listed)
+            for name in sorted(workers, key=natural_key)]
+    return {
+        "updated": now,
+        "problem": feed_problem,
+        "queue": {"name": state.queue, "ready": counts.ready, "retrying": counts.retry,
+                  "dead": counts.dead, "consumers": counts.consumers,
+                  "in_progress": state.in_progress(now), "paused": state.paused(now),
+                  "latency": state.last_wait[1] if state.last_wait and counts.ready else None},
+        "run": {"id": state.run_id, "done": state.done, "total": state.total,
+                "failed": state.failed, "dead": state.dead, "cancelled": state.cancelled,
+                "rate": round(state.rate(now), 2), "eta": eta},
+        "workers": rows,
+        "worker_states": dict(Counter(row["kind"] for row in rows)),
+        "slots_listed": listed,
+        "failures": [{"time": when, "worker": worker, "row": row, "task": task,
+                      "outcome": outcome, "reason": reason}
+                     for when, worker, row, task, outcome, reason in reversed(state.failures)],
+    }
+
+
+def _worker(state: LiveState, name: str, slots: list[SlotView], now: float, done_total: int,
+            listed: bool) -> dict:
+    done = sum(slot.done for slot in slots)
+    return {"name": name, "host": slots[0].host, "kind": worker_kind(state, slots, now),
+            "state": folded_state(state, slots, now), "slots": len(slots),
+            "busy": sum(1 for s in slots if s.state == "busy" and state.active(s, now)),
+            "done": done, "failed": sum(slot.failed for slot in slots),
+            "share": round(100 * done / done_total),
+            "slot_rows": [{"slot": s.slot, "kind": short_state(state, s, now).split(" ")[0],
+                           "state": state.slot_state(s, now), "row": s.row, "task": s.task}
+                          for s in slots] if listed else []}
+
+
+def worker_kind(state: LiveState, slots: list[SlotView], now: float) -> str:
+    """One word per worker: busy, idle, paused, gone or stopped."""
+    if all(s.state == "stopped" for s in slots):
+        return "stopped"
+    if not any(state.active(s, now) for s in slots):
+        return "gone"
+    if any(s.state == "busy" and state.active(s, now) for s in slots):
+        return "busy"
+    return "paused" if slots[0].paused else "idle"

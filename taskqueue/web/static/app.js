@@ -1,0 +1,238 @@
+// The dashboard's one script (no build step, no CDN). Everything from the server is data:
+// it goes into the page with textContent, never as markup.
+"use strict";
+
+const xsrf = () => document.querySelector('meta[name="xsrf"]').content;
+
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (className) node.className = className;
+  return node;
+}
+
+function setText(id, value) {
+  const node = document.getElementById(id);
+  if (node) node.textContent = value === null || value === undefined ? "?" : String(value);
+}
+
+function seconds(value) {
+  if (value === null || value === undefined) return "?";
+  if (value < 90) return `${Math.round(value)} s`;
+  if (value < 5400) return `${Math.round(value / 60)} min`;
+  return `${(value / 3600).toFixed(1)} h`;
+}
+
+function clock(epoch) {
+  return epoch ? new Date(epoch * 1000).toLocaleTimeString() : "-";
+}
+
+function toast(text, ok) {
+  const node = document.getElementById("toast");
+  node.textContent = text;
+  node.className = ok ? "ok" : "error";
+}
+
+// --- control: preview (count + one-time ticket) -> confirm -> POST once ----------------------
+async function control(button) {
+  const params = new URLSearchParams({ action: button.dataset.action });
+  const run = button.dataset.run ?? (button.hasAttribute("data-run-current") ? currentRun : "");
+  if (run) params.set("run", run);
+  if (button.dataset.worker) params.set("worker", button.dataset.worker);
+  if (button.dataset.reason) params.set("reason", button.dataset.reason);
+  const previewed = await fetch(`/control/preview.json?${params}`, { credentials: "same-origin" });
+  if (!previewed.ok) { toast(await previewed.text(), false); return; }
+  const preview = await previewed.json();
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-question").textContent = preview.question;
+  const yes = document.getElementById("confirm-yes");
+  const no = document.getElementById("confirm-no");
+  yes.disabled = false;
+  dialog.showModal();
+  const answer = await new Promise((resolve) => {
+    yes.onclick = () => { yes.disabled = true; resolve(true); };
+    no.onclick = () => resolve(false);
+    dialog.oncancel = () => resolve(false);
+  });
+  dialog.close();
+  if (!answer) return;
+  toast("working…", true);
+  const body = new URLSearchParams({ ticket: preview.ticket });
+  const done = await fetch("/control", {
+    method: "POST", credentials: "same-origin", body,
+    headers: { "X-XSRFToken": xsrf() },
+  });
+  if (!done.ok) { toast(`refused: ${done.status}`, false); return; }
+  const result = await done.json();
+  toast(result.summary, result.ok);
+}
+
+document.addEventListener("click", (event) => {
+  const button = event.target.closest("button[data-action]");
+  if (button) control(button).catch((error) => toast(String(error), false));
+});
+
+// --- the live page ---------------------------------------------------------------------------
+let currentRun = "";
+let source = null;
+
+function showLive(data) {
+  const q = data.queue, r = data.run;
+  for (const key of ["ready", "in_progress", "retrying", "dead", "consumers"]) {
+    setText(`q-${key}`, q[key]);
+  }
+  setText("q-latency", q.latency === null ? "-" : seconds(q.latency));
+  document.getElementById("paused").hidden = !q.paused;
+  currentRun = r.id || "";
+  const link = document.getElementById("run-link");
+  link.textContent = r.id || "-";
+  link.href = r.id ? `/runs/${encodeURIComponent(r.id)}` : "/runs";
+  setText("r-done", r.total === null ? r.done : `${r.done} / ${r.total}`);
+  for (const key of ["failed", "dead", "cancelled"]) setText(`r-${key}`, r[key]);
+  setText("r-rate", `${r.rate} tasks/s`);
+  setText("r-eta", r.eta === null ? "?" : seconds(r.eta));
+  const progress = document.getElementById("run-progress");
+  progress.max = r.total || 1;
+  progress.value = r.total ? r.done + r.dead + r.cancelled : 0;
+  showWorkers(data);
+  showFailures(data.failures);
+  setText("updated", clock(data.updated));
+  const connection = document.getElementById("connection");
+  connection.textContent = data.problem ? `broker: ${data.problem}` : "live";
+  connection.className = data.problem ? "connection error" : "connection ok";
+}
+
+function showWorkers(data) {
+  const body = document.querySelector("#workers tbody");
+  const rows = [];
+  for (const worker of data.workers) {
+    const row = el("tr", null, `worker ${worker.kind}`);
+    row.dataset.worker = worker.name;
+    for (const value of [worker.name, worker.host, worker.state, worker.done, worker.failed,
+      `${worker.share}%`]) row.append(el("td", value));
+    const cell = el("td");
+    if (worker.kind !== "gone" && worker.kind !== "stopped") {
+      const stop = el("button", "Stop", "small");
+      stop.type = "button";
+      stop.dataset.action = "stop";
+      stop.dataset.worker = worker.name;
+      cell.append(stop);
+    }
+    row.append(cell);
+    rows.push(row);
+    for (const slot of worker.slot_rows) {
+      const line = el("tr", null, `slot ${slot.kind}`);
+      line.append(el("td", slot.slot), el("td", ""), el("td", slot.state), el("td", ""),
+        el("td", ""), el("td", ""), el("td", ""));
+      rows.push(line);
+    }
+  }
+  if (!rows.length) {
+    const none = el("tr");
+    const cell = el("td", "no worker heard from yet: start listening_worker.py", "muted");
+    cell.colSpan = 7;
+    none.append(cell);
+    rows.push(none);
+  }
+  body.replaceChildren(...rows);
+  const counts = Object.entries(data.worker_states).map(([k, n]) => `${n} ${k}`).join(", ");
+  setText("worker-summary", data.workers.length ? `(${data.workers.length}: ${counts})` : "");
+}
+
+function showFailures(failures) {
+  const list = document.getElementById("failures");
+  const items = failures.map((f) => el("li",
+    `${clock(f.time)} ${f.worker} row ${f.row} "${f.task}": ${f.outcome} (${f.reason})`));
+  list.replaceChildren(...(items.length ? items : [el("li", "none", "muted")]));
+}
+
+function connect() {
+  if (source) return;
+  source = new EventSource("/stream");
+  source.onmessage = (event) => showLive(JSON.parse(event.data));
+  source.onerror = () => {
+    const connection = document.getElementById("connection");
+    connection.textContent = "reconnecting to the dashboard…";
+    connection.className = "connection error";
+  };
+}
+
+function disconnect() {
+  if (source) { source.close(); source = null; }
+  setText("connection", "paused while the tab is hidden");
+}
+
+function livePage() {
+  // A hidden tab costs nothing: it stops listening, and starts again when shown.
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) disconnect(); else connect();
+  });
+  if (!document.hidden) connect();
+}
+
+// --- a run's page ----------------------------------------------------------------------------
+let page = 1;
+
+async function loadTasks(runId) {
+  const form = document.getElementById("filter");
+  const params = new URLSearchParams(new FormData(form));
+  params.set("page", page);
+  const answer = await fetch(`/runs/${encodeURIComponent(runId)}/tasks.json?${params}`);
+  const data = await answer.json();
+  const c = data.counts;
+  setText("run-counts", `${data.tasks} tasks: ${c.done} done, ${c.dead} dead, ` +
+    `${c.cancelled} cancelled, ${c.failed} failed and not yet retried to an end`);
+  const rows = data.rows.map((task) => {
+    const row = el("tr", null, `task ${task.outcome}`);
+    row.dataset.row = task.row;
+    row.dataset.id = task.message_id;
+    for (const key of ["row", "task", "worker", "started", "seconds", "attempts", "outcome",
+      "result_or_error"]) row.append(el("td", task[key]));
+    return row;
+  });
+  document.querySelector("#tasks tbody").replaceChildren(...rows);
+  const pages = Math.max(1, Math.ceil(data.matching / data.size));
+  setText("page-info", `page ${data.page} of ${pages} (${data.matching} matching)`);
+  document.getElementById("prev").disabled = data.page <= 1;
+  document.getElementById("next").disabled = data.page >= pages;
+}
+
+async function showAttempts(runId, row) {
+  const params = row.dataset.row !== "-" ? `row=${row.dataset.row}` :
+    `id=${encodeURIComponent(row.dataset.id)}`;
+  const answer = await fetch(`/runs/${encodeURIComponent(runId)}/task.json?${params}`);
+  const attempts = await answer.json();
+  const section = document.getElementById("attempts");
+  setText("attempts-of", `row ${row.dataset.row}`);
+  section.querySelector("tbody").replaceChildren(...attempts.map((a) => {
+    const line = el("tr");
+    for (const value of [a.attempt, a.worker, a.host, clock(a.started),
+      a.seconds === null ? "" : Number(a.seconds).toFixed(3), a.outcome,
+      a.outcome === "done" ? a.result : a.reason]) line.append(el("td", value ?? ""));
+    return line;
+  }));
+  section.hidden = false;
+}
+
+function runPage() {
+  const runId = document.getElementById("run-title").dataset.run;
+  const reload = () => loadTasks(runId).catch((error) => toast(String(error), false));
+  document.getElementById("filter").addEventListener("submit", (event) => {
+    event.preventDefault();
+    page = 1;
+    reload();
+  });
+  document.getElementById("prev").addEventListener("click", () => { page -= 1; reload(); });
+  document.getElementById("next").addEventListener("click", () => { page += 1; reload(); });
+  document.querySelector("#tasks tbody").addEventListener("click", (event) => {
+    const row = event.target.closest("tr");
+    if (row) showAttempts(runId, row).catch((error) => toast(String(error), false));
+  });
+  reload();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const which = document.body.dataset.page;
+  if (which === "live") livePage();
+  if (which === "run") runPage();
+});

@@ -1,0 +1,268 @@
+"""The web view at the HTTP level (issue 23), against a real ``task_report.py --serve`` and
+the real broker: every route refuses anonymous access, control only by POST with a CSRF token
+from our own origin, a ticket does its action once, /metrics by the conventions, ten live pages
+cost the broker one reader; and the pure parts (the live page's data at 200 x 8 slots)."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from taskqueue.views.live import LiveState
+from taskqueue.web.access import Access, is_loopback, parse_bind
+from taskqueue.web.snapshot import live_json
+from tests.brokers import free_port
+from tests.dashboard import form_post, session_cookies, start_dashboard
+from tests.helpers import (
+    MAIN_URL,
+    ROOT,
+    run_script,
+    script_env,
+    start_worker,
+    wait_for,
+    write_csv,
+)
+
+ROUTES = ["/", "/live.json", "/stream", "/runs", "/runs/r1", "/runs/r1/tasks.json",
+          "/runs/r1/task.json?row=1", "/runs/r1/timeline.svg", "/runs/r1/tasks.csv", "/dead",
+          "/control/preview.json?action=pause", "/metrics", "/static/app.js", "/static/app.css"]
+
+
+@pytest.fixture
+def dashboard(queue, tmp_path, logs):
+    board = start_dashboard(queue, tmp_path, logs)
+    yield board
+    said = board.stop()
+    assert "dashboard stopped:" in said, said
+
+
+def control_commands(queue: str) -> list[dict]:
+    """Every command on the queue's control stream (read, never taken away)."""
+    import pika
+
+    from taskqueue.broker.config import QueueSpec
+    from taskqueue.control.state import decode
+
+    connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+    try:
+        channel = connection.channel()
+        try:
+            channel.queue_declare(QueueSpec(queue).control_name, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return []
+        channel.basic_qos(prefetch_count=100)
+        found = []
+        for method, _props, body in channel.consume(
+                QueueSpec(queue).control_name, inactivity_timeout=1.0,
+                arguments={"x-stream-offset": "first"}):
+            if method is None:
+                break
+            channel.basic_ack(method.delivery_tag)
+            record = decode(body)
+            if record:
+                found.append(record)
+        return found
+    finally:
+        import contextlib
+
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            connection.close()
+
+
+def test_every_route_refuses_anonymous_access_and_the_token_opens_it(dashboard):
+    for route in ROUTES:
+        status, headers, _ = dashboard.request("GET", route, token=False)
+        assert status == 401, (route, status)
+        assert "access-control-allow-origin" not in headers, route
+        wrong = dashboard.request("GET", route, token=False,
+                                  headers={"Authorization": "Bearer not-the-token"})
+        assert wrong[0] == 401, route
+    assert dashboard.request("GET", "/healthz", token=False)[0] == 200
+    status, headers, _ = dashboard.request("GET", f"/?token={dashboard.token}", token=False)
+    assert status == 302 and headers["location"] == "/", "the token leaves the address bar"
+    cookie = headers["set-cookie"]
+    assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower(), cookie
+    status, headers, body = dashboard.request("GET", "/", token=False,
+                                              headers={"Cookie": cookie.split(";")[0]})
+    assert status == 200 and b"<script" not in body.split(b'<script src="/static/app.js"')[1]
+    csp = headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp and "access-control-allow-origin" not in headers
+
+
+def test_control_is_post_only_with_a_csrf_token_from_our_origin_and_a_ticket_acts_once(
+        dashboard, queue):
+    assert dashboard.request("GET", "/control")[0] == 405
+    preview = dashboard.json("/control/preview.json?action=pause")
+    assert preview["question"] == "Pause 0 worker(s)?" and preview["ticket"]
+    cookies, xsrf = session_cookies(dashboard)
+    fields = {"ticket": preview["ticket"]}
+    assert form_post(dashboard, "/control", fields, cookies=cookies)[0] == 403, "no CSRF token"
+    assert form_post(dashboard, "/control", fields, cookies=cookies, xsrf=xsrf,
+                     origin="http://evil.example")[0] == 403, "another site's form"
+    assert form_post(dashboard, "/control", fields, cookies=cookies, xsrf=xsrf,
+                     origin=None)[0] == 403, "no origin at all"
+    assert form_post(dashboard, "/control", fields, xsrf=xsrf)[0] in (401, 403), "no login"
+    assert control_commands(queue) == [], "nothing refused changed anything"
+    first = form_post(dashboard, "/control", fields, cookies=cookies, xsrf=xsrf)
+    second = form_post(dashboard, "/control", fields, cookies=cookies, xsrf=xsrf)
+    assert first[0] == 200 and b"paused queue" in first[1], first
+    assert second[0] == 200 and b'"again": true' in second[1], second
+    assert [c["command"] for c in control_commands(queue)] == ["pause"], "once, not twice"
+    said = dashboard.out.read_text()
+    assert re.search(r"dashboard control by token from 127\.0\.0\.1: paused queue", said), said
+
+
+def test_metrics_follow_the_conventions_and_a_gone_workers_series_go(dashboard, queue, logs,
+                                                                     tmp_path):
+    csv = write_csv(tmp_path / "t.csv", [f"t{n}." for n in range(12)])
+    assert run_script("emitter_of_tasks.py", "--queue", queue, "--file", str(csv),
+                      log_dir=logs).returncode == 0
+    worker = start_worker("--queue", queue, "--name", "mw", "--seconds-per-dot", "0.05",
+                          log_dir=logs, out=tmp_path / "w.out")
+
+    def families() -> dict:
+        status, headers, body = dashboard.request("GET", "/metrics")
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        return {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+    def value(metrics: dict, name: str, sample: str, **labels: str) -> float | None:
+        for s in metrics[name].samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+        return None
+
+    wait_for(lambda: value(families(), "taskqueue_tasks", "taskqueue_tasks_total",
+                           outcome="done") == 12, timeout=60, what="12 done in /metrics")
+    metrics = families()
+    assert metrics["taskqueue_tasks"].type == "counter"
+    assert value(metrics, "taskqueue_task_duration_seconds",
+                 "taskqueue_task_duration_seconds_count") == 12
+    assert value(metrics, "taskqueue_task_wait_seconds", "taskqueue_task_wait_seconds_count") == 12
+    assert value(metrics, "taskqueue_queue_messages", "taskqueue_queue_messages",
+                 state="ready") == 0
+    assert value(metrics, "taskqueue_worker_slots", "taskqueue_worker_slots", worker="mw") == 1
+    for family in metrics.values():
+        for sample in family.samples:
+            assert not {"id", "row", "run", "run_id", "task", "message_id"} & set(sample.labels)
+            assert sample.labels.get("queue") == queue
+    worker.kill()
+    wait_for(lambda: value(families(), "taskqueue_workers", "taskqueue_workers",
+                           state="gone") == 1, timeout=30, what="the killed worker gone")
+    assert value(families(), "taskqueue_worker_slots", "taskqueue_worker_slots",
+                 worker="mw") is None, "a gone worker's series are removed"
+
+
+def dashboard_connections(pid: int) -> int:
+    listed = subprocess.run(["ss", "-tnpH", "state", "established", "( dport = :5672 )"],
+                            capture_output=True, text=True, check=True, timeout=10).stdout
+    return sum(1 for line in listed.splitlines() if f"pid={pid}," in line)
+
+
+def test_ten_live_pages_cost_the_broker_what_one_does(dashboard):
+    pid = dashboard.process.pid
+    wait_for(lambda: dashboard_connections(pid) == 1, what="the dashboard's one connection")
+    streams = []
+    for _ in range(10):
+        connection = http.client.HTTPConnection("127.0.0.1", dashboard.port, timeout=30)
+        connection.request("GET", "/stream",
+                           headers={"Authorization": f"Bearer {dashboard.token}"})
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.readline().startswith(b"retry:"), "the server sets the pace"
+        streams.append((connection, response))
+    for _connection, response in streams:  # each gets the snapshots
+        while not (line := response.readline()).startswith(b"data:"):
+            pass
+        assert b'"queue"' in line
+    assert dashboard_connections(pid) == 1, "ten pages, still one connection to the broker"
+    for connection, _response in streams:
+        connection.close()
+
+
+def test_serving_beyond_loopback_without_a_password_refuses_in_one_line(logs, tmp_path):
+    result = run_script("task_report.py", "--serve", "--bind", f"0.0.0.0:{free_port()}",
+                        "--no-browser", log_dir=logs)
+    assert result.returncode == 2, result
+    assert "refusing to serve on '0.0.0.0' without a password" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    bad = tmp_path / "auth"
+    bad.write_text("no-colon-here\n")
+    result = run_script("task_report.py", "--serve", "--auth-file", str(bad), log_dir=logs)
+    assert result.returncode == 2 and "USER:PASSWORD" in result.stderr, result
+    code = ("import sys; sys.modules['tornado'] = None; sys.argv = ['task_report.py', "
+            "'--serve']; from taskqueue.commands.reporter import entry; entry()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, env=script_env(logs), cwd=ROOT)
+    assert result.returncode == 2 and 'pip install "taskqueue[web]"' in result.stderr, result
+    assert "Traceback" not in result.stderr
+
+
+def test_with_an_auth_file_the_browser_logs_in_and_scripts_use_basic(queue, tmp_path, logs):
+    auth = tmp_path / "auth"
+    auth.write_text("ops:s3cret-pass\n")
+    board = start_dashboard(queue, tmp_path, logs, "--auth-file", str(auth))
+    try:
+        assert board.token is None and "s3cret" not in board.out.read_text()
+        status, headers, _ = board.request("GET", "/", headers={"Accept": "text/html"})
+        assert status == 302 and headers["location"].startswith("/login")
+        assert board.request("GET", "/metrics")[0] == 401
+        status, headers, body = board.request("GET", "/login")
+        xsrf = re.search(rb'name="_xsrf" value="([^"]+)"', body)[1].decode()
+        cookie = headers["set-cookie"].split(";")[0]
+        wrong = form_post(board, "/login", {"user": "ops", "password": "nope", "_xsrf": xsrf},
+                          cookies=cookie)
+        assert wrong[0] == 403
+        status, headers, _ = board.request(
+            "POST", "/login", token=False, body=f"user=ops&password=s3cret-pass&_xsrf={xsrf}",
+            headers={"Cookie": cookie, "Origin": board.base,
+                     "Content-Type": "application/x-www-form-urlencoded"})
+        assert status == 302, status
+        session = headers["set-cookie"].split(";")[0]
+        assert board.request("GET", "/runs", headers={"Cookie": session})[0] == 200
+        import base64
+
+        basic = "Basic " + base64.b64encode(b"ops:s3cret-pass").decode()
+        assert board.request("GET", "/metrics", headers={"Authorization": basic})[0] == 200
+        wrong_basic = "Basic " + base64.b64encode(b"ops:s3cret-pasS").decode()
+        assert board.request("GET", "/metrics", headers={"Authorization": wrong_basic})[0] == 401
+    finally:
+        board.stop()
+
+
+# --- the pure parts ----------------------------------------------------------------------------
+def test_the_live_data_folds_200_workers_of_8_slots_into_200_rows():
+    state = LiveState("q")
+    now = time.time()
+    for w in range(200):
+        state.feed({"kind": "snapshot", "worker": f"w{w}", "host": "h", "time": now,
+                    "slots": [{"slot": f"w{w}/{s}", "state": "busy" if s < 4 else "idle",
+                               "since": now - s, "row": w * 8 + s, "task": "t."}
+                              for s in range(8)]})
+    data = live_json(state, now)
+    assert len(data["workers"]) == 200 and not data["slots_listed"]
+    assert all(row["slot_rows"] == [] for row in data["workers"])
+    assert data["workers"][0]["state"] == "4/8 busy: rows 0-3, longest 3 s"
+    assert data["workers"][1]["name"] == "w1" and data["workers"][2]["name"] == "w2"
+    assert data["worker_states"] == {"busy": 200} and data["queue"]["in_progress"] == 800
+    gone = live_json(state, now + 10)
+    assert gone["worker_states"] == {"gone": 200} and gone["queue"]["in_progress"] == 0
+
+
+def test_access_rules():
+    assert parse_bind("127.0.0.1:8800") == ("127.0.0.1", 8800)
+    assert parse_bind("[::1]:9000") == ("::1", 9000)
+    assert is_loopback("127.0.0.5") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("myhost")
+    access = Access.with_token()
+    assert access.token_ok(access.token) and not access.token_ok(access.token + "x")
+    assert not access.token_ok(None) and access.header_ok(f"Bearer {access.token}") == "token"
+    login = Access(user="a", password="b")
+    assert login.password_ok("a", "b") and not login.password_ok("a", "c")
+    assert not login.token_ok("anything")
