@@ -77,3 +77,13 @@ def counted(text: str) -> str:
 def big_result(text: str) -> str:
     """A result of 40 KB: more than a record keeps."""
     return "x" * 40_000
+
+
+def dots_fail_on_boom(text: str) -> str:
+    """Sleeps 0.1 s per '.', as the demo does; fails for tasks containing 'boom'."""
+    import time
+
+    time.sleep(0.1 * text.count("."))
+    if "boom" in text:
+        raise ValueError(f"cannot handle {text!r}")
+    return text.upper()

@@ -226,9 +226,7 @@ class ControlPreview(Base):
         if action == "requeue-dead":
             if not run and not reason:
                 return in_dead
-            dead = self.runs.dead(run or self.runs.latest())
-            return sum(r["count"] for r in dead["reasons"]
-                       if not reason or reason.lower() in r["reason"].lower())
+            return self.runs.dead_matching(run or self.runs.latest(), reason or "")
         if action == "cancel":
             return max(0, left) if left is not None else self.runs.page(run or "")["counts"][
                 "failed"]

@@ -10,9 +10,10 @@ than ``FRESH_SECONDS``; a quiet one (no record for a minute) when older than
 
 from __future__ import annotations
 
+import re
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -91,21 +92,32 @@ class RunPages:
         return sorted(found, key=lambda r: (r.get("started") or 0, r.get("attempt") or 0))
 
     def dead(self, run_id: str) -> dict:
-        """The run's dead tasks (their last outcome), by reason, with a few of each."""
+        """The run's dead tasks (their last outcome), grouped by reason, with a few of each.
+        A group's ``filter`` is a piece of text every reason in it contains: what *Requeue
+        these* gives requeue-dead's --reason."""
         _table, rows = task_rows(run_id, self.records(run_id))
-        counts: Counter = Counter()
-        examples: dict[str, list[dict]] = defaultdict(list)
+        groups: dict[str, dict] = {}
         for row in rows:
             if row["outcome"] != "dead":
                 continue
-            reason = reason_key(row["result_or_error"])
-            counts[reason] += 1
-            if len(examples[reason]) < EXAMPLES:
-                examples[reason].append({"row": row["row"], "task": row["task"],
-                                         "worker": row["worker"], "attempts": row["attempts"]})
-        return {"run": run_id, "total": sum(counts.values()),
-                "reasons": [{"reason": reason, "count": count, "examples": examples[reason]}
-                            for reason, count in counts.most_common()]}
+            reason = row["result_or_error"] or ""
+            shape = reason_shape(reason)
+            group = groups.setdefault(shape, {"reason": shape, "filter": reason_filter(reason),
+                                              "count": 0, "examples": []})
+            group["count"] += 1
+            if len(group["examples"]) < EXAMPLES:
+                group["examples"].append({"row": row["row"], "task": row["task"],
+                                          "worker": row["worker"], "reason": reason,
+                                          "attempts": row["attempts"]})
+        ordered = sorted(groups.values(), key=lambda g: -g["count"])
+        return {"run": run_id, "total": sum(g["count"] for g in ordered), "reasons": ordered}
+
+    def dead_matching(self, run_id: str, text: str) -> int:
+        """How many of the run's dead tasks requeue-dead --reason TEXT would take."""
+        _table, rows = task_rows(run_id, self.records(run_id))
+        needle = text.lower()
+        return sum(1 for row in rows if row["outcome"] == "dead"
+                   and needle in (row["result_or_error"] or "").lower())
 
     def svg(self, run_id: str) -> str:
         return RunReport(self.records(run_id)(), run_id, self.history.spec.name).svg()
@@ -129,11 +141,21 @@ class RunPages:
         yield buffer.getvalue()
 
 
-def reason_key(reason: str) -> str:
-    """A reason as the dead page groups it: its last line (a traceback's is the error), at
-    most 160 characters."""
-    first = (reason or "").strip().splitlines()[-1:] or ["(no reason)"]
-    return first[0][:160]
+_VARYING = re.compile(r"'[^']*'|\"[^\"]*\"|\d+(?:\.\d+)?")
+
+
+def reason_shape(reason: str) -> str:
+    """A reason as the dead page groups it: its last line (a traceback's is the error), with
+    what differs from task to task (quoted text, numbers) shown as '…' and N."""
+    last = ((reason or "").strip().splitlines() or ["(no reason)"])[-1]
+    return _VARYING.sub(lambda m: "N" if m[0][0].isdigit() else "'…'", last)[:160]
+
+
+def reason_filter(reason: str) -> str:
+    """The longest piece of the reason's last line that holds no quoted text or number."""
+    last = ((reason or "").strip().splitlines() or [""])[-1]
+    pieces = [piece.strip(" ;:,") for piece in _VARYING.split(last) if piece]
+    return max(pieces, key=len, default="")[:160]
 
 
 def _searchable(row: dict) -> str:
