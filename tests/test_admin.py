@@ -35,6 +35,8 @@ def test_admin_opens_the_panel_without_the_password(panel_node, logs, tmp_path):
     # The login fails (wrong password) after the panel was offered: the offer comes first.
     assert f"RabbitMQ admin panel: {panel}" in result.stdout
     assert "does not answer" not in result.stdout
+    assert "own dashboard (tasks, workers, results, control): python task_report.py --serve " \
+           "--queue admin_q" in result.stdout, "ours is offered beside it"
     assert opened.read_text() == panel
     assert "s3cret" not in result.stdout + result.stderr
 

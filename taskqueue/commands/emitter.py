@@ -214,6 +214,9 @@ def maybe_offer_panel(args: argparse.Namespace, broker_url: str, log: logging.Lo
         want = admin.ask_yes_no("Would you like to monitor RabbitMQ queues?")
     if want:
         admin.offer_panel(admin.admin_url(broker_url, args.admin_url), True, log)
+        queue = "" if args.queue == "task_queue" else f" --queue {args.queue}"
+        log.info("or this queue's own dashboard (tasks, workers, results, control): "
+                 "python task_report.py --serve%s", queue)
 
 
 def log_summary(publisher: ConfirmedPublisher, log: logging.Logger,
