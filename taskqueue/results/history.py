@@ -71,7 +71,7 @@ class History:
     def run_records(self, run_id: str) -> Callable[[], Iterable[dict]]:
         """A function giving *run_id*'s records (tasks, the run's notes, worker totals) each
         time it is called: read from the broker once, then from the local copy."""
-        path = self.cache / f"{_safe(run_id)}.jsonl"
+        path = self.copy_path(run_id)
         reader = self.reader()
         if reader is not None:
             self._fetch(reader, run_id, path)
@@ -84,6 +84,10 @@ class History:
                 yield from _read_lines(path)
 
         return records
+
+    def copy_path(self, run_id: str) -> Path:
+        """Where the local copy of *run_id*'s records is kept."""
+        return self.cache / f"{_safe(run_id)}.jsonl"
 
     def _fetch(self, reader: RecordReader, run_id: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -105,12 +105,13 @@ def task_rows(run_id: str, records: Callable[[], Iterable[dict]]
         for record in task_records(records(), run_id):
             attempts = table.deciding(record)
             if attempts is not None:
-                yield _row_of(record, attempts, run_id)
+                yield row_of(record, attempts, run_id)
 
     return table, rows()
 
 
-def _row_of(record: dict, attempts: int, run_id: str) -> dict:
+def row_of(record: dict, attempts: int, run_id: str) -> dict:
+    """The CSV's row (``COLUMNS``) for a task whose deciding record is *record*."""
     outcome = record.get("outcome") or "done"
     text = record.get("result") if outcome == "done" else record.get("reason")
     started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(float(record.get("started") or 0)))

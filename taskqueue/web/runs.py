@@ -3,9 +3,9 @@ by reason, the timeline picture and the CSV, all from the results record (result
 the run is read from the stream into a local copy, which the pages then read).
 
 Never from the queues: dead tasks are counted and shown from their records, not by taking
-them out of ``<queue>.dead`` to look. A run still going is read again when its copy is older
-than ``FRESH_SECONDS``; a quiet one (no record for a minute) when older than
-``QUIET_SECONDS``. One thread at a time reads a run (a lock): ten tabs on it read it once.
+them out of ``<queue>.dead`` to look. A run is read again only when the dashboard's feed has
+seen new records of it since (``seen(run)``), and then at most every ``FRESH_SECONDS``. One
+thread at a time reads a run (a lock): ten tabs on it read it once.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from taskqueue.results.history import History
 from taskqueue.results.record import kind_of
 from taskqueue.results.table import task_rows
 from taskqueue.views.report import RunReport
+from taskqueue.web.index import RunIndex
 
-FRESH_SECONDS = 3.0
-QUIET_SECONDS = 60.0
+FRESH_SECONDS = 2.0
 PAGE_SIZE = 50
 EXAMPLES = 5  # dead tasks shown per reason
 OUTCOMES = ("done", "failed", "dead", "cancelled")
@@ -33,15 +33,17 @@ OUTCOMES = ("done", "failed", "dead", "cancelled")
 class CachedRun:
     records: Callable[[], Iterable[dict]] | None = None
     read_at: float = 0.0
-    quiet: bool = False
+    seen: int = -1  # the feed's count of the run's records when it was read
+    index: RunIndex | None = None  # built on the first page asked for, per reading
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class RunPages:
     """A run's pages for the web view; every method may block (call it from a thread)."""
 
-    def __init__(self, history: History) -> None:
+    def __init__(self, history: History, seen: Callable[[str], int] | None = None) -> None:
         self.history = history
+        self.seen = seen or (lambda _run: 0)  # records of a run read so far by the feed
         self._runs: dict[str, CachedRun] = defaultdict(CachedRun)
         self._guard = threading.Lock()
 
@@ -52,16 +54,37 @@ class RunPages:
         with self._guard:
             cached = self._runs[run_id]
         with cached.lock:
-            age = time.monotonic() - cached.read_at
-            if cached.records is None or age > (QUIET_SECONDS if cached.quiet else FRESH_SECONDS):
+            seen = self.seen(run_id)
+            grown = seen != cached.seen and time.monotonic() - cached.read_at > FRESH_SECONDS
+            if cached.records is None or grown:
                 cached.records = self.history.run_records(run_id)
-                cached.read_at = time.monotonic()
-                cached.quiet = _newest(cached.records()) < time.time() - QUIET_SECONDS
+                cached.read_at, cached.seen, cached.index = time.monotonic(), seen, None
             return cached.records
+
+    def index(self, run_id: str) -> RunIndex | None:
+        """The run's index, when all of it is in its local copy (not for runs of versions
+        before 0.4, whose records are in the old events file)."""
+        self.records(run_id)
+        path = self.history.copy_path(run_id)
+        if self.history.legacy.path.exists() or not path.exists():
+            return None
+        with self._guard:
+            cached = self._runs[run_id]
+        with cached.lock:
+            if cached.index is None:
+                cached.index = RunIndex(path, run_id)
+            return cached.index
 
     def page(self, run_id: str, outcome: str = "", text: str = "", page: int = 1,
              size: int = PAGE_SIZE) -> dict:
         """One page of the run's tasks (one row per task, as the CSV has them)."""
+        index = self.index(run_id) if not text.strip() else None
+        if index is not None:  # the common case, quick however big the run
+            positions = index.positions(outcome)
+            skip = (max(1, page) - 1) * size
+            return {"run": run_id, "tasks": index.tasks, "counts": index.counts(),
+                    "page": page, "size": size, "rows": index.rows(positions[skip:skip + size]),
+                    "matching": len(positions), "outcome": outcome, "text": text}
         table, rows = task_rows(run_id, self.records(run_id))
         needle = text.strip().lower()
         matching = (row for row in rows if (not outcome or row["outcome"] == outcome)
@@ -162,6 +185,3 @@ def _searchable(row: dict) -> str:
     return " ".join(str(row[key]) for key in ("row", "task", "worker", "host",
                                                "result_or_error", "message_id")).lower()
 
-
-def _newest(records: Iterable[dict]) -> float:
-    return max((float(r.get("finished") or r.get("time") or 0) for r in records), default=0.0)

@@ -42,7 +42,11 @@ def serve(settings: BrokerSettings, spec: QueueSpec, *, bind: str, auth_file: Pa
 async def _serve(feed: DashboardFeed, history: History, desk: ControlDesk, access: Access,
                  host: str, port: int, open_browser: bool, log: logging.Logger) -> int:
     hub = Hub(feed, feed.interval)
-    app = make_app(feed=feed, hub=hub, runs=RunPages(history), desk=desk, access=access,
+    def seen(run_id: str) -> int:
+        with feed.lock:
+            return feed.totals.seen(run_id)
+
+    app = make_app(feed=feed, hub=hub, runs=RunPages(history, seen), desk=desk, access=access,
                    registry=registry_of(feed), cookie_secret=secrets.token_hex(32))
     try:
         server = app.listen(port, address=host, xheaders=False)

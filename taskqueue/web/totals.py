@@ -48,6 +48,7 @@ class RunLine:
     started: float = float("inf")
     finished: float = 0.0
     total: int | None = None  # rows the emitter said it would publish
+    records: int = 0  # of this run, read so far
     outcomes: Counter = field(default_factory=Counter)
     workers: set = field(default_factory=set)
 
@@ -79,6 +80,7 @@ class RecordTotals:
             self._seen.add(record_id)
         self.records += 1
         run = self._run(record.get("run_id") or "")
+        run.records += 1
         if kind == "run":
             if record.get("state") == "started" and record.get("total") is not None:
                 run.total = int(record["total"])
@@ -109,6 +111,10 @@ class RecordTotals:
         if line is None:
             line = self.runs[run_id] = RunLine(run_id)
         return line
+
+    def seen(self, run_id: str) -> int:
+        line = self.runs.get(run_id)
+        return line.records if line is not None else 0
 
     def run_list(self) -> list[dict]:
         """Every run, newest first."""

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""The web view's costs (issue 23), in this process, on made-up records:
+
+* memory: what the dashboard keeps as it reads the results record (the live state and the
+  totals behind /metrics and the runs page), at 10k, 100k and 1M records: it must stay flat;
+* the first page of a 100k-task run's table (one row per task, paged), read from the run's
+  local copy as the server does, against the baseline of writing the same run's CSV
+  (``task_report.py --csv``) in the same run.
+
+    python bench/web.py [--write]      # --write: bench/web.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from taskqueue.broker.config import QueueSpec
+from taskqueue.results.history import History
+from taskqueue.results.table import write_tasks_file
+from taskqueue.views.live import LiveState
+from taskqueue.web.runs import RunPages
+from taskqueue.web.totals import RecordTotals
+
+RUN = "20261201T100000Z-bench0"
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def record(n: int, run: str) -> dict:
+    now = 1_796_000_000.0 + n * 0.01
+    outcome = "dead" if n % 97 == 0 else "done"
+    return {"kind": "task", "id": f"p-{n}", "run_id": run, "row": n % 100_000 + 1,
+            "message_id": f"m-{n}", "task": f"task number {n} ....", "worker": f"w{n % 50}",
+            "slot": f"w{n % 50}/{n % 4}", "host": "bench", "attempt": 1, "outcome": outcome,
+            "queued": now - 1, "started": now, "finished": now + 0.2, "seconds": 0.2,
+            "result": f"result {n}" if outcome == "done" else None,
+            "reason": None if outcome == "done" else f"failed 1 times; last: boom {n}"}
+
+
+def memory() -> list[tuple[int, float]]:
+    state, totals = LiveState("bench", gone_after=4.5), RecordTotals()
+    base = rss_mb()
+    marks, out = {10_000, 100_000, 1_000_000}, []
+    for n in range(1, 1_000_001):
+        r = record(n, f"20261201T1{n // 100_000:05d}Z-bench")
+        state.feed(r)
+        totals.add(r)
+        if n in marks:
+            out.append((n, rss_mb() - base))
+    return out
+
+
+def first_page(tasks: int) -> tuple[float, float, float]:
+    with tempfile.TemporaryDirectory() as directory:
+        spec = QueueSpec("bench")
+        cache = Path(directory) / "bench.runs"
+        cache.mkdir()
+        with open(cache / f"{RUN}.jsonl", "w", encoding="utf-8") as copy:
+            for n in range(tasks):
+                copy.write(json.dumps(record(n, RUN)) + "\n")
+        history = History(None, spec, Path(directory))  # offline: the local copy only
+        started = time.perf_counter()
+        write_tasks_file(Path(directory) / "all.csv", RUN, history.run_records(RUN))
+        baseline = time.perf_counter() - started
+        pages = RunPages(history)
+        started = time.perf_counter()
+        page = pages.page(RUN)
+        cold = time.perf_counter() - started
+        assert len(page["rows"]) == 50 and page["tasks"] == tasks, page["tasks"]
+        started = time.perf_counter()
+        pages.page(RUN, outcome="dead", page=2)
+        filtered = time.perf_counter() - started
+        started = time.perf_counter()
+        pages.page(RUN, text="number 4242")
+        searched = time.perf_counter() - started
+        return baseline, cold, filtered, searched
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="write bench/web.md")
+    args = parser.parse_args()
+    grown = memory()
+    baseline, cold, filtered, searched = first_page(100_000)
+    lines = ["# The web view's costs (bench/web.py)", "",
+             f"Measured {time.strftime('%Y-%m-%d')} on this machine (2 cores), Python "
+             f"{sys.version.split()[0]}.", "",
+             "| records read by the dashboard | memory kept (RSS growth) |", "|---:|---:|"]
+    lines += [f"| {n:,} | {mb:.1f} MB |" for n, mb in grown]
+    lines += ["", "| a 100k-task run | seconds | against the CSV of the run |", "|---|---:|---:|",
+              f"| the run's CSV (`task_report.py --csv`, baseline) | {baseline:.2f} | 1.00x |",
+              f"| first page of its table (50 tasks) | {cold:.2f} | {cold / baseline:.2f}x |",
+              f"| then page 2 of its dead tasks | {filtered:.3f} | "
+              f"{filtered / baseline:.3f}x |",
+              f"| a text search over its tasks | {searched:.2f} | {searched / baseline:.2f}x |",
+              "", "The first page reads the run's local copy once (the index: per task, where "
+              "its deciding record is); every later page reads its own 50 records. Reading the "
+              "run from the broker into that copy comes before, once per run (bench/records.md)."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        (Path(__file__).parent / "web.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

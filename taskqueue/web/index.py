@@ -1,0 +1,85 @@
+"""A run's table, indexed for paging: one pass over the run's local copy finds, per task, where
+its deciding record is (the first record of its best outcome, as results/table.py decides) and
+how many attempts it had. A page then reads only its own 50 records (a seek each), so paging a
+100k-task run costs the pass once, not per page. Memory: a few numbers per task.
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from pathlib import Path
+
+from taskqueue.results.table import RANK, row_of
+
+NAMES = {rank: name for name, rank in RANK.items()}
+
+
+class RunIndex:
+    """Tasks of one run in the order their deciding records were written."""
+
+    def __init__(self, path: Path, run_id: str) -> None:
+        self.path, self.run_id = path, run_id
+        best: dict[object, list[int]] = {}  # task -> [rank, offset, attempts]
+        with open(path, "rb") as copy:
+            offset = 0
+            for line in copy:
+                here, offset = offset, offset + len(line)
+                if b'"outcome"' not in line:
+                    continue  # run notes and worker totals: not a task (a cheap test first)
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a torn line from a crash
+                if not isinstance(record, dict) or (record.get("kind") or "task") != "task" \
+                        or (record.get("run_id") or "") != run_id:
+                    continue
+                rank = RANK.get(record.get("outcome") or "done", 0)
+                attempt = int(record.get("attempt") or 1)
+                key = _key(record)
+                entry = best.get(key)
+                if entry is None:
+                    best[key] = [rank, here, attempt]
+                    continue
+                if rank > entry[0]:
+                    entry[0], entry[1] = rank, here
+                entry[2] = max(entry[2], attempt)
+        ordered = sorted(best.values(), key=lambda entry: entry[1])
+        self.offsets = array("Q", (entry[1] for entry in ordered))
+        self.ranks = bytes(entry[0] for entry in ordered)
+        self.attempts = array("I", (min(entry[2], 2**32 - 1) for entry in ordered))
+
+    @property
+    def tasks(self) -> int:
+        return len(self.offsets)
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(RANK, 0)
+        for rank in self.ranks:
+            if rank:
+                counts[NAMES[rank]] += 1
+        return counts
+
+    def positions(self, outcome: str = "") -> list[int]:
+        """Which tasks (by position) have *outcome* (all: every task)."""
+        if not outcome:
+            return list(range(len(self.offsets)))
+        wanted = RANK.get(outcome, -1)
+        return [n for n, rank in enumerate(self.ranks) if rank == wanted]
+
+    def rows(self, positions: list[int]) -> list[dict]:
+        """The CSV rows of the tasks at *positions*: one seek and one line each."""
+        found = []
+        with open(self.path, "rb") as copy:
+            for n in positions:
+                copy.seek(self.offsets[n])
+                found.append(row_of(json.loads(copy.readline()), self.attempts[n],
+                                    self.run_id))
+        return found
+
+
+def _key(record: dict) -> object:
+    row = record.get("row")
+    if isinstance(row, int) and 0 <= row < 1 << 27:
+        return row
+    return record.get("message_id") or f"{row}:{record.get('task')}"
