@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test test-cluster lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records clean
+.PHONY: venv demo test test-cluster lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records bench-web clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -68,6 +68,10 @@ bench-versus: venv
 # in a process of its own (a few minutes); writes bench/records.md.
 bench-records: venv
 	$(PY) bench/records.py --write
+
+# The web view: memory at 1M records read, the first page of a 100k-task run; bench/web.md.
+bench-web: venv
+	$(PY) bench/web.py --write
 
 clean:
 	rm -rf $(VENV) logs reports/*.jsonl .pytest_cache
