@@ -20,30 +20,35 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ctl(node: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def ctl(node: str, *args: str, timeout: float = 60,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """rabbitmqctl against *node*; *env*: for a node with an epmd of its own (partitions.py)."""
     return subprocess.run(["rabbitmqctl", "-n", node, *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False, env=env)
 
 
 class ThrowawayBroker:
-    """A RabbitMQ node on 127.0.0.1:<port>, configured by *conf* lines."""
+    """A RabbitMQ node on <host>:<port> (host: 127.0.0.1 unless given), configured by *conf*
+    lines; *node_host* is the host part of its Erlang node name."""
 
     def __init__(self, conf: list[str] | None = None, plugins: str = "[].",
-                 name: str | None = None, port: int | None = None) -> None:
+                 name: str | None = None, port: int | None = None, host: str = "127.0.0.1",
+                 node_host: str = "localhost") -> None:
+        self.host = host
         self.port = port or free_port()
         self.dist_port = free_port()
-        self.node = f"{name or 'tq' + str(self.port)}@localhost"
+        self.node = f"{name or 'tq' + str(self.port)}@{node_host}"
         self.dir = Path(tempfile.mkdtemp(prefix="tq-broker-"))
         shutil.chown(self.dir, "rabbitmq", "rabbitmq")
         os.chmod(self.dir, 0o755)
-        lines = [f"listeners.tcp.default = 127.0.0.1:{self.port}", "loopback_users = none",
+        lines = [f"listeners.tcp.default = {host}:{self.port}", "loopback_users = none",
                  *(conf or [])]
         self._write("rabbitmq.conf", "\n".join(lines) + "\n")
         self._write("enabled_plugins", plugins + "\n")
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        return f"amqp://guest:guest@{self.host}:{self.port}/%2F"
 
     def _write(self, name: str, text: str) -> None:
         path = self.dir / name
@@ -61,25 +66,32 @@ class ThrowawayBroker:
             RABBITMQ_PID_FILE=str(self.dir / "pid"))
         return env
 
+    def ctl_env(self) -> dict[str, str] | None:
+        """The environment rabbitmqctl needs to reach this node (None: the usual one)."""
+        return None
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return ctl(self.node, *args, timeout=timeout, env=self.ctl_env())
+
     def start(self, timeout: float = 60) -> ThrowawayBroker:
         subprocess.run(["rabbitmq-server", "-detached"], env=self.env(), check=True,
                        capture_output=True, timeout=30)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # await_startup fails until the node registers
-            if ctl(self.node, "await_startup", "--timeout", "30").returncode == 0:
+            if self.ctl("await_startup", "--timeout", "30").returncode == 0:
                 return self
             time.sleep(0.3)
         raise RuntimeError(f"broker node {self.node} did not start; see {self.dir}/log")
 
     def stop(self) -> None:
-        ctl(self.node, "stop")
+        self.ctl("stop")
 
     def stop_app(self) -> None:
         """The broker goes down (all connections closed) but the Erlang VM stays: fast."""
-        assert ctl(self.node, "stop_app").returncode == 0
+        assert self.ctl("stop_app").returncode == 0
 
     def start_app(self) -> None:
-        assert ctl(self.node, "start_app").returncode == 0
+        assert self.ctl("start_app").returncode == 0
 
     def restart(self, down_for: float = 0.5) -> None:
         self.stop_app()
