@@ -59,6 +59,38 @@ def test_the_wheel_holds_the_package_only(installed):
     assert ours[0] == "taskqueue" and ours[1].startswith("taskqueue-") and len(ours) == 2, ours
 
 
+def test_the_web_view_is_an_extra_its_pages_come_with_the_wheel(installed, tmp_path, queue):
+    """Without the extra: one line saying what to install. With it (what
+    ``pip install "taskqueue[web]"`` adds): the server runs and finds its pages and script."""
+    import http.client
+
+    from tests.brokers import free_port
+
+    bin_dir, env = installed / "bin", clean_env()
+    without = subprocess.run([str(bin_dir / "taskqueue-report"), "--serve", "--no-browser"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert without.returncode == 2 and 'pip install "taskqueue[web]"' in without.stderr
+    assert "Traceback" not in without.stderr
+    extra = re.search(r'web = \[(.*)\]', (ROOT / "pyproject.toml").read_text())[1]
+    run(installed / "bin" / "python", "-m", "pip", "install", "--quiet",
+        *re.findall(r'"([^"]+)"', extra))
+    port = free_port()
+    server = subprocess.Popen([str(bin_dir / "taskqueue-report"), "--serve", "--queue", queue,
+                               "--bind", f"127.0.0.1:{port}", "--no-browser"], cwd=tmp_path,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        token = re.search(r"token=(\S+)", server.stdout.readline())[1]
+        for path in ("/", "/static/app.js", "/runs"):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+            assert connection.getresponse().status == 200, path
+            connection.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+
+
 def test_the_commands_run_a_round_trip_from_any_directory(installed, tmp_path, queue):
     work = tmp_path / "somewhere"
     work.mkdir()

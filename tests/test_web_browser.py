@@ -100,6 +100,34 @@ def test_the_page_follows_a_run_live_pauses_workers_and_shows_a_killed_one_gone(
     assert "dashboard stopped:" in said
 
 
+def live_pages(board) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _status, _headers, body = board.request("GET", "/metrics")
+    for family in text_string_to_metric_families(body.decode()):
+        if family.name == "taskqueue_dashboard_live_pages":
+            return family.samples[0].value
+    raise AssertionError("no taskqueue_dashboard_live_pages in /metrics")
+
+
+def test_a_hidden_tab_stops_its_updates_and_starts_again_when_shown(page, queue, logs,
+                                                                   tmp_path):
+    board = start_dashboard(queue, tmp_path, logs)
+    page.goto(board.address)
+    page.wait_for_selector("#connection.ok")
+    wait_for(lambda: live_pages(board) == 1, what="the page's stream open")
+    hide = ("hidden => { Object.defineProperty(document, 'hidden', {value: hidden, "
+            "configurable: true}); document.dispatchEvent(new Event('visibilitychange')); }")
+    page.evaluate(hide, True)
+    wait_for(lambda: live_pages(board) == 0, what="the hidden tab's stream closed")
+    updated = text_of(page, "#updated")
+    assert text_of(page, "#connection") == "paused while the tab is hidden"
+    page.evaluate(hide, False)
+    wait_for(lambda: live_pages(board) == 1, what="the stream open again")
+    wait_for(lambda: text_of(page, "#updated") != updated, what="updates again")
+    board.stop()
+
+
 class Evil(http.server.BaseHTTPRequestHandler):
     """Another site, with a form that posts to the dashboard as soon as it is opened."""
 

@@ -266,3 +266,32 @@ def test_access_rules():
     login = Access(user="a", password="b")
     assert login.password_ok("a", "b") and not login.password_ok("a", "c")
     assert not login.token_ok("anything")
+
+
+def test_the_run_index_gives_the_csvs_rows_in_its_order(tmp_path):
+    """Paging through the index is the CSV (results/table.py): same rows, same deciding record
+    (a retried task, one done twice, one still failing, a cancelled one, id-less tasks)."""
+    import json
+
+    from taskqueue.results.table import task_rows
+    from taskqueue.web.index import RunIndex
+
+    def task(row, outcome, attempt=1, run="r1", **more):
+        return {"kind": "task", "run_id": run, "row": row, "outcome": outcome,
+                "attempt": attempt, "task": f"t{row}", "started": attempt, "seconds": 0.1,
+                "message_id": f"m{row}", **more}
+
+    records = [task(1, "failed"), task(2, "done"), task(1, "done", 2), task(3, "failed"),
+               task(2, "done", 1, result="again"), task(4, "cancelled"), {"kind": "run"},
+               task(5, "dead", 3, reason="boom"), task(9, "done", run="other"),
+               task(None, "done", message_id="x1"), task(None, "failed", message_id="x2"),
+               task(None, "done", 2, message_id="x2"), task(4, "failed", 2)]
+    path = tmp_path / "r1.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"torn": \n')
+    table, rows = task_rows("r1", lambda: records)
+    expected = list(rows)
+    index = RunIndex(path, "r1")
+    assert index.rows(index.positions()) == expected
+    assert index.counts() == table.counts() and index.tasks == table.tasks == 7
+    assert [r["row"] for r in index.rows(index.positions("done"))] == \
+        [r["row"] for r in expected if r["outcome"] == "done"]

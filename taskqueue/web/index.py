@@ -21,6 +21,7 @@ class RunIndex:
     def __init__(self, path: Path, run_id: str) -> None:
         self.path, self.run_id = path, run_id
         best: dict[object, list[int]] = {}  # task -> [rank, offset, attempts]
+        decode = json.JSONDecoder().raw_decode  # json.loads without its per-call checks
         with open(path, "rb") as copy:
             offset = 0
             for line in copy:
@@ -28,8 +29,8 @@ class RunIndex:
                 if b'"outcome"' not in line:
                     continue  # run notes and worker totals: not a task (a cheap test first)
                 try:
-                    record = json.loads(line)
-                except ValueError:
+                    record = decode(line.decode("utf-8"))[0]
+                except ValueError:  # UnicodeDecodeError is one
                     continue  # a torn line from a crash
                 if not isinstance(record, dict) or (record.get("kind") or "task") != "task" \
                         or (record.get("run_id") or "") != run_id:

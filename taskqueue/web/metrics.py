@@ -14,6 +14,7 @@ a gone worker's series are removed).
   taskqueue_worker_busy_slots{queue,worker}       per worker heard from
   taskqueue_worker_slots{queue,worker}
   taskqueue_dashboard_up{queue}                   1 while the dashboard reads the broker
+  taskqueue_dashboard_live_pages{queue}           live pages open (a hidden tab closes its own)
 
 The oldest ready task's age: the queue is first in, first out, so the oldest task waiting was
 published just after the newest task a worker took; its age is the time since that task was
@@ -23,7 +24,7 @@ published (none taken yet: since the current run began).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -44,8 +45,8 @@ WORKER_STATES = ("busy", "idle", "paused", "gone", "stopped")
 class FeedCollector:
     """A Prometheus collector over one DashboardFeed (read under its lock)."""
 
-    def __init__(self, feed: DashboardFeed) -> None:
-        self.feed = feed
+    def __init__(self, feed: DashboardFeed, pages: Callable[[], int] = lambda: 0) -> None:
+        self.feed, self.pages = feed, pages
 
     def collect(self) -> Iterator[Metric]:
         feed, queue = self.feed, self.feed.spec.name
@@ -57,6 +58,7 @@ class FeedCollector:
                                "broker", labels=["queue"])
         up.add_metric([queue], 1.0 if feed.connected else 0.0)
         yield up
+        yield _gauge("taskqueue_dashboard_live_pages", "Live pages open", queue, self.pages())
 
     def _tasks(self, queue: str) -> Iterator[Metric]:
         totals = self.feed.totals
@@ -143,7 +145,7 @@ def _histogram(name: str, text: str, queue: str, histogram: Histogram) -> Histog
     return family
 
 
-def registry_of(feed: DashboardFeed) -> CollectorRegistry:
+def registry_of(feed: DashboardFeed, pages: Callable[[], int] = lambda: 0) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FeedCollector(feed))
+    registry.register(FeedCollector(feed, pages))
     return registry

@@ -47,7 +47,8 @@ async def _serve(feed: DashboardFeed, history: History, desk: ControlDesk, acces
             return feed.totals.seen(run_id)
 
     app = make_app(feed=feed, hub=hub, runs=RunPages(history, seen), desk=desk, access=access,
-                   registry=registry_of(feed), cookie_secret=secrets.token_hex(32))
+                   registry=registry_of(feed, lambda: hub.pages),
+                   cookie_secret=secrets.token_hex(32))
     try:
         server = app.listen(port, address=host, xheaders=False)
     except OSError as exc:
