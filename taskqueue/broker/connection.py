@@ -218,7 +218,8 @@ class BrokerSession:
         else:
             self._done()
 
-    def _abort_if_still_closing(self, connection: pika.SelectConnection) -> None:
+    def _abort_if_still_closing(self, connection: pika.SelectConnection,
+                                ending: bool = True) -> None:
         if connection is not self._connection or self._finished or connection.is_closed:
             return
         self.log.warning("%sthe broker did not answer the close (%s): dropping the connection",
@@ -226,7 +227,8 @@ class BrokerSession:
         try:
             connection._adapter_disconnect_stream()  # pika's own abort path: on_close follows
         except Exception:  # a transport already gone: nothing left to drop
-            self._done()
+            if ending:  # (a dropped connection, not ending: on_close starts over anyway)
+                self._done()
 
     def fail(self, error: UserError) -> None:
         self._error = self._error or error
@@ -324,10 +326,15 @@ class BrokerSession:
                    quiet=self.connections_made > 1).start()
 
     def drop_connection(self, why: str) -> None:
-        """Start over on a fresh connection (after a setup problem worth waiting out)."""
+        """Start over on a fresh connection (after a setup problem worth waiting out, or a
+        node that went silent). A close the broker does not answer within CLOSE_WAIT_SECONDS
+        drops the socket (a node cut off or paused may never answer it)."""
         self._last_reason = why
-        if self._connection and self._connection.is_open:
-            self._connection.close()
+        connection = self._connection
+        if connection and connection.is_open:
+            connection.close()
+            self.ioloop.call_later(CLOSE_WAIT_SECONDS,
+                                   lambda: self._abort_if_still_closing(connection, False))
 
     # --- connection lifecycle --------------------------------------------------------------
     def _done(self) -> None:

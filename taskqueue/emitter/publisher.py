@@ -27,7 +27,7 @@ from pathlib import Path
 import pika
 from pika.channel import Channel
 
-from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
 from taskqueue.broker.connection import BrokerSession, settled_tags
 from taskqueue.broker.topology import ROUTING_LIVE, Topology
 from taskqueue.emitter.feed import TaskFeed
@@ -42,6 +42,10 @@ from taskqueue.views.events import run_event
 # So the default follows the queue's type. The byte cap bounds memory whatever the task size.
 CONFIRM_WINDOWS = {"quorum": 2_000, "classic": 10_000}
 MAX_IN_FLIGHT_BYTES = 16 * 1024 * 1024
+# Seconds with messages in flight, no confirm, and the broker not blocking us: the node we
+# publish to cannot reach the queue's majority (a network partition leaves it running and
+# silent). The connection is then given up: what was unconfirmed goes to the next URL.
+CONFIRM_TIMEOUT = 10.0
 EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
                                         content_type="application/json")
 
@@ -113,6 +117,7 @@ class ConfirmedPublisher(BrokerSession):
         self._next_tag = 0
         self._publishing = False  # the channel is in confirm mode: _fill may publish
         self._depth_asked_on: object | None = None  # the connection asked for the final depth
+        self._waiting_since: float | None = None  # in flight with no confirm since (see _tick)
 
     # --- progress ------------------------------------------------------------------------
     @property
@@ -157,6 +162,7 @@ class ConfirmedPublisher(BrokerSession):
 
     def on_channel_lost(self) -> None:
         self._publishing = False
+        self._waiting_since = None
         self._returned.clear()  # returns belong to the lost channel's deliveries
         unconfirmed = [task for task in self._in_flight.values() if task is not None]
         self._in_flight.clear()
@@ -245,6 +251,7 @@ class ConfirmedPublisher(BrokerSession):
 
     def _on_confirm(self, frame: pika.frame.Method) -> None:
         acked, tags = settled_tags(frame, self._in_flight)
+        self._waiting_since = time.monotonic() if self._in_flight else None
         for tag in tags:
             task = self._in_flight.pop(tag)
             if task is not None:
@@ -290,11 +297,33 @@ class ConfirmedPublisher(BrokerSession):
         if self.stats.finished or self._finishing:
             return
         self._ticks += 1
+        self._check_confirms(time.monotonic())
         if self._on_tick is not None:
             self._on_tick(self.stats)
         if self._ticks % 5 == 0:  # about once a second: a SIGKILL loses at most that much
             self.save_state(complete=False)
         self.ioloop.call_later(0.2, self._tick)
+
+    def _check_confirms(self, now: float) -> None:
+        """No confirm for CONFIRM_TIMEOUT while messages are in flight and the broker is not
+        blocking us (an alarm would explain it): the node went silent, most likely cut off
+        from the queue's majority. Start over on the next URL; on_channel_lost sends the
+        unconfirmed messages again there."""
+        since = self._waiting_since
+        if not self._in_flight or not self._publishing:
+            self._waiting_since = None
+            return
+        if since is None or self.blocked:  # the clock starts now (an alarm's time not counted)
+            self._waiting_since = now
+            return
+        if now - since < CONFIRM_TIMEOUT:
+            return
+        self._waiting_since = None  # said once per connection
+        self.log.warning("%s has not confirmed any of the %d messages in flight for %.0f s and "
+                         "is not blocking us: the node cannot reach the queue's majority (a "
+                         "network partition?); moving to the next URL", mask_url(self.url),
+                         len(self._in_flight), now - since)
+        self.drop_connection("confirms stopped")
 
     def save_state(self, complete: bool) -> None:
         """Record how far the file is confirmed, for --resume. A run that confirmed nothing

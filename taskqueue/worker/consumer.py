@@ -23,7 +23,7 @@ from enum import Enum
 
 from pika.channel import Channel
 
-from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
 from taskqueue.broker.connection import BrokerSession
 from taskqueue.broker.topology import Topology, results_refusal
 from taskqueue.control.listener import WorkerControl
@@ -33,6 +33,7 @@ from taskqueue.worker.delivery import Delivery
 from taskqueue.worker.idle import IdleWatch
 from taskqueue.worker.life import DeliveryLife
 from taskqueue.worker.outbox import Outbox
+from taskqueue.worker.reach import ReachWatch
 from taskqueue.worker.settlement import Step
 from taskqueue.worker.slots import WorkSlot, slot_names
 from taskqueue.worker.tail import ResultsTail
@@ -75,6 +76,11 @@ class TaskConsumer(DeliveryLife, BrokerSession):
                                     queue.results_name, reason)))
         self.outbox.on_block = self.tail.publishing_blocked
         self.outbox.on_unblock = self.tail.publishing_unblocked
+        # A node cut off from the majority delivers nothing and says nothing: a quiet worker
+        # asks for a probe (a fence) now and then, and leaves a node that cannot answer it.
+        self.reach = ReachWatch(self.tail.probe, self._on_cut_off)
+        self.outbox.on_stalled = self._on_outbox_stalled
+        self._last_delivery = 0.0  # when the last task came (or consuming began)
         self.idle = IdleWatch(self, options.exit_when_idle)
         self._stop_requests = 0
         self._stop_since: float | None = None
@@ -194,6 +200,7 @@ class TaskConsumer(DeliveryLife, BrokerSession):
             return
         self._consumer_tag = channel.basic_consume(self.queue.name, self._on_message)
         self.state = WorkerState.CONSUMING
+        self._last_delivery = time.monotonic()
         self.idle.consuming()  # idle time counts from consuming, not from start
         count = len(self.slots)
         self.log.info("[%s] waiting for tasks on queue %r (%s). Ctrl+C to stop",
@@ -211,7 +218,39 @@ class TaskConsumer(DeliveryLife, BrokerSession):
                          "moved); subscribing again", self.options.name, self.queue.name)
         self.channel.close()
 
+    def _on_message(self, channel: Channel, method: object, properties: object,
+                    body: bytes) -> None:
+        self._last_delivery = time.monotonic()  # a task came through: this node serves
+        super()._on_message(channel, method, properties, body)
+
+    def _quiet_since(self) -> float | None:
+        """Consuming with no task running, since when (None: not quiet). A slot waiting for
+        its record's confirm counts as quiet: that wait is the broker's, not the work's."""
+        if self.state is not WorkerState.CONSUMING or self._consumer_tag is None:
+            return None
+        if any(slot.settlement is not None and slot.settlement.running for slot in self.slots):
+            return None
+        return self._last_delivery
+
+    def _on_cut_off(self, waited: float) -> None:
+        """reach.py: our probe has not come back: this node cannot serve (a partition, most
+        likely, on its minority side). Leave it; the next URL is tried (tasks in hand go back
+        to the queue, as on any lost connection)."""
+        self.log.warning("[%s] %s delivers nothing and our mark in the results stream has not "
+                         "come back for %.0f s: the node cannot reach the cluster's majority "
+                         "(a network partition?); moving to the next URL", self.options.name,
+                         mask_url(self.url), waited)
+        self.drop_connection("the node cannot reach the cluster's majority")
+
+    def _on_outbox_stalled(self, url: str) -> None:
+        """The outbox gives up a node whose confirms stopped. If it is not ours, our probe's
+        silence came from there: its timeout starts again (reach.py). If it is ours, it is one
+        more sign that our node cannot serve: the probe's timeout keeps running."""
+        if url != self.url:
+            self.reach.postpone()
+
     def on_channel_lost(self) -> None:
+        self.reach.reset()
         self.control.stop()
         self.tail.stop()
         self._consumer_tag = None
@@ -297,6 +336,8 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         if self._ticks % 2 == 0:
             self.outbox.send(everything=True)  # events and the snapshot go out on this beat
         if not self._stop_requests:
+            self.reach.check(now, self._quiet_since(),
+                             self.outbox.blocked or not self.outbox.confirming)
             self.idle.check(now)
         self.outbox.check_confirms(now)
         self.tail.check_fences(now)

@@ -2,8 +2,10 @@
 
 Idle means connected, consuming, every slot free, no task came, none is due back from
 ``<queue>.retry``, and nothing of ours waits for the broker (a copy or a record unconfirmed:
-that task is still ours). Time spent disconnected does not count, nor does a path gone silent:
-before exiting, a round trip must say the queue is empty.
+that task is still ours). Time spent disconnected does not count, nor does a path gone silent,
+nor a node cut off from the cluster's majority (a partition: it delivers nothing, and a passive
+declare there answers from a stale view): before exiting, a probe must come back (reach.py: the
+node serves), then a round trip must say the queue is empty.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ class Worker(Protocol):
 
     log: object
     outbox: object
+    reach: object
 
     def inspect_queue(self, name: str, on_result) -> None: ...
     def request_stop(self) -> None: ...
@@ -40,6 +43,7 @@ class IdleWatch:
 
     def busy(self) -> None:
         self._since = None
+        self._probe = None  # a task came: what was asked is answered
 
     def stop(self) -> None:
         """Not consuming (paused, stopping, disconnected): not idle either."""
@@ -71,4 +75,10 @@ class IdleWatch:
             elif depth:
                 self._since = time.monotonic()  # tasks wait: they are on their way
 
-        worker.inspect_queue(worker.queue.name, answered)
+        def served() -> None:
+            if self._probe is probe:  # (a task came, or the connection was lost, meanwhile)
+                worker.inspect_queue(worker.queue.name, answered)
+
+        # First the node must prove it serves (else reach.py moves us to the next URL and
+        # ``stop`` clears this probe), then the queue's depth, asked there, counts.
+        worker.reach.prove(served)

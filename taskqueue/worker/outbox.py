@@ -101,6 +101,7 @@ class Outbox(BrokerSession):
         self.exchange_ready = False  # set by the consumer once the queues are set up
         self.on_block: Callable[[], None] | None = None  # told when the broker blocks us
         self.on_unblock: Callable[[], None] | None = None
+        self.on_stalled: Callable[[str], None] | None = None  # confirms stopped at this URL
         self._copies: deque[Copy] = deque()
         self._records: deque[tuple[dict, Callable[[bool], None] | None]] = deque()
         self._unconfirmed: dict[int, Copy | RecordGroup | None] = {}
@@ -143,6 +144,11 @@ class Outbox(BrokerSession):
         unconfirmed = sum(len(item.items) if isinstance(item, RecordGroup) else 1
                           for item in self._unconfirmed.values() if item is not None)
         return self.copies_waiting + self.records_waiting + unconfirmed
+
+    @property
+    def confirming(self) -> bool:
+        """Connected, in confirm mode: what is published now can be confirmed."""
+        return self._confirming and self.channel is not None
 
     @property
     def records_waiting(self) -> int:
@@ -288,6 +294,8 @@ class Outbox(BrokerSession):
                          "is not blocking us (a node lost?): reconnecting to send it again",
                          self.worker, now - oldest)
         self._sent_at.clear()  # said once per connection
+        if self.on_stalled is not None:
+            self.on_stalled(self.url)
         self.drop_connection("confirms stopped")
 
     # --- a copy with no queue to go to ---------------------------------------------------------

@@ -66,6 +66,7 @@ class ResultsTail:
         self._requested = 0  # the newest fence asked for
         self._seen = 0  # the newest of our marks read back
         self._waiting: list[tuple[int, tuple[str, str], Answer]] = []
+        self._probes: list[tuple[int, Callable[[], None]]] = []  # (fence, on_back): reach.py
         self._catching_up: dict[str, int] = {}  # run -> the fence that ends its catch-up
         self._on_first_fence: Callable[[], None] | None = None
         self._on_first_fence_needs = 0
@@ -92,6 +93,7 @@ class ResultsTail:
         self._generation += 1
         self._channel = None
         self._attached_now = False
+        self._probes.clear()  # a probe is about this connection's node: asked again on the next
 
     def _subscribe(self, generation: int) -> None:
         connection = self._connection
@@ -126,6 +128,7 @@ class ResultsTail:
         seq = self._requested + 1
         self._ask(seq)
         self._waiting = [(seq, key, answer) for _needs, key, answer in self._waiting]
+        self._probes = [(seq, on_back) for _needs, on_back in self._probes]
         self._catching_up = dict.fromkeys(self._catching_up, seq)
         self._on_first_fence_needs = seq
         if self._blocked_since is not None:
@@ -226,6 +229,17 @@ class ResultsTail:
         if again and self._channel is not None:
             self._restart(self._generation, "", delay=0.0)
 
+    def probe(self, on_back: Callable[[], None]) -> None:
+        """Call *on_back* once a mark written from now on is read back: the stream took a
+        write (a majority of its nodes has it) and this connection's node reads it (reach.py).
+        During an alarm no mark can be written: answered after ``BLOCKED_GRACE`` instead."""
+        if self._blocked_since is not None and self._attached_now and self._ioloop is not None:
+            generation = self._generation
+            self._ioloop.call_later(BLOCKED_GRACE, lambda: generation == self._generation
+                                    and on_back())
+            return
+        self._probes.append((self._fence(), on_back))
+
     def _fence(self) -> int:
         """The fence a check made now must wait for: a mark written from now on. One is in
         flight at a time; checks made meanwhile share the next."""
@@ -251,6 +265,10 @@ class ResultsTail:
                                 [w for w in self._waiting if w[0] > seen])
         for _needs, key, answer in ready:
             self._answer(answer, key)
+        back, self._probes = ([p for p in self._probes if p[0] <= seen],
+                              [p for p in self._probes if p[0] > seen])
+        for _needs, on_back in back:
+            on_back()
         if self._next_needed > seen and self._requested <= seen and self._attached_now:
             self._ask(self._next_needed)
         if self._on_first_fence is not None and self._on_first_fence_needs <= seen:
@@ -278,6 +296,9 @@ class ResultsTail:
             waiting, self._waiting = self._waiting, []
             for _needs, key, answer in waiting:
                 self._answer(answer, key)
+            probes, self._probes = self._probes, []
+            for _needs, on_back in probes:
+                on_back()  # no mark can come back during an alarm: not a sign of a partition
             if self._on_first_fence is not None:
                 callback, self._on_first_fence = self._on_first_fence, None
                 callback()

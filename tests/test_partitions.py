@@ -1,0 +1,235 @@
+"""Partitions and pauses on a real 3-node cluster (tests/partitions.py): one node cut off with
+a worker and an emitter on it, in both partition-handling modes; a partition healing mid-run;
+a worker paused longer than its heartbeat; a paused broker node. Each test proves recovery by
+what happened after the fault: every task recorded done once, the queue drained, every worker
+worked on, no process left."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    done_counts,
+    queue_state,
+    recorded,
+    run_script,
+    start_script,
+    start_worker,
+    wait_for,
+    write_csv,
+)
+from tests.partitions import PartitionCluster
+
+pytestmark = pytest.mark.cluster
+
+CUT_SECONDS = 40  # how long a partition lasts (net_ticktime is 10 s)
+AFTER_CUT = 3  # the baseline of "did tasks while cut off": tasks in hand at the cut are over
+RUN_LINE = re.compile(r"\(run (\S+)\)")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with PartitionCluster("pause_minority") as built:
+        yield built
+
+
+def urls(cluster: PartitionCluster, first: int) -> list[str]:
+    """--url once per node, starting with node *first*."""
+    ring = cluster.nodes[first:] + cluster.nodes[:first]
+    return [arg for node in ring for arg in ("--url", node.url)]
+
+
+def emit(cluster: PartitionCluster, queue: str, rows: list[str], logs: Path, first: int = 0
+         ) -> str:
+    """Publish *rows* (declaring the quorum queue on node *first*); the run id."""
+    csv = write_csv(logs / f"{uuid.uuid4().hex[:6]}.csv", rows)
+    done = run_script("emitter_of_tasks.py", "--queue", queue, "--queue-type", "quorum",
+                      *urls(cluster, first), "--file", str(csv), "--no-admin", log_dir=logs,
+                      timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return RUN_LINE.search(done.stdout).group(1)
+
+
+def start_emitter(cluster: PartitionCluster, queue: str, rows: list[str], logs: Path,
+                  out: Path, first: int = 0):
+    csv = write_csv(logs / f"{uuid.uuid4().hex[:6]}.csv", rows)
+    return start_script("emitter_of_tasks.py", "--queue", queue, "--queue-type", "quorum",
+                        *urls(cluster, first), "--file", str(csv), "--no-admin", log_dir=logs,
+                        out=out)
+
+
+def workers(cluster: PartitionCluster, queue: str, logs: Path, tmp_path: Path, *extra: str,
+            idle: str = "15") -> tuple[list, list[Path]]:
+    """Three workers, w<n> first on node n."""
+    outs = [tmp_path / f"w{n}.out" for n in range(3)]
+    started = [start_worker("--queue", queue, "--queue-type", "quorum", *urls(cluster, n),
+                            "--name", f"w{n}", "--seconds-per-dot", "0.05", "--exit-when-idle",
+                            idle, *extra, log_dir=logs, out=out)
+               for n, out in enumerate(outs)]
+    return started, outs
+
+
+def run_id_of(out: Path) -> str:
+    return wait_for(lambda: RUN_LINE.search(out.read_text()), what="the emitter's run").group(1)
+
+
+def all_done_once(queue: str, url: str, runs: dict[str, int]) -> None:
+    """Every row of every run recorded once (recorded raises on a row twice), done."""
+    for run, count in runs.items():
+        table = recorded(queue, url, run)
+        assert sorted(table) == list(range(1, count + 1)), (run, count, len(table))
+        outcomes = {row["outcome"] for row in table.values()}
+        assert outcomes == {"done"}, (run, outcomes)
+
+
+def end_all(processes: list, outs: list[Path]) -> None:
+    """Every process ends by itself (--exit-when-idle, the emitter's end): none left over."""
+    for process, out in zip(processes, outs):
+        try:
+            process.wait(timeout=240)
+        except Exception:
+            process.send_signal(signal.SIGINT)
+            raise AssertionError(f"{out.name} did not end: {out.read_text()[-800:]}") from None
+
+
+@pytest.mark.parametrize("mode", ["pause_minority", "ignore"])
+def test_one_node_cut_off_no_client_stays_on_it(cluster, logs, tmp_path, mode):
+    """Node 0 (where the queue was declared, and the first URL of w0 and of an emitter
+    started at the cut) is cut off from the other two for CUT_SECONDS. Whatever the mode, the
+    clients on it must leave it while the cut lasts: w0 does tasks on the majority side and
+    the emitter publishes all its rows there, before the heal."""
+    cluster.set_mode(mode)
+    queue = f"cut_{mode}_{uuid.uuid4().hex[:6]}"
+    first = emit(cluster, queue, [f"p {n}." for n in range(400)], logs)
+    processes, outs = workers(cluster, queue, logs, tmp_path)
+    wait_for(lambda: sum(done_counts(*outs).values()) >= 40, timeout=60, what="work under way")
+    cut_off = cluster.nodes[0]
+    cluster.cut(cut_off)
+    print(f"cut {cut_off.node} at {time.strftime('%H:%M:%S')}")  # for reading the outputs
+    healed = False
+    try:
+        emitter_out = tmp_path / "e.out"
+        emitter = start_emitter(cluster, queue, [f"e {n}." for n in range(1200)], logs,
+                                emitter_out)
+        time.sleep(AFTER_CUT)  # the tasks w0 had in hand at the cut are over by then
+        at_cut = done_counts(*outs)
+        time.sleep(CUT_SECONDS - AFTER_CUT)
+        in_cut = done_counts(*outs)
+        emitter_ended_in_cut = emitter.poll()
+        cluster.heal()
+        healed = True
+        print(f"healed at {time.strftime('%H:%M:%S')}")
+        cluster.wait_whole(restart=cut_off if mode == "ignore" else None)
+        end_all([*processes, emitter], [*outs, emitter_out])
+    finally:
+        if not healed:
+            cluster.heal()
+    second = run_id_of(emitter_out)
+    at_end = done_counts(*outs)
+    assert emitter_ended_in_cut == 0, ("the emitter left the cut-off node and published "
+                                       "everything while the cut lasted",
+                                       emitter_out.read_text()[-1500:])
+    assert in_cut["w0"] > at_cut["w0"], ("w0 left the cut-off node and did tasks while the "
+                                         "cut lasted", at_cut, in_cut,
+                                         outs[0].read_text()[-2000:])
+    assert all(at_end[f"w{n}"] > at_cut[f"w{n}"] for n in range(3)), (at_cut, at_end)
+    all_done_once(queue, cluster.nodes[1].url, {first: 400, second: 1200})
+    assert queue_state(queue, cluster.nodes[1].url) == (0, 0)
+
+
+def test_a_partition_heals_mid_run(cluster, logs, tmp_path):
+    """Node 1 is cut off for 25 s in ``ignore`` mode (nothing pauses: both sides keep going)
+    and the network heals while 1,200 tasks are being worked on. The run goes on after the
+    heal: every worker does tasks afterwards, every task is recorded done once."""
+    cluster.set_mode("ignore")
+    queue = f"heal_{uuid.uuid4().hex[:6]}"
+    run = emit(cluster, queue, [f"h {n}.." for n in range(1500)], logs, first=2)
+    processes, outs = workers(cluster, queue, logs, tmp_path, idle="10")
+    wait_for(lambda: sum(done_counts(*outs).values()) >= 40, timeout=60, what="work under way")
+    cut_off = cluster.nodes[1]
+    cluster.cut(cut_off)
+    try:
+        time.sleep(25)
+    finally:
+        cluster.heal()
+    at_heal = done_counts(*outs)
+    try:
+        end_all(processes, outs)
+        at_end = done_counts(*outs)
+        assert all(at_end[f"w{n}"] > at_heal[f"w{n}"] for n in range(3)), (at_heal, at_end)
+        all_done_once(queue, cluster.nodes[0].url, {run: 1500})
+        assert queue_state(queue, cluster.nodes[0].url) == (0, 0)
+    finally:
+        cluster.wait_whole(restart=cut_off)
+
+
+def test_a_worker_paused_longer_than_its_heartbeat_goes_on(cluster, logs, tmp_path):
+    """w0 is SIGSTOPped for 15 s with a 2 s heartbeat: the broker closes its connections and
+    gives its task in hand to w1. Continued, w0 finds its connections gone, stops that work,
+    reconnects and goes on: no task acked twice (an unknown delivery tag would close the
+    channel with 406), none lost."""
+    cluster.set_mode("pause_minority")
+    queue = f"sigstop_{uuid.uuid4().hex[:6]}"
+    run = emit(cluster, queue, [f"s {n}.." for n in range(500)], logs, first=1)
+    outs = [tmp_path / f"w{n}.out" for n in range(2)]
+    processes = [start_worker("--queue", queue, *urls(cluster, 1), "--name", f"w{n}",
+                              "--seconds-per-dot", "0.05", "--exit-when-idle", "10",
+                              "--heartbeat", "2", log_dir=logs, out=out)
+                 for n, out in enumerate(outs)]
+    wait_for(lambda: done_counts(*outs)["w0"] >= 20, timeout=60, what="w0 at work")
+    paused = processes[0]
+    os.kill(paused.pid, signal.SIGSTOP)
+    try:
+        time.sleep(15)
+        at_pause = done_counts(*outs)
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+    end_all(processes, outs)
+    at_end = done_counts(*outs)
+    text = outs[0].read_text()
+    assert at_end["w0"] > at_pause["w0"], ("w0 worked after it was continued", text[-2000:])
+    assert at_end["w1"] > at_pause["w1"]
+    assert "connected again" in text, "w0 reconnected"
+    for out in outs:
+        text = out.read_text()
+        assert "PRECONDITION_FAILED" not in text and "unknown delivery tag" not in text, text
+    all_done_once(queue, cluster.nodes[0].url, {run: 500})
+    assert queue_state(queue, cluster.nodes[0].url) == (0, 0)
+
+
+def test_a_paused_broker_node(cluster, logs, tmp_path):
+    """Node 0's Erlang VM is SIGSTOPped for 30 s (its sockets stay open, it answers nothing)
+    under three workers, w0 first on it, then continued. w0 must leave it and work on the
+    others meanwhile; afterwards the cluster is whole again and every worker works."""
+    cluster.set_mode("pause_minority")
+    queue = f"vmstop_{uuid.uuid4().hex[:6]}"
+    run = emit(cluster, queue, [f"v {n}.." for n in range(1500)], logs, first=0)
+    processes, outs = workers(cluster, queue, logs, tmp_path, "--heartbeat", "4", idle="10")
+    wait_for(lambda: sum(done_counts(*outs).values()) >= 40, timeout=60, what="work under way")
+    paused = cluster.nodes[0]
+    cluster.pause(paused)
+    try:
+        time.sleep(AFTER_CUT)
+        at_pause = done_counts(*outs)
+        time.sleep(30 - AFTER_CUT)
+        in_pause = done_counts(*outs)
+    finally:
+        cluster.resume(paused)
+    at_resume = done_counts(*outs)
+    try:
+        end_all(processes, outs)
+    finally:
+        cluster.wait_whole(restart=paused)
+    at_end = done_counts(*outs)
+    assert in_pause["w0"] > at_pause["w0"], ("w0 left the paused node",
+                                             outs[0].read_text()[-2000:])
+    assert all(at_end[f"w{n}"] > at_resume[f"w{n}"] for n in range(3)), (at_resume, at_end)
+    all_done_once(queue, cluster.nodes[1].url, {run: 1500})
+    assert queue_state(queue, cluster.nodes[1].url) == (0, 0)
