@@ -4,7 +4,7 @@
 * memory: what the dashboard keeps as it reads the results record (the live state and the
   totals behind /metrics and the runs page), at 10k, 100k and 1M records: it must stay flat;
 * the first page of a 100k-task run's table (one row per task, paged), read from the run's
-  local copy as the server does, against the baseline of writing the same run's CSV
+  copy as the server keeps it, against the baseline of writing the same run's CSV
   (``task_report.py --csv``) in the same run.
 
     python bench/web.py [--write]      # --write: bench/web.md
@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -21,10 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from taskqueue.broker.config import QueueSpec
-from taskqueue.results.history import History
 from taskqueue.results.table import write_tasks_file
 from taskqueue.views.live import LiveState
+from taskqueue.web.copies import RunCopies
 from taskqueue.web.runs import RunPages
 from taskqueue.web.totals import RecordTotals
 
@@ -64,17 +62,15 @@ def memory() -> list[tuple[int, float]]:
 
 def first_page(tasks: int) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory() as directory:
-        spec = QueueSpec("bench")
-        cache = Path(directory) / "bench.runs"
-        cache.mkdir()
-        with open(cache / f"{RUN}.jsonl", "w", encoding="utf-8") as copy:
-            for n in range(tasks):
-                copy.write(json.dumps(record(n, RUN)) + "\n")
-        history = History(None, spec, Path(directory))  # offline: the local copy only
+        copies = RunCopies(Path(directory), "bench")
+        copies.start()
+        for start in range(0, tasks, 1000):  # as the feed adds them: a stream message a time
+            copies.add([record(n, RUN) for n in range(start, min(tasks, start + 1000))])
+        copies.close(remove=False)
+        pages = RunPages(copies, "bench")
         started = time.perf_counter()
-        write_tasks_file(Path(directory) / "all.csv", RUN, history.run_records(RUN))
+        write_tasks_file(Path(directory) / "all.csv", RUN, pages.records(RUN))
         baseline = time.perf_counter() - started
-        pages = RunPages(history)
         started = time.perf_counter()
         page = pages.page(RUN)
         cold = time.perf_counter() - started
@@ -105,9 +101,10 @@ def main() -> int:
               f"| then page 2 of its dead tasks | {filtered:.3f} | "
               f"{filtered / baseline:.3f}x |",
               f"| a text search over its tasks | {searched:.2f} | {searched / baseline:.2f}x |",
-              "", "The first page reads the run's local copy once (the index: per task, where "
-              "its deciding record is); every later page reads its own 50 records. Reading the "
-              "run from the broker into that copy comes before, once per run (bench/records.md)."]
+              "", "The first page reads the run's copy once (the index: per task, where its "
+              "deciding record is); every later page reads its own 50 records. The server's "
+              "feed writes the copy as it reads the results stream: a page never reads the "
+              "broker."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:

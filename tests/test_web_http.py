@@ -108,7 +108,8 @@ def test_control_is_post_only_with_a_csrf_token_from_our_origin_and_a_ticket_act
                      origin="http://evil.example")[0] == 403, "another site's form"
     assert form_post(dashboard, "/control", fields, cookies=cookies, xsrf=xsrf,
                      origin=None)[0] == 403, "no origin at all"
-    assert form_post(dashboard, "/control", fields, xsrf=xsrf)[0] in (401, 403), "no login"
+    assert form_post(dashboard, "/control", fields, xsrf="0123abcd",
+                     cookies="_xsrf=0123abcd")[0] == 401, "a CSRF pair of its own, no login"
     assert control_commands(queue) == [], "nothing refused changed anything"
     first = form_post(dashboard, "/control", fields, cookies=cookies, xsrf=xsrf)
     second = form_post(dashboard, "/control", fields, cookies=cookies, xsrf=xsrf)
@@ -116,7 +117,8 @@ def test_control_is_post_only_with_a_csrf_token_from_our_origin_and_a_ticket_act
     assert second[0] == 200 and b'"again": true' in second[1], second
     assert [c["command"] for c in control_commands(queue)] == ["pause"], "once, not twice"
     said = dashboard.out.read_text()
-    assert re.search(r"dashboard control by token from 127\.0\.0\.1: paused queue", said), said
+    assert re.search(r"dashboard control by token from 127\.0\.0\.1: pause -> paused queue",
+                     said), said
 
 
 def test_metrics_follow_the_conventions_and_a_gone_workers_series_go(dashboard, queue, logs,
@@ -179,7 +181,7 @@ def test_ten_live_pages_cost_the_broker_what_one_does(dashboard):
         streams.append((connection, response))
     for _connection, response in streams:  # each gets the snapshots
         while not (line := response.readline()).startswith(b"data:"):
-            pass
+            assert line, "the stream ended"
         assert b'"queue"' in line
     assert dashboard_connections(pid) == 1, "ten pages, still one connection to the broker"
     for connection, _response in streams:
@@ -234,6 +236,51 @@ def test_with_an_auth_file_the_browser_logs_in_and_scripts_use_basic(queue, tmp_
         assert board.request("GET", "/metrics", headers={"Authorization": wrong_basic})[0] == 401
     finally:
         board.stop()
+
+
+def test_a_record_it_cannot_read_is_skipped_and_the_dashboard_goes_on(dashboard, queue):
+    """A stranger's record in the results stream (a number that is not one) is one log line;
+    the records after it are still counted (before: the reader stalled on it for good)."""
+    import json
+
+    import pika
+
+    from taskqueue.broker.config import QueueSpec
+    from taskqueue.results.record import stream_arguments
+
+    connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+    channel = connection.channel()
+    channel.queue_declare(QueueSpec(queue).results_name, durable=True,
+                          arguments=stream_arguments())
+    channel.confirm_delivery()
+    bad = {"kind": "task", "id": "bad-1", "run_id": "r", "outcome": "done", "started": "soon",
+           "finished": [1], "seconds": "long"}
+    good = {"kind": "task", "id": "good-1", "run_id": "r", "outcome": "done", "started": 1.0,
+            "finished": 2.0, "seconds": 1.0}
+    for record in (bad, good):
+        channel.basic_publish("", QueueSpec(queue).results_name, json.dumps([record]).encode())
+    connection.close()
+
+    def done() -> float | None:
+        _status, _headers, body = dashboard.request("GET", "/metrics")
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if sample.name == "taskqueue_tasks_total" and sample.labels["outcome"] == "done":
+                    return sample.value
+        return None
+
+    wait_for(lambda: done() == 1, timeout=30, what="the good record counted")
+    assert json.loads(dashboard.request("GET", "/live.json")[2])["problem"] is None
+    assert "skipped a record it cannot read" in dashboard.out.read_text()
+
+
+def test_after_login_only_a_path_of_ours_is_followed():
+    from taskqueue.web.app import local_path
+
+    for bad in ("//evil.example/x", "/\\evil.example/x", "http://evil.example/",
+                "javascript:alert(1)", "/\tx", "evil"):
+        assert local_path(bad) == "/", bad
+    assert local_path("/runs/r1?x=1") == "/runs/r1?x=1"
 
 
 # --- the pure parts ----------------------------------------------------------------------------

@@ -87,6 +87,12 @@ def parse_args() -> argparse.Namespace:
         parser.error("--until-done needs --watch")
     if (args.auth_file or args.no_browser or args.bind != DEFAULT_BIND) and not args.serve:
         parser.error("--bind, --auth-file and --no-browser go with --serve")
+    clashing = [flag for flag, given in (("--watch", args.watch), ("--offline", args.offline),
+                                         ("--csv", args.csv), ("--list", args.list),
+                                         ("--status", args.status), ("--run", args.run))
+                if given]
+    if args.serve and clashing:
+        parser.error(f"--serve shows everything itself; leave out {', '.join(clashing)}")
     return args
 
 

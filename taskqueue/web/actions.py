@@ -63,20 +63,26 @@ class ControlDesk:
     def perform(self, ticket_id: str, who: str) -> dict:
         with self._lock:
             ticket = self._tickets.get(ticket_id)
-            if ticket is None:
+            if ticket is None or (ticket.answer is None and not ticket.running
+                                  and time.monotonic() - ticket.made > TICKET_SECONDS):
                 return {"ok": False, "summary": "this confirmation has expired: ask again"}
             if ticket.answer is not None or ticket.running:
                 answer = dict(ticket.answer or {"ok": True, "summary": "being done"})
                 answer["again"] = True  # done once already: nothing more
                 return answer
             ticket.running = True
+        answer = {"ok": False, "summary": "failed (see the dashboard's log)"}
         try:
             answer = {"ok": True, "summary": self._do(ticket)}
         except UserError as exc:
             answer = {"ok": False, "summary": str(exc)}
-        with self._lock:
-            ticket.answer, ticket.running = answer, False
-        self.log.info("dashboard control by %s: %s", who, answer["summary"])
+        except Exception:  # a lost connection mid-action: said, never a stuck ticket
+            self.log.exception("dashboard control by %s: %s failed", who, asked(ticket))
+        finally:
+            with self._lock:
+                ticket.answer, ticket.running = answer, False
+        self.log.info("dashboard control by %s: %s -> %s", who, asked(ticket),
+                      answer["summary"])
         return answer
 
     def _do(self, ticket: Ticket) -> str:
@@ -111,6 +117,15 @@ def question(action: str, count: int, *, run: str | None = None, worker: str | N
     if action == "stop":
         return f"Stop worker {worker}?" if worker else f"Stop all {count} worker(s)?"
     return f"{action.capitalize()} {count} worker(s)?"
+
+
+def asked(ticket: Ticket) -> str:
+    """What was asked for, as the log line says it."""
+    words = [ticket.action]
+    words += [f"--run {ticket.run}"] if ticket.run else []
+    words += [f"--name {ticket.worker}"] if ticket.worker else []
+    words += [f"--reason {ticket.reason!r}"] if ticket.reason else []
+    return " ".join(words)
 
 
 def describe(ticket: Ticket, queue: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -44,6 +45,7 @@ COOKIE = "taskqueue_session"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 RUN_ID = r"([A-Za-z0-9_.:-]{1,100})"
+FAILED_WAIT = 1.0  # seconds a wrong token, password or Basic header waits for its answer
 
 
 class Base(tornado.web.RequestHandler):
@@ -67,7 +69,7 @@ class Base(tornado.web.RequestHandler):
         cookie = self.get_signed_cookie(COOKIE, max_age_days=7)
         return cookie.decode() if cookie else None
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         if self.current_user:
             return
         token = self.get_query_argument("token", None)
@@ -75,6 +77,10 @@ class Base(tornado.web.RequestHandler):
             self.set_signed_cookie(COOKIE, "token", httponly=True, samesite="Strict")
             self.redirect(self.request.path)  # the token leaves the address bar
             return
+        if self.request.headers.get("Authorization") or token is not None:
+            self.settings["log"].warning("dashboard: wrong credentials from %s for %s",
+                                         self.request.remote_ip, self.request.path)
+            await tornado.gen.sleep(FAILED_WAIT)  # guessing is slow, by any door
         self.refuse()
 
     def refuse(self) -> None:
@@ -83,8 +89,9 @@ class Base(tornado.web.RequestHandler):
             self.redirect("/login?next=" + tornado.escape.url_escape(self.request.uri))
             return
         self.set_status(401)
-        if self.access.login:
-            self.set_header("WWW-Authenticate", 'Basic realm="taskqueue"')
+        if self.access.login and "basic" in self.request.headers.get("Authorization",
+                                                                     "").lower():
+            self.set_header("WWW-Authenticate", 'Basic realm="taskqueue"')  # a script's retry
         self.finish("the dashboard needs its token (open the address task_report.py --serve "
                     "printed) or a login\n" if not self.access.login else "log in first\n")
 
@@ -95,6 +102,16 @@ class Base(tornado.web.RequestHandler):
         ours = f"{self.request.protocol}://{self.request.host}"
         if not origin or f"{urlsplit(origin).scheme}://{urlsplit(origin).netloc}" != ours:
             raise tornado.web.HTTPError(403, "cross-origin request refused")
+
+    def write_error(self, status_code: int, **kwargs: object) -> None:
+        """Errors as one JSON line for the page's script (no traceback, no HTML)."""
+        reason = self._reason
+        info = kwargs.get("exc_info")
+        if info and isinstance(info[1], tornado.web.HTTPError) and info[1].log_message:
+            reason = info[1].log_message % info[1].args if info[1].args else \
+                info[1].log_message
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"ok": False, "error": reason}))
 
     def page(self, template: str, **values: object) -> None:
         self.render(template, queue=self.settings["feed"].spec.name, **values)
@@ -108,8 +125,12 @@ class Base(tornado.web.RequestHandler):
         return self.settings["runs"]
 
     async def blocking(self, function, *args):
-        """Run *function* (which talks to the broker) off the server's thread."""
-        return await tornado.ioloop.IOLoop.current().run_in_executor(None, function, *args)
+        """Run *function* (it reads files) off the server's thread."""
+        try:
+            return await tornado.ioloop.IOLoop.current().run_in_executor(
+                self.settings["readers"], function, *args)
+        except UserError as exc:
+            raise tornado.web.HTTPError(503, "%s", str(exc)) from None
 
 
 class Health(tornado.web.RequestHandler):
@@ -163,7 +184,7 @@ class RunPage(Base):
 
 class RunTasks(Base):
     async def get(self, run_id: str) -> None:
-        page = _int(self.get_query_argument("page", "1"), 1)
+        page = max(1, _int(self.get_query_argument("page", "1"), 1))
         self.json(await self.blocking(self.runs.page, run_id,
                                       self.get_query_argument("outcome", ""),
                                       self.get_query_argument("q", "")[:200], page))
@@ -211,7 +232,7 @@ class ControlPreview(Base):
             self.json(self.settings["desk"].preview(action, count, run=run, worker=worker,
                                                     reason=reason))
         except UserError as exc:
-            raise tornado.web.HTTPError(400, str(exc)) from None
+            raise tornado.web.HTTPError(400, "%s", str(exc)) from None
 
     def _count(self, action: str, run: str | None, worker: str | None,
                reason: str | None) -> int:
@@ -237,7 +258,9 @@ class Control(Base):
     async def post(self) -> None:
         who = f"{self.current_user} from {self.request.remote_ip}"
         ticket = self.get_body_argument("ticket", "")
-        self.json(await self.blocking(self.settings["desk"].perform, ticket, who))
+        # The buttons have threads of their own: a slow page read never holds up a Pause.
+        self.json(await tornado.ioloop.IOLoop.current().run_in_executor(
+            self.settings["controls"], self.settings["desk"].perform, ticket, who))
 
 
 class Metrics(Base):
@@ -258,13 +281,14 @@ class Login(Base):
     async def post(self) -> None:
         user = self.get_body_argument("user", "")
         if not self.access.password_ok(user, self.get_body_argument("password", "")):
-            await tornado.gen.sleep(1.0)  # guessing is slow
+            self.settings["log"].warning("dashboard: failed login from %s",
+                                         self.request.remote_ip)
+            await tornado.gen.sleep(FAILED_WAIT)  # guessing is slow
             self.set_status(403)
             self.page("login.html", title="log in", failed=True, next="/")
             return
         self.set_signed_cookie(COOKIE, user, httponly=True, samesite="Strict")
-        target = self.get_body_argument("next", "/")
-        self.redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+        self.redirect(local_path(self.get_body_argument("next", "/")))
 
 
 class Static(Base, tornado.web.StaticFileHandler):
@@ -272,7 +296,8 @@ class Static(Base, tornado.web.StaticFileHandler):
 
 
 def make_app(*, feed: DashboardFeed, hub: Hub, runs: RunPages, desk: ControlDesk,
-             access: Access, registry, cookie_secret: str) -> tornado.web.Application:
+             access: Access, registry, cookie_secret: str,
+             log: logging.Logger) -> tornado.web.Application:
     routes = [
         (r"/", LivePage), (r"/live\.json", LiveJson), (r"/stream", Stream),
         (r"/runs", RunsPage), (rf"/runs/{RUN_ID}", RunPage),
@@ -286,7 +311,19 @@ def make_app(*, feed: DashboardFeed, hub: Hub, runs: RunPages, desk: ControlDesk
         routes, template_path=str(HERE / "templates"), xsrf_cookies=True,
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"},
         cookie_secret=cookie_secret, feed=feed, hub=hub, runs=runs, desk=desk, access=access,
-        registry=registry, autoescape="xhtml_escape", log_function=_quiet_log)
+        registry=registry, autoescape="xhtml_escape", log_function=_quiet_log, log=log,
+        readers=ThreadPoolExecutor(4, thread_name_prefix="page"),
+        controls=ThreadPoolExecutor(2, thread_name_prefix="control"))
+
+
+def local_path(target: str) -> str:
+    """*target* if it is a path on this server, else "/" (no open redirect: not //host,
+    /\\host, a scheme, or control characters)."""
+    parts = urlsplit(target)
+    if (not target.startswith("/") or parts.scheme or parts.netloc or "\\" in target
+            or target.startswith("//") or any(ord(c) < 32 for c in target)):
+        return "/"
+    return target
 
 
 def _quiet_log(handler: tornado.web.RequestHandler) -> None:

@@ -2,7 +2,8 @@
 
 It does what ``task_report.py --watch`` does (watch.py), for everyone at once: a queue of its
 own bound to the ``<queue>.events`` exchange (the workers' snapshots), the results stream read
-from its first record and then followed (totals, runs, the live run), and once a second the
+from its first record and then followed (totals, runs, the live run, and each run's copy for
+the run pages: copies.py), and once a second the
 queue's counts by passive declares (nothing published: it keeps working during an alarm). The
 web handlers read ``view()`` under the lock; they never touch the broker for the live page.
 
@@ -13,6 +14,7 @@ on from the offset after the last record read, so nothing is counted twice or mi
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -28,9 +30,10 @@ from taskqueue.views.events import decode_events
 from taskqueue.views.live import LiveState, QueueCounts
 from taskqueue.views.store import passive_counts
 from taskqueue.views.watch import VIEW_QUEUE_LIMIT
+from taskqueue.web.copies import RunCopies
 from taskqueue.web.totals import RecordTotals
 
-GONE_AFTER = 4.5  # two snapshot intervals (2 s) and a little: a killed worker shows as gone
+GONE_AFTER = 4.0  # two snapshot intervals (2 s): a killed worker shows as gone
 RECONNECT_SECONDS = 2.0
 FORGET_AFTER = 600.0  # a worker not heard from this long leaves the page (and /metrics)
 
@@ -40,32 +43,53 @@ class DashboardFeed:
     from the broker, in a thread of its own, until ``stop()``."""
 
     def __init__(self, settings: BrokerSettings, spec: QueueSpec, log: logging.Logger,
-                 interval: float = 1.0) -> None:
+                 copies: RunCopies, interval: float = 1.0) -> None:
         self.settings, self.spec, self.log, self.interval = settings, spec, log, interval
+        self.copies = copies
         self.state = LiveState(spec.name, gone_after=GONE_AFTER)
         self.totals = RecordTotals()
         self.lock = threading.Lock()
         self.connected = False
         self.problem: str | None = None  # why the feed is not connected, for the page
-        self.connections = 0  # opened so far (a test checks that tabs do not add any)
+        self.connections = 0  # opened so far
+        self.bad_records = 0  # records that could not be read (skipped, logged)
         self._next_offset: int | None = None  # the stream offset after the last record read
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dashboard-feed", daemon=True)
 
     def start(self) -> None:
+        self.copies.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
         self._thread.join(timeout=10)
+        self.copies.close()
+
+    def latest_run(self) -> str:
+        """The run shown live, else the newest recorded."""
+        with self.lock:
+            runs = self.totals.run_list()
+            return self.state.run_id or (runs[0]["run"] if runs else "")
+
+    def seen(self, run_id: str) -> int:
+        with self.lock:
+            return self.totals.seen(run_id)
 
     # --- the thread ------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() or not self._thread.ident  # not started is not dead
+
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
                 connection = open_blocking(self.settings)
             except UserError as exc:  # unreachable, refused: said on the page and in the log
                 self._lost(str(exc))
+                continue
+            except Exception as exc:  # whatever it is, the page says so and we try again
+                self._lost(f"cannot connect to the broker ({exc!r})")
                 continue
             self.connections += 1
             try:
@@ -76,7 +100,7 @@ class DashboardFeed:
                 self.log.exception("dashboard: the broker reader failed")
                 self._lost(f"the broker reader failed ({exc!r})")
             finally:
-                with contextlib.suppress(pika.exceptions.AMQPError):
+                with contextlib.suppress(pika.exceptions.AMQPError, OSError):
                     if connection.is_open:
                         connection.close()
                 self.connected = False
@@ -135,10 +159,20 @@ class DashboardFeed:
 
     def _on_record(self, channel, method, properties: pika.BasicProperties, body: bytes) -> None:
         records = [r for r in decode_group(body) if kind_of(r) != "mark"]
+        try:
+            self.copies.add(records)  # before the totals count them: pages never lag /metrics
+        except OSError as exc:
+            self.log.warning("dashboard: cannot keep the run pages' copy (%s)", exc)
         with self.lock:
             for record in records:
-                self.state.feed(record)
-                self.totals.add(record)
+                try:
+                    self.state.feed(record)
+                    self.totals.add(record)
+                except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                    self.bad_records += 1  # a stranger's record: skipped, never a stall
+                    if self.bad_records <= 3:
+                        self.log.warning("dashboard: skipped a record it cannot read (%r): "
+                                         "%.200s", exc, json.dumps(record, default=str))
             offset = (properties.headers or {}).get("x-stream-offset")
             if isinstance(offset, int):
                 self._next_offset = offset + 1

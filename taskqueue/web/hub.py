@@ -36,8 +36,10 @@ class Hub:
         self._timer.stop()
 
     def refresh(self) -> None:
+        problem = self.feed.problem if self.feed.alive else \
+            "the dashboard's broker reader stopped (see its log); restart the dashboard"
         with self.feed.lock:
-            snapshot = live_json(self.feed.state, time.time(), self.feed.problem)
+            snapshot = live_json(self.feed.state, time.time(), problem)
         self._text = json.dumps(snapshot, ensure_ascii=False)
         self.version += 1
         self._changed.notify_all()

@@ -20,35 +20,48 @@ class RunIndex:
 
     def __init__(self, path: Path, run_id: str) -> None:
         self.path, self.run_id = path, run_id
-        best: dict[object, list[int]] = {}  # task -> [rank, offset, attempts]
+        self._best: dict[object, list[int]] = {}  # task -> [rank, offset, attempts]
+        self._end = 0  # the copy is read up to here
+        self.offsets, self.ranks, self.attempts = array("Q"), b"", array("I")
+        self.update()
+
+    def update(self) -> None:
+        """Read what the copy gained since the last look (it only grows)."""
+        if not self.path.exists():
+            return
         decode = json.JSONDecoder().raw_decode  # json.loads without its per-call checks
-        with open(path, "rb") as copy:
-            offset = 0
+        with open(self.path, "rb") as copy:
+            copy.seek(self._end)
+            offset = self._end
             for line in copy:
+                if not line.endswith(b"\n"):
+                    break  # still being written: next time
                 here, offset = offset, offset + len(line)
-                if b'"outcome"' not in line:
-                    continue  # run notes and worker totals: not a task (a cheap test first)
-                try:
-                    record = decode(line.decode("utf-8"))[0]
-                except ValueError:  # UnicodeDecodeError is one
-                    continue  # a torn line from a crash
-                if not isinstance(record, dict) or (record.get("kind") or "task") != "task" \
-                        or (record.get("run_id") or "") != run_id:
-                    continue
-                rank = RANK.get(record.get("outcome") or "done", 0)
-                attempt = int(record.get("attempt") or 1)
-                key = _key(record)
-                entry = best.get(key)
-                if entry is None:
-                    best[key] = [rank, here, attempt]
-                    continue
-                if rank > entry[0]:
-                    entry[0], entry[1] = rank, here
-                entry[2] = max(entry[2], attempt)
-        ordered = sorted(best.values(), key=lambda entry: entry[1])
+                if b'"outcome"' in line:  # run notes and worker totals are not tasks
+                    self._add(decode, line, here)
+            self._end = offset
+        ordered = sorted(self._best.values(), key=lambda entry: entry[1])
         self.offsets = array("Q", (entry[1] for entry in ordered))
         self.ranks = bytes(entry[0] for entry in ordered)
         self.attempts = array("I", (min(entry[2], 2**32 - 1) for entry in ordered))
+
+    def _add(self, decode, line: bytes, here: int) -> None:
+        try:
+            record = decode(line.decode("utf-8"))[0]
+        except ValueError:  # a torn line (UnicodeDecodeError is a ValueError too)
+            return
+        if not isinstance(record, dict) or (record.get("kind") or "task") != "task" \
+                or (record.get("run_id") or "") != self.run_id:
+            return
+        rank = RANK.get(record.get("outcome") or "done", 0)
+        attempt = int(record.get("attempt") or 1)
+        entry = self._best.get(_key(record))
+        if entry is None:
+            self._best[_key(record)] = [rank, here, attempt]
+            return
+        if rank > entry[0]:
+            entry[0], entry[1] = rank, here
+        entry[2] = max(entry[2], attempt)
 
     @property
     def tasks(self) -> int:

@@ -50,13 +50,13 @@ class FeedCollector:
 
     def collect(self) -> Iterator[Metric]:
         feed, queue = self.feed, self.feed.spec.name
-        with feed.lock:
-            yield from self._tasks(queue)
-            yield from self._queue(queue, time.time())
-            yield from self._workers(queue, time.time())
+        with feed.lock:  # made whole under the lock, handed out after it
+            made = [*self._tasks(queue), *self._queue(queue, time.time()),
+                    *self._workers(queue, time.time())]
+        yield from made
         up = GaugeMetricFamily("taskqueue_dashboard_up", "1 while the dashboard reads the "
                                "broker", labels=["queue"])
-        up.add_metric([queue], 1.0 if feed.connected else 0.0)
+        up.add_metric([queue], 1.0 if feed.connected and feed.alive else 0.0)
         yield up
         yield _gauge("taskqueue_dashboard_live_pages", "Live pages open", queue, self.pages())
 
@@ -64,8 +64,10 @@ class FeedCollector:
         totals = self.feed.totals
         tasks = CounterMetricFamily("taskqueue_tasks", "Task attempts recorded, by outcome",
                                     labels=["queue", "outcome"])
-        for outcome in sorted(set(OUTCOMES) | set(totals.outcomes)):
+        other = sum(n for outcome, n in totals.outcomes.items() if outcome not in OUTCOMES)
+        for outcome in OUTCOMES:  # a fixed set: a stranger's outcome is "other"
             tasks.add_metric([queue, outcome], totals.outcomes[outcome])
+        tasks.add_metric([queue, "other"], other)
         yield tasks
         yield _histogram("taskqueue_task_duration_seconds", "How long attempts ran",
                          queue, totals.duration)

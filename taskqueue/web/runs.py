@@ -1,11 +1,11 @@
 """The history pages' data: one run's tasks (paged, filtered), a task's attempts, the dead tasks
-by reason, the timeline picture and the CSV, all from the results record (results/history.py:
-the run is read from the stream into a local copy, which the pages then read).
+by reason, the timeline picture and the CSV, all from the results record as the feed copied
+it (copies.py): a page reads a file, never the broker.
 
 Never from the queues: dead tasks are counted and shown from their records, not by taking
-them out of ``<queue>.dead`` to look. A run is read again only when the dashboard's feed has
-seen new records of it since (``seen(run)``), and then at most every ``FRESH_SECONDS``. One
-thread at a time reads a run (a lock): ten tabs on it read it once.
+them out of ``<queue>.dead`` to look. A run's index (index.py) is read on when the feed has
+seen new records of the run since (``seen(run)``), at most every ``FRESH_SECONDS``; one
+thread at a time per run (a lock), so ten tabs on one run read it once.
 """
 
 from __future__ import annotations
@@ -17,69 +17,59 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from taskqueue.results.history import History
 from taskqueue.results.record import kind_of
 from taskqueue.results.table import task_rows
 from taskqueue.views.report import RunReport
+from taskqueue.web.copies import RunCopies, read_copy
 from taskqueue.web.index import RunIndex
+from taskqueue.worker.policy import MAX_REASON  # what a dead copy's x-death-reason keeps
 
-FRESH_SECONDS = 2.0
+FRESH_SECONDS = 1.0
 PAGE_SIZE = 50
 EXAMPLES = 5  # dead tasks shown per reason
-OUTCOMES = ("done", "failed", "dead", "cancelled")
 
 
 @dataclass
-class CachedRun:
-    records: Callable[[], Iterable[dict]] | None = None
+class CachedIndex:
+    index: RunIndex | None = None
     read_at: float = 0.0
-    seen: int = -1  # the feed's count of the run's records when it was read
-    index: RunIndex | None = None  # built on the first page asked for, per reading
+    seen: int = -1  # the feed's count of the run's records when the index was read on
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class RunPages:
     """A run's pages for the web view; every method may block (call it from a thread)."""
 
-    def __init__(self, history: History, seen: Callable[[str], int] | None = None) -> None:
-        self.history = history
+    def __init__(self, copies: RunCopies, queue: str, seen: Callable[[str], int] | None = None,
+                 latest: Callable[[], str] | None = None) -> None:
+        self.copies, self.queue = copies, queue
         self.seen = seen or (lambda _run: 0)  # records of a run read so far by the feed
-        self._runs: dict[str, CachedRun] = defaultdict(CachedRun)
+        self.latest = latest or (lambda: "")
+        self._runs: dict[str, CachedIndex] = defaultdict(CachedIndex)
         self._guard = threading.Lock()
 
-    def latest(self) -> str:
-        return self.history.latest_run() or ""
-
     def records(self, run_id: str) -> Callable[[], Iterable[dict]]:
+        path = self.copies.path(run_id)
+        return lambda: read_copy(path)
+
+    def index(self, run_id: str) -> RunIndex:
         with self._guard:
             cached = self._runs[run_id]
         with cached.lock:
             seen = self.seen(run_id)
-            grown = seen != cached.seen and time.monotonic() - cached.read_at > FRESH_SECONDS
-            if cached.records is None or grown:
-                cached.records = self.history.run_records(run_id)
-                cached.read_at, cached.seen, cached.index = time.monotonic(), seen, None
-            return cached.records
-
-    def index(self, run_id: str) -> RunIndex | None:
-        """The run's index, when all of it is in its local copy (not for runs of versions
-        before 0.4, whose records are in the old events file)."""
-        self.records(run_id)
-        path = self.history.copy_path(run_id)
-        if self.history.legacy.path.exists() or not path.exists():
-            return None
-        with self._guard:
-            cached = self._runs[run_id]
-        with cached.lock:
             if cached.index is None:
-                cached.index = RunIndex(path, run_id)
+                cached.index = RunIndex(self.copies.path(run_id), run_id)
+                cached.read_at, cached.seen = time.monotonic(), seen
+            elif seen != cached.seen and time.monotonic() - cached.read_at > FRESH_SECONDS:
+                cached.index.update()
+                cached.read_at, cached.seen = time.monotonic(), seen
             return cached.index
 
     def page(self, run_id: str, outcome: str = "", text: str = "", page: int = 1,
              size: int = PAGE_SIZE) -> dict:
         """One page of the run's tasks (one row per task, as the CSV has them)."""
-        index = self.index(run_id) if not text.strip() else None
-        if index is not None:  # the common case, quick however big the run
+        if not text.strip():  # the common case, quick however big the run
+            index = self.index(run_id)
             positions = index.positions(outcome)
             skip = (max(1, page) - 1) * size
             return {"run": run_id, "tasks": index.tasks, "counts": index.counts(),
@@ -123,7 +113,7 @@ class RunPages:
         for row in rows:
             if row["outcome"] != "dead":
                 continue
-            reason = row["result_or_error"] or ""
+            reason = (row["result_or_error"] or "")[:MAX_REASON]  # what the dead copy holds
             shape = reason_shape(reason)
             group = groups.setdefault(shape, {"reason": shape, "filter": reason_filter(reason),
                                               "count": 0, "examples": []})
@@ -140,10 +130,10 @@ class RunPages:
         _table, rows = task_rows(run_id, self.records(run_id))
         needle = text.lower()
         return sum(1 for row in rows if row["outcome"] == "dead"
-                   and needle in (row["result_or_error"] or "").lower())
+                   and needle in (row["result_or_error"] or "")[:MAX_REASON].lower())
 
     def svg(self, run_id: str) -> str:
-        return RunReport(self.records(run_id)(), run_id, self.history.spec.name).svg()
+        return RunReport(self.records(run_id)(), run_id, self.queue).svg()
 
     def csv_lines(self, run_id: str) -> Iterator[str]:
         import csv

@@ -10,18 +10,20 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import secrets
 import signal
 import sys
+import tempfile
 import webbrowser
 from pathlib import Path
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.errors import UserError
-from taskqueue.results.history import History
 from taskqueue.web.access import Access, check_bind, parse_bind
 from taskqueue.web.actions import ControlDesk
 from taskqueue.web.app import make_app
+from taskqueue.web.copies import RunCopies
 from taskqueue.web.feed import DashboardFeed
 from taskqueue.web.hub import Hub
 from taskqueue.web.metrics import registry_of
@@ -33,22 +35,19 @@ def serve(settings: BrokerSettings, spec: QueueSpec, *, bind: str, auth_file: Pa
     host, port = parse_bind(bind)
     access = Access.from_file(auth_file) if auth_file else Access.with_token()
     check_bind(host, access)
-    feed = DashboardFeed(settings, spec, log, interval)
-    history = History(settings, spec, reports_dir)
+    copies = RunCopies(reports_dir, spec.name)
+    feed = DashboardFeed(settings, spec, log, copies, interval)
     desk = ControlDesk(settings, spec, log)
-    return asyncio.run(_serve(feed, history, desk, access, host, port, open_browser, log))
+    return asyncio.run(_serve(feed, desk, access, host, port, open_browser, log))
 
 
-async def _serve(feed: DashboardFeed, history: History, desk: ControlDesk, access: Access,
-                 host: str, port: int, open_browser: bool, log: logging.Logger) -> int:
+async def _serve(feed: DashboardFeed, desk: ControlDesk, access: Access, host: str, port: int,
+                 open_browser: bool, log: logging.Logger) -> int:
     hub = Hub(feed, feed.interval)
-    def seen(run_id: str) -> int:
-        with feed.lock:
-            return feed.totals.seen(run_id)
-
-    app = make_app(feed=feed, hub=hub, runs=RunPages(history, seen), desk=desk, access=access,
+    runs = RunPages(feed.copies, feed.spec.name, feed.seen, feed.latest_run)
+    app = make_app(feed=feed, hub=hub, runs=runs, desk=desk, access=access,
                    registry=registry_of(feed, lambda: hub.pages),
-                   cookie_secret=secrets.token_hex(32))
+                   cookie_secret=secrets.token_hex(32), log=log)
     try:
         server = app.listen(port, address=host, xheaders=False)
     except OSError as exc:
@@ -64,9 +63,7 @@ async def _serve(feed: DashboardFeed, history: History, desk: ControlDesk, acces
     print(f"dashboard of queue {feed.spec.name!r}: {opened}", flush=True)
     print("(Ctrl+C to stop)" + ("" if access.token else f"; log in as {access.user}"),
           flush=True)
-    if open_browser:
-        with contextlib.suppress(webbrowser.Error, OSError):
-            webbrowser.open(opened)
+    redirect = open_with_token(opened, address) if open_browser else None
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -75,6 +72,8 @@ async def _serve(feed: DashboardFeed, history: History, desk: ControlDesk, acces
     try:
         await stopping.wait()
     finally:
+        if redirect is not None:
+            redirect.unlink(missing_ok=True)
         hub.stop()
         server.stop()
         feed.stop()
@@ -82,6 +81,22 @@ async def _serve(feed: DashboardFeed, history: History, desk: ControlDesk, acces
     print(f"dashboard stopped: {feed.totals.records} records read, {hub.most_pages} live "
           f"page(s) open at most", flush=True)
     return 0
+
+
+def open_with_token(opened: str, address: str) -> Path | None:
+    """Open the dashboard in a browser without putting the token on the browser's command
+    line (any local user could read it there): a page only we can read redirects to it."""
+    if "?token=" not in opened:
+        with contextlib.suppress(webbrowser.Error, OSError):
+            webbrowser.open(address)
+        return None
+    handle, name = tempfile.mkstemp(prefix="taskqueue-dashboard-", suffix=".html")
+    with os.fdopen(handle, "w", encoding="utf-8") as page:  # mkstemp: readable by us only
+        page.write(f'<!doctype html><meta http-equiv="refresh" content="0;url={opened}">'
+                   f'<a href="{opened}">open the dashboard</a>\n')
+    with contextlib.suppress(webbrowser.Error, OSError):
+        webbrowser.open(Path(name).as_uri())
+    return Path(name)
 
 
 def browser_wanted(no_browser: bool) -> bool:
