@@ -94,6 +94,10 @@ def test_every_route_refuses_anonymous_access_and_the_token_opens_it(dashboard):
     csp = headers["content-security-policy"]
     assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
     assert "unsafe-inline" not in csp and "access-control-allow-origin" not in headers
+    rebound = dashboard.request("GET", "/live.json", headers={"Host": "evil.example:80"})
+    assert rebound[0] == 403, "another name for this address (DNS rebinding) is refused"
+    assert dashboard.request("GET", "/live.json", headers={
+        "Host": f"localhost:{dashboard.port}"})[0] == 200
 
 
 def test_control_is_post_only_with_a_csrf_token_from_our_origin_and_a_ticket_acts_once(

@@ -70,6 +70,10 @@ class Base(tornado.web.RequestHandler):
         return cookie.decode() if cookie else None
 
     async def prepare(self) -> None:
+        hosts = self.settings["hosts"]
+        if hosts and self.request.host.lower() not in hosts:
+            # A page of another name that resolves here (DNS rebinding) is not us.
+            raise tornado.web.HTTPError(403, "unknown Host %s", self.request.host[:100])
         if self.current_user:
             return
         token = self.get_query_argument("token", None)
@@ -270,7 +274,7 @@ class Metrics(Base):
 
 
 class Login(Base):
-    def prepare(self) -> None:  # the one page open to everyone (with --auth-file)
+    async def prepare(self) -> None:  # the one page open to everyone (with --auth-file)
         if not self.access.login:
             raise tornado.web.HTTPError(404)
 
@@ -296,8 +300,9 @@ class Static(Base, tornado.web.StaticFileHandler):
 
 
 def make_app(*, feed: DashboardFeed, hub: Hub, runs: RunPages, desk: ControlDesk,
-             access: Access, registry, cookie_secret: str,
-             log: logging.Logger) -> tornado.web.Application:
+             access: Access, registry, cookie_secret: str, log: logging.Logger,
+             hosts: set[str] | None = None) -> tornado.web.Application:
+    """*hosts*: the Host headers accepted (None: any; with a password, behind a proxy)."""
     routes = [
         (r"/", LivePage), (r"/live\.json", LiveJson), (r"/stream", Stream),
         (r"/runs", RunsPage), (rf"/runs/{RUN_ID}", RunPage),
@@ -312,6 +317,7 @@ def make_app(*, feed: DashboardFeed, hub: Hub, runs: RunPages, desk: ControlDesk
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"},
         cookie_secret=cookie_secret, feed=feed, hub=hub, runs=runs, desk=desk, access=access,
         registry=registry, autoescape="xhtml_escape", log_function=_quiet_log, log=log,
+        hosts=hosts,
         readers=ThreadPoolExecutor(4, thread_name_prefix="page"),
         controls=ThreadPoolExecutor(2, thread_name_prefix="control"))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.errors import UserError
-from taskqueue.web.access import Access, check_bind, parse_bind
+from taskqueue.web.access import Access, check_bind, is_loopback, parse_bind
 from taskqueue.web.actions import ControlDesk
 from taskqueue.web.app import make_app
 from taskqueue.web.copies import RunCopies
@@ -47,7 +47,8 @@ async def _serve(feed: DashboardFeed, desk: ControlDesk, access: Access, host: s
     runs = RunPages(feed.copies, feed.spec.name, feed.seen, feed.latest_run)
     app = make_app(feed=feed, hub=hub, runs=runs, desk=desk, access=access,
                    registry=registry_of(feed, lambda: hub.pages),
-                   cookie_secret=secrets.token_hex(32), log=log)
+                   cookie_secret=secrets.token_hex(32), log=log,
+                   hosts=loopback_hosts(host, port) if is_loopback(host) else None)
     try:
         server = app.listen(port, address=host, xheaders=False)
     except OSError as exc:
@@ -81,6 +82,12 @@ async def _serve(feed: DashboardFeed, desk: ControlDesk, access: Access, host: s
     print(f"dashboard stopped: {feed.totals.records} records read, {hub.most_pages} live "
           f"page(s) open at most", flush=True)
     return 0
+
+
+def loopback_hosts(host: str, port: int) -> set[str]:
+    """The names this machine's browser reaches a loopback server by."""
+    names = {host, "localhost", "127.0.0.1", "[::1]", f"[{host}]"}
+    return {f"{name}:{port}".lower() for name in names}
 
 
 def open_with_token(opened: str, address: str) -> Path | None:

@@ -33,6 +33,21 @@ function toast(text, ok) {
   node.className = ok ? "ok" : "error";
 }
 
+// The server's errors are one JSON line ({"error": ...}); anything else is shown as its status.
+async function errorOf(response) {
+  try {
+    return (await response.json()).error || `error ${response.status}`;
+  } catch (error) {
+    return `error ${response.status}`;
+  }
+}
+
+async function fetchJson(url) {
+  const answer = await fetch(url, { credentials: "same-origin" });
+  if (!answer.ok) throw new Error(await errorOf(answer));
+  return answer.json();
+}
+
 // --- control: preview (count + one-time ticket) -> confirm -> POST once ----------------------
 async function control(button) {
   const params = new URLSearchParams({ action: button.dataset.action });
@@ -41,7 +56,7 @@ async function control(button) {
   if (button.dataset.worker) params.set("worker", button.dataset.worker);
   if (button.dataset.reason) params.set("reason", button.dataset.reason);
   const previewed = await fetch(`/control/preview.json?${params}`, { credentials: "same-origin" });
-  if (!previewed.ok) { toast(await previewed.text(), false); return; }
+  if (!previewed.ok) { toast(await errorOf(previewed), false); return; }
   const preview = await previewed.json();
   const dialog = document.getElementById("confirm");
   document.getElementById("confirm-question").textContent = preview.question;
@@ -62,7 +77,7 @@ async function control(button) {
     method: "POST", credentials: "same-origin", body,
     headers: { "X-XSRFToken": xsrf() },
   });
-  if (!done.ok) { toast(`refused: ${done.status}`, false); return; }
+  if (!done.ok) { toast(`refused: ${await errorOf(done)}`, false); return; }
   const result = await done.json();
   toast(result.summary, result.ok);
 }
@@ -177,8 +192,7 @@ async function loadTasks(runId) {
   const form = document.getElementById("filter");
   const params = new URLSearchParams(new FormData(form));
   params.set("page", page);
-  const answer = await fetch(`/runs/${encodeURIComponent(runId)}/tasks.json?${params}`);
-  const data = await answer.json();
+  const data = await fetchJson(`/runs/${encodeURIComponent(runId)}/tasks.json?${params}`);
   const c = data.counts;
   setText("run-counts", `${data.tasks} tasks: ${c.done} done, ${c.dead} dead, ` +
     `${c.cancelled} cancelled, ${c.failed} failed and not yet retried to an end`);
@@ -200,8 +214,7 @@ async function loadTasks(runId) {
 async function showAttempts(runId, row) {
   const params = row.dataset.row !== "-" ? `row=${row.dataset.row}` :
     `id=${encodeURIComponent(row.dataset.id)}`;
-  const answer = await fetch(`/runs/${encodeURIComponent(runId)}/task.json?${params}`);
-  const attempts = await answer.json();
+  const attempts = await fetchJson(`/runs/${encodeURIComponent(runId)}/task.json?${params}`);
   const section = document.getElementById("attempts");
   setText("attempts-of", `row ${row.dataset.row}`);
   section.querySelector("tbody").replaceChildren(...attempts.map((a) => {
