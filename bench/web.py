@@ -7,12 +7,16 @@
   copy as the server keeps it, against the baseline of writing the same run's CSV
   (``task_report.py --csv``) in the same run.
 
-    python bench/web.py [--write]      # --write: bench/web.md
+* with ``--broker N``: a real dashboard (``task_report.py --serve``) reading N records from a
+  results stream on the main broker: its whole process's memory once it has read them all.
+
+    python bench/web.py [--write] [--broker 1000000]      # --write: bench/web.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -84,9 +88,82 @@ def first_page(tasks: int) -> tuple[float, float, float]:
         return baseline, cold, filtered, searched
 
 
+def dashboard_memory(count: int, url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+                     ) -> tuple[float, float, float]:
+    """(MB of RSS at start, MB once *count* records are read, seconds to read them)."""
+    import re
+    import signal
+    import socket
+    import subprocess
+    import uuid
+
+    import pika
+
+    from taskqueue.broker.config import QueueSpec
+    from taskqueue.control.remove import QueueRemover
+    from taskqueue.results.record import stream_arguments
+    from taskqueue.web.metrics import OUTCOMES
+
+    queue = f"bench.web.{uuid.uuid4().hex[:6]}"
+    spec = QueueSpec(queue)
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.queue_declare(spec.results_name, durable=True, arguments=stream_arguments())
+    channel.confirm_delivery()
+    for start in range(0, count, 100):
+        group = [record(n, f"20261201T1{n // 100_000:05d}Z-bench") for n in
+                 range(start, min(count, start + 100))]
+        channel.basic_publish("", spec.results_name, json.dumps(group).encode())
+    connection.close()  # (a connection left idle while the server reads would lose its heartbeat)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as directory:
+        server = subprocess.Popen([sys.executable, str(root / "task_report.py"), "--serve",
+                                   "--queue", queue, "--bind", f"127.0.0.1:{port}",
+                                   "--no-browser", "--reports-dir", directory], cwd=directory,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            token = re.search(r"token=(\S+)", server.stdout.readline())[1]
+            status = Path(f"/proc/{server.pid}/status")
+            began, start_mb = time.monotonic(), _rss(status)
+            while _recorded(port, token, OUTCOMES) < count:
+                time.sleep(1)
+            return start_mb, _rss(status), time.monotonic() - began
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+            connection = pika.BlockingConnection(pika.URLParameters(url))
+            QueueRemover(connection, spec).remove(force=True)
+            connection.close()
+
+
+def _rss(status: Path) -> float:
+    for line in status.read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _recorded(port: int, token: str, outcomes: tuple[str, ...]) -> float:
+    import http.client
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/metrics", headers={"Authorization": f"Bearer {token}"})
+    body = connection.getresponse().read().decode()
+    connection.close()
+    return sum(sample.value for family in text_string_to_metric_families(body)
+               for sample in family.samples if sample.name == "taskqueue_tasks_total")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="write bench/web.md")
+    parser.add_argument("--broker", type=int, metavar="N",
+                        help="also measure a real dashboard reading N records")
     args = parser.parse_args()
     grown = memory()
     baseline, cold, filtered, searched = first_page(100_000)
@@ -105,6 +182,12 @@ def main() -> int:
               "deciding record is); every later page reads its own 50 records. The server's "
               "feed writes the copy as it reads the results stream: a page never reads the "
               "broker."]
+    if args.broker:
+        start_mb, read_mb, seconds = dashboard_memory(args.broker)
+        lines += ["", f"A real dashboard (`task_report.py --serve`) reading {args.broker:,} "
+                  f"records from a results stream on the broker: {start_mb:.0f} MB of RSS at "
+                  f"start, {read_mb:.0f} MB once all were read ({seconds:.0f} s; the run "
+                  "pages' copies are files, not memory)."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:

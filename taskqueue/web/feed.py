@@ -35,6 +35,7 @@ from taskqueue.web.totals import RecordTotals
 
 GONE_AFTER = 4.0  # two snapshot intervals (2 s): a killed worker shows as gone
 RECONNECT_SECONDS = 2.0
+PREFETCH = 100  # stream messages (groups of records) in flight: memory while catching up
 FORGET_AFTER = 600.0  # a worker not heard from this long leaves the page (and /metrics)
 
 
@@ -144,7 +145,7 @@ class DashboardFeed:
             return False
         probe.close()
         channel = connection.channel()
-        channel.basic_qos(prefetch_count=1000)
+        channel.basic_qos(prefetch_count=PREFETCH)
         offset = "first" if self._next_offset is None else self._next_offset
         channel.basic_consume(self.spec.results_name, self._on_record,
                               arguments={"x-stream-offset": offset})
