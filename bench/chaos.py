@@ -7,13 +7,16 @@ where faults meet.
     python bench/chaos.py --seed 7 --duration 600 --setup cluster
     python bench/chaos.py --seed 7 --duration 45  # replay a seed (same schedule)
 
-On throwaway nodes (one node behind a TCP proxy that can go silent, or a 3-node cluster; the
-main broker is never touched). Six workers (simulated, simulated x3 slots, isolated handler,
+On throwaway nodes (one node behind a TCP proxy that can go silent, a 3-node cluster, or the
+3-node cluster of tests/partitions.py whose nodes can be cut apart; the main broker is never
+touched). Six workers (simulated, simulated x3 slots, isolated handler,
 handler x2, --command, --command x2) with --task-timeout, retries and --exit-when-idle; tasks
 that succeed, raise, hang, kill their process, plus bad bytes; batches emitted from CSV files.
 Faults: SIGKILL and SIGTERM on workers and emitters (then --resume), node restart, node loss
 (cluster), memory and disk alarms, a silent network path, companions deleted, workers started
-late, stop requests during an alarm.
+late, stop requests during an alarm; with ``--setup partitions`` also network partitions
+(one node cut off from the others, pause_minority), workers paused (SIGSTOP past their
+heartbeat) and a node's Erlang VM paused.
 
 At the end, with every fault undone, it checks: every task published is done or in .dead (none
 lost); duplicates only from the causes docs/guarantees.md lists (a task cut off mid-work, an
@@ -54,8 +57,9 @@ from taskqueue.broker.config import BrokerSettings, QueueSpec  # noqa: E402
 from taskqueue.results.history import History  # noqa: E402
 from taskqueue.results.table import task_rows  # noqa: E402
 from taskqueue.views.report import RunReport  # noqa: E402
-from tests.brokers import ThrowawayBroker, ctl  # noqa: E402
+from tests.brokers import ThrowawayBroker  # noqa: E402
 from tests.helpers import consume_all, queue_state  # noqa: E402
+from tests.partitions import PartitionCluster  # noqa: E402
 from tests.proxy import SilentProxy  # noqa: E402
 
 TASK_TIMEOUT = 1.5
@@ -83,7 +87,12 @@ FAULTS = {  # kind: (weight, setups it applies to)
     "late worker": (2, "single cluster"), "stop during alarm": (2, "single cluster"),
     "bad bytes": (2, "single cluster"),
     "pause": (2, "single cluster"), "stop a worker by name": (2, "single cluster"),
+    # Only with --setup partitions, which also gets every "cluster" fault (the schedules of the
+    # other setups, and so their seeds' replays, stay as they were).
+    "partition": (3, "partitions"), "pause worker": (3, "partitions"),
+    "pause node": (2, "partitions"),
 }
+SETUPS = ["single", "cluster", "partitions"]
 DONE = re.compile(r"\] done (?:row \d+|no row), id (\S+) in ")
 REDELIVERED = re.compile(r"\] received (?:row \d+|no row), id (\S+)[^\n]*\(redelivered")
 RUN_ID = re.compile(r"\(run (\S+)\)")
@@ -168,17 +177,25 @@ class Setup:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         suffix = uuid.uuid4().hex[:6]
-        count = 3 if kind == "cluster" else 1
-        self.nodes = [ThrowawayBroker(name=f"chaos{n}-{suffix}") for n in range(count)]
+        count = 1 if kind == "single" else 3
+        self.partitions: PartitionCluster | None = None
+        if kind == "partitions":  # nodes on 127.0.0.11-13 with an epmd of their own
+            self.partitions = PartitionCluster("pause_minority")
+            self.nodes: list[ThrowawayBroker] = list(self.partitions.nodes)
+        else:
+            self.nodes = [ThrowawayBroker(name=f"chaos{n}-{suffix}") for n in range(count)]
         self.down: set[int] = set()
         self.proxy: SilentProxy | None = None
 
     def start(self) -> None:
+        if self.partitions is not None:
+            self.partitions.start()
+            return
         with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
             list(pool.map(lambda node: node.start(), self.nodes))
         for node in self.nodes[1:]:
             node.stop_app()
-            joined = ctl(node.node, "join_cluster", self.nodes[0].node)
+            joined = node.ctl("join_cluster", self.nodes[0].node)
             if joined.returncode != 0:
                 raise RuntimeError(f"cannot join the cluster: {joined.stderr}")
             node.start_app()
@@ -186,7 +203,7 @@ class Setup:
             self.proxy = SilentProxy(self.nodes[0].port)
 
     def worker_urls(self, index: int, rng: random.Random) -> list[str]:
-        if self.kind == "cluster":
+        if self.kind != "single":
             ring = self.nodes[index % 3:] + self.nodes[:index % 3]
             return [node.url for node in ring]
         if index % 2 == 0:
@@ -202,6 +219,9 @@ class Setup:
     def cleanup(self) -> None:
         if self.proxy:
             self.proxy.close()
+        if self.partitions is not None:
+            self.partitions.cleanup()  # the iptables rules, the nodes, its epmd
+            return
         for node in self.nodes:
             node.cleanup()
 
@@ -223,6 +243,7 @@ class Chaos:
         self.faults: Counter = Counter()
         self.skipped: Counter = Counter()
         self.active: set[str] = set()  # durational faults in force
+        self.paused: set[str] = set()  # workers SIGSTOPped now (not to be signalled meanwhile)
         self.bad_ids: set[str] = set()
         self.drained_dead: list[tuple[pika.BasicProperties, bytes]] = []
         self.violations: list[str] = []
@@ -311,7 +332,9 @@ class Chaos:
     def schedule(self) -> list[tuple[float, str]]:
         plan = [(0.0 + i * self.duration / len(self.batches) * 0.8, "emit")
                 for i in range(len(self.batches))]
-        kinds = [k for k, (_, where) in FAULTS.items() if self.setup.kind in where.split()]
+        setups = {self.setup.kind, "cluster"} if self.setup.kind == "partitions" \
+            else {self.setup.kind}
+        kinds = [k for k, (_, where) in FAULTS.items() if setups & set(where.split())]
         weights = [FAULTS[k][0] for k in kinds]
         at = 2.0
         while True:
@@ -367,7 +390,8 @@ class Chaos:
         return True
 
     def _pick_worker(self, rng: random.Random) -> Proc | None:
-        running = self.running_workers()
+        # A paused worker is not signalled meanwhile: its grace would run while it cannot act.
+        running = [proc for proc in self.running_workers() if proc.name not in self.paused]
         return rng.choice(running) if running else None
 
     def fault_kill_worker(self, rng: random.Random) -> bool:
@@ -452,9 +476,9 @@ class Chaos:
         try:
             self.say(f"{kind} alarm on for {seconds:.1f} s")
             if kind == "disk":
-                ctl(node.node, "set_disk_free_limit", "100000GB")
+                node.ctl("set_disk_free_limit", "100000GB")
             else:
-                ctl(node.node, "set_vm_memory_high_watermark", "0.00001")
+                node.ctl("set_vm_memory_high_watermark", "0.00001")
             started = time.monotonic()
             if during is not None:
                 time.sleep(1.0)
@@ -462,9 +486,9 @@ class Chaos:
             self._sleep_unless_ending(seconds - (time.monotonic() - started))
         finally:
             if kind == "disk":
-                ctl(node.node, "set_disk_free_limit", "50MB")
+                node.ctl("set_disk_free_limit", "50MB")
             else:
-                ctl(node.node, "set_vm_memory_high_watermark", "0.4")
+                node.ctl("set_vm_memory_high_watermark", "0.4")
             self.say(f"{kind} alarm off")
             self._over(f"{kind} alarm")
         return True
@@ -597,6 +621,71 @@ class Chaos:
             return False
         self.say(f"stop-workers --name {worker.name}: "
                  f"{self.control('stop-workers', '--name', worker.name)[:100]}")
+        return True
+
+    def fault_partition(self, rng: random.Random) -> bool:
+        """One node cut off from the other two (its clients keep their connections to it)."""
+        index = rng.randrange(len(self.setup.nodes))
+        if self.setup.down or not self._durational(f"node {index}"):
+            return False  # one node away at a time: a quorum queue needs a majority
+        cluster, node = self.setup.partitions, self.setup.nodes[index]
+        try:
+            seconds = rng.uniform(15.0, 40.0)
+            self.say(f"partition: node {index} cut off for {seconds:.1f} s")
+            self.setup.down.add(index)
+            cluster.cut(node)
+            self._sleep_unless_ending(seconds)
+        finally:
+            cluster.heal()
+            self._wait_whole(node)
+            self.setup.down.discard(index)
+            self._over(f"node {index}")
+        return True
+
+    def fault_pause_node(self, rng: random.Random) -> bool:
+        """A node's Erlang VM SIGSTOPped: it answers nothing, its sockets stay open."""
+        index = rng.randrange(len(self.setup.nodes))
+        if self.setup.down or not self._durational(f"node {index}"):
+            return False
+        cluster, node = self.setup.partitions, self.setup.nodes[index]
+        try:
+            seconds = rng.uniform(5.0, 25.0)
+            self.say(f"node {index}'s VM paused (SIGSTOP) for {seconds:.1f} s")
+            self.setup.down.add(index)
+            cluster.pause(node)
+            self._sleep_unless_ending(seconds)
+        finally:
+            cluster.resume(node)
+            self._wait_whole(node)
+            self.setup.down.discard(index)
+            self._over(f"node {index}")
+        return True
+
+    def _wait_whole(self, node: ThrowawayBroker) -> None:
+        try:
+            self.setup.partitions.wait_whole(restart=node, timeout=45)
+        except AssertionError as exc:
+            self.say(f"the cluster is not whole yet: {str(exc)[:200]}")
+
+    def fault_pause_worker(self, rng: random.Random) -> bool:
+        """A worker SIGSTOPped, mostly past its heartbeat (2 s): the broker gives its tasks to
+        others; continued, it must stop that work and reconnect."""
+        worker = self._pick_worker(rng)
+        if worker is None or worker.poll():
+            return False
+        with self.lock:
+            self.paused.add(worker.name)
+        seconds = rng.uniform(2.0, 12.0)
+        try:
+            self.say(f"SIGSTOP worker {worker.name} ({worker.role}) for {seconds:.1f} s")
+            with contextlib.suppress(ProcessLookupError):  # not in .signals: no grace runs
+                worker.popen.send_signal(signal.SIGSTOP)
+            self._sleep_unless_ending(seconds)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                worker.popen.send_signal(signal.SIGCONT)
+            with self.lock:
+                self.paused.discard(worker.name)
         return True
 
     def _sleep_unless_ending(self, seconds: float) -> None:
@@ -900,7 +989,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None, help="default: a new one (printed)")
     parser.add_argument("--duration", type=float, default=180.0,
                         help="seconds of faults (default: %(default)s)")
-    parser.add_argument("--setup", choices=["single", "cluster"], default=None,
+    parser.add_argument("--setup", choices=SETUPS, default=None,
                         help="default: drawn from the seed")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder")
     args = parser.parse_args()
