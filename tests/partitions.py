@@ -264,7 +264,18 @@ class PartitionCluster:
                 return
         except subprocess.TimeoutExpired:
             pass
-        node.stop()
+        try:
+            pid = node.pid()
+        except (OSError, ValueError):
+            pid = None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            node.stop()  # a VM stuck in its start may not answer even this
+        if pid is not None:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.2)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)  # our own node, by its pid
         node.start(timeout=180)
 
     # --- cleanup -------------------------------------------------------------------------

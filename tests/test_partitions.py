@@ -152,6 +152,32 @@ def test_one_node_cut_off_no_client_stays_on_it(cluster, logs, tmp_path, mode):
     assert queue_state(queue, cluster.nodes[1].url) == (0, 0)
 
 
+def test_a_command_through_a_cut_off_node_is_given_through_the_next_url(cluster, logs):
+    """task_control.py's first URL is a node cut off from the other two (``ignore``: it stays
+    open and never confirms): the command goes through the next URL while the cut lasts
+    (before: it waited for the broker to give up on the publish, then exited 4)."""
+    from tests.test_web_http import control_commands
+
+    cluster.set_mode("ignore")
+    queue = f"ctl_{uuid.uuid4().hex[:6]}"
+    given = run_script("task_control.py", "resume", "--queue", queue, *urls(cluster, 0),
+                       log_dir=logs, timeout=120)  # the control stream is made, on node 0
+    assert given.returncode == 0, given.stdout + given.stderr
+    cut_off = cluster.nodes[0]
+    cluster.cut(cut_off)
+    try:
+        given = run_script("task_control.py", "pause", "--queue", queue, *urls(cluster, 0),
+                           log_dir=logs, timeout=120)
+        in_cut = [c["command"] for c in control_commands(queue, cluster.nodes[1].url)]
+    finally:
+        cluster.heal()
+        cluster.wait_whole(restart=cut_off)
+    assert given.returncode == 0, given.stdout + given.stderr
+    assert "did not confirm the command within 10 s" in given.stderr, given.stderr
+    assert "paused queue" in given.stdout
+    assert in_cut[-1] == "pause", in_cut
+
+
 def test_a_partition_heals_mid_run(cluster, logs, tmp_path):
     """Node 1 is cut off for 25 s in ``ignore`` mode (nothing pauses: both sides keep going)
     and the network heals while 1,200 tasks are being worked on. The run goes on after the

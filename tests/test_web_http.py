@@ -42,14 +42,14 @@ def dashboard(queue, tmp_path, logs):
     assert "dashboard stopped:" in said, said
 
 
-def control_commands(queue: str) -> list[dict]:
+def control_commands(queue: str, url: str = MAIN_URL) -> list[dict]:
     """Every command on the queue's control stream (read, never taken away)."""
     import pika
 
     from taskqueue.broker.config import QueueSpec
     from taskqueue.control.state import decode
 
-    connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+    connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
         channel = connection.channel()
         try:

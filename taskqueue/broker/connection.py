@@ -11,12 +11,15 @@ I/O loop (the worker consumes on one connection and publishes on another).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
+import socket
 import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import pika
@@ -499,6 +502,37 @@ def open_blocking(settings: BrokerSettings) -> pika.BlockingConnection:
             reasons.append(f"{mask_url(url)}: {reason}")
     raise UserError(f"no RabbitMQ broker answered ({'; '.join(reasons)}); start the broker or "
                     "check --url", EXIT_UNREACHABLE)
+
+
+class NoConfirm(Exception):
+    """A confirmed write was not confirmed in time: the node cannot reach the majority of
+    the queue's replicas (a network partition leaves it open and silent)."""
+
+
+@contextlib.contextmanager
+def confirmed_within(connection: pika.BlockingConnection, seconds: float) -> Iterator[None]:
+    """Within the block, a blocking call that waits longer than *seconds* (a confirm that
+    never comes) ends in ``NoConfirm``: a timer thread shuts the connection's socket, the
+    one way into a blocking pika call (closing a socket is safe from any thread)."""
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        sock = getattr(getattr(connection._impl, "_transport", None), "_sock", None)
+        with contextlib.suppress(OSError, AttributeError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except (pe.AMQPError, OSError):
+        if fired.is_set():
+            raise NoConfirm(f"no confirm in {seconds:.0f} s") from None
+        raise
+    finally:
+        timer.cancel()
 
 
 def settled_tags(frame: pika.frame.Method, pending: dict[int, object]) -> tuple[bool, list[int]]:

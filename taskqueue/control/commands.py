@@ -10,21 +10,25 @@ their answers come back on the same exchange. A worker that does not answer in
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import pika
 
-from taskqueue.broker.config import BrokerSettings, QueueSpec
-from taskqueue.broker.connection import open_blocking
+from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
+from taskqueue.broker.connection import NoConfirm, confirmed_within, open_blocking
 from taskqueue.broker.topology import CONTROL_ARGUMENTS, ROUTING_CONTROL, ROUTING_LIVE
 from taskqueue.control.state import command
-from taskqueue.errors import EXIT_REFUSED, UserError
+from taskqueue.errors import EXIT_REFUSED, EXIT_UNREACHABLE, UserError
 from taskqueue.views.events import decode_events
 
 LISTEN_SECONDS = 2.5  # workers snapshot at least every 2 s
+CONFIRM_SECONDS = 10.0  # the command's confirm, at most, before the next URL is tried
 ANSWER_SECONDS = 5.0
 GONE_AFTER = 6.0
 
@@ -48,34 +52,63 @@ class Outcome:
 
 
 def send(settings: BrokerSettings, spec: QueueSpec, kind: str, *, run: str | None = None,
-         worker: str | None = None) -> Outcome:
-    """Give the command; return who was there and who answered."""
-    connection = open_blocking(settings)
-    try:
-        return _send(connection, spec, kind, run, worker)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        raise UserError(control_refusal(spec, exc), EXIT_REFUSED) from None
-    finally:
-        if connection.is_open:
-            connection.close()
+         worker: str | None = None, say: Callable[[str], None] | None = None) -> Outcome:
+    """Give the command; return who was there and who answered. A node that does not confirm
+    it within ``CONFIRM_SECONDS`` (cut off from its cluster's majority: it stays open and
+    silent) is left for the next URL, with the same command (giving it twice changes nothing).
+    *say* gets that one line (default: stderr)."""
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    record = command(kind, run=run, worker=worker)
+    urls = settings.urls
+    for number, url in enumerate(urls, 1):
+        connection = open_blocking(replace(settings, urls=urls[number - 1:]))
+        try:
+            return _send(connection, spec, record)
+        except NoConfirm:
+            if number == len(urls):
+                raise UserError(f"the command was not confirmed within {CONFIRM_SECONDS:.0f} "
+                                f"s by {mask_url(url)} (a node cut off from its cluster?); it "
+                                "may still arrive; give it again when the broker is whole, or "
+                                "add --url for the other nodes", EXIT_UNREACHABLE) from None
+            say(f"{mask_url(url)} did not confirm the command within {CONFIRM_SECONDS:.0f} s "
+                "(cut off from its cluster's majority?); giving it through the next URL")
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 541 or number == len(urls):  # 541: the node gave up on it
+                raise UserError(control_refusal(spec, exc), EXIT_REFUSED) from None
+            say(f"{mask_url(url)} could not take the command ({exc.reply_text}); giving it "
+                "through the next URL")
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError) as exc:
+            # A node pausing itself (pause_minority) or going down closes us mid-command.
+            if number == len(urls):
+                raise UserError(f"the connection to {mask_url(url)} was lost while giving the "
+                                f"command ({exc!r}); it may have been given: look with "
+                                "task_report.py --watch, or give it again",
+                                EXIT_UNREACHABLE) from None
+            say(f"the connection to {mask_url(url)} was lost while giving the command; "
+                "giving it through the next URL")
+        finally:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                if connection.is_open:
+                    connection.close()
+    raise AssertionError("unreachable: every URL returns or raises")
 
 
-def _send(connection: pika.BlockingConnection, spec: QueueSpec, kind: str, run: str | None,
-          worker: str | None) -> Outcome:
+def _send(connection: pika.BlockingConnection, spec: QueueSpec, record: dict) -> Outcome:
     listen = connection.channel()
     listen.exchange_declare(spec.exchange, "topic", durable=True)
     inbox = f"{spec.name}.control-answers.{uuid.uuid4().hex[:8]}"
     listen.queue_declare(inbox, exclusive=True, auto_delete=True)
     for key in (ROUTING_LIVE, ROUTING_CONTROL):
         listen.queue_bind(inbox, spec.exchange, key)
-    outcome = Outcome(command(kind, run=run, worker=worker))
+    outcome = Outcome(record)
 
     def on_event(_ch, _method, _properties, body: bytes) -> None:
         for event in decode_events(body):
             take(outcome, event)
 
     listen.basic_consume(inbox, on_event, auto_ack=True)
-    append(connection, spec, outcome.record)  # first: the workers act on it while we listen
+    with confirmed_within(connection, CONFIRM_SECONDS):
+        append(connection, spec, outcome.record)  # first: the workers act on it as we listen
     listened = time.monotonic() + LISTEN_SECONDS  # who is there: snapshots come every 2 s
     answered = time.monotonic() + ANSWER_SECONDS
     while (now := time.monotonic()) < answered and (now < listened or outcome.silent):

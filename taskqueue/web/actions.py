@@ -95,7 +95,7 @@ class ControlDesk:
                     f"{self.spec.name!r}, {stats.kept} left"
                     + (f", {stats.refused} refused by the broker" if stats.refused else ""))
         outcome = commands.send(self.settings, self.spec, ticket.action, run=ticket.run,
-                                worker=ticket.worker)
+                                worker=ticket.worker, say=self.log.warning)
         return commands.summary(outcome, describe(ticket, self.spec.name))
 
     def _forget_old(self) -> None:
