@@ -154,8 +154,9 @@ def test_one_node_cut_off_no_client_stays_on_it(cluster, logs, tmp_path, mode):
 
 def test_a_command_through_a_cut_off_node_is_given_through_the_next_url(cluster, logs):
     """task_control.py's first URL is a node cut off from the other two (``ignore``: it stays
-    open and never confirms): the command goes through the next URL while the cut lasts
-    (before: it waited for the broker to give up on the publish, then exited 4)."""
+    open and never confirms, or closes us as its stream coordinator is gone): the command goes
+    through the next URL while the cut lasts (before: exit 3, "Stream coordinator unavailable",
+    or a wait for the broker to give up on the publish)."""
     from tests.test_web_http import control_commands
 
     cluster.set_mode("ignore")
@@ -173,9 +174,42 @@ def test_a_command_through_a_cut_off_node_is_given_through_the_next_url(cluster,
         cluster.heal()
         cluster.wait_whole(restart=cut_off)
     assert given.returncode == 0, given.stdout + given.stderr
-    assert "did not confirm the command within 10 s" in given.stderr, given.stderr
+    assert "giving it through the next URL" in given.stderr, given.stderr
     assert "paused queue" in given.stdout
     assert in_cut[-1] == "pause", in_cut
+
+
+def test_a_report_through_a_cut_off_node_reads_the_majoritys_record(cluster, logs, tmp_path):
+    """The report's first URL is a node cut off from the other two (``ignore``), while workers
+    on the majority go on: its CSV has every task they had logged done before it began (its
+    first node's replica stops where the cut began)."""
+    cluster.set_mode("ignore")
+    queue = f"rep_{uuid.uuid4().hex[:6]}"
+    run = emit(cluster, queue, [f"r {n}." for n in range(900)], logs, first=1)
+    outs = [tmp_path / "w1.out", tmp_path / "w2.out"]
+    processes = [start_worker("--queue", queue, *urls(cluster, n), "--name", f"w{n}",
+                              "--seconds-per-dot", "0.05", "--exit-when-idle", "10",
+                              log_dir=logs, out=out) for n, out in ((1, outs[0]), (2, outs[1]))]
+    wait_for(lambda: sum(done_counts(*outs).values()) >= 50, timeout=60, what="work under way")
+    cut_off = cluster.nodes[0]
+    cluster.cut(cut_off)
+    try:
+        at_cut = sum(done_counts(*outs).values())
+        wait_for(lambda: sum(done_counts(*outs).values()) >= at_cut + 100, timeout=120,
+                 what="work on the majority during the cut")
+        before = sum(done_counts(*outs).values())
+        report = run_script("task_report.py", "--queue", queue, "--run", run,
+                            *urls(cluster, 0), "--reports-dir", str(tmp_path / "r"), "--csv",
+                            str(tmp_path / "r.csv"), log_dir=logs, timeout=180)
+    finally:
+        cluster.heal()
+        cluster.wait_whole(restart=cut_off)
+    end_all(processes, outs)
+    assert report.returncode == 0, report.stdout + report.stderr
+    rows = (tmp_path / "r.csv").read_text().count(",done,")
+    assert rows >= before, (rows, before, report.stderr)
+    assert "the first node is behind" in report.stderr, report.stderr
+    all_done_once(queue, cluster.nodes[1].url, {run: 900})
 
 
 def test_a_partition_heals_mid_run(cluster, logs, tmp_path):

@@ -7,18 +7,24 @@ once nothing has come for ``idle`` seconds (the broker sends what it has as fast
 ``follow()`` goes on, yielding None at each quiet moment so the caller can stop. Marks (a
 worker's fences) are skipped. ``head()`` says where the stream begins now, so a report can say
 that retention removed the start of a run.
+
+Given several URLs (a cluster), a reader first asks each node where the stream ends and reads
+from the one that holds the most: a node cut off from its cluster by a partition stays open
+and answers from its own replica, which stops where the cut began.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
 from taskqueue.broker.connection import open_blocking
 from taskqueue.errors import EXIT_REFUSED, UserError
 from taskqueue.results.record import decode_group, kind_of, stream_offset
@@ -33,8 +39,11 @@ STALL_IDLES = 10  # pauses of `idle` before the end: the stream stalls, stop the
 class RecordReader:
     """The records of one queue's results stream, read as a stream (memory stays flat)."""
 
-    def __init__(self, settings: BrokerSettings, spec: QueueSpec, idle: float = 1.0) -> None:
+    def __init__(self, settings: BrokerSettings, spec: QueueSpec, idle: float = 1.0,
+                 say: Callable[[str], None] | None = None) -> None:
         self.settings, self.spec, self.idle = settings, spec, idle
+        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._chosen: BrokerSettings | None = None if len(settings.urls) > 1 else settings
         self.missing = False  # the stream does not exist (no worker of 0.4+ ran on the queue)
         self.first_offset: int | None = None  # of the first message this reader got
         self.last_offset = -1  # of the last message it got
@@ -128,7 +137,7 @@ class RecordReader:
     def _channel(self, prefetch: int) -> Iterator[BlockingChannel | None]:
         """A channel to read the stream on (None if there is no stream), its connection
         closed afterwards; the broker's refusal becomes one clear line."""
-        connection = open_blocking(self.settings)
+        connection = open_blocking(self._node())
         try:
             if not self._exists(connection):
                 yield None
@@ -144,6 +153,34 @@ class RecordReader:
             with contextlib.suppress(pika.exceptions.AMQPError):
                 if connection.is_open:
                     connection.close()
+
+    def _node(self) -> BrokerSettings:
+        """The settings to read with: the URL whose stream ends furthest first (once)."""
+        if self._chosen is not None:
+            return self._chosen
+        ends: list[tuple[int, int, str]] = []
+        for number, url in enumerate(self.settings.urls):
+            one = RecordReader(replace(self.settings, urls=[url]), self.spec, self.idle)
+            try:
+                end = one.end_offset()
+            except (UserError, pika.exceptions.AMQPError, OSError):
+                end = None  # unreachable, refusing, or closing on us: it holds nothing for us
+            ends.append((-1 if end is None else end, -number, url))
+        if not ends:
+            self._chosen = self.settings  # let the usual connect say why
+            return self._chosen
+        end, _, best = max(ends)
+        first = self.settings.urls[0]
+        behind = [e for e in ends if e[2] == first and e[0] < end]
+        if behind:
+            where = (f"ends at offset {behind[0][0]}" if behind[0][0] >= 0
+                     else "could not be read")
+            self.say(f"the results stream at {mask_url(first)} {where}, at {mask_url(best)} it "
+                     f"ends at {end}: the first node is behind (cut off from its cluster?); "
+                     "reading there")
+        self._chosen = replace(self.settings,
+                               urls=[best, *(u for u in self.settings.urls if u != best)])
+        return self._chosen
 
     def _exists(self, connection: pika.BlockingConnection) -> bool:
         probe = connection.channel()
