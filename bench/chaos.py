@@ -625,37 +625,32 @@ class Chaos:
 
     def fault_partition(self, rng: random.Random) -> bool:
         """One node cut off from the other two (its clients keep their connections to it)."""
-        index = rng.randrange(len(self.setup.nodes))
-        if self.setup.down or not self._durational(f"node {index}"):
-            return False  # one node away at a time: a quorum queue needs a majority
-        cluster, node = self.setup.partitions, self.setup.nodes[index]
-        try:
-            seconds = rng.uniform(15.0, 40.0)
-            self.say(f"partition: node {index} cut off for {seconds:.1f} s")
-            self.setup.down.add(index)
-            cluster.cut(node)
-            self._sleep_unless_ending(seconds)
-        finally:
-            cluster.heal()
-            self._wait_whole(node)
-            self.setup.down.discard(index)
-            self._over(f"node {index}")
-        return True
+        cluster = self.setup.partitions
+        return self._node_away(rng, (15.0, 40.0), "partition: node {} cut off for {:.1f} s",
+                               cluster.cut, lambda _node: cluster.heal())
 
     def fault_pause_node(self, rng: random.Random) -> bool:
         """A node's Erlang VM SIGSTOPped: it answers nothing, its sockets stay open."""
+        cluster = self.setup.partitions
+        return self._node_away(rng, (5.0, 25.0), "node {}'s VM paused (SIGSTOP) for {:.1f} s",
+                               cluster.pause, cluster.resume)
+
+    def _node_away(self, rng: random.Random, seconds_range: tuple[float, float], said: str,
+                   begin, end) -> bool:
+        """One node (drawn) made unable to serve for a while (drawn), then brought back and
+        the cluster awaited whole; one node away at a time: a quorum queue needs a majority."""
         index = rng.randrange(len(self.setup.nodes))
         if self.setup.down or not self._durational(f"node {index}"):
             return False
-        cluster, node = self.setup.partitions, self.setup.nodes[index]
+        node = self.setup.nodes[index]
         try:
-            seconds = rng.uniform(5.0, 25.0)
-            self.say(f"node {index}'s VM paused (SIGSTOP) for {seconds:.1f} s")
+            seconds = rng.uniform(*seconds_range)
+            self.say(said.format(index, seconds))
             self.setup.down.add(index)
-            cluster.pause(node)
+            begin(node)
             self._sleep_unless_ending(seconds)
         finally:
-            cluster.resume(node)
+            end(node)
             self._wait_whole(node)
             self.setup.down.discard(index)
             self._over(f"node {index}")
