@@ -40,6 +40,7 @@ class Outcome:
     record: dict
     known: dict[str, str] = field(default_factory=dict)  # worker -> state it said it was in
     answers: dict[str, str] = field(default_factory=dict)  # worker -> what it did
+    given: bool = False  # the broker confirmed the command
 
     @property
     def silent(self) -> list[str]:
@@ -58,12 +59,12 @@ def send(settings: BrokerSettings, spec: QueueSpec, kind: str, *, run: str | Non
     silent) is left for the next URL, with the same command (giving it twice changes nothing).
     *say* gets that one line (default: stderr)."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
-    record = command(kind, run=run, worker=worker)
+    outcome = Outcome(command(kind, run=run, worker=worker))
     urls = settings.urls
     for number, url in enumerate(urls, 1):
         connection = open_blocking(replace(settings, urls=urls[number - 1:]))
         try:
-            return _send(connection, spec, record)
+            return _send(connection, spec, outcome)
         except NoConfirm:
             if number == len(urls):
                 raise UserError(f"the command was not confirmed within {CONFIRM_SECONDS:.0f} "
@@ -78,14 +79,16 @@ def send(settings: BrokerSettings, spec: QueueSpec, kind: str, *, run: str | Non
             say(f"{mask_url(url)} could not take the command ({exc.reply_text}); giving it "
                 "through the next URL")
         except (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError) as exc:
-            # A node pausing itself (pause_minority) or going down closes us mid-command.
-            if number == len(urls):
-                raise UserError(f"the connection to {mask_url(url)} was lost while giving the "
-                                f"command ({exc!r}); it may have been given: look with "
-                                "task_report.py --watch, or give it again",
-                                EXIT_UNREACHABLE) from None
-            say(f"the connection to {mask_url(url)} was lost while giving the command; "
-                "giving it through the next URL")
+            if outcome.given:  # only the answers were still coming: do not give it again
+                raise UserError(f"the command was given, then the connection to the broker "
+                                f"was lost while the workers answered ({exc!r}); see them "
+                                "with task_report.py --watch", EXIT_UNREACHABLE) from None
+            if number == len(urls):  # a node pausing itself, or going down, before confirming
+                raise UserError(f"the connection to the broker was lost before the command "
+                                f"was confirmed ({exc!r}); run it again once the broker is "
+                                "back", EXIT_UNREACHABLE) from None
+            say(f"the connection to {mask_url(url)} was lost before the command was "
+                "confirmed; giving it through the next URL")
         finally:
             with contextlib.suppress(pika.exceptions.AMQPError, OSError):
                 if connection.is_open:
@@ -93,14 +96,13 @@ def send(settings: BrokerSettings, spec: QueueSpec, kind: str, *, run: str | Non
     raise AssertionError("unreachable: every URL returns or raises")
 
 
-def _send(connection: pika.BlockingConnection, spec: QueueSpec, record: dict) -> Outcome:
+def _send(connection: pika.BlockingConnection, spec: QueueSpec, outcome: Outcome) -> Outcome:
     listen = connection.channel()
     listen.exchange_declare(spec.exchange, "topic", durable=True)
     inbox = f"{spec.name}.control-answers.{uuid.uuid4().hex[:8]}"
     listen.queue_declare(inbox, exclusive=True, auto_delete=True)
     for key in (ROUTING_LIVE, ROUTING_CONTROL):
         listen.queue_bind(inbox, spec.exchange, key)
-    outcome = Outcome(record)
 
     def on_event(_ch, _method, _properties, body: bytes) -> None:
         for event in decode_events(body):
@@ -109,6 +111,7 @@ def _send(connection: pika.BlockingConnection, spec: QueueSpec, record: dict) ->
     listen.basic_consume(inbox, on_event, auto_ack=True)
     with confirmed_within(connection, CONFIRM_SECONDS):
         append(connection, spec, outcome.record)  # first: the workers act on it as we listen
+    outcome.given = True
     listened = time.monotonic() + LISTEN_SECONDS  # who is there: snapshots come every 2 s
     answered = time.monotonic() + ANSWER_SECONDS
     while (now := time.monotonic()) < answered and (now < listened or outcome.silent):
