@@ -107,7 +107,8 @@ def end_all(processes: list, outs: list[Path]) -> None:
             raise AssertionError(f"{out.name} did not end: {out.read_text()[-800:]}") from None
 
 
-@pytest.mark.parametrize("mode", ["pause_minority", "ignore"])
+@pytest.mark.parametrize("mode", [pytest.param("pause_minority", marks=pytest.mark.unsteady),
+                                  "ignore"])
 def test_one_node_cut_off_no_client_stays_on_it(cluster, logs, tmp_path, mode):
     """Node 0 (where the queue was declared, and the first URL of w0 and of an emitter
     started at the cut) is cut off from the other two for CUT_SECONDS. Whatever the mode, the
@@ -272,6 +273,7 @@ def test_a_worker_paused_longer_than_its_heartbeat_goes_on(cluster, logs, tmp_pa
     assert queue_state(queue, cluster.nodes[0].url) == (0, 0)
 
 
+@pytest.mark.unsteady
 def test_a_paused_broker_node(cluster, logs, tmp_path):
     """Node 0's Erlang VM is SIGSTOPped for 30 s (its sockets stay open, it answers nothing)
     under three workers, w0 first on it, then continued. w0 must leave it and work on the
