@@ -87,7 +87,7 @@ class History:
 
     def copy_path(self, run_id: str) -> Path:
         """Where the local copy of *run_id*'s records is kept."""
-        return self.cache / f"{_safe(run_id)}.jsonl"
+        return self.cache / f"{safe_name(run_id)}.jsonl"
 
     def _fetch(self, reader: RecordReader, run_id: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,5 +135,6 @@ def _read_lines(path: Path) -> Iterator[dict]:
                 yield record
 
 
-def _safe(run_id: str) -> str:
+def safe_name(run_id: str) -> str:
+    """A run id as a file name."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)[:80] or "_none"

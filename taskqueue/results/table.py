@@ -80,6 +80,12 @@ class TaskTable:
         return counts
 
 
+def task_key(record: dict) -> object:
+    """What one task is in the table: its row, else its message id (or row and text)."""
+    row = _row(record)
+    return row if row is not None else _rowless_key(record)
+
+
 def _row(record: dict) -> int | None:
     row = record.get("row")
     return row if isinstance(row, int) and 0 <= row < 1 << 27 else None

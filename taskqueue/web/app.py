@@ -212,9 +212,7 @@ class RunCsv(Base):
     async def get(self, run_id: str) -> None:
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="{run_id}.csv"')
-        for chunk in await self.blocking(lambda: list(self.runs.csv_lines(run_id))):
-            self.write(chunk)
-        self.finish()
+        self.finish(await self.blocking(self.runs.csv_text, run_id))
 
 
 class DeadPage(Base):

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from taskqueue.results.history import safe_name
 from taskqueue.results.record import kind_of
 
 OPEN_FILES = 16  # the runs being written at once (older handles are closed, reopened if needed)
@@ -41,9 +42,9 @@ class RunCopies:
 
     def path(self, run_id: str) -> Path:
         """One file per run id (two ids never share one: a digest of the id is in its name)."""
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)[:80]
+        safe = safe_name(run_id)
         digest = hashlib.sha1(run_id.encode()).hexdigest()[:8]
-        return self.directory / f"{safe or '_none'}-{digest}.jsonl"
+        return self.directory / f"{safe}-{digest}.jsonl"
 
     def add(self, records: list[dict]) -> None:
         """Append each task or run record to its run's file; a worker's totals to each run

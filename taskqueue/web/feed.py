@@ -52,7 +52,6 @@ class DashboardFeed:
         self.lock = threading.Lock()
         self.connected = False
         self.problem: str | None = None  # why the feed is not connected, for the page
-        self.connections = 0  # opened so far
         self.bad_records = 0  # records that could not be read (skipped, logged)
         self._next_offset: int | None = None  # the stream offset after the last record read
         self._stopping = threading.Event()
@@ -92,7 +91,6 @@ class DashboardFeed:
             except Exception as exc:  # whatever it is, the page says so and we try again
                 self._lost(f"cannot connect to the broker ({exc!r})")
                 continue
-            self.connections += 1
             try:
                 self._follow(connection)
             except (pika.exceptions.AMQPError, OSError) as exc:

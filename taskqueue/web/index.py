@@ -10,7 +10,7 @@ import json
 from array import array
 from pathlib import Path
 
-from taskqueue.results.table import RANK, row_of
+from taskqueue.results.table import RANK, row_of, task_key
 
 NAMES = {rank: name for name, rank in RANK.items()}
 
@@ -55,9 +55,9 @@ class RunIndex:
             return
         rank = RANK.get(record.get("outcome") or "done", 0)
         attempt = int(record.get("attempt") or 1)
-        entry = self._best.get(_key(record))
+        entry = self._best.get(task_key(record))
         if entry is None:
-            self._best[_key(record)] = [rank, here, attempt]
+            self._best[task_key(record)] = [rank, here, attempt]
             return
         if rank > entry[0]:
             entry[0], entry[1] = rank, here
@@ -90,10 +90,3 @@ class RunIndex:
                 found.append(row_of(json.loads(copy.readline()), self.attempts[n],
                                     self.run_id))
         return found
-
-
-def _key(record: dict) -> object:
-    row = record.get("row")
-    if isinstance(row, int) and 0 <= row < 1 << 27:
-        return row
-    return record.get("message_id") or f"{row}:{record.get('task')}"

@@ -10,15 +10,16 @@ thread at a time per run (a lock), so ten tabs on one run read it once.
 
 from __future__ import annotations
 
+import io
 import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from taskqueue.results.record import kind_of
-from taskqueue.results.table import task_rows
+from taskqueue.results.table import task_rows, write_tasks_csv
 from taskqueue.views.report import RunReport
 from taskqueue.web.copies import RunCopies, read_copy
 from taskqueue.web.index import RunIndex
@@ -135,23 +136,11 @@ class RunPages:
     def svg(self, run_id: str) -> str:
         return RunReport(self.records(run_id)(), run_id, self.queue).svg()
 
-    def csv_lines(self, run_id: str) -> Iterator[str]:
-        import csv
-        import io
-
-        from taskqueue.results.table import COLUMNS
-
-        _table, rows = task_rows(run_id, self.records(run_id))
+    def csv_text(self, run_id: str) -> str:
+        """The run's CSV, as ``task_report.py --csv`` writes it (results/table.py)."""
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, COLUMNS)
-        writer.writeheader()
-        for count, row in enumerate(rows, 1):
-            writer.writerow(row)
-            if count % 1000 == 0:
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-        yield buffer.getvalue()
+        write_tasks_csv(buffer, run_id, self.records(run_id))
+        return buffer.getvalue()
 
 
 _VARYING = re.compile(r"'[^']*'|\"[^\"]*\"|\d+(?:\.\d+)?")
