@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test test-cluster test-unsteady lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records bench-web clean
+.PHONY: venv demo test test-cluster lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records bench-web clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -21,10 +21,6 @@ test: venv
 # Only the multi-node tests (3-node cluster, fail-over); `make test` runs them too.
 test-cluster: venv
 	$(PY) scripts/check.py -m cluster
-
-# The tests make test leaves out (marker "unsteady": see pyproject.toml and docs/development.md).
-test-unsteady: venv
-	$(PY) scripts/check.py -m unsteady
 
 # Resilience figures (many workers, a network path gone silent, duplicates): a few minutes;
 # not part of `make test`. Writes bench/soak.md.

@@ -63,7 +63,7 @@ class Queues:
 
     def new(self, label: str) -> str:
         name = f"{self.prefix}.{label}"
-        self.made += QueueSpec(name).everything
+        self.made.append(name)
         return name
 
     def delete_all(self) -> None:
@@ -71,10 +71,14 @@ class Queues:
 
     @staticmethod
     def delete(*names: str) -> None:
-        """Delete now, so the next measurement starts on a broker as empty as the last one."""
+        """Delete now (every queue of each name, and its events exchange), so the next
+        measurement starts on a broker as empty as the last one."""
         connection = pika.BlockingConnection(pika.URLParameters(URL))
         for name in names:
-            connection.channel().queue_delete(name)
+            spec = QueueSpec(name)
+            for each in spec.everything:
+                connection.channel().queue_delete(each)
+            connection.channel().exchange_delete(spec.exchange)
         connection.close()
 
 

@@ -5,8 +5,10 @@ user; the main broker on 5672 is never touched. Always ``stop()`` (the fixtures 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -22,9 +24,35 @@ def free_port() -> int:
 
 def ctl(node: str, *args: str, timeout: float = 60,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """rabbitmqctl against *node*; *env*: for a node with an epmd of its own (partitions.py)."""
-    return subprocess.run(["rabbitmqctl", "-n", node, *args], capture_output=True, text=True,
-                          timeout=timeout, check=False, env=env)
+    """rabbitmqctl against *node*; *env*: for a node with an epmd of its own (partitions.py).
+    One that takes longer than *timeout* is ended with everything it started (run as root,
+    rabbitmqctl runs its Erlang VM under ``su`` in a session of its own, which ending
+    rabbitmqctl alone leaves running), then ``TimeoutExpired`` is raised."""
+    command = ["rabbitmqctl", "-n", node, *args]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for pid in reversed(_descendants(process.pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # ours, by pid: started just now
+            process.kill()
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below *pid*, parents before children (Linux's /proc)."""
+    found: list[int] = []
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return found
+    for child in map(int, children):
+        found += [child, *_descendants(child)]
+    return found
 
 
 class ThrowawayBroker:

@@ -59,6 +59,17 @@ class Dashboard:
         assert status == 200, (status, body)
         return json.loads(body)
 
+    def done_total(self) -> float | None:
+        """taskqueue_tasks_total{outcome="done"} from /metrics (None: not there yet)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        _status, _headers, body = self.request("GET", "/metrics")
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if sample.name == "taskqueue_tasks_total" and sample.labels["outcome"] == "done":
+                    return sample.value
+        return None
+
     def stop(self) -> str:
         """SIGTERM, as a service manager would; returns what it printed."""
         if self.process.poll() is None:

@@ -237,8 +237,13 @@ def test_cancel_is_given_at_once_no_task_started_after_it_runs_to_the_end(queue,
              what="both workers to have done a task")
     asked = time.time()
     outcome = commands.send(BrokerSettings([MAIN_URL]), QueueSpec(queue), "cancel", run=run)
-    assert sorted(outcome.answers) == ["w1", "w2"], outcome
+    # Each answers within ANSWER_SECONDS as a rule; on a loaded machine one may answer later
+    # (the command names it, and it acts when it reads the stream): what is tested is that
+    # both act on it, and that no task started after it was asked runs to the end.
+    assert outcome.given and set(outcome.answers) <= {"w1", "w2"} and outcome.answers, outcome
     assert [worker.wait(timeout=60) for worker in workers] == [0, 0]
+    for out in outs:
+        assert f"run {run} cancelled" in out.read_text(), (outcome, out.read_text()[-1500:])
     history = History(BrokerSettings([MAIN_URL]), QueueSpec(queue), tmp_path / "r")
     tasks = [r for r in history.run_records(run)() if r.get("kind") in (None, "task")]
     late = [r for r in tasks if r.get("outcome") == "done" and float(r["started"]) > asked]

@@ -265,15 +265,7 @@ def test_a_record_it_cannot_read_is_skipped_and_the_dashboard_goes_on(dashboard,
         channel.basic_publish("", QueueSpec(queue).results_name, json.dumps([record]).encode())
     connection.close()
 
-    def done() -> float | None:
-        _status, _headers, body = dashboard.request("GET", "/metrics")
-        for family in text_string_to_metric_families(body.decode()):
-            for sample in family.samples:
-                if sample.name == "taskqueue_tasks_total" and sample.labels["outcome"] == "done":
-                    return sample.value
-        return None
-
-    wait_for(lambda: done() == 1, timeout=30, what="the good record counted")
+    wait_for(lambda: dashboard.done_total() == 1, timeout=30, what="the good record counted")
     assert json.loads(dashboard.request("GET", "/live.json")[2])["problem"] is None
     assert "skipped a record it cannot read" in dashboard.out.read_text()
 

@@ -491,10 +491,15 @@ class BrokerSession:
 def open_blocking(settings: BrokerSettings) -> pika.BlockingConnection:
     """A plain blocking connection to the first URL that answers, for short jobs such as the
     report (no reconnect loop: a failure is reported, the user runs it again)."""
+    return open_blocking_at(settings)[0]
+
+
+def open_blocking_at(settings: BrokerSettings) -> tuple[pika.BlockingConnection, str]:
+    """``open_blocking``, and the URL that answered."""
     reasons = []
     for url in settings.urls:
         try:
-            return pika.BlockingConnection(connection_parameters(url, settings))
+            return pika.BlockingConnection(connection_parameters(url, settings)), url
         except pe.AMQPError as exc:
             fatal, reason = explain_connect_error(exc, url)
             if fatal:

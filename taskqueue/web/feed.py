@@ -19,11 +19,12 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import replace
 
 import pika
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
-from taskqueue.broker.connection import open_blocking
+from taskqueue.broker.connection import open_blocking_at
 from taskqueue.errors import UserError
 from taskqueue.results.record import decode_group, kind_of
 from taskqueue.views.events import decode_events
@@ -31,6 +32,7 @@ from taskqueue.views.live import LiveState, QueueCounts
 from taskqueue.views.store import passive_counts
 from taskqueue.views.watch import VIEW_QUEUE_LIMIT
 from taskqueue.web.copies import RunCopies
+from taskqueue.web.nodes import NodeWatch
 from taskqueue.web.totals import RecordTotals
 
 GONE_AFTER = 4.0  # two snapshot intervals (2 s): a killed worker shows as gone
@@ -54,15 +56,19 @@ class DashboardFeed:
         self.problem: str | None = None  # why the feed is not connected, for the page
         self.bad_records = 0  # records that could not be read (skipped, logged)
         self._next_offset: int | None = None  # the stream offset after the last record read
+        self._urls = list(settings.urls)  # tried in this order; a node found behind goes last
+        self.nodes = NodeWatch(settings, spec, log, lambda: self._next_offset or 0)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dashboard-feed", daemon=True)
 
     def start(self) -> None:
         self.copies.start()
         self._thread.start()
+        self.nodes.start()
 
     def stop(self) -> None:
         self._stopping.set()
+        self.nodes.stop()
         self._thread.join(timeout=10)
         self.copies.close()
 
@@ -84,7 +90,7 @@ class DashboardFeed:
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                connection = open_blocking(self.settings)
+                connection, url = open_blocking_at(replace(self.settings, urls=self._urls))
             except UserError as exc:  # unreachable, refused: said on the page and in the log
                 self._lost(str(exc))
                 continue
@@ -92,7 +98,8 @@ class DashboardFeed:
                 self._lost(f"cannot connect to the broker ({exc!r})")
                 continue
             try:
-                self._follow(connection)
+                self.nodes.current = url
+                self._follow(connection, url)
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self._lost(f"connection to the broker lost ({exc!r})")
             except Exception as exc:  # a bug must not end the page's updates silently
@@ -110,7 +117,9 @@ class DashboardFeed:
         self.problem, self.connected = why, False
         self._stopping.wait(RECONNECT_SECONDS)
 
-    def _follow(self, connection: pika.BlockingConnection) -> None:
+    def _follow(self, connection: pika.BlockingConnection, url: str) -> None:
+        """Until stopped, or told that the node at *url* is behind (then the caller connects
+        again, there last: reading on from the next offset, nothing twice)."""
         channel = connection.channel()
         channel.exchange_declare(self.spec.exchange, "topic", durable=True)
         view = f"{self.spec.name}.watch.web-{uuid.uuid4().hex[:8]}"
@@ -124,6 +133,10 @@ class DashboardFeed:
         self.connected, self.problem = True, None
         names = [self.spec.name, self.spec.retry_name, self.spec.dead_name]
         while not self._stopping.is_set():
+            better = self.nodes.advice(url)
+            if better is not None:
+                self._urls = [better, *(u for u in self._urls if u not in (better, url)), url]
+                return
             following = following or self._follow_results(connection)
             counts = passive_counts(connection, names)
             task, retry, dead = (counts[name] for name in names)

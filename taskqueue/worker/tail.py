@@ -43,6 +43,7 @@ ACK_EVERY = 50
 FENCE_TIMEOUT = 15.0  # seconds for a mark to come back before reading the stream again
 BLOCKED_GRACE = 1.0  # seconds to read what the stream holds when no fence can be written
 RETRY_SECONDS = 1.0
+SAY_AGAIN_SECONDS = 10.0  # a reason that lasts is said again this often
 Answer = Callable[[tuple[str, float] | None], None]  # (worker, finished) of the done record
 
 
@@ -77,6 +78,7 @@ class ResultsTail:
         self._fence_watch: tuple[int, float] | None = None  # (marks seen, since) while waiting
         self.position = -1  # the offset of the last message read: what answers are based on
         self._nonce = uuid.uuid4().hex  # our marks are ours alone
+        self._unreadable: tuple[str, float, float, int] | None = None  # said once, then rarely
 
     # --- connection ------------------------------------------------------------------------
     def start(self, connection: Connection, ioloop, on_ready: Callable[[], None]) -> None:
@@ -125,6 +127,7 @@ class ResultsTail:
         if generation != self._generation:
             return
         self._attached_now = True
+        self._unreadable = None
         seq = self._requested + 1
         self._ask(seq)
         self._waiting = [(seq, key, answer) for _needs, key, answer in self._waiting]
@@ -154,8 +157,7 @@ class ResultsTail:
         if generation != self._generation or self._ioloop is None:
             return
         if why:
-            self.log.warning("[%s] the results stream %r cannot be read (%s): reading it again "
-                             "shortly", self.worker, self.spec.results_name, why)
+            self._say_unreadable(why)
         self._generation += 1
         self._attached_now = False
         channel, self._channel = self._channel, None
@@ -165,6 +167,24 @@ class ResultsTail:
             self._catching_up[run] = self._fence()
         again = self._generation
         self._ioloop.call_later(delay, lambda: self._subscribe(again))
+
+    def _say_unreadable(self, why: str) -> None:
+        """One line, then one every ``SAY_AGAIN_SECONDS`` while the same reason lasts (a
+        stream electing a new leader refuses every second for up to a minute)."""
+        now = time.monotonic()
+        last = self._unreadable  # (why, since, said at, refusals)
+        if last is None or last[0] != why:
+            self._unreadable = (why, now, now, 1)
+            self.log.warning("[%s] the results stream %r cannot be read (%s): reading it again "
+                             "shortly", self.worker, self.spec.results_name, why)
+            return
+        _why, since, said_at, refusals = last
+        if now - said_at >= SAY_AGAIN_SECONDS:
+            self.log.warning("[%s] the results stream %r still cannot be read (%s; %d tries in "
+                             "%.0f s): reading it again shortly", self.worker,
+                             self.spec.results_name, why, refusals + 1, now - since)
+            said_at = now
+        self._unreadable = (why, since, said_at, refusals + 1)
 
     # --- reading ---------------------------------------------------------------------------
     def _on_message(self, channel: Channel, method: Basic.Deliver,

@@ -1,0 +1,97 @@
+"""On a cluster, is the node the dashboard reads from behind the others?
+
+A node cut off from its cluster by a partition (``cluster_partition_handling = ignore``) keeps
+our connection open and says nothing is wrong: its replica of the results stream just stops
+where the cut began, and the workers' snapshots (published on the other nodes) stop coming.
+The dashboard would show a run frozen in time. Given several ``--url``, ``NodeWatch`` asks each
+node every ``CHECK_SECONDS``, in a thread of its own (a node that does not answer must not
+stall the page), where its replica of the stream ends. When another node's ends past what the
+feed has read while the feed has read nothing new since the last check, the feed is told to
+read there instead (``advice``); ``move_to`` is that decision, pure. A node that catches up
+is not behind: records still coming in between two checks keep the feed where it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+
+import pika
+
+from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
+from taskqueue.errors import UserError
+from taskqueue.results.reader import RecordReader
+
+CHECK_SECONDS = 15.0  # two checks without progress: about 30 s on a cut-off node
+
+
+def move_to(ends: dict[str, int | None], current: str, read_to: int,
+            progressed: bool) -> str | None:
+    """The URL to read from instead of *current*, or None to stay. *ends*: the offset of the
+    stream's last message at each URL (None: empty, missing or unreachable); *read_to*: the
+    offset the feed reads next; *progressed*: it read something since the last check."""
+    if progressed:
+        return None
+    others = [(end, url) for url, end in ends.items() if url != current and end is not None]
+    if not others:
+        return None
+    end, best = max(others)
+    here = ends.get(current)
+    if end < read_to or (here is not None and here >= end):
+        return None
+    return best
+
+
+class NodeWatch:
+    """Checks the nodes of *settings* until ``stop()``; ``advice(current)`` is the URL the feed
+    reading from *current* should move to (once), or None. *read_to()* is the feed's next
+    offset. With one URL there is nothing to compare: no thread, no advice."""
+
+    def __init__(self, settings: BrokerSettings, spec: QueueSpec, log: logging.Logger,
+                 read_to: Callable[[], int], interval: float = CHECK_SECONDS) -> None:
+        self.settings, self.spec, self.log = settings, spec, log
+        self.read_to, self.interval = read_to, interval
+        self._advice: tuple[str, str] | None = None  # (from, to)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dashboard-nodes", daemon=True)
+        self.current = settings.urls[0]
+
+    def start(self) -> None:
+        if len(self.settings.urls) > 1:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def advice(self, current: str) -> str | None:
+        with self._lock:
+            advice, self._advice = self._advice, None
+        return advice[1] if advice is not None and advice[0] == current else None
+
+    def _run(self) -> None:
+        last = None
+        while not self._stopping.wait(self.interval):
+            read_to, current = self.read_to(), self.current
+            ends = {url: self._end(url) for url in self.settings.urls}
+            target = move_to(ends, current, read_to, last is None or read_to != last)
+            last = read_to
+            if target is not None:
+                self.log.warning("dashboard: the results stream at %s ends at offset %s, at "
+                                 "%s at %s: the first is behind (cut off from its cluster?); "
+                                 "reading from the second", mask_url(current), ends[current],
+                                 mask_url(target), ends[target])
+                with self._lock:
+                    self._advice = (current, target)
+
+    def _end(self, url: str) -> int | None:
+        reader = RecordReader(replace(self.settings, urls=[url]), self.spec)
+        try:
+            return reader.end_offset()
+        except (UserError, pika.exceptions.AMQPError, OSError):
+            return None  # unreachable, refusing, or closing on us: nothing to read there
+        except Exception:  # a bug here must not end the checks silently
+            self.log.exception("dashboard: could not learn where the stream ends at a node")
+            return None
