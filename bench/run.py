@@ -74,11 +74,12 @@ class Queues:
         """Delete now (every queue of each name, and its events exchange), so the next
         measurement starts on a broker as empty as the last one."""
         connection = pika.BlockingConnection(pika.URLParameters(URL))
+        channel = connection.channel()
         for name in names:
             spec = QueueSpec(name)
             for each in spec.everything:
-                connection.channel().queue_delete(each)
-            connection.channel().exchange_delete(spec.exchange)
+                channel.queue_delete(each)
+            channel.exchange_delete(spec.exchange)
         connection.close()
 
 

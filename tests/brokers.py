@@ -38,7 +38,8 @@ def ctl(node: str, *args: str, timeout: float = 60,
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)  # ours, by pid: started just now
             process.kill()
-            process.communicate()
+            with contextlib.suppress(subprocess.TimeoutExpired):  # a pipe held by one missed
+                process.communicate(timeout=10)
             raise
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 

@@ -254,32 +254,52 @@ class PartitionCluster:
         ``PATIENCE`` s after the heal (or after its last restart: a node of ``pause_minority``
         slow to come back, a restart whose table sync stalled) is restarted too, up to
         ``RECOVERIES`` times in all: healing the cluster is the harness's job, not the test's
-        subject, and a not-whole cluster would fail every test after this one."""
-        want = sorted(node.node for node in self.nodes)
-        deadline = time.monotonic() + timeout
-        last_action, recoveries = time.monotonic(), 0
+        subject, and a not-whole cluster would fail every test after this one. *timeout*
+        counts the waiting, not the restarts."""
+        began = time.monotonic()
+        deadline = began + timeout
+        last_action, recoveries = began, 0
         while time.monotonic() < deadline:
             views = [node.status() for node in self.nodes]
-            behind = [node for node, view in zip(self.nodes, views)
-                      if sorted(view.get("running_nodes", [])) != want or view.get("partitions")]
+            behind = self._behind(views)
             if not behind:
                 return
-            partitioned = any(view.get("partitions") for view in views)
-            waited = time.monotonic() - last_action
-            if recoveries < RECOVERIES and (
-                    (restart is not None and partitioned and recoveries == 0)
-                    or waited > PATIENCE):
-                node = restart if restart is not None and partitioned else min(
-                    behind, key=lambda n: sum(n.node in v.get("running_nodes", ()) for v in views))
-                print(f"{time.strftime('%H:%M:%S')} wait_whole: restarting {node.node} after "
-                      f"{waited:.0f} s: {_brief(views)}", flush=True)
-                began = time.monotonic()
-                self.recover(node, whole=not views[self.nodes.index(node)])
+            node = self._to_restart(views, behind, restart, recoveries,
+                                    time.monotonic() - last_action)
+            if node is not None:
+                print(f"{time.strftime('%H:%M:%S')} wait_whole: restarting {node.node}: "
+                      f"{_brief(views)}", flush=True)
+                restarting = time.monotonic()
+                try:
+                    self.recover(node, whole=not views[self.nodes.index(node)])
+                except (RuntimeError, subprocess.SubprocessError) as exc:  # the next one may do
+                    print(f"wait_whole: the restart failed: {exc}", flush=True)
                 recoveries, last_action = recoveries + 1, time.monotonic()
-                deadline += last_action - began  # the wait is for the cluster, not the restart
+                deadline += last_action - restarting
             time.sleep(1)
-        raise AssertionError(f"the cluster is not whole after {timeout} s: "
+        raise AssertionError(f"the cluster is not whole after {time.monotonic() - began:.0f} s "
+                             f"({recoveries} restarts): "
                              f"{_brief([node.status() for node in self.nodes])}")
+
+    def _behind(self, views: list[dict]) -> list[PartitionNode]:
+        """The nodes whose view (``cluster_status``) is not all three running, no partition."""
+        want = sorted(node.node for node in self.nodes)
+        return [node for node, view in zip(self.nodes, views)
+                if sorted(view.get("running_nodes", [])) != want or view.get("partitions")]
+
+    def _to_restart(self, views: list[dict], behind: list[PartitionNode],
+                    restart: PartitionNode | None, recoveries: int,
+                    waited: float) -> PartitionNode | None:
+        """The node to restart now, or None (wait): first *restart* once a partition is seen,
+        then, once ``PATIENCE`` has passed, whichever node of *behind* the others least see
+        running (one that does not answer has no view of its own)."""
+        if recoveries >= RECOVERIES:
+            return None
+        if restart is not None and recoveries == 0 and any(v.get("partitions") for v in views):
+            return restart
+        if waited <= PATIENCE:
+            return None
+        return min(behind, key=lambda n: sum(n.node in v.get("running_nodes", ()) for v in views))
 
     def recover(self, node: PartitionNode, whole: bool = False) -> None:
         """Restart the app of *node* (the side not trusted after an ``ignore`` partition), or

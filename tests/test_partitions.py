@@ -354,3 +354,27 @@ def test_the_reach_policy():
     watch.check(500.0, None, unjudged=False)  # a task came: the probe in flight is not ours
     asked[-1]()
     assert proven == [True]
+
+
+def test_a_results_stream_refusing_every_second_is_said_every_ten(monkeypatch, caplog):
+    """tail.py without a broker: while a stream elects a new leader (a paused node held it)
+    it refuses each read, every second, for up to a minute: one line, then one each
+    SAY_AGAIN_SECONDS with the count, and one when it is readable again."""
+    import logging
+
+    from taskqueue.broker.config import QueueSpec
+    from taskqueue.worker import tail
+
+    clock = [100.0]
+    monkeypatch.setattr(tail.time, "monotonic", lambda: clock[0])
+    reader = tail.ResultsTail(QueueSpec("q"), "w0", logging.getLogger("tail-test"),
+                              write_mark=lambda _record: None, on_refused=lambda _exc: None)
+    with caplog.at_level(logging.INFO, logger="tail-test"):
+        for _second in range(45):
+            reader._say_unreadable("no replica on the local node")
+            clock[0] += 1.0
+        reader._attached(reader._generation)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([line for line in lines if "cannot be read" in line]) == 5, lines
+    assert "(no replica on the local node; 11 tries in 10 s)" in lines[1], lines
+    assert lines[-1].endswith("is readable again (after 45 tries in 45 s)"), lines

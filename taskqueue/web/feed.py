@@ -98,7 +98,7 @@ class DashboardFeed:
                 self._lost(f"cannot connect to the broker ({exc!r})")
                 continue
             try:
-                self.nodes.current = url
+                self.nodes.watching(url)
                 self._follow(connection, url)
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self._lost(f"connection to the broker lost ({exc!r})")
@@ -110,6 +110,17 @@ class DashboardFeed:
                     if connection.is_open:
                         connection.close()
                 self.connected = False
+                self._take_advice(url)  # a node that fails us may be behind as well
+
+    def _take_advice(self, url: str) -> bool:
+        """True when NodeWatch found the node at *url* behind: said, and it goes last."""
+        advice = self.nodes.advice(url)
+        if advice is None:
+            return False
+        better, why = advice
+        self.log.warning("dashboard: %s; reading from the second", why)
+        self._urls = [better, *(u for u in self._urls if u not in (better, url)), url]
+        return True
 
     def _lost(self, why: str) -> None:
         if why != self.problem:
@@ -133,9 +144,7 @@ class DashboardFeed:
         self.connected, self.problem = True, None
         names = [self.spec.name, self.spec.retry_name, self.spec.dead_name]
         while not self._stopping.is_set():
-            better = self.nodes.advice(url)
-            if better is not None:
-                self._urls = [better, *(u for u in self._urls if u not in (better, url)), url]
+            if self._take_advice(url):
                 return
             following = following or self._follow_results(connection)
             counts = passive_counts(connection, names)

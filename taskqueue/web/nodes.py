@@ -45,19 +45,20 @@ def move_to(ends: dict[str, int | None], current: str, read_to: int,
 
 
 class NodeWatch:
-    """Checks the nodes of *settings* until ``stop()``; ``advice(current)`` is the URL the feed
-    reading from *current* should move to (once), or None. *read_to()* is the feed's next
-    offset. With one URL there is nothing to compare: no thread, no advice."""
+    """Checks the nodes of *settings* until ``stop()``; the feed says which URL it reads from
+    (``watching``) and asks ``advice(url)``: the URL to move to and why, once, or None.
+    *read_to()* is the feed's next offset. With one URL there is nothing to compare: no
+    thread, no advice."""
 
     def __init__(self, settings: BrokerSettings, spec: QueueSpec, log: logging.Logger,
                  read_to: Callable[[], int], interval: float = CHECK_SECONDS) -> None:
         self.settings, self.spec, self.log = settings, spec, log
         self.read_to, self.interval = read_to, interval
-        self._advice: tuple[str, str] | None = None  # (from, to)
+        self._current = settings.urls[0]
+        self._advice: tuple[str, str, str] | None = None  # (from, to, why)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dashboard-nodes", daemon=True)
-        self.current = settings.urls[0]
 
     def start(self) -> None:
         if len(self.settings.urls) > 1:
@@ -66,25 +67,34 @@ class NodeWatch:
     def stop(self) -> None:
         self._stopping.set()
 
-    def advice(self, current: str) -> str | None:
+    def watching(self, url: str) -> None:
+        """The feed reads from *url* now (advice about another is stale)."""
+        with self._lock:
+            self._current = url
+
+    def advice(self, current: str) -> tuple[str, str] | None:
+        """(the URL to read from instead of *current*, why), once; None: stay."""
         with self._lock:
             advice, self._advice = self._advice, None
-        return advice[1] if advice is not None and advice[0] == current else None
+        return advice[1:] if advice is not None and advice[0] == current else None
 
     def _run(self) -> None:
         last = None
         while not self._stopping.wait(self.interval):
-            read_to, current = self.read_to(), self.current
+            read_to = self.read_to()
+            with self._lock:
+                current = self._current
             ends = {url: self._end(url) for url in self.settings.urls}
             target = move_to(ends, current, read_to, last is None or read_to != last)
             last = read_to
             if target is not None:
-                self.log.warning("dashboard: the results stream at %s ends at offset %s, at "
-                                 "%s at %s: the first is behind (cut off from its cluster?); "
-                                 "reading from the second", mask_url(current), ends[current],
-                                 mask_url(target), ends[target])
+                here = "could not be read" if ends[current] is None else \
+                    f"ends at offset {ends[current]}"
+                why = (f"the results stream at {mask_url(current)} {here}, at "
+                       f"{mask_url(target)} it ends at {ends[target]}: the first is behind "
+                       "(cut off from its cluster?)")
                 with self._lock:
-                    self._advice = (current, target)
+                    self._advice = (current, target, why)
 
     def _end(self, url: str) -> int | None:
         reader = RecordReader(replace(self.settings, urls=[url]), self.spec)

@@ -127,6 +127,11 @@ class ResultsTail:
         if generation != self._generation:
             return
         self._attached_now = True
+        if self._unreadable is not None and self._unreadable[3] > 1:
+            _why, since, _said, refusals = self._unreadable
+            self.log.info("[%s] the results stream %r is readable again (after %d tries in "
+                          "%.0f s)", self.worker, self.spec.results_name, refusals,
+                          time.monotonic() - since)
         self._unreadable = None
         seq = self._requested + 1
         self._ask(seq)
