@@ -353,3 +353,13 @@ class PartitionCluster:
             except subprocess.TimeoutExpired:
                 self._epmd.kill()
                 self._epmd.wait(timeout=10)
+        self._no_daemon_epmd()
+
+    def _no_daemon_epmd(self) -> None:
+        """An Erlang VM (a rabbitmqctl, say) that starts on our port while our epmd is gone
+        starts a daemon epmd there, which would outlive us: asked to end, on our port only."""
+        env = {"PATH": os.environ["PATH"]}
+        names = ["epmd", "-port", str(self.epmd_port), "-names"]
+        if subprocess.run(names, capture_output=True, env=env, check=False).returncode == 0:
+            subprocess.run(["epmd", "-port", str(self.epmd_port), "-kill"], capture_output=True,
+                           env=env, check=False)

@@ -158,14 +158,8 @@ class RecordReader:
         """The settings to read with: the URL whose stream ends furthest first (once)."""
         if self._chosen is not None:
             return self._chosen
-        ends: list[tuple[int, int, str]] = []
-        for number, url in enumerate(self.settings.urls):
-            one = RecordReader(replace(self.settings, urls=[url]), self.spec, self.idle)
-            try:
-                end = one.end_offset()
-            except (UserError, pika.exceptions.AMQPError, OSError):
-                end = None  # unreachable, refusing, or closing on us: it holds nothing for us
-            ends.append((-1 if end is None else end, -number, url))
+        ends = [(-1 if end is None else end, -number, url) for number, (url, end)
+                in enumerate(ends_by_url(self.settings, self.spec, self.idle).items())]
         if not ends:
             self._chosen = self.settings  # let the usual connect say why
             return self._chosen
@@ -193,6 +187,20 @@ class RecordReader:
             return False
         probe.close()
         return True
+
+
+def ends_by_url(settings: BrokerSettings, spec: QueueSpec, idle: float = 1.0
+                ) -> dict[str, int | None]:
+    """Where the results stream ends (its last message's offset) at each of *settings*'
+    URLs, asked one by one; None where it is empty, missing, or the node is unreachable,
+    refusing or closing on us: it holds nothing for us."""
+    ends: dict[str, int | None] = {}
+    for url in settings.urls:
+        try:
+            ends[url] = RecordReader(replace(settings, urls=[url]), spec, idle).end_offset()
+        except (UserError, pika.exceptions.AMQPError, OSError):
+            ends[url] = None
+    return ends
 
 
 def _offset(properties: pika.BasicProperties) -> int | None:

@@ -16,13 +16,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import replace
-
-import pika
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
-from taskqueue.errors import UserError
-from taskqueue.results.reader import RecordReader
+from taskqueue.results.reader import ends_by_url
 
 CHECK_SECONDS = 15.0  # two checks without progress: about 30 s on a cut-off node
 
@@ -81,27 +77,24 @@ class NodeWatch:
     def _run(self) -> None:
         last = None
         while not self._stopping.wait(self.interval):
-            read_to = self.read_to()
-            with self._lock:
-                current = self._current
-            ends = {url: self._end(url) for url in self.settings.urls}
-            target = move_to(ends, current, read_to, last is None or read_to != last)
-            last = read_to
-            if target is not None:
-                here = "could not be read" if ends[current] is None else \
-                    f"ends at offset {ends[current]}"
-                why = (f"the results stream at {mask_url(current)} {here}, at "
-                       f"{mask_url(target)} it ends at {ends[target]}: the first is behind "
-                       "(cut off from its cluster?)")
-                with self._lock:
-                    self._advice = (current, target, why)
+            try:
+                last = self._check(last)
+            except Exception:  # a bug here must not end the checks silently
+                self.log.exception("dashboard: could not compare the nodes' results streams")
 
-    def _end(self, url: str) -> int | None:
-        reader = RecordReader(replace(self.settings, urls=[url]), self.spec)
-        try:
-            return reader.end_offset()
-        except (UserError, pika.exceptions.AMQPError, OSError):
-            return None  # unreachable, refusing, or closing on us: nothing to read there
-        except Exception:  # a bug here must not end the checks silently
-            self.log.exception("dashboard: could not learn where the stream ends at a node")
-            return None
+    def _check(self, last: int | None) -> int:
+        """One round: advice if the node read from is behind; returns what the feed had read."""
+        read_to = self.read_to()
+        with self._lock:
+            current = self._current
+        ends = ends_by_url(self.settings, self.spec)
+        target = move_to(ends, current, read_to, last is None or read_to != last)
+        if target is not None:
+            here = "could not be read" if ends[current] is None else \
+                f"ends at offset {ends[current]}"
+            why = (f"the results stream at {mask_url(current)} {here}, at "
+                   f"{mask_url(target)} it ends at {ends[target]}: the first is behind "
+                   "(cut off from its cluster?)")
+            with self._lock:
+                self._advice = (current, target, why)
+        return read_to
