@@ -5,7 +5,9 @@ cost the broker one reader; and the pure parts (the live page's data at 200 x 8 
 
 from __future__ import annotations
 
+import csv
 import http.client
+import io
 import re
 import subprocess
 import sys
@@ -163,6 +165,34 @@ def test_metrics_follow_the_conventions_and_a_gone_workers_series_go(dashboard, 
                            state="gone") == 1, timeout=30, what="the killed worker gone")
     assert value(families(), "taskqueue_worker_slots", "taskqueue_worker_slots",
                  worker="mw") is None, "a gone worker's series are removed"
+
+
+def test_the_csv_download_shows_a_task_that_looks_like_a_formula_as_text(dashboard, queue,
+                                                                         logs, tmp_path):
+    """A spreadsheet opening the download must not run a task's text ("CSV injection"); the
+    CLI's --csv, read by programs, keeps every value as recorded."""
+    tasks = ["=1+1", "+cmd|' /C calc'!A0", "-2+3", "@SUM(1)", "plain"]
+    emitted = run_script("emitter_of_tasks.py", "--queue", queue, "--file",
+                         str(write_csv(tmp_path / "f.csv", tasks)), log_dir=logs)
+    assert emitted.returncode == 0, emitted.stdout + emitted.stderr
+    run = re.search(r"\(run (\S+)\)", emitted.stdout)[1]
+    worker = start_worker("--queue", queue, "--name", "fw", "--seconds-per-dot", "0.01",
+                          "--exit-when-idle", "1.5", log_dir=logs, out=tmp_path / "w.out")
+    assert worker.wait(timeout=60) == 0
+    wait_for(lambda: dashboard.done_total() == 5, timeout=60, what="5 done on the dashboard")
+
+    def downloaded() -> list[str] | None:
+        status, _headers, body = dashboard.request("GET", f"/runs/{run}/tasks.csv")
+        rows = list(csv.DictReader(io.StringIO(body.decode()))) if status == 200 else []
+        return [row["task"] for row in rows] if len(rows) == 5 else None
+
+    assert wait_for(downloaded, timeout=30, what="the run's CSV") == [
+        "'=1+1", "'+cmd|' /C calc'!A0", "'-2+3", "'@SUM(1)", "plain"]
+    out = tmp_path / "cli.csv"
+    assert run_script("task_report.py", "--queue", queue, "--reports-dir", str(tmp_path / "r"),
+                      "--csv", str(out), "--run", run, log_dir=logs).returncode == 0
+    with open(out, encoding="utf-8", newline="") as handle:
+        assert [row["task"] for row in csv.DictReader(handle)] == tasks
 
 
 def dashboard_connections(pid: int) -> int:

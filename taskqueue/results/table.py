@@ -129,14 +129,31 @@ def row_of(record: dict, attempts: int, run_id: str) -> dict:
             "message_id": record.get("message_id") or "", "run_id": run_id}
 
 
-def write_tasks_csv(handle: TextIO, run_id: str,
-                    records: Callable[[], Iterable[dict]]) -> TaskTable:
+# A cell starting so is a formula to a spreadsheet ("CSV injection"): a task's text or result
+# could run one, or a command through DDE, in whoever opens the download.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def as_text_cell(value: object) -> object:
+    """*value* as a spreadsheet shows it as text: a leading ``'`` before a formula's start."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def write_tasks_csv(handle: TextIO, run_id: str, records: Callable[[], Iterable[dict]],
+                    for_spreadsheets: bool = False) -> TaskTable:
     """Write one row per task of *run_id* to *handle*; *records()* gives the run's records,
-    once per pass. Returns the table (its counts say how many of each)."""
+    once per pass. Returns the table (its counts say how many of each). *for_spreadsheets*
+    (the web view's download, opened by a person): a text that a spreadsheet would read as a
+    formula is written as text (``as_text_cell``); otherwise (``--csv``, read by programs)
+    every value is as recorded."""
     table, rows = task_rows(run_id, records)
     writer = csv.DictWriter(handle, COLUMNS)
     writer.writeheader()
-    writer.writerows(rows)
+    for row in rows:
+        writer.writerow({k: as_text_cell(v) for k, v in row.items()} if for_spreadsheets
+                        else row)
     return table
 
 

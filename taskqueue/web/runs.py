@@ -137,9 +137,10 @@ class RunPages:
         return RunReport(self.records(run_id)(), run_id, self.queue).svg()
 
     def csv_text(self, run_id: str) -> str:
-        """The run's CSV, as ``task_report.py --csv`` writes it (results/table.py)."""
+        """The run's CSV, as ``task_report.py --csv`` writes it (results/table.py), for a
+        spreadsheet: a task or result that would be a formula there is written as text."""
         buffer = io.StringIO()
-        write_tasks_csv(buffer, run_id, self.records(run_id))
+        write_tasks_csv(buffer, run_id, self.records(run_id), for_spreadsheets=True)
         return buffer.getvalue()
 
 
