@@ -74,6 +74,20 @@ def counted(text: str) -> str:
     return f"result of {text}"
 
 
+def gated(text: str) -> str:
+    """Notes its start in $RUNS_FILE (as ``counted``), then works until the file $GATE_FILE
+    exists (60 s at most): the test decides when it ends. Returns a result."""
+    import os
+    import time
+
+    with open(os.environ["RUNS_FILE"], "a", encoding="utf-8") as runs:
+        runs.write(f"{time.time():.6f} {text}\n")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.environ["GATE_FILE"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return f"result of {text}"
+
+
 def big_result(text: str) -> str:
     """A result of 40 KB: more than a record keeps."""
     return "x" * 40_000

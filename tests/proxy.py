@@ -1,11 +1,14 @@
 """A TCP proxy on 127.0.0.1 whose path can go silent: bytes stop flowing both ways, with no
 FIN and no RST, as when a NAT table or a firewall forgets a connection. Then ``drop_old()``
-closes what was open before, and new connections flow again. For tests and bench/soak.py."""
+closes what was open before, and new connections flow again. For tests and bench/soak.py.
+``HoldingProxy`` holds one direction of chosen connections only (an ack, a confirm)."""
 
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
+import struct
 import threading
 import time
 
@@ -82,3 +85,63 @@ class SilentProxy:
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+class HoldingProxy(SilentProxy):
+    """A proxy that can hold one direction of the connections whose client named itself with
+    *marker* (pika sends the AMQP ``connection_name`` in clear in its first frames): ``hold(
+    b"(publishing)", "client")`` keeps the broker's confirms from a worker's publishing
+    connection, ``hold(marker, "broker")`` keeps a consuming connection's acks from the broker.
+    What is held is never let through: when either side closes, it is dropped and the pair is
+    closed (a SIGKILLed worker's held ack must not reach the broker). Other connections flow."""
+
+    NAME_BYTES = 8192  # the handshake, where the connection's name is
+
+    def __init__(self, target_port: int) -> None:
+        self._holds: set[tuple[bytes, str]] = set()
+        self._first_bytes: dict[int, bytearray] = {}  # per client socket: what it sent first
+        super().__init__(target_port)
+
+    @staticmethod
+    def named(name: str) -> bytes:
+        """The marker of the connections named exactly *name* (as AMQP encodes it: its length
+        first, so ``"w"`` does not match ``"w (publishing)"``)."""
+        encoded = name.encode()
+        return struct.pack(">I", len(encoded)) + encoded
+
+    def hold(self, marker: bytes, toward: str) -> None:
+        """From now on, keep what goes *toward* ``"broker"`` or ``"client"`` on the
+        connections whose first bytes hold *marker* (see ``named``)."""
+        self._holds.add((marker, toward))
+
+    def _pump(self, source: socket.socket, sink: socket.socket, generation: int) -> None:
+        with self._lock:
+            client = next((c for c, u in self._pairs if source in (c, u)), None)
+        toward = "broker" if source is client else "client"
+        key = id(client)
+        held = bytearray()
+        try:
+            while generation == self._generation:
+                readable, _, _ = select.select([source], [], [], 0.05)
+                if readable:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    if toward == "broker":
+                        seen = self._first_bytes.setdefault(key, bytearray())
+                        if len(seen) < self.NAME_BYTES:
+                            seen += data[:self.NAME_BYTES - len(seen)]
+                    held += data
+                if held and not self._holding(key, toward):
+                    sink.sendall(held)
+                    held.clear()
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _holding(self, key: int, toward: str) -> bool:
+        name = bytes(self._first_bytes.get(key, b""))
+        return any(marker in name for marker, side in self._holds if side == toward)

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pika
+import pytest
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from tests.helpers import (
@@ -29,6 +30,7 @@ from tests.helpers import (
     wait_for,
     write_csv,
 )
+from tests.proxy import HoldingProxy
 
 
 def records(queue: str) -> list[dict]:
@@ -112,6 +114,52 @@ def test_workers_killed_mid_run_lose_no_result(queue, logs, tmp_path):
     assert all(row["result_or_error"] == f"result of {row['task']}" for row in table)
     ran = runs_of(tmp_path / "runs.txt")
     assert set(ran) == set(rows), "every task ran"
+
+
+@pytest.mark.parametrize("point", ["running", "recorded, not confirmed", "confirmed, not acked"])
+def test_a_worker_killed_at_each_point_of_a_delivery(point, queue, logs, tmp_path):
+    """SIGKILL at each point of a delivery's life (worker/life.py: run -> record -> confirm ->
+    ack), made to happen exactly there: the handler works until the test opens its gate, and
+    a proxy holds the broker's confirms (publishing connection) or the worker's ack (consuming
+    connection). Another worker then finishes: one row, done, with its result; a task whose
+    record was written is not run again; one killed while running runs again (the listed
+    cause of a duplicate: a task cut off mid-work)."""
+    run = emit(queue, logs, write_csv(tmp_path / "t.csv", ["the task"]))
+    runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
+    os.environ["RUNS_FILE"], os.environ["GATE_FILE"] = str(runs), str(gate)
+    proxy = HoldingProxy(5672)
+    try:
+        first = start_worker("--url", f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F",
+                             "--queue", queue, "--name", "first", "--handler",
+                             "tests.handlers:gated", log_dir=logs, out=tmp_path / "first.out")
+        wait_for(lambda: runs_of(runs), timeout=60, what="the task to start")
+        if point == "recorded, not confirmed":
+            proxy.hold(HoldingProxy.named("listening_worker first (publishing)"), "client")
+        if point == "confirmed, not acked":
+            proxy.hold(HoldingProxy.named("listening_worker first"), "broker")
+        if point != "running":
+            gate.touch()
+            wait_for(lambda: [r for r in records(queue) if r["outcome"] == "done"], timeout=60,
+                     what="the done record in the stream")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        proxy.close()
+    gate.touch()
+    second = start_worker("--queue", queue, "--name", "second", "--handler",
+                          "tests.handlers:gated", "--exit-when-idle", "1.5", log_dir=logs,
+                          out=tmp_path / "second.out")
+    assert second.wait(timeout=60) == 0
+    assert queue_state(queue) == (0, 0), "the queue drained"
+    table = report_csv(queue, logs, tmp_path / "r", run)
+    assert [(row["outcome"], row["result_or_error"]) for row in table] == [
+        ("done", "result of the task")]
+    said = (tmp_path / "second.out").read_text()
+    if point == "running":
+        assert runs_of(runs)["the task"] == 2 and table[0]["worker"] == "second"
+    else:
+        assert runs_of(runs)["the task"] == 1, said
+        assert "already done by first at" in said and table[0]["worker"] == "first"
 
 
 def test_the_report_from_two_directories_sees_the_same_results(queue, logs, tmp_path):
