@@ -82,24 +82,30 @@ class SilentProxy:
         except OSError:
             pass
         finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            shut_down(source, sink)
+
+
+def shut_down(*socks: socket.socket) -> None:
+    """End both ways of each socket (a pump that ends takes its pair with it)."""
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class HoldingProxy(SilentProxy):
-    """A proxy that can hold one direction of the connections whose client named itself with
-    *marker* (pika sends the AMQP ``connection_name`` in clear in its first frames): ``hold(
-    b"(publishing)", "client")`` keeps the broker's confirms from a worker's publishing
-    connection, ``hold(marker, "broker")`` keeps a consuming connection's acks from the broker.
-    What is held is never let through: when either side closes, it is dropped and the pair is
-    closed (a SIGKILLed worker's held ack must not reach the broker). Other connections flow."""
+    """A proxy that can hold one direction of the connections whose client named itself so
+    (pika sends the AMQP ``connection_name`` in clear in its first frames): ``hold(named(
+    "listening_worker w (publishing)"), "client")`` keeps the broker's confirms from that
+    worker's publishing connection; ``hold(named("listening_worker w"), "broker")`` keeps its
+    consuming connection's acks from the broker. What is held is never let through: when either
+    side closes, it is dropped with the pair (a SIGKILLed worker's held ack must not reach the
+    broker). Other connections flow. (It does not go silent: that is ``SilentProxy``'s.)"""
 
-    NAME_BYTES = 8192  # the handshake, where the connection's name is
+    NAME_BYTES = 4096  # the handshake, where the connection's name is, is well within this
 
     def __init__(self, target_port: int) -> None:
-        self._holds: set[tuple[bytes, str]] = set()
-        self._first_bytes: dict[int, bytearray] = {}  # per client socket: what it sent first
+        self._holds: frozenset[tuple[bytes, str]] = frozenset()  # replaced, never changed:
+        self._first_bytes: dict[socket.socket, bytes] = {}      # pumps read it meanwhile
         super().__init__(target_port)
 
     @staticmethod
@@ -112,13 +118,19 @@ class HoldingProxy(SilentProxy):
     def hold(self, marker: bytes, toward: str) -> None:
         """From now on, keep what goes *toward* ``"broker"`` or ``"client"`` on the
         connections whose first bytes hold *marker* (see ``named``)."""
-        self._holds.add((marker, toward))
+        self._holds = self._holds | {(marker, toward)}
+
+    def go_silent(self) -> None:
+        raise NotImplementedError("HoldingProxy holds chosen connections; use SilentProxy")
+
+    def drop_old(self) -> None:
+        super().drop_old()
+        self._first_bytes = {}
 
     def _pump(self, source: socket.socket, sink: socket.socket, generation: int) -> None:
         with self._lock:
             client = next((c for c, u in self._pairs if source in (c, u)), None)
         toward = "broker" if source is client else "client"
-        key = id(client)
         held = bytearray()
         try:
             while generation == self._generation:
@@ -126,22 +138,20 @@ class HoldingProxy(SilentProxy):
                 if readable:
                     data = source.recv(65536)
                     if not data:
-                        return
+                        return  # what is held goes nowhere
                     if toward == "broker":
-                        seen = self._first_bytes.setdefault(key, bytearray())
+                        seen = self._first_bytes.get(client, b"")
                         if len(seen) < self.NAME_BYTES:
-                            seen += data[:self.NAME_BYTES - len(seen)]
+                            self._first_bytes[client] = seen + data[:self.NAME_BYTES - len(seen)]
                     held += data
-                if held and not self._holding(key, toward):
+                if held and not self._holding(client, toward):
                     sink.sendall(held)
                     held.clear()
-        except OSError:
+        except (OSError, ValueError):  # ValueError: select on a socket closed by drop_old
             pass
         finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            shut_down(source, sink)
 
-    def _holding(self, key: int, toward: str) -> bool:
-        name = bytes(self._first_bytes.get(key, b""))
+    def _holding(self, client: socket.socket | None, toward: str) -> bool:
+        name = self._first_bytes.get(client, b"")
         return any(marker in name for marker, side in self._holds if side == toward)

@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pika
 import pytest
@@ -116,7 +117,8 @@ def test_workers_killed_mid_run_lose_no_result(queue, logs, tmp_path):
     assert set(ran) == set(rows), "every task ran"
 
 
-@pytest.mark.parametrize("point", ["running", "recorded, not confirmed", "confirmed, not acked"])
+@pytest.mark.parametrize("point", ["running", "recorded", "confirmed"],
+                         ids=["running", "recorded-not-confirmed", "confirmed-not-acked"])
 def test_a_worker_killed_at_each_point_of_a_delivery(point, queue, logs, tmp_path):
     """SIGKILL at each point of a delivery's life (worker/life.py: run -> record -> confirm ->
     ack), made to happen exactly there: the handler works until the test opens its gate, and
@@ -127,20 +129,25 @@ def test_a_worker_killed_at_each_point_of_a_delivery(point, queue, logs, tmp_pat
     run = emit(queue, logs, write_csv(tmp_path / "t.csv", ["the task"]))
     runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
     os.environ["RUNS_FILE"], os.environ["GATE_FILE"] = str(runs), str(gate)
-    proxy = HoldingProxy(5672)
+    proxy = HoldingProxy(urlsplit(MAIN_URL).port)
+    first_out = tmp_path / "first.out"
     try:
         first = start_worker("--url", f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F",
                              "--queue", queue, "--name", "first", "--handler",
-                             "tests.handlers:gated", log_dir=logs, out=tmp_path / "first.out")
+                             "tests.handlers:gated", log_dir=logs, out=first_out)
         wait_for(lambda: runs_of(runs), timeout=60, what="the task to start")
-        if point == "recorded, not confirmed":
+        if point == "recorded":
             proxy.hold(HoldingProxy.named("listening_worker first (publishing)"), "client")
-        if point == "confirmed, not acked":
+        if point == "confirmed":
             proxy.hold(HoldingProxy.named("listening_worker first"), "broker")
         if point != "running":
             gate.touch()
             wait_for(lambda: [r for r in records(queue) if r["outcome"] == "done"], timeout=60,
                      what="the done record in the stream")
+        if point == "confirmed":  # logged once the ack is sent (and held by the proxy)
+            wait_for(lambda: "] done row 1" in first_out.read_text(), what="the ack sent")
+        else:
+            assert "] done row 1" not in first_out.read_text(), "no ack before the confirm"
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
     finally:

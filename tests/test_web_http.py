@@ -195,6 +195,15 @@ def test_the_csv_download_shows_a_task_that_looks_like_a_formula_as_text(dashboa
         assert [row["task"] for row in csv.DictReader(handle)] == tasks
 
 
+def test_a_cell_a_spreadsheet_would_run_is_written_as_text():
+    from taskqueue.results.table import as_text_cell
+
+    for formula in ["=1+1", "+A1", "-2+3", "@SUM(1)", "\t=1", "\r=1", "=-5"]:
+        assert as_text_cell(formula) == "'" + formula
+    for kept in ["-5", "+1.5e3", "-", "plain", "a=b", "", None, 3, 0.25]:
+        assert as_text_cell(kept) == kept
+
+
 def dashboard_connections(pid: int) -> int:
     listed = subprocess.run(["ss", "-tnpH", "state", "established", "( dport = :5672 )"],
                             capture_output=True, text=True, check=True, timeout=10).stdout

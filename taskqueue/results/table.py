@@ -135,10 +135,15 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def as_text_cell(value: object) -> object:
-    """*value* as a spreadsheet shows it as text: a leading ``'`` before a formula's start."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+    """*value* as a spreadsheet shows it as text: a leading ``'`` before a formula's start.
+    A number (``-5``, ``+1.5e3``) and the ``-`` of a task without a row stay as they are."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS) or value == "-":
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
         return "'" + value
-    return value
 
 
 def write_tasks_csv(handle: TextIO, run_id: str, records: Callable[[], Iterable[dict]],

@@ -138,7 +138,7 @@ class RunPages:
 
     def csv_text(self, run_id: str) -> str:
         """The run's CSV, as ``task_report.py --csv`` writes it (results/table.py), for a
-        spreadsheet: a task or result that would be a formula there is written as text."""
+        spreadsheet: a value that would be a formula there is written as text."""
         buffer = io.StringIO()
         write_tasks_csv(buffer, run_id, self.records(run_id), for_spreadsheets=True)
         return buffer.getvalue()
