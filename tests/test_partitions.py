@@ -356,6 +356,41 @@ def test_the_reach_policy():
     assert proven == [True]
 
 
+def test_a_reading_still_catching_up_is_not_stalled():
+    """tail.py without a broker: a fence not back in FENCE_TIMEOUT while records still come
+    (a long stream read from a run's start on a busy node) is not a stalled reading; starting
+    it over every 15 s would never let it end (make chaos, seed 148826: every worker re-read
+    the stream for minutes, 477 tasks left). Only when nothing comes is it read again."""
+    import logging
+    from types import SimpleNamespace
+
+    import pika
+
+    from taskqueue.broker.config import QueueSpec
+    from taskqueue.results.record import encode_group
+    from taskqueue.worker import tail
+
+    marks = []
+    reader = tail.ResultsTail(QueueSpec("q"), "w0", logging.getLogger("tail-test"),
+                              write_mark=marks.append, on_refused=lambda _exc: None)
+    later = []
+    channel = SimpleNamespace(basic_ack=lambda *a, **k: None, is_open=True,
+                              close=lambda: None)
+    reader._ioloop = SimpleNamespace(call_later=lambda delay, fn: later.append(fn))
+    reader._channel, reader._attached_now = channel, True
+    reader._fence()  # a check waits for a fence: a mark is written
+    assert len(marks) == 1
+    generation = reader._generation
+    record = encode_group([{"kind": "task", "run_id": "r", "message_id": "m", "outcome": "done"}])
+    for second in range(0, 60, 5):  # a minute of records, none of them our mark
+        reader._on_message(channel, SimpleNamespace(delivery_tag=second + 1),
+                           pika.BasicProperties(headers={"x-stream-offset": second}), record)
+        reader.check_fences(1000.0 + second)
+    assert reader._generation == generation and not later, "still reading: not started over"
+    reader.check_fences(1055.0 + tail.FENCE_TIMEOUT + 1)  # then nothing for FENCE_TIMEOUT
+    assert reader._generation > generation and later, "stalled: read again"
+
+
 def test_a_results_stream_refusing_every_second_is_said_every_ten(monkeypatch, caplog):
     """tail.py without a broker: while a stream elects a new leader (a paused node held it)
     it refuses each read, every second, for up to a minute: one line, then one each

@@ -79,6 +79,7 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         # A node cut off from the majority delivers nothing and says nothing: a quiet worker
         # asks for a probe (a fence) now and then, and leaves a node that cannot answer it.
         self.reach = ReachWatch(self.tail.probe, self._on_cut_off)
+        self._tail_read = 0  # the tail's messages read at the last beat (progress: reach.py)
         self.outbox.on_stalled = self._on_outbox_stalled
         self._last_delivery = 0.0  # when the last task came (or consuming began)
         self.idle = IdleWatch(self, options.exit_when_idle)
@@ -336,8 +337,12 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         if self._ticks % 2 == 0:
             self.outbox.send(everything=True)  # events and the snapshot go out on this beat
         if not self._stop_requests:
-            self.reach.check(now, self._quiet_since(),
-                             self.outbox.blocked or not self.outbox.confirming)
+            # Our probe's mark may be behind what the results stream is still sending us (a
+            # reading catching up): a node that sends is serving, the probe's clock restarts.
+            read = self.tail.messages_read
+            self.reach.check(now, self._quiet_since(), self.outbox.blocked
+                             or not self.outbox.confirming or read != self._tail_read)
+            self._tail_read = read
             self.idle.check(now)
         self.outbox.check_confirms(now)
         self.tail.check_fences(now)

@@ -66,7 +66,9 @@ class ReachWatch:
 
     def check(self, now: float, quiet_since: float | None, unjudged: bool) -> None:
         """*unjudged*: no mark can come back now whatever our node (an alarm blocks the
-        outbox, or it is reconnecting): the timeout does not run."""
+        outbox, or it is reconnecting), or the results stream is still sending us what was
+        written before our mark (a reading catching up: the node serves): the timeout does
+        not run."""
         if quiet_since is None:
             if self._asked_at is not None or self._waiters:
                 self.reset()
