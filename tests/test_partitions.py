@@ -356,7 +356,7 @@ def test_the_reach_policy():
     assert proven == [True]
 
 
-def test_a_reading_still_catching_up_is_not_stalled():
+def test_a_reading_still_catching_up_is_not_stalled(caplog):
     """tail.py without a broker: a fence not back in FENCE_TIMEOUT while records still come
     (a long stream read from a run's start on a busy node) is not a stalled reading; starting
     it over every 15 s would never let it end (make chaos, seed 148826: every worker re-read
@@ -382,11 +382,14 @@ def test_a_reading_still_catching_up_is_not_stalled():
     assert len(marks) == 1
     generation = reader._generation
     record = encode_group([{"kind": "task", "run_id": "r", "message_id": "m", "outcome": "done"}])
+    caplog.set_level(logging.INFO, logger="tail-test")
     for second in range(0, 60, 5):  # a minute of records, none of them our mark
         reader._on_message(channel, SimpleNamespace(delivery_tag=second + 1),
                            pika.BasicProperties(headers={"x-stream-offset": second}), record)
         reader.check_fences(1000.0 + second)
     assert reader._generation == generation and not later, "still reading: not started over"
+    said = [r.getMessage() for r in caplog.records if "to catch up" in r.getMessage()]
+    assert len(said) == 5 and "3 messages in 15 s, at offset 15" in said[0], said  # each 10 s
     reader.check_fences(1055.0 + tail.FENCE_TIMEOUT + 1)  # then nothing for FENCE_TIMEOUT
     assert reader._generation > generation and later, "stalled: read again"
 

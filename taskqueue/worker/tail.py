@@ -76,6 +76,7 @@ class ResultsTail:
         self._unacked = 0
         self._blocked_since: float | None = None  # the broker blocks our publishing (alarm)
         self._fence_watch: tuple[tuple[int, int], float] | None = None  # (progress, since)
+        self._catch_up: tuple[float, int, float] | None = None  # a long wait: said now and then
         self.position = -1  # the offset of the last message read: what answers are based on
         self.messages_read = 0  # on the current reading, ever growing while it catches up
         self._nonce = uuid.uuid4().hex  # our marks are ours alone
@@ -341,15 +342,30 @@ class ResultsTail:
         chaos, seed 148826: every worker re-read the stream every 15 s for minutes)."""
         if self._requested <= self._seen or self._blocked_since is not None \
                 or not self._attached_now:
-            self._fence_watch = None
+            self._fence_watch = self._catch_up = None
             return
         progress = (self._seen, self.messages_read)
         if self._fence_watch is None or self._fence_watch[0] != progress:
             self._fence_watch = (progress, now)  # marks or records still come: not stalled
+            self._say_catching_up(now)
         elif now - self._fence_watch[1] >= FENCE_TIMEOUT:
             self._fence_watch = None
             self._restart(self._generation, f"no mark came back for {FENCE_TIMEOUT:.0f} s",
                           delay=0.0)
+
+    def _say_catching_up(self, now: float) -> None:
+        """Long work shows progress: a reading that has kept the worker waiting for
+        ``FENCE_TIMEOUT`` says how far it is, then every ``SAY_AGAIN_SECONDS``."""
+        if self._catch_up is None:
+            self._catch_up = (now, self.messages_read, now)  # (since, read then, said at)
+            return
+        since, read_then, said_at = self._catch_up
+        if now - since >= FENCE_TIMEOUT and now - said_at >= SAY_AGAIN_SECONDS:
+            self.log.info("[%s] still reading the results stream %r to catch up: %d messages "
+                          "in %.0f s, at offset %d; tasks wait for it", self.worker,
+                          self.spec.results_name, self.messages_read - read_then, now - since,
+                          self.position)
+            self._catch_up = (since, read_then, now)
 
     def _answer(self, answer: Answer, key: tuple[str, str]) -> None:
         try:
