@@ -53,6 +53,7 @@ import pika
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.sides import Away, node_of, stays, summary  # noqa: E402
 from taskqueue.broker.config import BrokerSettings, QueueSpec  # noqa: E402
 from taskqueue.results.history import History  # noqa: E402
 from taskqueue.results.table import task_rows  # noqa: E402
@@ -96,6 +97,10 @@ SETUPS = ["single", "cluster", "partitions"]
 DONE = re.compile(r"\] done (?:row \d+|no row), id (\S+) in ")
 REDELIVERED = re.compile(r"\] received (?:row \d+|no row), id (\S+)[^\n]*\(redelivered")
 RUN_ID = re.compile(r"\(run (\S+)\)")
+CLOCK = re.compile(r"^(\d\d):(\d\d):(\d\d) ")
+RESENT = "reconnecting to send it again"  # the outbox: confirms stopped, what was owed goes again
+COPIED = re.compile(r"\] (?:dead-lettered|failed) (?:row \d+|no row), id (\S+)")
+RESEND_WINDOW = 10.0  # s: a copy owed when confirms stopped is settled within this after it
 
 
 def proc_start_time(pid: int) -> str | None:
@@ -122,6 +127,34 @@ def descendants(pid: int) -> set[tuple[int, str]]:
                 found.add((child, start))
             todo.append(child)
     return found
+
+
+def resent_copies(log: str) -> set[str]:
+    """Message ids whose copy to .retry or .dead a worker may have sent twice: settled (its
+    "dead-lettered" or "failed" line, said once the copy is confirmed) within RESEND_WINDOW
+    seconds after the worker's outbox sent again what confirms had stopped on (the first
+    send may have reached the queue: a listed cause, docs/guarantees.md)."""
+    found: set[str] = set()
+    resent_at = None
+    for line in log.splitlines():
+        clock = CLOCK.match(line)
+        if not clock:
+            continue
+        at = int(clock[1]) * 3600 + int(clock[2]) * 60 + int(clock[3])
+        if RESENT in line:
+            resent_at = at
+        elif resent_at is not None and (at - resent_at) % 86400 <= RESEND_WINDOW:
+            copied = COPIED.search(line)
+            if copied:
+                found.add(copied[1])
+    return found
+
+
+def local_clock() -> float:
+    """Now, as local seconds since midnight: what a log line's ``HH:MM:SS`` says."""
+    now = time.time()
+    moment = time.localtime(now)
+    return moment.tm_hour * 3600 + moment.tm_min * 60 + moment.tm_sec + now % 1
 
 
 @dataclass
@@ -236,7 +269,8 @@ class Chaos:
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True)
         self.lock = threading.RLock()
-        self.t0 = time.monotonic()
+        self.t0, self.t0_clock = time.monotonic(), local_clock()
+        self.aways: list[Away] = []  # nodes cut off or paused, for "longest on the wrong side"
         self.workers: list[Proc] = []
         self.pool: dict[int, Proc | None] = {}  # index -> its current worker
         self.batches: list[Batch] = []
@@ -643,14 +677,19 @@ class Chaos:
         if self.setup.down or not self._durational(f"node {index}"):
             return False
         node = self.setup.nodes[index]
+        seconds = rng.uniform(*seconds_range)
+        what = said.format(index, seconds)
+        self.say(what)
+        began = time.monotonic() - self.t0
         try:
-            seconds = rng.uniform(*seconds_range)
-            self.say(said.format(index, seconds))
             self.setup.down.add(index)
             begin(node)
             self._sleep_unless_ending(seconds)
         finally:
             end(node)
+            with self.lock:
+                self.aways.append(Away(node_of(node.url), began, time.monotonic() - self.t0,
+                                       what))
             self._wait_whole(node)
             self.setup.down.discard(index)
             self._over(f"node {index}")
@@ -734,7 +773,7 @@ class Chaos:
             for index in range(4):  # two more start late, as faults or below
                 self.start_worker(index)
             plan = self.schedule()
-            self.t0 = time.monotonic()
+            self.t0, self.t0_clock = time.monotonic(), local_clock()
             for _late in range(2):
                 plan.append((self.rng.uniform(2, self.duration / 2), "late worker"))
             plan.sort()
@@ -813,6 +852,7 @@ class Chaos:
                 settled[self.key(message_id)] += 1
                 logged.add(self.key(message_id))
             redelivered.update(self.key(i) for i in REDELIVERED.findall(text))
+            redelivered.update(self.key(i) for i in resent_copies(text))
         logged |= set(settled)
         # A SIGKILL can cut the last tenth of a second of a worker's log, not its events: what
         # the report shows settled counts too (once: the logs may have it already).
@@ -866,6 +906,7 @@ class Chaos:
             ("attempts started after reading their task's done record", self.late_starts),
             ("attempts started after a done record's time, before it could be read",
              self.after_done_time),
+            ("longest a worker stayed on a node cut off or paused", self.wrong_side()),
         ])
         if self.violations:
             print(f"\nVIOLATIONS (seed {self.seed}):")
@@ -874,6 +915,17 @@ class Chaos:
             return 1
         print(f"\nall invariants hold (seed {self.seed})")
         return 0
+
+    def wrong_side(self) -> str:
+        """bench/sides.py: from the nodes' times away and where the workers' logs say they
+        were."""
+        if self.setup.kind != "partitions":
+            return "no partitions in this setup"
+        found = []
+        for proc in self.workers:
+            exited = None if proc.exited is None else proc.exited - self.t0
+            found += stays(proc.name, proc.text(), self.t0_clock, exited)
+        return summary(self.aways, found)
 
     def key(self, message_id: object) -> str:
         """A task: ``<file>:<row>`` (a message id without its hash), or a bad message's id."""
