@@ -78,7 +78,7 @@ class ResultsTail:
         self._fence_watch: tuple[tuple[int, int], float] | None = None  # (progress, since)
         self._catch_up: tuple[float, int, float] | None = None  # a long wait: said now and then
         self.position = -1  # the offset of the last message read: what answers are based on
-        self.messages_read = 0  # on the current reading, ever growing while it catches up
+        self.messages_read = 0  # by this tail, all readings: grows while a reading catches up
         self._nonce = uuid.uuid4().hex  # our marks are ours alone
         self._unreadable: tuple[str, float, float, int] | None = None  # said once, then rarely
 
@@ -362,7 +362,7 @@ class ResultsTail:
         since, read_then, said_at = self._catch_up
         if now - since >= FENCE_TIMEOUT and now - said_at >= SAY_AGAIN_SECONDS:
             self.log.info("[%s] still reading the results stream %r to catch up: %d messages "
-                          "in %.0f s, at offset %d; tasks wait for it", self.worker,
+                          "in %.0f s, at offset %d; the checks of tasks wait for it", self.worker,
                           self.spec.results_name, self.messages_read - read_then, now - since,
                           self.position)
             self._catch_up = (since, read_then, now)
