@@ -32,6 +32,18 @@ def test_a_run_whose_records_were_dropped_must_be_read_again():
     assert not index.watch("A")
 
 
+def test_forty_runs_handed_in_turn_stay_known():
+    """Retries of 40 runs handed in turn (a chaos run's end): none is forgotten, so none is
+    read from the stream again (with 8 kept, every one was, again and again)."""
+    index = DoneIndex()
+    runs = [f"R{n}" for n in range(40)]
+    for run in runs:
+        index.watch(run)
+        index.add(done(run, 1))
+    assert all(index.watch(run) for run in runs * 2)
+    assert all(index.lookup(run, "f.csv:1:ab") for run in runs)
+
+
 def test_another_run_or_id_is_not_done():
     index = DoneIndex()
     index.watch("R")

@@ -16,7 +16,11 @@ from collections import OrderedDict
 
 from taskqueue.emitter.tasks import row_of
 
-MAX_RUNS = 8
+# Runs kept (handed, and as many read meanwhile). A run costs 4 bytes a row, so many fit; too
+# few, and a worker handed tasks of more runs than that in turn (retries of many runs, many
+# emitters) forgets one each time and reads the stream again from its start, again and again
+# (make chaos, seed 148826: 40 runs, 8 kept, workers re-reading for minutes at the end).
+MAX_RUNS = 64
 MAX_ROWLESS = 100_000  # done ids without a row kept per run
 MAX_FORGOTTEN = 10_000  # runs remembered as dropped from the index (to read them again)
 MAX_DETAILS = 50_000  # (worker, finished) of recent done records, for the log line
