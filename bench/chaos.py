@@ -53,7 +53,7 @@ import pika
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.sides import Away, node_of, stays, summary  # noqa: E402
+from bench.sides import Away, log_clock, node_of, stays, summary  # noqa: E402
 from taskqueue.broker.config import BrokerSettings, QueueSpec  # noqa: E402
 from taskqueue.results.history import History  # noqa: E402
 from taskqueue.results.table import task_rows  # noqa: E402
@@ -97,7 +97,6 @@ SETUPS = ["single", "cluster", "partitions"]
 DONE = re.compile(r"\] done (?:row \d+|no row), id (\S+) in ")
 REDELIVERED = re.compile(r"\] received (?:row \d+|no row), id (\S+)[^\n]*\(redelivered")
 RUN_ID = re.compile(r"\(run (\S+)\)")
-CLOCK = re.compile(r"^(\d\d):(\d\d):(\d\d) ")
 RESENT = "reconnecting to send it again"  # the outbox: confirms stopped, what was owed goes again
 COPIED = re.compile(r"\] (?:dead-lettered|failed) (?:row \d+|no row), id (\S+)")
 RESEND_WINDOW = 10.0  # s: a copy owed when confirms stopped is settled within this after it
@@ -137,10 +136,10 @@ def resent_copies(log: str) -> set[str]:
     found: set[str] = set()
     resent_at = None
     for line in log.splitlines():
-        clock = CLOCK.match(line)
-        if not clock:
+        parsed = log_clock(line)
+        if parsed is None:
             continue
-        at = int(clock[1]) * 3600 + int(clock[2]) * 60 + int(clock[3])
+        at = parsed[0]
         if RESENT in line:
             resent_at = at
         elif resent_at is not None and (at - resent_at) % 86400 <= RESEND_WINDOW:

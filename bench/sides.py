@@ -45,6 +45,15 @@ class Stay:
     ended: float
 
 
+def log_clock(line: str) -> tuple[int, str] | None:
+    """(local seconds since midnight, message) of a worker's log line, None if not one."""
+    match = LINE.match(line)
+    if not match:
+        return None
+    hours, minutes, seconds, message = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds), message
+
+
 def node_of(url: str) -> str:
     """``host:port`` of a URL, with or without a (masked) password."""
     parts = urlsplit(url)
@@ -58,11 +67,10 @@ def stays(worker: str, log: str, run_began_clock: float, exited: float | None) -
     found: list[Stay] = []
     node, since = None, 0.0
     for line in log.splitlines():
-        match = LINE.match(line)
-        if not match:
+        parsed = log_clock(line)
+        if parsed is None:
             continue
-        hours, minutes, seconds, message = match.groups()
-        clock = int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+        clock, message = parsed
         # The nearest day: past midnight counts on, a line a second before the start is -1.
         at = (clock - math.floor(run_began_clock) + DAY // 2) % DAY - DAY // 2
         connected = CONNECTED.match(message)
