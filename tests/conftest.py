@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -126,3 +128,53 @@ def heartbeat_node():
     broker = _node(["heartbeat = 2"])
     yield broker
     broker.cleanup()
+
+
+# Windows (scripts/windows.sh runs the suite under Windows python): a test that needs what
+# Windows lacks skips there with the reason, found by the fixtures it uses, the names its code
+# reads (its nested functions too) or its module. Nothing of this applies on POSIX.
+WINDOWS_LACKS_MODULE = {
+    "test_install": "installs into a POSIX venv (bin/) and runs the README's systemd unit",
+    "test_partitions": "cuts nodes apart with iptables",
+    "test_web_browser": "drives Debian's chromium",
+}
+WINDOWS_LACKS_NAME = {
+    **dict.fromkeys(["SIGKILL", "SIGTERM", "SIGINT", "SIGSTOP", "SIGCONT", "killpg"],
+                    "sends a POSIX signal (Windows has TerminateProcess and console events)"),
+    **dict.fromkeys(["unacked", "queue_names", "ctl"], "asks rabbitmqctl (not on Windows)"),
+    **dict.fromkeys(["openpty", "pty"], "needs a POSIX pseudo-terminal"),
+    "Tmux": "drives tmux",
+}
+
+
+def names_read(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= names_read(constant)
+    return names
+
+
+def windows_lack(item: pytest.Item) -> str | None:
+    """Why *item* cannot run on Windows, or None."""
+    module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+    if module in WINDOWS_LACKS_MODULE:
+        return WINDOWS_LACKS_MODULE[module]
+    for fixture in getattr(item, "fixturenames", ()):
+        if fixture.endswith("node") or fixture in ("cluster", "proxy"):
+            return f"starts a throwaway RabbitMQ node (rabbitmq-server; fixture {fixture})"
+    function = getattr(item, "function", None)
+    code = getattr(function, "__code__", None)
+    for name in sorted(names_read(code)) if code else ():
+        if name in WINDOWS_LACKS_NAME:
+            return f"{WINDOWS_LACKS_NAME[name]} ({name})"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if sys.platform != "win32":
+        return
+    for item in items:
+        reason = windows_lack(item)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=f"not on Windows: {reason}"))
