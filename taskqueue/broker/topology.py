@@ -39,6 +39,33 @@ class HomeNodeDown(Exception):
     """A classic queue's node is down: the queue exists but cannot be used until it is back."""
 
 
+# How a 404 says that a queue exists but its process cannot serve, in 3.x and 4.x words
+# (rabbit_amqqueue): its node is down ("home node '...' of durable queue '...' is down or
+# inaccessible", both series), its process was stopped with its node (4.x with Khepri:
+# "queue '...' process is stopped by supervisor"), or it crashed (4.x: "... has crashed and
+# failed to restart"). Any of them: the queue is there, waiting for its node can bring it back.
+UNAVAILABLE_WORDS = ("home node", "process is stopped by supervisor",
+                     "has crashed and failed to restart")
+
+
+def queue_unavailable(reply_code: int, reply_text: str) -> str | None:
+    """What the broker said, without its code, when a 404 means "exists but cannot serve"
+    (see ``UNAVAILABLE_WORDS``); None for any other answer (a queue that does not exist)."""
+    if reply_code != 404 or not any(words in reply_text for words in UNAVAILABLE_WORDS):
+        return None
+    return reply_text.split(" - ", 1)[-1]
+
+
+# RabbitMQ 4.0 gave quorum queues a default delivery limit of 20: a message returned to the
+# queue 20 times (a channel closed while holding it, a basic.reject; not a basic.nack on 4.3) is
+# dropped, or dead-lettered by the broker. Reading <queue>.dead to preview it would lose dead
+# tasks that way, so the companions we make get no limit (-1, 4.x only: 3.x reads -1 as "drop
+# at the first return"). The task queue keeps the tutorial's arguments; our --delivery-limit
+# (default 5) acts long before the broker's 20.
+UNLIMITED = {"x-delivery-limit": -1}
+UNLIMITED_SINCE = (4, 0)
+
+
 @dataclass
 class Topology:
     """What the setup found."""
@@ -135,8 +162,8 @@ class QueueSetup:
         # Our own companions most likely have the arguments we give them: start from those
         # (the broker's refusal text is cut at 255 characters, long values cannot be learned).
         hint = {} if name == self.spec.name else {
-            key: value for key, value in self.spec.companion_arguments(
-                name, self.topology.task_type, self.version).items() if key != "x-queue-type"}
+            key: value for key, value in self._companion_arguments(name).items()
+            if key != "x-queue-type"}
         self._on_channel(lambda ch, ok: ch.queue_declare(name, passive=True, callback=ok),
                          lambda _frame: self._probe_type(name, hint),
                          lambda refusal: self._on_missing(name, refusal))
@@ -195,12 +222,43 @@ class QueueSetup:
             self.log.warning("%r is a classic queue (one node) beside the quorum queue %r: "
                              "delete it when it is empty and it is made again as a quorum "
                              "queue", name, spec.name)
+        if kind == "quorum" and name != spec.name and self.version >= UNLIMITED_SINCE:
+            self._check_unlimited(name)
+            return
         self._remaining.pop(0)
         self._next_queue()
 
+    def _companion_arguments(self, name: str) -> dict[str, object]:
+        """config.py's arguments for a companion, with no delivery limit on a 4.x quorum."""
+        arguments = self.spec.companion_arguments(name, self.topology.task_type, self.version)
+        if arguments.get("x-queue-type") == "quorum" and self.version >= UNLIMITED_SINCE:
+            arguments.update(UNLIMITED)
+        return arguments
+
+    def _check_unlimited(self, name: str) -> None:
+        """A quorum companion made before we set ``UNLIMITED`` (an upgrade from 3.x, or an older
+        version of ours) has 4.x's limit of 20: say so in one line, with the fix (a policy; the
+        argument cannot be added to an existing queue). Redeclaring it with the argument asks:
+        accepted means it has it; "received the value '-1' ... but current is none" means it
+        has not. Either way the setup goes on: the previews of task_control.py give dead tasks
+        back with basic.nack, which 4.3 does not count."""
+        def go_on(_answer: object = None) -> None:
+            self._remaining.pop(0)
+            self._next_queue()
+
+        def refused(refusal: ChannelClosedByBroker) -> None:
+            if read_refusal(refusal.reply_text) == ("x-delivery-limit", None) and not self.quiet:
+                self.log.warning(limit_advice(name))
+            go_on()
+
+        arguments = {**self._companion_arguments(name), "x-queue-type": "quorum"}
+        self._on_channel(lambda ch, ok: ch.queue_declare(name, durable=True, arguments=arguments,
+                                                         callback=ok), go_on, refused)
+
     def _on_missing(self, name: str, refusal: ChannelClosedByBroker) -> None:
-        if refusal.reply_code == 404 and "home node" in refusal.reply_text:
-            self.on_error(HomeNodeDown(refusal.reply_text.split(" - ", 1)[-1]))
+        unavailable = queue_unavailable(refusal.reply_code, refusal.reply_text)
+        if unavailable is not None:
+            self.on_error(HomeNodeDown(unavailable))
             return
         if refusal.reply_code != 404:
             self.on_error(refusal)
@@ -210,7 +268,7 @@ class QueueSetup:
             arguments, kind = spec.task_queue_arguments(), spec.create_type()
             self.topology.task_type = kind
         else:
-            arguments = spec.companion_arguments(name, self.topology.task_type, self.version)
+            arguments = self._companion_arguments(name)
             kind = str(arguments.get("x-queue-type", "classic"))
 
         def created(_frame: object) -> None:
@@ -261,6 +319,14 @@ class QueueSetup:
 
         self._on_channel(lambda ch, ok: ch.queue_declare(name, passive=True, callback=ok),
                          lambda _frame: self.on_done(self.topology), refused)
+
+
+def limit_advice(name: str) -> str:
+    """One line for a 4.x quorum queue of ours that has the broker's default delivery limit."""
+    return (f"{name!r} has RabbitMQ 4's default delivery limit (20 returns, then the broker drops "
+            "a message; made before this version set none): our own --delivery-limit decides "
+            "anyway, but to be safe give it none with a policy, e.g. rabbitmqctl set_policy "
+            f"--apply-to quorum_queues no-limit '^{re.escape(name)}$' '{{\"delivery-limit\": -1}}'")
 
 
 def results_refusal(name: str, refusal: ChannelClosedByBroker) -> BaseException:

@@ -9,7 +9,8 @@ subscribe to the task queue, so a worker started while the queue is paused takes
 
 A worker that may not read or declare the stream (no permission, or a broker older than 3.9,
 which has no streams) says so once and works without control: the queue does not stop. A stream
-that is there but not yet readable (its node restarting: "home node ... is down") is waited for,
+that is there but not yet readable (its node restarting: any answer but 403/406, whatever the
+words: "home node ... is down" on 3.x, "... process is stopped by supervisor" on 4.x) is waited for,
 since the worker cannot know whether the queue is paused; after ``WAIT_SECONDS`` the worker says
 so and works, and keeps trying to read it.
 """

@@ -25,6 +25,7 @@ import pika.exceptions as pe
 from pika.adapters.blocking_connection import BlockingChannel
 
 from taskqueue.broker.config import QueueSpec
+from taskqueue.broker.topology import queue_unavailable
 from taskqueue.errors import EXIT_BAD_INPUT, EXIT_REFUSED, UserError
 
 STOP_HINT = "task_control.py stop-workers"
@@ -154,10 +155,10 @@ class QueueRemover:
         try:
             return operation(channel)
         except pe.ChannelClosedByBroker as exc:
-            if exc.reply_code == 404 and "home node" in exc.reply_text:
-                raise UserError(f"{name!r} cannot be reached ({exc.reply_text.split(' - ')[-1]});"
-                                " bring its node back, then run delete-queue again",
-                                EXIT_REFUSED) from None
+            unavailable = queue_unavailable(exc.reply_code, exc.reply_text)
+            if unavailable is not None:  # its node is down (3.x and 4.x words)
+                raise UserError(f"{name!r} cannot be reached ({unavailable}); bring its node "
+                                "back, then run delete-queue again", EXIT_REFUSED) from None
             if exc.reply_code == 404:
                 raise _Missing(name) from None
             raise UserError(f"RabbitMQ refused an operation on {name!r} ({exc.reply_text}); "

@@ -7,8 +7,9 @@ replays; one that does not match is published to the back of ``.dead`` again, un
 the next ones can be reached; either way the dead copy is acked only once the broker has
 confirmed the new one (a crash in between duplicates, never loses). ``--limit N`` stops after N
 moved (the rest stay where they are); ``--dry-run`` looks at every one, moves nothing, and gives
-them all back when it ends. It works on any message in ``.dead``: ours (``x-death-reason``) or
-the broker's own dead letters (``x-death``).
+them all back when it ends, with a basic.nack: a look is not a delivery attempt (RabbitMQ 4.x
+drops a message returned 20 times by closed channels). It works on any message in ``.dead``:
+ours (``x-death-reason``) or the broker's own dead letters (``x-death``).
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class DeadMover(BrokerSession):
         self._reading = True
         self._moving = 0  # matched ones published, not yet confirmed
         self._returned = False
+        self._consumer_tag = ""
 
     # --- setting up ---------------------------------------------------------------------------
     def on_channel_ready(self, channel: Channel) -> None:
@@ -131,10 +133,12 @@ class DeadMover(BrokerSession):
         def opened(reader: Channel) -> None:
             self._reader = reader
             prefetch = 0 if self.dry_run else WINDOW  # a dry run holds them all, then lets go
-            reader.basic_qos(prefetch_count=prefetch, callback=lambda _frame: reader.basic_consume(
-                self.spec.dead_name, self._on_dead))
+            reader.basic_qos(prefetch_count=prefetch, callback=lambda _frame: self._consume(reader))
 
         self.connection.channel(on_open_callback=opened)
+
+    def _consume(self, reader: Channel) -> None:
+        self._consumer_tag = reader.basic_consume(self.spec.dead_name, self._on_dead)
 
     def on_channel_lost(self) -> None:
         self._pending.clear()
@@ -193,8 +197,21 @@ class DeadMover(BrokerSession):
     def _finish_when_settled(self) -> None:
         if self._reading or self._pending:
             return
-        if self._reader is not None and self._reader.is_open:
-            self._reader.close()  # what it still holds (a dry run: all of it) goes back
+        reader = self._reader
+        if reader is None or not reader.is_open or not self._consumer_tag:
+            self.finish()
+            return
+        reader.basic_cancel(self._consumer_tag, callback=lambda _frame: self._give_back(reader))
+
+    def _give_back(self, reader: Channel) -> None:
+        """What the reader still holds (a dry run: every task it looked at) goes back to .dead
+        with one basic.nack(requeue) once no more can come (the cancel is answered). Closing
+        the channel would give them back too, but RabbitMQ 4.x counts that as a failed
+        delivery, and drops a message from a quorum queue at its 20th (its default delivery
+        limit): previews would lose dead tasks. 4.3 does not count a nack; 3.x counts both but
+        has no default limit."""
+        reader.basic_nack(delivery_tag=0, multiple=True, requeue=True)  # 0 + multiple: all
+        reader.close()
         self.finish()
 
 

@@ -7,7 +7,9 @@ unworkable (dead-lettered with the reason), never an exception on the I/O thread
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -90,6 +92,14 @@ class Delivery:
         return f"{where}, id {message_id or '-'}"
 
     @property
+    def identity(self) -> str:
+        """What stays the same across its deliveries: its message id, else its body's hash."""
+        message_id = self.properties.message_id
+        if isinstance(message_id, str) and message_id:
+            return message_id
+        return "sha1:" + hashlib.sha1(self.body).hexdigest()
+
+    @property
     def row(self) -> int | None:
         message_id = self.properties.message_id
         return row_of(message_id if isinstance(message_id, str) else None)
@@ -113,3 +123,31 @@ class Delivery:
         except ValueError as exc:
             return str(exc)
         return None
+
+
+class Overruns:
+    """How many times the broker took each task back from this worker for holding it longer
+    than the queue's consumer timeout.
+
+    RabbitMQ 4.3 ends such a delivery with a basic.cancel and returns the message *without*
+    counting it in ``x-delivery-count``, so a task that always outlasts the timeout would run
+    forever and hold up the tasks behind it. The worker counts those returns itself (per
+    worker: with N workers a task may run up to N times more before it is dead-lettered), and
+    the policy takes the larger of the two counts. At most ``KEPT`` tasks are remembered (the
+    oldest go first)."""
+
+    KEPT = 10_000
+
+    def __init__(self) -> None:
+        self._counts: OrderedDict[str, int] = OrderedDict()
+
+    def add(self, delivery: Delivery) -> int:
+        key = delivery.identity
+        count = self._counts.pop(key, 0) + 1
+        self._counts[key] = count
+        while len(self._counts) > self.KEPT:
+            self._counts.popitem(last=False)
+        return count
+
+    def count(self, delivery: Delivery) -> int:
+        return self._counts.get(delivery.identity, 0)

@@ -23,7 +23,7 @@ from taskqueue.broker.config import QueueSpec
 from taskqueue.control.listener import WorkerControl
 from taskqueue.results.record import task_key
 from taskqueue.worker.account import WorkerAccount, WorkerOptions, WorkerStats
-from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.idle import IdleWatch
 from taskqueue.worker.outbox import Outbox
 from taskqueue.worker.policy import Verdict, after_work, before_work, dead_letter
@@ -49,6 +49,7 @@ class DeliveryLife:
     tail: ResultsTail
     idle: IdleWatch
     control: WorkerControl
+    overruns: Overruns
     _stop_requests: int
     _changed: bool
 
@@ -78,7 +79,7 @@ class DeliveryLife:
 
     def _take(self, slot: WorkSlot, delivery: Delivery) -> None:
         verdict = before_work(delivery, self.options, self.queue, slot.name,
-                              self.control.state.cancelled_runs)
+                              self.control.state.cancelled_runs, self.overruns.count(delivery))
         if verdict is not None:
             self._carry_out(slot, delivery, verdict, 0.0)
             return

@@ -18,6 +18,7 @@ from taskqueue.worker.work import Outcome
 
 MAX_REASON = 1000  # characters of a reason kept in x-death-reason
 MAX_LAST_ERROR = 500  # ... and in x-last-error, on the way to a retry
+CONSUMER_TIMEOUT_REASON = "taken back by the broker at its consumer timeout"
 
 
 class Limits(Protocol):
@@ -42,16 +43,23 @@ class Verdict:
 
 
 def before_work(delivery: Delivery, limits: Limits, queue: QueueSpec, slot: str,
-                cancelled_runs: Collection[str] = ()) -> Verdict | None:
+                cancelled_runs: Collection[str] = (), overruns: int = 0) -> Verdict | None:
     """A message that must not be worked on, dead-lettered unread: it can never succeed (not
     UTF-8, empty, too large, unreadable headers), or it was delivered ``delivery_limit`` times
-    without an ack (a quorum queue counts: it keeps killing or hanging its workers). None: work
-    on it. (Sets ``delivery.text``.)"""
+    without an ack (a quorum queue counts: it keeps killing or hanging its workers), or the
+    broker took it back ``delivery_limit`` times for outlasting the queue's consumer timeout
+    (*overruns*, counted by the worker: RabbitMQ 4.3 does not count those). The larger count
+    decides (3.x counts a timeout in both). None: work on it. (Sets ``delivery.text``.)"""
     problem = delivery.problem(limits.max_task_bytes)
     if problem:
         return dead_letter(delivery, problem, queue, slot)
     if delivery.run_id and delivery.run_id in cancelled_runs:
         return Verdict("cancelled", f"run {delivery.run_id} was cancelled")
+    if overruns >= limits.delivery_limit and overruns > delivery.delivery_count:
+        return dead_letter(delivery, f"{CONSUMER_TIMEOUT_REASON} {overruns} times "
+                           f"(--delivery-limit {limits.delivery_limit}): it runs longer than "
+                           "the queue's consumer timeout allows; raise that timeout (policy "
+                           "key consumer-timeout) for tasks this long", queue, slot)
     if delivery.delivery_count >= limits.delivery_limit:
         return dead_letter(delivery, f"delivered {delivery.delivery_count + 1} times without an "
                            f"ack (--delivery-limit {limits.delivery_limit}): it may crash or "

@@ -1,0 +1,189 @@
+"""RabbitMQ 4.x's defaults and words (issue 28): no task lost to the broker's delivery limit,
+a consumer timeout said as such and ended by our own limit, a queue's node down in 4.x words.
+
+They run in the normal suite on 3.10 (where the behaviour exists there too) and in the 4.3
+tier (scripts/rabbitmq4.sh). What 4.3 does, as measured (docs/queue-types.md): a quorum queue
+drops a message at its 21st return (default delivery limit 20), counting a closed channel and a
+basic.reject but not a basic.nack; a consumer timeout is a basic.cancel, and its return is not
+counted in x-delivery-count.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pika
+import pytest
+
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.broker.topology import queue_unavailable
+from taskqueue.control.requeue import DeadFilter, DeadMover
+from tests.helpers import MAIN_URL, consume_all, run_script, start_worker, write_csv
+
+PREVIEWS = 30  # past 4.x's default delivery limit of 20
+DEAD_TASKS = 5
+
+
+def broker_version(url: str = MAIN_URL) -> tuple[int, ...]:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        text = connection._impl.server_properties.get("version", b"")
+    finally:
+        connection.close()
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def declare(name: str, arguments: dict, url: str = MAIN_URL) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection.channel().queue_declare(name, durable=True, arguments=arguments)
+    finally:
+        connection.close()
+
+
+def redeclare_refusal(name: str, arguments: dict) -> str | None:
+    """The broker's 406 text for redeclaring *name* with *arguments*; None if it accepts."""
+    connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+    try:
+        connection.channel().queue_declare(name, durable=True, arguments=arguments)
+        return None
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return exc.reply_text
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def publish_dead(name: str, count: int) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for number in range(1, count + 1):
+            channel.basic_publish("", name, f"dead {number}".encode(), pika.BasicProperties(
+                delivery_mode=2, message_id=f"dead:{number}",
+                headers={"x-death-reason": "failed 1 times; last: boom"}))
+    finally:
+        connection.close()
+
+
+def move_dead(queue: str, dry_run: bool) -> int:
+    """requeue-dead in-process (30 subprocesses would take minutes on a busy machine):
+    how many it moved (a dry run: would move)."""
+    mover = DeadMover(BrokerSettings(urls=[MAIN_URL]), QueueSpec(queue),
+                      logging.getLogger("test.requeue"), DeadFilter(), dry_run=dry_run)
+    mover.run()
+    return mover.stats.moved
+
+
+# --- 2. nothing lost to the broker's delivery limit ---------------------------------------------
+def test_previews_lose_no_dead_task_on_a_dead_queue_with_the_broker_limit(queue):
+    """A .dead made before this version (or by 3.x, then upgraded) has 4.x's default delivery
+    limit of 20. Previewing it (requeue-dead --dry-run) 30 times, then requeueing, loses none:
+    a preview gives the tasks back with basic.nack, which 4.3 does not count (a closed channel
+    counted, and the 21st preview lost them all)."""
+    spec = QueueSpec(queue)
+    declare(queue, {"x-queue-type": "quorum"})
+    declare(spec.dead_name, {"x-queue-type": "quorum"})  # no x-delivery-limit: 4.x's 20
+    publish_dead(spec.dead_name, DEAD_TASKS)
+    previews = [move_dead(queue, dry_run=True) for _ in range(PREVIEWS)]
+    assert previews == [DEAD_TASKS] * PREVIEWS
+    assert move_dead(queue, dry_run=False) == DEAD_TASKS
+    assert sorted(body for _props, body in consume_all(queue)) == sorted(
+        f"dead {number}".encode() for number in range(1, DEAD_TASKS + 1))
+
+
+def test_dead_and_retry_queues_we_make_have_no_delivery_limit_on_4x(queue, logs, tmp_path):
+    """On 4.x the quorum companions are made with x-delivery-limit -1 (no limit: 30 returns
+    by closed channels lose nothing); on 3.x without it (3.10 reads -1 as "drop at the first
+    return", measured). The task queue keeps the tutorial's arguments either way."""
+    spec = QueueSpec(queue)
+    worker = start_worker("--queue", queue, "--exit-when-idle", "0.5", log_dir=logs,
+                          out=tmp_path / "worker.out")
+    assert worker.wait(timeout=90) == 0, (tmp_path / "worker.out").read_text()
+    four = broker_version() >= (4, 0)
+    for name in (spec.dead_name, spec.retry_name):
+        with_limit = redeclare_refusal(name, {**companion(spec, name), "x-delivery-limit": -1})
+        without = redeclare_refusal(name, companion(spec, name))
+        assert (with_limit is None) == four, with_limit
+        assert (without is None) != four, without
+    assert redeclare_refusal(queue, {"x-queue-type": "quorum"}) is None  # the tutorial's
+    publish_dead(spec.dead_name, 1)
+    for _ in range(PREVIEWS):  # returned by closing the channel, the worst kind of return
+        connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+        method, _props, _body = connection.channel().basic_get(spec.dead_name)
+        connection.close()
+        assert method is not None
+    assert len(consume_all(spec.dead_name)) == 1
+
+
+def companion(spec: QueueSpec, name: str) -> dict:
+    """The arguments config.py gives a quorum companion (3.10+), without a delivery limit."""
+    return spec.companion_arguments(name, "quorum", (3, 10))
+
+
+def test_worker_says_when_an_existing_dead_queue_has_the_broker_limit(queue, logs, tmp_path):
+    """A 4.x quorum .dead without x-delivery-limit (made by 3.x or an older version): the
+    worker says so in one line, with the policy that lifts it, and works on; 3.x has no
+    default limit, so nothing to say there."""
+    spec = QueueSpec(queue)
+    declare(queue, {"x-queue-type": "quorum"})
+    declare(spec.dead_name, {"x-queue-type": "quorum"})
+    out = tmp_path / "worker.out"
+    worker = start_worker("--queue", queue, "--exit-when-idle", "0.5", log_dir=logs, out=out)
+    assert worker.wait(timeout=90) == 0, out.read_text()
+    said = [line for line in out.read_text().splitlines() if "default delivery limit" in line]
+    if broker_version() >= (4, 0):
+        assert len(said) == 1 and spec.dead_name in said[0] and "set_policy" in said[0], said
+    else:
+        assert said == []
+
+
+# --- 3. 4.x's words and signals -------------------------------------------------------------------
+@pytest.mark.parametrize("reply_text", [
+    "NOT_FOUND - home node 'rabbit@b' of durable queue 'q' in vhost '/' is down or inaccessible",
+    "NOT_FOUND - queue 'q' in vhost '/' process is stopped by supervisor",
+    "NOT_FOUND - queue 'q' in vhost '/' has crashed and failed to restart",
+])
+def test_a_queue_that_cannot_serve_is_told_apart_in_3x_and_4x_words(reply_text):
+    """The texts of rabbit_amqqueue (3.x; 4.3.6's beam holds all three) for a queue that exists
+    on a node that is down: waited for, never taken for a missing queue."""
+    assert queue_unavailable(404, reply_text) == reply_text.split(" - ", 1)[1]
+
+
+def test_a_missing_queue_is_not_a_node_down():
+    assert queue_unavailable(404, "NOT_FOUND - no queue 'q' in vhost '/'") is None
+    assert queue_unavailable(406, "PRECONDITION_FAILED - home node") is None
+
+
+CONSUMER_TIMEOUT_MS = 2000
+
+
+def test_a_task_that_outlasts_the_consumer_timeout_is_dead_lettered(queue, logs, tmp_path):
+    """A queue's own consumer timeout (x-consumer-timeout, 3.12+): on 4.3 the broker cancels
+    the consumer and takes the task back without counting it. The worker says it was a
+    consumer timeout, subscribes again, counts the returns itself and dead-letters the task at
+    --delivery-limit with that reason; the task behind it is done."""
+    if broker_version() < (3, 12):
+        pytest.skip("a queue's own consumer timeout (x-consumer-timeout) needs RabbitMQ 3.12+; "
+                    "3.10 accepts the argument and ignores it (measured)")
+    spec = QueueSpec(queue)
+    declare(queue, {"x-queue-type": "quorum", "x-consumer-timeout": CONSUMER_TIMEOUT_MS})
+    run = run_script("emitter_of_tasks.py", "--queue", queue, "--url", MAIN_URL, "--file",
+                     str(write_csv(tmp_path / "tasks.csv", ["slow" + "." * 40, "quick."])),
+                     log_dir=logs)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = tmp_path / "worker.out"
+    worker = start_worker("--queue", queue, "--seconds-per-dot", "0.25", "--delivery-limit",
+                          "2", "--exit-when-idle", "3", log_dir=logs, out=out)
+    assert worker.wait(timeout=180) == 0, out.read_text()
+    text = out.read_text()
+    assert "consumer timeout" in text and "queue deleted" not in text, text
+    assert "done row 2" in text, text
+    dead = consume_all(spec.dead_name)
+    assert [body for _props, body in dead] == [b"slow" + b"." * 40], text
+    reason = dead[0][0].headers["x-death-reason"]
+    reason = reason.decode() if isinstance(reason, bytes) else reason
+    assert "consumer timeout" in reason and "2 times" in reason, reason
