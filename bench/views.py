@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -68,6 +67,8 @@ def write_events(path: Path, count: int, workers: int = 10, slots: int = 4,
 
 def report_once(store: Path, csv: Path | None) -> dict:
     """In this process: the report's text, picture and (optionally) CSV; time and peak RSS."""
+    import resource  # POSIX only: here, so tests importing write_events collect on Windows
+
     from taskqueue.views.report import RunReport
     from taskqueue.views.store import EventStore
 

@@ -8,6 +8,8 @@ import pytest
 
 from tests.helpers import MAIN_URL, queue_state, run_script, write_csv
 
+pytestmark = pytest.mark.windows  # the Windows tier runs this whole file (scripts/windows.sh)
+
 
 def assert_one_clear_line(result, code: int, *phrases: str) -> None:
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)

@@ -33,6 +33,7 @@ def emit(queue: str, logs, *texts: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.windows
 def test_a_hung_handler_is_stopped_retried_then_dead_lettered(queue, logs, tmp_path):
     out = tmp_path / "w.out"
     emit(queue, logs, "one", "hang here", "two", "three")
@@ -49,6 +50,7 @@ def test_a_hung_handler_is_stopped_retried_then_dead_lettered(queue, logs, tmp_p
     assert queue_state(queue) == (0, 0)
 
 
+@pytest.mark.windows
 def test_simulated_work_is_stopped_by_the_timeout_too(queue, logs, tmp_path):
     out = tmp_path / "w.out"
     emit(queue, logs, "a very long one...........", "quick.")
@@ -62,6 +64,8 @@ def test_simulated_work_is_stopped_by_the_timeout_too(queue, logs, tmp_path):
     assert "timed out after 1.5 s" in dead[0][0].headers["x-death-reason"]
 
 
+@pytest.mark.skipif(sys.platform == "win32",
+                    reason="its handler SIGKILLs its own process (a POSIX signal)")
 def test_a_handler_that_kills_its_process_costs_one_task_not_the_workers(queue, logs, tmp_path):
     emit(queue, logs, *[f"good {n}" for n in range(4)], "poison pill",
          *[f"good {n}" for n in range(4, 8)])
@@ -79,6 +83,7 @@ def test_a_handler_that_kills_its_process_costs_one_task_not_the_workers(queue, 
     assert queue_state(queue) == (0, 0)
 
 
+@pytest.mark.windows
 def test_command_tasks_done_failed_and_never_through_a_shell(queue, logs, tmp_path):
     program = tmp_path / "work.py"
     program.write_text(
@@ -101,6 +106,7 @@ def test_command_tasks_done_failed_and_never_through_a_shell(queue, logs, tmp_pa
     assert "exit code 3: something broke" in dead[0][0].headers["x-death-reason"]
 
 
+@pytest.mark.windows
 def test_a_command_that_outlives_the_timeout_is_killed_with_its_children(queue, logs, tmp_path):
     marker = tmp_path / "child-still-alive"
     grandchild = tmp_path / "grandchild.py"
@@ -155,6 +161,7 @@ def test_four_slots_do_forty_quarter_second_tasks_at_once(queue, logs, tmp_path)
     assert wall < 0.5 * 40 * 0.25, f"4 slots took {wall:.2f} s (one slot: 10 s)"
 
 
+@pytest.mark.windows
 def test_results_come_out_as_csv(queue, logs, tmp_path):
     out = tmp_path / "w.out"
     worker = start_worker("--queue", queue, "--handler", "tests.handlers:shout",
@@ -177,6 +184,7 @@ def test_results_come_out_as_csv(queue, logs, tmp_path):
                              "outcome", "result_or_error", "message_id", "run_id"]
 
 
+@pytest.mark.windows
 @pytest.mark.parametrize(("args", "phrase"), [
     (["--task-timeout", "0"], "must be more than 0"),
     (["--task-timeout", "soon"], "not a number"),

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from taskqueue.views.report import RunReport
 from taskqueue.views.store import latest_run
 from tests.helpers import consumers, run_script, start_worker, wait_for, write_csv
 
 SVG = "{http://www.w3.org/2000/svg}"
+
+pytestmark = pytest.mark.windows  # the Windows tier runs this whole file (scripts/windows.sh)
 
 
 def test_report_of_12_tasks_by_3_workers(queue, logs, tmp_path):

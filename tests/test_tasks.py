@@ -13,6 +13,8 @@ from taskqueue.emitter.tasks import (
     tasks_from_messages,
 )
 
+pytestmark = pytest.mark.windows  # the Windows tier runs this whole file (scripts/windows.sh)
+
 
 def texts(path, **kwargs):
     return [(t.row, t.text) for t in read_tasks(str(path), **kwargs)]
