@@ -1,41 +1,130 @@
-"""amqps:// against a broker node with a TLS listener and certificates made at test time."""
+"""amqps:// against a broker node with a TLS listener and certificates made at test time.
+
+The certificates meet strict X.509 rules (ssl.VERIFY_X509_STRICT, on by default since Python
+3.13): a CA whose keyUsage and basicConstraints are critical, key identifiers, a SAN."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
+import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from pika.adapters.utils.connection_workflow import AMQPConnectorTransportSetupError
+from pika.exceptions import AMQPConnectionError
 
+from taskqueue.broker.config import TlsOptions
+from taskqueue.broker.connection import explain_connect_error, tls_context
 from tests.brokers import ThrowawayBroker, free_port
 from tests.helpers import queue_state, run_script, start_worker, wait_for
+
+# What a CA needs under strict rules (OpenSSL's defaults give no keyUsage, which Python 3.13+
+# refuses: "CA cert does not include key usage extension").
+CA_EXTENSIONS = ("basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign",
+                 "subjectKeyIdentifier=hash")
+LEAF_EXTENSIONS = ("basicConstraints=critical,CA:FALSE", "subjectKeyIdentifier=hash",
+                   "authorityKeyIdentifier=keyid,issuer")
+SERVER_EXTENSIONS = (*LEAF_EXTENSIONS, "keyUsage=critical,digitalSignature,keyEncipherment",
+                     "extendedKeyUsage=serverAuth", "subjectAltName=DNS:localhost,IP:127.0.0.1")
+CLIENT_EXTENSIONS = (*LEAF_EXTENSIONS, "keyUsage=critical,digitalSignature",
+                     "extendedKeyUsage=clientAuth")
 
 
 def openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-def make_ca(directory: Path, name: str) -> None:
+def make_ca(directory: Path, name: str, extensions: tuple[str, ...] = CA_EXTENSIONS) -> None:
+    added = [arg for extension in extensions for arg in ("-addext", extension)]
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=directory)
-
-
-def make_server_cert(directory: Path, ca: str) -> None:
-    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout",
-            "server.key", "-out", "server.csr", cwd=directory)
-    openssl("x509", "-req", "-in", "server.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem",
+            f"/CN={name}", *added, "-keyout", f"{name}.key", "-out", f"{name}.pem",
             cwd=directory)
 
 
-def make_client_cert(directory: Path, ca: str) -> None:
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=worker", "-keyout",
-            "client.key", "-out", "client.csr", cwd=directory)
-    openssl("x509", "-req", "-in", "client.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-            "-CAcreateserial", "-days", "2", "-out", "client.pem", cwd=directory)
+def make_signed_cert(directory: Path, name: str, ca: str, common_name: str,
+                     extensions: tuple[str, ...]) -> None:
+    """``name.pem`` and ``name.key``, signed by the CA ``ca.pem``/``ca.key``."""
+    (directory / f"{name}.ext").write_text("".join(f"{line}\n" for line in extensions))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={common_name}", "-keyout",
+            f"{name}.key", "-out", f"{name}.csr", cwd=directory)
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem",
+            cwd=directory)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> Path:
+    """test-ca signs server (localhost) and client (worker); other-ca signs nothing we use."""
+    directory = tmp_path_factory.mktemp("certs")
+    make_ca(directory, "test-ca")
+    make_ca(directory, "other-ca")
+    make_signed_cert(directory, "server", "test-ca", "localhost", SERVER_EXTENSIONS)
+    make_signed_cert(directory, "client", "test-ca", "worker", CLIENT_EXTENSIONS)
+    return directory
+
+
+def serve_one_handshake(context: ssl.SSLContext, sock: socket.socket) -> None:
+    # When the client refuses our certificate, its error is the one the test looks at.
+    with contextlib.suppress(ssl.SSLError, OSError):
+        context.wrap_socket(sock, server_side=True).close()
+
+
+def verify_as_a_script_does(certs: Path, ca: str, server: str,
+                            hostname: str) -> ssl.SSLCertVerificationError | None:
+    """Verify the certificate ``server.pem`` with the scripts' TLS context trusting ``ca.pem``,
+    strict rules on whatever the Python (3.13+ has them by default), over a socket pair: no
+    broker needed. The verification error, or None when it verifies."""
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(certs / f"{server}.pem", certs / f"{server}.key")
+    client_context = tls_context(TlsOptions(ca_file=str(certs / f"{ca}.pem")))
+    client_context.verify_flags |= ssl.VERIFY_X509_STRICT
+    ours, theirs = socket.socketpair()
+    server_side = threading.Thread(target=serve_one_handshake, args=(server_context, theirs))
+    server_side.start()
+    try:
+        client_context.wrap_socket(ours, server_hostname=hostname).close()
+    except ssl.SSLCertVerificationError as error:
+        return error
+    finally:
+        ours.close()
+        server_side.join()
+        theirs.close()
+    return None
+
+
+def test_the_test_certificates_meet_strict_x509_rules(certs):
+    assert verify_as_a_script_does(certs, "test-ca", "server", "localhost") is None
+
+
+@pytest.fixture(scope="module")
+def bare_ca_certs(tmp_path_factory) -> Path:
+    """A CA made with openssl's defaults (no keyUsage), as the tests made it before."""
+    directory = tmp_path_factory.mktemp("bare-ca")
+    make_ca(directory, "bare-ca", extensions=())
+    make_signed_cert(directory, "server", "bare-ca", "localhost", SERVER_EXTENSIONS)
+    return directory
+
+
+@pytest.mark.parametrize(("which", "hostname", "reason", "fix"), [
+    ("bare", "localhost", "CA cert does not include key usage extension", "strict X.509"),
+    ("good", "rabbit.example", "Hostname mismatch", "not made out to 'rabbit.example'"),
+])
+def test_a_certificate_that_fails_is_named_by_what_failed(which, hostname, reason, fix, certs,
+                                                          bare_ca_certs):
+    """Real OpenSSL errors (not built by hand) give our line its reason."""
+    directory, ca = (bare_ca_certs, "bare-ca") if which == "bare" else (certs, "test-ca")
+    error = verify_as_a_script_does(directory, ca, "server", hostname)
+    assert error is not None, "verified"
+    fatal, said = explain_connect_error(
+        AMQPConnectionError(AMQPConnectorTransportSetupError(error)),
+        f"amqps://guest:guest@{hostname}:5671/%2F")
+    assert fatal and reason in said and fix in said, said
+    assert "pass the CA" not in said, said
 
 
 def tls_broker(certs: Path, demand_client_cert: bool) -> ThrowawayBroker:
@@ -61,12 +150,7 @@ def tls_broker(certs: Path, demand_client_cert: bool) -> ThrowawayBroker:
 
 
 @pytest.fixture(scope="module")
-def tls_node(tmp_path_factory):
-    certs = tmp_path_factory.mktemp("certs")
-    make_ca(certs, "test-ca")
-    make_ca(certs, "other-ca")
-    make_server_cert(certs, "test-ca")
-    make_client_cert(certs, "test-ca")
+def tls_node(certs):
     node = tls_broker(certs, demand_client_cert=False)
     node.certs = certs
     yield node
@@ -96,6 +180,10 @@ def test_wrong_ca_is_refused_clearly(tls_node, logs):
                         "--message", "x", log_dir=logs)
     assert result.returncode == 4, result.stderr
     assert "could not be verified" in result.stderr and "--ca-file" in result.stderr
+    # OpenSSL's reason (the node sends its CA along: "self-signed certificate in certificate
+    # chain"), and ours: the one failure where passing a CA is the fix.
+    assert "could not be verified (self-signed certificate in certificate chain)" \
+        in result.stderr and "no CA we trust signed it" in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
