@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
 import uuid
@@ -126,6 +127,8 @@ def main() -> int:
         window=args.confirm_window, run_id=run_id, on_tick=progress.update, state=state,
         start_after=skip, total=total, interactive_input=args.file == "-")
     on_stop_signals(publisher)
+    if hasattr(signal, "SIGBREAK"):  # Windows' Ctrl+Break: a graceful stop, as SIGTERM
+        signal.signal(signal.SIGBREAK, signal.getsignal(signal.SIGTERM))
     try:
         publisher.run()
     finally:  # also when the broker stayed away: say how far the run got

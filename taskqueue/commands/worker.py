@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 
 from taskqueue.broker.config import DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_TASK_BYTES, mask_url
@@ -121,6 +122,9 @@ def main() -> int:
     args = parse_args()
     log = get_logger(SCRIPT, args.log_level)
     settings, spec = broker_settings(args), queue_spec(args)
+    job_problem = REAPER.start()  # Windows: before any child exists, so that each is in the job
+    if job_problem:
+        log.warning("[%s] %s", args.name, job_problem)
     runners, work = make_runners(args)  # a handler that cannot load stops us before consuming
     options = WorkerOptions(name=args.name, exit_when_idle=args.exit_when_idle,
                             max_retries=args.max_retries, retry_delay=args.retry_delay,
@@ -128,6 +132,7 @@ def main() -> int:
                             delivery_limit=args.delivery_limit, events=args.events)
     consumer = TaskConsumer(settings, spec, log, options, runners)
     on_stop_signals(consumer)
+    stop_on_ctrl_break()
     limit = f", tasks stopped after {args.task_timeout:g} s" if args.task_timeout else ""
     log.info("[%s] starting: queue %r at %s; work: %s%s", args.name, spec.name,
              mask_url(settings.urls[0]), work, limit)
@@ -140,6 +145,12 @@ def main() -> int:
         log.info(consumer.stats.summary(args.name, consumer.slots))
     return 0
 
+
+def stop_on_ctrl_break() -> None:
+    """Windows has no SIGTERM to send; Ctrl+Break (SIGBREAK) is the console's other stop key:
+    it stops gracefully, as SIGTERM does elsewhere (call after ``on_stop_signals``)."""
+    if hasattr(signal, "SIGBREAK"):
+        signal.signal(signal.SIGBREAK, signal.getsignal(signal.SIGTERM))
 
 
 def entry() -> None:

@@ -14,6 +14,7 @@ so ``--resume`` continues an interrupted run without publishing anything twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -46,6 +47,7 @@ MAX_IN_FLIGHT_BYTES = 16 * 1024 * 1024
 # publish to cannot reach the queue's majority (a network partition leaves it running and
 # silent). The connection is then given up: what was unconfirmed goes to the next URL.
 CONFIRM_TIMEOUT = 10.0
+REPLACE_ATTEMPTS, REPLACE_PAUSE_SECONDS = 6, 0.05  # saving the resume point: 0.25 s at most
 EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
                                         content_type="application/json")
 
@@ -108,6 +110,7 @@ class ConfirmedPublisher(BrokerSession):
         self._total = total
         self._on_tick = on_tick
         self._state = state
+        self._save_failing = False  # the last save of the resume point failed
         self._ticks = 0
         self._reading = True
         self._in_flight: dict[int, Task | None] = {}  # tag -> task (None: a run event)
@@ -301,7 +304,7 @@ class ConfirmedPublisher(BrokerSession):
         if self._on_tick is not None:
             self._on_tick(self.stats)
         if self._ticks % 5 == 0:  # about once a second: a SIGKILL loses at most that much
-            self.save_state(complete=False)
+            self.save_state(complete=False, periodic=True)
         self.ioloop.call_later(0.2, self._tick)
 
     def _check_confirms(self, now: float) -> None:
@@ -325,11 +328,25 @@ class ConfirmedPublisher(BrokerSession):
                          len(self._in_flight), now - since)
         self.drop_connection("confirms stopped")
 
-    def save_state(self, complete: bool) -> None:
+    def save_state(self, complete: bool, periodic: bool = False) -> None:
         """Record how far the file is confirmed, for --resume. A run that confirmed nothing
-        (it read nothing new, or never reached the broker) leaves the saved point alone."""
-        if self._state is not None and self.stats.confirmed > 0:
-            self._state.save(self.confirmed_through(), complete, self._run_id)
+        (it read nothing new, or never reached the broker) leaves the saved point alone.
+        A point that cannot be saved is one warning (once while it keeps failing, if
+        *periodic*), never an exception: the run goes on, and the next save tries again."""
+        if self._state is None or self.stats.confirmed == 0:
+            return
+        through = self.confirmed_through()
+        try:
+            self._state.save(through, complete, self._run_id)
+        except OSError as error:
+            if not (periodic and self._save_failing):
+                then = "it is tried again each second" if periodic else \
+                    f"--resume would start after row {self._state.confirmed_through()}"
+                self.log.warning("cannot save the resume point (rows through %d confirmed) to "
+                                 "%s: %s; %s", through, self._state.path, error, then)
+            self._save_failing = True
+            return
+        self._save_failing = False
 
 
 class ResumeState:
@@ -373,4 +390,23 @@ class ResumeState:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(entry, indent=1), encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            replace_retrying(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+
+
+def replace_retrying(source: Path, target: Path, attempts: int = REPLACE_ATTEMPTS) -> None:
+    """``os.replace``, tried again for a moment while it meets PermissionError: on Windows a
+    file another process holds open (a search indexer, an antivirus, a second emitter
+    reading it) cannot be replaced until that process lets go, usually within milliseconds."""
+    for attempt in range(attempts):
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(REPLACE_PAUSE_SECONDS)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -85,10 +86,11 @@ def open_task_file(path: str) -> tuple[BinaryIO, str]:
         return open(path, "rb"), path
     except FileNotFoundError:
         raise CsvError(f"task file {path!r} not found; pass --file PATH (or - for stdin)") from None
-    except IsADirectoryError:
-        raise CsvError(f"task file {path!r} is a directory; pass --file PATH to a CSV file"
-                       ) from None
     except OSError as exc:
+        # Windows says PermissionError for a directory: ask the file system what it is.
+        if isinstance(exc, IsADirectoryError) or os.path.isdir(path):
+            raise CsvError(f"task file {path!r} is a directory; pass --file PATH to a CSV "
+                           "file") from None
         raise CsvError(f"cannot read task file {path!r}: {exc.strerror}") from None
 
 

@@ -40,9 +40,13 @@ def serve(pipe: Connection, spec: str) -> None:
     # Ctrl+C means (finish the tasks in hand), so the child must not die of it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
+    # A spawned process starts afresh: make its print safe as the worker's own (a handler
+    # printing non-Latin text to a redirected cp1252 stdout must not fail its task).
+    from taskqueue.cli import safe_console
     from taskqueue.errors import UserError
     from taskqueue.worker.work import failure_reason, load_handler, result_text
 
+    safe_console()
     try:
         handler = load_handler(spec)
     except UserError as error:

@@ -8,8 +8,10 @@ task would run twice at once with no timeout. So:
 * POSIX: the first program started also starts a tiny *reaper* process that reads "+PGID" and
   "-PGID" lines from a pipe the worker holds. The pipe reaches end of file when the worker
   ends, however it ends; the reaper then kills every group still listed, and exits.
-* Windows: the worker puts itself in a job object with KILL_ON_JOB_CLOSE; every process it
-  starts is in the job, and the system ends them all when the worker's last handle closes.
+* Windows: at its start, before any child exists, the worker puts itself in a job object with
+  KILL_ON_JOB_CLOSE (``Reaper.start``); every process it starts later, and theirs, is born in
+  the job, and the system ends them all when the worker's handle to it closes: when the worker
+  ends, however it ends (Task Manager, TerminateProcess, closing its console window).
 
 Handler children (``IsolatedHandler``) watch the worker themselves (child.py).
 """
@@ -47,14 +49,28 @@ class Reaper:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
-        self._windows_job: object | None = None
+        self._windows_job: int | None = None
+
+    def start(self) -> str | None:
+        """At the worker's start, before any child exists. Windows: join a kill-on-close job
+        now, so that every process started later (handler children, programs and theirs)
+        is born in it. Returns why that failed (one line for the log), else None."""
+        if os.name != "nt":
+            return None
+        with self._lock:
+            if self._windows_job is not None:
+                return None
+            try:
+                self._windows_job = join_kill_on_close_job()
+            except OSError as error:
+                return (f"programs started by this worker may outlive it if it is killed: "
+                        f"the Windows job object could not be set up ({error})")
+        return None
 
     def watch(self, pid: int) -> None:
         """*pid* leads a process group of its own: kill it if we die before it ends."""
-        if os.name == "nt":
-            self._join_kill_on_close_job()
-            return
-        self._say(f"+{pid}\n")
+        if os.name != "nt":  # Windows: the job joined at start() covers every child
+            self._say(f"+{pid}\n")
 
     def forget(self, pid: int) -> None:
         """The group ended (or was killed by us): nothing to do for it."""
@@ -84,50 +100,87 @@ class Reaper:
             except OSError:  # it died: the next call starts another
                 self._process = None
 
-    def _join_kill_on_close_job(self) -> None:
-        with self._lock:
-            if self._windows_job is None:
-                self._windows_job = kill_on_close_job() or False
-
-
-def kill_on_close_job() -> object | None:
-    """Windows: put this process in a job whose processes all end when it does."""
-    try:
-        import ctypes
-        from ctypes import wintypes
-
-        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-        job = kernel32.CreateJobObjectW(None, None)
-
-        class BasicLimits(ctypes.Structure):
-            _fields_ = [("PerProcessUserTimeLimit", ctypes.c_int64),
-                        ("PerJobUserTimeLimit", ctypes.c_int64),
-                        ("LimitFlags", wintypes.DWORD), ("MinimumWorkingSetSize", ctypes.c_size_t),
-                        ("MaximumWorkingSetSize", ctypes.c_size_t),
-                        ("ActiveProcessLimit", wintypes.DWORD), ("Affinity", ctypes.c_size_t),
-                        ("PriorityClass", wintypes.DWORD), ("SchedulingClass", wintypes.DWORD)]
-
-        class IoCounters(ctypes.Structure):
-            _fields_ = [(name, ctypes.c_uint64) for name in (
-                "ReadOperationCount", "WriteOperationCount", "OtherOperationCount",
-                "ReadTransferCount", "WriteTransferCount", "OtherTransferCount")]
-
-        class ExtendedLimits(ctypes.Structure):
-            _fields_ = [("BasicLimitInformation", BasicLimits), ("IoInfo", IoCounters),
-                        ("ProcessMemoryLimit", ctypes.c_size_t),
-                        ("JobMemoryLimit", ctypes.c_size_t),
-                        ("PeakProcessMemoryUsed", ctypes.c_size_t),
-                        ("PeakJobMemoryUsed", ctypes.c_size_t)]
-
-        limits = ExtendedLimits()
-        limits.BasicLimitInformation.LimitFlags = 0x2000  # JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
-        extended_limit_information = 9
-        kernel32.SetInformationJobObject(job, extended_limit_information, ctypes.byref(limits),
-                                         ctypes.sizeof(limits))
-        kernel32.AssignProcessToJobObject(job, kernel32.GetCurrentProcess())
-        return job
-    except (AttributeError, OSError):  # not Windows, or no job objects here
-        return None
-
 
 REAPER = Reaper()  # one per worker process
+
+
+JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x2000
+JOB_OBJECT_EXTENDED_LIMIT_INFORMATION = 9  # the JOBOBJECTINFOCLASS value
+
+
+def join_kill_on_close_job() -> int:
+    """Windows: put this process in a new job whose processes all end when its last handle
+    closes, i.e. when this process ends, however it ends. Returns the job handle (kept open
+    for the process's life). OSError says which call failed and why.
+
+    Every call is typed: untyped, ctypes passes a HANDLE as a 32-bit int and takes a 64-bit
+    handle returned as one, so on 64-bit Windows the calls failed, silently."""
+    import ctypes
+
+    kernel32 = _kernel32()
+    job = kernel32.CreateJobObjectW(None, None)
+    _check(job, "CreateJobObjectW")
+    limits = _extended_limits_type()()
+    limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+    _check(kernel32.SetInformationJobObject(job, JOB_OBJECT_EXTENDED_LIMIT_INFORMATION,
+                                            ctypes.byref(limits), ctypes.sizeof(limits)),
+           "SetInformationJobObject")
+    _check(kernel32.AssignProcessToJobObject(job, kernel32.GetCurrentProcess()),
+           "AssignProcessToJobObject")
+    return job
+
+
+def _check(result: int | None, call: str) -> None:
+    if not result:
+        import ctypes
+
+        code = ctypes.get_last_error()
+        raise OSError(f"{call} failed: [WinError {code}] {ctypes.FormatError(code).strip()}")
+
+
+def _kernel32():
+    """kernel32 with argtypes and restype set for each function used here."""
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    signatures = {
+        "CreateJobObjectW": ([wintypes.LPVOID, wintypes.LPCWSTR], wintypes.HANDLE),
+        "SetInformationJobObject": ([wintypes.HANDLE, ctypes.c_int, wintypes.LPVOID,
+                                     wintypes.DWORD], wintypes.BOOL),
+        "AssignProcessToJobObject": ([wintypes.HANDLE, wintypes.HANDLE], wintypes.BOOL),
+        "GetCurrentProcess": ([], wintypes.HANDLE),
+    }
+    for name, (argtypes, restype) in signatures.items():
+        function = getattr(kernel32, name)
+        function.argtypes, function.restype = argtypes, restype
+    return kernel32
+
+
+def _extended_limits_type() -> type:
+    """JOBOBJECT_EXTENDED_LIMIT_INFORMATION (built lazily: ctypes.wintypes is Windows-only
+    on some Pythons)."""
+    import ctypes
+    from ctypes import wintypes
+
+    class BasicLimits(ctypes.Structure):
+        _fields_ = [("PerProcessUserTimeLimit", ctypes.c_int64),
+                    ("PerJobUserTimeLimit", ctypes.c_int64),
+                    ("LimitFlags", wintypes.DWORD), ("MinimumWorkingSetSize", ctypes.c_size_t),
+                    ("MaximumWorkingSetSize", ctypes.c_size_t),
+                    ("ActiveProcessLimit", wintypes.DWORD), ("Affinity", ctypes.c_size_t),
+                    ("PriorityClass", wintypes.DWORD), ("SchedulingClass", wintypes.DWORD)]
+
+    class IoCounters(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint64) for name in (
+            "ReadOperationCount", "WriteOperationCount", "OtherOperationCount",
+            "ReadTransferCount", "WriteTransferCount", "OtherTransferCount")]
+
+    class ExtendedLimits(ctypes.Structure):
+        _fields_ = [("BasicLimitInformation", BasicLimits), ("IoInfo", IoCounters),
+                    ("ProcessMemoryLimit", ctypes.c_size_t), ("JobMemoryLimit", ctypes.c_size_t),
+                    ("PeakProcessMemoryUsed", ctypes.c_size_t),
+                    ("PeakJobMemoryUsed", ctypes.c_size_t)]
+
+    return ExtendedLimits
+

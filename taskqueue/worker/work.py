@@ -17,7 +17,9 @@ it never raises. ``interrupt()`` (from any thread) stops the task in hand at onc
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import locale
 import multiprocessing
 import os
 import shlex
@@ -37,6 +39,8 @@ from taskqueue.worker.reaper import REAPER
 
 CHILD_START_SECONDS = 60.0  # a handler module slower than this to import is reported
 STDERR_TAIL_BYTES = 2048
+UTF8_CONTINUATION_BYTES = bytes(range(0x80, 0xC0))
+KILL_WAIT_SECONDS = 10.0  # for a killed program to be gone (or taskkill to answer)
 
 
 @dataclass(frozen=True)
@@ -290,19 +294,21 @@ BATCH_SUFFIXES = (".bat", ".cmd")
 
 
 def split_command(template: str, windows: bool = os.name == "nt") -> list[str]:
-    """The ``--command`` template split once, by shell-like (shlex) rules: never through a
-    shell, so the task text is always data. UserError if the program cannot be found, or if
-    on Windows it is a batch file: Windows runs those through cmd.exe, whose quoting rules are
-    not the ones arguments are quoted by, so a task such as ``a" & calc & "`` would run calc."""
+    """The ``--command`` template split once, never through a shell, so the task text is
+    always data: by shell-like (shlex) rules on POSIX, by the rules Windows programs split
+    their own command line with on Windows (``C:\\Users\\me\\prog.py`` keeps its
+    backslashes). UserError if the program cannot be found, or if on Windows it is a batch
+    file: Windows runs those through cmd.exe, whose quoting rules are not the ones arguments
+    are quoted by, so a task such as ``a" & calc & "`` would run calc."""
     try:
-        argv = shlex.split(template)
+        argv = split_windows(template) if windows else shlex.split(template)
     except ValueError as exc:
         raise UserError(f"cannot split --command {template!r} ({exc}); check its quotes") from None
     if not argv:
         raise UserError("--command is empty; give a program, e.g. --command \"python work.py {}\"")
     program = argv[0]
     found = shutil.which(program)
-    if found is None and not (os.path.sep in program and os.path.isfile(program)):
+    if found is None and not (os.path.dirname(program) and os.path.isfile(program)):
         raise UserError(f"--command: program {program!r} not found (not on PATH and not a "
                         "file); give its full path or install it")
     if windows and (found or program).lower().endswith(BATCH_SUFFIXES):
@@ -310,6 +316,51 @@ def split_command(template: str, windows: bool = os.name == "nt") -> list[str]:
                         "through cmd.exe, where a task's text could run commands; give the "
                         "program it starts instead (e.g. node with the script for npx)")
     return argv
+
+
+def split_windows(command: str) -> list[str]:
+    """Split *command* as the Microsoft C runtime splits a program's command line (and so as
+    ``subprocess.list2cmdline`` quotes a list back): blanks separate arguments outside double
+    quotes; backslashes are literal unless they precede a quote, where each pair is one
+    backslash and an odd one out makes the quote literal; ``""`` inside quotes is a quote.
+    ValueError for a quote left open."""
+    args: list[str] = []
+    current: list[str] = []
+    started = quoted = False
+    index = 0
+    while index < len(command):
+        char = command[index]
+        if char == "\\":
+            end = index
+            while end < len(command) and command[end] == "\\":
+                end += 1
+            count = end - index
+            before_quote = end < len(command) and command[end] == '"'
+            current.append("\\" * (count // 2 if before_quote else count))
+            if before_quote and count % 2:
+                current.append('"')
+                end += 1
+            index, started = end, True
+        elif char == '"':
+            if quoted and command[index + 1:index + 2] == '"':
+                current.append('"')
+                index += 1
+            else:
+                quoted = not quoted
+            index, started = index + 1, True
+        elif char in " \t" and not quoted:
+            if started:
+                args.append("".join(current))
+                current, started = [], False
+            index += 1
+        else:
+            current.append(char)
+            index, started = index + 1, True
+    if quoted:
+        raise ValueError("no closing quotation")
+    if started:
+        args.append("".join(current))
+    return args
 
 
 def command_for(argv: list[str], text: str) -> list[str]:
@@ -350,7 +401,7 @@ class CommandWork(Runner):
             code = process.wait(self.timeout)
         except subprocess.TimeoutExpired:
             self._kill_tree()
-            process.wait()
+            _make_sure_it_ended(process)
             stdout.join(), stderr.join()
             return timed_out(self.timeout)
         finally:
@@ -371,16 +422,40 @@ class CommandWork(Runner):
             return
         self._killed = True
         if os.name == "nt":  # no process groups: taskkill knows the tree
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)],
-                           capture_output=True, check=False)
+            killed = _taskkill_tree(process.pid)
         else:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
+                killed = True
             except OSError:
+                killed = False
+        if not killed:  # the program itself at least (its children die with the worker)
+            with contextlib.suppress(OSError):
                 process.kill()
 
     def interrupt(self) -> None:
         self._kill_tree()
+
+
+def _taskkill_tree(pid: int) -> bool:
+    """Windows: kill *pid* and its descendants; False if taskkill could not (or hung)."""
+    try:
+        return subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True,
+                              check=False, timeout=KILL_WAIT_SECONDS).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _make_sure_it_ended(process: subprocess.Popen) -> None:
+    """Wait a bounded time for a killed program; then kill it itself (TerminateProcess,
+    SIGKILL) and wait a bounded time again: a kill that did not work never hangs the slot."""
+    for _ in range(2):
+        try:
+            process.wait(KILL_WAIT_SECONDS)
+            return
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                process.kill()
 
 
 def _own_process_group() -> dict:
@@ -418,4 +493,17 @@ class _Drain:
         self._thread.join(10)
 
     def text(self) -> str:
-        return cap_text(self._kept.decode("utf-8", "replace"), self._head or self._tail)
+        return cap_text(decode_output(bytes(self._kept)), self._head or self._tail)
+
+
+def decode_output(data: bytes, windows: bool = os.name == "nt") -> str:
+    """A program's output as text, never failing. UTF-8 when it is UTF-8 (a cut character at
+    either end does not count against it); otherwise, on Windows, the ANSI code page, which
+    is what Windows programs (Python's print to a pipe among them) write in."""
+    if windows:
+        trimmed = data.lstrip(UTF8_CONTINUATION_BYTES)  # a tail cut inside a character
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(trimmed, final=False)
+        except UnicodeDecodeError:
+            return data.decode(locale.getpreferredencoding(False), "replace")
+    return data.decode("utf-8", "replace")
