@@ -8,7 +8,11 @@ the next ones can be reached; either way the dead copy is acked only once the br
 confirmed the new one (a crash in between duplicates, never loses). ``--limit N`` stops after N
 moved (the rest stay where they are); ``--dry-run`` looks at every one, moves nothing, and gives
 them all back when it ends, with a basic.nack: a look is not a delivery attempt (RabbitMQ 4.x
-drops a message returned 20 times by closed channels). It works on any message in ``.dead``:
+drops a message from a quorum queue at its 21st return; 4.3 counts a closed channel but not a
+nack). 4.0 to 4.2 count every return, a nack too: there a dry run puts each task it looks at
+back at the end of ``.dead`` as a new message, unchanged, confirmed before the old one is acked
+(its count starts again; copies read past the end go back with the nack, first in line, so
+the order may change, and their count stays at most 1). It works on any message in ``.dead``:
 ours (``x-death-reason``) or the broker's own dead letters (``x-death``).
 """
 
@@ -26,8 +30,11 @@ from pika.spec import Basic
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.broker.connection import BrokerSession, settled_tags
+from taskqueue.broker.topology import broker_version
 from taskqueue.errors import EXIT_UNREACHABLE, UserError
 
+# The brokers that count a basic.nack(requeue) as a failed delivery and have a default limit.
+COUNTS_EVERY_RETURN = ((4, 0), (4, 3))
 WINDOW = 2000  # dead tasks in flight (delivered, republished, not yet confirmed)
 SHOWN = 5  # what --dry-run lists
 DROPPED_HEADERS = ("x-retries", "x-last-error", "x-death-reason", "x-dead-lettered-by",
@@ -96,13 +103,17 @@ class DeadMover(BrokerSession):
 
     def __init__(self, settings: BrokerSettings, spec: QueueSpec, log: logging.Logger,
                  chosen: DeadFilter, dry_run: bool = False,
-                 on_progress: Callable[[MoveStats], None] | None = None) -> None:
+                 on_progress: Callable[[MoveStats], None] | None = None,
+                 rewrite: bool | None = None) -> None:
         super().__init__(settings, log, queue_name=spec.dead_name)
         self.spec, self.chosen, self.dry_run = spec, chosen, dry_run
         self.stats = MoveStats()
         self.on_progress = on_progress
         self._reader: Channel | None = None
-        self._pending: dict[int, tuple[int, bool]] = {}  # publish tag -> (dead tag, matched)
+        # A dry run's looks are rewritten (see the module docstring): None = by the version.
+        self.rewrite = rewrite
+        # publish tag -> (dead tag, what it is: "move", "keep", or a dry run's "look")
+        self._pending: dict[int, tuple[int, str]] = {}
         self._tag = 0
         self._reading = True
         self._moving = 0  # matched ones published, not yet confirmed
@@ -121,6 +132,9 @@ class DeadMover(BrokerSession):
 
     def _counted(self, channel: Channel, frame: pika.frame.Method) -> None:
         self.stats.total = frame.method.message_count
+        if self.rewrite is None:
+            low, high = COUNTS_EVERY_RETURN
+            self.rewrite = self.dry_run and low <= broker_version(self.connection) < high
         self.mark_ready()
         if self.stats.total == 0:
             self.finish()
@@ -132,7 +146,8 @@ class DeadMover(BrokerSession):
     def _open_reader(self) -> None:
         def opened(reader: Channel) -> None:
             self._reader = reader
-            prefetch = 0 if self.dry_run else WINDOW  # a dry run holds them all, then lets go
+            # A dry run holds them all, then lets go; moving or rewriting acks as it goes.
+            prefetch = 0 if self.dry_run and not self.rewrite else WINDOW
             reader.basic_qos(prefetch_count=prefetch, callback=lambda _frame: self._consume(reader))
 
         self.connection.channel(on_open_callback=opened)
@@ -147,7 +162,7 @@ class DeadMover(BrokerSession):
     def _on_dead(self, reader: Channel, method: Basic.Deliver,
                  properties: pika.BasicProperties, body: bytes) -> None:
         if not self._reading:
-            return  # beyond what it came for: handed back when the channel closes
+            return  # beyond what it came for: handed back at the end (_give_back)
         self.stats.seen += 1
         matched = self.chosen.matches(properties) and (
             self.chosen.limit is None or self.stats.moved + self._moving < self.chosen.limit)
@@ -158,13 +173,10 @@ class DeadMover(BrokerSession):
                 self.stats.shown.append(f"{properties.message_id or '-'}: "
                                         f"{body[:60].decode('utf-8', 'replace')!r} "
                                         f"({death_reason(properties)[:80]})")
+            if self.rewrite:
+                self._publish(method.delivery_tag, "look", properties, body)
         else:
-            target = self.spec.name if matched else self.spec.dead_name
-            self.channel.basic_publish("", target, body, replayed(properties) if matched else
-                                       properties, mandatory=True)
-            self._tag += 1
-            self._pending[self._tag] = (method.delivery_tag, matched)
-            self._moving += matched
+            self._publish(method.delivery_tag, "move" if matched else "keep", properties, body)
         if self.on_progress is not None:
             self.on_progress(self.stats)
         limit_reached = self.chosen.limit is not None and \
@@ -172,6 +184,16 @@ class DeadMover(BrokerSession):
         if self.stats.seen >= self.stats.total or limit_reached:
             self._reading = False
             self._finish_when_settled()
+
+    def _publish(self, dead_tag: int, kind: str, properties: pika.BasicProperties,
+                 body: bytes) -> None:
+        """A move goes to the task queue as new; anything else to the back of .dead unchanged."""
+        moved = kind == "move"
+        self.channel.basic_publish("", self.spec.name if moved else self.spec.dead_name, body,
+                                   replayed(properties) if moved else properties, mandatory=True)
+        self._tag += 1
+        self._pending[self._tag] = (dead_tag, kind)
+        self._moving += moved
 
     def _on_return(self, _channel: Channel, _method: object, _properties: object,
                    _body: bytes) -> None:
@@ -183,15 +205,17 @@ class DeadMover(BrokerSession):
         acked, tags = settled_tags(frame, self._pending)
         returned, self._returned = self._returned, False
         for tag in tags:
-            dead_tag, matched = self._pending.pop(tag)
+            dead_tag, kind = self._pending.pop(tag)
+            matched = kind == "move"
             self._moving -= matched
+            counted = kind != "look"  # a dry run counted its looks as it read them
             if acked and not returned:
                 self._reader.basic_ack(dead_tag)
-                self.stats.moved += matched
-                self.stats.kept += not matched
+                self.stats.moved += matched and counted
+                self.stats.kept += not matched and counted
             else:
                 self._reader.basic_nack(dead_tag, requeue=True)
-                self.stats.refused += 1
+                self.stats.refused += counted
         self._finish_when_settled()
 
     def _finish_when_settled(self) -> None:
