@@ -6,8 +6,8 @@ import pika
 
 from taskqueue.broker.config import QueueSpec
 from taskqueue.worker.consumer import WorkerOptions
-from taskqueue.worker.delivery import Delivery
-from taskqueue.worker.policy import after_work, before_work
+from taskqueue.worker.delivery import Delivery, Overruns
+from taskqueue.worker.policy import after_work, before_work, broker_limit_clash
 from taskqueue.worker.work import Outcome
 
 QUEUE = QueueSpec("jobs")
@@ -75,3 +75,35 @@ def test_long_reasons_are_capped_in_headers():
     before_work(task, OPTIONS, QUEUE, "w")
     verdict = after_work(task, Outcome(False, reason="e" * 5000), OPTIONS, QUEUE, "w")
     assert len(verdict.headers["x-last-error"]) == 500
+
+
+# --- RabbitMQ 4.x (issue 28) ----------------------------------------------------------------------
+def test_returns_at_the_consumer_timeout_count_toward_the_delivery_limit():
+    """4.3 takes a task back at the consumer timeout without counting it: the worker's own
+    count (overruns) dead-letters it at --delivery-limit, with that reason; the larger of the
+    two counts decides (3.x counts such a return in x-delivery-count as well)."""
+    assert before_work(delivery(), OPTIONS, QUEUE, "w", overruns=2) is None
+    verdict = before_work(delivery(), OPTIONS, QUEUE, "w", overruns=3)
+    assert verdict.outcome == "dead"
+    assert verdict.reason.startswith("taken back by the broker at its consumer timeout 3 times")
+    both = before_work(delivery(**{"x-delivery-count": 3}), OPTIONS, QUEUE, "w", overruns=3)
+    assert both.reason.startswith("delivered 4 times without an ack")
+
+
+def test_overruns_are_counted_per_task_by_message_id_or_body():
+    overruns = Overruns()
+    with_id = Delivery(None, 1, pika.BasicProperties(message_id="a:1"), b"x", False)
+    again = Delivery(None, 7, pika.BasicProperties(message_id="a:1"), b"x", True)
+    no_id = delivery(b"resize dog.jpg")
+    assert (overruns.add(with_id), overruns.add(again), overruns.add(no_id)) == (1, 2, 1)
+    assert overruns.count(delivery(b"resize dog.jpg")) == 1
+    assert overruns.count(delivery(b"other")) == 0
+
+
+def test_a_delivery_limit_above_the_broker_default_is_said_on_4x_quorum_queues():
+    high = WorkerOptions(name="w", delivery_limit=21)
+    assert "above RabbitMQ 4's default" in broker_limit_clash((4, 3, 6), "quorum", high)
+    assert broker_limit_clash((4, 3, 6), "quorum", WorkerOptions(name="w", delivery_limit=20)) \
+        is None
+    assert broker_limit_clash((3, 10, 8), "quorum", high) is None
+    assert broker_limit_clash((4, 0, 5), "classic", high) is None

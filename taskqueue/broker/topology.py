@@ -73,6 +73,7 @@ class Topology:
     task_type: str = "classic"
     created: list[str] = field(default_factory=list)
     types: dict[str, str] = field(default_factory=dict)
+    version: tuple[int, ...] = (0,)  # the broker's
 
 
 def broker_version(connection: Connection) -> tuple[int, ...]:
@@ -119,7 +120,7 @@ class QueueSetup:
         self.on_done, self.on_error = on_done, on_error
         self.quiet = quiet  # after the first connection: say nothing unless something changed
         self.version = broker_version(connection)
-        self.topology = Topology()
+        self.topology = Topology(version=self.version)
         self._remaining = list(spec.all_queues)
         self._recreated = False
 

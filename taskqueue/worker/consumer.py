@@ -33,7 +33,7 @@ from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.idle import IdleWatch
 from taskqueue.worker.life import DeliveryLife
 from taskqueue.worker.outbox import Outbox
-from taskqueue.worker.policy import CONSUMER_TIMEOUT_REASON
+from taskqueue.worker.policy import CONSUMER_TIMEOUT_REASON, broker_limit_clash
 from taskqueue.worker.reach import ReachWatch
 from taskqueue.worker.settlement import Step
 from taskqueue.worker.slots import WorkSlot, slot_names
@@ -167,6 +167,9 @@ class TaskConsumer(DeliveryLife, BrokerSession):
 
     def _on_set_up(self, channel: Channel, topology: Topology) -> None:
         self.topology = topology
+        clash = broker_limit_clash(topology.version, topology.task_type, self.options)
+        if clash and self.connections_made == 1:
+            self.log.warning("[%s] %s", self.options.name, clash)
         self.outbox.exchange_ready = True
         self.outbox.send(everything=True)
         self.mark_ready()

@@ -19,6 +19,7 @@ from taskqueue.worker.work import Outcome
 MAX_REASON = 1000  # characters of a reason kept in x-death-reason
 MAX_LAST_ERROR = 500  # ... and in x-last-error, on the way to a retry
 CONSUMER_TIMEOUT_REASON = "taken back by the broker at its consumer timeout"
+BROKER_DELIVERY_LIMIT = 20  # RabbitMQ 4's default for quorum queues: the 21st return drops it
 
 
 class Limits(Protocol):
@@ -65,6 +66,19 @@ def before_work(delivery: Delivery, limits: Limits, queue: QueueSpec, slot: str,
                            f"ack (--delivery-limit {limits.delivery_limit}): it may crash or "
                            "hang every worker that takes it", queue, slot)
     return None
+
+
+def broker_limit_clash(version: tuple[int, ...], task_type: str, limits: Limits) -> str | None:
+    """Why our --delivery-limit cannot act on this queue, or None. RabbitMQ 4 drops a message
+    returned more than 20 times from a quorum queue (unless a policy lifts it), silently: our
+    limit must come first, so that the task is dead-lettered with its reason instead."""
+    if version < (4, 0) or task_type != "quorum" or limits.delivery_limit <= BROKER_DELIVERY_LIMIT:
+        return None
+    return (f"--delivery-limit {limits.delivery_limit} is above RabbitMQ 4's default delivery "
+            f"limit of quorum queues ({BROKER_DELIVERY_LIMIT}): the broker drops a task returned "
+            f"{BROKER_DELIVERY_LIMIT + 1} times (workers killed or cut off while on it) before "
+            f"ours dead-letters it; use --delivery-limit {BROKER_DELIVERY_LIMIT} or less, or "
+            "lift the broker's with a policy (delivery-limit -1)")
 
 
 def after_work(delivery: Delivery, outcome: Outcome, limits: Limits, queue: QueueSpec,
