@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
+import uuid
 
 import pika
 import pytest
@@ -19,6 +21,7 @@ import pytest
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.broker.topology import queue_unavailable
 from taskqueue.control.requeue import DeadFilter, DeadMover
+from tests.brokers import ThrowawayBroker
 from tests.helpers import MAIN_URL, consume_all, run_script, start_worker, write_csv
 
 PREVIEWS = 30  # past 4.x's default delivery limit of 20
@@ -162,6 +165,44 @@ def test_a_missing_queue_is_not_a_node_down():
 
 
 CONSUMER_TIMEOUT_MS = 2000
+SLOW_TASK = "slow" + "." * 40  # 10 s at 0.25 s a dot: longer than any timeout here
+
+
+@pytest.fixture(scope="module")
+def timeout_node():
+    """A throwaway node whose consumer timeout is 1 s (rabbitmq.conf) and checked every 0.5 s
+    (channel_tick_interval, 60 s by default)."""
+    if not shutil.which("rabbitmq-server"):
+        pytest.fail("rabbitmq-server is not installed; this test needs it", pytrace=False)
+    broker = ThrowawayBroker(["consumer_timeout = 1000"]).start()
+    assert broker.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 500).")\
+        .returncode == 0
+    yield broker
+    broker.cleanup()
+
+
+def outlast(queue: str, url: str, logs, tmp_path) -> tuple[str, list]:
+    """A task longer than the consumer timeout, a quick one behind it, one worker with
+    --delivery-limit 2: (the worker's output, what is in .dead)."""
+    run = run_script("emitter_of_tasks.py", "--queue", queue, "--url", url, "--file",
+                     str(write_csv(tmp_path / "tasks.csv", [SLOW_TASK, "quick."])),
+                     log_dir=logs)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = tmp_path / "worker.out"
+    worker = start_worker("--queue", queue, "--url", url, "--seconds-per-dot", "0.25",
+                          "--delivery-limit", "2", "--exit-when-idle", "3", log_dir=logs,
+                          out=out)
+    assert worker.wait(timeout=180) == 0, out.read_text()
+    return out.read_text(), consume_all(QueueSpec(queue).dead_name, url)
+
+
+def assert_dead_at_the_timeout(text: str, dead: list) -> None:
+    assert "consumer timeout" in text and "queue deleted" not in text, text
+    assert "done row 2" in text, text
+    assert [body for _props, body in dead] == [SLOW_TASK.encode()], text
+    reason = dead[0][0].headers["x-death-reason"]
+    reason = reason.decode() if isinstance(reason, bytes) else reason
+    assert "consumer timeout" in reason and "2 times" in reason, reason
 
 
 def test_a_task_that_outlasts_the_consumer_timeout_is_dead_lettered(queue, logs, tmp_path):
@@ -172,21 +213,16 @@ def test_a_task_that_outlasts_the_consumer_timeout_is_dead_lettered(queue, logs,
     if broker_version() < (3, 12):
         pytest.skip("a queue's own consumer timeout (x-consumer-timeout) needs RabbitMQ 3.12+; "
                     "3.10 accepts the argument and ignores it (measured)")
-    spec = QueueSpec(queue)
     declare(queue, {"x-queue-type": "quorum", "x-consumer-timeout": CONSUMER_TIMEOUT_MS})
-    run = run_script("emitter_of_tasks.py", "--queue", queue, "--url", MAIN_URL, "--file",
-                     str(write_csv(tmp_path / "tasks.csv", ["slow" + "." * 40, "quick."])),
-                     log_dir=logs)
-    assert run.returncode == 0, run.stdout + run.stderr
-    out = tmp_path / "worker.out"
-    worker = start_worker("--queue", queue, "--seconds-per-dot", "0.25", "--delivery-limit",
-                          "2", "--exit-when-idle", "3", log_dir=logs, out=out)
-    assert worker.wait(timeout=180) == 0, out.read_text()
-    text = out.read_text()
-    assert "consumer timeout" in text and "queue deleted" not in text, text
-    assert "done row 2" in text, text
-    dead = consume_all(spec.dead_name)
-    assert [body for _props, body in dead] == [b"slow" + b"." * 40], text
-    reason = dead[0][0].headers["x-death-reason"]
-    reason = reason.decode() if isinstance(reason, bytes) else reason
-    assert "consumer timeout" in reason and "2 times" in reason, reason
+    assert_dead_at_the_timeout(*outlast(queue, MAIN_URL, logs, tmp_path))
+
+
+def test_a_classic_queue_task_that_outlasts_the_consumer_timeout_is_dead_lettered(
+        timeout_node, logs, tmp_path):
+    """The node-wide consumer_timeout closes the channel ("delivery acknowledgement on channel
+    N timed out"; 3.x, and 4.x for classic queues), and a classic queue counts no delivery: the
+    worker counts it, and dead-letters the task at --delivery-limit instead of running it
+    forever."""
+    queue = f"test.outlast-classic.{uuid.uuid4().hex[:8]}"
+    declare(queue, {}, timeout_node.url)
+    assert_dead_at_the_timeout(*outlast(queue, timeout_node.url, logs, tmp_path))

@@ -33,7 +33,7 @@ from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.idle import IdleWatch
 from taskqueue.worker.life import DeliveryLife
 from taskqueue.worker.outbox import Outbox
-from taskqueue.worker.policy import CONSUMER_TIMEOUT_REASON, broker_limit_clash
+from taskqueue.worker.policy import broker_limit_clash
 from taskqueue.worker.reach import ReachWatch
 from taskqueue.worker.settlement import Step
 from taskqueue.worker.slots import WorkSlot, slot_names
@@ -217,38 +217,26 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         """The broker ended our subscription: start over on a fresh connection, which sets the
         queues up again and subscribes again. The cancel carries no reason. With a task in hand
         it is a consumer timeout, most likely: RabbitMQ 4.3 cancels the consumer (3.x closed
-        the channel) and takes back the task held too long, uncounted, so the worker counts it
-        (``overruns``: the policy dead-letters it at --delivery-limit). Without one: the queue
-        was deleted, or its node went away."""
+        the channel) and takes back the task held too long, uncounted (life.py counts it).
+        Without one: the queue was deleted, or its node went away."""
         self._consumer_tag = None
         self.idle.stop()
         if self._stop_requests or self.channel is None:
             return
-        held = [slot for slot in self.in_hand() if slot.delivery is not None]
-        if held:
-            self._overran(min(held, key=lambda slot: slot.delivery.received))
-        else:
+        if not self._taken_back("the broker cancelled the subscription"):
             self.log.warning("[%s] the broker cancelled the subscription to %r (queue deleted, "
                              "or its node went away); subscribing again", self.options.name,
                              self.queue.name)
         self.channel.close()
 
-    def _overran(self, slot: WorkSlot) -> None:
-        """The broker took back the task *slot* held longest: count it, record the attempt
-        (its ack can no longer be given: the task is stopped and comes again)."""
-        delivery = slot.delivery
-        seconds = time.time() - delivery.received
-        times = self.overruns.add(delivery)
-        self.log.error("[%s] the broker cancelled the subscription to %r while %s was in hand "
-                       "for %.0f s: a consumer timeout (the queue's consumer-timeout policy or "
-                       "x-consumer-timeout, else consumer_timeout in rabbitmq.conf); the broker "
-                       "took the task back (%d time(s); dead-lettered at %d, --delivery-limit). "
-                       "Subscribing again", slot.name, self.queue.name, delivery.label, seconds,
-                       times, self.options.delivery_limit)
-        slot.failed += 1
-        self.stats.failed_attempts += 1
-        self.outbox.record_result(self.account.record(
-            slot, delivery, "failed", seconds, f"{CONSUMER_TIMEOUT_REASON} after {seconds:.0f} s"))
+    def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        """connection.py's, after counting a consumer timeout that closed the channel (3.x, and
+        4.x classic queues: "delivery acknowledgement on channel N timed out"), which a classic
+        queue does not count: before the channel's loss drops the task in hand."""
+        text = str(reason)
+        if channel is self.channel and "delivery acknowledgement" in text and "timed out" in text:
+            self._taken_back("the broker closed the channel")
+        super()._on_channel_closed(channel, reason)
 
     def _on_message(self, channel: Channel, method: object, properties: object,
                     body: bytes) -> None:

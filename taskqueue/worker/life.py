@@ -26,7 +26,13 @@ from taskqueue.worker.account import WorkerAccount, WorkerOptions, WorkerStats
 from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.idle import IdleWatch
 from taskqueue.worker.outbox import Outbox
-from taskqueue.worker.policy import Verdict, after_work, before_work, dead_letter
+from taskqueue.worker.policy import (
+    CONSUMER_TIMEOUT_REASON,
+    Verdict,
+    after_work,
+    before_work,
+    dead_letter,
+)
 from taskqueue.worker.settlement import Settlement, Step
 from taskqueue.worker.slots import WorkSlot
 from taskqueue.worker.tail import ResultsTail
@@ -164,6 +170,31 @@ class DeliveryLife:
         settlement = slot.settlement
         settlement.reason, settlement.result = verdict.reason, result
         settlement.finish(verdict.outcome, seconds, record, verdict.copy_to, properties)
+
+    def _taken_back(self, how: str) -> bool:
+        """At a consumer timeout (*how* the broker said it) the broker takes back the task this
+        worker held longest: count it (``overruns``: RabbitMQ 4.3 and classic queues do not),
+        record the attempt and say it. Its ack can no longer be given: the connection starts
+        over, the task is stopped and comes again. False: nothing was in hand."""
+        held = [slot for slot in self.slots if slot.delivery is not None
+                and slot.settlement is not None and slot.settlement.in_hand]
+        if not held:
+            return False
+        slot = min(held, key=lambda slot: slot.delivery.received)
+        delivery = slot.delivery
+        seconds = time.time() - delivery.received
+        times = self.overruns.add(delivery)
+        self.log.error("[%s] %s while %s was in hand for %.0f s: a consumer timeout (the "
+                       "queue's consumer-timeout policy or x-consumer-timeout, else "
+                       "consumer_timeout in rabbitmq.conf); the broker took the task back (%d "
+                       "time(s); dead-lettered at %d, --delivery-limit). Subscribing again",
+                       slot.name, how, delivery.label, seconds, times,
+                       self.options.delivery_limit)
+        slot.failed += 1
+        self.stats.failed_attempts += 1
+        self.outbox.record_result(self.account.record(
+            slot, delivery, "failed", seconds, f"{CONSUMER_TIMEOUT_REASON} after {seconds:.0f} s"))
+        return True
 
     def _on_recorded(self, record: dict) -> None:
         self.tail.note_done(record)
