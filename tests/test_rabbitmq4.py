@@ -22,7 +22,15 @@ from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.broker.topology import queue_unavailable
 from taskqueue.control.requeue import DeadFilter, DeadMover
 from tests.brokers import ThrowawayBroker
-from tests.helpers import MAIN_URL, consume_all, run_script, start_worker, write_csv
+from tests.helpers import (
+    MAIN_URL,
+    consume_all,
+    consumers,
+    run_script,
+    start_worker,
+    wait_for,
+    write_csv,
+)
 
 PREVIEWS = 30  # past 4.x's default delivery limit of 20
 DEAD_TASKS = 5
@@ -226,3 +234,26 @@ def test_a_classic_queue_task_that_outlasts_the_consumer_timeout_is_dead_lettere
     queue = f"test.outlast-classic.{uuid.uuid4().hex[:8]}"
     declare(queue, {}, timeout_node.url)
     assert_dead_at_the_timeout(*outlast(queue, timeout_node.url, logs, tmp_path))
+
+
+def test_a_deleted_queue_is_said_as_such_and_the_worker_takes_tasks_again(queue, logs,
+                                                                           tmp_path):
+    """The broker cancels the subscription of a deleted queue (no task in hand): the worker
+    says so, makes the queue again and subscribes again, never a live worker that consumes
+    nothing; a task published afterwards is done."""
+    out = tmp_path / "worker.out"
+    worker = start_worker("--queue", queue, "--seconds-per-dot", "0.01", log_dir=logs, out=out)
+    wait_for(lambda: consumers(queue) == 1, timeout=90, what="the worker's subscription")
+    connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+    connection.channel().queue_delete(queue)
+    connection.close()
+    wait_for(lambda: "queue deleted, or its node went away" in out.read_text(), timeout=90,
+             what="the worker's line about the cancel")
+    wait_for(lambda: consumers(queue) == 1, timeout=90, what="a new subscription")
+    run = run_script("emitter_of_tasks.py", "--queue", queue, "--url", MAIN_URL, "--file",
+                     str(write_csv(tmp_path / "tasks.csv", ["after."])), log_dir=logs)
+    assert run.returncode == 0, run.stdout + run.stderr
+    wait_for(lambda: "done row 1" in out.read_text(), timeout=90, what="the task done")
+    worker.terminate()
+    assert worker.wait(timeout=60) == 0, out.read_text()
+    assert "consumer timeout" not in out.read_text()
