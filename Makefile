@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test test-cluster lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records bench-web clean
+.PHONY: venv demo test test-cluster test-rabbitmq4 lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records bench-web clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -21,6 +21,13 @@ test: venv
 # Only the multi-node tests (3-node cluster, fail-over); `make test` runs them too.
 test-cluster: venv
 	$(PY) scripts/check.py -m cluster
+
+# The whole suite against RabbitMQ 4.3 (Debian forky's rabbitmq-server, Erlang 29, Python
+# 3.13+), in a chroot on a network namespace of its own: the machine's broker is not touched.
+# The first run builds the chroot (a few minutes; root). ARGS=tests/test_tls.py runs one file.
+ARGS ?=
+test-rabbitmq4:
+	bash scripts/rabbitmq4.sh test $(ARGS)
 
 # Resilience figures (many workers, a network path gone silent, duplicates): a few minutes;
 # not part of `make test`. Writes bench/soak.md.
