@@ -115,18 +115,26 @@ windows_python() {
 
 stop_wineserver() { wineserver -k 2>/dev/null || true; }
 
+# pytest's last line, e.g. "3 failed, 65 passed, 259 deselected in 197.54s": a session that
+# vanished half-way (a process killed from outside can end with status 0) has none.
+SUMMARY='(passed|failed|errors?|skipped|deselected|no tests ran).* in [0-9.]+s'
+
 run_tests() {
-    local status=0 collect
+    local status=0 output
     trap stop_wineserver EXIT
     echo "== collecting the whole suite under Windows python" >&2
-    collect=$(windows_python -m pytest --collect-only -q -p no:cacheprovider tests) || status=$?
-    echo "$collect" | tail -n 15
-    if ((status != 0)) || grep -qE '[0-9]+ errors?( |$)' <<< "$collect"; then
+    output=$(windows_python -m pytest --collect-only -q -p no:cacheprovider tests) || status=$?
+    echo "$output" | tail -n 3
+    if ((status != 0)) || grep -qE '[0-9]+ errors?( |$)' <<< "$output" \
+            || ! tail -n 1 <<< "$output" | grep -qE 'collected'; then
         die "collection under Windows failed (status $status)"
     fi
     echo "== the Windows subset: pytest -m windows" >&2
-    windows_python -m pytest -q -p no:cacheprovider -m windows tests "$@" \
-        || die "the Windows subset failed"
+    output=$(windows_python -m pytest -q -p no:cacheprovider -m windows tests "$@" \
+             | tee /dev/stderr) || status=$?
+    tail -n 1 <<< "$output" | grep -qE "$SUMMARY" \
+        || die "the Windows subset ended without pytest's summary (status $status)"
+    ((status == 0)) || die "the Windows subset failed (status $status)"
 }
 
 case ${1:-} in

@@ -30,8 +30,10 @@ def test_three_workers_share_a_csv_each_task_done_once(queue, logs, tmp_path):
     rows = [f"task {n}" + "." * (n % 4) for n in range(1, 31)]
     csv = write_csv(tmp_path / "tasks.csv", rows)
     outs = [tmp_path / f"w{n}.out" for n in range(3)]
+    # Idle for 5 s before the first task too: a slow start of the emitter (Windows under Wine,
+    # a busy machine) must not see a worker leave before it publishes.
     workers = [start_worker("--queue", queue, "--name", f"w{n}", "--seconds-per-dot", "0.01",
-                            "--exit-when-idle", "2", log_dir=logs, out=out)
+                            "--exit-when-idle", "5", log_dir=logs, out=out)
                for n, out in enumerate(outs)]
     wait_for(lambda: consumers(queue) == 3, what="3 consumers")
     emitted = run_script("emitter_of_tasks.py", "--queue", queue, "--file", str(csv), log_dir=logs)

@@ -19,8 +19,10 @@ def test_report_of_12_tasks_by_3_workers(queue, logs, tmp_path):
     spd = 0.05
     rows = [f"task {n}" + "." * (1 + n % 3) for n in range(12)]
     csv = write_csv(tmp_path / "t.csv", rows)
+    # Idle for 5 s before the first task too: a slow start of the emitter (Windows under Wine,
+    # a busy machine) must not see two of the three workers leave before it publishes.
     workers = [start_worker("--queue", queue, "--name", f"worker-{n}", "--seconds-per-dot",
-                            str(spd), "--exit-when-idle", "1.5", log_dir=logs,
+                            str(spd), "--exit-when-idle", "5", log_dir=logs,
                             out=tmp_path / f"w{n}.out") for n in range(3)]
     wait_for(lambda: consumers(queue) == 3, what="3 workers")
     assert run_script("emitter_of_tasks.py", "--queue", queue, "--file", str(csv),
