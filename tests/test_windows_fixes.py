@@ -303,8 +303,10 @@ def test_windows_a_killed_worker_leaves_no_program_behind(tmp_path: Path, logs: 
 
     program, pid_file = tmp_path / "long_program.py", tmp_path / "program.pid"
     program.write_text(PROGRAM, encoding="utf-8")
-    worker = start_worker("--queue", queue, "--command", f'"{sys.executable}" {program} {{}}',
-                          log_dir=logs, out=tmp_path / "worker.out")
+    # Forward slashes and quotes: the same split by either rule (the split has tests of its own).
+    command = f'"{Path(sys.executable).as_posix()}" "{program.as_posix()}" {{}}'
+    worker = start_worker("--queue", queue, "--command", command, log_dir=logs,
+                          out=tmp_path / "worker.out")
     publish_raw(queue, [str(pid_file).encode()])
     wait_for(pid_file.exists, timeout=240, what="the program to start")
     program_pid = int(pid_file.read_text())
