@@ -113,7 +113,25 @@ windows_python() {
     (cd "$ROOT" && wine "$CACHE/python/python.exe" "$@" 2>&1 | cat; exit "${PIPESTATUS[0]}")
 }
 
+# The prefix's wineserver and its services (services.exe, explorer.exe…), started apart from
+# our pipes and kept until stop_wineserver: started by the first python they would inherit its
+# stdout, and the `| cat` above would wait for them to end.
+start_wineserver() {
+    trap stop_wineserver EXIT
+    wineserver -p </dev/null >/dev/null 2>&1
+    wine cmd.exe /c exit </dev/null >/dev/null 2>&1 || die "wine does not start in $WINEPREFIX"
+}
 stop_wineserver() { wineserver -k 2>/dev/null || true; }
+
+# One session at a time on the cache: a second one's end (wineserver -k) would kill the first
+# one's programs, and a rebuild would pull the interpreter from under it.
+lock_cache() {
+    mkdir -p "$(dirname "$CACHE")"
+    exec 9>"$CACHE.lock"
+    flock -n 9 && return
+    echo "windows.sh: waiting for another windows.sh session on $CACHE" >&2
+    flock 9
+}
 
 # pytest's last line, e.g. "3 failed, 65 passed, 259 deselected in 197.54s": a session that
 # vanished half-way (a process killed from outside can end with status 0) has none.
@@ -121,7 +139,7 @@ SUMMARY='(passed|failed|errors?|skipped|deselected|no tests ran).* in [0-9.]+s'
 
 run_tests() {
     local status=0 output
-    trap stop_wineserver EXIT
+    start_wineserver
     echo "== collecting the whole suite under Windows python" >&2
     output=$(windows_python -m pytest --collect-only -q -p no:cacheprovider tests) || status=$?
     echo "$output" | tail -n 3
@@ -138,8 +156,11 @@ run_tests() {
 }
 
 case ${1:-} in
+    setup|python|test) lock_cache ;;
+esac
+case ${1:-} in
     setup) setup ;;
-    python) shift; setup; trap stop_wineserver EXIT; windows_python "$@" ;;
+    python) shift; setup; start_wineserver; windows_python "$@" ;;
     test) shift; setup; run_tests "$@" ;;
     *) die "usage: windows.sh setup | python ARGS… | test [PYTEST ARGS…]" ;;
 esac
