@@ -10,7 +10,9 @@ that retention removed the start of a run.
 
 Given several URLs (a cluster), a reader first asks each node where the stream ends and reads
 from the one that holds the most: a node cut off from its cluster by a partition stays open
-and answers from its own replica, which stops where the cut began.
+and answers from its own replica, which stops where the cut began (RabbitMQ 3.x), or does not
+answer at all (4.3: the probe waits for ever there); a node whose answer takes longer than
+``END_PROBE_TIMEOUT`` holds nothing for us.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
-from taskqueue.broker.connection import open_blocking
+from taskqueue.broker.connection import NoConfirm, confirmed_within, open_blocking
 from taskqueue.errors import EXIT_REFUSED, UserError
 from taskqueue.results.record import decode_group, kind_of, stream_offset
 
@@ -33,6 +35,10 @@ PREFETCH = 500  # stream messages in flight to a reader (each is a group of reco
 ACK_EVERY = 100
 END_PROBE_SECONDS = 2.0  # reading the last chunk to learn where the stream ends, at most
 END_PROBE_IDLE = 0.2
+# The whole probe of one node (declare, consume, read): a healthy node answers in well under a
+# second; a node cut off from its cluster on RabbitMQ 4.3 never does (measured: the report
+# and the web view waited on it for as long as the cut lasted).
+END_PROBE_TIMEOUT = 5.0
 STALL_IDLES = 10  # pauses of `idle` before the end: the stream stalls, stop there
 
 
@@ -69,10 +75,11 @@ class RecordReader:
             if self.last_offset >= end and self._group_done:
                 return
 
-    def end_offset(self) -> int | None:
+    def end_offset(self, within: float | None = None) -> int | None:
         """The offset of the stream's last message now (None: empty or missing): read from a
-        reader attached at "last", which gets the last chunk first."""
-        with self._channel(1000) as channel:
+        reader attached at "last", which gets the last chunk first. *within*: seconds the
+        node has to answer (``NoConfirm`` past them)."""
+        with self._channel(1000, within=within) as channel:
             if channel is None:
                 return None
             last = None
@@ -134,25 +141,31 @@ class RecordReader:
             return None
 
     @contextlib.contextmanager
-    def _channel(self, prefetch: int) -> Iterator[BlockingChannel | None]:
+    def _channel(self, prefetch: int, within: float | None = None
+                 ) -> Iterator[BlockingChannel | None]:
         """A channel to read the stream on (None if there is no stream), its connection
-        closed afterwards; the broker's refusal becomes one clear line."""
+        closed afterwards; the broker's refusal becomes one clear line. *within*: seconds the
+        whole use may take; past them the connection is cut (``NoConfirm``)."""
         connection = open_blocking(self._node())
-        try:
-            if not self._exists(connection):
-                yield None
-                return
-            channel = connection.channel()
-            channel.basic_qos(prefetch_count=prefetch)
-            yield channel
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            raise _refused(self.spec, exc) from None
-        finally:
-            # Closing cancels the reading, and pika hands back what it got but we did not read
-            # with a nack, which a stream refuses by closing the connection: we are done anyway.
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                if connection.is_open:
-                    connection.close()
+        guard = (confirmed_within(connection, within) if within is not None
+                 else contextlib.nullcontext())
+        with guard:  # its close too: a silent node does not answer that either
+            try:
+                if not self._exists(connection):
+                    yield None
+                    return
+                channel = connection.channel()
+                channel.basic_qos(prefetch_count=prefetch)
+                yield channel
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                raise _refused(self.spec, exc) from None
+            finally:
+                # Closing cancels the reading, and pika hands back what it got but we did not
+                # read with a nack, which a stream refuses by closing the connection: we are
+                # done anyway.
+                with contextlib.suppress(pika.exceptions.AMQPError):
+                    if connection.is_open:
+                        connection.close()
 
     def _node(self) -> BrokerSettings:
         """The settings to read with: the URL whose stream ends furthest first (once)."""
@@ -193,12 +206,13 @@ def ends_by_url(settings: BrokerSettings, spec: QueueSpec, idle: float = 1.0
                 ) -> dict[str, int | None]:
     """Where the results stream ends (its last message's offset) at each of *settings*'
     URLs, asked one by one; None where it is empty, missing, or the node is unreachable,
-    refusing or closing on us: it holds nothing for us."""
+    refusing, closing on us or silent past ``END_PROBE_TIMEOUT``: it holds nothing for us."""
     ends: dict[str, int | None] = {}
     for url in settings.urls:
         try:
-            ends[url] = RecordReader(replace(settings, urls=[url]), spec, idle).end_offset()
-        except (UserError, pika.exceptions.AMQPError, OSError):
+            reader = RecordReader(replace(settings, urls=[url]), spec, idle)
+            ends[url] = reader.end_offset(within=END_PROBE_TIMEOUT)
+        except (UserError, NoConfirm, pika.exceptions.AMQPError, OSError):
             ends[url] = None
     return ends
 
