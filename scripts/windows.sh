@@ -145,13 +145,17 @@ run_tests() {
     echo "$output" | tail -n 3
     if ((status != 0)) || grep -qE '[0-9]+ errors?( |$)' <<< "$output" \
             || ! tail -n 1 <<< "$output" | grep -qE 'collected'; then
+        echo "$output" | tail -n 60
         die "collection under Windows failed (status $status)"
     fi
     echo "== the Windows subset: pytest -m windows" >&2
-    output=$(windows_python -m pytest -q -p no:cacheprovider -m windows tests "$@" \
-             | tee /dev/stderr) || status=$?
-    tail -n 1 <<< "$output" | grep -qE "$SUMMARY" \
+    # Shown as it runs and kept for the check (tee to /dev/stderr would truncate a log file).
+    output=$(mktemp)
+    windows_python -m pytest -q -p no:cacheprovider -m windows tests "$@" | tee "$output" \
+        || status=$?
+    tail -n 1 "$output" | grep -qE "$SUMMARY" \
         || die "the Windows subset ended without pytest's summary (status $status)"
+    rm -f "$output"
     ((status == 0)) || die "the Windows subset failed (status $status)"
 }
 
