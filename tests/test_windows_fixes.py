@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from taskqueue.emitter import publisher as publisher_module
+from taskqueue.emitter import shared_files
 from taskqueue.emitter import tasks as tasks_module
 from taskqueue.emitter.publisher import ConfirmedPublisher, ResumeState
 from taskqueue.emitter.tasks import CsvError, open_task_file
@@ -133,7 +133,7 @@ def flaky_replace(failures: int):
 def test_the_resume_point_is_saved_once_the_other_process_lets_go(tmp_path: Path,
                                                                   monkeypatch) -> None:
     replace, calls = flaky_replace(failures=2)
-    monkeypatch.setattr(publisher_module.os, "replace", replace)
+    monkeypatch.setattr(shared_files.os, "replace", replace)
     state = ResumeState(tmp_path, str(tmp_path / "tasks.csv"), "q")
     state.save(41, complete=False, run_id="r1")
     assert state.confirmed_through() == 41 and len(calls) == 3
@@ -150,8 +150,8 @@ def test_a_resume_point_that_cannot_be_saved_is_one_line_not_a_traceback(
     state = ResumeState(tmp_path, str(tmp_path / "tasks.csv"), "q")
     state.save(10, complete=False, run_id="r1")
     replace, _ = flaky_replace(failures=10 ** 6)
-    monkeypatch.setattr(publisher_module.os, "replace", replace)
-    monkeypatch.setattr(publisher_module, "REPLACE_PAUSE_SECONDS", 0)
+    monkeypatch.setattr(shared_files.os, "replace", replace)
+    monkeypatch.setattr(shared_files, "REPLACE_PAUSE_SECONDS", 0)
     emitter = fake_publisher(state, 20, logging.getLogger("test.resume"))
     with caplog.at_level(logging.WARNING, "test.resume"):
         for _ in range(3):  # each second while it lasts: said once

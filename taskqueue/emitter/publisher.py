@@ -32,6 +32,7 @@ from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
 from taskqueue.broker.connection import BrokerSession, settled_tags
 from taskqueue.broker.topology import ROUTING_LIVE, Topology
 from taskqueue.emitter.feed import TaskFeed
+from taskqueue.emitter.shared_files import replace_retrying
 from taskqueue.emitter.tasks import Task
 from taskqueue.errors import UserError
 from taskqueue.views.events import run_event
@@ -47,7 +48,6 @@ MAX_IN_FLIGHT_BYTES = 16 * 1024 * 1024
 # publish to cannot reach the queue's majority (a network partition leaves it running and
 # silent). The connection is then given up: what was unconfirmed goes to the next URL.
 CONFIRM_TIMEOUT = 10.0
-REPLACE_ATTEMPTS, REPLACE_PAUSE_SECONDS = 6, 0.05  # saving the resume point: 0.25 s at most
 EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
                                         content_type="application/json")
 
@@ -397,16 +397,3 @@ class ResumeState:
                 tmp.unlink()
             raise
 
-
-def replace_retrying(source: Path, target: Path, attempts: int = REPLACE_ATTEMPTS) -> None:
-    """``os.replace``, tried again for a moment while it meets PermissionError: on Windows a
-    file another process holds open (a search indexer, an antivirus, a second emitter
-    reading it) cannot be replaced until that process lets go, usually within milliseconds."""
-    for attempt in range(attempts):
-        try:
-            os.replace(source, target)
-            return
-        except PermissionError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(REPLACE_PAUSE_SECONDS)

@@ -19,6 +19,7 @@ Handler children (``IsolatedHandler``) watch the worker themselves (child.py).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -130,6 +131,31 @@ def join_kill_on_close_job() -> int:
     return job
 
 
+def program_job(process_handle: int) -> int | None:
+    """Windows: a job of its own for a ``--command`` program just started (nested in the
+    worker's), so that a timeout ends the program and every process it started, with
+    ``terminate_job``. None if that cannot be done here (the caller then uses taskkill)."""
+    kernel32 = _kernel32()
+    job = kernel32.CreateJobObjectW(None, None)
+    if not job:
+        return None
+    if not kernel32.AssignProcessToJobObject(job, process_handle):
+        kernel32.CloseHandle(job)
+        return None
+    return job
+
+
+def terminate_job(job: int) -> bool:
+    """End every process in *job* now; False if that failed."""
+    return bool(_kernel32().TerminateJobObject(job, 1))
+
+
+def close_job(job: int) -> None:
+    """Let go of *job* (not kill-on-close: a program's leftovers after it ended normally are
+    its own business, and die with the worker all the same)."""
+    _kernel32().CloseHandle(job)
+
+
 def _check(result: int | None, call: str) -> None:
     if not result:
         import ctypes
@@ -138,6 +164,7 @@ def _check(result: int | None, call: str) -> None:
         raise OSError(f"{call} failed: [WinError {code}] {ctypes.FormatError(code).strip()}")
 
 
+@functools.cache
 def _kernel32():
     """kernel32 with argtypes and restype set for each function used here."""
     import ctypes
@@ -150,6 +177,8 @@ def _kernel32():
                                      wintypes.DWORD], wintypes.BOOL),
         "AssignProcessToJobObject": ([wintypes.HANDLE, wintypes.HANDLE], wintypes.BOOL),
         "GetCurrentProcess": ([], wintypes.HANDLE),
+        "TerminateJobObject": ([wintypes.HANDLE, wintypes.UINT], wintypes.BOOL),
+        "CloseHandle": ([wintypes.HANDLE], wintypes.BOOL),
     }
     for name, (argtypes, restype) in signatures.items():
         function = getattr(kernel32, name)

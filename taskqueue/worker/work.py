@@ -35,7 +35,7 @@ from multiprocessing.connection import wait as wait_for_any
 from taskqueue.emitter.tasks import seconds_for
 from taskqueue.errors import UserError
 from taskqueue.views.events import MAX_RESULT, cap_text
-from taskqueue.worker.reaper import REAPER
+from taskqueue.worker.reaper import REAPER, close_job, program_job, terminate_job
 
 CHILD_START_SECONDS = 60.0  # a handler module slower than this to import is reported
 STDERR_TAIL_BYTES = 2048
@@ -379,6 +379,8 @@ class CommandWork(Runner):
     def __init__(self, argv: list[str], timeout: float | None = None) -> None:
         self.argv, self.timeout = argv, timeout
         self._process: subprocess.Popen | None = None
+        self._job: int | None = None  # Windows: the job the program and its children are in
+        self._job_lock = threading.Lock()
         self._killed = False
 
     def run(self, text: str) -> Outcome:
@@ -394,6 +396,7 @@ class CommandWork(Runner):
             return Outcome(False, reason=f"cannot run {self.argv[0]!r}: "
                                          f"{getattr(exc, 'strerror', None) or exc}")
         self._process = process
+        self._job = program_job(int(process._handle)) if os.name == "nt" else None
         REAPER.watch(process.pid)  # it dies with the worker, however the worker ends
         stdout = _Drain(process.stdout, keep_head=MAX_RESULT)
         stderr = _Drain(process.stderr, keep_tail=STDERR_TAIL_BYTES)
@@ -407,6 +410,10 @@ class CommandWork(Runner):
         finally:
             self._process = None
             REAPER.forget(process.pid)
+            with self._job_lock:  # interrupt() may be terminating it from another thread
+                if self._job is not None:
+                    close_job(self._job)
+                    self._job = None
         stdout.join(), stderr.join()
         if code == 0 and not self._killed:
             output = stdout.text().strip()
@@ -421,8 +428,10 @@ class CommandWork(Runner):
         if process is None or process.poll() is not None:
             return
         self._killed = True
-        if os.name == "nt":  # no process groups: taskkill knows the tree
-            killed = _taskkill_tree(process.pid)
+        if os.name == "nt":  # no process groups: the program's job, else taskkill, knows the tree
+            with self._job_lock:
+                killed = self._job is not None and terminate_job(self._job)
+            killed = killed or _taskkill_tree(process.pid)
         else:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
