@@ -7,24 +7,27 @@ and the workers' snapshots (published on the other nodes) stop coming.
 The dashboard would show a run frozen in time. Given several ``--url``, ``NodeWatch`` asks each
 node every ``CHECK_SECONDS``, in a thread of its own (a node that does not answer must not
 stall the page), where its replica of the stream ends. When another node's ends past what the
-feed has read while the feed has read nothing new since the last check, the feed is told to
+feed has read while the feed has read nothing new for ``CHECK_SECONDS``, the feed is told to
 read there instead (``advice``); ``move_to`` is that decision, pure. A node that catches up
-is not behind: records still coming in between two checks keep the feed where it is.
+is not behind: records still coming in keep the feed where it is.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
 from taskqueue.results.reader import ends_by_url
 
-# Two checks without progress move the page: 15 s kept it on a cut-off node 30-40 s, past the
-# 30 s every client of ours meets (README.md); each check is a short read of each node's last
-# chunk (a cut-off node's given up after END_PROBE_TIMEOUT), so every 5 s costs little.
+# A check is a short read of each node's last chunk, all at once (a silent node is given up
+# after END_PROBE_TIMEOUT). The page moves at the first check that finds the feed has read
+# nothing for CHECK_SECONDS while another node has more: within 30 s of a cut, as every client
+# of ours (README.md); checks every 15 s, two of them without progress, took 30-40 s.
 CHECK_SECONDS = 5.0
+SAMPLE_SECONDS = 1.0  # how often what the feed has read is looked at
 
 
 def move_to(ends: dict[str, int | None], current: str, read_to: int,
@@ -79,20 +82,31 @@ class NodeWatch:
         return advice[1:] if advice is not None and advice[0] == current else None
 
     def _run(self) -> None:
-        last = None
-        while not self._stopping.wait(self.interval):
+        # What the feed has read is looked at every second: a check that takes seconds (a
+        # silent node, END_PROBE_TIMEOUT) still knows whether the feed read anything lately.
+        last_read, quiet_since = self.read_to(), time.monotonic()
+        next_check = quiet_since + self.interval
+        while not self._stopping.wait(SAMPLE_SECONDS):
+            read_to, now = self.read_to(), time.monotonic()
+            if read_to != last_read:
+                last_read, quiet_since = read_to, now
+            if now < next_check:
+                continue
             try:
-                last = self._check(last)
+                self._check(quiet_since)
             except Exception:  # a bug here must not end the checks silently
                 self.log.exception("dashboard: could not compare the nodes' results streams")
+            next_check = time.monotonic() + self.interval
 
-    def _check(self, last: int | None) -> int:
-        """One round: advice if the node read from is behind; returns what the feed had read."""
-        read_to = self.read_to()
+    def _check(self, quiet_since: float) -> None:
+        """One round: advice if the node read from is behind. The feed progressed if it read
+        anything during the round or in the ``interval`` before it."""
+        began, read_to = time.monotonic(), self.read_to()
         with self._lock:
             current = self._current
         ends = ends_by_url(self.settings, self.spec)
-        target = move_to(ends, current, read_to, last is None or read_to != last)
+        progressed = self.read_to() != read_to or began - quiet_since < self.interval
+        target = move_to(ends, current, read_to, progressed)
         if target is not None:
             here = "could not be read" if ends[current] is None else \
                 f"ends at offset {ends[current]}"
@@ -101,4 +115,3 @@ class NodeWatch:
                    "(cut off from its cluster?)")
             with self._lock:
                 self._advice = (current, target, why)
-        return read_to
