@@ -10,6 +10,7 @@ import math
 import os
 import re
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -127,6 +128,21 @@ def run_id_of(out: Path) -> str:
     return wait_for(lambda: RUN_LINE.search(out.read_text()), what="the emitter's run").group(1)
 
 
+def seconds_until_said(process: subprocess.Popen, out: Path, phrase: str, timeout: float
+                       ) -> float | None:
+    """Seconds from now (just after *process* started) until its output *out* says *phrase*
+    (to 0.2 s, its start included); None if it ends, or *timeout* passes, without saying it."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        ended = process.poll() is not None
+        if phrase in out.read_text():
+            return round(time.monotonic() - began, 1)
+        if ended:
+            return None
+        time.sleep(0.2)
+    return None
+
+
 def logged_after(text: str, phrase: str, since: float) -> int | None:
     """Seconds from *since* (``clock_now``) to the first log line of *text* saying *phrase*,
     to the second; None if none does."""
@@ -220,7 +236,8 @@ def test_one_node_cut_off_no_client_stays_on_it(cluster, series, logs, tmp_path,
     assert queue_state(queue, cluster.nodes[1].url) == (0, 0)
 
 
-def test_a_command_through_a_cut_off_node_is_given_through_the_next_url(cluster, logs):
+def test_a_command_through_a_cut_off_node_is_given_through_the_next_url(cluster, logs,
+                                                                        tmp_path):
     """task_control.py's first URL is a node cut off from the other two (3.x ``ignore``, or
     4.x whatever the setting: it stays open and never confirms, or closes us as its stream
     coordinator is gone): the command goes through the next URL while the cut lasts, within
@@ -235,20 +252,21 @@ def test_a_command_through_a_cut_off_node_is_given_through_the_next_url(cluster,
     assert given.returncode == 0, given.stdout + given.stderr
     cut_off = cluster.nodes[0]
     cluster.cut(cut_off)
+    out = tmp_path / "control.out"
     try:
-        began = time.monotonic()
-        given = run_script("task_control.py", "pause", "--queue", queue, *urls(cluster, 0),
-                           log_dir=logs, timeout=120)
-        took = time.monotonic() - began  # at least its time on the cut-off node
+        giving = start_script("task_control.py", "pause", "--queue", queue, *urls(cluster, 0),
+                              log_dir=logs, out=out)
+        left = seconds_until_said(giving, out, "giving it through the next URL", timeout=120)
+        giving.wait(timeout=120)
         in_cut = [c["command"] for c in control_commands(queue, cluster.nodes[1].url)]
     finally:
         cluster.heal()
         cluster.wait_whole(restart=cut_off)
-    print(f"task_control.py through a cut-off first node: {took:.1f} s")
-    assert given.returncode == 0, given.stdout + given.stderr
-    assert took <= LEAVE_BOUND, (took, given.stderr)
-    assert "giving it through the next URL" in given.stderr, given.stderr
-    assert "paused queue" in given.stdout
+    said = out.read_text()
+    print(f"task_control.py left the cut-off first node {left} s after its start")
+    assert giving.returncode == 0, said
+    assert left is not None and left <= LEAVE_BOUND, (left, said)
+    assert "paused queue" in said
     assert in_cut[-1] == "pause", in_cut
 
 
@@ -276,11 +294,13 @@ def test_a_report_and_the_dashboard_through_a_cut_off_node_read_the_majoritys_re
         wait_for(lambda: sum(done_counts(*outs).values()) >= at_cut + 100, timeout=120,
                  what="work on the majority during the cut")
         before = sum(done_counts(*outs).values())
-        began = time.monotonic()
-        report = run_script("task_report.py", "--queue", queue, "--run", run,
-                            *urls(cluster, 0), "--reports-dir", str(tmp_path / "r"), "--csv",
-                            str(tmp_path / "r.csv"), log_dir=logs, timeout=180)
-        report_took = time.monotonic() - began  # its whole run: asking, then reading 900
+        report_out = tmp_path / "report.out"
+        report = start_script("task_report.py", "--queue", queue, "--run", run,
+                              *urls(cluster, 0), "--reports-dir", str(tmp_path / "r"), "--csv",
+                              str(tmp_path / "r.csv"), log_dir=logs, out=report_out)
+        report_left = seconds_until_said(report, report_out, "the first node is behind",
+                                         timeout=180)
+        report.wait(timeout=180)
         wait_for(lambda: (dashboard.done_total() or 0) >= before, timeout=120,
                  what="the dashboard to count what the majority recorded, in the cut")
     finally:
@@ -289,13 +309,13 @@ def test_a_report_and_the_dashboard_through_a_cut_off_node_read_the_majoritys_re
         said = dashboard.stop()
     end_all(processes, outs)
     moved = logged_after(said, "reading from the second", cut_at)
-    print(f"report through a cut-off first node: {report_took:.1f} s in all; the dashboard "
-          f"left it {moved} s after the cut")
-    assert report.returncode == 0, report.stdout + report.stderr
+    reported = report_out.read_text()
+    print(f"the report left the cut-off first node {report_left} s after its start; the "
+          f"dashboard {moved} s after the cut")
+    assert report.returncode == 0, reported
     rows = (tmp_path / "r.csv").read_text().count(",done,")
-    assert rows >= before, (rows, before, report.stderr)
-    assert "the first node is behind" in report.stderr, report.stderr
-    assert report_took <= LEAVE_BOUND, (report_took, report.stderr)
+    assert rows >= before, (rows, before, reported)
+    assert report_left is not None and report_left <= LEAVE_BOUND, (report_left, reported)
     assert "the first is behind (cut off from its cluster?)" in said, said[-2000:]
     assert moved is not None and moved <= LEAVE_BOUND, (moved, said[-2000:])
     all_done_once(queue, cluster.nodes[1].url, {run: 900})
