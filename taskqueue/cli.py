@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import signal
 import sys
@@ -136,11 +137,42 @@ class Signalled(Protocol):
     def note_signal(self) -> None: ...
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM,
+                # Windows has no SIGTERM to send: Ctrl+Break is the console's other stop key.
+                *([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else []))
+
+
 def on_stop_signals(session: Signalled) -> None:
-    """On Ctrl+C (SIGINT) and SIGTERM, only count (``note_signal``): the session's I/O loop
-    notices within a tenth of a second and decides what the n-th request means."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    """On Ctrl+C (SIGINT), SIGTERM and Windows' Ctrl+Break (SIGBREAK), only count
+    (``note_signal``): the session's I/O loop notices within a tenth of a second and decides
+    what the n-th request means."""
+    for signum in STOP_SIGNALS:
         signal.signal(signum, lambda _signum, _frame: session.note_signal())
+
+
+def keyboard_attached() -> bool:
+    """True when stdin is a console someone can type into. ``isatty()`` alone is not enough on
+    Windows, where it is also True for the null device (``< NUL``, a service, a scheduled
+    task): there the console must also answer GetConsoleMode, or a question would be asked of
+    nobody."""
+    stdin = sys.stdin
+    try:
+        if stdin is None or not stdin.isatty():
+            return False
+        if os.name != "nt":
+            return True
+        import ctypes
+        import msvcrt
+        from ctypes import wintypes
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        kernel32.GetConsoleMode.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD))
+        kernel32.GetConsoleMode.restype = wintypes.BOOL
+        mode = wintypes.DWORD()
+        handle = msvcrt.get_osfhandle(stdin.fileno())
+        return bool(kernel32.GetConsoleMode(handle, ctypes.byref(mode)))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def safe_console() -> None:

@@ -16,9 +16,10 @@ import pika
 import pytest
 
 from taskqueue.errors import UserError
+from taskqueue.worker.command import split_command
 from taskqueue.worker.delivery import Delivery
 from taskqueue.worker.slots import WorkSlot
-from taskqueue.worker.work import Outcome, Runner, split_command
+from taskqueue.worker.work import Outcome, Runner
 from tests.helpers import (
     MAIN_URL,
     consume_all,
@@ -27,6 +28,14 @@ from tests.helpers import (
     start_worker,
     wait_for,
 )
+from tests.stopping import stop_when
+
+
+def dead_lettered_and_drained(queue: str):
+    """A condition: one task in <queue>.dead, none in the queue or on its way back from
+    <queue>.retry (a task waiting out its retry delay leaves the queue empty meanwhile)."""
+    return lambda: (queue_state(queue + ".dead") == (1, 0) and queue_state(queue) == (0, 0)
+                    and queue_state(queue + ".retry") == (0, 0))
 
 
 def publish_to(queue: str, *bodies: bytes) -> None:
@@ -79,11 +88,11 @@ def test_a_task_text_the_os_refuses_as_an_argument_is_dead_lettered(queue, logs,
     """A NUL byte cannot be part of a program's argument: Popen raises ValueError."""
     out = tmp_path / "w.out"
     worker = start_worker("--queue", queue, "--name", "w1", "--command", "echo {}",
-                          "--max-retries", "1", "--retry-delay", "0.2", "--exit-when-idle", "2",
-                          log_dir=logs, out=out)
-    wait_for(lambda: consumers(queue) == 1, what="the worker")
+                          "--max-retries", "1", "--retry-delay", "0.2", log_dir=logs, out=out)
+    wait_for(lambda: consumers(queue) == 1, what="the worker")  # it made the queue
     publish_to(queue, b"bad\x00text", b"good text")
-    assert worker.wait(timeout=60) == 0, out.read_text()
+    assert stop_when(dead_lettered_and_drained(queue), queue, [worker], log_dir=logs,
+                     what="the bad task dead, the good one done") == [0], out.read_text()
     dead = consume_all(queue + ".dead")
     assert [body for _, body in dead] == [b"bad\x00text"]
     assert "NUL byte" in dead[0][0].headers["x-death-reason"]
@@ -148,11 +157,12 @@ def test_a_deleted_retry_and_dead_queue_are_made_again_not_a_hot_loop(queue, log
     out = tmp_path / "w.out"
     worker = start_worker("--queue", queue, "--name", "w1", "--seconds-per-dot", "1",
                           "--task-timeout", "0.2", "--max-retries", "2", "--retry-delay", "0.3",
-                          "--exit-when-idle", "2", log_dir=logs, out=out)
+                          log_dir=logs, out=out)  # no idle exit: it runs before the publish
     wait_for(lambda: consumers(queue) == 1, what="the worker")
     delete(queue + ".retry", queue + ".dead")
     publish_to(queue, b"slow....")
-    assert worker.wait(timeout=60) == 0, out.read_text()
+    assert stop_when(dead_lettered_and_drained(queue), queue, [worker], log_dir=logs,
+                     what="the task dead-lettered") == [0], out.read_text()
     text = out.read_text()
     assert "3 failed attempts, 1 dead-lettered" in text, text
     assert "declaring the queues again" in text

@@ -188,4 +188,7 @@ def _read_many(directory: str, source: str) -> tuple[int, int]:
             bad += 1
         last = max(last, value)
         reads += last > 0
+        # A reader that holds the file open without a pause would block every replace on
+        # Windows (a real reader, indexer or antivirus lets go within milliseconds).
+        time.sleep(0.002)
     return bad, reads

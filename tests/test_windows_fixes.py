@@ -23,15 +23,15 @@ from taskqueue.emitter import shared_files
 from taskqueue.emitter import tasks as tasks_module
 from taskqueue.emitter.publisher import ConfirmedPublisher, ResumeState
 from taskqueue.emitter.tasks import CsvError, open_task_file
-from taskqueue.worker import work as work_module
-from taskqueue.worker.work import (
+from taskqueue.worker import command as command_module
+from taskqueue.worker.command import (
     CommandWork,
-    IsolatedHandler,
     command_for,
     decode_output,
     split_command,
     split_windows,
 )
+from taskqueue.worker.work import IsolatedHandler
 
 WINDOWS = os.name == "nt"
 windows_only = pytest.mark.skipif(not WINDOWS, reason="needs Windows (scripts/windows.sh test)")
@@ -73,12 +73,12 @@ def test_an_open_quote_in_a_windows_command_is_one_clear_error() -> None:
 # A program's output in the ANSI code page ------------------------------------------------------
 
 def test_windows_output_in_the_ansi_code_page_is_decoded_with_it(monkeypatch) -> None:
-    monkeypatch.setattr(work_module.locale, "getpreferredencoding", lambda _=True: "cp1252")
+    monkeypatch.setattr(command_module.locale, "getpreferredencoding", lambda _=True: "cp1252")
     assert decode_output("café – 5 €".encode("cp1252"), windows=True) == "café – 5 €"
 
 
 def test_utf8_output_stays_utf8_even_cut_inside_a_character(monkeypatch) -> None:
-    monkeypatch.setattr(work_module.locale, "getpreferredencoding", lambda _=True: "cp1252")
+    monkeypatch.setattr(command_module.locale, "getpreferredencoding", lambda _=True: "cp1252")
     data = "日本語".encode()
     assert decode_output(data, windows=True) == "日本語"
     assert decode_output(data[:-1], windows=True).startswith("日本")
@@ -201,8 +201,8 @@ def run_in_thread(runner: CommandWork, text: str) -> tuple[threading.Thread, lis
 def test_a_timed_out_program_whose_group_kill_fails_still_ends_as_timed_out(monkeypatch) -> None:
     """The kill of the program's group does nothing (as a failing taskkill on Windows): the
     slot still gets its attempt back as timed out, the program killed itself."""
-    monkeypatch.setattr(work_module.os, "killpg", lambda pid, sig: None)
-    monkeypatch.setattr(work_module, "KILL_WAIT_SECONDS", 1.0)
+    monkeypatch.setattr(command_module.os, "killpg", lambda pid, sig: None)
+    monkeypatch.setattr(command_module, "KILL_WAIT_SECONDS", 1.0)
     runner = CommandWork([sys.executable, "-c", SLEEPER], timeout=0.5)
     thread, outcomes = run_in_thread(runner, "task")
     thread.join(120)  # not a timing: before the fix it waited for the 300 s program
@@ -380,7 +380,6 @@ def test_windows_ctrl_break_stops_the_worker_gracefully() -> None:
     import signal
 
     from taskqueue.cli import on_stop_signals
-    from taskqueue.commands.worker import stop_on_ctrl_break
 
     stops: list[int] = []
     session = SimpleNamespace(note_signal=lambda: stops.append(1))
@@ -388,7 +387,6 @@ def test_windows_ctrl_break_stops_the_worker_gracefully() -> None:
                 if signal.getsignal(number) is not None}
     try:
         on_stop_signals(session)
-        stop_on_ctrl_break()
         signal.raise_signal(signal.SIGBREAK)
     finally:
         for number, handler in previous.items():

@@ -25,6 +25,7 @@ from taskqueue.broker.connection import open_blocking
 from taskqueue.cli import (
     add_broker_options,
     broker_settings,
+    keyboard_attached,
     positive_int,
     queue_spec,
     run_script,
@@ -142,7 +143,7 @@ def delete_queue(args: argparse.Namespace, settings: BrokerSettings, spec: Queue
         print(f"dry run: {len(found.queues)} queues and streams holding {found.messages} "
               f"messages{', and the exchange' if found.exchange else ''}; nothing deleted{busy}")
         return 0
-    interactive = bool(sys.stdin and sys.stdin.isatty())
+    interactive = keyboard_attached()
     if not confirm(found, yes=args.yes, force=args.force, interactive=interactive,
                    ask=ask_yes_no):
         print("nothing deleted")

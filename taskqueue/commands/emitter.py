@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from taskqueue.cli import (
     add_broker_options,
     add_retention_options,
     broker_settings,
+    keyboard_attached,
     on_stop_signals,
     positive_int,
     queue_spec,
@@ -127,8 +126,6 @@ def main() -> int:
         window=args.confirm_window, run_id=run_id, on_tick=progress.update, state=state,
         start_after=skip, total=total, interactive_input=args.file == "-")
     on_stop_signals(publisher)
-    if hasattr(signal, "SIGBREAK"):  # Windows' Ctrl+Break: a graceful stop, as SIGTERM
-        signal.signal(signal.SIGBREAK, signal.getsignal(signal.SIGTERM))
     try:
         publisher.run()
     finally:  # also when the broker stayed away: say how far the run got
@@ -213,7 +210,7 @@ def open_tasks(args: argparse.Namespace, state: ResumeState | None, run_id: str,
 def maybe_offer_panel(args: argparse.Namespace, broker_url: str, log: logging.Logger) -> None:
     """Ask only a person at a terminal; --admin/--no-admin answer up front."""
     want = args.admin
-    if want is None and sys.stdin.isatty() and args.file != "-":
+    if want is None and keyboard_attached() and args.file != "-":
         want = admin.ask_yes_no("Would you like to monitor RabbitMQ queues?")
     if want:
         admin.offer_panel(admin.admin_url(broker_url, args.admin_url), True, log)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 
 from taskqueue.broker.config import DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_TASK_BYTES, mask_url
@@ -29,16 +28,15 @@ from taskqueue.cli import (
     seconds_above_zero,
 )
 from taskqueue.log import get_logger
+from taskqueue.worker.command import CommandWork, split_command
 from taskqueue.worker.consumer import TaskConsumer, WorkerOptions
 from taskqueue.worker.reaper import REAPER
 from taskqueue.worker.work import (
-    CommandWork,
     InProcessHandler,
     IsolatedHandler,
     Runner,
     SimulatedWork,
     load_handler,
-    split_command,
     start_runners,
 )
 
@@ -132,7 +130,6 @@ def main() -> int:
                             delivery_limit=args.delivery_limit, events=args.events)
     consumer = TaskConsumer(settings, spec, log, options, runners)
     on_stop_signals(consumer)
-    stop_on_ctrl_break()
     limit = f", tasks stopped after {args.task_timeout:g} s" if args.task_timeout else ""
     log.info("[%s] starting: queue %r at %s; work: %s%s", args.name, spec.name,
              mask_url(settings.urls[0]), work, limit)
@@ -144,13 +141,6 @@ def main() -> int:
         REAPER.close()
         log.info(consumer.stats.summary(args.name, consumer.slots))
     return 0
-
-
-def stop_on_ctrl_break() -> None:
-    """Windows has no SIGTERM to send; Ctrl+Break (SIGBREAK) is the console's other stop key:
-    it stops gracefully, as SIGTERM does elsewhere (call after ``on_stop_signals``)."""
-    if hasattr(signal, "SIGBREAK"):
-        signal.signal(signal.SIGBREAK, signal.getsignal(signal.SIGTERM))
 
 
 def entry() -> None:
