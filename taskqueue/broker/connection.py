@@ -270,6 +270,7 @@ class BrokerSession:
         self._finished = False
         self._error: UserError | None = None
         self._last_reason = ""
+        self._dropped: str | None = None  # why we closed the connection ourselves, if we did
         self._refused_since: float | None = None  # a refused login or vhost, since when
         self.blocked = False
         self.connections_made = 0
@@ -397,8 +398,8 @@ class BrokerSession:
         def on_error(exc: BaseException) -> None:
             if isinstance(exc, HomeNodeDown):
                 self.log.error("%s; it is a classic queue, which lives on that one node: "
-                               "waiting for the node (quorum queues do not stop for one node)",
-                               exc)
+                               "waiting for its node to come back (quorum queues do not stop "
+                               "for one node)", exc)
                 self.drop_connection(str(exc))
                 return
             error = explain_channel_error(exc, spec.name)
@@ -418,6 +419,7 @@ class BrokerSession:
         self._last_reason = why
         connection = self._connection
         if connection and connection.is_open:
+            self._dropped = why
             connection.close()
             self.ioloop.call_later(CLOSE_WAIT_SECONDS,
                                    lambda: self._abort_if_still_closing(connection, False))
@@ -456,6 +458,7 @@ class BrokerSession:
     def _on_open(self, connection: pika.SelectConnection) -> None:
         self.connections_made += 1
         self._refused_since = None
+        self._dropped = None
         self._opened_unready = True
         again = " again" if self.connections_made > 1 else ""
         self.log.info("%sconnected%s to %s", self._prefix(), again, mask_url(self.url))
@@ -535,8 +538,8 @@ class BrokerSession:
             return
         self.channel = None
         self.on_channel_lost()
-        if self._finishing:
-            return
+        if self._finishing or self._dropped is not None:
+            return  # (dropped: the close is ours, and its 'Normal shutdown' would hide why)
         error = explain_channel_error(reason, self.queue_name)
         if error:
             self.fail(error)
@@ -560,15 +563,18 @@ class BrokerSession:
         if self.channel is not None:
             self.channel = None
             self.on_channel_lost()
+        dropped, self._dropped = self._dropped, None
         if self._finishing:
             self._done()
             return
+        # Dropped by us: the reason that counts is ours (a queue whose node is down...), not
+        # the 'Normal shutdown' of our own close, or the last line would not say what failed.
+        why = dropped or str(reason) or type(reason).__name__
         if self._ready:  # we were at work: a fresh allowance for getting back to it
             self._ready = False
             self._deadline = time.monotonic() + self.connect_timeout
-            self._last_reason = str(reason) or type(reason).__name__
-        self._retry_later(f"{self._prefix()}connection to {mask_url(self.url)} lost "
-                          f"({str(reason) or type(reason).__name__})")
+            self._last_reason = why
+        self._retry_later(f"{self._prefix()}connection to {mask_url(self.url)} lost ({why})")
 
 
 def open_blocking(settings: BrokerSettings) -> pika.BlockingConnection:

@@ -36,7 +36,13 @@ ROUTING_CONTROL = "control"  # workers' answers to task_control.py's commands
 
 
 class HomeNodeDown(Exception):
-    """A classic queue's node is down: the queue exists but cannot be used until it is back."""
+    """A classic queue's node is down: the queue exists but cannot be used until it is back.
+    Its text is ours, the same on every series ("its node is down"), with the broker's words
+    after it: 3.x and 4.x say it differently (see ``UNAVAILABLE_WORDS``)."""
+
+    def __init__(self, queue: str, broker_words: str) -> None:
+        super().__init__(f"queue {queue!r} cannot be used: its node is down "
+                         f"(RabbitMQ: {broker_words})")
 
 
 # How a 404 says that a queue exists but its process cannot serve, in 3.x and 4.x words
@@ -259,7 +265,7 @@ class QueueSetup:
     def _on_missing(self, name: str, refusal: ChannelClosedByBroker) -> None:
         unavailable = queue_unavailable(refusal.reply_code, refusal.reply_text)
         if unavailable is not None:
-            self.on_error(HomeNodeDown(unavailable))
+            self.on_error(HomeNodeDown(name, unavailable))
             return
         if refusal.reply_code != 404:
             self.on_error(refusal)
