@@ -331,6 +331,9 @@ def test_the_dashboards_choice_of_node():
     assert move_to({"a": None, "b": 40}, "a", 0, False) == "b", "ours unreadable, empty"
     assert move_to({"a": 40, "b": 40}, "a", 30, False) is None, "lagging, not behind"
     assert move_to({"a": 10, "b": None, "c": None}, "a", 11, False) is None
+    assert move_to({"a": None, "b": 10}, "a", 11, False) == "b", "ours silent, b has it all"
+    assert move_to({"a": None, "b": 9}, "a", 11, False) is None, "b lacks what we read"
+    assert move_to({"a": None, "b": 10}, "a", 11, True) is None, "records still come"
 
 
 def test_a_partition_heals_mid_run(cluster, logs, tmp_path):

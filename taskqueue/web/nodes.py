@@ -34,7 +34,8 @@ def move_to(ends: dict[str, int | None], current: str, read_to: int,
             progressed: bool) -> str | None:
     """The URL to read from instead of *current*, or None to stay. *ends*: the offset of the
     stream's last message at each URL (None: empty, missing or unreachable); *read_to*: the
-    offset the feed reads next; *progressed*: it read something since the last check."""
+    offset the feed reads next; *progressed*: it read something lately. A node whose end
+    cannot be read is left for one that has everything the feed read."""
     if progressed:
         return None
     others = [(end, url) for url, end in ends.items() if url != current and end is not None]
@@ -42,7 +43,9 @@ def move_to(ends: dict[str, int | None], current: str, read_to: int,
         return None
     end, best = max(others)
     here = ends.get(current)
-    if end < read_to or (here is not None and here >= end):
+    if here is None:  # ours cannot be read (a cut-off 4.3 node never answers): one that has
+        return best if end >= read_to - 1 else None  # all the feed read will do
+    if end < read_to or here >= end:
         return None
     return best
 
@@ -100,12 +103,14 @@ class NodeWatch:
 
     def _check(self, quiet_since: float) -> None:
         """One round: advice if the node read from is behind. The feed progressed if it read
-        anything during the round or in the ``interval`` before it."""
-        began, read_to = time.monotonic(), self.read_to()
+        anything during the round (which may take END_PROBE_TIMEOUT) or in the ``interval``
+        before its end."""
+        read_to = self.read_to()
         with self._lock:
             current = self._current
         ends = ends_by_url(self.settings, self.spec)
-        progressed = self.read_to() != read_to or began - quiet_since < self.interval
+        progressed = (self.read_to() != read_to
+                      or time.monotonic() - quiet_since < self.interval)
         target = move_to(ends, current, read_to, progressed)
         if target is not None:
             here = "could not be read" if ends[current] is None else \
