@@ -178,8 +178,10 @@ class RecordReader:
         """The settings to read with: the URL whose stream ends furthest first (once)."""
         if self._chosen is not None:
             return self._chosen
+        began = time.monotonic()
         answers = ends_by_url(self.settings, self.spec, self.idle)
-        if len(answers) > 1 and all(end is None for end in answers.values()):
+        if all(end is None for end in answers.values()) and \
+                time.monotonic() - began >= END_PROBE_TIMEOUT:
             # none answered in time (4.3 right after a cut: every node's stream is slow):
             # once more, rather than read from the first, which may be the cut-off one
             self.say("no node said in time where the results stream ends; asking again")
