@@ -32,7 +32,7 @@ from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
 from taskqueue.broker.connection import BrokerSession, settled_tags
 from taskqueue.broker.topology import ROUTING_LIVE, Topology
 from taskqueue.emitter.feed import TaskFeed
-from taskqueue.emitter.shared_files import replace_retrying
+from taskqueue.emitter.shared_files import read_text_retrying, replace_retrying
 from taskqueue.emitter.tasks import Task
 from taskqueue.errors import UserError
 from taskqueue.views.events import run_event
@@ -363,7 +363,7 @@ class ResumeState:
 
     def confirmed_through(self) -> int:
         try:
-            entry = json.loads(self.path.read_text(encoding="utf-8"))
+            entry = json.loads(read_text_retrying(self.path))
         except (OSError, ValueError):
             entry = self._legacy_entry()
         return int(entry.get("confirmed_through", 0))
@@ -378,7 +378,7 @@ class ResumeState:
         """The run an interrupted emitter left unfinished: --resume goes on with it (its tasks
         already done are then recognised, not run again)."""
         try:
-            entry = json.loads(self.path.read_text(encoding="utf-8"))
+            entry = json.loads(read_text_retrying(self.path))
         except (OSError, ValueError):
             return None
         run = entry.get("run_id")
