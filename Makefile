@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test test-cluster test-rabbitmq4 lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records bench-web clean
+.PHONY: venv demo test test-cluster test-rabbitmq4 test-windows lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records bench-web clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -28,6 +28,12 @@ test-cluster: venv
 ARGS ?=
 test-rabbitmq4:
 	bash scripts/rabbitmq4.sh test $(ARGS)
+
+# Windows: the official embeddable CPython 3.13 x64 under wine64 (scripts/windows.sh builds it,
+# cached): the whole suite must collect, then the tests marked windows run (ARGS=… adds pytest
+# arguments).
+test-windows: venv
+	bash scripts/windows.sh test $(ARGS)
 
 # Resilience figures (many workers, a network path gone silent, duplicates): a few minutes;
 # not part of `make test`. Writes bench/soak.md.
