@@ -102,17 +102,22 @@ def greet(text):
 def test_a_handler_printing_text_its_stdout_cannot_encode_still_succeeds(
         tmp_path: Path, monkeypatch) -> None:
     """A Windows worker's redirected stdout is cp1252; an ASCII stdout does the same on Linux."""
+    monkeypatch.setenv("PYTHONIOENCODING", "ascii")
+    outcome = greet_in_a_child(tmp_path, monkeypatch)
+    assert outcome.ok, outcome.reason
+    assert outcome.result == "printed"
+
+
+def greet_in_a_child(tmp_path: Path, monkeypatch):
+    """The outcome of HANDLER_MODULE's greet('Zoë') run in an isolated child."""
     (tmp_path / "greeting_handler.py").write_text(HANDLER_MODULE, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PYTHONIOENCODING", "ascii")
     runner = IsolatedHandler("greeting_handler:greet", timeout=120)
     try:
         runner.start()
-        outcome = runner.run("Zoë")
+        return runner.run("Zoë")
     finally:
         runner.close()
-    assert outcome.ok, outcome.reason
-    assert outcome.result == "printed"
 
 
 # Saving the resume point while another process holds the file ---------------------------------
@@ -250,16 +255,9 @@ def test_windows_a_programs_ansi_output_is_read_right(tmp_path: Path) -> None:
 @windows_only
 def test_windows_a_handler_printing_non_latin_text_to_a_redirected_stdout(
         tmp_path: Path, monkeypatch) -> None:
-    (tmp_path / "greeting_handler.py").write_text(HANDLER_MODULE, encoding="utf-8")
-    monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PYTHONIOENCODING", raising=False)
     monkeypatch.delenv("PYTHONUTF8", raising=False)
-    runner = IsolatedHandler("greeting_handler:greet", timeout=120)
-    try:
-        runner.start()
-        outcome = runner.run("Zoë")
-    finally:
-        runner.close()
+    outcome = greet_in_a_child(tmp_path, monkeypatch)
     assert outcome.ok, outcome.reason
 
 
