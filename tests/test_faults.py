@@ -33,6 +33,7 @@ from tests.helpers import (
     wait_for,
     write_csv,
 )
+from tests.stopping import emptied, every_row_settled, stop_when
 
 
 def start_emitter(*args: str, log_dir, out) -> subprocess.Popen:
@@ -48,8 +49,8 @@ def test_300_tasks_3_workers_survive_two_broker_restarts(node, logs, tmp_path):
     csv = write_csv(tmp_path / "t.csv", [f"task {n}" + "." * (1 + n % 3) for n in range(300)])
     outs = [tmp_path / f"w{n}.out" for n in range(3)]
     workers = [start_worker("--url", node.url, "--queue", queue, "--name", f"w{n}",
-                            "--seconds-per-dot", "0.05", "--exit-when-idle", "4",
-                            log_dir=logs, out=out) for n, out in enumerate(outs)]
+                            "--seconds-per-dot", "0.05", log_dir=logs, out=out)
+               for n, out in enumerate(outs)]  # no idle exit: they run before the publish
     wait_for(lambda: consumers(queue, node.url) == 3, what="3 consumers")
     assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
                       str(csv), log_dir=logs).returncode == 0
@@ -58,7 +59,9 @@ def test_300_tasks_3_workers_survive_two_broker_restarts(node, logs, tmp_path):
         node.restart(down_for=0.5)
     after_fault = done_counts(*outs)
     assert sum(after_fault.values()) < 300, "the restarts came while tasks were waiting"
-    assert [w.wait(timeout=120) for w in workers] == [0, 0, 0], "workers end alive and well"
+    assert stop_when(every_row_settled(outs, 300, queue, node.url), queue, workers,
+                     log_dir=logs, url=node.url, what="every row settled") == [0, 0, 0], \
+        "workers end alive and well"
     assert settled_rows(*outs) == set(range(1, 301)), "no task lost"
     table = recorded(queue, node.url)
     assert sorted(table) == list(range(1, 301)), "every outcome recorded, once"
@@ -138,8 +141,9 @@ def test_idle_time_does_not_count_while_the_broker_is_away(node, logs, tmp_path)
 def test_a_worker_that_cannot_reconnect_exits_3(node, logs, tmp_path):
     queue = "gone_q"
     out = tmp_path / "w.out"
-    worker = start_worker("--url", node.url, "--queue", queue, "--exit-when-idle", "2",
-                          "--connect-timeout", "4", log_dir=logs, out=out)
+    # No --exit-when-idle: an idle exit before the stop would end it 0, racing the stop.
+    worker = start_worker("--url", node.url, "--queue", queue, "--connect-timeout", "4",
+                          log_dir=logs, out=out)
     wait_for(lambda: consumers(queue, node.url) == 1, what="worker")
     node.stop_app()
     try:
@@ -172,15 +176,15 @@ def test_worker_waits_for_a_broker_that_is_down_at_start(node, logs, tmp_path):
     out = tmp_path / "w.out"
     try:
         worker = start_worker("--url", node.url, "--queue", "late_q", "--seconds-per-dot", "0",
-                              "--exit-when-idle", "3", "--connect-timeout", "30", log_dir=logs,
-                              out=out)
+                              "--connect-timeout", "30", log_dir=logs, out=out)
         wait_for(lambda: "retrying in" in out.read_text(), what="a retry")
     finally:
         node.start_app()
     wait_for(lambda: consumers("late_q", node.url) == 1, what="the worker consuming")
     assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", "late_q",
                       "--message", "late.", log_dir=logs).returncode == 0
-    assert worker.wait(timeout=60) == 0
+    assert stop_when(lambda: "done row 1" in out.read_text(), "late_q", [worker], log_dir=logs,
+                     url=node.url, what="the task done") == [0]
     text = out.read_text()
     assert "connected to" in text and "done row 1" in text, "it works once the broker is up"
     assert queue_state("late_q", node.url) == (0, 0)
@@ -189,15 +193,15 @@ def test_worker_waits_for_a_broker_that_is_down_at_start(node, logs, tmp_path):
 def test_ten_second_task_on_a_heartbeat_2_broker(heartbeat_node, logs, tmp_path):
     queue = "long_task_q"
     out = tmp_path / "w.out"
+    assert run_script("emitter_of_tasks.py", "--url", heartbeat_node.url, "--queue", queue,
+                      "--message", "ten dots..........", log_dir=logs).returncode == 0
     worker = start_worker("--url", heartbeat_node.url, "--queue", queue, "--name", "patient",
                           "--seconds-per-dot", "1", "--exit-when-idle", "1.5",
                           log_dir=logs, out=out)
-    wait_for(lambda: consumers(queue, heartbeat_node.url) == 1, what="worker")
+    wait_for(lambda: "received row 1" in out.read_text(), what="the task in hand")
     listed = ctl(heartbeat_node.node, "list_connections", "-q", "--no-table-headers", "timeout")
     timeouts = listed.stdout.split()
     assert timeouts and set(timeouts) == {"2"}, "the broker really asks for 2 s heartbeats"
-    assert run_script("emitter_of_tasks.py", "--url", heartbeat_node.url, "--queue", queue,
-                      "--message", "ten dots..........", log_dir=logs).returncode == 0
     assert worker.wait(timeout=60) == 0
     text = out.read_text()
     assert text.count("done row 1") == 1 and "(redelivered" not in text, text
@@ -226,11 +230,11 @@ def test_bad_messages_are_dead_lettered_and_good_ones_done(queue, logs, tmp_path
 
 def test_failing_task_is_retried_then_dead_lettered(queue, logs, tmp_path):
     out = tmp_path / "w.out"
+    assert run_script("emitter_of_tasks.py", "--queue", queue, "--message", "ok one",
+                      "--message", "boom", "--message", "ok two", log_dir=logs).returncode == 0
     worker = start_worker("--queue", queue, "--handler", "tests.handlers:fail_on_boom",
                           "--max-retries", "2", "--retry-delay", "1.2", "--exit-when-idle", "1",
                           log_dir=logs, out=out)
-    assert run_script("emitter_of_tasks.py", "--queue", queue, "--message", "ok one",
-                      "--message", "boom", "--message", "ok two", log_dir=logs).returncode == 0
     assert worker.wait(timeout=60) == 0
     text = out.read_text()
     assert "retry 1/2" in text and "retry 2/2" in text
@@ -387,15 +391,14 @@ def test_rows_returned_unroutable_are_counted_as_rejected(queue, logs, tmp_path)
 
 def test_worker_subscribes_again_when_its_queue_is_deleted(queue, logs, tmp_path):
     out = tmp_path / "w.out"
-    worker = start_worker("--queue", queue, "--seconds-per-dot", "0", "--exit-when-idle", "3",
-                          log_dir=logs, out=out)
+    worker = start_worker("--queue", queue, "--seconds-per-dot", "0", log_dir=logs, out=out)
     wait_for(lambda: consumers(queue) == 1, what="worker")
     delete_queues(queue)
     wait_for(lambda: "subscribing again" in out.read_text(), what="the cancel")
     wait_for(lambda: consumers(queue) == 1, what="worker back on the new queue")
     run_script("emitter_of_tasks.py", "--queue", queue, "--message", "after.", log_dir=logs)
-    assert worker.wait(timeout=30) == 0
-    assert "done row 1" in out.read_text()
+    assert stop_when(lambda: "done row 1" in out.read_text(), queue, [worker], log_dir=logs,
+                     what="the task done") == [0]
 
 
 def test_emitter_waits_out_a_memory_alarm(node, logs, tmp_path):
@@ -420,11 +423,11 @@ def test_handler_calling_sys_exit_fails_the_attempt(where, queue, logs, tmp_path
     """SystemExit is not an Exception: it must still be that attempt's failure, never a
     silently stopped worker holding its task."""
     out = tmp_path / "w.out"
+    assert run_script("emitter_of_tasks.py", "--queue", queue, "--message", "please exit",
+                      "--message", "fine", log_dir=logs).returncode == 0
     worker = start_worker("--queue", queue, "--handler", "tests.handlers:exit_on_call", *where,
                           "--max-retries", "1", "--retry-delay", "0.5", "--exit-when-idle", "1.5",
                           log_dir=logs, out=out)
-    assert run_script("emitter_of_tasks.py", "--queue", queue, "--message", "please exit",
-                      "--message", "fine", log_dir=logs).returncode == 0
     assert worker.wait(timeout=60) == 0, out.read_text()
     dead = consume_all(queue + ".dead")
     assert [body for _, body in dead] == [b"please exit"]
@@ -468,10 +471,9 @@ def test_after_a_reconnect_mid_task_the_worker_takes_no_task_it_cannot_start(nod
     queue = "busy_reconnect_q"
     outs = {name: tmp_path / f"{name}.out" for name in ("busy", "other", "late")}
 
-    def worker(name: str) -> subprocess.Popen:
+    def worker(name: str) -> subprocess.Popen:  # no idle exit: 'other' waits for a redelivery
         return start_worker("--url", node.url, "--queue", queue, "--name", name,
-                            "--seconds-per-dot", "1", "--exit-when-idle", "2", log_dir=logs,
-                            out=outs[name])
+                            "--seconds-per-dot", "1", log_dir=logs, out=outs[name])
 
     busy = worker("busy")
     wait_for(lambda: consumers(queue, node.url) == 1, what="worker")
@@ -490,7 +492,14 @@ def test_after_a_reconnect_mid_task_the_worker_takes_no_task_it_cannot_start(nod
     wait_for(lambda: any("'short.'" in line and "] done row" in line
                          for out in outs.values() for line in out.read_text().splitlines()),
              timeout=4, what="the short task done at once, not held behind the lost long one")
-    assert [w.wait(timeout=60) for w in (busy, other, late)] == [0, 0, 0]
+
+    def long_task_done() -> bool:
+        return any("'long........'" in line and "] done row" in line
+                   for line in outs["other"].read_text().splitlines())
+
+    assert stop_when(lambda: long_task_done() and emptied(queue, node.url), queue,
+                     (busy, other, late), log_dir=logs, url=node.url,
+                     what="the long task done by the other worker") == [0, 0, 0]
     assert "stopped it" in outs["busy"].read_text(), "the lost task's work was stopped"
 
 
