@@ -32,6 +32,7 @@ from tests.helpers import (
     wait_for,
     write_csv,
 )
+from tests.stopping import all_settled, stop_when
 
 
 def control(*args: str, logs, url: str = MAIN_URL) -> str:
@@ -70,8 +71,9 @@ def test_requeue_dead_by_reason_and_run_while_workers_run(queue, logs, tmp_path)
     assert "10 of the 30 tasks" in dry and "nothing moved" in dry and "exit" in dry, dry
     assert queue_state(queue + ".dead")[0] == 30, "a dry run moves nothing"
     out = tmp_path / "shout.out"
-    worker = start_worker("--queue", queue, "--handler", "tests.handlers:shout",
-                          "--exit-when-idle", "5", log_dir=logs, out=out)
+    # No idle exit: the worker runs before each batch is moved back, and ends when all are done.
+    worker = start_worker("--queue", queue, "--handler", "tests.handlers:shout", log_dir=logs,
+                          out=out)
     wait_for(lambda: consumers(queue) == 1, what="the worker")
     moved = control("requeue-dead", "--queue", queue, "--reason", "SystemExit", logs=logs)
     assert "10 moved back" in moved and "20 left" in moved, moved
@@ -83,7 +85,8 @@ def test_requeue_dead_by_reason_and_run_while_workers_run(queue, logs, tmp_path)
     assert queue_state(queue + ".dead")[0] == 15, "the rest stay"
     everything = control("requeue-dead", "--queue", queue, logs=logs)  # no filter
     assert "15 moved back" in everything and "0 left" in everything, everything
-    assert worker.wait(timeout=60) == 0, out.read_text()
+    assert stop_when(all_settled([out], 30, queue), queue, [worker], log_dir=logs,
+                     what="the 30 replayed tasks done") == [0], out.read_text()
     text = out.read_text()
     done = re.findall(r"done row \d+, id (\S+)", text)
     assert len(done) == 30 and len(set(done)) == 30, "every dead task done once"
@@ -197,8 +200,7 @@ def test_a_worker_without_permission_for_control_keeps_working(restart_node, log
 def test_cancel_stops_a_runs_running_tasks_and_skips_its_queued_ones(queue, logs, tmp_path):
     out = tmp_path / "w.out"
     worker = start_worker("--queue", queue, "--name", "w", "--concurrency", "2",
-                          "--seconds-per-dot", "1", "--exit-when-idle", "2", log_dir=logs,
-                          out=out)
+                          "--seconds-per-dot", "1", log_dir=logs, out=out)  # ended below
     wait_for(lambda: consumers(queue) == 1, what="the worker")
     doomed = emit(queue, logs, write_csv(tmp_path / "doomed.csv",
                                          [f"long {n}" + "." * 30 for n in range(6)]))
@@ -206,7 +208,8 @@ def test_cancel_stops_a_runs_running_tasks_and_skips_its_queued_ones(queue, logs
     other = emit(queue, logs, write_csv(tmp_path / "other.csv", ["other 1.", "other 2."]))
     said = control("cancel", "--queue", queue, "--run", doomed, logs=logs)
     assert "w (cancel)" in said, said
-    assert worker.wait(timeout=60) == 0, out.read_text()
+    assert stop_when(all_settled([out], 6 + 2, queue), queue, [worker], log_dir=logs,
+                     what="both runs settled") == [0], out.read_text()
     text = out.read_text()
     assert text.count("cancelled row") == 6, text
     assert "stopping its 2 task(s) in hand" in text
@@ -230,7 +233,7 @@ def test_cancel_is_given_at_once_no_task_started_after_it_runs_to_the_end(queue,
 
     outs = [tmp_path / "w1.out", tmp_path / "w2.out"]
     workers = [start_worker("--queue", queue, "--name", f"w{n}", "--seconds-per-dot", "1",
-                            "--exit-when-idle", "2", log_dir=logs, out=out)
+                            log_dir=logs, out=out)  # no idle exit: they run before the publish
                for n, out in enumerate(outs, 1)]
     run = emit(queue, logs, write_csv(tmp_path / "t.csv", [f"t{n}." for n in range(20)]))
     wait_for(lambda: all("done row" in out.read_text() for out in outs), timeout=60,
@@ -241,7 +244,8 @@ def test_cancel_is_given_at_once_no_task_started_after_it_runs_to_the_end(queue,
     # (the command names it, and it acts when it reads the stream): what is tested is that
     # both act on it, and that no task started after it was asked runs to the end.
     assert outcome.given and set(outcome.answers) <= {"w1", "w2"} and outcome.answers, outcome
-    assert [worker.wait(timeout=60) for worker in workers] == [0, 0]
+    assert stop_when(all_settled(outs, 20, queue), queue, workers, log_dir=logs,
+                     what="the run settled") == [0, 0]
     for out in outs:
         assert f"run {run} cancelled" in out.read_text(), (outcome, out.read_text()[-1500:])
     history = History(BrokerSettings([MAIN_URL]), QueueSpec(queue), tmp_path / "r")

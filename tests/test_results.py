@@ -32,6 +32,7 @@ from tests.helpers import (
     write_csv,
 )
 from tests.proxy import HoldingProxy
+from tests.stopping import all_settled, stop_when, stop_workers
 
 
 def records(queue: str) -> list[dict]:
@@ -102,10 +103,10 @@ def test_workers_killed_mid_run_lose_no_result(queue, logs, tmp_path):
     assert kills >= 5, "the run was long enough to kill workers during it"
     for process in workers.values():
         process.send_signal(signal.SIGTERM)
+    for process in workers.values():  # gone first: every task they held is back in the queue,
+        process.wait(timeout=30)      # so the last worker's idle exit races no return
     final = counted_worker(queue, "last", logs, tmp_path, "--exit-when-idle", "2")
     assert final.wait(timeout=120) == 0
-    for process in workers.values():
-        process.wait(timeout=30)
     assert queue_state(queue) == (0, 0), "the queue drained"
     wait_for(lambda: unacked(queue) == 0, timeout=30, what="no unacked task (a quorum "
              "queue's figure is a few seconds old)")
@@ -195,13 +196,14 @@ def test_the_results_stream_deleted_under_a_worker_is_made_again(queue, logs, tm
     first = emit(queue, logs, write_csv(tmp_path / "a.csv", [f"a{n}" for n in range(10)]))
     out = tmp_path / "w.out"
     worker = start_worker("--queue", queue, "--name", "w", "--handler", "tests.handlers:shout",
-                          "--exit-when-idle", "6", log_dir=logs, out=out)
+                          log_dir=logs, out=out)  # no idle exit: the second run comes later
     wait_for(lambda: len(records(queue)) == 10, timeout=60, what="the first run recorded")
     connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
     connection.channel().queue_delete(f"{queue}.results")
     connection.close()
     second = emit(queue, logs, write_csv(tmp_path / "b.csv", [f"b{n}" for n in range(10)]))
-    assert worker.wait(timeout=60) == 0, out.read_text()[-2000:]
+    assert stop_when(all_settled([out], 10 + 10, queue), queue, [worker], log_dir=logs,
+                     what="the second run done") == [0], out.read_text()[-2000:]
     assert queue_state(queue) == (0, 0), "every task acked"
     kept = records(queue)
     assert sorted(r["task"] for r in kept) == sorted(f"b{n}" for n in range(10))
@@ -326,7 +328,7 @@ def test_ctrl_c_while_waiting_leaves_the_tasks_and_says_how_to_collect(queue, lo
 
 def test_submit_wait_results_from_python(queue, logs, tmp_path):
     worker = start_worker("--queue", queue, "--handler", "tests.handlers:shout",
-                          "--exit-when-idle", "3", log_dir=logs, out=tmp_path / "w.out")
+                          log_dir=logs, out=tmp_path / "w.out")  # no idle exit: stopped below
     code = (f"import taskqueue\n"
             f"run = taskqueue.submit(['x', 'y, z', 'x'], queue={queue!r}, url={MAIN_URL!r})\n"
             f"assert run.wait(timeout=60), run.outcomes\n"
@@ -338,7 +340,7 @@ def test_submit_wait_results_from_python(queue, logs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ("[(1, 'x', 'done', 'X'), (2, 'y, z', 'done', 'Y, Z'), "
                                      "(3, 'x', 'done', 'X')]")
-    assert worker.wait(timeout=60) == 0
+    assert stop_workers(queue, [worker], log_dir=logs) == [0]
 
 
 def test_resume_goes_on_with_the_interrupted_run_so_done_rows_are_not_run_again(queue, logs,

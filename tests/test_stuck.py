@@ -28,14 +28,15 @@ from tests.helpers import (
     start_worker,
     wait_for,
 )
-from tests.stopping import stop_when
+from tests.stopping import emptied, stop_when
 
 
 def dead_lettered_and_drained(queue: str):
-    """A condition: one task in <queue>.dead, none in the queue or on its way back from
-    <queue>.retry (a task waiting out its retry delay leaves the queue empty meanwhile)."""
-    return lambda: (queue_state(queue + ".dead") == (1, 0) and queue_state(queue) == (0, 0)
-                    and queue_state(queue + ".retry") == (0, 0))
+    """A condition: one task in <queue>.dead (nobody consumes it), none waiting in the queue
+    or on its way back from <queue>.retry (a task waiting out its retry delay leaves the queue
+    empty meanwhile)."""
+    return lambda: (queue_state(queue + ".dead") == (1, 0) and emptied(queue)
+                    and emptied(queue + ".retry"))
 
 
 def publish_to(queue: str, *bodies: bytes) -> None:
