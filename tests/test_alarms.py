@@ -23,6 +23,7 @@ from tests.helpers import (
     wait_for,
     write_csv,
 )
+from tests.stopping import all_settled, stop_when
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,8 @@ def test_an_alarm_holds_the_acks_until_the_outcomes_are_recorded(kind, alarm_nod
     later = write_csv(tmp_path / "later.csv", [f"later {n}." for n in range(20)])
     outs = [tmp_path / f"w{n}.out" for n in range(2)]
     workers = [start_worker("--url", node.url, "--queue", queue, "--name", f"w{n}",
-                            "--seconds-per-dot", "0.05", "--exit-when-idle", "3",
-                            log_dir=logs, out=out) for n, out in enumerate(outs)]
+                            "--seconds-per-dot", "0.05", log_dir=logs, out=out)
+               for n, out in enumerate(outs)]  # no idle exit: they run before the publish
     wait_for(lambda: consumers(queue, node.url) == 2, what="2 workers")
     assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
                       str(first), log_dir=logs).returncode == 0
@@ -96,7 +97,8 @@ def test_an_alarm_holds_the_acks_until_the_outcomes_are_recorded(kind, alarm_nod
         clear_alarm(node, kind)
     assert emitter.wait(timeout=60) == 0, emitter_out.read_text()
     assert "20 confirmed" in emitter_out.read_text()
-    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    assert stop_when(all_settled(outs, 320, queue, node.url), queue, workers, log_dir=logs,
+                     url=node.url, what="the 320 tasks done") == [0, 0]
     done = done_rows(*outs)
     assert {row for _, row in done} >= set(range(1, 301)), "every task of the first run done"
     assert sum(done.values()) >= 320, "and the 20 published during the alarm"

@@ -22,6 +22,7 @@ from tests.helpers import (
     wait_for,
     write_csv,
 )
+from tests.stopping import all_settled, stop_when
 
 ROWS = [f"task {n}" + "." * (1 + n % 3) for n in range(12)]
 
@@ -56,9 +57,11 @@ class Tmux:
 
 
 def start_three_workers(queue: str, logs, tmp_path, seconds_per_dot: str = "0.3"):
+    """Three workers consuming before the run is published; no idle exit (it would race the
+    publish): the test stops them (tests/stopping.py)."""
     workers = [start_worker("--queue", queue, "--name", f"w{n}", "--seconds-per-dot",
-                            seconds_per_dot, "--exit-when-idle", "3", log_dir=logs,
-                            out=tmp_path / f"w{n}.out") for n in range(3)]
+                            seconds_per_dot, log_dir=logs, out=tmp_path / f"w{n}.out")
+               for n in range(3)]
     wait_for(lambda: consumers(queue) == 3, what="3 workers")
     return workers
 
@@ -93,7 +96,9 @@ def test_the_live_view_in_a_terminal_shows_workers_tasks_queue_and_totals(queue,
         assert piped.wait(timeout=60) == 0
     finally:
         terminal.close()
-    assert [w.wait(timeout=60) for w in workers] == [0, 0, 0]
+    outs = [tmp_path / f"w{n}.out" for n in range(3)]
+    assert stop_when(all_settled(outs, len(ROWS), queue), queue, workers, log_dir=logs,
+                     what="the run done") == [0, 0, 0]
     lines = (tmp_path / "piped.out").read_text().splitlines()
     assert lines and not any("\x1b" in line for line in lines), "no escape codes off a terminal"
     assert "done 12/12" in lines[-2], lines[-2:]

@@ -25,6 +25,7 @@ from tests.helpers import (
     write_csv,
 )
 from tests.proxy import SilentProxy
+from tests.stopping import every_row_settled, stop_when
 
 LOST = re.compile(r"^(\d\d:\d\d:\d\d) WARNING +connection to .* lost", re.MULTILINE)
 
@@ -51,9 +52,9 @@ def test_workers_notice_a_silent_path_and_go_on(node, proxy, logs, tmp_path):
     csv = write_csv(tmp_path / "t.csv", [f"task {n}." for n in range(300)])
     outs = [tmp_path / f"w{n}.out" for n in range(3)]
     workers = [start_worker("--url", url, "--heartbeat", "2", "--queue", queue, "--name",
-                            f"w{n}", "--seconds-per-dot", "0.05", "--exit-when-idle", "4",
-                            "--connect-timeout", "60", log_dir=logs, out=out)
-               for n, out in enumerate(outs)]
+                            f"w{n}", "--seconds-per-dot", "0.05", "--connect-timeout", "60",
+                            log_dir=logs, out=out)
+               for n, out in enumerate(outs)]  # no idle exit: they run before the publish
     wait_for(lambda: consumers(queue, node.url) == 3, what="3 workers")
     assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
                       str(csv), log_dir=logs).returncode == 0
@@ -65,7 +66,8 @@ def test_workers_notice_a_silent_path_and_go_on(node, proxy, logs, tmp_path):
     assert max(detection) <= 15, detection  # heartbeat 2 s (pika checks every 2 + 5 s)
     proxy.drop_old()
     after_fault = done_counts(*outs)
-    assert [w.wait(timeout=120) for w in workers] == [0, 0, 0]
+    assert stop_when(every_row_settled(outs, 300, queue, node.url), queue, workers,
+                     log_dir=logs, url=node.url, what="every task settled") == [0, 0, 0]
     at_end = done_counts(*outs)
     assert all(at_end[f"w{n}"] > after_fault[f"w{n}"] for n in range(3)), \
         ("every worker did tasks after the path came back", after_fault, at_end)
