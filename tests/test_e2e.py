@@ -23,6 +23,7 @@ from tests.helpers import (
     wait_for,
     write_csv,
 )
+from tests.stopping import all_settled, stop_when
 
 
 @pytest.mark.windows
@@ -30,16 +31,17 @@ def test_three_workers_share_a_csv_each_task_done_once(queue, logs, tmp_path):
     rows = [f"task {n}" + "." * (n % 4) for n in range(1, 31)]
     csv = write_csv(tmp_path / "tasks.csv", rows)
     outs = [tmp_path / f"w{n}.out" for n in range(3)]
-    # Idle for 5 s before the first task too: a slow start of the emitter (Windows under Wine,
-    # a busy machine) must not see a worker leave before it publishes.
+    # No idle exit: the workers are there before the tasks (to share them), and a slow start of
+    # the emitter must not race their timers; they are stopped once every task is settled.
     workers = [start_worker("--queue", queue, "--name", f"w{n}", "--seconds-per-dot", "0.01",
-                            "--exit-when-idle", "5", log_dir=logs, out=out)
+                            log_dir=logs, out=out)
                for n, out in enumerate(outs)]
     wait_for(lambda: consumers(queue) == 3, what="3 consumers")
     emitted = run_script("emitter_of_tasks.py", "--queue", queue, "--file", str(csv), log_dir=logs)
     assert emitted.returncode == 0, emitted.stderr
     assert "30 rows read, 30 confirmed, 0 rejected" in emitted.stdout
-    assert [w.wait(timeout=60) for w in workers] == [0, 0, 0]
+    assert stop_when(all_settled(outs, 30, queue), queue, workers, log_dir=logs,
+                     what="the 30 tasks done") == [0, 0, 0]
 
     done = done_rows(*outs)
     assert sorted(row for _, row in done) == list(range(1, 31)), "each task exactly once"
@@ -90,6 +92,9 @@ def test_killed_worker_task_is_done_by_another(queue, logs, tmp_path):
     wait_for(lambda: "received" in (tmp_path / "doomed.out").read_text(), what="task received")
     slow.kill()  # SIGKILL; TerminateProcess on Windows
     slow.wait(timeout=10)
+    # Its idle timer must not race the broker's requeue: start it once the task waits again.
+    wait_for(lambda: (queue_state(queue) or (0, 0))[0] == 1,
+             what="the killed worker's task back in the queue")
     rescuer = start_worker("--queue", queue, "--name", "rescuer", "--seconds-per-dot", "0.01",
                            "--exit-when-idle", "1.5", log_dir=logs, out=tmp_path / "rescuer.out")
     assert rescuer.wait(timeout=60) == 0

@@ -25,6 +25,7 @@ from tests.helpers import (
     unacked,
     wait_for,
 )
+from tests.stopping import all_settled, stop_when
 
 
 def emit(queue: str, logs, *texts: str) -> None:
@@ -132,7 +133,7 @@ def test_four_slots_do_forty_quarter_second_tasks_at_once(queue, logs, tmp_path)
     # statistic refreshed every few seconds).
     worker = start_worker("--queue", queue, "--queue-type", "classic", "--name", "quad",
                           "--concurrency", "4", "--handler", "tests.handlers:slow_quarter",
-                          "--exit-when-idle", "2", log_dir=logs, out=out)
+                          log_dir=logs, out=out)  # no idle exit: it is there before the tasks
     wait_for(lambda: consumers(queue) == 1, what="worker")
     samples: list[int] = []
     stop = threading.Event()
@@ -145,7 +146,8 @@ def test_four_slots_do_forty_quarter_second_tasks_at_once(queue, logs, tmp_path)
     watcher.start()
     emit(queue, logs, *[f"task {n}" for n in range(40)])
     try:
-        assert worker.wait(timeout=60) == 0, out.read_text()
+        assert stop_when(all_settled([out], 40, queue), queue, [worker], log_dir=logs,
+                         what="the 40 tasks done") == [0], out.read_text()
     finally:
         stop.set()
         watcher.join()
@@ -164,10 +166,9 @@ def test_four_slots_do_forty_quarter_second_tasks_at_once(queue, logs, tmp_path)
 @pytest.mark.windows
 def test_results_come_out_as_csv(queue, logs, tmp_path):
     out = tmp_path / "w.out"
+    emit(queue, logs, "first, with a comma", "second \"quoted\"", "third")  # before: no race
     worker = start_worker("--queue", queue, "--handler", "tests.handlers:shout",
                           "--exit-when-idle", "1.5", log_dir=logs, out=out)
-    wait_for(lambda: consumers(queue) == 1, what="worker")
-    emit(queue, logs, "first, with a comma", "second \"quoted\"", "third")
     assert worker.wait(timeout=60) == 0, out.read_text()
     results = tmp_path / "results.csv"
     report = run_script("task_report.py", "--queue", queue, "--reports-dir",

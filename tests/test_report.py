@@ -9,6 +9,7 @@ import pytest
 from taskqueue.views.report import RunReport
 from taskqueue.views.store import latest_run
 from tests.helpers import consumers, run_script, start_worker, wait_for, write_csv
+from tests.stopping import all_settled, stop_when
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -19,15 +20,16 @@ def test_report_of_12_tasks_by_3_workers(queue, logs, tmp_path):
     spd = 0.05
     rows = [f"task {n}" + "." * (1 + n % 3) for n in range(12)]
     csv = write_csv(tmp_path / "t.csv", rows)
-    # Idle for 5 s before the first task too: a slow start of the emitter (Windows under Wine,
-    # a busy machine) must not see two of the three workers leave before it publishes.
+    # No idle exit: the workers are there before the tasks (to share them); they are stopped
+    # once every task is settled, so a slow emitter start races no timer.
     workers = [start_worker("--queue", queue, "--name", f"worker-{n}", "--seconds-per-dot",
-                            str(spd), "--exit-when-idle", "5", log_dir=logs,
-                            out=tmp_path / f"w{n}.out") for n in range(3)]
+                            str(spd), log_dir=logs, out=tmp_path / f"w{n}.out")
+               for n in range(3)]
     wait_for(lambda: consumers(queue) == 3, what="3 workers")
     assert run_script("emitter_of_tasks.py", "--queue", queue, "--file", str(csv),
                       log_dir=logs).returncode == 0
-    assert [w.wait(timeout=60) for w in workers] == [0, 0, 0]
+    assert stop_when(all_settled([tmp_path / f"w{n}.out" for n in range(3)], 12, queue), queue,
+                     workers, log_dir=logs, what="the 12 tasks done") == [0, 0, 0]
 
     reports = tmp_path / "reports"
     result = run_script("task_report.py", "--queue", queue, "--reports-dir", str(reports),

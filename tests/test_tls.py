@@ -21,7 +21,7 @@ from pika.exceptions import AMQPConnectionError
 from taskqueue.broker.config import TlsOptions
 from taskqueue.broker.connection import explain_connect_error, tls_context
 from tests.brokers import ThrowawayBroker, free_port
-from tests.helpers import queue_state, run_script, start_worker, wait_for
+from tests.helpers import run_script, start_worker
 
 # What a CA needs under strict rules (OpenSSL's defaults give no keyUsage, which Python 3.13+
 # refuses: "CA cert does not include key usage extension").
@@ -162,12 +162,12 @@ def test_emitter_and_worker_over_amqps(tls_node, logs, tmp_path):
     url = f"amqps://guest:guest@localhost:{tls_node.tls_port}/%2F"
     ca = str(tls_node.certs / "test-ca.pem")
     out = tmp_path / "w.out"
-    worker = start_worker("--url", url, "--ca-file", ca, "--queue", "tls_q", "--seconds-per-dot",
-                          "0", "--exit-when-idle", "1.5", log_dir=logs, out=out)
-    wait_for(lambda: (queue_state("tls_q", tls_node.url) or (0, 0))[1] == 1, what="worker")
+    # Published first: the worker's idle timer then only ends a drained worker (no race).
     sent = run_script("emitter_of_tasks.py", "--url", url, "--ca-file", ca, "--queue", "tls_q",
                       "--message", "secure.", log_dir=logs)
     assert sent.returncode == 0, sent.stderr
+    worker = start_worker("--url", url, "--ca-file", ca, "--queue", "tls_q", "--seconds-per-dot",
+                          "0", "--exit-when-idle", "1.5", log_dir=logs, out=out)
     assert worker.wait(timeout=30) == 0
     assert "done row 1" in out.read_text()
     assert "amqps://guest:***@localhost" in out.read_text()
