@@ -205,8 +205,6 @@ inside() {
   mount --bind /dev "$DIR/dev"
   mount --bind /dev/pts "$DIR/dev/pts"
   mount -t tmpfs -o mode=1777 shm "$DIR/dev/shm"
-  mkdir -p "$DIR$REPO"
-  mount --bind "$REPO" "$DIR$REPO"
   # this run's own /tmp, /var/lib/rabbitmq (a fresh main broker) and /var/log/rabbitmq
   mkdir -p "$DIR$run"/{tmp,lib,log,interop}
   chmod 1777 "$DIR$run/tmp"
@@ -215,6 +213,9 @@ inside() {
   mount --bind "$DIR$run/tmp" "$DIR/tmp"
   mount --bind "$DIR$run/lib" "$DIR/var/lib/rabbitmq"
   mount --bind "$DIR$run/log" "$DIR/var/log/rabbitmq"
+  # the checkout at its own path (after /tmp: a checkout under /tmp stays visible)
+  mkdir -p "$DIR$REPO"
+  mount --bind "$REPO" "$DIR$REPO"
   # tests/interop with the node_modules built in (npm would write into the checkout, and
   # fetch): a copy of the checkout's files, bound over it in this mount namespace only
   find "$REPO/tests/interop" -mindepth 1 -maxdepth 1 ! -name node_modules \
