@@ -67,12 +67,14 @@ def send(settings: BrokerSettings, spec: QueueSpec, kind: str, *, run: str | Non
             return _send(connection, spec, outcome)
         except NoConfirm:
             if number == len(urls):
-                raise UserError(f"the command was not taken and confirmed within {CONFIRM_SECONDS:.0f} "
-                                f"s by {mask_url(url)} (a node cut off from its cluster?); it "
+                raise UserError(f"the command was not taken and confirmed within "
+                                f"{CONFIRM_SECONDS:.0f} s by {mask_url(url)} (a node cut off "
+                                "from its cluster?); it "
                                 "may still arrive; give it again when the broker is whole, or "
                                 "add --url for the other nodes", EXIT_UNREACHABLE) from None
-            say(f"{mask_url(url)} did not take and confirm the command within {CONFIRM_SECONDS:.0f} s "
-                "(cut off from its cluster's majority?); giving it through the next URL")
+            say(f"{mask_url(url)} did not take and confirm the command within "
+                f"{CONFIRM_SECONDS:.0f} s (cut off from its cluster's majority?); giving it "
+                "through the next URL")
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != 541 or number == len(urls):  # 541: the node gave up on it
                 raise UserError(control_refusal(spec, exc), EXIT_REFUSED) from None
