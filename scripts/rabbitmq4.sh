@@ -3,24 +3,28 @@
 # (4.3.x on Erlang 29) and forky's python3 (3.13+), in a chroot, on a network of its own.
 #
 #   bash scripts/rabbitmq4.sh build             build the chroot (reused while its stamp holds)
-#   bash scripts/rabbitmq4.sh test [ARGS...]    build, then pytest -q tests ARGS... inside it
+#   bash scripts/rabbitmq4.sh test [ARGS...]    build, then pytest -q inside it: the whole suite,
+#                                               or the tests ARGS name (any pytest arguments)
 #   bash scripts/rabbitmq4.sh shell             build, then a shell inside it, broker running
-#   bash scripts/rabbitmq4.sh clean             remove the chroot
+#   bash scripts/rabbitmq4.sh clean             remove the chroot (the next build takes forky's
+#                                               packages of the day)
 #
 # `make test-rabbitmq4 ARGS=tests/test_tls.py` runs one file. Root only (debootstrap, chroot,
 # network namespaces). Environment: TQ_RABBITMQ4_DIR (the chroot; default
 # /var/tmp/taskqueue-forky), TQ_RABBITMQ4_MIRROR (a Debian mirror; default: the one the
 # machine's apt uses).
 #
-# build: `debootstrap --variant=minbase --include=<PACKAGES> forky` with sid's script (bookworm's
-# debootstrap has none for forky), then a venv at /opt/tq-venv with requirements-dev.txt, a
-# wheelhouse /opt/tq-wheels (what test_install's pip needs: the suite runs offline) and
-# /opt/tq-interop/node_modules (npm ci of tests/interop). Built into DIR.new and renamed, so an
+# build: `debootstrap --variant=minbase --include=rabbitmq-server forky` with sid's script
+# (bookworm's debootstrap has none for forky), the other PACKAGES by the chroot's apt-get, then a
+# venv at /opt/tq-venv with requirements-dev.txt, a wheelhouse /opt/tq-wheels (what
+# test_install's pip needs: the suite runs offline) and /opt/tq-interop/node_modules (npm ci of
+# tests/interop). Built into DIR.new and renamed, so an
 # interrupted build is never reused; the stamp (a hash of what went in) decides reuse.
 #
 # test: a network namespace of its own (loopback only: 127.0.0.1:5672 and epmd's 4369 are its
 # own, the machine's broker is never touched) and a private mount namespace (nothing stays
-# mounted): proc, sys, dev, a fresh /dev/shm, the checkout bound at the same path. The chroot's
+# mounted): proc, sys, dev, a fresh /dev/shm, the run's own /tmp and broker data, the checkout
+# bound at the same path. The chroot's
 # rabbitmq-server is the main broker (rabbit@localhost on 127.0.0.1:5672), the throwaway nodes
 # the tests start are 4.3 too. At the end the node stops, whatever is left in the namespace is
 # killed by pid and the namespace goes. The exit status is pytest's.
