@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import signal
 import sys
 from collections.abc import Callable
-from typing import NoReturn, Protocol
+from typing import NoReturn, Protocol, TypeVar
 
 import pika
 
@@ -29,8 +28,10 @@ from taskqueue.errors import EXIT_BAD_INPUT, EXIT_UNREACHABLE, UserError
 from taskqueue.log import LEVELS
 from taskqueue.results.record import RESULTS_MAX_AGE, RESULTS_MAX_BYTES
 
+Number = TypeVar("Number", int, float)
 
-def _number(text: str, kind: type, minimum: float, what: str) -> float:
+
+def _number(text: str, kind: Callable[[str], Number], minimum: float, what: str) -> Number:
     try:
         value = kind(text)
     except ValueError:
@@ -159,7 +160,7 @@ def keyboard_attached() -> bool:
     try:
         if stdin is None or not stdin.isatty():
             return False
-        if os.name != "nt":
+        if sys.platform != "win32":
             return True
         import ctypes
         import msvcrt

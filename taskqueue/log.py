@@ -52,6 +52,14 @@ class ConsoleAndFileHandler(logging.Handler):
         self._second = -1
         self._clock = self._day = ""
 
+    @property
+    def _lock(self) -> threading.Lock:
+        """logging.Handler's lock (held around emit too): typed optional, made by its
+        __init__."""
+        lock = self.lock
+        assert lock is not None
+        return lock
+
     def _stamp(self, created: float) -> tuple[str, str]:
         """(day, clock) of *created*, recomputed once a second: strftime is not free."""
         second = int(created)
@@ -74,7 +82,7 @@ class ConsoleAndFileHandler(logging.Handler):
     def write(self, level: int, name: str, message: str, created: float) -> None:
         """Write one finished line to both streams (warnings and errors flushed at once)."""
         level_name = f"{logging.getLevelName(level):<7}"
-        with self.lock:
+        with self._lock:
             day, clock = self._stamp(created)
             self._to_console(f"{clock} {level_name} {message}\n")
             if self.log_file is not None:
@@ -97,7 +105,7 @@ class ConsoleAndFileHandler(logging.Handler):
             pass  # a closed console (pipe gone): the log file still gets the line
 
     def flush(self) -> None:
-        with self.lock:
+        with self._lock:
             for stream in (self.console, self.log_file):
                 if stream is not None:
                     with contextlib.suppress(OSError, ValueError):

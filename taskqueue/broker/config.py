@@ -10,6 +10,7 @@ from the task queue's type, so they survive whatever the task queue survives.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -28,13 +29,14 @@ QUEUE_TYPES = ("auto", "quorum", "classic")
 DEFAULT_HEARTBEAT = 10
 
 
-def broker_urls(cli_urls: list[str] | None, environ: dict[str, str] | None = None) -> list[str]:
+def broker_urls(cli_urls: list[str] | None,
+                environ: Mapping[str, str] | None = None) -> list[str]:
     """The URLs to try, in order: every ``--url``, else ``$RABBITMQ_URL`` (comma-separated
     list allowed), else the local default. Each is validated."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     urls = list(cli_urls or [])
-    if not urls and environ.get("RABBITMQ_URL"):
-        urls = [u.strip() for u in environ["RABBITMQ_URL"].split(",") if u.strip()]
+    if not urls and env.get("RABBITMQ_URL"):
+        urls = [u.strip() for u in env["RABBITMQ_URL"].split(",") if u.strip()]
     urls = urls or [DEFAULT_URL]
     for url in urls:
         validate_url(url)

@@ -20,7 +20,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import pika
@@ -307,12 +307,13 @@ class BrokerSession:
 
     def _abort_if_still_closing(self, connection: pika.SelectConnection,
                                 ending: bool = True) -> None:
-        if connection is not self._connection or self._finished or connection.is_closed:
+        current = self._connection  # a new connection since: this one was dealt with
+        if current is None or current is not connection or self._finished or current.is_closed:
             return
         self.log.warning("%sthe broker did not answer the close (%s): dropping the connection",
                          self._prefix(), "it blocks us" if self.blocked else "no reply")
         try:
-            connection._adapter_disconnect_stream()  # pika's own abort path: on_close follows
+            current._adapter_disconnect_stream()  # pika's own abort path: on_close follows
         except Exception:  # a transport already gone: nothing left to drop
             if ending:  # (a dropped connection, not ending: on_close starts over anyway)
                 self._done()
@@ -614,7 +615,8 @@ def confirmed_within(connection: pika.BlockingConnection, seconds: float) -> Ite
         fired.set()
         sock = getattr(getattr(connection._impl, "_transport", None), "_sock", None)
         with contextlib.suppress(OSError, AttributeError):
-            sock.shutdown(socket.SHUT_RDWR)
+            if sock is not None:  # no socket (pika's internals changed, or it is gone)
+                sock.shutdown(socket.SHUT_RDWR)
 
     timer = threading.Timer(seconds, cut)
     timer.daemon = True
@@ -629,7 +631,7 @@ def confirmed_within(connection: pika.BlockingConnection, seconds: float) -> Ite
         timer.cancel()
 
 
-def settled_tags(frame: pika.frame.Method, pending: dict[int, object]) -> tuple[bool, list[int]]:
+def settled_tags(frame: pika.frame.Method, pending: Mapping[int, object]) -> tuple[bool, list[int]]:
     """(acked, tags) of a publisher confirm: which of the *pending* delivery tags it settles.
     One Basic.Ack/Nack with ``multiple`` settles every pending tag up to its own; *pending* is
     kept in publishing order, so the scan stops at the first later tag."""

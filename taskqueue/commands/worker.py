@@ -108,12 +108,12 @@ def make_runners(args: argparse.Namespace) -> tuple[list[Runner], str]:
         handler = load_handler(args.handler)
         return [InProcessHandler(handler) for _ in range(count)], f"{args.handler} (in-process)"
     if args.handler:
-        runners = [IsolatedHandler(args.handler, timeout, f"{args.name}/{n}")
-                   for n in range(1, count + 1)]
-        start_runners(runners)
-        return runners, f"{args.handler} in {count} child process{'es' * (count > 1)}"
-    runners = [SimulatedWork(args.seconds_per_dot, timeout) for _ in range(count)]
-    return runners, f"{args.seconds_per_dot:g} s per '.'"
+        children = [IsolatedHandler(args.handler, timeout, f"{args.name}/{n}")
+                    for n in range(1, count + 1)]
+        start_runners(children)
+        return [*children], f"{args.handler} in {count} child process{'es' * (count > 1)}"
+    return ([SimulatedWork(args.seconds_per_dot, timeout) for _ in range(count)],
+            f"{args.seconds_per_dot:g} s per '.'")
 
 
 def main() -> int:

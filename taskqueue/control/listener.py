@@ -59,7 +59,7 @@ class WorkerControl:
         """Read the stream on *connection*; *on_caught_up* once no command came for a moment
         (or at once, when the stream cannot be used)."""
         self._generation += 1
-        called = []
+        called: list[bool] = []
 
         def once() -> None:
             if not called:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import methodcaller
 from typing import Any
 
 import pika
@@ -118,8 +119,7 @@ class QueueRemover:
     def survey(self) -> Survey:
         survey = Survey(self.spec)
         for name in self.spec.everything:
-            frame = self._passive(lambda channel, name=name: channel.queue_declare(
-                name, passive=True), name)
+            frame = self._passive(methodcaller("queue_declare", name, passive=True), name)
             if frame is not None:
                 stream = name in self.spec.streams
                 survey.queues.append(Found(name, None if stream else frame.method.message_count,
@@ -134,8 +134,7 @@ class QueueRemover:
             raise UserError(busy_refusal(survey), EXIT_BAD_INPUT)
         deleted, messages = [], 0
         for found in survey.queues:
-            frame = self._on_channel(lambda channel, name=found.name: channel.queue_delete(name),
-                                     found.name)
+            frame = self._on_channel(methodcaller("queue_delete", found.name), found.name)
             deleted.append(found.name)
             messages += 0 if found.messages is None else frame.method.message_count
         if survey.exchange:

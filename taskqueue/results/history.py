@@ -55,7 +55,7 @@ class History:
                     break
         for path in self.cache.glob("*.jsonl") if self.settings is None else ():
             _newest_of(_read_lines(path), newest)
-        return max(newest, key=newest.get) if newest else None
+        return max(newest, key=newest.__getitem__) if newest else None
 
     def all_records(self) -> Iterator[dict]:
         """Everything: older files first, then the whole stream (or, offline, the copies)."""

@@ -53,7 +53,7 @@ class BusyBins:
         if self.origin is None:
             self.origin = start
         if start < self.origin:
-            self._extend_left(start)
+            self._extend_left(self.origin, start)
         while end > self.origin + self.width * MAX_BINS:
             self._coarsen()
         bins = self.lanes.get(lane)
@@ -73,18 +73,20 @@ class BusyBins:
             for index in range(MAX_BINS // 2, MAX_BINS):
                 bins[index] = 0.0
 
-    def _extend_left(self, start: float) -> None:
-        shift = math.ceil((self.origin - start) / self.width)
+    def _extend_left(self, origin: float, start: float) -> None:
+        """Moves the bins' *origin* back to *start* or before (coarsening while the bins
+        pushed off the right end are not empty)."""
+        shift = math.ceil((origin - start) / self.width)
         while shift > MAX_BINS // 2:  # coarse enough that the shift fits
             self._coarsen()
-            shift = math.ceil((self.origin - start) / self.width)
+            shift = math.ceil((origin - start) / self.width)
         while any(any(bins[MAX_BINS - shift:]) for bins in self.lanes.values()):
             self._coarsen()
-            shift = math.ceil((self.origin - start) / self.width)
+            shift = math.ceil((origin - start) / self.width)
         for bins in self.lanes.values():
             bins[shift:] = bins[:MAX_BINS - shift]
             bins[:shift] = array("d", bytes(8 * shift))
-        self.origin -= shift * self.width
+        self.origin = origin - shift * self.width
 
 
 def svg(title: str, start: float, end: float, lanes: list[tuple[str, str, int]],
@@ -113,7 +115,7 @@ def svg(title: str, start: float, end: float, lanes: list[tuple[str, str, int]],
     if bars is not None:
         parts += _bars(bars, row_of, x, top, lane)
     elif bins is not None and bins.origin is not None:
-        parts += _shading(bins, row_of, slots_of, x, top, lane)
+        parts += _shading(bins, bins.origin, row_of, slots_of, x, top, lane)
     axis_y = top + lane * len(shown) + 14
     for seconds, label in ticks(span):
         parts.append(f'<text x="{left + width * seconds / span:.1f}" y="{axis_y}" '
@@ -150,9 +152,10 @@ def _bars(bars: list[dict], row_of: dict[str, int], x, top: int, lane: int) -> l
     return parts
 
 
-def _shading(bins: BusyBins, row_of: dict[str, int], slots_of: dict[str, int], x, top: int,
-             lane: int) -> list[str]:
-    """Utilisation in five shades; runs of one shade are one rectangle."""
+def _shading(bins: BusyBins, origin: float, row_of: dict[str, int], slots_of: dict[str, int],
+             x, top: int, lane: int) -> list[str]:
+    """Utilisation in five shades; runs of one shade are one rectangle. *origin*: the bins'
+    (set once any time was added)."""
     parts = []
     for key, row in row_of.items():
         values = bins.lanes.get(key)
@@ -166,8 +169,8 @@ def _shading(bins: BusyBins, row_of: dict[str, int], slots_of: dict[str, int], x
             if level == run_level:
                 continue
             if run_level > 0:
-                x0 = x(bins.origin + run_start * bins.width)
-                x1 = x(bins.origin + index * bins.width)
+                x0 = x(origin + run_start * bins.width)
+                x1 = x(origin + index * bins.width)
                 parts.append(f'<rect class="busy" x="{x0:.1f}" y="{y + 3}" '
                              f'width="{max(x1 - x0, 0.5):.1f}" height="{lane - 12}" '
                              f'fill="#4e79a7" fill-opacity="{0.2 * run_level:.1f}"/>')

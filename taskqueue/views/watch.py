@@ -27,9 +27,9 @@ from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.broker.connection import open_blocking
 from taskqueue.results.history import History
 from taskqueue.results.record import decode_group, run_began, stream_offset
-from taskqueue.views.events import decode_events
 from taskqueue.views.live import LiveState, QueueCounts
 from taskqueue.views.store import passive_counts
+from taskqueue.wire.events import decode_events
 
 VIEW_QUEUE_LIMIT = 10_000  # messages a slow view may fall behind before the oldest go
 
@@ -62,7 +62,7 @@ class TerminalScreen:
 
 def _enable_escape_codes() -> None:
     """Windows consoles draw escape codes only once asked to (virtual terminal mode)."""
-    if os.name != "nt":
+    if sys.platform != "win32":
         return
     try:
         import ctypes
@@ -124,8 +124,13 @@ def watch(settings: BrokerSettings, spec: QueueSpec, *, until_done: bool = False
         channel.queue_declare(view, exclusive=True, auto_delete=True,
                               arguments={"x-max-length": VIEW_QUEUE_LIMIT})
         channel.queue_bind(view, spec.exchange, "#")
-        channel.basic_consume(view, lambda _ch, _method, _props, body: [
-            state.feed(event) for event in decode_events(body)], auto_ack=True)
+
+        def on_events(_channel: object, _method: object, _properties: object,
+                      body: bytes) -> None:
+            for event in decode_events(body):
+                state.feed(event)
+
+        channel.basic_consume(view, on_events, auto_ack=True)
         history = History(settings, spec, Path("reports"))
         following = follow_results(connection, spec, state, history)
         done_for = 0

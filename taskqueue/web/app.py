@@ -24,6 +24,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import tornado.escape
@@ -110,10 +111,10 @@ class Base(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: object) -> None:
         """Errors as one JSON line for the page's script (no traceback, no HTML)."""
         reason = self._reason
-        info = kwargs.get("exc_info")
-        if info and isinstance(info[1], tornado.web.HTTPError) and info[1].log_message:
-            reason = info[1].log_message % info[1].args if info[1].args else \
-                info[1].log_message
+        info = kwargs.get("exc_info")  # sys.exc_info()'s triple, when an exception ended it
+        error = info[1] if isinstance(info, tuple) else None
+        if isinstance(error, tornado.web.HTTPError) and error.log_message:
+            reason = error.log_message % error.args if error.args else error.log_message
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"ok": False, "error": reason}))
 
@@ -301,7 +302,7 @@ def make_app(*, feed: DashboardFeed, hub: Hub, runs: RunPages, desk: ControlDesk
              access: Access, registry, cookie_secret: str, log: logging.Logger,
              hosts: set[str] | None = None) -> tornado.web.Application:
     """*hosts*: the Host headers accepted (None: any; with a password, behind a proxy)."""
-    routes = [
+    routes: list[tuple[Any, ...]] = [  # (pattern, handler[, its arguments])
         (r"/", LivePage), (r"/live\.json", LiveJson), (r"/stream", Stream),
         (r"/runs", RunsPage), (rf"/runs/{RUN_ID}", RunPage),
         (rf"/runs/{RUN_ID}/tasks\.json", RunTasks), (rf"/runs/{RUN_ID}/task\.json", RunTask),

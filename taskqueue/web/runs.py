@@ -80,9 +80,10 @@ class RunPages:
         needle = text.strip().lower()
         matching = (row for row in rows if (not outcome or row["outcome"] == outcome)
                     and (not needle or needle in _searchable(row)))
-        skip, shown, more = (max(1, page) - 1) * size, [], 0
-        for index, row in enumerate(matching):
-            if index < skip:
+        skip, more = (max(1, page) - 1) * size, 0
+        shown: list[dict] = []
+        for position, row in enumerate(matching):
+            if position < skip:
                 continue
             if len(shown) < size:
                 shown.append(row)

@@ -368,11 +368,12 @@ class Outbox(BrokerSession):
 
     # --- closing ------------------------------------------------------------------------
     def _close_when_sent(self) -> None:
-        if self._finished or self._finishing:
+        since = self._closing_since  # set before the first call: closing began then
+        if self._finished or self._finishing or since is None:
             return
         self.send()
         pending = self.waiting
-        out_of_time = time.monotonic() - self._closing_since >= self._grace
+        out_of_time = time.monotonic() - since >= self._grace
         if pending and not out_of_time and self.connections_made:
             self.ioloop.call_later(0.05, self._close_when_sent)
             return

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import subprocess
 import sys
 import threading
@@ -56,7 +55,7 @@ class Reaper:
         """At the worker's start, before any child exists. Windows: join a kill-on-close job
         now, so that every process started later (handler children, programs and theirs)
         is born in it. Returns why that failed (one line for the log), else None."""
-        if os.name != "nt":
+        if sys.platform != "win32":
             return None
         with self._lock:
             if self._windows_job is not None:
@@ -70,12 +69,12 @@ class Reaper:
 
     def watch(self, pid: int) -> None:
         """*pid* leads a process group of its own: kill it if we die before it ends."""
-        if os.name != "nt":  # Windows: the job joined at start() covers every child
+        if sys.platform != "win32":  # Windows: the job joined at start() covers every child
             self._say(f"+{pid}\n")
 
     def forget(self, pid: int) -> None:
         """The group ended (or was killed by us): nothing to do for it."""
-        if os.name != "nt":
+        if sys.platform != "win32":
             self._say(f"-{pid}\n")
 
     def close(self) -> None:
@@ -84,7 +83,8 @@ class Reaper:
             process, self._process = self._process, None
         if process is not None:
             with contextlib.suppress(OSError):
-                process.stdin.close()
+                if process.stdin is not None:  # started with stdin=PIPE: never None
+                    process.stdin.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5)
 
@@ -95,9 +95,11 @@ class Reaper:
                     [sys.executable, "-c", REAPER_CODE], stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     start_new_session=True)  # a terminal's Ctrl+C must not end it first
+            pipe = self._process.stdin
+            assert pipe is not None  # started with stdin=PIPE
             try:
-                self._process.stdin.write(line.encode())
-                self._process.stdin.flush()
+                pipe.write(line.encode())
+                pipe.flush()
             except OSError:  # it died: the next call starts another
                 self._process = None
 
@@ -157,7 +159,7 @@ def close_job(job: int) -> None:
 
 
 def _check(result: int | None, call: str) -> None:
-    if not result:
+    if not result and sys.platform == "win32":  # only Windows calls it (mypy: ctypes' Windows API)
         import ctypes
 
         code = ctypes.get_last_error()
@@ -167,6 +169,8 @@ def _check(result: int | None, call: str) -> None:
 @functools.cache
 def _kernel32():
     """kernel32 with argtypes and restype set for each function used here."""
+    if sys.platform != "win32":  # only Windows calls it (mypy: ctypes' Windows API below)
+        raise OSError("kernel32 exists on Windows only")
     import ctypes
     from ctypes import wintypes
 
