@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 
 from taskqueue.errors import UserError
@@ -131,17 +132,21 @@ class CommandWork(Runner):
             return Outcome(False, reason=f"cannot run {self.argv[0]!r}: "
                                          f"{getattr(exc, 'strerror', None) or exc}")
         self._process = process
-        self._job = program_job(int(process._handle)) if os.name == "nt" else None
+        if sys.platform == "win32":  # Popen's _handle: the process handle, Windows only
+            self._job = program_job(int(process._handle))  # type: ignore[attr-defined]
+        else:
+            self._job = None
         REAPER.watch(process.pid)  # it dies with the worker, however the worker ends
         stdout = _Drain(process.stdout, keep_head=MAX_RESULT)
         stderr = _Drain(process.stderr, keep_tail=STDERR_TAIL_BYTES)
         try:
             code = process.wait(self.timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as expired:
             self._kill_tree()
             _make_sure_it_ended(process)
-            stdout.join(), stderr.join()
-            return timed_out(self.timeout)
+            stdout.join()
+            stderr.join()
+            return timed_out(expired.timeout)
         finally:
             self._process = None
             REAPER.forget(process.pid)
@@ -149,7 +154,8 @@ class CommandWork(Runner):
                 if self._job is not None:
                     close_job(self._job)
                     self._job = None
-        stdout.join(), stderr.join()
+        stdout.join()
+        stderr.join()
         if code == 0 and not self._killed:
             output = stdout.text().strip()
             return Outcome(True, output or None)
@@ -163,7 +169,8 @@ class CommandWork(Runner):
         if process is None or process.poll() is not None:
             return
         self._killed = True
-        if os.name == "nt":  # no process groups: the program's job, else taskkill, knows the tree
+        if sys.platform == "win32":
+            # no process groups: the program's job, else taskkill, knows the tree
             with self._job_lock:
                 killed = self._job is not None and terminate_job(self._job)
             killed = killed or _taskkill_tree(process.pid)
@@ -205,7 +212,7 @@ def _make_sure_it_ended(process: subprocess.Popen) -> None:
 def _own_process_group() -> dict:
     """Start the program in a group of its own: a terminal's Ctrl+C (meant for the worker,
     which finishes its tasks) does not reach it, and a timeout can kill it with its children."""
-    if os.name == "nt":
+    if sys.platform == "win32":
         return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
     return {"start_new_session": True}
 
