@@ -83,7 +83,7 @@ def latest_run(events: Iterable[dict]) -> str | None:
         if kind_of(event) == "task":
             run = event.get("run_id") or ""
             last[run] = max(last.get(run, 0.0), float(event.get("finished", 0)))
-    return max(last, key=last.get) if last else None
+    return max(last, key=last.__getitem__) if last else None
 
 
 
