@@ -1,10 +1,11 @@
-# One command each: `make demo`, `make test`. Both build .venv from requirements*.txt first,
-# then run the Python entry points (scripts/demo.py, scripts/check.py), which work without make.
+# One command each: `make demo`, `make test` (`make test-fast`: the part that needs no broker).
+# Each builds .venv from requirements*.txt first, then runs the Python entry points
+# (scripts/demo.py, scripts/check.py), which work without make.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test test-cluster test-rabbitmq4 test-windows lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records bench-web clean
+.PHONY: venv demo test test-fast test-cluster test-rabbitmq4 test-windows lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records bench-web clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -17,6 +18,11 @@ demo: venv
 
 test: venv
 	$(PY) scripts/check.py
+
+# ruff, mypy and the tests marked fast (no broker, no connection, no process): under a minute.
+# `make test` runs the same first, then the rest of the suite.
+test-fast: venv
+	$(PY) scripts/check.py --fast
 
 # Only the multi-node tests (3-node cluster, fail-over); `make test` runs them too.
 test-cluster: venv
