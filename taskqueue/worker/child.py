@@ -1,4 +1,4 @@
-"""The child process that runs a ``--handler`` (see ``IsolatedHandler`` in work.py).
+"""The child process that runs a ``--handler`` (``IsolatedHandler`` in work.py starts it).
 
 It loads the handler once, says "ready", then answers one message per task: the task text in,
 ``("ok", result text)`` or ``("error", reason)`` out. Any BaseException a handler raises
@@ -18,6 +18,9 @@ import os
 import signal
 import threading
 from multiprocessing.connection import Connection, wait
+
+from taskqueue.errors import UserError
+from taskqueue.worker.handler import failure_reason, load_handler, result_text
 
 EXIT_PARENT_GONE = 75
 
@@ -43,8 +46,6 @@ def serve(pipe: Connection, spec: str) -> None:
     # A spawned process starts afresh: make its print safe as the worker's own (a handler
     # printing non-Latin text to a redirected cp1252 stdout must not fail its task).
     from taskqueue.cli import safe_console
-    from taskqueue.errors import UserError
-    from taskqueue.worker.work import failure_reason, load_handler, result_text
 
     safe_console()
     try:

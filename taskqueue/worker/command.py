@@ -17,7 +17,7 @@ import sys
 import threading
 
 from taskqueue.errors import UserError
-from taskqueue.views.events import MAX_RESULT, cap_text
+from taskqueue.wire.events import MAX_RESULT, cap_text
 from taskqueue.worker.reaper import REAPER, close_job, program_job, terminate_job
 from taskqueue.worker.work import Outcome, Runner, died_how, timed_out
 

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for_any
 
-from taskqueue.emitter.tasks import seconds_for
 from taskqueue.errors import UserError
-from taskqueue.views.events import MAX_RESULT, cap_text
+from taskqueue.worker.child import serve
+from taskqueue.worker.handler import failure_reason, result_text
+from taskqueue.worker.handler import load_handler as load_handler  # commands/worker.py's import
 
 CHILD_START_SECONDS = 60.0  # a handler module slower than this to import is reported
 
@@ -43,45 +42,8 @@ class Outcome:
     reason: str = ""
 
 
-def result_text(value: object) -> str | None:
-    """A handler's return value as the text kept with its event (None stays None)."""
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return cap_text(str(value), MAX_RESULT)
-
-
-def failure_reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
 def timed_out(seconds: float) -> Outcome:
     return Outcome(False, reason=f"timed out after {seconds:g} s")
-
-
-def load_handler(spec: str) -> Callable[[str], object]:
-    """Import ``package.module:function``, a callable taking the task text."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise UserError(f"--handler {spec!r} must be MODULE:FUNCTION, e.g. mytasks:resize")
-    import importlib
-
-    # From the directory the worker runs in, as the README promises: a console script's own
-    # directory is first on sys.path, not the current one (spawned children inherit sys.path).
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        handler = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise UserError(f"cannot load --handler {spec!r} ({exc}); "
-                        "give MODULE:FUNCTION, importable from here") from None
-    except BaseException as exc:  # the module itself raised (or exited) while loading
-        raise UserError(f"cannot load --handler {spec!r}: importing {module_name!r} raised "
-                        f"{failure_reason(exc)}") from None
-    if not callable(handler):
-        raise UserError(f"--handler {spec!r} is not a function")
-    return handler
 
 
 class Runner:
@@ -120,7 +82,7 @@ class SimulatedWork(Runner):
         return self.expected_seconds(text) == 0  # sleep(0) would still yield the CPU: ~80 us
 
     def expected_seconds(self, text: str) -> float:
-        return seconds_for(text, self.seconds_per_dot)
+        return text.count(".") * self.seconds_per_dot  # the demo's rule: a fixed time per '.'
 
     def run(self, text: str) -> Outcome:
         seconds = self.expected_seconds(text)
@@ -183,8 +145,6 @@ class IsolatedHandler(Runner):
 
     def spawn(self) -> None:
         """Start the child (``wait_ready`` then waits for it to have loaded the handler)."""
-        from taskqueue.worker.child import serve
-
         parent, child = self._context.Pipe()
         process = self._context.Process(target=serve, args=(child, self.spec),
                                         name=f"handler {self.label}".strip(), daemon=True)
