@@ -29,7 +29,7 @@ import pika
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from taskqueue.emitter.tasks import row_of  # noqa: E402
+from taskqueue.wire.messages import row_of  # noqa: E402
 from tests.brokers import ThrowawayBroker  # noqa: E402
 from tests.helpers import consume_all, delete_queues, queue_state, unacked  # noqa: E402
 from tests.proxy import SilentProxy  # noqa: E402

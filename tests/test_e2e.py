@@ -10,7 +10,7 @@ import sys
 import pika
 import pytest
 
-from taskqueue.emitter.tasks import row_of
+from taskqueue.wire.messages import row_of
 from tests.helpers import (
     MAIN_URL,
     ROOT,

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from taskqueue.emitter.tasks import row_of
+from taskqueue.wire.messages import row_of
 from tests.brokers import close_connections_of, ctl
 from tests.helpers import (
     consume_all,

@@ -80,7 +80,7 @@ def test_workers_notice_a_silent_path_and_go_on(node, proxy, logs, tmp_path):
 def test_the_emitter_notices_a_silent_path_and_republishes(node, proxy, logs, tmp_path):
     from collections import Counter
 
-    from taskqueue.emitter.tasks import row_of
+    from taskqueue.wire.messages import row_of
 
     queue = "silent_emitter_q"
     total, window = 20_000, 1000

@@ -480,7 +480,7 @@ def test_a_reading_still_catching_up_is_not_stalled(caplog):
     channel = SimpleNamespace(basic_ack=lambda *a, **k: None, is_open=True,
                               close=lambda: None)
     reader._ioloop = SimpleNamespace(call_later=lambda delay, fn: later.append(fn))
-    reader._channel, reader._attached_now = channel, True
+    reader._channel, reader.state = channel, tail.Reading.ATTACHED
     reader._fence()  # a check waits for a fence: a mark is written
     assert len(marks) == 1
     generation = reader._generation

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -111,8 +112,11 @@ def main() -> int:
     state = None if (args.message or args.file == "-") else ResumeState(
         log_dir(), args.file, spec.name)
     run_id = new_run_id(suffix=uuid.uuid4().hex[:6])
+    again_through = 0  # rows an earlier emitter of this run may have published
     if args.resume and state is not None and state.unfinished_run():
         run_id = state.unfinished_run()  # the same run: rows it had done are not run again
+        published = state.published_through()
+        again_through = published if published is not None else sys.maxsize
     tasks, total, skip = open_tasks(args, state, run_id, log)
     skipping = None
     if args.skip_done:
@@ -124,7 +128,8 @@ def main() -> int:
     publisher = ConfirmedPublisher(
         replace(settings, client_name=f"emitter_of_tasks run {run_id}"), spec, tasks, log,
         window=args.confirm_window, run_id=run_id, on_tick=progress.update, state=state,
-        start_after=skip, total=total, interactive_input=args.file == "-")
+        start_after=skip, total=total, interactive_input=args.file == "-",
+        again_through=again_through)
     on_stop_signals(publisher)
     try:
         publisher.run()

@@ -32,6 +32,7 @@ from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.broker.connection import BrokerSession, settled_tags
 from taskqueue.broker.topology import broker_version
 from taskqueue.errors import EXIT_UNREACHABLE, UserError
+from taskqueue.wire.messages import PUBLISHED_AGAIN
 
 # The brokers that count a basic.nack(requeue) as a failed delivery and have a default limit.
 COUNTS_EVERY_RETURN = ((4, 0), (4, 3))
@@ -80,7 +81,8 @@ def replayed(properties: pika.BasicProperties) -> pika.BasicProperties:
         delivery_mode=pika.DeliveryMode.Persistent, headers=headers,
         message_id=properties.message_id, correlation_id=properties.correlation_id,
         content_type=properties.content_type, content_encoding=properties.content_encoding,
-        timestamp=properties.timestamp, app_id=properties.app_id, type=properties.type)
+        timestamp=properties.timestamp, app_id=properties.app_id,
+        type=PUBLISHED_AGAIN)  # a copy again: the worker checks the record before running it
 
 
 @dataclass

@@ -36,6 +36,7 @@ from taskqueue.emitter.shared_files import read_text_retrying, replace_retrying
 from taskqueue.emitter.tasks import Task
 from taskqueue.errors import UserError
 from taskqueue.views.events import run_event
+from taskqueue.wire.messages import FIRST_PUBLISH, PUBLISHED_AGAIN
 
 # The broker confirms persistent messages once they are on disk, in batches; the window must be
 # wide enough to keep it busy while the previous batch is written. It is also how many messages
@@ -44,6 +45,7 @@ from taskqueue.views.events import run_event
 # So the default follows the queue's type. The byte cap bounds memory whatever the task size.
 CONFIRM_WINDOWS = {"quorum": 2_000, "classic": 10_000}
 MAX_IN_FLIGHT_BYTES = 16 * 1024 * 1024
+HORIZON_ROWS = 10_000  # rows read ahead of the saved resume point's published_through
 # Seconds with messages in flight, no confirm, and the broker not blocking us: the node we
 # publish to cannot reach the queue's majority (a network partition leaves it running and
 # silent). The connection is then given up: what was unconfirmed goes to the next URL.
@@ -95,7 +97,8 @@ class ConfirmedPublisher(BrokerSession):
                  log: logging.Logger, *, window: int | None = None, run_id: str = "",
                  on_tick: Callable[[PublishStats], None] | None = None,
                  state: ResumeState | None = None, start_after: int = 0,
-                 total: int | None = None, interactive_input: bool = False) -> None:
+                 total: int | None = None, interactive_input: bool = False,
+                 again_through: int = 0) -> None:
         super().__init__(settings, log, queue_name=queue.name)
         self.queue = queue
         self.stats = PublishStats()
@@ -116,6 +119,11 @@ class ConfirmedPublisher(BrokerSession):
         self._in_flight: dict[int, Task | None] = {}  # tag -> task (None: a run event)
         self._in_flight_bytes = 0
         self._resend: deque[Task] = deque()  # unconfirmed when a connection was lost
+        # Rows an earlier emitter of this run may have published (--resume): typed as sent
+        # again, so that a worker checks the record first. Beyond the horizon saved with the
+        # resume point, no row is ever published before the point is saved again.
+        self._again_through = again_through
+        self._horizon = 0
         self._returned: set[str] = set()  # message_ids the broker could not route
         self._next_tag = 0
         self._publishing = False  # the channel is in confirm mode: _fill may publish
@@ -200,19 +208,21 @@ class ConfirmedPublisher(BrokerSession):
             return  # not yet in confirm mode on this channel (the reader may wake us early)
         while (channel.is_open and len(self._in_flight) < self._window
                and self._in_flight_bytes < MAX_IN_FLIGHT_BYTES and not self._finishing):
-            task = self._next_task()
-            if task is None:
+            taken = self._next_task()
+            if taken is None:
                 break
-            channel.basic_publish("", self.queue.name, task.body, self._properties(task),
-                                  mandatory=True)
+            task, again = taken
+            channel.basic_publish("", self.queue.name, task.body,
+                                  self._properties(task, again), mandatory=True)
             self._next_tag += 1
             self._in_flight[self._next_tag] = task
             self._in_flight_bytes += len(task.body)
         self._finish_if_settled()
 
-    def _next_task(self) -> Task | None:
+    def _next_task(self) -> tuple[Task, bool] | None:
+        """The next task to publish, and whether it may have been published before."""
         if self._resend:
-            return self._resend.popleft()
+            return self._resend.popleft(), True
         if not self._reading:
             return None
         task = self._feed.take()
@@ -222,15 +232,19 @@ class ConfirmedPublisher(BrokerSession):
             return None
         self.stats.read += 1
         self.last_row_read = task.row
-        return task
+        if task.row > self._horizon and self.stats.confirmed:
+            self.save_state(complete=False)  # a --resume must know this row may be out
+        return task, task.row <= self._again_through
 
-    def _properties(self, task: Task) -> pika.BasicProperties:
+    def _properties(self, task: Task, again: bool) -> pika.BasicProperties:
         # No headers table: the broker decodes it for every message (~12 us of broker CPU each,
         # a quarter of its work here). The row travels inside message_id (see tasks.row_of),
-        # the run id in correlation_id, which groups the messages of one run.
+        # the run id in correlation_id, which groups the messages of one run; ``type`` says
+        # whether a worker must check the record first (wire/messages.py).
         return pika.BasicProperties(
             delivery_mode=pika.DeliveryMode.Persistent, message_id=task.message_id,
-            correlation_id=self._run_id, content_type="text/plain", timestamp=int(time.time()))
+            correlation_id=self._run_id, content_type="text/plain", timestamp=int(time.time()),
+            type=PUBLISHED_AGAIN if again else FIRST_PUBLISH)
 
     def _announce(self, state: str) -> None:
         """Tell the record (the results stream) and live views about this run: its total rows,
@@ -336,8 +350,9 @@ class ConfirmedPublisher(BrokerSession):
         if self._state is None or self.stats.confirmed == 0:
             return
         through = self.confirmed_through()
+        horizon = max(self._horizon, self.last_row_read + HORIZON_ROWS)
         try:
-            self._state.save(through, complete, self._run_id)
+            self._state.save(through, complete, self._run_id, published_through=horizon)
         except OSError as error:
             if not (periodic and self._save_failing):
                 then = "it is tried again each second" if periodic else \
@@ -347,6 +362,7 @@ class ConfirmedPublisher(BrokerSession):
             self._save_failing = True
             return
         self._save_failing = False
+        self._horizon = horizon
 
 
 class ResumeState:
@@ -384,9 +400,21 @@ class ResumeState:
         run = entry.get("run_id")
         return run if isinstance(run, str) and run and not entry.get("complete") else None
 
-    def save(self, confirmed_through: int, complete: bool, run_id: str = "") -> None:
+    def published_through(self) -> int | None:
+        """The row through which an earlier emitter of the unfinished run may have published
+        (None: not known, from a version that did not say: any row may have been)."""
+        try:
+            entry = json.loads(read_text_retrying(self.path))
+        except (OSError, ValueError):
+            return None
+        value = entry.get("published_through")
+        return value if isinstance(value, int) else None
+
+    def save(self, confirmed_through: int, complete: bool, run_id: str = "",
+             published_through: int | None = None) -> None:
         entry = {"key": self.key, "confirmed_through": confirmed_through, "complete": complete,
-                 "run_id": run_id, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                 "run_id": run_id, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                 "published_through": published_through}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(entry, indent=1), encoding="utf-8")

@@ -12,7 +12,6 @@ error names the file and the line.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import re
 import sys
@@ -24,6 +23,7 @@ from typing import BinaryIO
 
 from taskqueue.broker.config import DEFAULT_MAX_TASK_BYTES
 from taskqueue.errors import UserError
+from taskqueue.wire.messages import message_id
 
 
 @dataclass(frozen=True)
@@ -47,20 +47,6 @@ class CsvError(UserError):
     def __init__(self, message: str, row: int = 0) -> None:
         super().__init__(message)
         self.row = row
-
-
-def message_id(source: str, row: int, text: str, label: str | None = None) -> str:
-    """A stable id: the same row of the same file always gets the same id, so a consumer can
-    recognise a message published twice (after a connection loss) as one task. *label* is the
-    short name shown in the id (default: the file name of *source*)."""
-    digest = hashlib.sha1(f"{source}\0{row}\0{text}".encode()).hexdigest()[:12]
-    return f"{label or Path(source).name}:{row}:{digest}"
-
-
-def row_of(message_id: str | None) -> int | None:
-    """The row number inside an id made by ``message_id`` (None for other producers' ids)."""
-    parts = (message_id or "").rsplit(":", 2)
-    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
 
 
 def seconds_for(text: str, seconds_per_dot: float) -> float:

@@ -14,7 +14,7 @@ import zlib
 from array import array
 from collections import OrderedDict
 
-from taskqueue.emitter.tasks import row_of
+from taskqueue.wire.messages import row_of
 
 # Runs kept (handed, and as many read meanwhile). A run costs 4 bytes a row, so many fit; too
 # few, and a worker handed tasks of more runs than that in turn (retries of many runs, many

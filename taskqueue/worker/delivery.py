@@ -16,7 +16,8 @@ from functools import cached_property
 import pika
 from pika.channel import Channel
 
-from taskqueue.emitter.tasks import row_of
+from taskqueue.results.record import CLOCK_SKEW, run_began
+from taskqueue.wire.messages import CHECK_FROM, FIRST_PUBLISH, row_of
 
 
 def header_count(headers: dict, name: str) -> int:
@@ -77,6 +78,28 @@ class Delivery:
         """When it was published (the message's timestamp, if its sender set one)."""
         value = self.properties.timestamp
         return float(value) if isinstance(value, int) and value > 0 else None
+
+    @property
+    def needs_check(self) -> bool:
+        """Whether this delivery may be a copy of a task done already, so that the results
+        record must be read before it runs: anything but the emitter's first publish of a
+        row delivered for the first time (wire/messages.py). Those cannot have been done
+        by anyone: the first copy of a task is always taken first (a queue is FIFO; a copy
+        put back is redelivered), and a later copy is checked when it comes."""
+        return (self.redelivered or self.delivery_count > 0 or self.retries > 0
+                or self.properties.type != FIRST_PUBLISH or CHECK_FROM in self.headers)
+
+    @property
+    def check_from(self) -> float | None:
+        """The earliest moment a done record of this task can date from (None: any): the
+        failed attempt's receipt on a retry or dead copy, else its first publish (the
+        emitter's), else its run's start."""
+        marked = self.headers.get(CHECK_FROM)
+        if isinstance(marked, int | float) and not isinstance(marked, bool) and marked > 0:
+            return float(marked) - CLOCK_SKEW
+        if self.properties.type == FIRST_PUBLISH and self.queued is not None:
+            return self.queued - CLOCK_SKEW
+        return run_began(self.run_id)
 
     @property
     def run_id(self) -> str:

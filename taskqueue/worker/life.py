@@ -89,9 +89,11 @@ class DeliveryLife:
         if verdict is not None:
             self._carry_out(slot, delivery, verdict, 0.0)
             return
-        exact = delivery.redelivered or delivery.delivery_count > 0
+        # Only a delivery that may be a copy of a task done already reads the record
+        # (delivery.py, tail.py): a first delivery of a first publish costs nothing more.
         self.tail.check(task_key({"run_id": delivery.run_id,
-                                  "message_id": delivery.properties.message_id}), exact,
+                                  "message_id": delivery.properties.message_id}),
+                        delivery.check_from, delivery.needs_check,
                         lambda done: self._checked(slot, delivery, done))
 
     def _checked(self, slot: WorkSlot, delivery: Delivery, done: tuple[str, float] | None

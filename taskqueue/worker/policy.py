@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from taskqueue.broker.config import QueueSpec
+from taskqueue.wire.messages import CHECK_FROM
 from taskqueue.worker.delivery import Delivery
 from taskqueue.worker.work import Outcome
 
@@ -94,7 +95,8 @@ def after_work(delivery: Delivery, outcome: Outcome, limits: Limits, queue: Queu
         return dead_letter(delivery, f"failed {attempt} times; last: {outcome.reason}", queue,
                            slot)
     headers = {**delivery.headers, "x-retries": attempt,
-               "x-last-error": outcome.reason[:MAX_LAST_ERROR]}
+               "x-last-error": outcome.reason[:MAX_LAST_ERROR],
+               CHECK_FROM: int(delivery.received)}
     headers.pop("x-delivery-count", None)  # the broker's count, not ours to carry over
     return Verdict("retry", outcome.reason, queue.retry_name, headers,
                    expiration=str(int(limits.retry_delay * 1000)))
@@ -102,6 +104,7 @@ def after_work(delivery: Delivery, outcome: Outcome, limits: Limits, queue: Queu
 
 def dead_letter(delivery: Delivery, reason: str, queue: QueueSpec, slot: str) -> Verdict:
     headers = {**delivery.headers, "x-death-reason": reason[:MAX_REASON],
-               "x-original-queue": queue.name, "x-dead-lettered-by": slot}
+               "x-original-queue": queue.name, "x-dead-lettered-by": slot,
+               CHECK_FROM: int(delivery.received)}
     headers.pop("x-delivery-count", None)
     return Verdict("dead", reason, queue.dead_name, headers)

@@ -1,18 +1,23 @@
-"""The worker's reading of the results stream: "was this task already done?", answered against
-the record caught up to the present.
+"""The worker's reading of the results stream: "was this task already done?", for the
+deliveries that may be a copy of a task already done, and fences for the probes (reach.py).
 
-``ResultsTail`` consumes ``<queue>.results`` on the worker's consuming connection (it never
-publishes, so an alarm does not stop it) from where the earliest run it was handed began, and
-keeps the done records of those runs in a ``DoneIndex``. Records come in a little after they
-are written, so an answer that must be exact waits for a *fence*: the worker writes a mark into
-the stream (through its outbox) and, once its own mark comes back, it has read every record
-written before it. A fence is needed for a redelivered task (it may have been done by a worker
-that died before its ack), for the first task of a run (its records are being read), and after
-a reconnect; other deliveries are answered at once from what was read, plus this worker's own
-confirmed records (so a task it did itself is known before its next delivery). Fences are
-shared: every check that waits is answered by the next mark. During a resource alarm no mark
-(and no record, by anyone) can be written: checks are then answered from what the stream holds,
-read for a moment.
+A worker reads ``<queue>.results`` only while something waits for it, so what a task costs
+does not grow with the number of workers nor with the stream's history:
+
+* a delivery the emitter published once and the broker delivers for the first time (the common
+  case) is not checked at all (``Delivery.needs_check``): no other worker can have done it;
+* a delivery that may be a copy (redelivered, a retry, published again, or by another
+  producer) is *checked*: the stream is read from the earliest moment that task's done record
+  can date from (``Delivery.check_from``) up to a *fence* — a mark the worker writes (through
+  its outbox) and reads back: then it has read every record written before the check;
+* checks made while a reading is on share it (and its next fence); once nothing waits, the
+  reading stops, and the next check continues from where it stopped (the records read are
+  kept in a ``DoneIndex``), or starts again from its own moment when that is later;
+* a probe (reach.py) and the first fence after connecting read from the stream's end only.
+
+This worker's own confirmed records are known at once. During a resource alarm no mark (and
+no record, by anyone) can be written: checks are answered once the reading has caught up
+(nothing more came for ``BLOCKED_GRACE``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
+from enum import Enum
 
 import pika
 from pika.channel import Channel
@@ -29,83 +36,115 @@ from pika.spec import Basic
 
 from taskqueue.broker.config import QueueSpec
 from taskqueue.results.index import DoneIndex
-from taskqueue.results.record import (
-    CLOCK_SKEW,
-    decode_group,
-    kind_of,
-    mark,
-    run_began,
-    stream_offset,
-)
+from taskqueue.results.record import decode_group, kind_of, mark, stream_offset
 
 PREFETCH = 1000
 ACK_EVERY = 50
 FENCE_TIMEOUT = 15.0  # seconds for a mark to come back before reading the stream again
-BLOCKED_GRACE = 1.0  # seconds to read what the stream holds when no fence can be written
+BLOCKED_GRACE = 1.0  # seconds of nothing new before answering while no fence can be written
 RETRY_SECONDS = 1.0
 SAY_AGAIN_SECONDS = 10.0  # a reason that lasts is said again this often
-Answer = Callable[[tuple[str, float] | None], None]  # (worker, finished) of the done record
+MAX_OWN = 10_000  # this worker's own recent done records kept for a check
+Done = tuple[str, float]  # (worker, finished) of a done record
+Answer = Callable[[Done | None], None]
+Key = tuple[str, str]  # (run, message_id)
+FROM_START = float("-inf")  # a check whose task may have a record anywhere in the stream
+
+
+class Reading(Enum):
+    """Where the tail's reading of the stream is."""
+    STOPPED = "stopped"  # no connection
+    PAUSED = "paused"  # connected; nothing waits for the stream, so it is not read
+    OPENING = "opening"  # a channel and a consumer asked for
+    ATTACHED = "attached"  # reading: a mark written from now on is sure to be read
 
 
 class ResultsTail:
     """See the module docstring. ``start`` on each connection, ``stop`` when it is lost;
-    ``check(key, exact, answer)``; ``note_done(record)`` for this worker's confirmed ones."""
+    ``check(key, since, exact, answer)``; ``note_done(record)`` for this worker's confirmed
+    ones; ``probe(on_back)`` for reach.py."""
 
     def __init__(self, spec: QueueSpec, worker: str, log: logging.Logger,
                  write_mark: Callable[[dict], None],
                  on_refused: Callable[[BaseException], None]) -> None:
         self.spec, self.worker, self.log = spec, worker, log
         self.write_mark, self.on_refused = write_mark, on_refused
-        self.index = DoneIndex()
-        self._since: float | None = None  # where reading starts (None: the stream's start)
-        self._from_start = False  # a run with no time in its id: read everything
-        self._reading_from = float("inf")  # where the current reading began (a timestamp)
+        self.state = Reading.STOPPED
+        self.index = DoneIndex()  # the done records read since ``_covered_from``
+        self._covered_from: float | None = None  # the index holds every record since (None:
+        # it holds nothing to rely on)
+        self._resume_at: int | None = None  # the offset after the last one read (paused)
+        self._read_to = -1  # the last offset read since the index began (-1: none yet)
+        self._quiet_watch = False  # blocked: an answer once the reading caught up is due
+        self._own: OrderedDict[Key, Done] = OrderedDict()
         self._channel: Channel | None = None
         self._connection: Connection | None = None
         self._ioloop = None
-        self._generation = 0
+        self._generation = 0  # a new one for each channel: callbacks of older ones are void
         self._requested = 0  # the newest fence asked for
         self._seen = 0  # the newest of our marks read back
-        self._waiting: list[tuple[int, tuple[str, str], Answer]] = []
-        self._probes: list[tuple[int, Callable[[], None]]] = []  # (fence, on_back): reach.py
-        self._catching_up: dict[str, int] = {}  # run -> the fence that ends its catch-up
+        self._next_needed = 0  # a fence asked for while one is in flight: sent when it is back
+        self._waiting: list[tuple[int, Key, Answer]] = []  # (fence, key, answer)
+        self._probes: list[tuple[int, Callable[[], None]]] = []  # (fence, on_back)
         self._on_first_fence: Callable[[], None] | None = None
         self._on_first_fence_needs = 0
-        self._next_needed = 0  # a fence asked for while one is in flight: sent when it is back
-        self._attached_now = False  # reading on this generation: fences may be written
         self._unacked = 0
         self._blocked_since: float | None = None  # the broker blocks our publishing (alarm)
         self._fence_watch: tuple[tuple[int, int], float] | None = None  # (progress, since)
         self._catch_up: tuple[float, int, float] | None = None  # a long wait: said now and then
         self.position = -1  # the offset of the last message read: what answers are based on
-        self.messages_read = 0  # by this tail, all readings: grows while a reading catches up
+        self.messages_read = 0  # by this tail, all readings
+        self.readings = 0  # readings opened (each a channel and a consumer)
+        self.records_read = 0  # task records among them
+        self.checks = 0  # deliveries that had to read the stream (exact checks)
         self._nonce = uuid.uuid4().hex  # our marks are ours alone
         self._unreadable: tuple[str, float, float, int] | None = None  # said once, then rarely
 
     # --- connection ------------------------------------------------------------------------
     def start(self, connection: Connection, ioloop, on_ready: Callable[[], None]) -> None:
-        """Read the stream on *connection*; *on_ready* once a first fence has come back (the
-        worker can read and write the record: only then does it take tasks)."""
+        """Read the stream on *connection* for a first fence; *on_ready* once it has come back
+        (the worker can read and write the record: only then does it take tasks)."""
         self._generation += 1
         self._connection, self._ioloop = connection, ioloop
+        self.state = Reading.PAUSED
         self._on_first_fence = on_ready
-        for run in self.index.runs:
-            self._catching_up[run] = 0  # what came meanwhile is read again (set on attach)
-        self._subscribe(self._generation)
+        self._on_first_fence_needs = self._fence()
+        self._open()
 
     def stop(self) -> None:
+        """The connection is lost: its deliveries are dropped (the broker delivers them
+        again), so their checks go too; a probe is about this connection's node."""
         self._generation += 1
         self._channel = None
-        self._attached_now = False
-        self._probes.clear()  # a probe is about this connection's node: asked again on the next
+        self.state = Reading.STOPPED
+        self._waiting.clear()
+        self._probes.clear()
+        self._on_first_fence = None
+        self._keep_place()
 
-    def _subscribe(self, generation: int) -> None:
+    def _open(self) -> None:
+        """Start reading: from where the last reading stopped, when the index still covers
+        what the waiting checks need; from the earliest moment they need otherwise; from the
+        stream's end when only a fence is waited for (a probe, the first one)."""
         connection = self._connection
-        if generation != self._generation or connection is None or not connection.is_open:
+        if self.state is not Reading.PAUSED or connection is None or not connection.is_open:
             return
-        connection.channel(on_open_callback=lambda channel: self._consume(channel, generation))
+        if not self._waiting:
+            self._covered_from = self._resume_at = None  # a probe does not read the history
+            offset: object = "next"
+        elif self._resume_at is not None:
+            offset = self._resume_at
+        else:
+            since = self._covered_from
+            offset = "first" if since is None or since == FROM_START else stream_offset(since)
+        self._generation += 1
+        self.state = Reading.OPENING
+        self.readings += 1
+        generation = self._generation
+        connection.channel(on_open_callback=lambda channel: self._consume(
+            channel, generation, offset))
 
-    def _consume(self, channel: Channel, generation: int) -> None:
+    def _consume(self, channel: Channel, generation: int, offset: object) -> None:
         if generation != self._generation:
             channel.close()
             return
@@ -113,22 +152,16 @@ class ResultsTail:
         self._unacked = 0
         channel.add_on_close_callback(lambda _ch, reason: self._on_closed(generation, reason))
         channel.add_on_cancel_callback(lambda _frame: self._on_cancelled(generation))
-        # A start a little in the past, not "next": nothing written after the attach point may
-        # be missed, and fences are only written once attached (see _attached).
-        since = self._since if self._since is not None else time.time() - CLOCK_SKEW
-        offset = "first" if self._from_start else stream_offset(since)
-        self._reading_from = float("-inf") if self._from_start else since
         channel.basic_qos(prefetch_count=PREFETCH, callback=lambda _frame: channel.basic_consume(
             self.spec.results_name, self._on_message, arguments={"x-stream-offset": offset},
             callback=lambda _frame: self._attached(generation)))
 
     def _attached(self, generation: int) -> None:
-        """Reading: a fence written now is sure to be read. Everything waiting (checks, runs
-        catching up, the first fence) waits for this one: earlier marks may have been written
-        before the attach point, and would never be seen."""
+        """Reading: a fence written now is sure to be read. Everything waiting waits for this
+        one: earlier marks may have been written before the attach point, never to be seen."""
         if generation != self._generation:
             return
-        self._attached_now = True
+        self.state = Reading.ATTACHED
         if self._unreadable is not None and self._unreadable[3] > 1:
             _why, since, _said, refusals = self._unreadable
             self.log.info("[%s] the results stream %r is readable again (after %d tries in "
@@ -139,10 +172,24 @@ class ResultsTail:
         self._ask(seq)
         self._waiting = [(seq, key, answer) for _needs, key, answer in self._waiting]
         self._probes = [(seq, on_back) for _needs, on_back in self._probes]
-        self._catching_up = dict.fromkeys(self._catching_up, seq)
-        self._on_first_fence_needs = seq
+        if self._on_first_fence is not None:
+            self._on_first_fence_needs = seq
         if self._blocked_since is not None:
-            self._answer_blocked_later()
+            self._answer_when_caught_up()
+
+    def _pause(self) -> None:
+        """Nothing waits for the stream: stop reading it (the next check goes on from here)."""
+        channel = self._channel
+        self._generation += 1
+        self._channel = None
+        self.state = Reading.PAUSED
+        self._keep_place()
+        if channel is not None and channel.is_open:
+            channel.close()
+
+    def _keep_place(self) -> None:
+        if self._covered_from is not None and self._read_to >= 0:
+            self._resume_at = self._read_to + 1
 
     def _on_closed(self, generation: int, reason: BaseException) -> None:
         if generation != self._generation:
@@ -159,21 +206,15 @@ class ResultsTail:
             self._restart(generation, "the broker cancelled the reading (stream deleted?)")
 
     def _restart(self, generation: int, why: str, delay: float = RETRY_SECONDS) -> None:
-        """Read again from the start point: a run that began earlier came (*why* empty), or
-        the stream cannot be read now (deleted: the outbox makes it again)."""
+        """Read again, from where this reading had come to (*why*: the stream cannot be read
+        now, e.g. deleted: the outbox makes it again; or the reading stalled)."""
         if generation != self._generation or self._ioloop is None:
             return
         if why:
             self._say_unreadable(why)
-        self._generation += 1
-        self._attached_now = False
-        channel, self._channel = self._channel, None
-        if channel is not None and channel.is_open:
-            channel.close()
-        for run in self.index.runs:
-            self._catching_up[run] = self._fence()
+        self._pause()
         again = self._generation
-        self._ioloop.call_later(delay, lambda: self._subscribe(again))
+        self._ioloop.call_later(delay, lambda: again == self._generation and self._open())
 
     def _say_unreadable(self, why: str) -> None:
         """One line, then one every ``SAY_AGAIN_SECONDS`` while the same reason lasts (a
@@ -205,10 +246,11 @@ class ResultsTail:
         self.messages_read += 1
         offset = (properties.headers or {}).get("x-stream-offset")
         if isinstance(offset, int):
-            self.position = offset
+            self.position = self._read_to = offset
         for record in decode_group(body):
             kind = kind_of(record)
             if kind == "task":
+                self.records_read += 1
                 self.index.add(record)
             elif kind == "mark" and record.get("nonce") == self._nonce:
                 seq = record.get("seq")
@@ -218,61 +260,76 @@ class ResultsTail:
 
     def note_done(self, record: dict) -> None:
         """A record of ours the broker confirmed: known at once, before the task is acked."""
-        self.index.add(record)
+        if record.get("outcome") != "done":
+            return
+        key = (str(record.get("run_id") or ""), str(record.get("message_id") or ""))
+        self._own[key] = (str(record.get("worker") or self.worker),
+                          float(record.get("finished") or 0.0))
+        if len(self._own) > MAX_OWN:
+            self._own.popitem(last=False)
 
     # --- checks ----------------------------------------------------------------------------
-    def check(self, key: tuple[str, str] | None, exact: bool, answer: Answer) -> None:
+    def check(self, key: Key | None, since: float | None, exact: bool,
+              answer: Answer) -> None:
         """Answer whether the task *key* (run, message_id) has a done record. *exact*: it may
-        have been done just now elsewhere (a redelivery): wait for a fence first."""
+        be a copy of a task done elsewhere: read the stream from *since* (the earliest its
+        record can date from; None: the stream's start) up to a fence first."""
         if key is None:
             answer(None)  # no message_id: never recognised, never skipped
             return
-        run = key[0]
-        if not self.index.watched(run):
-            self._first_sight(run)
-        else:
-            self.index.watch(run)  # (most recently handed)
-        if exact or run in self._catching_up:
-            if self._blocked_since is not None and self._attached_now:
-                self._answer_when_read(key, answer)
-            else:
-                self._waiting.append((self._fence(), key, answer))
+        done = self._own.get(key) or self._indexed(key)
+        if done is not None or not exact:
+            answer(done)  # a done record is proof enough; a first delivery needs no more
             return
-        answer(self.index.lookup(*key))
+        self.checks += 1
+        wanted = FROM_START if since is None else since
+        if not self._covers(wanted, key[0]):
+            self._cover_from(wanted)
+            self.index.watch(key[0])
+        self._waiting.append((self._fence(), key, answer))
+        self._open()
+        if self._blocked_since is not None and self.state is Reading.ATTACHED:
+            self._answer_when_caught_up()
 
-    def _first_sight(self, run: str) -> None:
-        """A run this worker had not been handed: its records are all in the index if they
-        were kept since reading began before the run did; else read it again from where it
-        began. Either way its first check waits for a fence (what is written now is read)."""
-        complete = self.index.watch(run)
-        began = run_began(run)
-        if began is None:  # no time in its id: only the whole stream is sure to hold them
-            again = not self._from_start
-            self._from_start = True
-        else:
-            again = not (complete and began >= self._reading_from)
-            if again and (self._since is None or began < self._since):
-                self._since = began
-        self._catching_up[run] = self._fence()
-        if again and self._channel is not None:
-            self._restart(self._generation, "", delay=0.0)
+    def _indexed(self, key: Key) -> Done | None:
+        run, message_id = key
+        return self.index.lookup(run, message_id) if self.index.watched(run) else None
+
+    def _covers(self, since: float, run: str) -> bool:
+        """Whether the index holds (or the reading on will hold) every record from *since*."""
+        covered = self._covered_from
+        return covered is not None and since >= covered and self.index.watch(run)
+
+    def _cover_from(self, since: float) -> None:
+        """Read from *since* (earlier than the index holds): the index starts over."""
+        covered = self._covered_from
+        reading = self.state in (Reading.OPENING, Reading.ATTACHED)
+        if reading:
+            self._pause()  # and open again below, from the new start
+        self._covered_from = since if covered is None else min(since, covered)
+        self._resume_at, self._read_to = None, -1
+        self.index = DoneIndex()
+        if reading:
+            self._open()
 
     def probe(self, on_back: Callable[[], None]) -> None:
         """Call *on_back* once a mark written from now on is read back: the stream took a
         write (a majority of its nodes has it) and this connection's node reads it (reach.py).
         During an alarm no mark can be written: answered after ``BLOCKED_GRACE`` instead."""
-        if self._blocked_since is not None and self._attached_now and self._ioloop is not None:
+        if self._blocked_since is not None and self._ioloop is not None:
             generation = self._generation
             self._ioloop.call_later(BLOCKED_GRACE, lambda: generation == self._generation
                                     and on_back())
             return
         self._probes.append((self._fence(), on_back))
+        self._open()
 
     def _fence(self) -> int:
         """The fence a check made now must wait for: a mark written from now on. One is in
-        flight at a time; checks made meanwhile share the next."""
+        flight at a time; checks made meanwhile share the next. (Not reading: asked for on
+        attach; the caller opens a reading.)"""
         needed = self._requested + 1
-        if not self._attached_now:
+        if self.state is not Reading.ATTACHED:
             return needed  # asked for on attach
         if self._requested <= self._seen:
             self._ask(needed)
@@ -286,9 +343,6 @@ class ResultsTail:
 
     def _fence_came(self) -> None:
         seen = self._seen
-        for run, needs in list(self._catching_up.items()):
-            if needs <= seen:
-                del self._catching_up[run]
         ready, self._waiting = ([w for w in self._waiting if w[0] <= seen],
                                 [w for w in self._waiting if w[0] > seen])
         for _needs, key, answer in ready:
@@ -297,30 +351,52 @@ class ResultsTail:
                               [p for p in self._probes if p[0] > seen])
         for _needs, on_back in back:
             on_back()
-        if self._next_needed > seen and self._requested <= seen and self._attached_now:
+        if self._next_needed > seen and self._requested <= seen \
+                and self.state is Reading.ATTACHED:
             self._ask(self._next_needed)
         if self._on_first_fence is not None and self._on_first_fence_needs <= seen:
             callback, self._on_first_fence = self._on_first_fence, None
             callback()
+        if self.state is Reading.ATTACHED and not self._waits():
+            self._pause()
 
+    def _waits(self) -> bool:
+        return bool(self._waiting or self._probes or self._on_first_fence is not None
+                    or self._requested > self._seen)
+
+    def _answer(self, answer: Answer, key: Key) -> None:
+        try:
+            answer(self._own.get(key) or self._indexed(key))
+        except Exception:  # the caller's problem must not lose the other answers
+            self.log.exception("[%s] could not act on the answer for %s", self.worker, key[1])
+
+    # --- alarms ------------------------------------------------------------------------------
     def publishing_blocked(self) -> None:
         """A memory or disk alarm: no mark can be written until it ends, and no record either,
-        by anyone. What the stream holds is read within moments; after ``BLOCKED_GRACE`` the
-        waiting checks are answered from it (and the first fence is not waited for: the first
-        record will show whether we may write)."""
+        by anyone. What waits is answered once the reading has caught up (and the first fence
+        is not waited for: the first record will show whether we may write)."""
         self._blocked_since = time.monotonic()
-        self._answer_blocked_later()
+        if self.state is Reading.ATTACHED:
+            self._answer_when_caught_up()
 
-    def _answer_blocked_later(self) -> None:
-        if self._ioloop is None:
+    def publishing_unblocked(self) -> None:
+        self._blocked_since = None  # the marks asked for meanwhile go out now
+
+    def _answer_when_caught_up(self) -> None:
+        """Blocked: answer what waits once nothing new came for ``BLOCKED_GRACE``."""
+        if self._ioloop is None or self._quiet_watch:
             return
-        generation = self._generation
+        self._quiet_watch = True
+        generation, read_then = self._generation, self.messages_read
 
-        def answer_now() -> None:
-            if generation != self._generation or not self._attached_now \
+        def answer_if_quiet() -> None:
+            self._quiet_watch = False
+            if generation != self._generation or self.state is not Reading.ATTACHED \
                     or self._blocked_since is None:
                 return
-            self._catching_up.clear()
+            if self.messages_read != read_then:
+                self._answer_when_caught_up()  # still coming: not caught up yet
+                return
             waiting, self._waiting = self._waiting, []
             for _needs, key, answer in waiting:
                 self._answer(answer, key)
@@ -331,17 +407,18 @@ class ResultsTail:
                 callback, self._on_first_fence = self._on_first_fence, None
                 callback()
 
-        self._ioloop.call_later(BLOCKED_GRACE, answer_now)
+        self._ioloop.call_later(BLOCKED_GRACE, answer_if_quiet)
 
+    # --- a reading that stalls ----------------------------------------------------------------
     def check_fences(self, now: float) -> None:
         """Called on the consumer's beat: a fence asked for, and for ``FENCE_TIMEOUT`` neither
         a mark of ours nor any other message read (not blocked): our reading of the stream
-        has stalled (its node went away without a word). Read it again from the start point;
-        the fence is asked for again on attach. A reading still catching up (a long stream, a
+        has stalled (its node went away without a word). Read it again from where it was; the
+        fence is asked for again on attach. A reading still catching up (a long stream, a
         busy node) is not stalled: starting it over would never let it end (found by make
         chaos, seed 148826: every worker re-read the stream every 15 s for minutes)."""
         if self._requested <= self._seen or self._blocked_since is not None \
-                or not self._attached_now:
+                or self.state is not Reading.ATTACHED:
             self._fence_watch = self._catch_up = None
             return
         progress = (self._seen, self.messages_read)
@@ -366,21 +443,6 @@ class ResultsTail:
                           self.spec.results_name, self.messages_read - read_then, now - since,
                           self.position)
             self._catch_up = (since, read_then, now)
-
-    def _answer(self, answer: Answer, key: tuple[str, str]) -> None:
-        try:
-            answer(self.index.lookup(*key))
-        except Exception:  # the caller's problem must not lose the other answers
-            self.log.exception("[%s] could not act on the answer for %s", self.worker, key[1])
-
-    def publishing_unblocked(self) -> None:
-        self._blocked_since = None  # the marks asked for meanwhile go out now
-
-    def _answer_when_read(self, key: tuple[str, str], answer: Answer) -> None:
-        """Blocked: no fence can be written; answer once the stream had a moment to be read."""
-        since = self._blocked_since or time.monotonic()
-        delay = max(0.0, since + BLOCKED_GRACE - time.monotonic())
-        self._ioloop.call_later(delay, lambda: answer(self.index.lookup(*key)))
 
     @property
     def waiting(self) -> int:
