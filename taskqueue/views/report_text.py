@@ -10,17 +10,14 @@ CSV (``--csv``) keeps every task.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from taskqueue.views.report import RunReport, WorkerLine
+from taskqueue.views.run_tally import RunTally, WorkerLine
 
+SMALL_RUN = 50  # tasks: up to this many, the table lists every attempt (else --tasks)
 SLOT_LINES_UP_TO = 40  # slots: up to this many, each gets a line under its worker
 
 
-def table_lines(report: RunReport, attempts: Iterable[dict] | None = None) -> list[str]:
-    from taskqueue.views.report import SMALL_RUN
-
+def table_lines(report: RunTally, attempts: Iterable[dict] | None = None) -> list[str]:
     workers, slots = report.workers, report.slots
     counted = f"{len(workers)} workers" + (f" ({len(slots)} slots)"
                                            if len(slots) != len(workers) else "")
@@ -78,7 +75,7 @@ def attempt_line(event: dict, start: float) -> str:
             f"{event.get('outcome', 'done'):<8}  {note[:60]}".rstrip())
 
 
-def big_run_lines(report: RunReport) -> list[str]:
+def big_run_lines(report: RunTally) -> list[str]:
     lines = []
     if report.failures_count:
         listed = len(report.failures)

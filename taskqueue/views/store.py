@@ -19,7 +19,8 @@ import pika
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.broker.connection import open_blocking
-from taskqueue.views.events import RecentIds, decode_events
+from taskqueue.views.names import worker_of
+from taskqueue.wire.events import RecentIds, decode_events, kind_of
 
 
 class EventStore:
@@ -72,10 +73,6 @@ class EventStore:
                     yield event
 
 
-def kind_of(event: dict) -> str:
-    return event.get("kind") or "task"  # events of older workers have no kind
-
-
 def latest_run(events: Iterable[dict]) -> str | None:
     """The run whose last task event is the newest."""
     last: dict[str, float] = {}
@@ -85,11 +82,6 @@ def latest_run(events: Iterable[dict]) -> str | None:
             last[run] = max(last.get(run, 0.0), float(event.get("finished", 0)))
     return max(last, key=last.__getitem__) if last else None
 
-
-
-def worker_of(slot: str) -> str:
-    """``alice/3`` -> ``alice`` (a slot's worker)."""
-    return slot.split("/", 1)[0]
 
 
 @dataclass
