@@ -7,30 +7,23 @@ the rows that are left.
   * else the workers that matter first (gone or stuck-looking, then the busiest), and one line
     for the rest: "... and 37 more workers: 30 busy, 7 idle".
 
-Pure drawing over ``LiveState`` (live.py); watch.py asks the terminal its size every refresh,
+Pure drawing over ``LiveTally`` (live_tally.py); watch.py asks the terminal its size every refresh,
 so the view follows a resize.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from taskqueue.views.live import LiveState, SlotView
+from taskqueue.views.live_tally import LiveTally, SlotView
+from taskqueue.views.names import natural_key
 
 STUCK_AFTER = 60.0  # a task busy this long (or 5x the run's mean) looks stuck
 HEADER = (f"{'worker':<22} {'host':<14} {'state':<50} {'done':>5} {'failed':>6} {'share':>5}")
 
 
-def natural_key(name: str) -> list:
-    """w2 before w10: digits compare as numbers."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def draw(state: LiveState, now: float, width: int = 100, height: int | None = None) -> list[str]:
+def draw(state: LiveTally, now: float, width: int = 100, height: int | None = None) -> list[str]:
     top = [f"queue {state.queue!r}: {queue_text(state, now)}",
            f"run {state.run_id or '-'}: {progress_text(state, now)}", ""]
     failures = failure_lines(state)
@@ -49,7 +42,7 @@ def draw(state: LiveState, now: float, width: int = 100, height: int | None = No
     return [line[:width] for line in lines]
 
 
-def one_line(state: LiveState, now: float) -> str:
+def one_line(state: LiveTally, now: float) -> str:
     """For logs, pipes and CI: the queue, the run, and a short account of the workers."""
     slots = sorted(state.slots.values(), key=lambda s: natural_key(s.slot))
     if len(slots) <= 12:
@@ -67,7 +60,7 @@ def one_line(state: LiveState, now: float) -> str:
 
 
 # --- the fixed lines ----------------------------------------------------------------------------
-def queue_text(state: LiveState, now: float) -> str:
+def queue_text(state: LiveTally, now: float) -> str:
     def show(value: int | None) -> str:
         return "?" if value is None else str(value)
 
@@ -80,7 +73,7 @@ def queue_text(state: LiveState, now: float) -> str:
     return text
 
 
-def progress_text(state: LiveState, now: float) -> str:
+def progress_text(state: LiveTally, now: float) -> str:
     total = f"/{state.total}" if state.total is not None else ""
     eta = state.eta(now)
     cancelled = f", cancelled {state.cancelled}" if state.cancelled else ""
@@ -89,7 +82,7 @@ def progress_text(state: LiveState, now: float) -> str:
             f"{state.rate(now):.1f} tasks/s, ETA {'?' if eta is None else seconds_text(eta)}")
 
 
-def failure_lines(state: LiveState) -> list[str]:
+def failure_lines(state: LiveTally) -> list[str]:
     lines = ["", "last failures:" if state.failures else "last failures: none"]
     for when, worker, row, task, outcome, reason in reversed(state.failures):  # newest first
         clock = time.strftime("%H:%M:%S", time.localtime(when))
@@ -106,7 +99,7 @@ def seconds_text(seconds: float) -> str:
 
 
 # --- the workers --------------------------------------------------------------------------------
-def worker_lines(state: LiveState, now: float, rows: int | None) -> list[str]:
+def worker_lines(state: LiveTally, now: float, rows: int | None) -> list[str]:
     slots = sorted(state.slots.values(), key=lambda s: natural_key(s.slot))
     if not slots:
         return ["(no worker heard from yet: start listening_worker.py)"]
@@ -137,13 +130,13 @@ def row_text(name: str, host: str, what: str, done: int, failed: int, done_total
             f"{100 * done / done_total:>4.0f}%")
 
 
-def worker_row(state: LiveState, name: str, slots: list[SlotView], now: float,
+def worker_row(state: LiveTally, name: str, slots: list[SlotView], now: float,
                done_total: int) -> str:
     return row_text(name, slots[0].host, folded_state(state, slots, now),
                     sum(s.done for s in slots), sum(s.failed for s in slots), done_total)
 
 
-def folded_state(state: LiveState, slots: list[SlotView], now: float) -> str:
+def folded_state(state: LiveTally, slots: list[SlotView], now: float) -> str:
     """One worker's slots in a few words: '4/4 busy: rows 129-132, longest 3 s'."""
     if all(s.state == "stopped" for s in slots):
         return "stopped"
@@ -164,7 +157,7 @@ def folded_state(state: LiveState, slots: list[SlotView], now: float) -> str:
            f"{max(0.0, longest):.0f} s"
 
 
-def short_state(state: LiveState, slot: SlotView, now: float) -> str:
+def short_state(state: LiveTally, slot: SlotView, now: float) -> str:
     if slot.state == "busy" and state.active(slot, now):
         return f"busy row {slot.row}"
     if state.active(slot, now):
@@ -172,7 +165,7 @@ def short_state(state: LiveState, slot: SlotView, now: float) -> str:
     return "stopped" if slot.state == "stopped" else "gone"
 
 
-def worker_summary_state(state: LiveState, slots: list[SlotView], now: float) -> str:
+def worker_summary_state(state: LiveTally, slots: list[SlotView], now: float) -> str:
     if any(s.state == "busy" and state.active(s, now) for s in slots):
         return "busy"
     if any(state.active(s, now) for s in slots):
@@ -180,7 +173,7 @@ def worker_summary_state(state: LiveState, slots: list[SlotView], now: float) ->
     return "stopped" if all(s.state == "stopped" for s in slots) else "gone"
 
 
-def attention(state: LiveState, slots: list[SlotView], now: float) -> float:
+def attention(state: LiveTally, slots: list[SlotView], now: float) -> float:
     """Who is shown first when not every worker fits: the gone and the stuck-looking, then
     the busiest."""
     mean = state.mean_seconds()
