@@ -49,7 +49,7 @@ def one_line(state: LiveTally, now: float) -> str:
         workers = ", ".join(f"{slot.slot} {short_state(state, slot, now)}"
                             for slot in slots) or "none yet"
     else:
-        counts = defaultdict(int)
+        counts: defaultdict[str, int] = defaultdict(int)
         for slot in slots:
             counts[short_state(state, slot, now).split(" ")[0]] += 1
         workers = f"{len(slots)} slots: " + ", ".join(f"{n} {what}" for what, n in
@@ -117,7 +117,7 @@ def worker_lines(state: LiveTally, now: float, rows: int | None) -> list[str]:
                                              natural_key(name)))
     shown = sorted(ranked[:rows - 1], key=natural_key)
     rest = ranked[rows - 1:]
-    summary = defaultdict(int)
+    summary: defaultdict[str, int] = defaultdict(int)
     for name in rest:
         summary[worker_summary_state(state, workers[name], now)] += 1
     told = ", ".join(f"{n} {what}" for what, n in sorted(summary.items()))

@@ -20,15 +20,23 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for_any
+from typing import TYPE_CHECKING, Any
 
 from taskqueue.errors import UserError
 from taskqueue.worker.child import serve
 from taskqueue.worker.handler import failure_reason, result_text
 from taskqueue.worker.handler import load_handler as load_handler  # commands/worker.py's import
+
+if TYPE_CHECKING:  # what a spawn context's Pipe() gives on each OS
+    if sys.platform == "win32":
+        from multiprocessing.connection import PipeConnection as ChildPipe
+    else:
+        from multiprocessing.connection import Connection as ChildPipe
 
 CHILD_START_SECONDS = 60.0  # a handler module slower than this to import is reported
 
@@ -135,7 +143,7 @@ class IsolatedHandler(Runner):
         self.spec, self.timeout, self.label = spec, timeout, label
         self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.process.BaseProcess | None = None
-        self._pipe = None
+        self._pipe: ChildPipe | None = None
         self._lock = threading.Lock()  # interrupt() comes from another thread
 
     def start(self) -> None:
@@ -155,8 +163,9 @@ class IsolatedHandler(Runner):
 
     def wait_ready(self) -> None:
         process, pipe = self._process, self._pipe
-        ready = wait_for_any([pipe, process.sentinel], CHILD_START_SECONDS)
-        kind, value = "died", None
+        assert process is not None and pipe is not None  # spawn() set them
+        ready = _answered_or_ended(pipe, process, CHILD_START_SECONDS)
+        kind, value = "died", ""
         if pipe in ready:
             with contextlib.suppress(EOFError):
                 kind, value = pipe.recv()
@@ -173,19 +182,19 @@ class IsolatedHandler(Runner):
     def run(self, text: str) -> Outcome:
         with self._lock:  # interrupt() may clear them from another thread at any moment
             process, pipe = self._process, self._pipe
-        if process is None or not process.is_alive():
+        if process is None or pipe is None or not process.is_alive():  # both or neither
             try:
                 self.start()
             except (UserError, OSError) as error:
                 return Outcome(False, reason=f"handler process could not start: {error}")
             with self._lock:
                 process, pipe = self._process, self._pipe
-            if process is None:
+            if process is None or pipe is None:
                 return Outcome(False, reason="stopped")
         with contextlib.suppress(OSError, ValueError):  # it died just now (or was interrupted):
             pipe.send(text)                             # the sentinel says how
         try:
-            ready = wait_for_any([pipe, process.sentinel], self.timeout)
+            ready = _answered_or_ended(pipe, process, self.timeout)
         except (OSError, ValueError):  # interrupt() closed the pipe under us
             return Outcome(False, reason="stopped")
         if pipe in ready:
@@ -194,7 +203,7 @@ class IsolatedHandler(Runner):
                 return Outcome(True, value) if kind == "ok" else Outcome(False, reason=value)
             except (EOFError, OSError, ValueError):
                 pass  # the child died before it could answer (or was interrupted)
-        if not ready:
+        if not ready and self.timeout is not None:  # (without a timeout, wait() never is)
             self._kill()
             return timed_out(self.timeout)
         self._kill()
@@ -225,6 +234,13 @@ class IsolatedHandler(Runner):
         if process is not None:
             process.join(0.5)
         self._kill()
+
+
+def _answered_or_ended(pipe: ChildPipe, process: multiprocessing.process.BaseProcess,
+                       timeout: float | None) -> list[Any]:
+    """Which of the child's pipe (an answer) and its sentinel (it ended) are ready."""
+    waitables: list[Any] = [pipe, process.sentinel]  # typeshed's wait() omits PipeConnection
+    return wait_for_any(waitables, timeout)
 
 
 def start_runners(runners: list[IsolatedHandler]) -> None:
