@@ -73,10 +73,10 @@ ALLOWED: dict[tuple[str, str], str] = {
         "decode_events: import it from taskqueue.wire.events",
     ("taskqueue.web.totals", "taskqueue.views.events"):
         "RecentIds: import it from taskqueue.wire.events",
-    # The older workers' events file (reports/<queue>.events.jsonl) is read by the results
-    # history: EventStore's reading half belongs under results/ (or history stops reading it).
+    # The events file of workers before 0.4 (reports/<queue>.events.jsonl) is read by the
+    # results history: EventStore is results/events_file.py now; views/store.py re-exports it.
     ("taskqueue.results.history", "taskqueue.views.store"):
-        "EventStore: the results history reading up into the views for pre-0.4 events",
+        "EventStore: import it from taskqueue.results.events_file (one line in history.py)",
     # The handler's child process makes its console safe with the CLI's safe_console: that
     # belongs at the bottom (log.py, beside the other console handling), cli.py importing it.
     ("taskqueue.worker.child", "taskqueue.cli"):
