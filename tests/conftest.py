@@ -204,7 +204,8 @@ def windows_lack(item: pytest.Item) -> str | None:
 # no broker, connection or process, found by running every test without a broker fixture under
 # fast_means_no_io. Listed here, not marked in their modules (20 modules others edit); a new
 # pure test goes in a tests/test_fast_*.py module (all fast) or gets @pytest.mark.fast.
-FAST_MODULES = {"test_chaos_sides", "test_config", "test_confirms", "test_index", "test_policy"}
+FAST_MODULES = {"test_chaos_sides", "test_checks", "test_config", "test_confirms", "test_index",
+                "test_layers", "test_policy"}
 FAST_TESTS = {
     "test_admin": ["test_no_answer_in_time_is_no",
                    "test_the_question_needs_no_select_on_the_console"],
