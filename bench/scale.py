@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""Benchmark: what each completed task costs the broker as the number of workers grows.
+
+    python bench/scale.py                    # full sizes (~10 min); writes bench/scale.md
+    python bench/scale.py --quick            # 1 and 4 real, 1 and 10 simulated (< 1 min)
+    python bench/scale.py --label after      # the section of scale.md it (re)writes
+    python bench/scale.py --out FILE         # another file (--quick: bench/out/scale-quick.md)
+
+Every setting runs on fresh names (``bench.scale.<uuid>``), deleted at its end with the
+product's own ``QueueRemover`` (every name of ``QueueSpec.everything`` and the events
+exchange). Real: N ``listening_worker.py`` processes, T instant tasks (no '.') published by
+``emitter_of_tasks.py``; the workers are stopped with SIGINT by pid once every task is acked
+and the counters are read. Simulated: the product's ``TaskConsumer`` in threads, several per
+process (bench/scale_sim.py). The broker's counters are read with one ``rabbitmqctl eval``
+per snapshot (read-only calls: ``rabbit_global_counters:overview()`` and the connections'
+``send_oct``, the same figures ``rabbitmqctl list_connections client_properties send_oct``
+shows); its CPU from /proc/<pid>/stat of the beam.smp whose pid the node itself gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pika
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.scale_sim import SIM_PER_PROCESS, BenchError, PrivateBroker, Workers
+from taskqueue.broker.config import QueueSpec
+from taskqueue.control.remove import QueueRemover
+
+ROOT = Path(__file__).resolve().parent.parent
+URL = os.environ.get("BENCH_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+BENCH_CONNECTION = "bench.scale"
+STALL_SECONDS = 90  # no task acked for this long: the setting cannot finish
+IDLE_SETTLE = 10.0  # after the drain: > reach.py's PROBE_AFTER, so probes are steady
+FD_SHARE = 0.6  # a setting may use at most this share of the broker's descriptors (shared!)
+EVAL = (
+    'C = rabbit_global_counters:overview(), '
+    'G = fun(T, K) -> maps:get(K, maps:get([{protocol,amqp091},{queue_type,T}], C)) end, '
+    'io:format("pid ~s~n", [os:getpid()]), '
+    'io:format("memory ~b~n", [erlang:memory(total)]), '
+    '[io:format("fhc ~s ~b~n", [K, V]) || {K, V} <- file_handle_cache:info('
+    '[total_limit, sockets_limit, total_used, sockets_used])], '
+    '[io:format("count ~s ~s ~b~n", [T, K, G(T, K)]) || T <- [rabbit_stream_queue, '
+    'rabbit_quorum_queue, rabbit_classic_queue], K <- [messages_delivered_total, '
+    'messages_acknowledged_total, messages_redelivered_total]], '
+    # a connection still opening has no figures yet: skipped (it has sent next to nothing)
+    '[try io:format("conn ~b ~ts~n", [proplists:get_value(send_oct, I), case lists:keyfind('
+    '<<"connection_name">>, 1, proplists:get_value(client_properties, I)) of '
+    '{_, longstr, B} -> B; _ -> <<"-">> end]) catch _:_ -> skipped end || '
+    'I <- rabbit_networking:connection_info_all([client_properties, send_oct])], ok.')
+
+
+@dataclass
+class Snapshot:
+    at: float
+    cpu: float  # the broker's user + system CPU seconds
+    counts: dict[str, int]  # "<queue type> <counter>" -> value
+    fhc: dict[str, int]
+    memory: int
+    fds: int
+    send_oct: dict[str, int] = field(default_factory=dict)  # connection name -> bytes
+
+    def stream(self) -> int:
+        return self.counts["rabbit_stream_queue messages_delivered_total"]
+
+    def acked(self) -> int:
+        return sum(v for k, v in self.counts.items() if k.endswith("acknowledged_total")
+                   and not k.startswith("rabbit_stream_queue"))
+
+    def tasks_delivered(self) -> int:
+        return sum(v for k, v in self.counts.items() if k.endswith("delivered_total")
+                   and not k.startswith("rabbit_stream_queue"))
+
+    def worker_bytes(self, prefix: str, consuming_only: bool = False) -> int:
+        return sum(v for name, v in self.send_oct.items() if prefix in name
+                   and not (consuming_only and name.endswith("(publishing)")))
+
+    def foreign(self, prefix: str) -> int:
+        """Connections that are not this setting's workers nor the benchmark's own."""
+        return sum(1 for name in self.send_oct if prefix not in name
+                   and not name.startswith(BENCH_CONNECTION)
+                   and not name.startswith("emitter_of_tasks"))
+
+
+class Broker:
+    """Reads the broker's counters (never changes anything on it)."""
+
+    def __init__(self) -> None:
+        self.ticks = os.sysconf("SC_CLK_TCK")
+        node = os.environ.get("BENCH_NODE")
+        self.ctl = ["rabbitmqctl", *(["-n", node] if node else [])]
+        self.where = f"private node {node} (bench/scale_sim.py)" if node else "the machine's"
+        self.pid = int(self._ctl()["pid"])
+        comm = Path(f"/proc/{self.pid}/comm").read_text().strip()
+        if comm != "beam.smp":
+            raise BenchError(f"the node's pid {self.pid} is {comm!r}, not beam.smp: is the "
+                             "broker on this machine?")
+        self.version = subprocess.run([*self.ctl, "version"], capture_output=True,
+                                      text=True, timeout=60).stdout.strip()
+        limits = Path(f"/proc/{self.pid}/limits").read_text()
+        self.fd_limit = int(re.search(r"Max open files\s+(\d+)", limits).group(1))
+
+    def _ctl(self) -> dict:
+        out = subprocess.run([*self.ctl, "eval", EVAL], capture_output=True, text=True,
+                             timeout=60)
+        if out.returncode != 0:
+            raise BenchError(f"rabbitmqctl eval failed: {out.stderr.strip()[-300:]}")
+        parsed: dict = {"counts": {}, "fhc": {}, "send_oct": {}}
+        for line in out.stdout.splitlines():
+            head, _, rest = line.partition(" ")
+            if head in ("pid", "memory"):
+                parsed[head] = rest
+            elif head == "count":
+                key, _, value = rest.rpartition(" ")
+                parsed["counts"][key] = int(value)
+            elif head == "fhc":
+                key, _, value = rest.partition(" ")
+                parsed["fhc"][key] = int(value)
+            elif head == "conn":
+                value, _, name = rest.partition(" ")
+                parsed["send_oct"][name] = parsed["send_oct"].get(name, 0) + int(value)
+        return parsed
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self.ticks  # utime, stime
+
+    def snapshot(self) -> Snapshot:
+        parsed = self._ctl()
+        return Snapshot(time.monotonic(), self.cpu(), parsed["counts"], parsed["fhc"],
+                        int(parsed["memory"]), len(os.listdir(f"/proc/{self.pid}/fd")),
+                        parsed["send_oct"])
+
+
+def queue_state(channel_holder: list, connection: pika.BlockingConnection,
+                queue: str) -> tuple[int, int] | None:
+    """(ready messages, consumers) of *queue*, or None while it does not exist."""
+    if not channel_holder or not channel_holder[0].is_open:
+        channel_holder[:] = [connection.channel()]
+    try:
+        frame = channel_holder[0].queue_declare(queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker:
+        return None
+    return frame.method.message_count, frame.method.consumer_count
+
+
+def wait_until(test, timeout: float, what: str, step: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = test()
+        if value:
+            return value
+        time.sleep(step)
+    raise BenchError(f"timed out ({timeout:.0f} s) waiting for {what}")
+
+
+def publish(queue: str, tasks: int, tmp: Path, tree: Path) -> None:
+    path = tmp / "tasks.csv"
+    path.write_text("".join(f"task {n}\n" for n in range(tasks)))  # no '.': instant tasks
+    env = dict(os.environ, TASKQUEUE_LOG_DIR=str(tmp / "logs"))
+    done = subprocess.run([sys.executable, str(tree / "emitter_of_tasks.py"), "--url", URL,
+                           "--queue", queue, "--file", str(path), "--no-admin", "--log-level",
+                           "WARNING"], cwd=tmp, env=env, capture_output=True, timeout=300)
+    if done.returncode != 0:
+        raise BenchError(f"the emitter exited {done.returncode}: {done.stderr[-300:]!r}")
+
+
+def drained(broker: Broker, begin: Snapshot, tasks: int) -> Snapshot:
+    """The snapshot once every task is acked and the stream deliveries have stopped growing
+    (the last records reach every reader a little after the last ack)."""
+    last, progress_at = begin, time.monotonic()
+    while True:
+        time.sleep(0.5)
+        snap = broker.snapshot()
+        if snap.acked() - begin.acked() >= tasks and snap.stream() == last.stream():
+            return snap
+        if snap.acked() != last.acked() or snap.stream() != last.stream():
+            progress_at = time.monotonic()
+        elif time.monotonic() - progress_at > STALL_SECONDS:
+            raise BenchError(f"{snap.acked() - begin.acked()} of {tasks} tasks acked; stalled")
+        last = snap
+
+
+def measure(broker: Broker, kind: str, count: int, tasks: int, idle: float,
+            tmp: Path, tree: Path) -> dict:
+    """One setting on fresh names: start, publish, drain, (idle), stop, delete."""
+    started = time.monotonic()
+    tag = uuid.uuid4().hex[:8]
+    queue, prefix = f"bench.scale.{tag}", f"scale-{tag}-"
+    params = pika.URLParameters(URL)
+    params.client_properties = {"connection_name": f"{BENCH_CONNECTION} {tag}"}
+    connection = pika.BlockingConnection(params)
+    holder: list = []
+    workers = None
+    try:
+        workers = Workers(kind, count, URL, queue, prefix, tmp, tree)
+        wait_until(lambda: (queue_state(holder, connection, queue) or (0, 0))[1] >= count,
+                   60 + count, f"{count} consumers on {queue}", step=0.5)
+        begin = broker.snapshot()
+        publish(queue, tasks, tmp, tree)
+        end = drained(broker, begin, tasks)
+        result = figures(kind, count, tasks, begin, end, prefix)
+        if idle:
+            time.sleep(IDLE_SETTLE)
+            quiet = broker.snapshot()
+            time.sleep(idle)
+            later = broker.snapshot()
+            result["idle_stream_per_s"] = (later.stream() - quiet.stream()) / (later.at - quiet.at)
+            result["foreign"] = max(result["foreign"], later.foreign(prefix))
+        result.update({f"sim_{k}": v for k, v in workers.stop().items()})
+        workers = None
+    finally:
+        if workers is not None:
+            workers.stop()
+        removed = QueueRemover(connection, QueueSpec(name=queue)).remove(force=True)
+        connection.close()
+    result["deleted"] = removed.queues
+    result["took"] = time.monotonic() - started
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def figures(kind: str, count: int, tasks: int, begin: Snapshot, end: Snapshot,
+            prefix: str) -> dict:
+    return {
+        "kind": kind, "workers": count, "tasks": tasks,
+        "stream_per_task": (end.stream() - begin.stream()) / tasks,
+        "task_deliveries_per_task": (end.tasks_delivered() - begin.tasks_delivered()) / tasks,
+        "bytes_per_task": (end.worker_bytes(prefix) - begin.worker_bytes(prefix)) / tasks,
+        "consuming_bytes_per_task": (end.worker_bytes(prefix, True)
+                                     - begin.worker_bytes(prefix, True)) / tasks,
+        "cpu_us_per_task": (end.cpu - begin.cpu) * 1e6 / tasks,
+        "tasks_per_s": tasks / (end.at - begin.at),
+        "connections": sum(1 for name in end.send_oct if prefix in name),
+        "fds": end.fds, "fhc_sockets": end.fhc.get("sockets_used", 0),
+        "memory_mb": end.memory / 2**20, "foreign": max(begin.foreign(prefix),
+                                                       end.foreign(prefix)),
+    }
+
+
+def fd_guard(broker: Broker, results: list[dict], count: int) -> str | None:
+    """Refuse a setting whose descriptors would crowd the shared broker (estimated from the
+    largest setting run so far): the other sessions' connections would be refused."""
+    done = [r for r in results if r["kind"] == "sim" and r["workers"] >= 10]
+    if not done:
+        return None
+    base = broker.snapshot().fds
+    per_worker = max((r["fds"] - base) / r["workers"] for r in done)
+    needed = base + per_worker * count
+    limit = min(broker.fd_limit, 1e9)
+    if needed <= FD_SHARE * limit:
+        return None
+    return (f"needs ~{needed:.0f} of the broker's {broker.fd_limit} file descriptors "
+            f"({per_worker:.1f} per worker measured at {done[-1]['workers']}); not run")
+
+
+SIZES = {  # (workers, tasks, idle seconds)
+    "full": {"real": [(1, 2000, 0), (8, 2000, 30), (64, 1000, 30)],
+             "sim": [(1, 2000, 0), (10, 2000, 0), (100, 1000, 0), (1000, 300, 0)]},
+    "quick": {"real": [(1, 200, 0), (4, 200, 5)], "sim": [(1, 200, 0), (10, 200, 0)]},
+}
+
+
+def table(rows: list[dict], kind: str) -> list[str]:
+    lines = ["| workers | tasks | stream deliveries / task | task deliveries / task | bytes to "
+             "workers / task | of which consuming connections | broker CPU us / task | tasks/s | "
+             "worker connections | broker fds | broker MB | other connections | took s |",
+             "|" + "---:|" * 13]
+    for r in rows:
+        if r["kind"] == kind:
+            lines.append(
+                f"| {r['workers']:,} | {r['tasks']:,} | {r['stream_per_task']:.2f} | "
+                f"{r['task_deliveries_per_task']:.2f} | {r['bytes_per_task']:,.0f} | "
+                f"{r['consuming_bytes_per_task']:,.0f} | "
+                f"{r['cpu_us_per_task']:,.0f} | {r['tasks_per_s']:,.0f} | {r['connections']} | "
+                f"{r['fds']} | {r['memory_mb']:.0f} | {r['foreign']} | {r['took']:.0f} |")
+    return lines
+
+
+def render(label: str, results: list[dict], skipped: list[str], broker: Broker, commit: str,
+           quick: bool) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
+                .splitlines() if line.startswith("model name")), "?")
+    lines = [f"## {label}: commit {commit}, {stamp}{' (--quick)' if quick else ''}", "",
+             f"Machine: {os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}; "
+             f"RabbitMQ {broker.version}, {broker.where} (pid {broker.pid}, fd limit "
+             f"{broker.fd_limit}); \"other connections\": connections not this setting's "
+             "(another session's work moves the counters).", "",
+             "Real workers (`listening_worker.py` processes):", "", *table(results, "real"), "",
+             "Simulated workers (the product's `TaskConsumer`, threads, "
+             f"{SIM_PER_PROCESS} to a process; bench/scale_sim.py):", "",
+             *table(results, "sim"), ""]
+    idle = [r for r in results if "idle_stream_per_s" in r]
+    if idle:
+        lines += [f"Idle (after the drain, {IDLE_SETTLE:.0f} s to settle, then measured):", "",
+                  "| workers | stream deliveries / s | per worker / s |", "|---:|---:|---:|"]
+        lines += [f"| {r['workers']} | {r['idle_stream_per_s']:.1f} | "
+                  f"{r['idle_stream_per_s'] / r['workers']:.2f} |" for r in idle]
+        lines.append("")
+    sims = [r for r in results if r["kind"] == "sim" and "sim_tail_read" in r]
+    if sims:
+        lines += ["Cross-check, simulated: messages the tails read (client side, whole run, "
+                  "from start to stop) / task: " + ", ".join(
+                      f"{r['workers']}: {r['sim_tail_read'] / r['tasks']:.2f}" for r in sims), ""]
+    lines += [f"Not run: {s}" for s in skipped] + ([""] if skipped else [])
+    return "\n".join(lines)
+
+
+def write_section(out: Path, label: str, section: str) -> None:
+    """Replace the section named *label* in *out* (or add it), keeping the others."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = out.read_text() if out.exists() else HEADER
+    parts = re.split(r"(?m)^(?=## )", text)
+    kept = [p for p in parts if not p.startswith(f"## {label}:")]
+    out.write_text("".join(kept).rstrip("\n") + "\n\n" + section)
+
+
+HEADER = "# Broker cost per task against the number of workers (bench/scale.py)\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, < 1 minute")
+    parser.add_argument("--out", type=Path, help="markdown file (default: bench/scale.md)")
+    parser.add_argument("--label", default="measured", help="the section's name")
+    parser.add_argument("--only", choices=("real", "sim"), help="one part only")
+    parser.add_argument("--commit", default="HEAD",
+                        help="the commit to measure (git archive of it; default: HEAD)")
+    parser.add_argument("--private-broker", action="store_true",
+                        help="run everything against a node of our own in a network namespace "
+                             "(root; exact counters, 20,000 descriptors): see scale_sim.py")
+    args = parser.parse_args()
+    if args.private_broker:
+        private = PrivateBroker()
+        private.start()
+        try:
+            argv = [a for a in sys.argv[1:] if a != "--private-broker"]
+            return private.run([sys.executable, str(Path(__file__).resolve()), *argv])
+        finally:
+            private.stop()
+    sizes = SIZES["quick" if args.quick else "full"]
+    out = args.out or ROOT / "bench" / ("out/scale-quick.md" if args.quick else "scale.md")
+    broker = Broker()
+    results: list[dict] = []
+    skipped: list[str] = []
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.commit],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        tree = Path(tmp) / "tree"  # the commit, not the working tree others are editing
+        tree.mkdir()
+        archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", commit],
+                                   stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", str(tree)], stdin=archive.stdout, check=True)
+        archive.wait()
+        for kind in ("real", "sim"):
+            if args.only and kind != args.only:
+                continue
+            for count, tasks, idle in sizes[kind]:
+                refusal = fd_guard(broker, results, count) if kind == "sim" else None
+                if refusal:
+                    skipped.append(f"{kind} {count}: {refusal}")
+                    print(skipped[-1], flush=True)
+                    continue
+                results.append(measure(broker, kind, count, tasks, idle, Path(tmp), tree))
+    section = render(args.label, results, skipped, broker, commit, quick=args.quick)
+    write_section(out, args.label, section)
+    print(f"wrote {out}")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""The processes bench/scale.py runs: workers (real or simulated) and a private broker.
+
+Simulated workers: the product's own ``TaskConsumer`` (built as taskqueue/commands/worker.py
+builds it, one slot of simulated work), each instance in a thread of its own with its own pika
+I/O loop and its own two connections (consuming and publishing), so that what the broker sees
+per task is exactly the real worker's wire traffic. As a script, one process of them:
+
+    python bench/scale_sim.py --tree DIR --url URL --queue Q --prefix NAME --count K
+
+(DIR: the product tree to import, a ``git archive`` of the commit measured.) It prints
+``started`` once every instance runs; reads one line on stdin (any: "stop"), asks every
+instance to stop (as a first Ctrl+C would), waits for them, and prints one JSON line:
+``{"workers": K, "done": tasks done, "tail_read": messages the tails read, "threads": live
+threads, "stuck": instances not stopped}``.
+
+``PrivateBroker``: a RabbitMQ node of the machine's version in a network namespace of its own
+(``bench-scale``), with 20,000 file descriptors: the machine's broker is shared (its counters
+move with other sessions' work) and allows 1,024 descriptors, fewer than 1,000 workers need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+STOP_WAIT_SECONDS = 30.0
+SIM_PER_PROCESS = 50  # TaskConsumer instances per simulation process
+HERE = Path(__file__).resolve()
+NETNS = "bench-scale"
+NODE = "benchscale@localhost"
+FD_LIMIT = 20000
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run a setting."""
+
+
+def build(url: str, queue: str, name: str, log: logging.Logger):
+    """As commands/worker.py does with its defaults: one slot, '.'-timed simulated work (the
+    benchmark's tasks have no '.': instant, run on the I/O thread like the real worker's).
+    Imported here: the tree measured is put on sys.path by main() first."""
+    from taskqueue.broker.config import BrokerSettings, QueueSpec
+    from taskqueue.worker.consumer import TaskConsumer, WorkerOptions
+    from taskqueue.worker.work import SimulatedWork
+
+    return TaskConsumer(BrokerSettings(urls=[url]), QueueSpec(name=queue), log,
+                        WorkerOptions(name=name), [SimulatedWork(1.0)])
+
+
+def run_one(consumer, log: logging.Logger) -> None:
+    try:
+        consumer.run()
+    except Exception:  # one instance's failure is reported, the others go on
+        log.exception("[%s] failed", consumer.options.name)
+
+
+class Workers:
+    """N workers: real processes, or TaskConsumer instances in a few simulation processes."""
+
+    def __init__(self, kind: str, count: int, url: str, queue: str, prefix: str,
+                 tmp: Path, tree: Path) -> None:
+        self.kind, self.count, self.prefix = kind, count, prefix
+        env = dict(os.environ, TASKQUEUE_LOG_DIR=str(tmp / "logs"), PYTHONUNBUFFERED="1")
+        self.procs: list[subprocess.Popen] = []
+        if kind == "real":
+            for n in range(count):
+                out = open(tmp / f"{prefix}{n}.out", "wb")  # noqa: SIM115 (closed by the child)
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, str(tree / "listening_worker.py"), "--url", url,
+                     "--queue", queue, "--name", f"{prefix}{n}", "--log-level", "WARNING"],
+                    cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT))
+                out.close()
+            return
+        for first in range(0, count, SIM_PER_PROCESS):
+            err = open(tmp / f"{prefix}sim{first}.err", "wb")  # noqa: SIM115
+            self.procs.append(subprocess.Popen(
+                [sys.executable, str(HERE), "--tree", str(tree), "--url", url, "--queue",
+                 queue, "--prefix", prefix, "--first", str(first),
+                 "--count", str(min(SIM_PER_PROCESS, count - first))],
+                cwd=tmp, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err))
+            err.close()
+        for proc in self.procs:
+            if proc.stdout.readline().strip() != b"started":
+                raise BenchError(f"a simulation process exited ({proc.wait()}); see {tmp}")
+
+    def stop(self) -> dict:
+        """SIGINT (real) or "stop" (simulated), by pid; what the simulations counted."""
+        totals: dict = {}
+        for proc in self.procs:
+            if proc.poll() is None and self.kind == "real":
+                proc.send_signal(signal.SIGINT)
+            elif proc.poll() is None:
+                proc.stdin.write(b"stop\n")
+                proc.stdin.flush()
+        for proc in self.procs:
+            if self.kind == "sim":
+                line = proc.stdout.readline()
+                for key, value in (json.loads(line) if line.strip() else {}).items():
+                    totals[key] = totals.get(key, 0) + value
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # ours, by pid
+                proc.wait()
+        return totals
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", type=Path, required=True)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--queue", required=True)
+    parser.add_argument("--prefix", required=True)
+    parser.add_argument("--first", type=int, default=0, help="number of the first instance")
+    parser.add_argument("--count", type=int, required=True)
+    args = parser.parse_args()
+    sys.path.insert(0, str(args.tree))
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    log = logging.getLogger("scale_sim")
+    consumers = [build(args.url, args.queue, f"{args.prefix}{n}", log)
+                 for n in range(args.first, args.first + args.count)]
+    threads = [threading.Thread(target=run_one, args=(c, log), name=c.options.name, daemon=True)
+               for c in consumers]
+    for thread in threads:
+        thread.start()
+    print("started", flush=True)
+    sys.stdin.readline()
+    peak_threads = threading.active_count()
+    for consumer in consumers:
+        consumer.call_threadsafe(consumer.request_stop)
+    for thread in threads:
+        thread.join(STOP_WAIT_SECONDS)
+    print(json.dumps({"workers": len(consumers),
+                      "done": sum(c.stats.done for c in consumers),
+                      "tail_read": sum(getattr(c.tail, "messages_read", 0) for c in consumers),
+                      "threads": peak_threads,
+                      "stuck": sum(t.is_alive() for t in threads)}), flush=True)
+    return 0
+
+
+class PrivateBroker:
+    """See the module docstring. ``start()``, then ``run(argv)`` runs a command inside the
+    namespace (with ``BENCH_NODE`` set), ``stop()`` removes the node, its epmd and the
+    namespace. Root only (``ip netns``)."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-scale-broker-"))
+
+    def _ns(self, *argv: str, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", NETNS, *argv], **kwargs)
+
+    def start(self) -> None:
+        if NETNS in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                   text=True).stdout.split():
+            self._clear()  # a run that was killed left it: ours
+        subprocess.run(["ip", "netns", "add", NETNS], check=True)
+        self._ns("ip", "link", "set", "lo", "up", check=True)
+        shutil.chown(self.dir, "rabbitmq", "rabbitmq")
+        os.chmod(self.dir, 0o755)
+        for name, text in (("rabbitmq.conf", "listeners.tcp.default = 127.0.0.1:5672\n"
+                            "loopback_users = none\n"), ("enabled_plugins", "[].\n")):
+            (self.dir / name).write_text(text)
+            shutil.chown(self.dir / name, "rabbitmq", "rabbitmq")
+        env = dict(os.environ, HOME="/var/lib/rabbitmq", RABBITMQ_NODENAME=NODE,
+                   RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq.conf"),
+                   RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
+                   RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"),
+                   RABBITMQ_LOG_BASE=str(self.dir / "log"),
+                   RABBITMQ_PID_FILE=str(self.dir / "pid"))
+        # setpriv, not the packaged wrapper's su: su's PAM limits would bring the node's
+        # descriptors back to 1,024
+        self._ns("sh", "-c", f"ulimit -n {FD_LIMIT}; exec setpriv --reuid rabbitmq --regid "
+                 "rabbitmq --init-groups /usr/lib/rabbitmq/bin/rabbitmq-server -detached",
+                 env=env, cwd="/var/lib/rabbitmq", check=True, timeout=60)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            if self._ns("rabbitmqctl", "-n", NODE, "await_startup", "--timeout", "30",
+                        capture_output=True, timeout=60).returncode == 0:
+                return
+        raise BenchError(f"the private broker did not start; see {self.dir}/log")
+
+    def run(self, argv: list[str]) -> int:
+        return self._ns("env", f"BENCH_NODE={NODE}", *argv).returncode
+
+    def stop(self) -> None:
+        self._ns("rabbitmqctl", "-n", NODE, "stop", capture_output=True, timeout=60)
+        self._clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _clear(self) -> None:
+        """What is left in our namespace (epmd, a node that did not stop) was started by
+        this benchmark: ended by pid, then the namespace goes."""
+        pids = subprocess.run(["ip", "netns", "pids", NETNS], capture_output=True,
+                              text=True).stdout.split()
+        for pid in map(int, pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        time.sleep(1 if pids else 0)
+        subprocess.run(["ip", "netns", "delete", NETNS], check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
