@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from taskqueue.emitter.tasks import (
-    CsvError,
-    message_id,
-    read_tasks,
-    row_of,
-    seconds_for,
-    tasks_from_messages,
-)
+from taskqueue.emitter.tasks import CsvError, read_tasks, seconds_for, tasks_from_messages
+from taskqueue.wire.messages import message_id, row_of
 
 pytestmark = pytest.mark.windows  # the Windows tier runs this whole file (scripts/windows.sh)
 
