@@ -504,15 +504,15 @@ def test_a_results_stream_refusing_every_second_is_said_every_ten(monkeypatch, c
     import logging
 
     from taskqueue.broker.config import QueueSpec
-    from taskqueue.worker import tail
+    from taskqueue.worker import tail, tail_health
 
     clock = [100.0]
-    monkeypatch.setattr(tail.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(tail_health.time, "monotonic", lambda: clock[0])
     reader = tail.ResultsTail(QueueSpec("q"), "w0", logging.getLogger("tail-test"),
                               write_mark=lambda _record: None, on_refused=lambda _exc: None)
     with caplog.at_level(logging.INFO, logger="tail-test"):
         for _second in range(45):
-            reader._say_unreadable("no replica on the local node")
+            reader.health.unreadable("no replica on the local node")
             clock[0] += 1.0
         reader._attached(reader._generation)
     lines = [r.getMessage() for r in caplog.records]

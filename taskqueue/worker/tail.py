@@ -37,13 +37,12 @@ from pika.spec import Basic
 from taskqueue.broker.config import QueueSpec
 from taskqueue.results.index import DoneIndex
 from taskqueue.results.record import decode_group, kind_of, mark, stream_offset
+from taskqueue.worker.tail_health import FENCE_TIMEOUT, ReadingHealth
 
 PREFETCH = 1000
 ACK_EVERY = 50
-FENCE_TIMEOUT = 15.0  # seconds for a mark to come back before reading the stream again
 BLOCKED_GRACE = 1.0  # seconds of nothing new before answering while no fence can be written
 RETRY_SECONDS = 1.0
-SAY_AGAIN_SECONDS = 10.0  # a reason that lasts is said again this often
 MAX_OWN = 10_000  # this worker's own recent done records kept for a check
 Done = tuple[str, float]  # (worker, finished) of a done record
 Answer = Callable[[Done | None], None]
@@ -90,15 +89,13 @@ class ResultsTail:
         self._on_first_fence_needs = 0
         self._unacked = 0
         self._blocked_since: float | None = None  # the broker blocks our publishing (alarm)
-        self._fence_watch: tuple[tuple[int, int], float] | None = None  # (progress, since)
-        self._catch_up: tuple[float, int, float] | None = None  # a long wait: said now and then
+        self.health = ReadingHealth(log, worker, spec.results_name)
         self.position = -1  # the offset of the last message read: what answers are based on
         self.messages_read = 0  # by this tail, all readings
         self.readings = 0  # readings opened (each a channel and a consumer)
         self.records_read = 0  # task records among them
         self.checks = 0  # deliveries that had to read the stream (exact checks)
         self._nonce = uuid.uuid4().hex  # our marks are ours alone
-        self._unreadable: tuple[str, float, float, int] | None = None  # said once, then rarely
 
     # --- connection ------------------------------------------------------------------------
     def start(self, connection: Connection, ioloop, on_ready: Callable[[], None]) -> None:
@@ -162,12 +159,7 @@ class ResultsTail:
         if generation != self._generation:
             return
         self.state = Reading.ATTACHED
-        if self._unreadable is not None and self._unreadable[3] > 1:
-            _why, since, _said, refusals = self._unreadable
-            self.log.info("[%s] the results stream %r is readable again (after %d tries in "
-                          "%.0f s)", self.worker, self.spec.results_name, refusals,
-                          time.monotonic() - since)
-        self._unreadable = None
+        self.health.readable()
         seq = self._requested + 1
         self._ask(seq)
         self._waiting = [(seq, key, answer) for _needs, key, answer in self._waiting]
@@ -211,28 +203,10 @@ class ResultsTail:
         if generation != self._generation or self._ioloop is None:
             return
         if why:
-            self._say_unreadable(why)
+            self.health.unreadable(why)
         self._pause()
         again = self._generation
         self._ioloop.call_later(delay, lambda: again == self._generation and self._open())
-
-    def _say_unreadable(self, why: str) -> None:
-        """One line, then one every ``SAY_AGAIN_SECONDS`` while the same reason lasts (a
-        stream electing a new leader refuses every second for up to a minute)."""
-        now = time.monotonic()
-        last = self._unreadable  # (why, since, said at, refusals)
-        if last is None or last[0] != why:
-            self._unreadable = (why, now, now, 1)
-            self.log.warning("[%s] the results stream %r cannot be read (%s): reading it again "
-                             "shortly", self.worker, self.spec.results_name, why)
-            return
-        _why, since, said_at, refusals = last
-        if now - said_at >= SAY_AGAIN_SECONDS:
-            self.log.warning("[%s] the results stream %r still cannot be read (%s; %d tries in "
-                             "%.0f s): reading it again shortly", self.worker,
-                             self.spec.results_name, why, refusals + 1, now - since)
-            said_at = now
-        self._unreadable = (why, since, said_at, refusals + 1)
 
     # --- reading ---------------------------------------------------------------------------
     def _on_message(self, channel: Channel, method: Basic.Deliver,
@@ -413,36 +387,13 @@ class ResultsTail:
     def check_fences(self, now: float) -> None:
         """Called on the consumer's beat: a fence asked for, and for ``FENCE_TIMEOUT`` neither
         a mark of ours nor any other message read (not blocked): our reading of the stream
-        has stalled (its node went away without a word). Read it again from where it was; the
-        fence is asked for again on attach. A reading still catching up (a long stream, a
-        busy node) is not stalled: starting it over would never let it end (found by make
-        chaos, seed 148826: every worker re-read the stream every 15 s for minutes)."""
-        if self._requested <= self._seen or self._blocked_since is not None \
-                or self.state is not Reading.ATTACHED:
-            self._fence_watch = self._catch_up = None
-            return
-        progress = (self._seen, self.messages_read)
-        if self._fence_watch is None or self._fence_watch[0] != progress:
-            self._fence_watch = (progress, now)  # marks or records still come: not stalled
-            self._say_catching_up(now)
-        elif now - self._fence_watch[1] >= FENCE_TIMEOUT:
-            self._fence_watch = None
+        has stalled (its node went away without a word). Read it again from where it was;
+        the fence is asked for again on attach."""
+        waiting = self._requested > self._seen and self._blocked_since is None \
+            and self.state is Reading.ATTACHED
+        if self.health.stalled(now, waiting, (self._seen, self.messages_read), self.position):
             self._restart(self._generation, f"no mark came back for {FENCE_TIMEOUT:.0f} s",
                           delay=0.0)
-
-    def _say_catching_up(self, now: float) -> None:
-        """Long work shows progress: a reading that has kept the worker waiting for
-        ``FENCE_TIMEOUT`` says how far it is, then every ``SAY_AGAIN_SECONDS``."""
-        if self._catch_up is None:
-            self._catch_up = (now, self.messages_read, now)  # (since, read then, said at)
-            return
-        since, read_then, said_at = self._catch_up
-        if now - since >= FENCE_TIMEOUT and now - said_at >= SAY_AGAIN_SECONDS:
-            self.log.info("[%s] still reading the results stream %r to catch up: %d messages "
-                          "in %.0f s, at offset %d; the checks of tasks wait for it", self.worker,
-                          self.spec.results_name, self.messages_read - read_then, now - since,
-                          self.position)
-            self._catch_up = (since, read_then, now)
 
     @property
     def waiting(self) -> int:
