@@ -348,7 +348,7 @@ def test_resume_goes_on_with_the_interrupted_run_so_done_rows_are_not_run_again(
     """An emitter killed after its last resume point was saved: --resume publishes the rows
     after that point again. They belong to the same run, so those already done are acked
     unrun (before 0.4 --resume made a new run, and they ran twice)."""
-    from taskqueue.emitter.publisher import ResumeState
+    from taskqueue.emitter.resume import ResumeState
 
     path = write_csv(tmp_path / "t.csv", [f"job {n}" for n in range(1, 6)])
     run = emit(queue, logs, path)

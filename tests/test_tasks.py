@@ -138,7 +138,7 @@ def test_two_emitters_sharing_the_logs_keep_each_others_resume_point(tmp_path):
     point (a torn file would read as 0, making --resume start over) or a point going back."""
     import multiprocessing
 
-    from taskqueue.emitter.publisher import ResumeState
+    from taskqueue.emitter.resume import ResumeState
 
     context = multiprocessing.get_context("spawn")
     with context.Pool(3) as pool:
@@ -155,7 +155,7 @@ def test_two_emitters_sharing_the_logs_keep_each_others_resume_point(tmp_path):
 def _save_many(directory: str, source: str) -> int:
     from pathlib import Path
 
-    from taskqueue.emitter.publisher import ResumeState
+    from taskqueue.emitter.resume import ResumeState
 
     state = ResumeState(Path(directory), source, "q")
     mismatches = 0
@@ -169,7 +169,7 @@ def _read_many(directory: str, source: str) -> tuple[int, int]:
     """(reads that went back or came out torn, reads made) while the point is being saved."""
     from pathlib import Path
 
-    from taskqueue.emitter.publisher import ResumeState
+    from taskqueue.emitter.resume import ResumeState
 
     state = ResumeState(Path(directory), source, "q")
     import time

@@ -21,7 +21,8 @@ import pytest
 
 from taskqueue.emitter import shared_files
 from taskqueue.emitter import tasks as tasks_module
-from taskqueue.emitter.publisher import ConfirmedPublisher, ResumeState
+from taskqueue.emitter.publisher import ConfirmedPublisher
+from taskqueue.emitter.resume import ResumeState
 from taskqueue.emitter.tasks import CsvError, open_task_file
 from taskqueue.worker import command as command_module
 from taskqueue.worker.command import (

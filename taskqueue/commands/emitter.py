@@ -34,7 +34,8 @@ from taskqueue.cli import (
 )
 from taskqueue.emitter.done_rows import SkipDone, done_ids
 from taskqueue.emitter.progress import Progress, count_rows
-from taskqueue.emitter.publisher import CONFIRM_WINDOWS, ConfirmedPublisher, ResumeState
+from taskqueue.emitter.publisher import CONFIRM_WINDOWS, ConfirmedPublisher
+from taskqueue.emitter.resume import ResumeState
 from taskqueue.emitter.tasks import Task, read_tasks, tasks_from_messages
 from taskqueue.errors import EXIT_INCOMPLETE, EXIT_SOME_FAILED, UserError
 from taskqueue.log import get_logger, log_dir
