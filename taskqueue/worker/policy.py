@@ -24,12 +24,17 @@ BROKER_DELIVERY_LIMIT = 20  # RabbitMQ 4's default for quorum queues: the 21st r
 
 
 class Limits(Protocol):
-    """The options the policy reads (``WorkerOptions`` has them all)."""
+    """The options the policy reads (``WorkerOptions`` has them all). Read-only properties:
+    a frozen dataclass's fields cannot be set, which plain attributes here would ask for."""
 
-    max_retries: int
-    retry_delay: float
-    max_task_bytes: int
-    delivery_limit: int
+    @property
+    def max_retries(self) -> int: ...
+    @property
+    def retry_delay(self) -> float: ...
+    @property
+    def max_task_bytes(self) -> int: ...
+    @property
+    def delivery_limit(self) -> int: ...
 
 
 @dataclass(frozen=True)

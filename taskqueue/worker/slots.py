@@ -14,9 +14,13 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 from taskqueue.worker.delivery import Delivery
 from taskqueue.worker.work import Outcome, Runner, failure_reason
+
+if TYPE_CHECKING:  # the consumer gives it; a runtime import would load the outbox here
+    from taskqueue.worker.settlement import Settlement
 
 OutcomeCallback = Callable[["WorkSlot", Delivery, Outcome], None]
 
@@ -34,7 +38,7 @@ class WorkSlot:
         self.name = name
         self.runner = runner
         self.delivery: Delivery | None = None
-        self.settlement = None  # the consumer's Settlement of the delivery in hand
+        self.settlement: Settlement | None = None  # the consumer's, of the delivery in hand
         self.idle_since = time.time()
         self.done = self.failed = 0
         self.busy_seconds = 0.0
