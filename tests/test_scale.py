@@ -12,8 +12,16 @@ from pathlib import Path
 import pika
 
 from taskqueue.results.record import encode_group
-from taskqueue.wire.messages import message_id
-from tests.helpers import MAIN_URL, consumers, run_script, start_worker, wait_for, write_csv
+from taskqueue.wire.messages import FIRST_PUBLISH, PUBLISHED_AGAIN, message_id, row_of
+from tests.helpers import (
+    MAIN_URL,
+    consume_all,
+    consumers,
+    run_script,
+    start_worker,
+    wait_for,
+    write_csv,
+)
 from tests.stopping import all_settled, stop_when
 
 READ_LINE = re.compile(r"\[(\S+)\] results record: (\d+) deliveries checked; (\d+) records read "
@@ -68,3 +76,22 @@ def test_a_worker_starts_without_reading_a_long_record_of_its_run(queue, logs, t
     assert worker.wait(timeout=120) == 0, out.read_text()[-600:]
     assert "done row 1," in out.read_text()
     assert record_reading(out) == (0, 0), "nothing of the run's history read"
+
+
+def test_a_resumed_run_marks_only_the_rows_an_earlier_emitter_may_have_sent(queue, logs,
+                                                                               tmp_path):
+    """--resume types as published again (to be checked) only the rows through the horizon
+    the interrupted emitter saved; the rows after it are first publishes (not checked)."""
+    from taskqueue.emitter.resume import ResumeState
+
+    path = write_csv(tmp_path / "t.csv", [f"job {n}" for n in range(1, 7)])
+    run = "20261205T120000Z-resume"
+    ResumeState(logs, str(path), queue).save(2, complete=False, run_id=run,
+                                             published_through=4)
+    result = run_script("emitter_of_tasks.py", "--queue", queue, "--file", str(path),
+                        "--resume", log_dir=logs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    types = {row_of(properties.message_id): properties.type
+             for properties, _body in consume_all(queue)}
+    assert types == {3: PUBLISHED_AGAIN, 4: PUBLISHED_AGAIN, 5: FIRST_PUBLISH,
+                     6: FIRST_PUBLISH}, types
