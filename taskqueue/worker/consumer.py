@@ -9,8 +9,9 @@ decision) -> record, copy, confirm, ack (settlement.py). Everything the
 worker publishes goes through its ``Outbox`` (outbox.py), a connection of its own, so that a
 broker blocking publishers (memory or disk alarm) never stops consuming.
 
-The worker has one state at a time (``WorkerState``): starting, consuming, paused (by
-task_control.py), draining (a first stop: finish what is in hand) and stopping (closing).
+The worker has one phase at a time (phase.py: starting, reconnecting, waiting for slots,
+consuming, paused, draining, stopping, stopped), and every decision about taking tasks reads
+it: no flag beside it says "stopping" or "subscribed".
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import logging
 import socket
 import time
 from dataclasses import replace
-from enum import Enum
 
 from pika.channel import Channel
 
@@ -33,6 +33,13 @@ from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.idle import IdleWatch
 from taskqueue.worker.life import DeliveryLife
 from taskqueue.worker.outbox import Outbox
+from taskqueue.worker.phase import (
+    STOP_ASKED,
+    Phase,
+    after_connection_lost,
+    after_stop_request,
+    subscribe_step,
+)
 from taskqueue.worker.policy import broker_limit_clash
 from taskqueue.worker.reach import ReachWatch
 from taskqueue.worker.settlement import Step
@@ -45,14 +52,6 @@ SNAPSHOT_SECONDS = (0.5, 2.0)  # a live snapshot at most this often, and at leas
 EXIT_GRACE_SECONDS = 5.0  # at exit, wait this long for the last records to be confirmed
 
 
-class WorkerState(Enum):
-    STARTING = "starting"  # connecting, setting up, catching up on the record and control
-    CONSUMING = "consuming"
-    PAUSED = "paused"  # task_control.py pause: finish what is in hand, take nothing new
-    DRAINING = "draining"  # a first stop request: finish what is in hand, then stop
-    STOPPING = "stopping"  # closing: the last records and events go out
-
-
 class TaskConsumer(DeliveryLife, BrokerSession):
     """Consume the task queue into ``len(runners)`` slots until stopped, idle, or failed for
     good. ``request_stop()`` (or Ctrl+C / SIGTERM): first, take no new task and finish the
@@ -63,7 +62,7 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         super().__init__(replace(settings, client_name=f"listening_worker {options.name}"), log,
                          queue_name=queue.name)
         self.queue, self.options, self.host = queue, options, socket.gethostname()
-        self.state = WorkerState.STARTING
+        self.phase = Phase.STARTING
         self.topology: Topology | None = None
         self.slots = [WorkSlot(name, runner, self._on_outcome, self.call_threadsafe)
                       for name, runner in zip(slot_names(options.name, len(runners)), runners)]
@@ -85,10 +84,8 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         self.outbox.on_stalled = self._on_outbox_stalled
         self._last_delivery = 0.0  # when the last task came (or consuming began)
         self.idle = IdleWatch(self, options.exit_when_idle)
-        self._stop_requests = 0
-        self._stop_since: float | None = None
-        self._consumer_tag: str | None = None
-        self._waiting_for_slots = False
+        self._stop_since: float | None = None  # when the first stop request came
+        self._consumer_tag: str | None = None  # pika's, to cancel it (CONSUMING has one)
         self._changed, self._last_snapshot, self._ticks = True, 0.0, 0
         self.control = WorkerControl(queue, ControlState(options.name, time.time()), log,
                                      self._on_control, self._answer)
@@ -103,12 +100,10 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         self.on_stop_request(0)
 
     def on_stop_request(self, _count: int) -> None:
-        self._stop_requests += 1
         self._stop_since = self._stop_since or time.monotonic()
         in_hand = self.in_hand()
-        if self._stop_requests == 1:
-            if self.state is not WorkerState.STOPPING:
-                self.state = WorkerState.DRAINING
+        self.phase, second = after_stop_request(self.phase)
+        if not second:
             if in_hand:
                 self.log.warning("[%s] stopping after the %d task(s) in hand (%s); press Ctrl+C "
                                  "again to requeue them and stop now", self.options.name,
@@ -122,7 +117,7 @@ class TaskConsumer(DeliveryLife, BrokerSession):
                 self.log.warning("[%s] requeued %s: %r", slot.name, delivery.label,
                                  delivery.text)
             slot.interrupt()
-        if self.state is WorkerState.STOPPING:  # waiting for the last records: stop waiting
+        if self.phase is Phase.STOPPING:  # waiting for the last records: stop waiting
             self.outbox.finish()
         else:
             self._shutdown(grace=1.0)
@@ -138,20 +133,21 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         self.idle.stop()
 
     def _on_outbox_finished(self) -> None:
+        self.phase = Phase.STOPPED
         if self.outbox.error is not None:
             self.fail(self.outbox.error)  # e.g. no permission to publish: the user must act
         else:
             self.finish()
 
     def _finish_if_idle(self) -> None:
-        if self._stop_requests and len(self._free_slots) == len(self.slots):
+        if self.phase is Phase.DRAINING and len(self._free_slots) == len(self.slots):
             self._shutdown(EXIT_GRACE_SECONDS)
 
     def _shutdown(self, grace: float) -> None:
         """Record the worker's totals, let the outbox send what waits, then close."""
-        if self.state is WorkerState.STOPPING:
+        if self.phase in (Phase.STOPPING, Phase.STOPPED):
             return
-        self.state = WorkerState.STOPPING
+        self.phase = Phase.STOPPING
         self.account.totals()
         for slot in self.slots:
             slot.close()
@@ -159,7 +155,7 @@ class TaskConsumer(DeliveryLife, BrokerSession):
 
     # --- BrokerSession hooks -----------------------------------------------------------
     def on_channel_ready(self, channel: Channel) -> None:
-        if self._stop_requests:
+        if self.phase in STOP_ASKED:
             self._finish_if_idle()
             return
         self.set_up_queues(channel, self.queue, lambda topology: self._on_set_up(channel,
@@ -183,29 +179,27 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         """prefetch_count = the number of slots. Slots still busy with work from a lost
         connection (an in-process handler cannot be stopped) would make a new task wait behind
         them while other workers are free: subscribe only once they are done."""
-        if self._stop_requests or channel is not self.channel or not channel.is_open:
+        if channel is not self.channel or not channel.is_open:
             return
-        if self.control.paused:
-            self.state = WorkerState.PAUSED
-            return  # resume subscribes
-        if self._consumer_tag:
-            return
-        if len(self._free_slots) < len(self.slots):
-            if not self._waiting_for_slots:
+        step = subscribe_step(self.phase, self.control.paused,
+                              len(self.slots) - len(self._free_slots))
+        if step == "pause":
+            self.phase = Phase.PAUSED  # resume subscribes
+        elif step == "wait":
+            if self.phase is Phase.RECONNECTING:
                 self.log.warning("[%s] still working on a task from the lost connection: taking "
                                  "new tasks once it is finished", self.options.name)
-            self._waiting_for_slots = True
-            return
-        self._waiting_for_slots = False
-        channel.basic_qos(prefetch_count=len(self.slots),
-                          callback=lambda _frame: self._consume(channel))
+            self.phase = Phase.WAITING_FOR_SLOTS  # _free subscribes
+        elif step == "subscribe":
+            channel.basic_qos(prefetch_count=len(self.slots),
+                              callback=lambda _frame: self._consume(channel))
 
     def _consume(self, channel: Channel) -> None:
-        if self._stop_requests or channel is not self.channel or self.control.paused \
-                or self._consumer_tag:
-            return
+        if channel is not self.channel or subscribe_step(
+                self.phase, self.control.paused, 0) != "subscribe":
+            return  # stopped, paused or subscribed meanwhile
         self._consumer_tag = channel.basic_consume(self.queue.name, self._on_message)
-        self.state = WorkerState.CONSUMING
+        self.phase = Phase.CONSUMING
         self._last_delivery = time.monotonic()
         self.idle.consuming()  # idle time counts from consuming, not from start
         count = len(self.slots)
@@ -221,8 +215,9 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         Without one: the queue was deleted, or its node went away."""
         self._consumer_tag = None
         self.idle.stop()
-        if self._stop_requests or self.channel is None:
+        if self.phase in STOP_ASKED or self.channel is None:
             return
+        self.phase = Phase.RECONNECTING  # the channel is closed below: set up again
         if not self._taken_back("the broker cancelled the subscription"):
             self.log.warning("[%s] the broker cancelled the subscription to %r (queue deleted, "
                              "or its node went away); subscribing again", self.options.name,
@@ -246,7 +241,7 @@ class TaskConsumer(DeliveryLife, BrokerSession):
     def _quiet_since(self) -> float | None:
         """Consuming with no task running, since when (None: not quiet). A slot waiting for
         its record's confirm counts as quiet: that wait is the broker's, not the work's."""
-        if self.state is not WorkerState.CONSUMING or self._consumer_tag is None:
+        if self.phase is not Phase.CONSUMING:
             return None
         if any(slot.settlement is not None and slot.settlement.running for slot in self.slots):
             return None
@@ -275,8 +270,7 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         self.tail.stop()
         self._consumer_tag = None
         self.idle.stop()
-        if self.state in (WorkerState.CONSUMING, WorkerState.PAUSED):
-            self.state = WorkerState.STARTING
+        self.phase = after_connection_lost(self.phase)
         for slot in self.in_hand():
             working = slot.settlement.running
             slot.settlement.drop()  # nobody can ack it now: the broker delivers it again
@@ -296,9 +290,9 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         self._free_slots.append(slot)
         self._changed = True
         if len(self._free_slots) == len(self.slots):
-            if self._consumer_tag:
+            if self.phase is Phase.CONSUMING:
                 self.idle.all_free()
-            if self._waiting_for_slots and self.channel is not None:
+            if self.phase is Phase.WAITING_FOR_SLOTS and self.channel is not None:
                 self._subscribe(self.channel)
         self._finish_if_idle()
 
@@ -311,8 +305,8 @@ class TaskConsumer(DeliveryLife, BrokerSession):
             self.log.warning("[%s] paused (task_control.py): taking no new tasks%s", name,
                              f"; finishing the {in_hand} in hand" if in_hand else "")
             self._cancel_consumer()  # paused is not idle: --exit-when-idle waits for resume
-            if self.state is WorkerState.CONSUMING:
-                self.state = WorkerState.PAUSED
+            if self.phase in (Phase.CONSUMING, Phase.WAITING_FOR_SLOTS):
+                self.phase = Phase.PAUSED
         elif action == "resume":
             self.log.info("[%s] resumed (task_control.py): taking tasks again", name)
             if self.channel is not None:  # (it waits for busy slots itself)
@@ -321,7 +315,7 @@ class TaskConsumer(DeliveryLife, BrokerSession):
             self._cancel_run(record["run"])
         elif action == "stop":
             self.log.warning("[%s] stop requested (task_control.py stop-workers)", name)
-            if not self._stop_requests:
+            if self.phase not in STOP_ASKED:
                 self.request_stop()
 
     def _cancel_run(self, run_id: str) -> None:
@@ -347,15 +341,16 @@ class TaskConsumer(DeliveryLife, BrokerSession):
             return
         self._ticks += 1
         now = time.monotonic()
-        if self.options.events and self.state is not WorkerState.STOPPING:
+        if self.options.events and self.phase not in (Phase.STOPPING, Phase.STOPPED):
             since = now - self._last_snapshot
             if (self._changed and since >= SNAPSHOT_SECONDS[0]) or since >= SNAPSHOT_SECONDS[1]:
                 state = "paused" if self.control.paused else "running"
-                self.outbox.announce(self.account.snapshot(state, self._consumer_tag is not None))
+                self.outbox.announce(self.account.snapshot(state,
+                                                           self.phase is Phase.CONSUMING))
                 self._changed, self._last_snapshot = False, now
         if self._ticks % 2 == 0:
             self.outbox.send(everything=True)  # events and the snapshot go out on this beat
-        if not self._stop_requests:
+        if self.phase not in STOP_ASKED:
             # Our probe's mark may be behind what the results stream is still sending us (a
             # reading catching up): a node that sends is serving, the probe's clock restarts.
             read = self.tail.messages_read

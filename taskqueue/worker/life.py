@@ -26,6 +26,7 @@ from taskqueue.worker.account import WorkerAccount, WorkerOptions, WorkerStats
 from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.idle import IdleWatch
 from taskqueue.worker.outbox import Outbox
+from taskqueue.worker.phase import Phase
 from taskqueue.worker.policy import (
     CONSUMER_TIMEOUT_REASON,
     Verdict,
@@ -56,7 +57,7 @@ class DeliveryLife:
     idle: IdleWatch
     control: WorkerControl
     overruns: Overruns
-    _stop_requests: int
+    phase: Phase
     _changed: bool
 
     def _free(self, slot: WorkSlot, delivery: Delivery, seconds: float) -> None:
@@ -65,7 +66,7 @@ class DeliveryLife:
     def _on_message(self, channel: Channel, method: Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
         delivery = Delivery(channel, method.delivery_tag, properties, body, method.redelivered)
-        if self._stop_requests or not self._free_slots or self.control.paused:
+        if self.phase is not Phase.CONSUMING or not self._free_slots:
             # Sent before our basic.cancel arrived (stopping, or paused): back to the queue.
             channel.basic_nack(delivery.tag, requeue=True)
             return
