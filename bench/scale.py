@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -207,7 +208,7 @@ def measure(broker: Broker, kind: str, count: int, tasks: int, idle: float,
     try:
         workers = Workers(kind, count, URL, queue, prefix, tmp, tree)
         wait_until(lambda: (queue_state(holder, connection, queue) or (0, 0))[1] >= count,
-                   60 + count, f"{count} consumers on {queue}", step=0.5)
+                   60 + count / 5, f"{count} consumers on {queue}", step=0.5)
         begin = broker.snapshot()
         publish(queue, tasks, tmp, tree)
         end = drained(broker, begin, tasks)
@@ -331,18 +332,30 @@ def write_section(out: Path, label: str, section: str) -> None:
 HEADER = "# Broker cost per task against the number of workers (bench/scale.py)\n"
 
 
+def parse_sizes(text: str) -> dict[str, list[tuple[int, int, float]]]:
+    sizes: dict[str, list[tuple[int, int, float]]] = {"real": [], "sim": []}
+    for item in text.split(","):
+        kind, workers, tasks, idle = item.split(":")
+        sizes[kind].append((int(workers), int(tasks), float(idle)))
+    return sizes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, < 1 minute")
     parser.add_argument("--out", type=Path, help="markdown file (default: bench/scale.md)")
     parser.add_argument("--label", default="measured", help="the section's name")
     parser.add_argument("--only", choices=("real", "sim"), help="one part only")
+    parser.add_argument("--sizes", metavar="KIND:WORKERS:TASKS:IDLE,...",
+                        help="instead of the built-in sizes, e.g. sim:1000:300:0,real:8:500:30")
     parser.add_argument("--commit", default="HEAD",
                         help="the commit to measure (git archive of it; default: HEAD)")
     parser.add_argument("--private-broker", action="store_true",
                         help="run everything against a node of our own in a network namespace "
                              "(root; exact counters, 20,000 descriptors): see scale_sim.py")
     args = parser.parse_args()
+    # SIGTERM (a timeout, CI) ends us through the finally blocks: queues, workers, the node
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     if args.private_broker:
         private = PrivateBroker()
         private.start()
@@ -351,7 +364,7 @@ def main() -> int:
             return private.run([sys.executable, str(Path(__file__).resolve()), *argv])
         finally:
             private.stop()
-    sizes = SIZES["quick" if args.quick else "full"]
+    sizes = parse_sizes(args.sizes) if args.sizes else SIZES["quick" if args.quick else "full"]
     out = args.out or ROOT / "bench" / ("out/scale-quick.md" if args.quick else "scale.md")
     broker = Broker()
     results: list[dict] = []
