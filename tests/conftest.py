@@ -44,7 +44,7 @@ def no_leftover_queues(request: pytest.FixtureRequest):
     at its start; pytest_sessionfinish fails the run if there are any. Those of older runs are
     counted, not held against this one. A session of fast tests only (``-m fast``) makes no
     queue and needs no broker: nothing to check."""
-    if all(item.get_closest_marker("fast") for item in request.session.items):
+    if fast_only(request.session):
         yield
         return
     try:
@@ -100,12 +100,18 @@ def queue(main_broker: str, request: pytest.FixtureRequest) -> str:
     delete_queues(name)
 
 
+def fast_only(session: pytest.Session) -> bool:
+    """The session runs the fast tier alone (``-m fast``: ``make test-fast``, ``make test``'s
+    first step)."""
+    return all(item.get_closest_marker("fast") for item in session.items)
+
+
 @pytest.fixture(autouse=True)
 def fast_means_no_io(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A test marked ``fast`` (the first tier: ``make test-fast``) runs its code in this
-    process only: opening a connection or starting a process fails it at once, so the tier
-    stays quick and needs no broker."""
-    if request.node.get_closest_marker("fast") is None:
+    """In the fast tier, a test runs its code in this process only: opening a connection or
+    starting a process fails it at once, so the tier stays quick and needs no broker. Only
+    when the tier runs alone: in a mixed session, another test's thread may still connect."""
+    if request.node.get_closest_marker("fast") is None or not fast_only(request.session):
         return
 
     def refuse(what: str):
