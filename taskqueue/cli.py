@@ -4,7 +4,6 @@ user error is one line on stderr with an exit code, never a traceback."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import signal
 import sys
@@ -25,7 +24,7 @@ from taskqueue.broker.config import (
     with_credentials,
 )
 from taskqueue.errors import EXIT_BAD_INPUT, EXIT_UNREACHABLE, UserError
-from taskqueue.log import LEVELS
+from taskqueue.log import LEVELS, safe_console
 from taskqueue.results.record import RESULTS_MAX_AGE, RESULTS_MAX_BYTES
 
 Number = TypeVar("Number", int, float)
@@ -174,16 +173,6 @@ def keyboard_attached() -> bool:
         return bool(kernel32.GetConsoleMode(handle, ctypes.byref(mode)))
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def safe_console() -> None:
-    """A console that cannot show a character (a Windows code page, PYTHONIOENCODING=cp1252)
-    gets an escape instead of killing the script with UnicodeEncodeError."""
-    for stream in (sys.stdout, sys.stderr):
-        reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
-            with contextlib.suppress(ValueError, OSError):
-                reconfigure(errors="backslashreplace")
 
 
 def run_script(script: str, main: Callable[[], int]) -> None:

@@ -185,3 +185,13 @@ def get_logger(script: str, level: str = "INFO", console: TextIO | None = None) 
     # pika logs reconnect noise at WARNING/ERROR; our own lines already say what happened.
     logging.getLogger("pika").setLevel(logging.CRITICAL if level != "DEBUG" else logging.DEBUG)
     return logger
+
+
+def safe_console() -> None:
+    """A console that cannot show a character (a Windows code page, PYTHONIOENCODING=cp1252)
+    gets an escape instead of killing the script with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")

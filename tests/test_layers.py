@@ -57,30 +57,10 @@ ALLOWED: dict[tuple[str, str], str] = {
     # ids, the stream's arguments) moves into taskqueue/wire/, and these become imports down.
     ("taskqueue.broker.config", "taskqueue.results.record"):
         "the stream's arguments and retention defaults: wire vocabulary still in results/",
-    # views/events.py moved to wire/events.py: these switch their import (one line each),
-    # then views/events.py is deleted.
-    ("taskqueue.results.record", "taskqueue.views.events"):
-        "decode_events: import it from taskqueue.wire.events (record.py, being rewritten)",
-    ("taskqueue.emitter.publisher", "taskqueue.views.events"):
-        "run_event: import it from taskqueue.wire.events (publisher.py, being rewritten)",
-    ("taskqueue.worker.account", "taskqueue.views.events"):
-        "event_id, task_event: import them from taskqueue.wire.events",
+    # views/events.py moved to wire/events.py: the last importer switches its import (one
+    # line), then views/events.py is deleted.
     ("taskqueue.worker.outbox", "taskqueue.views.events"):
-        "encode: import it from taskqueue.wire.events",
-    ("taskqueue.control.commands", "taskqueue.views.events"):
-        "decode_events: import it from taskqueue.wire.events",
-    ("taskqueue.web.feed", "taskqueue.views.events"):
-        "decode_events: import it from taskqueue.wire.events",
-    ("taskqueue.web.totals", "taskqueue.views.events"):
-        "RecentIds: import it from taskqueue.wire.events",
-    # The events file of workers before 0.4 (reports/<queue>.events.jsonl) is read by the
-    # results history: EventStore is results/events_file.py now; views/store.py re-exports it.
-    ("taskqueue.results.history", "taskqueue.views.store"):
-        "EventStore: import it from taskqueue.results.events_file (one line in history.py)",
-    # The handler's child process makes its console safe with the CLI's safe_console: that
-    # belongs at the bottom (log.py, beside the other console handling), cli.py importing it.
-    ("taskqueue.worker.child", "taskqueue.cli"):
-        "safe_console: a console helper kept in the command line's module",
+        "encode: import it from taskqueue.wire.events (outbox.py, being rewritten)",
 }
 
 

@@ -10,8 +10,8 @@ import sys
 import time
 import uuid
 
-from taskqueue.views.events import SEEN_IDS
 from taskqueue.views.live import LiveState, QueueCounts
+from taskqueue.wire.events import SEEN_IDS
 from tests.helpers import (
     ROOT,
     consumers,

@@ -25,7 +25,7 @@ from taskqueue.broker.connection import NoConfirm, confirmed_within, open_blocki
 from taskqueue.broker.topology import CONTROL_ARGUMENTS, ROUTING_CONTROL, ROUTING_LIVE
 from taskqueue.control.state import command
 from taskqueue.errors import EXIT_REFUSED, EXIT_UNREACHABLE, UserError
-from taskqueue.views.events import decode_events
+from taskqueue.wire.events import decode_events
 
 LISTEN_SECONDS = 2.5  # workers snapshot at least every 2 s
 CONFIRM_SECONDS = 10.0  # the command's confirm, at most, before the next URL is tried

@@ -31,7 +31,7 @@ from taskqueue.emitter.feed import TaskFeed
 from taskqueue.emitter.resume import ResumeState
 from taskqueue.emitter.tasks import Task
 from taskqueue.errors import UserError
-from taskqueue.views.events import run_event
+from taskqueue.wire.events import run_event
 from taskqueue.wire.messages import FIRST_PUBLISH, PUBLISHED_AGAIN
 
 # The broker confirms persistent messages once they are on disk, in batches; the window must be

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.results.events_file import EventStore
 from taskqueue.results.reader import RecordReader
 from taskqueue.results.record import kind_of, run_began
-from taskqueue.views.store import EventStore
 
 LATEST_WINDOWS = (900.0, 6 * 3600.0, 3 * 86400.0, None)  # look back this far for the latest run
 

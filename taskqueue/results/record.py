@@ -21,7 +21,8 @@ import json
 import re
 import time
 
-from taskqueue.views.events import decode_events
+from taskqueue.wire.events import decode_events
+from taskqueue.wire.events import kind_of as kind_of  # one rule for records and events
 
 RESULTS_MAX_AGE = "30D"  # x-max-age: records are kept at least this long ...
 RESULTS_MAX_BYTES = 20 * 10**9  # ... unless the stream grows past this (oldest segments go)
@@ -75,10 +76,6 @@ def encode_group(records: list[dict]) -> bytes:
 def decode_group(body: bytes) -> list[dict]:
     """The records of one stream message; anything not ours yields nothing."""
     return decode_events(body)  # the same JSON list (or one object) as the live events
-
-
-def kind_of(record: dict) -> str:
-    return record.get("kind") or "task"  # events of older workers have no kind
 
 
 def mark(worker: str, seq: int, nonce: str) -> dict:

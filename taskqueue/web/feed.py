@@ -27,13 +27,13 @@ from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.broker.connection import open_blocking_at
 from taskqueue.errors import UserError
 from taskqueue.results.record import decode_group, kind_of
-from taskqueue.views.events import decode_events
 from taskqueue.views.live import LiveState, QueueCounts
 from taskqueue.views.store import passive_counts
 from taskqueue.views.watch import VIEW_QUEUE_LIMIT
 from taskqueue.web.copies import RunCopies
 from taskqueue.web.nodes import NodeWatch
 from taskqueue.web.totals import RecordTotals
+from taskqueue.wire.events import decode_events
 
 GONE_AFTER = 4.0  # two snapshot intervals (2 s): a killed worker shows as gone
 RECONNECT_SECONDS = 2.0

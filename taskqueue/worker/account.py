@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from taskqueue.broker.config import DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_TASK_BYTES
-from taskqueue.views.events import event_id, task_event
+from taskqueue.wire.events import event_id, task_event
 from taskqueue.worker.delivery import Delivery
 from taskqueue.worker.outbox import Outbox
 from taskqueue.worker.slots import WorkSlot

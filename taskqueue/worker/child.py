@@ -45,7 +45,7 @@ def serve(pipe: Connection, spec: str) -> None:
     die_with_parent()
     # A spawned process starts afresh: make its print safe as the worker's own (a handler
     # printing non-Latin text to a redirected cp1252 stdout must not fail its task).
-    from taskqueue.cli import safe_console
+    from taskqueue.log import safe_console
 
     safe_console()
     try:
