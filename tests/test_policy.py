@@ -31,7 +31,8 @@ def test_a_failure_is_retried_with_the_count_and_the_delay_then_dead():
     assert before_work(task, OPTIONS, QUEUE, "w/1") is None
     first = after_work(task, Outcome(False, reason="boom"), OPTIONS, QUEUE, "w/1")
     assert (first.outcome, first.copy_to, first.expiration) == ("retry", "jobs.retry", "1500")
-    assert first.headers == {"x-retries": 1, "x-last-error": "boom"}
+    assert first.headers == {"x-retries": 1, "x-last-error": "boom",
+                             "x-check-from": int(task.received)}, "checked from this attempt"
     again = delivery(**first.headers, **{"x-delivery-count": 0})
     before_work(again, OPTIONS, QUEUE, "w/2")
     second = after_work(again, Outcome(False, reason="boom"), OPTIONS, QUEUE, "w/2")

@@ -148,7 +148,8 @@ def test_the_resume_point_is_saved_once_the_other_process_lets_go(tmp_path: Path
 def fake_publisher(state: ResumeState, through: int, log: logging.Logger) -> SimpleNamespace:
     """What ConfirmedPublisher.save_state reads, without a broker connection."""
     return SimpleNamespace(_state=state, stats=SimpleNamespace(confirmed=through), _run_id="r1",
-                           confirmed_through=lambda: through, _save_failing=False, log=log)
+                           confirmed_through=lambda: through, _save_failing=False, log=log,
+                           _horizon=0, last_row_read=through)
 
 
 def test_a_resume_point_that_cannot_be_saved_is_one_line_not_a_traceback(

@@ -114,8 +114,9 @@ def main() -> int:
         log_dir(), args.file, spec.name)
     run_id = new_run_id(suffix=uuid.uuid4().hex[:6])
     again_through = 0  # rows an earlier emitter of this run may have published
-    if args.resume and state is not None and state.unfinished_run():
-        run_id = state.unfinished_run()  # the same run: rows it had done are not run again
+    unfinished = state.unfinished_run() if args.resume and state is not None else None
+    if state is not None and unfinished:
+        run_id = unfinished  # the same run: rows it had done are not run again
         published = state.published_through()
         again_through = published if published is not None else sys.maxsize
     tasks, total, skip = open_tasks(args, state, run_id, log)

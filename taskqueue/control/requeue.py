@@ -152,7 +152,8 @@ class DeadMover(BrokerSession):
             prefetch = 0 if self.dry_run and not self.rewrite else WINDOW
             reader.basic_qos(prefetch_count=prefetch, callback=lambda _frame: self._consume(reader))
 
-        self.connection.channel(on_open_callback=opened)
+        if self.connection is not None:
+            self.connection.channel(on_open_callback=opened)
 
     def _consume(self, reader: Channel) -> None:
         self._consumer_tag = reader.basic_consume(self.spec.dead_name, self._on_dead)
@@ -191,6 +192,8 @@ class DeadMover(BrokerSession):
                  body: bytes) -> None:
         """A move goes to the task queue as new; anything else to the back of .dead unchanged."""
         moved = kind == "move"
+        if self.channel is None:
+            return  # the connection was lost: the dead task is delivered again
         self.channel.basic_publish("", self.spec.name if moved else self.spec.dead_name, body,
                                    replayed(properties) if moved else properties, mandatory=True)
         self._tag += 1
@@ -206,17 +209,20 @@ class DeadMover(BrokerSession):
     def _on_confirm(self, frame: pika.frame.Method) -> None:
         acked, tags = settled_tags(frame, self._pending)
         returned, self._returned = self._returned, False
+        reader = self._reader
+        if reader is None:
+            return
         for tag in tags:
             dead_tag, kind = self._pending.pop(tag)
             matched = kind == "move"
             self._moving -= matched
             counted = kind != "look"  # a dry run counted its looks as it read them
             if acked and not returned:
-                self._reader.basic_ack(dead_tag)
+                reader.basic_ack(dead_tag)
                 self.stats.moved += matched and counted
                 self.stats.kept += not matched and counted
             else:
-                self._reader.basic_nack(dead_tag, requeue=True)
+                reader.basic_nack(dead_tag, requeue=True)
                 self.stats.refused += counted
         self._finish_when_settled()
 

@@ -199,10 +199,10 @@ class ConfirmedPublisher(BrokerSession):
         self._fill()
 
     def _fill(self) -> None:
-        channel = self.channel
-        if channel is None or not self._publishing:
+        channel, window = self.channel, self._window
+        if channel is None or window is None or not self._publishing:
             return  # not yet in confirm mode on this channel (the reader may wake us early)
-        while (channel.is_open and len(self._in_flight) < self._window
+        while (channel.is_open and len(self._in_flight) < window
                and self._in_flight_bytes < MAX_IN_FLIGHT_BYTES and not self._finishing):
             taken = self._next_task()
             if taken is None:

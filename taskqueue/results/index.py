@@ -82,7 +82,7 @@ class DoneIndex:
             self.runs.move_to_end(run)
             return True
         known = run not in self.forgotten  # kept, or none of its done records read yet
-        self.runs[run] = self.recent.pop(run, None) or RunIndex()
+        self.runs[run] = self.recent.pop(run) if run in self.recent else RunIndex()
         if len(self.runs) > self.max_runs:
             self._forget(self.runs)
         return known
@@ -115,7 +115,7 @@ class DoneIndex:
     def lookup(self, run: str, message_id: str) -> tuple[str, float] | None:
         """(worker, finished) of its done record, ("?", 0.0) when done but the detail is
         forgotten, None when not done (as far as the records read say)."""
-        index = self.runs.get(run)
+        index = self.runs.get(run) or self.recent.get(run)
         if index is None or message_id not in index:
             return None
         return self.details.get((run, message_id), ("?", 0.0))

@@ -28,6 +28,7 @@ from taskqueue.broker.connection import BrokerSession
 from taskqueue.broker.topology import Topology, results_refusal
 from taskqueue.control.listener import WorkerControl
 from taskqueue.control.state import ControlState
+from taskqueue.errors import EXIT_REFUSED, UserError
 from taskqueue.worker.account import WorkerAccount, WorkerOptions
 from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.idle import IdleWatch
@@ -42,7 +43,7 @@ from taskqueue.worker.phase import (
 )
 from taskqueue.worker.policy import broker_limit_clash
 from taskqueue.worker.reach import ReachWatch
-from taskqueue.worker.settlement import Step
+from taskqueue.worker.settlement import Settlement, Step
 from taskqueue.worker.slots import WorkSlot, slot_names
 from taskqueue.worker.tail import ResultsTail
 from taskqueue.worker.work import Runner
@@ -73,8 +74,7 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         self.stats = self.account.stats
         self.overruns = Overruns()
         self.tail = ResultsTail(queue, options.name, log, self.outbox.record_result,
-                                lambda reason: self.fail(results_refusal(
-                                    queue.results_name, reason)))
+                                self._results_refused)
         self.outbox.on_block = self.tail.publishing_blocked
         self.outbox.on_unblock = self.tail.publishing_unblocked
         # A node cut off from the majority delivers nothing and says nothing: a quiet worker
@@ -89,6 +89,11 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         self._changed, self._last_snapshot, self._ticks = True, 0.0, 0
         self.control = WorkerControl(queue, ControlState(options.name, time.time()), log,
                                      self._on_control, self._answer)
+
+    def _results_refused(self, reason: BaseException) -> None:
+        """No permission on the results stream: no task is taken without records."""
+        error = results_refusal(self.queue.results_name, reason)
+        self.fail(error if isinstance(error, UserError) else UserError(str(error), EXIT_REFUSED))
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -107,13 +112,14 @@ class TaskConsumer(DeliveryLife, BrokerSession):
             if in_hand:
                 self.log.warning("[%s] stopping after the %d task(s) in hand (%s); press Ctrl+C "
                                  "again to requeue them and stop now", self.options.name,
-                                 len(in_hand), "; ".join(s.delivery.label for s in in_hand))
+                                 len(in_hand), "; ".join(held.delivery.label
+                                                         for _slot, held in in_hand))
             self._cancel_consumer()
             self._finish_if_idle()
             return
-        for slot in in_hand:
-            delivery = slot.delivery
-            if slot.settlement.requeue("a second stop request"):
+        for slot, held in in_hand:
+            delivery = held.delivery
+            if held.requeue("a second stop request"):
                 self.log.warning("[%s] requeued %s: %r", slot.name, delivery.label,
                                  delivery.text)
             slot.interrupt()
@@ -122,9 +128,11 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         else:
             self._shutdown(grace=1.0)
 
-    def in_hand(self) -> list[WorkSlot]:
-        """The slots whose task is still ours (working on it, or waiting for its confirms)."""
-        return [s for s in self.slots if s.settlement is not None and s.settlement.in_hand]
+    def in_hand(self) -> list[tuple[WorkSlot, Settlement]]:
+        """The slots whose task is still ours (working on it, or waiting for its confirms),
+        each with its task's settlement."""
+        return [(slot, slot.settlement) for slot in self.slots
+                if slot.settlement is not None and slot.settlement.in_hand]
 
     def _cancel_consumer(self) -> None:
         if self.channel is not None and self.channel.is_open and self._consumer_tag:
@@ -179,7 +187,7 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         """prefetch_count = the number of slots. Slots still busy with work from a lost
         connection (an in-process handler cannot be stopped) would make a new task wait behind
         them while other workers are free: subscribe only once they are done."""
-        if channel is not self.channel or not channel.is_open:
+        if not self._current(channel):
             return
         step = subscribe_step(self.phase, self.control.paused,
                               len(self.slots) - len(self._free_slots))
@@ -194,8 +202,12 @@ class TaskConsumer(DeliveryLife, BrokerSession):
             channel.basic_qos(prefetch_count=len(self.slots),
                               callback=lambda _frame: self._consume(channel))
 
+    def _current(self, channel: Channel) -> bool:
+        """*channel* is the open one of this connection (not one lost meanwhile)."""
+        return bool(channel.is_open) and channel is self.channel
+
     def _consume(self, channel: Channel) -> None:
-        if channel is not self.channel or subscribe_step(
+        if not self._current(channel) or subscribe_step(
                 self.phase, self.control.paused, 0) != "subscribe":
             return  # stopped, paused or subscribed meanwhile
         self._consumer_tag = channel.basic_consume(self.queue.name, self._on_message)
@@ -271,13 +283,13 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         self._consumer_tag = None
         self.idle.stop()
         self.phase = after_connection_lost(self.phase)
-        for slot in self.in_hand():
-            working = slot.settlement.running
-            slot.settlement.drop()  # nobody can ack it now: the broker delivers it again
+        for slot, held in self.in_hand():
+            working = held.running
+            held.drop()  # nobody can ack it now: the broker delivers it again
             if working:
                 self.log.warning("[%s] connection lost while working on %s: stopped it; the "
                                  "broker delivers it again (at-least-once)", slot.name,
-                                 slot.delivery.label if slot.delivery else "a task")
+                                 held.delivery.label)
                 slot.interrupt()
 
     def _free(self, slot: WorkSlot, delivery: Delivery, seconds: float) -> None:
@@ -321,9 +333,9 @@ class TaskConsumer(DeliveryLife, BrokerSession):
     def _cancel_run(self, run_id: str) -> None:
         """Tasks of *run_id* in hand are stopped for real; queued ones are acked unrun."""
         stopped = 0
-        for slot in self.in_hand():
-            if slot.delivery.run_id == run_id and slot.settlement.running:
-                slot.delivery.cancelled = True
+        for slot, held in self.in_hand():
+            if held.delivery.run_id == run_id and held.running:
+                held.delivery.cancelled = True
                 slot.interrupt()
                 stopped += 1
         self.log.warning("[%s] run %s cancelled (task_control.py): %s", self.options.name,
@@ -370,9 +382,9 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         for the alarm to end."""
         if self._stop_since is None or now - self._stop_since < EXIT_GRACE_SECONDS:
             return
-        for slot in self.in_hand():
-            label = slot.delivery.label
-            if slot.settlement.step is Step.CONFIRMING and slot.settlement.requeue(
+        for slot, held in self.in_hand():
+            label = held.delivery.label
+            if held.step is Step.CONFIRMING and held.requeue(
                     "the broker has not confirmed its record or copy (blocked?)"):
                 self.log.warning("[%s] the broker has not taken the record or copy of %s "
                                  "(blocked?): stopping, the task goes back to the queue "

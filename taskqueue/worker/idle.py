@@ -10,18 +10,46 @@ node serves), then a round trip must say the queue is empty.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
+
+
+class Waiting(Protocol):
+    """What of ours still waits for the broker (the outbox's counts)."""
+
+    @property
+    def copies_waiting(self) -> int: ...
+    @property
+    def records_waiting(self) -> int: ...
+
+
+class Prover(Protocol):
+    def prove(self, on_proven: Callable[[], None]) -> None: ...
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
 
 
 class Worker(Protocol):
     """What the watch needs of the consumer."""
 
-    log: object
-    outbox: object
-    reach: object
+    @property
+    def log(self) -> logging.Logger: ...
+    @property
+    def outbox(self) -> Waiting: ...
+    @property
+    def reach(self) -> Prover: ...
+    @property
+    def options(self) -> Named: ...
+    @property
+    def queue(self) -> Named: ...
 
-    def inspect_queue(self, name: str, on_result) -> None: ...
+    def inspect_queue(self, name: str,
+                      on_result: Callable[[int | None, int | None], None]) -> None: ...
     def request_stop(self) -> None: ...
 
 

@@ -171,6 +171,8 @@ class DeliveryLife:
         properties = None if verdict.copy_to is None else _copy_properties(
             delivery.properties, verdict.headers, verdict.expiration)
         settlement = slot.settlement
+        if settlement is None:  # freed meanwhile (dropped): the broker delivers it again
+            return
         settlement.reason, settlement.result = verdict.reason, result
         settlement.finish(verdict.outcome, seconds, record, verdict.copy_to, properties)
 
@@ -179,12 +181,11 @@ class DeliveryLife:
         worker held longest: count it (``overruns``: RabbitMQ 4.3 and classic queues do not),
         record the attempt and say it. Its ack can no longer be given: the connection starts
         over, the task is stopped and comes again. False: nothing was in hand."""
-        held = [slot for slot in self.slots if slot.delivery is not None
-                and slot.settlement is not None and slot.settlement.in_hand]
+        held = [(slot, slot.settlement.delivery) for slot in self.slots
+                if slot.settlement is not None and slot.settlement.in_hand]
         if not held:
             return False
-        slot = min(held, key=lambda slot: slot.delivery.received)
-        delivery = slot.delivery
+        slot, delivery = min(held, key=lambda pair: pair[1].received)
         seconds = time.time() - delivery.received
         times = self.overruns.add(delivery)
         self.log.error("[%s] %s while %s was in hand for %.0f s: a consumer timeout (the "

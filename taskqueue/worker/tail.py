@@ -266,8 +266,7 @@ class ResultsTail:
             self._answer_when_caught_up()
 
     def _indexed(self, key: Key) -> Done | None:
-        run, message_id = key
-        return self.index.lookup(run, message_id) if self.index.watched(run) else None
+        return self.index.lookup(*key)  # any done record read is proof, watched run or not
 
     def _covers(self, since: float, run: str) -> bool:
         """Whether the index holds (or the reading on will hold) every record from *since*."""
