@@ -27,7 +27,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${TASKQUEUE_WIN_CACHE:-/var/tmp/taskqueue-win}
 HOST_PYTHON=${HOST_PYTHON:-$ROOT/.venv/bin/python}
 [[ -x $HOST_PYTHON ]] || HOST_PYTHON=$(command -v python3)
-LEFT_OUT='^(ruff)\b'          # requirements-dev.txt lines not installed for Windows
+LEFT_OUT='^(ruff|mypy)\b'    # requirements-dev.txt lines not installed for Windows
 
 export WINEDEBUG=-all         # Wine's own chatter would bury the tests' output
 export WINEPREFIX=$CACHE/prefix
