@@ -59,3 +59,18 @@ def test_marks_carry_their_process():
     """Two processes with one --name: each must see only its own marks come back."""
     first, second = mark("alice", 3, "nonce-a"), mark("alice", 3, "nonce-b")
     assert first["worker"] == second["worker"] and first["nonce"] != second["nonce"]
+
+
+def test_an_odd_row_number_costs_no_memory_and_a_run_read_from_its_middle_little():
+    """A producer's odd id (row 10,000,020) once grew a worker's index to 145 MB."""
+    from taskqueue.results.index import RunIndex
+
+    index = RunIndex()
+    index.add("f.csv:500000:ab")  # read from the middle of a run
+    index.add("f.csv:500003:ab")
+    index.add("f.csv:10000020:ab")
+    assert len(index.rows) == 4, "from row 500,000 on, not from row 1"
+    assert "f.csv:10000020:ab" in index and "f.csv:500003:ab" in index
+    assert "f.csv:500001:ab" not in index and "f.csv:10000021:ab" not in index
+    index.add("f.csv:499990:ab")  # an earlier row, near: the span grows back
+    assert index.base == 499990 and "f.csv:499990:ab" in index and "f.csv:500000:ab" in index

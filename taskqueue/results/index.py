@@ -2,9 +2,9 @@
 
 Memory stays bounded however long the record: the runs a worker is handed are indexed
 (``MAX_RUNS``, least recently used first out), and as many others read meanwhile, and a run
-costs one 32-bit fingerprint of its message_id per row (a million rows: 4 MB). Ids without a
-row (other producers') go in a bounded
-map; past its size they are forgotten, which can only mean a task runs again (at-least-once),
+costs one 32-bit fingerprint of its message_id per row read (a million rows: 4 MB). Ids
+without a row (other producers'), or with a row far from the others, go in a bounded map;
+past its size they are forgotten, which can only mean a task runs again (at-least-once),
 never that one is skipped wrongly. Pure logic: the stream reading is tail.py's.
 """
 
@@ -24,7 +24,7 @@ MAX_RUNS = 64
 MAX_ROWLESS = 100_000  # done ids without a row kept per run
 MAX_FORGOTTEN = 10_000  # runs remembered as dropped from the index (to read them again)
 MAX_DETAILS = 50_000  # (worker, finished) of recent done records, for the log line
-MAX_ROW = 1 << 27  # beyond this a row number is not ours: treated as rowless
+MAX_GAP = 1 << 18  # rows (1 MB of fingerprints) a new row may lie beyond those indexed
 
 
 def fingerprint(message_id: str) -> int:
@@ -32,28 +32,49 @@ def fingerprint(message_id: str) -> int:
 
 
 class RunIndex:
-    """The done tasks of one run."""
+    """The done tasks of one run: a fingerprint per row over the span of rows read (which
+    need not start at row 1: a check reads from its own moment), ids without a row aside. A
+    row far outside that span (``MAX_GAP``: another producer's odd id, "row 10,000,020") is
+    kept aside too, so that one odd id never costs megabytes."""
 
     def __init__(self) -> None:
         self.rows = array("I")
+        self.base = 0  # the row of rows[0]
         self.rowless: OrderedDict[str, None] = OrderedDict()
 
     def add(self, message_id: str) -> None:
         row = row_of(message_id)
-        if row is not None and row < MAX_ROW:
-            if row >= len(self.rows):
-                self.rows.extend([0] * (row + 1 - len(self.rows)))
-            self.rows[row] = fingerprint(message_id)
+        if row is not None and self._make_room(row):
+            self.rows[row - self.base] = fingerprint(message_id)
             return
         self.rowless[message_id] = None
         if len(self.rowless) > MAX_ROWLESS:
             self.rowless.popitem(last=False)
 
+    def _make_room(self, row: int) -> bool:
+        """Whether *row* has a place in ``rows`` (made now, if it is near enough)."""
+        if not self.rows:
+            self.base = row
+            self.rows.append(0)
+            return True
+        end = self.base + len(self.rows)
+        if self.base <= row < end:
+            return True
+        if end <= row < end + MAX_GAP:
+            self.rows.extend(array("I", [0]) * (row + 1 - end))
+            return True
+        if self.base - MAX_GAP < row < self.base:
+            self.rows[0:0] = array("I", [0]) * (self.base - row)
+            self.base = row
+            return True
+        return False
+
     def __contains__(self, message_id: str) -> bool:
         row = row_of(message_id)
-        if row is not None and row < MAX_ROW:
-            return row < len(self.rows) and self.rows[row] == fingerprint(message_id)
-        return message_id in self.rowless
+        if row is not None and self.base <= row < self.base + len(self.rows) \
+                and self.rows[row - self.base] == fingerprint(message_id):
+            return True
+        return message_id in self.rowless  # (kept aside before the span reached its row)
 
 
 class DoneIndex:
