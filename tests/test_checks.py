@@ -186,3 +186,21 @@ def test_this_workers_own_done_records_are_known_without_reading():
     reader.note_done({**done("t.csv:9:z"), "worker": "w"})
     reader.check((RUN, "t.csv:9:z"), 1_000.0, True, answers.append)
     assert answers == [("w", 5.0)] and len(stream.opened) == 1
+
+
+def test_a_check_made_while_the_first_fence_is_still_opening_reads_from_its_moment():
+    """Found in review: the reading opened for the first fence (from the stream's end) was
+    started over for a check, but from the end again: the check's history went unread."""
+    opened: list[Channel] = []
+    pending: list = []
+    connection = SimpleNamespace(is_open=True, channel=lambda on_open_callback:
+                                 pending.append(on_open_callback))
+    reader = tail.ResultsTail(QueueSpec("q"), "w", logging.getLogger("checks"),
+                              write_mark=lambda _mark: None, on_refused=lambda _exc: None)
+    reader.start(connection, SimpleNamespace(call_later=lambda *_a: None), lambda: None)
+    assert reader.state is tail.Reading.OPENING
+    reader.check((RUN, "t.csv:1:a"), 1_000.0, True, lambda _done: None)
+    for on_open in pending:
+        on_open(Channel(opened))
+    offsets = [channel.offset for channel in opened if not channel.closed]
+    assert len(offsets) == 1 and offsets[0].timestamp() == 1_000.0, offsets

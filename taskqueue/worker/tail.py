@@ -104,6 +104,7 @@ class ResultsTail:
         self._generation += 1
         self._connection, self._ioloop = connection, ioloop
         self.state = Reading.PAUSED
+        self._forget_history()  # nothing waits for it: the first fence reads from the end
         self._on_first_fence = on_ready
         self._on_first_fence_needs = self._fence()
         self._open()
@@ -126,14 +127,13 @@ class ResultsTail:
         connection = self._connection
         if self.state is not Reading.PAUSED or connection is None or not connection.is_open:
             return
-        if not self._waiting:
-            self._covered_from = self._resume_at = None  # a probe does not read the history
-            offset: object = "next"
+        since = self._covered_from
+        if since is None:
+            offset: object = "next"  # only fences wait: what is written from now on
         elif self._resume_at is not None:
             offset = self._resume_at
         else:
-            since = self._covered_from
-            offset = "first" if since is None or since == FROM_START else stream_offset(since)
+            offset = "first" if since == FROM_START else stream_offset(since)
         self._generation += 1
         self.state = Reading.OPENING
         self.readings += 1
@@ -178,6 +178,13 @@ class ResultsTail:
         self._keep_place()
         if channel is not None and channel.is_open:
             channel.close()
+
+    def _forget_history(self) -> None:
+        """The next reading starts at the stream's end: the records read so far are dropped
+        (a later check reads from its own moment again)."""
+        self._covered_from = self._resume_at = None
+        self._read_to = -1
+        self.index = DoneIndex()
 
     def _keep_place(self) -> None:
         if self._covered_from is not None and self._read_to >= 0:
@@ -294,6 +301,8 @@ class ResultsTail:
             self._ioloop.call_later(BLOCKED_GRACE, lambda: generation == self._generation
                                     and on_back())
             return
+        if self.state is Reading.PAUSED and not self._waiting:
+            self._forget_history()  # a probe never reads the history: from the end
         self._probes.append((self._fence(), on_back))
         self._open()
 
