@@ -1,0 +1,336 @@
+#!/usr/bin/env python3
+"""Benchmark: our worker against the minimal loop, Dramatiq with Results and Celery with a
+result backend, side by side in one run (issue 29, item 5).
+
+    make bench-peers                 # 3000 zero-work / 300 10 ms tasks, 2 repetitions each
+    python bench/peers.py --quick    # two cases, small, 1 repetition: a smoke run (< 1 min)
+    python bench/peers.py --out FILE # the report elsewhere (default bench/peers.md,
+                                     # --quick: bench/out/peers-quick.md)
+
+The four, each with N = 1 and 4 slots, on the machine's RabbitMQ and (for the peers' results)
+its Redis at 127.0.0.1:6379:
+  ours       ``listening_worker.py --concurrency N --seconds-per-dot 0.01`` (prefetch N);
+  minimal    bench/peer_minimal.py: N threads, each its own connection with prefetch 1: consume,
+             work, publish a JSON record to the stream ``<queue>.results`` with confirms, wait
+             for the confirm, ack. Nothing shared between slots, nothing batched;
+  dramatiq   ``dramatiq --processes 1 --threads N`` with the Results middleware (Redis backend),
+             RabbitMQ broker, prefetch N (``dramatiq_queue_prefetch``; its default is 2N);
+  celery     ``celery worker --pool threads --concurrency N``, RabbitMQ broker, Redis result
+             backend, ``task_acks_late`` (it acks after the result is stored, as the others
+             ack after their record) and prefetch multiplier 1 (prefetch N). The thread pool:
+             one process with N threads is how ours, the minimal loop and Dramatiq run too;
+             prefork would add a process hand-off per task and, on this 2-core machine, N
+             processes fighting for the cores.
+Dramatiq and Celery are not taskqueue's dependencies: they live in bench/out/peers-venv
+(git-ignored), made from PyPI on first use and reused after (bench/peer_apps.py runs there).
+
+The same tasks for all: "task K" (zero-work: no '.', nothing runs) or "task K." (10 ms: one
+sleep of 10 ms). Ours and the minimal loop read the queue our emitter fills; the peers' queues
+are filled by their own clients (their message formats). Timing is the same for all four, from
+the outside (bench/versus.py's method): the queue's ready count sampled by passive
+``queue_declare`` every ~10 ms, the rate being its fall between the first sample below N
+and the last above 0 (start-up and shut-down excluded). A run counts only when the queue is
+empty at the end, with every task acked (ours and the minimal loop exit on their own when idle;
+the peers are stopped with SIGTERM, a warm shutdown, once the queue is drained, and a task
+they had not acked would be back in the queue) and, for the peers, one stored result per task.
+Repetitions alternate the order (ABCD, DCBA, ...) so that drift hits all alike; the best
+of each is compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pika
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.versus import (
+    POLL_SECONDS,
+    ROOT,
+    STALL_SECONDS,
+    URL,
+    BenchError,
+    Case,
+    cases,
+    connect,
+    delete_all,
+    depth,
+    describe_ours,
+    drain_rate,
+    fill,
+    log_rate,
+    stop,
+    tail,
+    write_tasks,
+)
+
+VENV = ROOT / "bench" / "out" / "peers-venv"
+PEER_PACKAGES = ["dramatiq[rabbitmq,redis]==2.2.1", "celery[redis]==5.7.0", "py-spy==0.4.3"]
+REDIS_URL = os.environ.get("PEERS_REDIS", "redis://127.0.0.1:6379/0")
+SECONDS_PER_DOT = 0.01
+
+
+@dataclass
+class System:
+    name: str
+    describe: str
+    rates: dict[str, list[float]] = field(default_factory=dict)
+    log_rates: dict[str, list[float | None]] = field(default_factory=dict)
+
+
+SYSTEMS = [
+    System("ours", "listening_worker.py --concurrency N"),
+    System("minimal", "bench/peer_minimal.py: N loops, prefetch 1 each"),
+    System("dramatiq", "Dramatiq + Results (Redis), --processes 1 --threads N"),
+    System("celery", "Celery + Redis backend, --pool threads --concurrency N"),
+]
+
+
+def venv_python() -> Path:
+    """The peers' venv, made on first use (from PyPI) and reused after."""
+    python = VENV / "bin" / "python"
+    if (VENV / "bin" / "dramatiq").exists() and (VENV / "bin" / "celery").exists():
+        return python
+    print(f"peers: making {VENV.relative_to(ROOT)} (Dramatiq, Celery; once)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet",
+                    "--disable-pip-version-check", *PEER_PACKAGES], check=True)
+    return python
+
+
+def peer_env(system: str, queue: str, run_dir: Path) -> dict[str, str]:
+    env = {**os.environ, "PEERS_SYSTEM": system, "PEERS_QUEUE": queue,
+           "PEERS_PREFIX": f"bench-peers-{queue}", "PEERS_REDIS": REDIS_URL,
+           "PEERS_SECONDS_PER_DOT": str(SECONDS_PER_DOT), "PYTHONPATH": str(ROOT / "bench"),
+           "TASKQUEUE_LOG_DIR": str(run_dir / "logs")}
+    if system in ("ours", "minimal"):
+        env.pop("PYTHONPATH")  # our tree imports its own taskqueue (the script's directory)
+    return env
+
+
+def worker_command(system: str, queue: str, slots: int) -> list[str]:
+    bin_dir = VENV / "bin"
+    if system == "ours":
+        return [sys.executable, str(ROOT / "listening_worker.py"), "--queue", queue,
+                "--concurrency", str(slots), "--exit-when-idle", "2", "--seconds-per-dot",
+                str(SECONDS_PER_DOT), "--name", "bench"]
+    if system == "minimal":
+        return [sys.executable, str(ROOT / "bench" / "peer_minimal.py"), "--queue", queue,
+                "--slots", str(slots), "--seconds-per-dot", str(SECONDS_PER_DOT)]
+    if system == "dramatiq":
+        return [str(bin_dir / "dramatiq"), "peer_apps", "--processes", "1", "--threads",
+                str(slots), "--path", str(ROOT / "bench")]
+    return [str(bin_dir / "celery"), "-A", "peer_apps", "worker", "--pool", "threads",
+            "--concurrency", str(slots), "--loglevel", "WARNING", "--without-gossip",
+            "--without-mingle", "--without-heartbeat"]
+
+
+def fill_queue(system: str, queue: str, case: Case, tasks: Path, env: dict,
+               run_dir: Path) -> None:
+    if system in ("ours", "minimal"):
+        fill(ROOT, queue, tasks, env, run_dir)
+        return
+    with open(run_dir / "fill.out", "w") as out:
+        done = subprocess.run([str(venv_python()), str(ROOT / "bench" / "peer_apps.py"), "fill",
+                               str(case.count), str(case.dots)], env=env, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=300)
+    if done.returncode != 0:
+        raise BenchError(f"{system} could not fill {queue}: {tail(run_dir / 'fill.out')}")
+
+
+def sample(channel, queue: str, proc: subprocess.Popen, count: int, who: str,
+           out: Path) -> list[tuple[float, int]]:
+    """The queue's ready count with its time, every ~10 ms, until it is 0."""
+    samples: list[tuple[float, int]] = []
+    last_change = time.monotonic()
+    while True:
+        before = time.perf_counter()
+        ready, consumers = depth(channel, queue)
+        samples.append(((before + time.perf_counter()) / 2, ready))
+        if len(samples) > 1 and ready != samples[-2][1]:
+            last_change = time.monotonic()
+        if ready == 0:
+            return samples
+        if proc.poll() is not None:
+            raise BenchError(f"{who} exited ({proc.returncode}) with {ready} of {count} "
+                             f"tasks left: {tail(out)}")
+        if time.monotonic() - last_change > STALL_SECONDS:
+            raise BenchError(f"{who} took no task from {queue} for {STALL_SECONDS} s "
+                             f"({ready} of {count} left, {consumers} consumer(s)): {tail(out)}")
+        time.sleep(POLL_SECONDS)
+
+
+def finish(system: str, proc: subprocess.Popen, channel, queue: str, count: int,
+           env: dict, out: Path) -> None:
+    """Let the worker end (ours and the minimal loop: idle; the peers: SIGTERM once the last
+    tasks can have been done), then check that every task was acked (and stored)."""
+    if system in ("dramatiq", "celery"):
+        time.sleep(1.0)  # the last N tasks in hand (10 ms each) are done and acked by then
+        proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        raise BenchError(f"{system} did not exit within 60 s: stopped it") from None
+    left, _ = depth(channel, queue)
+    if left != 0 or (proc.returncode != 0 and system in ("ours", "minimal")):
+        raise BenchError(f"{system} exited {proc.returncode} leaving {left} unacked task(s) "
+                         f"in {queue}: {tail(out)}")
+    if system in ("dramatiq", "celery"):
+        stored = subprocess.run([str(venv_python()), str(ROOT / "bench" / "peer_apps.py"),
+                                 "results"], env=env, capture_output=True, text=True)
+        if stored.stdout.strip() != str(count):
+            raise BenchError(f"{system} stored {stored.stdout.strip() or '?'} results, not "
+                             f"{count}: {stored.stderr.strip()[-200:]}")
+
+
+def remove(system: str, queue: str) -> None:
+    if system in ("ours", "minimal"):
+        delete_all(queue)
+        return
+    connection = connect()
+    try:
+        for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):  # Dramatiq's delay and dead queues
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                connection.channel().queue_delete(name)
+        with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+            connection.channel().exchange_delete(queue)  # Celery's exchange for its queue
+    finally:
+        connection.close()
+
+
+def measure(system: System, case: Case, tasks: Path, scratch: Path,
+            live: list[subprocess.Popen]) -> tuple[float, float | None]:
+    """(tasks/s from the queue's ready count, tasks/s from our worker's log) for one run."""
+    queue = f"bench.peers.{uuid.uuid4().hex[:8]}.{system.name}-{case.label}"
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{system.name}-{case.label}-", dir=scratch))
+    env = {**peer_env(system.name, queue, run_dir), "dramatiq_queue_prefetch": str(case.slots)}
+    out, connection = run_dir / "worker.out", None
+    try:
+        fill_queue(system.name, queue, case, tasks, env, run_dir)
+        connection = connect()
+        channel = connection.channel()
+        ready, _ = depth(channel, queue)
+        if ready != case.count:
+            raise BenchError(f"{queue} holds {ready} tasks after filling, not {case.count}")
+        with open(out, "w") as sink:
+            proc = subprocess.Popen(worker_command(system.name, queue, case.slots),
+                                    cwd=run_dir, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        live.append(proc)
+        samples = sample(channel, queue, proc, case.count, system.name, out)
+        finish(system.name, proc, channel, queue, case.count, env, out)
+        live.remove(proc)
+        logged = log_rate(run_dir / "logs" / "listening_worker.log", case.count) \
+            if system.name == "ours" else None
+        return drain_rate(samples, case.count), logged
+    finally:
+        if connection is not None and connection.is_open:
+            connection.close()
+        remove(system.name, queue)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def render(all_cases: list[Case], repeat: int, title: str, load: float) -> str:
+    ours, minimal, dramatiq, celery = SYSTEMS
+    lines = [f"# {title}", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores, "
+             f"RabbitMQ at {URL.split('@')[-1]}, Redis at {REDIS_URL.split('@')[-1]}, pika "
+             f"{pika.__version__}, Python {sys.version.split()[0]}; load average {load:.2f} "
+             "at the start.", "",
+             f"Ours: {describe_ours(ROOT)}. Best of {repeat} alternating run(s) each; tasks/s "
+             "from the queue's ready count (bench/peers.py's docstring says how each ran and "
+             "was timed); the ratios are to the minimal loop.", "",
+             "| case | ours | minimal loop | Dramatiq + Results | Celery + Redis backend | "
+             "ours / minimal (goal >= 0.9) | Dramatiq / minimal | Celery / minimal | "
+             "ours ahead of Dramatiq |", "|---|---|---|---|---|---|---|---|---|"]
+    for case in all_cases:
+        best = {system.name: max(system.rates[case.label]) for system in SYSTEMS}
+        base = best["minimal"]
+        ratio = {name: rate / base for name, rate in best.items()}
+        lines.append(
+            f"| {case.measure} | {best['ours']:,.0f} | {base:,.0f} | {best['dramatiq']:,.0f} | "
+            f"{best['celery']:,.0f} | {ratio['ours']:.2f}x "
+            f"{'pass' if ratio['ours'] >= 0.9 else 'FAIL'} | {ratio['dramatiq']:.2f}x | "
+            f"{ratio['celery']:.2f}x | "
+            f"{'yes' if best['ours'] > best['dramatiq'] else 'NO'} |")
+    lines += ["", "Every repetition, tasks/s (ours: the worker's log in brackets):", "",
+              "| case | system | runs |", "|---|---|---|"]
+    for case in all_cases:
+        for system in (ours, minimal, dramatiq, celery):
+            runs = ", ".join(
+                f"{rate:,.0f}" + ("" if system is not ours else
+                                  f" ({'?' if log is None else f'{log:,.0f}'})")
+                for rate, log in zip(system.rates[case.label], system.log_rates[case.label]))
+            lines.append(f"| {case.measure} | {system.describe} | {runs} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="300 zero-work tasks at 1 slot and 30 10 ms tasks at 4 slots, 1 "
+                             "repetition (a smoke run)")
+    parser.add_argument("--repeat", type=int, help="runs per case and system (default: 2, "
+                                                   "--quick: 1)")
+    parser.add_argument("--out", type=Path, help="the report (default bench/peers.md; "
+                                                 "--quick: bench/out/peers-quick.md)")
+    args = parser.parse_args()
+    repeat = args.repeat or (1 if args.quick else 2)
+    all_cases = cases(3000, 300)
+    if args.quick:  # two of the four cases, small: each run still costs a few seconds of start
+        all_cases = [replace(case, count=case.count // 10) for case in all_cases
+                     if case.label in ("zero-1", "10ms-4")]
+    live: list[subprocess.Popen] = []
+    started, load = time.monotonic(), os.getloadavg()[0]
+    try:
+        venv_python()
+    except (OSError, subprocess.CalledProcessError) as error:
+        print(f"peers: could not make the peers' venv: {error}", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="bench-peers-") as directory:
+        scratch = Path(directory)
+        try:
+            for case in all_cases:
+                tasks = write_tasks(scratch / f"{case.label}.csv", case.count, case.dots)
+                for system in SYSTEMS:
+                    system.rates[case.label], system.log_rates[case.label] = [], []
+                for attempt in range(repeat):
+                    for system in SYSTEMS if attempt % 2 == 0 else SYSTEMS[::-1]:
+                        rate, logged = measure(system, case, tasks, scratch, live)
+                        system.rates[case.label].append(rate)
+                        system.log_rates[case.label].append(logged)
+                        print(f"  {case.measure:<32} {system.name:<8} run {attempt + 1}: "
+                              f"{rate:8,.0f} tasks/s", flush=True)
+        except BenchError as error:
+            print(f"peers: the benchmark could not run: {error}", file=sys.stderr)
+            return 1
+        finally:
+            for proc in live:
+                stop(proc)
+    title = "Ours against the minimal loop, Dramatiq and Celery" + \
+        (" (quick sizes)" if args.quick else "")
+    text = render(all_cases, repeat, title, load)
+    text += f"\nThe whole run took {time.monotonic() - started:.0f} s.\n"
+    if args.quick:
+        text += "\nQuick sizes only check that the comparison runs; too small to judge.\n"
+    print(text)
+    out = args.out or ROOT / ("bench/out/peers-quick.md" if args.quick else "bench/peers.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
