@@ -1,18 +1,23 @@
-"""Resource alarms on a throwaway node: while the broker blocks publishers, a worker finishes
-the tasks in hand but cannot record their outcomes, so it holds them (unacked, nothing lost)
-and takes no more; the emitter waits; the report keeps working; a stop still stops; after the
-alarm everything drains and every outcome is recorded."""
+"""Resource alarms on a throwaway node: while the broker blocks publishers, a worker keeps each
+finished task's outcome in its journal on disk (fsynced), acks the task and takes the next, so
+the queue drains; the emitter waits; the report keeps working; a stop still stops; after the
+alarm every journal is published (one killed meanwhile: by the next worker of its host), and
+every task has its one row."""
 
 from __future__ import annotations
 
+import csv
+import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.brokers import close_connections_of, ctl
 from tests.helpers import (
+    DONE_LINE,
     consume_all,
     consumers,
     done_rows,
@@ -57,9 +62,49 @@ def clear_alarm(node, kind: str) -> None:
              what="the alarm to clear")
 
 
+def done_during_alarm(out: Path) -> int:
+    """'done' lines a worker wrote after the broker blocked it and before it said the alarm
+    was over: tasks it finished and acked while nothing could be published."""
+    text = out.read_text()
+    begin = text.find("the broker blocks publishing")
+    if begin < 0:
+        return 0
+    end = text.find("the alarm is over", begin)
+    return len(DONE_LINE.findall(text[begin:end if end >= 0 else len(text)]))
+
+
+def emit(node, queue: str, rows: Path, logs: Path) -> str:
+    """Publish a file's tasks; the run's id."""
+    result = run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
+                        str(rows), log_dir=logs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return re.search(r"\(run (\S+)\)", result.stdout)[1]
+
+
+def journal_files(logs: Path, queue: str) -> list[Path]:
+    return sorted((logs / "journal" / queue).glob("*.jsonl"))
+
+
+def assert_one_row_per_task(node, queue: str, run: str, tasks: int, logs: Path,
+                            tmp_path: Path) -> None:
+    """task_report.py --csv of *run*: each of its *tasks* rows once, done."""
+    out = tmp_path / f"{run}.csv"
+    report = run_script("task_report.py", "--url", node.url, "--queue", queue, "--run", run,
+                        "--reports-dir", str(tmp_path / "r"), "--csv", str(out), log_dir=logs)
+    assert report.returncode == 0, report.stdout + report.stderr
+    with open(out, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(int(row["row"]) for row in rows) == list(range(1, tasks + 1)), (
+        "one row per task, none lost, none twice")
+    assert {row["outcome"] for row in rows} == {"done"}
+
+
 @pytest.mark.parametrize("kind", ["disk", "memory"])
-def test_an_alarm_holds_the_acks_until_the_outcomes_are_recorded(kind, alarm_node, logs,
-                                                                 tmp_path):
+def test_during_an_alarm_the_work_goes_on_and_every_outcome_is_published_after(
+        kind, alarm_node, logs, tmp_path):
+    """The broker blocks publishing: the workers keep each outcome in their journal, ack, and
+    take the next task, so the queue drains; the emitter waits. Once the alarm is over the
+    journals are published: one row per task, as if there had been no alarm."""
     node = alarm_node
     queue = f"alarm_{kind}_q"
     first = write_csv(tmp_path / "first.csv", [f"first {n}." for n in range(300)])
@@ -69,29 +114,28 @@ def test_an_alarm_holds_the_acks_until_the_outcomes_are_recorded(kind, alarm_nod
                             "--seconds-per-dot", "0.05", log_dir=logs, out=out)
                for n, out in enumerate(outs)]  # no idle exit: they run before the publish
     wait_for(lambda: consumers(queue, node.url) == 2, what="2 workers")
-    assert run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue, "--file",
-                      str(first), log_dir=logs).returncode == 0
+    first_run = emit(node, queue, first, logs)
     wait_for(lambda: len(done_rows(*outs)) >= 30, what="work under way")
     emitter_out = tmp_path / "e.out"
     set_alarm(node, kind)
     try:
-        time.sleep(1)  # what was confirmed before the alarm is acked by now
-        ready_at_alarm = queue_state(queue, node.url)[0]
-        done_at_alarm = len(done_rows(*outs))
+        wait_for(lambda: all("the broker blocks publishing" in out.read_text() for out in outs),
+                 what="both workers blocked")
         emitter = start_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue,
                                "--file", str(later), log_dir=logs, out=emitter_out)
-        time.sleep(4)
-        assert queue_state(queue, node.url)[0] >= ready_at_alarm - 2, (
-            "no worker takes more than its slot while it cannot record")
-        assert len(done_rows(*outs)) <= done_at_alarm + 2, "nothing acked without its record"
+        wait_for(lambda: queue_state(queue, node.url)[0] == 0
+                 and len(done_rows(*outs)) >= 300, timeout=120, interval=0.2,
+                 what="the queue drained during the alarm")
+        during = sum(done_during_alarm(out) for out in outs)
+        assert during > 0, "tasks were done and acked while publishing was blocked"
+        assert ("disk" if kind == "disk" else "memory") in alarms(node), "still during it"
+        assert journal_files(logs, queue), "their outcomes wait in the journal"
         status = run_script("task_report.py", "--url", node.url, "--queue", queue, "--status",
                             log_dir=logs, timeout=30)
         assert status.returncode == 0 and queue in status.stdout, status.stderr
-        during = run_script("task_report.py", "--url", node.url, "--queue", queue,
-                            "--reports-dir", str(tmp_path / "r"), log_dir=logs, timeout=30)
-        assert during.returncode == 0, during.stdout + during.stderr  # reading only
         assert emitter.poll() is None, "the emitter waits while publishing is blocked"
-        assert "blocking publishers" in emitter_out.read_text()
+        wait_for(lambda: "blocking publishers" in emitter_out.read_text(),
+                 what="the emitter says why it waits")
         assert all(w.poll() is None for w in workers), "the workers wait, they do not exit"
     finally:
         clear_alarm(node, kind)
@@ -99,21 +143,48 @@ def test_an_alarm_holds_the_acks_until_the_outcomes_are_recorded(kind, alarm_nod
     assert "20 confirmed" in emitter_out.read_text()
     assert stop_when(all_settled(outs, 320, queue, node.url), queue, workers, log_dir=logs,
                      url=node.url, what="the 320 tasks done") == [0, 0]
-    done = done_rows(*outs)
-    assert {row for _, row in done} >= set(range(1, 301)), "every task of the first run done"
-    assert sum(done.values()) >= 320, "and the 20 published during the alarm"
+    print(f"{kind} alarm: {during} of 300 tasks done and acked during it")
+    assert journal_files(logs, queue) == [], "each journal deleted once published"
+    said = "".join(out.read_text() for out in outs)
+    assert "the alarm is over" in said and "kept in the journal" in said
+    for out in outs:
+        assert out.read_text().count("the broker blocks publishing") <= 1, "the alarm said once"
     assert queue_state(queue, node.url) == (0, 0)
     assert consume_all(queue + ".dead", node.url) == []
-    for out in outs:
-        text = out.read_text()
-        assert text.count("the broker blocks publishing") <= 1, "the alarm said once"
-    said = "".join(out.read_text() for out in outs)
-    assert "the broker blocks publishing" in said and "the alarm is over" in said
-    report = run_script("task_report.py", "--url", node.url, "--queue", queue, "--reports-dir",
-                        str(tmp_path / "r"), "--csv", str(tmp_path / "all.csv"), log_dir=logs)
-    assert report.returncode == 0, report.stderr
-    assert "incomplete" not in report.stdout, "every outcome recorded"
-    assert "results: 20 tasks written" in report.stdout, "the latest run: the 20 of the alarm"
+    assert_one_row_per_task(node, queue, first_run, 300, logs, tmp_path)
+
+
+def test_a_worker_killed_during_an_alarm_leaves_its_journal_to_the_next_one(alarm_node, logs,
+                                                                           tmp_path):
+    """kill -9 while outcomes wait in the journal: those tasks were acked, so only the journal
+    has them. A worker started later on that host and queue takes the dead one's file over
+    and publishes it: one row per task all the same."""
+    node, queue = alarm_node, "alarm_kill_q"
+    rows = write_csv(tmp_path / "rows.csv", [f"task {n}." for n in range(150)])
+    out1, out2 = tmp_path / "w1.out", tmp_path / "w2.out"
+    first = start_worker("--url", node.url, "--queue", queue, "--name", "w1",
+                         "--seconds-per-dot", "0.05", log_dir=logs, out=out1)
+    wait_for(lambda: consumers(queue, node.url) == 1, what="the worker")
+    run = emit(node, queue, rows, logs)
+    wait_for(lambda: len(done_rows(out1)) >= 10, what="work under way")
+    set_alarm(node, "memory")
+    try:
+        wait_for(lambda: done_during_alarm(out1) >= 20, timeout=60,
+                 what="tasks done during the alarm")
+        first.kill()  # SIGKILL: nothing is closed, nothing flushed
+        first.wait(timeout=10)
+        left = journal_files(logs, queue)
+        assert left and f".{first.pid}." in left[0].name, "the dead worker's journal stays"
+    finally:
+        clear_alarm(node, "memory")
+    second = start_worker("--url", node.url, "--queue", queue, "--name", "w2",
+                          "--seconds-per-dot", "0.05", "--exit-when-idle", "1", log_dir=logs,
+                          out=out2)
+    assert second.wait(timeout=120) == 0, out2.read_text()
+    assert "kept in the journal" in out2.read_text(), "the orphan was published"
+    assert journal_files(logs, queue) == []
+    assert queue_state(queue, node.url) == (0, 0)
+    assert_one_row_per_task(node, queue, run, 150, logs, tmp_path)
 
 
 # --- faults meeting an alarm (issue 16) -------------------------------------------------------
@@ -172,8 +243,8 @@ def test_the_emitters_second_ctrl_c_stops_it_during_an_alarm(alarm_node, logs, t
 
 
 def test_exit_when_idle_waits_for_a_retry_copy_an_alarm_holds(alarm_node, logs, tmp_path):
-    """The failed task's copy to .retry waits for the alarm; the worker must not call itself
-    idle and leave the task to a queue nobody consumes."""
+    """The failed task's copy to .retry waits in the journal for the alarm to end; the worker
+    must not call itself idle and leave the task in a journal nobody publishes."""
     node, queue, out = alarm_node, "alarm_idle_retry_q", tmp_path / "w.out"
     emit_slow_task(node, queue, logs, tmp_path)
     set_alarm(node, "disk")
@@ -195,9 +266,11 @@ def test_exit_when_idle_waits_for_a_retry_copy_an_alarm_holds(alarm_node, logs, 
     assert consume_all(queue + ".retry", node.url) == []
 
 
-def test_a_stop_during_an_alarm_puts_back_a_task_whose_copy_waits(alarm_node, logs, tmp_path):
-    """The failed task's copy to .retry cannot be published: the stop does not wait for the
-    alarm to end; the original goes back to the queue instead (nothing lost)."""
+def test_a_stop_during_an_alarm_leaves_a_copy_in_the_journal_for_the_next_worker(
+        alarm_node, logs, tmp_path):
+    """The failed task's copy to .retry cannot be published: it goes to the journal, the
+    original is acked, and the stop does not wait for the alarm. The next worker of this host
+    publishes the copy: the task is retried, then dead-lettered (nothing lost)."""
     node, queue, out = alarm_node, "alarm_stop_copy_q", tmp_path / "w.out"
     emit_slow_task(node, queue, logs, tmp_path)
     set_alarm(node, "disk")
@@ -209,10 +282,23 @@ def test_a_stop_during_an_alarm_puts_back_a_task_whose_copy_waits(alarm_node, lo
         worker.send_signal(signal.SIGTERM)
         code = exit_code_within(worker, 30, out, "the stop waited for the alarm")
         assert code == 0, out.read_text()
-        assert "the task goes back to the queue instead" in out.read_text()
-        assert queue_state(queue, node.url) == (1, 0), "the task is back in the queue"
+        assert "stay in the journal" in out.read_text()
+        assert queue_state(queue, node.url) == (0, 0), "acked: its copy is in the journal"
+        assert journal_files(logs, queue)
     finally:
         clear_alarm(node, "disk")
+    out2 = tmp_path / "w2.out"
+    second = start_worker("--url", node.url, "--queue", queue, "--name", "w2",
+                          "--seconds-per-dot", "1", "--task-timeout", "0.3", "--max-retries",
+                          "1", "--retry-delay", "0.2", log_dir=logs, out=out2)
+    wait_for(lambda: (queue_state(queue + ".dead", node.url) or (0, 0))[0] == 1, timeout=60,
+             what="the copy published from the journal, retried, then dead-lettered")
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=30) == 0, out2.read_text()
+    assert "kept in the journal" in out2.read_text()
+    dead = consume_all(queue + ".dead", node.url)
+    assert [body for _, body in dead] == [b"slow...."], out2.read_text()
+    assert journal_files(logs, queue) == []
 
 
 def test_a_connection_lost_while_blocked_does_not_leave_the_worker_blocked(alarm_node, logs,

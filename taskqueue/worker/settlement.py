@@ -6,8 +6,16 @@ task only once the broker has confirmed every one of them, so a crash in between
 record or a copy, never loses one. Each settlement has one state (``step``):
 
     working -> confirming -> acked          the record (and copy) are on the broker
+                          -> journaled -> acked   the broker blocks publishing (an alarm):
+                                            they are in the worker's journal, fsynced
                           -> requeued       the broker refused one: the task goes back
             -> dropped                      the channel went: the broker delivers it again
+
+Journaled: during a memory or disk alarm nothing can be confirmed; rather than hold the task
+(and its slot) until the alarm ends, what is still unconfirmed goes to the journal on disk
+(journal.py), the task is acked and the slot takes the next one; the outbox publishes the
+journal once the alarm is over. Only a block does this: a connection that is down keeps the
+task in hand (the broker delivers it again if the connection is lost).
 
 A task recognised as already done is acked at once (nothing to record: its record exists).
 """
@@ -26,6 +34,7 @@ from taskqueue.worker.outbox import Copy, Outbox
 class Step(Enum):
     WORKING = "working"
     CONFIRMING = "confirming"
+    JOURNALED = "journaled"  # kept in the journal (an alarm): acked at once
     ACKED = "acked"
     REQUEUED = "requeued"
     DROPPED = "dropped"
@@ -48,12 +57,13 @@ class Settlement:
         self.result: str | None = None  # what the work returned
         self.running = False  # its work runs in the slot (a dropped one is freed when it ends)
         self.copy: Copy | None = None
-        self._parts = 0
+        self._record: dict | None = None  # the record until the broker confirms it
+        self._copy_due = False  # the copy is not confirmed yet
 
     @property
     def in_hand(self) -> bool:
         """Not acked, requeued or dropped yet: the task is still ours."""
-        return self.step in (Step.WORKING, Step.CONFIRMING)
+        return self.step in (Step.WORKING, Step.CONFIRMING, Step.JOURNALED)
 
     def finish(self, outcome: str, seconds: float, record: dict | None = None,
                copy_to: str | None = None, properties: pika.BasicProperties | None = None
@@ -66,14 +76,19 @@ class Settlement:
             self._over(Step.DROPPED)
             return
         self.step = Step.CONFIRMING
-        self._parts = (record is not None) + (copy_to is not None)
-        if record is not None:
-            self.outbox.record_result(record, lambda ok: self._confirmed(ok, record))
+        self._record, self._copy_due = record, copy_to is not None
         if copy_to is not None:
             self.copy = Copy(copy_to, self.delivery.body, properties, self._confirmed)
+        if self.outbox.blocked and self._journal():
+            return
+        if record is not None:
+            self.outbox.record_result(record, lambda ok: self._confirmed(ok, record))
+        if self.copy is not None:
             self.outbox.publish_copy(self.copy)
-        if not self._parts:
+        if self._record is None and not self._copy_due:
             self._ack()
+        else:
+            self.outbox.when_blocked(self._journal)  # an alarm while the confirms are due
 
     def _confirmed(self, ok: bool, record: dict | None = None) -> None:
         if record is not None and ok and self.on_recorded is not None:
@@ -83,9 +98,27 @@ class Settlement:
         if not ok:
             self.requeue("the broker refused its record or copy")
             return
-        self._parts -= 1
-        if self._parts == 0:
+        if record is not None:
+            self._record = None
+        else:
+            self._copy_due = False
+        if self._record is None and not self._copy_due:
             self._ack()
+
+    def _journal(self) -> bool:
+        """The broker blocks publishing: keep what it has not confirmed in the journal, then
+        ack. False if the outbox could not (the copy is on its way already, or the journal
+        cannot be written): the confirms are waited for, as without a journal."""
+        if self.step is not Step.CONFIRMING or not self.delivery.channel.is_open:
+            return False  # (a closed channel: the delivery is dropped, the broker has it back)
+        copy = self.copy if self._copy_due else None
+        if not self.outbox.keep(self._record, copy):
+            return False
+        if self._record is not None and self.on_recorded is not None:
+            self.on_recorded(self._record)  # it will be in the stream: the tail may know it
+        self.step = Step.JOURNALED
+        self._ack()
+        return True
 
     def _ack(self) -> None:
         channel = self.delivery.channel
@@ -120,6 +153,7 @@ class Settlement:
         self._over(Step.DROPPED)
 
     def _over(self, step: Step) -> None:
+        self.outbox.forget(self._journal)
         self.step = step
         self.delivery.settled = True
         self.on_over(self)
