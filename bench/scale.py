@@ -268,9 +268,9 @@ def fd_guard(broker: Broker, results: list[dict], count: int) -> str | None:
 
 
 SIZES = {  # (workers, tasks, idle seconds)
-    "full": {"real": [(1, 2000, 0), (8, 2000, 30), (64, 1000, 30)],
+    "full": {"real": [(1, 5000, 0), (8, 5000, 30), (64, 3000, 30)],
              # 1,000 TaskConsumers could not start in 5 minutes here (scale.md): --sizes
-             "sim": [(1, 2000, 0), (10, 2000, 0), (100, 1000, 0)]},
+             "sim": [(1, 10000, 0), (10, 10000, 0), (100, 4000, 0)]},
     "quick": {"real": [(1, 200, 0), (4, 200, 5)], "sim": [(1, 200, 0), (10, 200, 0)]},
 }
 
