@@ -32,6 +32,9 @@ CLOCK_SKEW = 60.0  # seconds a worker's or emitter's clock may be behind the bro
 LEGACY_SLACK = 14 * 3600.0  # older run ids are local time: anywhere from UTC-12 to UTC+14
 
 _RUN_TIME = re.compile(r"^(\d{8})(T|-)(\d{6})(Z?)-")
+# One encoder for every group: json.dumps with any option builds a new JSONEncoder per call,
+# about 3 us of a worker's per-task cost at 1 slot.
+_GROUP_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
 def stream_arguments(max_age: str = RESULTS_MAX_AGE, max_bytes: int = RESULTS_MAX_BYTES
@@ -70,7 +73,7 @@ def stream_offset(since: float | None) -> object:
 
 
 def encode_group(records: list[dict]) -> bytes:
-    return json.dumps(records, ensure_ascii=False).encode("utf-8")
+    return _GROUP_ENCODER.encode(records).encode("utf-8")
 
 
 def decode_group(body: bytes) -> list[dict]:
