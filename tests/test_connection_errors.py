@@ -17,7 +17,7 @@ from pika.adapters.utils.connection_workflow import (
 )
 from pika.exceptions import AMQPConnectionError
 
-from taskqueue.broker.connection import explain_connect_error
+from taskqueue.broker.explain import explain_connect_error
 from tests.brokers import free_port
 from tests.helpers import run_script
 

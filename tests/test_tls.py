@@ -19,7 +19,8 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorTransportSetupE
 from pika.exceptions import AMQPConnectionError
 
 from taskqueue.broker.config import TlsOptions
-from taskqueue.broker.connection import explain_connect_error, tls_context
+from taskqueue.broker.explain import explain_connect_error
+from taskqueue.broker.params import tls_context
 from tests.brokers import ThrowawayBroker, free_port
 from tests.helpers import run_script, start_worker
 

@@ -20,8 +20,8 @@ import argparse
 import sys
 
 from taskqueue.admin import ask_yes_no
+from taskqueue.broker.blocking import open_blocking
 from taskqueue.broker.config import BrokerSettings, QueueSpec
-from taskqueue.broker.connection import open_blocking
 from taskqueue.cli import (
     add_broker_options,
     broker_settings,

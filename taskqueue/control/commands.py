@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 
 import pika
 
+from taskqueue.broker.blocking import NoConfirm, confirmed_within, open_blocking
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
-from taskqueue.broker.connection import NoConfirm, confirmed_within, open_blocking
 from taskqueue.broker.topology import CONTROL_ARGUMENTS, ROUTING_CONTROL, ROUTING_LIVE
 from taskqueue.control.state import command
 from taskqueue.errors import EXIT_REFUSED, EXIT_UNREACHABLE, UserError

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pika
 
+from taskqueue.broker.blocking import open_blocking
 from taskqueue.broker.config import BrokerSettings, QueueSpec
-from taskqueue.broker.connection import open_blocking
 from taskqueue.wire.events import decode_events, kind_of
 
 

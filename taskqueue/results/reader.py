@@ -27,8 +27,8 @@ from dataclasses import replace
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
+from taskqueue.broker.blocking import NoConfirm, confirmed_within, open_blocking
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
-from taskqueue.broker.connection import NoConfirm, confirmed_within, open_blocking
 from taskqueue.errors import EXIT_REFUSED, UserError
 from taskqueue.results.record import decode_group, kind_of, stream_offset
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import pika
 
+from taskqueue.broker.blocking import open_blocking
 from taskqueue.broker.config import BrokerSettings, QueueSpec
-from taskqueue.broker.connection import open_blocking
 from taskqueue.results.events_file import EventStore as EventStore  # its importers of views.store
 from taskqueue.views.names import worker_of
 from taskqueue.wire.events import RecentIds, kind_of

@@ -23,8 +23,8 @@ from typing import TextIO
 
 import pika
 
+from taskqueue.broker.blocking import open_blocking
 from taskqueue.broker.config import BrokerSettings, QueueSpec
-from taskqueue.broker.connection import open_blocking
 from taskqueue.results.history import History
 from taskqueue.results.record import decode_group, run_began, stream_offset
 from taskqueue.views.live import LiveState, QueueCounts

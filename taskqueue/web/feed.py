@@ -23,8 +23,8 @@ from dataclasses import replace
 
 import pika
 
+from taskqueue.broker.blocking import open_blocking_at
 from taskqueue.broker.config import BrokerSettings, QueueSpec
-from taskqueue.broker.connection import open_blocking_at
 from taskqueue.errors import UserError
 from taskqueue.results.record import decode_group, kind_of
 from taskqueue.views.live import LiveState, QueueCounts
