@@ -28,9 +28,18 @@ class Channel:
 class Outbox:
     """Keeps what it is given; the test confirms (or refuses) each by hand."""
 
+    blocked = False  # no alarm here: the journal's side is tests/test_journal.py's
+
     def __init__(self) -> None:
         self.records: list[tuple[dict, object]] = []
         self.copies: list[Copy] = []
+        self.watching: set = set()  # settlements that journal if an alarm comes
+
+    def when_blocked(self, journal_it) -> None:
+        self.watching.add(journal_it)
+
+    def forget(self, journal_it) -> None:
+        self.watching.discard(journal_it)
 
     def record_result(self, record: dict, on_confirmed) -> None:
         self.records.append((record, on_confirmed))
