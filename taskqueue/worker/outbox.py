@@ -132,6 +132,7 @@ class Outbox(BrokerSession):
         self._kept_copies = 0  # copies in the journal's open file
         self._journal_failed = False  # said once per alarm
         self._look_for_orphans = True  # once per connection
+        self._back_at = 0.0  # when the last .retry copy published from the journal flows back
 
     # --- what the consumer calls -----------------------------------------------------------
     def publish_copy(self, copy: Copy) -> None:
@@ -175,11 +176,14 @@ class Outbox(BrokerSession):
 
     @property
     def copies_waiting(self) -> int:
-        """Copies not yet confirmed (waiting to be sent, being re-routed, or unconfirmed)."""
+        """Copies not yet confirmed (waiting to be sent, being re-routed, unconfirmed, or in the
+        journal), and one published from the journal until its retry delay is over: its task
+        was acked during the alarm, so only this tells ``--exit-when-idle`` it comes back."""
         in_flight = sum(isinstance(item, Copy) and not item.cancelled
                         for item in self._unconfirmed.values())
+        due_back = self._closing_since is None and time.monotonic() < self._back_at
         return sum(not copy.cancelled for copy in (*self._copies, *(self._remaking or ()))) \
-            + in_flight + self._kept_copies
+            + in_flight + self._kept_copies + due_back
 
     def send(self, everything: bool = False) -> None:
         """Publish the copies that wait, and full batches of events (everything, with
@@ -446,6 +450,10 @@ class Outbox(BrokerSession):
         if not ok:
             self.log.error("[%s] the broker would not take an outcome from the journal; it "
                            "stays in %s", self.worker, replay.path)
+        expiration = ok and (entry.get("copy") or {}).get("properties", {}).get("expiration")
+        if expiration and str(expiration).isdigit():  # a copy to .retry: back after its delay
+            # (and a second for the broker to move it from .retry back to the task queue)
+            self._back_at = max(self._back_at, time.monotonic() + int(expiration) / 1000 + 1)
         try:
             replay.settled(entry, ok)
         except OSError as exc:  # published again later: readers count each record once
