@@ -6,6 +6,8 @@ result backend, side by side in one run (issue 29, item 5).
     python bench/peers.py --quick    # two cases, small, 1 repetition: a smoke run (< 1 min)
     python bench/peers.py --out FILE # the report elsewhere (default bench/peers.md,
                                      # --quick: bench/out/peers-quick.md)
+    python bench/peers.py --ours-ref HEAD  # measure a commit (git archive), not the checkout
+                                           # (e.g. while others' edits are half done)
 
 The four, each with N = 1 and 4 slots, on the machine's RabbitMQ and (for the peers' results)
 its Redis at 127.0.0.1:6379:
@@ -69,6 +71,8 @@ from bench.versus import (
     drain_rate,
     fill,
     log_rate,
+    materialise,
+    resolve,
     stop,
     tail,
     write_tasks,
@@ -78,6 +82,17 @@ VENV = ROOT / "bench" / "out" / "peers-venv"
 PEER_PACKAGES = ["dramatiq[rabbitmq,redis]==2.2.1", "celery[redis]==5.7.0", "py-spy==0.4.3"]
 REDIS_URL = os.environ.get("PEERS_REDIS", "redis://127.0.0.1:6379/0")
 SECONDS_PER_DOT = 0.01
+
+
+@dataclass
+class OursTree:
+    """The tree measured as ours: this checkout, or (--ours-ref) a commit's copy."""
+
+    path: Path = ROOT
+    describe: str = ""
+
+
+OURS = OursTree()
 
 
 @dataclass
@@ -121,7 +136,7 @@ def peer_env(system: str, queue: str, run_dir: Path) -> dict[str, str]:
 def worker_command(system: str, queue: str, slots: int) -> list[str]:
     bin_dir = VENV / "bin"
     if system == "ours":
-        return [sys.executable, str(ROOT / "listening_worker.py"), "--queue", queue,
+        return [sys.executable, str(OURS.path / "listening_worker.py"), "--queue", queue,
                 "--concurrency", str(slots), "--exit-when-idle", "2", "--seconds-per-dot",
                 str(SECONDS_PER_DOT), "--name", "bench"]
     if system == "minimal":
@@ -138,7 +153,7 @@ def worker_command(system: str, queue: str, slots: int) -> list[str]:
 def fill_queue(system: str, queue: str, case: Case, tasks: Path, env: dict,
                run_dir: Path) -> None:
     if system in ("ours", "minimal"):
-        fill(ROOT, queue, tasks, env, run_dir)
+        fill(OURS.path, queue, tasks, env, run_dir)
         return
     with open(run_dir / "fill.out", "w") as out:
         done = subprocess.run([str(venv_python()), str(ROOT / "bench" / "peer_apps.py"), "fill",
@@ -247,7 +262,7 @@ def render(all_cases: list[Case], repeat: int, title: str, load: float) -> str:
              f"RabbitMQ at {URL.split('@')[-1]}, Redis at {REDIS_URL.split('@')[-1]}, pika "
              f"{pika.__version__}, Python {sys.version.split()[0]}; load average {load:.2f} "
              "at the start.", "",
-             f"Ours: {describe_ours(ROOT)}. Best of {repeat} alternating run(s) each; tasks/s "
+             f"Ours: {OURS.describe}. Best of {repeat} alternating run(s) each; tasks/s "
              "from the queue's ready count (bench/peers.py's docstring says how each ran and "
              "was timed); the ratios are to the minimal loop.", "",
              "| case | ours | minimal loop | Dramatiq + Results | Celery + Redis backend | "
@@ -283,6 +298,8 @@ def main() -> int:
                              "repetition (a smoke run)")
     parser.add_argument("--repeat", type=int, help="runs per case and system (default: 2, "
                                                    "--quick: 1)")
+    parser.add_argument("--ours-ref", metavar="REF",
+                        help="measure this commit's tree (git archive) as ours, not the checkout")
     parser.add_argument("--out", type=Path, help="the report (default bench/peers.md; "
                                                  "--quick: bench/out/peers-quick.md)")
     args = parser.parse_args()
@@ -298,9 +315,18 @@ def main() -> int:
     except (OSError, subprocess.CalledProcessError) as error:
         print(f"peers: could not make the peers' venv: {error}", file=sys.stderr)
         return 1
+    OURS.describe = describe_ours(ROOT)
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as directory:
         scratch = Path(directory)
         try:
+            if args.ours_ref:
+                commit = resolve(args.ours_ref)
+                if commit is None:
+                    raise BenchError(f"{args.ours_ref} is not a commit of this repository")
+                OURS.path = scratch / "ours"
+                OURS.path.mkdir()
+                materialise(commit, OURS.path)
+                OURS.describe = f"commit {commit[:7]} (git archive {args.ours_ref})"
             for case in all_cases:
                 tasks = write_tasks(scratch / f"{case.label}.csv", case.count, case.dots)
                 for system in SYSTEMS:
