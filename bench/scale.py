@@ -204,9 +204,9 @@ def measure(broker: Broker, kind: str, count: int, tasks: int, idle: float,
     params.client_properties = {"connection_name": f"{BENCH_CONNECTION} {tag}"}
     connection = pika.BlockingConnection(params)
     holder: list = []
-    workers = None
+    workers: Workers | None = Workers(kind, count, URL, queue, prefix, tmp, tree)
     try:
-        workers = Workers(kind, count, URL, queue, prefix, tmp, tree)
+        workers.start()
         wait_until(lambda: (queue_state(holder, connection, queue) or (0, 0))[1] >= count,
                    60 + count / 5, f"{count} consumers on {queue}", step=0.5)
         begin = broker.snapshot()

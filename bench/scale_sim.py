@@ -61,6 +61,12 @@ def build(url: str, queue: str, name: str, log: logging.Logger):
                         WorkerOptions(name=name), [SimulatedWork(1.0)])
 
 
+def subscribed(consumer) -> bool:
+    """Consuming the task queue: ``phase`` (worker/phase.py) since 3399b81, ``state`` before."""
+    now = getattr(consumer, "phase", None) or getattr(consumer, "state", None)
+    return getattr(now, "name", "") == "CONSUMING"
+
+
 def run_one(consumer, log: logging.Logger) -> None:
     try:
         consumer.run()
@@ -74,9 +80,15 @@ class Workers:
     def __init__(self, kind: str, count: int, url: str, queue: str, prefix: str,
                  tmp: Path, tree: Path) -> None:
         self.kind, self.count, self.prefix = kind, count, prefix
-        env = dict(os.environ, TASKQUEUE_LOG_DIR=str(tmp / "logs"), PYTHONUNBUFFERED="1")
+        self.url, self.queue, self.tmp, self.tree = url, queue, tmp, tree
         self.procs: list[subprocess.Popen] = []
-        if kind == "real":
+
+    def start(self) -> None:
+        """Start them all; ``stop()`` ends those started, even if this raised."""
+        count, url, queue, prefix, tmp, tree = (self.count, self.url, self.queue, self.prefix,
+                                                self.tmp, self.tree)
+        env = dict(os.environ, TASKQUEUE_LOG_DIR=str(tmp / "logs"), PYTHONUNBUFFERED="1")
+        if self.kind == "real":
             for n in range(count):
                 out = open(tmp / f"{prefix}{n}.out", "wb")  # noqa: SIM115 (closed by the child)
                 self.procs.append(subprocess.Popen(
@@ -109,10 +121,12 @@ class Workers:
                 proc.stdin.write(b"stop\n")
                 proc.stdin.flush()
         for proc in self.procs:
-            if self.kind == "sim":
-                line = proc.stdout.readline()
-                for key, value in (json.loads(line) if line.strip() else {}).items():
-                    totals[key] = totals.get(key, 0) + value
+            # a process stopped while starting says "started" first; one that failed, nothing
+            for line in proc.stdout if self.kind == "sim" else []:
+                if line.startswith(b"{"):
+                    for key, value in json.loads(line).items():
+                        totals[key] = totals.get(key, 0) + value
+                    break
             try:
                 proc.wait(timeout=40)
             except subprocess.TimeoutExpired:
@@ -143,8 +157,7 @@ def main() -> int:
         # One at a time, each subscribed before the next: 2,000 connections opened at once
         # time out on a 2-core broker (measured: 374 of 1,000 instances gave up after 60 s).
         deadline = time.monotonic() + START_WAIT_SECONDS
-        while consumer.state.value != "consuming" and thread.is_alive() \
-                and time.monotonic() < deadline:
+        while not subscribed(consumer) and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
     print("started", flush=True)
     sys.stdin.readline()
