@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pika
 
-from taskqueue.worker.outbox import Copy
+from taskqueue.worker.copies import Copy
 from taskqueue.worker.settlement import Settlement, Step
 
 

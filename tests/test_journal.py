@@ -16,8 +16,8 @@ import pika
 import pytest
 
 from taskqueue.worker import journal as journal_module
+from taskqueue.worker.copies import Copy
 from taskqueue.worker.journal import Journal, Replay, pid_alive, safe_name
-from taskqueue.worker.outbox import Copy
 from taskqueue.worker.settlement import Settlement, Step
 
 pytestmark = pytest.mark.fast

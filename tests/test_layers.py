@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 
 # Modules that moved: kept only as a re-export for the importers still listed in ALLOWED.
-MOVED = {"taskqueue.views.events": "taskqueue.wire.events"}
+MOVED: dict[str, str] = {}  # (views.events went to wire.events: no importer is left)
 
 # The violations the code has today, each with why it is there and what removes it. The test
 # fails on any violation not listed here; an entry that no longer happens is only warned about
@@ -57,10 +57,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     # ids, the stream's arguments) moves into taskqueue/wire/, and these become imports down.
     ("taskqueue.broker.config", "taskqueue.results.record"):
         "the stream's arguments and retention defaults: wire vocabulary still in results/",
-    # views/events.py moved to wire/events.py: the last importer switches its import (one
-    # line), then views/events.py is deleted.
-    ("taskqueue.worker.outbox", "taskqueue.views.events"):
-        "encode: import it from taskqueue.wire.events (outbox.py, being rewritten)",
 }
 
 

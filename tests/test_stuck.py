@@ -196,7 +196,8 @@ def test_a_returned_copy_is_told_apart_from_another_with_the_same_key_and_no_id(
     from pika.spec import Basic
 
     from taskqueue.broker.config import BrokerSettings, QueueSpec
-    from taskqueue.worker.outbox import COPY_ID, Copy, Outbox
+    from taskqueue.worker.copies import Copy
+    from taskqueue.worker.outbox import COPY_ID, Outbox
 
     outbox = Outbox(BrokerSettings(urls=[MAIN_URL]), QueueSpec("q"), logging.getLogger("t"),
                     None, "w")

@@ -33,9 +33,7 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from functools import partial
-from pathlib import Path
+from dataclasses import replace
 
 import pika
 from pika.adapters.select_connection import IOLoop
@@ -51,8 +49,10 @@ from taskqueue.broker.topology import (
 )
 from taskqueue.log import log_dir
 from taskqueue.results.record import encode_group
-from taskqueue.views.events import encode
-from taskqueue.worker.journal import Journal, Replay, safe_name
+from taskqueue.wire.events import encode
+from taskqueue.worker.copies import Copy, RecordGroup
+from taskqueue.worker.journal import Journal, safe_name
+from taskqueue.worker.keeper import JournalKeeper
 
 EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
                                         content_type="application/json")
@@ -62,39 +62,6 @@ COPY_ID = "x-copy-id"
 RECORD_GROUP = 1000  # records in one stream message at most
 RECORD_GROUPS_IN_FLIGHT = 1  # the next group gathers while this one is confirmed
 CONFIRM_TIMEOUT = 10.0  # seconds without a confirm, not blocked: the connection is no good
-PROPERTY_NAMES = ("content_type", "content_encoding", "headers", "delivery_mode", "priority",
-                  "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
-                  "user_id", "app_id", "cluster_id")
-
-
-@dataclass
-class Copy:
-    """A message to put in another queue before its original may be acked."""
-
-    routing_key: str
-    body: bytes
-    properties: pika.BasicProperties
-    on_settled: Callable[[bool], None]  # True: the broker has it; False: refused or unroutable
-    cancelled: bool = False  # the original went back to the queue: the copy is not needed
-    returns: int = 0  # times the broker returned it (no queue to route to)
-
-
-@dataclass
-class RecordGroup:
-    """Records published together to the results stream; each may have a callback, told
-    True once the broker has them, False if it would not take them."""
-
-    items: list[tuple[dict, Callable[[bool], None] | None]]
-    routing_key: str = ""
-    returns: int = 0
-    cancelled: bool = False  # never: a record says what happened, it is always sent
-    properties: pika.BasicProperties = field(default_factory=lambda: pika.BasicProperties(
-        delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json"))
-
-    def settle(self, ok: bool) -> None:
-        for _record, callback in self.items:
-            if callback is not None:
-                callback(ok)
 
 
 class Outbox(BrokerSession):
@@ -127,12 +94,10 @@ class Outbox(BrokerSession):
         self._closing_since: float | None = None
         self._grace = 0.0
         self._confirming = False
-        self.journal = Journal(log_dir() / "journal" / safe_name(spec.name))
-        self._when_blocked: set[Callable[[], bool]] = set()  # settlements waiting for confirms
-        self._kept_copies = 0  # copies in the journal's open file
-        self._journal_failed = False  # said once per alarm
-        self._look_for_orphans = True  # once per connection
-        self._back_at = 0.0  # when the last .retry copy published from the journal flows back
+        self.keeper = JournalKeeper(Journal(log_dir() / "journal" / safe_name(spec.name)),
+                                    log, worker, self._copies.append,
+                                    lambda record, settled: self._records.append(
+                                        (record, settled)))
 
     # --- what the consumer calls -----------------------------------------------------------
     def publish_copy(self, copy: Copy) -> None:
@@ -172,7 +137,7 @@ class Outbox(BrokerSession):
         """Results records not yet sent (or waiting for the stream to be made again)."""
         remaking = sum(len(item.items) for item in self._remaking or ()
                        if isinstance(item, RecordGroup))
-        return len(self._records) + remaking + self.journal.entries - self._kept_copies
+        return len(self._records) + remaking + self.keeper.records
 
     @property
     def copies_waiting(self) -> int:
@@ -181,9 +146,9 @@ class Outbox(BrokerSession):
         was acked during the alarm, so only this tells ``--exit-when-idle`` it comes back."""
         in_flight = sum(isinstance(item, Copy) and not item.cancelled
                         for item in self._unconfirmed.values())
-        due_back = self._closing_since is None and time.monotonic() < self._back_at
+        due_back = self._closing_since is None and self.keeper.copy_due_back
         return sum(not copy.cancelled for copy in (*self._copies, *(self._remaking or ()))) \
-            + in_flight + self._kept_copies + due_back
+            + in_flight + self.keeper.copies + due_back
 
     def send(self, everything: bool = False) -> None:
         """Publish the copies that wait, and full batches of events (everything, with
@@ -192,7 +157,7 @@ class Outbox(BrokerSession):
         if channel is None or not channel.is_open or self.blocked or not self._confirming:
             return
         if self.exchange_ready:  # (the queues a journaled copy goes to are set up)
-            self._publish_journal()
+            self.keeper.publish()
         while self._copies:
             copy = self._copies.popleft()
             if not copy.cancelled:
@@ -244,7 +209,7 @@ class Outbox(BrokerSession):
 
     def on_channel_ready(self, channel: Channel) -> None:
         self._tag = 0
-        self._look_for_orphans = True
+        self.keeper.look_for_orphans = True
         self._confirming = False
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(ack_nack_callback=self._on_confirm,
@@ -368,14 +333,14 @@ class Outbox(BrokerSession):
         else:
             self._records.extendleft(reversed(group.items))
 
-    # --- the journal: what an alarm keeps us from publishing (journal.py) ---------------------
+    # --- the journal: what an alarm keeps us from publishing (keeper.py) -------------------
     def when_blocked(self, journal_it: Callable[[], bool]) -> None:
         """Call *journal_it* if the broker blocks us (until ``forget``): a settlement waiting
         for its confirms then keeps its outcome in the journal instead."""
-        self._when_blocked.add(journal_it)
+        self.keeper.waiting.add(journal_it)
 
     def forget(self, journal_it: Callable[[], bool]) -> None:
-        self._when_blocked.discard(journal_it)
+        self.keeper.waiting.discard(journal_it)
 
     def keep(self, record: dict | None, copy: Copy | None) -> bool:
         """Blocked: write *record* and *copy* to the journal (fsynced) and take them back from
@@ -385,79 +350,13 @@ class Outbox(BrokerSession):
         if copy is not None and any(item is copy for item in (*self._unconfirmed.values(),
                                                               *(self._remaking or ()))):
             return False
-        entries: list[dict] = [] if record is None else [{"record": record}]
-        if copy is not None:
-            properties = {name: getattr(copy.properties, name, None) for name in PROPERTY_NAMES}
-            entries.append({"copy": {"routing_key": copy.routing_key, "body": copy.body,
-                                     "properties": properties}})
-        try:
-            self.journal.append(entries)
-        except OSError as exc:
-            if not self._journal_failed:
-                self._journal_failed = True
-                self.log.error("[%s] cannot write the journal %s (%s): finished tasks wait for "
-                               "the alarm to end", self.worker, self.journal.directory, exc)
+        if not self.keeper.write(record, copy):
             return False
         if record is not None:
             self._records = deque(item for item in self._records if item[0] is not record)
         if copy is not None:
             copy.cancelled = True  # it goes out from the journal
-            self._kept_copies += 1
         return True
-
-    def _publish_journal(self) -> None:
-        """Not blocked: the file an alarm filled, and (once per connection) those of workers
-        of this host that died, are published; each is deleted once the broker has it all."""
-        paths: list[Path] = []
-        if self._look_for_orphans:
-            self._look_for_orphans = False
-            try:
-                paths = self.journal.take_orphans()
-            except OSError as exc:
-                self.log.warning("[%s] cannot look for journals left behind in %s (%s)",
-                                 self.worker, self.journal.directory, exc)
-        own = self.journal.seal()
-        if own is not None:
-            paths.append(own)
-            self._kept_copies = 0
-        for path in paths:
-            self._publish_file(path)
-
-    def _publish_file(self, path: Path) -> None:
-        try:
-            entries, unreadable = self.journal.read(path)
-        except OSError as exc:
-            self.log.warning("[%s] cannot read the journal %s (%s)", self.worker, path, exc)
-            return
-        if unreadable:  # a kill in the middle of a write: that task was not acked
-            self.log.warning("[%s] %d unreadable line(s) in the journal %s", self.worker,
-                             unreadable, path)
-        self.log.info("[%s] publishing %d outcome(s) kept in the journal %s", self.worker,
-                      len(entries), path.name)
-        replay = Replay(self.journal, path, len(entries))
-        for entry in entries:
-            settled = partial(self._replayed, replay, entry)
-            if isinstance(entry.get("copy"), dict):
-                copy = entry["copy"]
-                self._copies.append(Copy(copy["routing_key"], copy["body"], pika.BasicProperties(
-                    **copy["properties"]), settled))
-            else:
-                self._records.append((entry.get("record") or {}, settled))
-        if not entries:
-            self._replayed(replay, {}, True)
-
-    def _replayed(self, replay: Replay, entry: dict, ok: bool) -> None:
-        if not ok:
-            self.log.error("[%s] the broker would not take an outcome from the journal; it "
-                           "stays in %s", self.worker, replay.path)
-        expiration = ok and (entry.get("copy") or {}).get("properties", {}).get("expiration")
-        if expiration and str(expiration).isdigit():  # a copy to .retry: back after its delay
-            # (and a second for the broker to move it from .retry back to the task queue)
-            self._back_at = max(self._back_at, time.monotonic() + int(expiration) / 1000 + 1)
-        try:
-            replay.settled(entry, ok)
-        except OSError as exc:  # published again later: readers count each record once
-            self.log.warning("[%s] cannot remove %s (%s)", self.worker, replay.path, exc)
 
     # --- the alarm, said once on the worker ---------------------------------------------------
     def on_blocked(self, reason: str) -> None:
@@ -466,10 +365,8 @@ class Outbox(BrokerSession):
         self.log.warning("[%s] the broker blocks publishing (%s; a memory or disk alarm): "
                          "results records and retry/dead-letter copies go to the journal in %s "
                          "until it ends, and finished tasks are acked", self.worker, reason,
-                         self.journal.directory)
-        self._journal_failed = False
-        for journal_it in list(self._when_blocked):
-            journal_it()
+                         self.keeper.journal.directory)
+        self.keeper.blocked()
 
     def on_unblocked(self) -> None:
         # The alarm's time does not count towards CONFIRM_TIMEOUT: what was published before
@@ -494,12 +391,12 @@ class Outbox(BrokerSession):
         if pending and not out_of_time and self.connections_made:
             self.ioloop.call_later(0.05, self._close_when_sent)
             return
-        unsent = self.records_waiting - (self.journal.entries - self._kept_copies)
+        unsent = self.records_waiting - self.keeper.records
         if pending and self.exchange_ready and unsent:
             self.log.warning("[%s] %d results records could not be sent before exiting (broker "
                              "away or blocking): their tasks were not acked, and run again",
                              self.worker, unsent)
-        kept = self.journal.seal()
+        kept = self.keeper.journal.seal()
         if kept is not None:
             self.log.warning("[%s] the alarm is not over: the outcomes of finished tasks stay in "
                              "the journal %s; the next worker of this host on this queue "

@@ -27,8 +27,9 @@ from enum import Enum
 
 import pika
 
+from taskqueue.worker.copies import Copy
 from taskqueue.worker.delivery import Delivery
-from taskqueue.worker.outbox import Copy, Outbox
+from taskqueue.worker.outbox import Outbox
 
 
 class Step(Enum):
