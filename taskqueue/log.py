@@ -5,9 +5,10 @@
 
 The console gets the messages on stdout so that stderr stays free for the one-line error a
 script prints when it must stop. The log file's lines also name the script and its pid, since
-several workers may share one file. Lines are written at once but flushed in batches (every
-0.1 s, at once for warnings and errors, and at exit): a worker logging two lines per task at
-thousands of tasks a second spends its time on tasks, not on write calls.
+several workers may share one file. Lines are written at once (the worker's console lines:
+gathered, see BATCHED_CONSOLE_SCRIPTS) but flushed in batches (every 0.1 s, at once for
+warnings and errors, and at exit): a worker logging two lines per task at thousands of tasks a
+second spends its time on tasks, not on write calls.
 
 The log directory is ``logs/`` in the directory the command runs in (never inside an installed
 package), or ``$TASKQUEUE_LOG_DIR`` when set (tests, services and several checkouts use that).
@@ -27,6 +28,12 @@ from typing import TextIO
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 FLUSH_SECONDS = 0.1
+# Scripts that log lines per task and print nothing else on stdout: their console lines are
+# gathered and written with the flushes too, even when the console is unbuffered
+# (PYTHONUNBUFFERED=1, python -u, as many containers run): a write call per line there costs a
+# worker ~20 us a line, ~6% of a zero-work task. Other scripts print to stdout themselves (a
+# report, a table), so their lines go out at once, in order with what they print.
+BATCHED_CONSOLE_SCRIPTS = ("listening_worker",)
 
 # The logging docs' own optimisations: no stack walk for file/line, no thread names.
 logging._srcfile = None
@@ -45,10 +52,13 @@ class ConsoleAndFileHandler(logging.Handler):
     Console: ``05:25:14 INFO    message``;
     file:    ``2026-11-28 05:25:14.123 INFO    [script pid=42] message``."""
 
-    def __init__(self, console: TextIO, log_file: TextIO | None) -> None:
+    def __init__(self, console: TextIO, log_file: TextIO | None,
+                 batch_console: bool = False) -> None:
         super().__init__()
         self.console, self.log_file = console, log_file
         self.pid = os.getpid()
+        # Console lines not written yet (batch_console): written by flush().
+        self._console_lines: list[str] | None = [] if batch_console else None
         self._second = -1
         self._clock = self._day = ""
 
@@ -84,7 +94,10 @@ class ConsoleAndFileHandler(logging.Handler):
         level_name = f"{logging.getLevelName(level):<7}"
         with self._lock:
             day, clock = self._stamp(created)
-            self._to_console(f"{clock} {level_name} {message}\n")
+            if self._console_lines is None:
+                self._to_console(f"{clock} {level_name} {message}\n")
+            else:
+                self._console_lines.append(f"{clock} {level_name} {message}\n")
             if self.log_file is not None:
                 millis = int((created % 1) * 1000)
                 self.log_file.write(f"{day} {clock}.{millis:03d} {level_name} "
@@ -106,6 +119,9 @@ class ConsoleAndFileHandler(logging.Handler):
 
     def flush(self) -> None:
         with self._lock:
+            if self._console_lines:
+                self._to_console("".join(self._console_lines))
+                self._console_lines.clear()
             for stream in (self.console, self.log_file):
                 if stream is not None:
                     with contextlib.suppress(OSError, ValueError):
@@ -172,7 +188,8 @@ def get_logger(script: str, level: str = "INFO", console: TextIO | None = None) 
     except OSError as exc:  # a read-only checkout must not stop the work
         problem = exc
 
-    handler = ConsoleAndFileHandler(console or sys.stdout, log_file)
+    handler = ConsoleAndFileHandler(console or sys.stdout, log_file,
+                                    batch_console=script in BATCHED_CONSOLE_SCRIPTS)
     if not _handlers:
         threading.Thread(target=_flush_forever, name="log-flush", daemon=True).start()
         atexit.register(_flush_all)
