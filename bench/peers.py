@@ -9,34 +9,18 @@ result backend, side by side in one run (issue 29, item 5).
     python bench/peers.py --ours-ref HEAD  # measure a commit (git archive), not the checkout
                                            # (e.g. while others' edits are half done)
 
-The four, each with N = 1 and 4 slots, on the machine's RabbitMQ and (for the peers' results)
-its Redis at 127.0.0.1:6379:
-  ours       ``listening_worker.py --concurrency N --seconds-per-dot 0.01`` (prefetch N);
-  minimal    bench/peer_minimal.py: N threads, each its own connection with prefetch 1: consume,
-             work, publish a JSON record to the stream ``<queue>.results`` with confirms, wait
-             for the confirm, ack. Nothing shared between slots, nothing batched;
-  dramatiq   ``dramatiq --processes 1 --threads N`` with the Results middleware (Redis backend),
-             RabbitMQ broker, prefetch N (``dramatiq_queue_prefetch``; its default is 2N);
-  celery     ``celery worker --pool threads --concurrency N``, RabbitMQ broker, Redis result
-             backend, ``task_acks_late`` (it acks after the result is stored, as the others
-             ack after their record) and prefetch multiplier 1 (prefetch N). The thread pool:
-             one process with N threads is how ours, the minimal loop and Dramatiq run too;
-             prefork would add a process hand-off per task and, on this 2-core machine, N
-             processes fighting for the cores.
+Four systems, each at N = 1 and 4 slots, prefetch N, on the machine's RabbitMQ (and its Redis
+at 127.0.0.1:6379 for the peers' results): ours, the minimal loop (bench/peer_minimal.py),
+Dramatiq with Results and Celery with a Redis backend (bench/peer_apps.py). The report's "How
+each ran" (``render``) says how each is run and timed, and why Celery runs its thread pool.
 Dramatiq and Celery are not taskqueue's dependencies: they live in bench/out/peers-venv
-(git-ignored), made from PyPI on first use and reused after (bench/peer_apps.py runs there).
-
-The same tasks for all: "task K" (zero-work: no '.', nothing runs) or "task K." (10 ms: one
-sleep of 10 ms). Ours and the minimal loop read the queue our emitter fills; the peers' queues
-are filled by their own clients (their message formats). Timing is the same for all four, from
-the outside (bench/versus.py's method): the queue's ready count sampled by passive
-``queue_declare`` every ~10 ms, the rate being its fall between the first sample below N
-and the last above 0 (start-up and shut-down excluded). A run counts only when the queue is
-empty at the end, with every task acked (ours and the minimal loop exit on their own when idle;
-the peers are stopped with SIGTERM, a warm shutdown, once the queue is drained, and a task
-they had not acked would be back in the queue) and, for the peers, one stored result per task.
-Repetitions alternate the order (ABCD, DCBA, ...) so that drift hits all alike; the best
-of each is compared.
+(git-ignored), made from PyPI on first use and reused after. Ours and the minimal loop read the
+queue our emitter fills; the peers' queues are filled by their own clients (their message
+formats), with the same texts. A run counts only when the queue is empty at the end (ours and
+the minimal loop exit on their own when idle; the peers get SIGTERM, a warm shutdown, once the
+queue is drained: a task they had not acked would be back in it) and, for the peers, with one
+stored result per task. Repetitions alternate the order (ABCD, DCBA, ...) so that drift hits
+all alike; the best of each is compared.
 """
 
 from __future__ import annotations
@@ -278,7 +262,26 @@ def render(all_cases: list[Case], repeat: int, title: str, load: float) -> str:
             f"{'pass' if ratio['ours'] >= 0.9 else 'FAIL'} | {ratio['dramatiq']:.2f}x | "
             f"{ratio['celery']:.2f}x | "
             f"{'yes' if best['ours'] > best['dramatiq'] else 'NO'} |")
-    lines += ["", "Every repetition, tasks/s (ours: the worker's log in brackets):", "",
+    lines += ["", "How each ran (N = slots; prefetch N for all; the same queue of \"task K\" or "
+              "\"task K.\" texts, 10 ms of sleep per '.'):", "",
+              "- ours: `listening_worker.py --concurrency N --seconds-per-dot 0.01`: one "
+              "process, an I/O thread and N slot threads (zero-work tasks run on the I/O "
+              "thread); each record confirmed (in groups) before its task is acked;",
+              "- minimal loop: bench/peer_minimal.py, N threads, each its own connection with "
+              "prefetch 1: consume, publish a JSON record to `<queue>.results` (a stream) with "
+              "confirms, wait for the confirm, ack;",
+              "- Dramatiq: `dramatiq --processes 1 --threads N`, RabbitMQ broker, the Results "
+              "middleware on Redis (`store_results=True`), `dramatiq_queue_prefetch=N`;",
+              "- Celery: `celery worker --pool threads --concurrency N`, RabbitMQ broker, Redis "
+              "result backend, `task_acks_late=True`, prefetch multiplier 1 (threads: one "
+              "process like the others; prefork would add a process hand-off per task and N "
+              "processes on 2 cores).", "",
+              "Timing, the same for all four (bench/versus.py's method): the queue's ready "
+              "count sampled by passive `queue_declare` every ~10 ms; the rate is its fall "
+              "between the first sample below the task count and the last above 0, so start-up "
+              "and shut-down are left out. A run counts only if the queue is empty at the end "
+              "(every task acked) and, for Dramatiq and Celery, one result per task is in Redis.",
+              "", "Every repetition, tasks/s (ours: the worker's log in brackets):", "",
               "| case | system | runs |", "|---|---|---|"]
     for case in all_cases:
         for system in (ours, minimal, dramatiq, celery):
