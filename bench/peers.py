@@ -247,7 +247,7 @@ def render(all_cases: list[Case], repeat: int, title: str, load: float) -> str:
              f"{pika.__version__}, Python {sys.version.split()[0]}; load average {load:.2f} "
              "at the start.", "",
              f"Ours: {OURS.describe}. Best of {repeat} alternating run(s) each; tasks/s "
-             "from the queue's ready count (bench/peers.py's docstring says how each ran and "
+             "from the queue's ready count (\"How each ran\" below says how each ran and "
              "was timed); the ratios are to the minimal loop.", "",
              "| case | ours | minimal loop | Dramatiq + Results | Celery + Redis backend | "
              "ours / minimal (goal >= 0.9) | Dramatiq / minimal | Celery / minimal | "
