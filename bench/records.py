@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from taskqueue.broker.config import QueueSpec  # noqa: E402
 from taskqueue.results.record import new_run_id, stream_arguments  # noqa: E402
-from taskqueue.wire.messages import message_id  # noqa: E402
+from taskqueue.wire.messages import FIRST_PUBLISH, PUBLISHED_AGAIN, message_id  # noqa: E402
 
 URL = os.environ.get("BENCH_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 GOAL_MB = 100.0
@@ -104,6 +105,39 @@ def delete(queue: str) -> None:
     connection.close()
 
 
+READ = re.compile(r"results record: (\d+) deliveries checked; (\d+) records read")
+
+
+def worker_rows(queue: str, tasks: Path, count: int, run_id: str,
+                tmp: Path) -> list[tuple[int, str, float, float, str]]:
+    """A worker started on a run whose record already holds *count* records, taking one more
+    task of it: first as the emitter's first publish (not checked: the record is not read),
+    then as a copy published again (checked: the run's records are read up to a fence). The
+    time includes the worker's start and its 1 s --exit-when-idle."""
+    rows = []
+    connection = pika.BlockingConnection(pika.URLParameters(URL))
+    connection.channel().queue_purge(queue)  # the rows --skip-done published: not these
+    connection.close()
+    for kind, what in ((FIRST_PUBLISH, "worker: next task (first publish)"),
+                       (PUBLISHED_AGAIN, "worker: a copy (checked)")):
+        row = count + 1
+        connection = pika.BlockingConnection(pika.URLParameters(URL))
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish("", queue, b"one more", pika.BasicProperties(
+            delivery_mode=2, message_id=message_id(str(tasks.resolve()), row, "one more",
+                                                   tasks.name),
+            correlation_id=run_id, type=kind, timestamp=int(time.time())))
+        connection.close()
+        seconds, mb, result = measure(
+            [str(ROOT / "listening_worker.py"), "--queue", queue, "--exit-when-idle", "1"], tmp)
+        found = READ.search(result.stdout + result.stderr)
+        assert result.returncode == 0 and found, result.stdout + result.stderr
+        rows.append((count, what, seconds, mb,
+                     f"{int(found[1])} checked, {int(found[2]):,} records read"))
+    return rows
+
+
 def bench(sizes: list[int]) -> list[tuple[int, str, float, float, str]]:
     rows = []
     for count in sizes:
@@ -134,9 +168,10 @@ def bench(sizes: list[int]) -> list[tuple[int, str, float, float, str]]:
                 assert f"skipped {skipped} rows done before" in result.stdout, result.stdout
                 rows.append((count, "emitter --skip-done", seconds, mb,
                              f"{skipped:,} skipped, {count // 100:,} published"))
+                rows += worker_rows(queue, tasks, count, run_id, tmp)
             finally:
                 delete(queue)
-        for row in rows[-2:]:
+        for row in rows[-4:]:
             print(f"{row[0]:>9,}  {row[1]:<22} {row[2]:6.1f} s  {row[3]:6.1f} MB  {row[4]}",
                   flush=True)
     return rows
