@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test test-fast test-cluster test-rabbitmq4 test-windows lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records bench-web clean
+.PHONY: bench-peers bench-scale venv demo test test-fast test-cluster test-rabbitmq4 test-windows lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records bench-web clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -94,3 +94,15 @@ bench-web: venv
 
 clean:
 	rm -rf $(VENV) logs reports/*.jsonl .pytest_cache
+
+# Ours against the minimal loop, Dramatiq + Results and Celery + Redis backend (bench/peers.py;
+# makes bench/out/peers-venv from PyPI on first use); about 4 min; writes bench/peers.md.
+PEERS ?=
+bench-peers: venv
+	$(PY) bench/peers.py $(PEERS)
+
+# Broker cost per task against the number of workers (bench/scale.py; root: a private node in
+# a network namespace of its own); writes bench/scale.md.
+SCALE ?=
+bench-scale: venv
+	$(PY) bench/scale.py --private-broker $(SCALE)
