@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from taskqueue.broker.config import QueueSpec  # noqa: E402
-from taskqueue.results.record import new_run_id, stream_arguments  # noqa: E402
 from taskqueue.wire.messages import FIRST_PUBLISH, PUBLISHED_AGAIN, message_id  # noqa: E402
+from taskqueue.wire.record import new_run_id, stream_arguments  # noqa: E402
 
 URL = os.environ.get("BENCH_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 GOAL_MB = 100.0

@@ -101,8 +101,8 @@ def dashboard_memory(count: int, url: str = "amqp://guest:guest@127.0.0.1:5672/%
 
     from taskqueue.broker.config import QueueSpec
     from taskqueue.control.remove import QueueRemover
-    from taskqueue.results.record import stream_arguments
     from taskqueue.web.metrics import OUTCOMES
+    from taskqueue.wire.record import stream_arguments
 
     queue = f"bench.web.{uuid.uuid4().hex[:6]}"
     spec = QueueSpec(queue)

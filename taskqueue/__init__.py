@@ -7,7 +7,7 @@ recorded result: broker/config -> emitter/tasks -> emitter/feed -> broker/topolo
 broker/connection -> emitter/publisher (the emitter's side) -> worker/consumer ->
 worker/delivery -> worker/tail (already done?) -> worker/policy -> worker/slots -> worker/work
 (worker/child, worker/reaper) -> worker/settlement (record, confirm, ack) -> worker/outbox (the
-worker's publishing side) -> results/record -> results/reader -> results/table (one row per
+worker's publishing side) -> wire/record -> results/reader -> results/table (one row per
 task) -> results/history, results/waiting -> views/ (report, live view); control/ operates the
 queue (pause, resume, cancel, stop-workers, requeue-dead, delete-queue).
 """

@@ -26,9 +26,9 @@ from taskqueue.emitter.publisher import ConfirmedPublisher
 from taskqueue.emitter.tasks import tasks_from_messages
 from taskqueue.errors import EXIT_INCOMPLETE, UserError
 from taskqueue.results.history import History
-from taskqueue.results.record import new_run_id
 from taskqueue.results.table import task_rows
 from taskqueue.results.waiting import Outcomes, OutcomeWaiter
+from taskqueue.wire.record import new_run_id
 
 log = logging.getLogger("taskqueue.submit")  # configure it to see the publisher's lines
 

@@ -25,7 +25,7 @@ from taskqueue.broker.config import (
 )
 from taskqueue.errors import EXIT_BAD_INPUT, EXIT_UNREACHABLE, UserError
 from taskqueue.log import LEVELS, safe_console
-from taskqueue.results.record import RESULTS_MAX_AGE, RESULTS_MAX_BYTES
+from taskqueue.wire.record import RESULTS_MAX_AGE, RESULTS_MAX_BYTES
 
 Number = TypeVar("Number", int, float)
 

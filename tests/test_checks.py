@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pika
 
 from taskqueue.broker.config import QueueSpec
-from taskqueue.results.record import CLOCK_SKEW, encode_group, new_run_id, run_began
 from taskqueue.wire.messages import CHECK_FROM, FIRST_PUBLISH, PUBLISHED_AGAIN
+from taskqueue.wire.record import CLOCK_SKEW, encode_group, new_run_id, run_began
 from taskqueue.worker import tail
 from taskqueue.worker.delivery import Delivery
 from taskqueue.worker.policy import after_work

@@ -74,7 +74,7 @@ def test_the_results_stream_keeps_weeks_and_its_retention_can_be_set():
 
 
 def test_run_ids_say_when_the_run_began():
-    from taskqueue.results.record import CLOCK_SKEW, LEGACY_SLACK, new_run_id, run_began
+    from taskqueue.wire.record import CLOCK_SKEW, LEGACY_SLACK, new_run_id, run_began
 
     run = new_run_id(1_764_583_200.0, "ab12cd")
     assert run == "20251201T100000Z-ab12cd"

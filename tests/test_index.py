@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from taskqueue.results.index import DoneIndex
-from taskqueue.results.record import mark
+from taskqueue.wire.record import mark
 
 
 def done(run: str, row: int, worker: str = "carol") -> dict:

@@ -475,7 +475,7 @@ def test_a_reading_still_catching_up_is_not_stalled(caplog):
     import pika
 
     from taskqueue.broker.config import QueueSpec
-    from taskqueue.results.record import encode_group
+    from taskqueue.wire.record import encode_group
     from taskqueue.worker import tail
 
     marks = []

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pika
 
-from taskqueue.results.record import encode_group
 from taskqueue.wire.messages import FIRST_PUBLISH, PUBLISHED_AGAIN, message_id, row_of
+from taskqueue.wire.record import encode_group
 from tests.helpers import (
     MAIN_URL,
     consume_all,

@@ -289,7 +289,7 @@ def test_a_record_it_cannot_read_is_skipped_and_the_dashboard_goes_on(dashboard,
     import pika
 
     from taskqueue.broker.config import QueueSpec
-    from taskqueue.results.record import stream_arguments
+    from taskqueue.wire.record import stream_arguments
 
     connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
     channel = connection.channel()

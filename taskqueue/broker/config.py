@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from taskqueue.errors import EXIT_BAD_INPUT, UserError
-from taskqueue.results.record import RESULTS_MAX_AGE, RESULTS_MAX_BYTES, stream_arguments
+from taskqueue.wire.record import RESULTS_MAX_AGE, RESULTS_MAX_BYTES, stream_arguments
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/%2F"
 DEFAULT_QUEUE = "task_queue"
@@ -168,7 +168,7 @@ class QueueSpec:
 
     @property
     def results_name(self) -> str:
-        """The stream of results records (results/record.py): every attempt's outcome."""
+        """The stream of results records (wire/record.py): every attempt's outcome."""
         return f"{self.name}.results"
 
     @property

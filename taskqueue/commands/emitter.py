@@ -41,9 +41,9 @@ from taskqueue.errors import EXIT_INCOMPLETE, EXIT_SOME_FAILED, UserError
 from taskqueue.log import get_logger, log_dir
 from taskqueue.results.history import History
 from taskqueue.results.reader import RecordReader
-from taskqueue.results.record import new_run_id
 from taskqueue.results.table import write_tasks_file
 from taskqueue.results.waiting import OutcomeWaiter
+from taskqueue.wire.record import new_run_id
 
 SCRIPT = "emitter_of_tasks"
 

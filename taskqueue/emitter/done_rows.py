@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 
 from taskqueue.emitter.tasks import Task
 from taskqueue.results.index import RunIndex
-from taskqueue.results.record import kind_of
+from taskqueue.wire.record import kind_of
 
 
 def done_ids(records: Iterable[dict], label: str) -> RunIndex:

@@ -19,7 +19,7 @@ from pathlib import Path
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.results.events_file import EventStore
 from taskqueue.results.reader import RecordReader
-from taskqueue.results.record import kind_of, run_began
+from taskqueue.wire.record import kind_of, run_began
 
 LATEST_WINDOWS = (900.0, 6 * 3600.0, 3 * 86400.0, None)  # look back this far for the latest run
 

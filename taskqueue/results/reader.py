@@ -30,7 +30,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from taskqueue.broker.blocking import NoConfirm, confirmed_within, open_blocking
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
 from taskqueue.errors import EXIT_REFUSED, UserError
-from taskqueue.results.record import decode_group, kind_of, stream_offset
+from taskqueue.wire.record import decode_group, kind_of, stream_offset
 
 PREFETCH = 500  # stream messages in flight to a reader (each is a group of records)
 ACK_EVERY = 100

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from taskqueue.results.record import kind_of
+from taskqueue.wire.record import kind_of
 
 RANK = {"failed": 1, "cancelled": 2, "dead": 3, "done": 4}
 COLUMNS = ["row", "task", "worker", "host", "started", "seconds", "attempts", "outcome",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.results.reader import RecordReader
-from taskqueue.results.record import FINAL, kind_of, run_began
+from taskqueue.wire.record import FINAL, kind_of, run_began
 
 PROGRESS_SECONDS = 5.0
 

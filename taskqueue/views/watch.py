@@ -26,10 +26,10 @@ import pika
 from taskqueue.broker.blocking import open_blocking
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.results.history import History
-from taskqueue.results.record import decode_group, run_began, stream_offset
 from taskqueue.views.live import LiveState, QueueCounts
 from taskqueue.views.store import passive_counts
 from taskqueue.wire.events import decode_events
+from taskqueue.wire.record import decode_group, run_began, stream_offset
 
 VIEW_QUEUE_LIMIT = 10_000  # messages a slow view may fall behind before the oldest go
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from taskqueue.results.history import safe_name
-from taskqueue.results.record import kind_of
+from taskqueue.wire.record import kind_of
 
 OPEN_FILES = 16  # the runs being written at once (older handles are closed, reopened if needed)
 

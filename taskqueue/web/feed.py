@@ -26,7 +26,6 @@ import pika
 from taskqueue.broker.blocking import open_blocking_at
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.errors import UserError
-from taskqueue.results.record import decode_group, kind_of
 from taskqueue.views.live import LiveState, QueueCounts
 from taskqueue.views.store import passive_counts
 from taskqueue.views.watch import VIEW_QUEUE_LIMIT
@@ -34,6 +33,7 @@ from taskqueue.web.copies import RunCopies
 from taskqueue.web.nodes import NodeWatch
 from taskqueue.web.totals import RecordTotals
 from taskqueue.wire.events import decode_events
+from taskqueue.wire.record import decode_group, kind_of
 
 GONE_AFTER = 4.0  # two snapshot intervals (2 s): a killed worker shows as gone
 RECONNECT_SECONDS = 2.0

@@ -18,11 +18,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from taskqueue.results.record import kind_of
 from taskqueue.results.table import task_rows, write_tasks_csv
 from taskqueue.views.report import RunReport
 from taskqueue.web.copies import RunCopies, read_copy
 from taskqueue.web.index import RunIndex
+from taskqueue.wire.record import kind_of
 from taskqueue.worker.policy import MAX_REASON  # what a dead copy's x-death-reason keeps
 
 FRESH_SECONDS = 1.0

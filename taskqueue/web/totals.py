@@ -11,8 +11,8 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
-from taskqueue.results.record import kind_of
 from taskqueue.wire.events import RecentIds
+from taskqueue.wire.record import kind_of
 
 # Seconds: from a zero-work task to a long one (the Prometheus client's defaults stop at 10 s).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,

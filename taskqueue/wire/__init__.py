@@ -4,8 +4,6 @@ results readers and the views agree on it without importing one another.
 
   events.py    event ids, the task and run event shapes, their JSON encoding, seen ids
   messages.py  a task message's id (and the row in it), its type, the check-from header
-
-Still elsewhere, to move here: the results record's shapes (results/record.py: kinds, marks,
-task keys, run ids, the stream's arguments). tests/test_layers.py lists what still imports
-wire vocabulary from above (ALLOWED).
+  record.py    the results record: its groups, kinds, marks, task keys, run ids, the stream's
+               arguments and retention
 """

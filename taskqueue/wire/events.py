@@ -6,7 +6,7 @@ Kinds (field ``kind``; events of older workers have none and are task events):
                 many tasks it published);
   ``worker``    a worker stopped, with its totals and how many events it had to drop;
   ``snapshot``  what a worker's slots are doing right now (live views only, never stored).
-Since 0.4 task, run and worker records go to the results stream (results/record.py, the same
+Since 0.4 task, run and worker records go to the results stream (wire/record.py, the same
 JSON lists); the ``<queue>.events`` exchange carries the live views' snapshots and answers.
 Workers before 0.4 sent them in batches to the durable ``<queue>.events`` queue, which the
 report still reads. Every stored event carries an ``id``, so one sent twice counts once.

@@ -16,8 +16,8 @@ from functools import cached_property
 import pika
 from pika.channel import Channel
 
-from taskqueue.results.record import CLOCK_SKEW, run_began
 from taskqueue.wire.messages import CHECK_FROM, FIRST_PUBLISH, row_of
+from taskqueue.wire.record import CLOCK_SKEW, run_began
 
 
 def header_count(headers: dict, name: str) -> int:

@@ -21,7 +21,7 @@ from pika.spec import Basic
 
 from taskqueue.broker.config import QueueSpec
 from taskqueue.control.listener import WorkerControl
-from taskqueue.results.record import task_key
+from taskqueue.wire.record import task_key
 from taskqueue.worker.account import WorkerAccount, WorkerOptions, WorkerStats
 from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.idle import IdleWatch

@@ -48,8 +48,8 @@ from taskqueue.broker.topology import (
     Topology,
 )
 from taskqueue.log import log_dir
-from taskqueue.results.record import encode_group
 from taskqueue.wire.events import encode
+from taskqueue.wire.record import encode_group
 from taskqueue.worker.copies import Copy, RecordGroup
 from taskqueue.worker.journal import Journal, safe_name
 from taskqueue.worker.keeper import JournalKeeper

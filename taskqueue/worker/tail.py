@@ -36,7 +36,7 @@ from pika.spec import Basic
 
 from taskqueue.broker.config import QueueSpec
 from taskqueue.results.index import DoneIndex
-from taskqueue.results.record import decode_group, kind_of, mark, stream_offset
+from taskqueue.wire.record import decode_group, kind_of, mark, stream_offset
 from taskqueue.worker.tail_health import FENCE_TIMEOUT, ReadingHealth
 
 PREFETCH = 1000
