@@ -21,7 +21,9 @@ import socket
 import time
 from dataclasses import replace
 
+import pika
 from pika.channel import Channel
+from pika.spec import Basic
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
 from taskqueue.broker.connection import BrokerSession
@@ -32,7 +34,7 @@ from taskqueue.errors import EXIT_REFUSED, UserError
 from taskqueue.worker.account import WorkerAccount, WorkerOptions
 from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.idle import IdleWatch
-from taskqueue.worker.life import DeliveryLife
+from taskqueue.worker.life import DeliveryLife, WorkerParts
 from taskqueue.worker.outbox import Outbox
 from taskqueue.worker.phase import (
     STOP_ASKED,
@@ -46,14 +48,14 @@ from taskqueue.worker.reach import ReachWatch
 from taskqueue.worker.settlement import Settlement, Step
 from taskqueue.worker.slots import WorkSlot, slot_names
 from taskqueue.worker.tail import ResultsTail
-from taskqueue.worker.work import Runner
+from taskqueue.worker.work import Outcome, Runner
 
 TICK_SECONDS = 0.25  # idle checks, event flushes and live snapshots run on this beat
 SNAPSHOT_SECONDS = (0.5, 2.0)  # a live snapshot at most this often, and at least this often
 EXIT_GRACE_SECONDS = 5.0  # at exit, wait this long for the last records to be confirmed
 
 
-class TaskConsumer(DeliveryLife, BrokerSession):
+class TaskConsumer(BrokerSession):
     """Consume the task queue into ``len(runners)`` slots until stopped, idle, or failed for
     good. ``request_stop()`` (or Ctrl+C / SIGTERM): first, take no new task and finish the
     ones in hand; second, put them back in the queue and stop now."""
@@ -89,6 +91,13 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         self._changed, self._last_snapshot, self._ticks = True, 0.0, 0
         self.control = WorkerControl(queue, ControlState(options.name, time.time()), log,
                                      self._on_control, self._answer)
+        self.life = DeliveryLife(WorkerParts(
+            log, queue, options, self.slots, self._free_slots, self.outbox, self.account,
+            self.tail, self.idle, self.control, self.overruns, lambda: self.phase, self._free,
+            self._mark_changed))
+
+    def _mark_changed(self) -> None:
+        self._changed = True  # a live snapshot goes out on the next beat
 
     def _results_refused(self, reason: BaseException) -> None:
         """No permission on the results stream: no task is taken without records."""
@@ -230,7 +239,7 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         if self.phase in STOP_ASKED or self.channel is None:
             return
         self.phase = Phase.RECONNECTING  # the channel is closed below: set up again
-        if not self._taken_back("the broker cancelled the subscription"):
+        if not self.life.taken_back("the broker cancelled the subscription"):
             self.log.warning("[%s] the broker cancelled the subscription to %r (queue deleted, "
                              "or its node went away); subscribing again", self.options.name,
                              self.queue.name)
@@ -242,13 +251,16 @@ class TaskConsumer(DeliveryLife, BrokerSession):
         queue does not count: before the channel's loss drops the task in hand."""
         text = str(reason)
         if channel is self.channel and "delivery acknowledgement" in text and "timed out" in text:
-            self._taken_back("the broker closed the channel")
+            self.life.taken_back("the broker closed the channel")
         super()._on_channel_closed(channel, reason)
 
-    def _on_message(self, channel: Channel, method: object, properties: object,
-                    body: bytes) -> None:
+    def _on_outcome(self, slot: WorkSlot, delivery: Delivery, outcome: Outcome) -> None:
+        self.life.on_outcome(slot, delivery, outcome)  # (slots are made before the life)
+
+    def _on_message(self, channel: Channel, method: Basic.Deliver,
+                    properties: pika.BasicProperties, body: bytes) -> None:
         self._last_delivery = time.monotonic()  # a task came through: this node serves
-        super()._on_message(channel, method, properties, body)
+        self.life.on_message(channel, method, properties, body)
 
     def _quiet_since(self) -> float | None:
         """Consuming with no task running, since when (None: not quiet). A slot waiting for

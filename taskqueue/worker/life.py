@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pika
 from pika.channel import Channel
@@ -22,7 +24,7 @@ from pika.spec import Basic
 from taskqueue.broker.config import QueueSpec
 from taskqueue.control.listener import WorkerControl
 from taskqueue.wire.record import task_key
-from taskqueue.worker.account import WorkerAccount, WorkerOptions, WorkerStats
+from taskqueue.worker.account import WorkerAccount, WorkerOptions
 from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.idle import IdleWatch
 from taskqueue.worker.outbox import Outbox
@@ -42,31 +44,43 @@ from taskqueue.worker.work import Outcome, failure_reason
 CONSUMER_TIMEOUT_SECONDS = 1800  # RabbitMQ's default consumer_timeout (30 min)
 
 
-class DeliveryLife:
-    """Mixed into ``TaskConsumer``, which provides what is declared here."""
+@dataclass
+class WorkerParts:
+    """What a delivery's life needs of its worker, passed in (the consumer makes them)."""
 
     log: logging.Logger
     queue: QueueSpec
     options: WorkerOptions
     slots: list[WorkSlot]
-    _free_slots: list[WorkSlot]
+    free_slots: list[WorkSlot]  # the consumer's stack of free slots (shared)
     outbox: Outbox
     account: WorkerAccount
-    stats: WorkerStats
     tail: ResultsTail
     idle: IdleWatch
     control: WorkerControl
     overruns: Overruns
-    phase: Phase
-    _changed: bool
+    phase: Callable[[], Phase]  # the worker's phase now
+    free: Callable[[WorkSlot, Delivery, float], None]  # the slot back on the stack, maybe stop
+    changed: Callable[[], None]  # something a live view shows changed
 
-    def _free(self, slot: WorkSlot, delivery: Delivery, seconds: float) -> None:
-        raise NotImplementedError  # the consumer's: the slot back on the stack, maybe stop
 
-    def _on_message(self, channel: Channel, method: Basic.Deliver,
-                    properties: pika.BasicProperties, body: bytes) -> None:
+class DeliveryLife:
+    """One delivery at a time per slot, top to bottom; the consumer calls ``on_message``
+    (pika's consume callback), ``on_outcome`` (a slot's work ended) and ``taken_back``."""
+
+    def __init__(self, parts: WorkerParts) -> None:
+        self.parts = parts
+        self.log, self.queue, self.options = parts.log, parts.queue, parts.options
+        self.slots, self.outbox, self.account = parts.slots, parts.outbox, parts.account
+        self.stats = parts.account.stats
+        self.tail, self.idle, self.control = parts.tail, parts.idle, parts.control
+        self.overruns = parts.overruns
+        self._free_slots, self._free = parts.free_slots, parts.free
+
+    def on_message(self, channel: Channel, method: Basic.Deliver,
+                   properties: pika.BasicProperties, body: bytes) -> None:
         delivery = Delivery(channel, method.delivery_tag, properties, body, method.redelivered)
-        if self.phase is not Phase.CONSUMING or not self._free_slots:
+        if self.parts.phase() is not Phase.CONSUMING or not self._free_slots:
             # Sent before our basic.cancel arrived (stopping, or paused): back to the queue.
             channel.basic_nack(delivery.tag, requeue=True)
             return
@@ -74,7 +88,7 @@ class DeliveryLife:
         slot.delivery = delivery
         slot.settlement = Settlement(delivery, self.outbox, lambda s: self._on_over(slot, s),
                                      self._on_recorded)
-        self._changed = True
+        self.parts.changed()
         self.idle.busy()
         try:
             self._take(slot, delivery)
@@ -137,7 +151,7 @@ class DeliveryLife:
         settlement.running = True
         slot.assign(delivery)
 
-    def _on_outcome(self, slot: WorkSlot, delivery: Delivery, outcome: Outcome) -> None:
+    def on_outcome(self, slot: WorkSlot, delivery: Delivery, outcome: Outcome) -> None:
         """On the I/O thread: the slot's work for *delivery* ended."""
         seconds = time.time() - delivery.started
         settlement = slot.settlement
@@ -176,7 +190,7 @@ class DeliveryLife:
         settlement.reason, settlement.result = verdict.reason, result
         settlement.finish(verdict.outcome, seconds, record, verdict.copy_to, properties)
 
-    def _taken_back(self, how: str) -> bool:
+    def taken_back(self, how: str) -> bool:
         """At a consumer timeout (*how* the broker said it) the broker takes back the task this
         worker held longest: count it (``overruns``: RabbitMQ 4.3 and classic queues do not),
         record the attempt and say it. Its ack can no longer be given: the connection starts
