@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The processes bench/scale.py runs: workers (real or simulated) and a private broker.
+"""The processes bench/scale.py runs (workers, real or simulated; a private broker) and
+its reading of the broker's counters (``Broker``: read-only).
 
 Simulated workers: the product's own ``TaskConsumer`` (built as taskqueue/commands/worker.py
 builds it, one slot of simulated work), each instance in a thread of its own with its own pika
@@ -27,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 STOP_WAIT_SECONDS = 30.0
@@ -43,10 +46,110 @@ HERE = Path(__file__).resolve()
 NETNS = "bench-scale"
 NODE = "benchscale@localhost"
 FD_LIMIT = 20000
+BENCH_CONNECTION = "bench.scale"  # the benchmark's own connections' names begin so
 
 
 class BenchError(RuntimeError):
     """The benchmark could not run a setting."""
+
+
+EVAL = (
+    'C = rabbit_global_counters:overview(), '
+    'G = fun(T, K) -> maps:get(K, maps:get([{protocol,amqp091},{queue_type,T}], C)) end, '
+    'io:format("pid ~s~n", [os:getpid()]), '
+    'io:format("memory ~b~n", [erlang:memory(total)]), '
+    '[io:format("fhc ~s ~b~n", [K, V]) || {K, V} <- file_handle_cache:info('
+    '[total_limit, sockets_limit, total_used, sockets_used])], '
+    '[io:format("count ~s ~s ~b~n", [T, K, G(T, K)]) || T <- [rabbit_stream_queue, '
+    'rabbit_quorum_queue, rabbit_classic_queue], K <- [messages_delivered_total, '
+    'messages_acknowledged_total, messages_redelivered_total]], '
+    # a connection still opening has no figures yet: skipped (it has sent next to nothing)
+    '[try io:format("conn ~b ~ts~n", [proplists:get_value(send_oct, I), case lists:keyfind('
+    '<<"connection_name">>, 1, proplists:get_value(client_properties, I)) of '
+    '{_, longstr, B} -> B; _ -> <<"-">> end]) catch _:_ -> skipped end || '
+    'I <- rabbit_networking:connection_info_all([client_properties, send_oct])], ok.')
+
+
+@dataclass
+class Snapshot:
+    at: float
+    cpu: float  # the broker's user + system CPU seconds
+    counts: dict[str, int]  # "<queue type> <counter>" -> value
+    fhc: dict[str, int]
+    memory: int
+    fds: int
+    send_oct: dict[str, int] = field(default_factory=dict)  # connection name -> bytes
+
+    def stream(self) -> int:
+        return self.counts["rabbit_stream_queue messages_delivered_total"]
+
+    def acked(self) -> int:
+        return sum(v for k, v in self.counts.items() if k.endswith("acknowledged_total")
+                   and not k.startswith("rabbit_stream_queue"))
+
+    def tasks_delivered(self) -> int:
+        return sum(v for k, v in self.counts.items() if k.endswith("delivered_total")
+                   and not k.startswith("rabbit_stream_queue"))
+
+    def worker_bytes(self, prefix: str, consuming_only: bool = False) -> int:
+        return sum(v for name, v in self.send_oct.items() if prefix in name
+                   and not (consuming_only and name.endswith("(publishing)")))
+
+    def foreign(self, prefix: str) -> int:
+        """Connections that are not this setting's workers nor the benchmark's own."""
+        return sum(1 for name in self.send_oct if prefix not in name
+                   and not name.startswith(BENCH_CONNECTION)
+                   and not name.startswith("emitter_of_tasks"))
+
+
+class Broker:
+    """Reads the broker's counters (never changes anything on it)."""
+
+    def __init__(self) -> None:
+        self.ticks = os.sysconf("SC_CLK_TCK")
+        node = os.environ.get("BENCH_NODE")
+        self.ctl = ["rabbitmqctl", *(["-n", node] if node else [])]
+        self.where = f"private node {node} (bench/scale_sim.py)" if node else "the machine's"
+        self.pid = int(self._ctl()["pid"])
+        comm = Path(f"/proc/{self.pid}/comm").read_text().strip()
+        if comm != "beam.smp":
+            raise BenchError(f"the node's pid {self.pid} is {comm!r}, not beam.smp: is the "
+                             "broker on this machine?")
+        self.version = subprocess.run([*self.ctl, "version"], capture_output=True,
+                                      text=True, timeout=60).stdout.strip()
+        limits = Path(f"/proc/{self.pid}/limits").read_text()
+        self.fd_limit = int(re.search(r"Max open files\s+(\d+)", limits).group(1))
+
+    def _ctl(self) -> dict:
+        out = subprocess.run([*self.ctl, "eval", EVAL], capture_output=True, text=True,
+                             timeout=60)
+        if out.returncode != 0:
+            raise BenchError(f"rabbitmqctl eval failed: {out.stderr.strip()[-300:]}")
+        parsed: dict = {"counts": {}, "fhc": {}, "send_oct": {}}
+        for line in out.stdout.splitlines():
+            head, _, rest = line.partition(" ")
+            if head in ("pid", "memory"):
+                parsed[head] = rest
+            elif head == "count":
+                key, _, value = rest.rpartition(" ")
+                parsed["counts"][key] = int(value)
+            elif head == "fhc":
+                key, _, value = rest.partition(" ")
+                parsed["fhc"][key] = int(value)
+            elif head == "conn":
+                value, _, name = rest.partition(" ")
+                parsed["send_oct"][name] = parsed["send_oct"].get(name, 0) + int(value)
+        return parsed
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self.ticks  # utime, stime
+
+    def snapshot(self) -> Snapshot:
+        parsed = self._ctl()
+        return Snapshot(time.monotonic(), self.cpu(), parsed["counts"], parsed["fhc"],
+                        int(parsed["memory"]), len(os.listdir(f"/proc/{self.pid}/fd")),
+                        parsed["send_oct"])
 
 
 def build(url: str, queue: str, name: str, log: logging.Logger):
