@@ -106,9 +106,10 @@ class DeliveryLife:
             return
         # Only a delivery that may be a copy of a task done already reads the record
         # (delivery.py, tail.py): a first delivery of a first publish costs nothing more.
+        exact = delivery.needs_check
         self.tail.check(task_key({"run_id": delivery.run_id,
                                   "message_id": delivery.properties.message_id}),
-                        delivery.check_from, delivery.needs_check,
+                        delivery.check_from if exact else None, exact,
                         lambda done: self._checked(slot, delivery, done))
 
     def _checked(self, slot: WorkSlot, delivery: Delivery, done: tuple[str, float] | None
