@@ -108,9 +108,6 @@ class DoneIndex:
             self._forget(self.runs)
         return known
 
-    def watched(self, run: str) -> bool:
-        return run in self.runs
-
     def add(self, record: dict) -> None:
         """A task record read from the stream (or confirmed by this worker)."""
         if record.get("outcome") != "done":

@@ -402,7 +402,3 @@ class ResultsTail:
         if self.health.stalled(now, waiting, (self._seen, self.messages_read), self.position):
             self._restart(self._generation, f"no mark came back for {FENCE_TIMEOUT:.0f} s",
                           delay=0.0)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
