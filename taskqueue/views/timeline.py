@@ -4,7 +4,9 @@ A small run (up to ``BAR_LIMIT`` attempts) gets one lane per slot and one bar pe
 labelled by its row. A big one gets one lane per worker shaded by how busy its slots were
 (``BusyBins``: a fixed number of time bins that double in width as the run grows, so memory
 and the picture's size stay flat however many tasks there were). Time labels fall on round
-values in a fitting unit (``ticks``).
+values in a fitting unit (``ticks``). Every text from the records (the title's run, worker names,
+tasks) goes through ``views.shown``: controls shown as stand-ins, so the picture stays valid
+XML whatever a task holds, and bidirectional text isolated.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import math
 from array import array
 from html import escape
+
+from taskqueue.views.shown import isolated, visible
 
 BAR_LIMIT = 2000  # attempts drawn as bars; beyond, lanes are shaded by utilisation
 MAX_BINS = 512
@@ -105,13 +109,14 @@ def svg(title: str, start: float, end: float, lanes: list[tuple[str, str, int]],
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 20}" '
              f'height="{height}" font-family="sans-serif" font-size="12">',
              '<rect width="100%" height="100%" fill="white"/>',
-             f'<text x="10" y="22" font-size="15">{escape(title)}</text>']
+             f'<text x="10" y="22" font-size="15">{escape(visible(title))}</text>']
     row_of = {key: index for index, (key, _, _) in enumerate(shown)}
     for index, (_key, label, done) in enumerate(shown):
         y = top + index * lane
         parts.append(f'<rect class="lane" x="{left}" y="{y}" width="{width}" '
                      f'height="{lane - 6}" fill="#f3f3f3"/>')
-        parts.append(f'<text x="10" y="{y + lane / 2}">{escape(label[:22])} ({done})</text>')
+        parts.append(f'<text x="10" y="{y + lane / 2}">{escape(isolated(label[:22]))} '
+                     f'({done})</text>')
     if bars is not None:
         parts += _bars(bars, row_of, x, top, lane)
     elif bins is not None and bins.origin is not None:
@@ -140,14 +145,14 @@ def _bars(bars: list[dict], row_of: dict[str, int], x, top: int, lane: int) -> l
         y = top + row_of[event["worker"]] * lane
         x0, x1 = x(event["started"]), x(event["finished"])
         colour = OUTCOME_COLOURS.get(event.get("outcome", "done"), "#999")
-        title = escape(f"row {event.get('row')}: {event.get('task', '')} "
-                       f"({event.get('seconds', 0):.2f} s, {event.get('outcome')})")
+        title = escape(f"row {visible(event.get('row'))}: {isolated(event.get('task', ''))} "
+                       f"({event.get('seconds', 0):.2f} s, {visible(event.get('outcome'))})")
         parts.append(f'<g class="task"><title>{title}</title><rect x="{x0:.1f}" y="{y + 3}" '
                      f'width="{max(x1 - x0, 1.5):.1f}" height="{lane - 12}" rx="3" '
                      f'fill="{colour}" stroke="white"/>')
         if x1 - x0 > 18:
             parts.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{y + lane / 2 + 1}" fill="white" '
-                         f'text-anchor="middle">{escape(str(event.get("row", "")))}</text>')
+                         f'text-anchor="middle">{escape(visible(event.get("row", "")))}</text>')
         parts.append("</g>")
     return parts
 

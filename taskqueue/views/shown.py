@@ -1,0 +1,61 @@
+"""Text from tasks and records, made harmless to show (issue 30, item 4). A task's text, a
+worker's name or an error can hold anything a producer put in it; shown, it must stay text,
+be seen for what it is, and leave the page around it alone:
+
+* *stand-ins*: control characters (C0 but tab and newline, DEL, C1) and what XML 1.0 or UTF-8
+  cannot carry (lone surrogates, which only a stranger's JSON can bring as ``\\ud800``, and
+  U+FFFE, U+FFFF) are replaced by a visible stand-in: the C0 ones and DEL by their pictures
+  (U+2400 block: NUL is ``␀``), the rest by their escape as Python writes it (``\\x85``,
+  ``\\ud800``);
+* *isolated*: bidirectional text (a right-to-left override, U+202E) acts inside the text only,
+  never on the page's own words after it: ``<bdi>`` in HTML, FSI … PDI in the SVG.
+
+The page's script (web/static/app.js ``standIn``) applies the same rule to what it fetches.
+"""
+
+from __future__ import annotations
+
+import re
+from html import escape
+
+HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+FIRST_STRONG_ISOLATE, POP_DIRECTIONAL_ISOLATE = "\u2068", "\u2069"
+
+
+def stand_in(char: str) -> str:
+    """The visible stand-in of one HIDDEN character."""
+    code = ord(char)
+    if code < 0x20:
+        return chr(0x2400 + code)
+    if code == 0x7F:
+        return "\u2421"
+    if code <= 0x9F:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}"
+
+
+def visible(text: object) -> str:
+    """*text* with every HIDDEN character replaced by its stand-in: valid in XML 1.0 and UTF-8."""
+    return HIDDEN.sub(lambda found: stand_in(found[0]), str(text))
+
+
+def isolated(text: object) -> str:
+    """For SVG and plain text: *text* visible, between the first-strong and pop isolates, so
+    that its direction cannot spill over what follows."""
+    return f"{FIRST_STRONG_ISOLATE}{visible(text)}{POP_DIRECTIONAL_ISOLATE}"
+
+
+def html(text: object) -> str:
+    """HTML for *text*: escaped, isolated in a ``<bdi>``, each stand-in in a ``span.ctl`` whose
+    title names the character (for templates: ``{% raw shown(task) %}``)."""
+    parts, last = ["<bdi>"], 0
+    text = str(text)
+    for found in HIDDEN.finditer(text):
+        char = found[0]
+        parts.append(escape(text[last:found.start()]))
+        parts.append(f'<span class="ctl" title="U+{ord(char):04X}">{escape(stand_in(char))}'
+                     "</span>")
+        last = found.end()
+    parts.append(escape(text[last:]))
+    parts.append("</bdi>")
+    return "".join(parts)
