@@ -4,6 +4,7 @@
 
     run = taskqueue.submit(["resize a.png", "resize b.png"], queue="task_queue")
     run.wait(timeout=600)                # True once every task has an outcome
+                                         # (halt_after=5 or "5%": fail fast, as --halt-after)
     for row in run.results():            # one dict per task, the --csv columns as keys
         print(row["task"], row["outcome"], row["result_or_error"])
 
@@ -22,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from taskqueue.broker.config import DEFAULT_QUEUE, BrokerSettings, QueueSpec, broker_urls
+from taskqueue.emitter.halt import Halt, HaltAfter, run_canceller
 from taskqueue.emitter.publisher import ConfirmedPublisher
 from taskqueue.emitter.tasks import tasks_from_messages
 from taskqueue.errors import EXIT_INCOMPLETE, UserError
@@ -48,13 +50,24 @@ class Run:
     def queue(self) -> str:
         return self.spec.name
 
-    def wait(self, timeout: float | None = None) -> bool:
+    def wait(self, timeout: float | None = None, *,
+             halt_after: int | str | None = None) -> bool:
         """Block until every task has an outcome (done, dead or cancelled), or *timeout*
-        seconds have passed; True if they all have one. ``outcomes`` says how many of each."""
+        seconds have passed; True if they all have one. ``outcomes`` says how many of each.
+
+        *halt_after* (a number of dead tasks, or a percentage of the run's tasks as a text:
+        ``"5%"``) fails fast, as the emitter's ``--halt-after``: once the run has that many
+        dead tasks the rest of it is cancelled, the waiting goes on until the cancelled ones
+        are counted too, and ``outcomes.halted`` says why (else it is ""). A bad value is a
+        ValueError, raised before anything is read."""
+        limit = None if halt_after is None else HaltAfter.of(halt_after)
         rows = bytearray(self.published + 1)
         rows[1:] = b"\x01" * self.published
         waiter = OutcomeWaiter(self.settings, self.spec, self.run_id, rows, self.published)
-        self.outcomes = waiter.wait(timeout)
+        halt = None if limit is None else Halt(
+            limit, self.run_id, self.published, say=log.warning, label=f"halt_after={halt_after!r}",
+            cancel=run_canceller(self.settings, self.spec, self.run_id, log))
+        self.outcomes = waiter.wait(timeout, watch=halt)
         return self.outcomes.complete
 
     def results(self) -> Iterator[dict]:

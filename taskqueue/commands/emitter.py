@@ -4,6 +4,7 @@
     python emitter_of_tasks.py --file jobs.csv --resume
     python emitter_of_tasks.py --message "Hello..." --message "Bye."
     python emitter_of_tasks.py --file jobs.csv --skip-done --wait --results out.csv
+    python emitter_of_tasks.py --file jobs.csv --wait --halt-after 5%   # fail fast
 
 Installed with pip, the same command is ``taskqueue-emit`` (same options).
 """
@@ -33,6 +34,7 @@ from taskqueue.cli import (
     script_parser,
 )
 from taskqueue.emitter.done_rows import SkipDone, done_ids
+from taskqueue.emitter.halt import Halt, HaltAfter, run_canceller
 from taskqueue.emitter.progress import Progress, count_rows
 from taskqueue.emitter.publisher import CONFIRM_WINDOWS, ConfirmedPublisher
 from taskqueue.emitter.resume import ResumeState
@@ -73,6 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     results.add_argument("--wait", action="store_true",
                          help="after publishing, wait until every task has an outcome (done, "
                               "dead or cancelled); exit 0 if all are done, 6 if not")
+    results.add_argument("--halt-after", type=halt_after, metavar="N|N%",
+                         help="with --wait: once N tasks of the run (or N%% of them) are dead, "
+                              "cancel the rest of it (as task_control.py cancel --run does), "
+                              "wait for their outcomes and exit 6")
     results.add_argument("--results", type=Path, metavar="FILE.csv",
                          help="with --wait: write one row per task (task_report.py --csv's "
                               "columns)")
@@ -100,8 +106,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--skip-done needs a file (not --message or stdin)")
     if args.results and not args.wait:
         parser.error("--results needs --wait")
+    if args.halt_after and not args.wait:
+        parser.error("--halt-after needs --wait")
 
     return args
+
+
+def halt_after(text: str) -> HaltAfter:
+    """argparse type of --halt-after."""
+    try:
+        return HaltAfter.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main() -> int:
@@ -164,21 +180,32 @@ def skip_done(args: argparse.Namespace, settings: BrokerSettings, spec: QueueSpe
 def wait_for_results(args: argparse.Namespace, settings: BrokerSettings, spec: QueueSpec,
                      run_id: str, publisher: ConfirmedPublisher, log: logging.Logger) -> int:
     """--wait: every published task's outcome, then the results file; 0, or 6 if not all
-    are done. Ctrl+C stops waiting only: the workers go on."""
+    are done (or --halt-after halted the run). Ctrl+C stops waiting only: the workers go on."""
     expected = sum(publisher.confirmed_rows)
     log.info("waiting for the outcomes of %d tasks (run %s); Ctrl+C stops waiting, the "
              "workers go on", expected, run_id)
     signals = publisher.signals
     waiter = OutcomeWaiter(settings, spec, run_id, publisher.confirmed_rows, expected)
+    halt = None if args.halt_after is None else Halt(
+        args.halt_after, run_id, expected, cancel=run_canceller(settings, spec, run_id, log),
+        say=log.warning)
+    if halt is not None:
+        log.info("fail fast: once %d of them are dead (%s), the rest of the run is cancelled",
+                 halt.at, halt.label)
     outcomes = waiter.wait(should_stop=lambda: publisher.signals > signals,
-                           progress=lambda o: log.info("waiting: %s", o.line()))
+                           progress=lambda o: log.info("waiting: %s", o.line()), watch=halt)
     later = (f"task_report.py --queue {spec.name} --run {run_id} --csv "
              f"{args.results or 'results.csv'}")
+    if outcomes.stopped and outcomes.halted:  # Ctrl+C after the halt: the run is over anyway
+        log.warning("halted: %s: the rest of it was cancelled; stopped waiting: %s. Collect "
+                    "the results later with: %s", outcomes.halted, outcomes.line(), later)
+        return EXIT_SOME_FAILED
     if outcomes.stopped:
         log.warning("stopped waiting: %s; the rest stay with the workers. Collect the results "
                     "later with: %s", outcomes.line(), later)
         return 130
-    log.info("all outcomes in: %s", outcomes.line())
+    if not outcomes.halted:
+        log.info("all outcomes in: %s", outcomes.line())
     if args.results:
         try:
             with tempfile.TemporaryDirectory(prefix="taskqueue-") as scratch:
@@ -188,6 +215,10 @@ def wait_for_results(args: argparse.Namespace, settings: BrokerSettings, spec: Q
             raise UserError(f"cannot write --results {str(args.results)!r} ({exc.strerror}); "
                             f"give a writable path, or collect them with: {later}") from None
         log.info("results: %d tasks written to %s", table.tasks, args.results)
+    if outcomes.halted:  # the summary, last: why the run ended early
+        log.warning("halted: %s: the rest of it was cancelled; %s", outcomes.halted,
+                    outcomes.line())
+        return EXIT_SOME_FAILED
     if outcomes.dead or outcomes.cancelled:
         log.warning("%d tasks ended dead and %d cancelled (see the results, or "
                     "task_report.py --run %s)", outcomes.dead, outcomes.cancelled, run_id)

@@ -4,7 +4,9 @@
 tasks that reached a final outcome (done, dead, cancelled), until every row the emitter
 published has one (a bit per row: flat memory), the caller's time is up, or it is asked to stop.
 The tasks never depend on it: stop waiting, and the workers go on; the record keeps what they
-produce for any later reader.
+produce for any later reader. A *watch* sees the count after each record: ``--halt-after``
+(emitter/halt.py) cancels the rest of the run from there, and the waiting goes on until the
+cancelled tasks are counted too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Outcomes:
     dead: int = 0
     cancelled: int = 0
     stopped: bool = False  # the caller stopped waiting (Ctrl+C) or its time ran out
+    halted: str = ""  # why the rest of the run was cancelled (--halt-after); "" if it was not
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -55,7 +58,10 @@ class OutcomeWaiter:
         self._final = bytearray(len(rows))
 
     def wait(self, timeout: float | None = None, should_stop: Callable[[], bool] = lambda: False,
-             progress: Callable[[Outcomes], None] | None = None) -> Outcomes:
+             progress: Callable[[Outcomes], None] | None = None,
+             watch: Callable[[Outcomes], None] | None = None) -> Outcomes:
+        """Follow the record until every awaited row has its outcome (or *timeout*, or
+        *should_stop*); *progress* every few seconds, *watch* after each record of the run."""
         outcomes = self.outcomes
         deadline = None if timeout is None else time.monotonic() + timeout
         last_said = time.monotonic()
@@ -63,8 +69,8 @@ class OutcomeWaiter:
             return outcomes
         reader = RecordReader(self.settings, self.spec, idle=0.5)
         for record in reader.follow(run_began(self.run_id)):
-            if record is not None:
-                self._count(record)
+            if record is not None and self._count(record) and watch is not None:
+                watch(outcomes)
             now = time.monotonic()
             if outcomes.complete:
                 break
@@ -76,13 +82,15 @@ class OutcomeWaiter:
                 last_said = now
         return outcomes
 
-    def _count(self, record: dict) -> None:
+    def _count(self, record: dict) -> bool:
+        """Count *record* if it is an awaited row's first final outcome; True if it was."""
         if kind_of(record) != "task" or (record.get("run_id") or "") != self.run_id:
-            return
+            return False
         outcome, row = record.get("outcome"), record.get("row")
         if outcome not in FINAL or not isinstance(row, int) or not 0 <= row < len(self.rows):
-            return
+            return False
         if not self.rows[row] or self._final[row]:
-            return  # not one we wait for, or counted already (it ran twice)
+            return False  # not one we wait for, or counted already (it ran twice)
         self._final[row] = 1
         setattr(self.outcomes, outcome, getattr(self.outcomes, outcome) + 1)
+        return True
