@@ -1,6 +1,7 @@
-"""worker/settlement.py without a broker: record -> confirm -> ack, and every way off that path
-(a refused record, a channel gone, a requeue, a drop). The outbox and the channel are stand-ins
-that note what was asked of them; the confirms are given by hand."""
+"""worker/settlement.py without a broker: received -> running -> record -> confirm -> ack, and
+every way off that path (a refused record, a channel gone, a requeue, a drop, either while the
+work runs). The outbox and the channel are stand-ins that note what was asked of them; the
+confirms are given by hand."""
 
 from __future__ import annotations
 
@@ -149,3 +150,46 @@ def test_a_drop_cancels_the_copy_in_flight():
     assert seen.outbox.copies[0].cancelled and settled.step is Step.DROPPED
     seen.outbox.copies[0].on_settled(True)
     assert seen.channel.acked == [] and seen.over == [settled]
+
+
+def test_its_work_running_is_a_step_and_a_run_ends_in_deciding():
+    settled, seen = settlement()
+    assert settled.step is Step.RECEIVED and not settled.work_runs
+    settled.work_started()
+    assert settled.step is Step.RUNNING and settled.work_runs and settled.in_hand
+    settled.work_ended()
+    assert settled.step is Step.DECIDING and not settled.work_runs and settled.in_hand
+    settled.finish("done", 1.0, record={"outcome": "done"})
+    seen.outbox.records[0][1](True)
+    assert settled.step is Step.ACKED and seen.channel.acked == [7]
+
+
+def test_a_task_put_back_while_its_work_runs_holds_its_slot_until_the_work_ends():
+    settled, seen = settlement()
+    settled.work_started()
+    assert settled.requeue("a second Ctrl+C") is True
+    assert seen.channel.nacked == [(7, True)] and seen.over == [settled]
+    assert settled.step is Step.REQUEUED_RUNNING and settled.work_runs and not settled.in_hand
+    settled.work_ended()
+    assert settled.step is Step.REQUEUED and not settled.work_runs
+    assert seen.over == [settled], "over once, when it went back"
+
+
+def test_a_task_dropped_while_its_work_runs_holds_its_slot_until_the_work_ends():
+    settled, seen = settlement()
+    settled.work_started()
+    settled.drop()
+    assert settled.step is Step.DROPPED_RUNNING and settled.work_runs and not settled.in_hand
+    settled.requeue("too late")  # not ours any more: nothing changes
+    assert seen.channel.nacked == [] and settled.step is Step.DROPPED_RUNNING
+    settled.work_ended()
+    assert settled.step is Step.DROPPED and not settled.work_runs
+
+
+def test_a_task_put_back_before_its_work_runs_frees_its_slot_at_once():
+    settled, seen = settlement()
+    assert settled.requeue("the worker could not start it") is True
+    assert settled.step is Step.REQUEUED and not settled.work_runs
+    assert seen.channel.nacked == [(7, True)] and seen.over == [settled]
+    settled.work_started()  # too late: it is not ours
+    assert settled.step is Step.REQUEUED

@@ -267,7 +267,7 @@ class TaskConsumer(BrokerSession):
         its record's confirm counts as quiet: that wait is the broker's, not the work's."""
         if self.phase is not Phase.CONSUMING:
             return None
-        if any(slot.settlement is not None and slot.settlement.running for slot in self.slots):
+        if any(slot.settlement is not None and slot.settlement.work_runs for slot in self.slots):
             return None
         return self._last_delivery
 
@@ -296,7 +296,7 @@ class TaskConsumer(BrokerSession):
         self.idle.stop()
         self.phase = after_connection_lost(self.phase)
         for slot, held in self.in_hand():
-            working = held.running
+            working = held.step is Step.RUNNING
             held.drop()  # nobody can ack it now: the broker delivers it again
             if working:
                 self.log.warning("[%s] connection lost while working on %s: stopped it; the "
@@ -307,7 +307,7 @@ class TaskConsumer(BrokerSession):
     def _free(self, slot: WorkSlot, delivery: Delivery, seconds: float) -> None:
         if slot.delivery is not delivery:
             return  # freed already
-        if slot.settlement is not None and slot.settlement.running:
+        if slot.settlement is not None and slot.settlement.work_runs:
             return  # its work still runs (dropped while working): freed when it ends
         slot.release(seconds)
         slot.settlement = None
@@ -346,7 +346,7 @@ class TaskConsumer(BrokerSession):
         """Tasks of *run_id* in hand are stopped for real; queued ones are acked unrun."""
         stopped = 0
         for slot, held in self.in_hand():
-            if held.delivery.run_id == run_id and held.running:
+            if held.delivery.run_id == run_id and held.step is Step.RUNNING:
                 held.delivery.cancelled = True
                 slot.interrupt()
                 stopped += 1

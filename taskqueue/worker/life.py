@@ -124,7 +124,7 @@ class DeliveryLife:
         except Exception:
             self.log.exception("[%s] could not start %s; it goes back to the queue",
                                slot.name, delivery.label)
-            settlement.running = False
+            settlement.work_ended()  # its work did not get going: nothing holds the slot
             settlement.requeue("the worker could not start it")
 
     def _start_or_skip(self, slot: WorkSlot, delivery: Delivery, settlement: Settlement,
@@ -149,7 +149,7 @@ class DeliveryLife:
                              "consumer_timeout (1800 s): raise consumer_timeout in rabbitmq.conf "
                              "or the broker will close the channel and redeliver it",
                              slot.name, expected)
-        settlement.running = True
+        settlement.work_started()
         slot.assign(delivery)
 
     def on_outcome(self, slot: WorkSlot, delivery: Delivery, outcome: Outcome) -> None:
@@ -158,7 +158,7 @@ class DeliveryLife:
         settlement = slot.settlement
         if slot.delivery is not delivery or settlement is None:
             return
-        settlement.running = False
+        settlement.work_ended()
         if not settlement.in_hand:  # requeued (2nd Ctrl+C) or dropped: the broker has it back
             self._free(slot, delivery, seconds)
             return

@@ -3,13 +3,24 @@
 A finished attempt becomes a results record; a retry or a dead letter also becomes a copy to
 ``<queue>.retry`` / ``.dead``. ``Settlement`` publishes them through the outbox and acks the
 task only once the broker has confirmed every one of them, so a crash in between repeats a
-record or a copy, never loses one. Each settlement has one state (``step``):
+record or a copy, never loses one. Each settlement has one state (``step``), and every
+decision about the delivery reads it, whether its work runs included (no flag beside it):
 
-    working -> confirming -> acked          the record (and copy) are on the broker
-                          -> journaled -> acked   the broker blocks publishing (an alarm):
-                                            they are in the worker's journal, fsynced
-                          -> requeued       the broker refused one: the task goes back
-            -> dropped                      the channel went: the broker delivers it again
+    received -> running -> deciding -> confirming -> acked      record (and copy) on the broker
+       |                                          -> journaled -> acked   an alarm: they are in
+       |                                             the worker's journal, fsynced
+       |                                          -> requeued   the broker refused one
+       +-> no work (done already, cancelled, odd) -> confirming (or acked at once: no record)
+
+    in hand (received .. journaled) -> requeued   put back now (a second Ctrl+C, a stop that
+                                                  cannot wait for a blocked broker)
+                                    -> dropped    the channel went: the broker delivers it again
+    running -> requeued_running / dropped_running -(its work ends)-> requeued / dropped
+
+Received: the slot is its own while the record says whether it was done already; running: its
+work runs in the slot; deciding: the work ended, the policy says what becomes of it. A task put
+back or dropped while its work runs is no longer ours but still holds its slot: the slot takes
+the next task once the work has ended (``work_ended``).
 
 Journaled: during a memory or disk alarm nothing can be confirmed; rather than hold the task
 (and its slot) until the alarm ends, what is still unconfirmed goes to the journal on disk
@@ -33,12 +44,25 @@ from taskqueue.worker.outbox import Outbox
 
 
 class Step(Enum):
-    WORKING = "working"
+    RECEIVED = "received"  # in a slot; the record says whether it was done already
+    RUNNING = "running"  # its work runs in the slot
+    DECIDING = "deciding"  # its work ended: the policy decides, the record is made
     CONFIRMING = "confirming"
     JOURNALED = "journaled"  # kept in the journal (an alarm): acked at once
     ACKED = "acked"
     REQUEUED = "requeued"
     DROPPED = "dropped"
+    REQUEUED_RUNNING = "requeued, its work still running"  # the slot frees when it ends
+    DROPPED_RUNNING = "dropped, its work still running"
+
+
+IN_HAND = frozenset({Step.RECEIVED, Step.RUNNING, Step.DECIDING, Step.CONFIRMING,
+                     Step.JOURNALED})
+WORK_RUNS = frozenset({Step.RUNNING, Step.REQUEUED_RUNNING, Step.DROPPED_RUNNING})
+# Over while the work runs, and what that becomes once the work has ended.
+_WHILE_RUNNING = {Step.REQUEUED: Step.REQUEUED_RUNNING, Step.DROPPED: Step.DROPPED_RUNNING}
+_WORK_ENDED = {Step.RUNNING: Step.DECIDING, Step.REQUEUED_RUNNING: Step.REQUEUED,
+               Step.DROPPED_RUNNING: Step.DROPPED}
 
 
 class Settlement:
@@ -50,13 +74,12 @@ class Settlement:
                  on_recorded: Callable[[dict], None] | None = None) -> None:
         self.delivery, self.outbox, self.on_over = delivery, outbox, on_over
         self.on_recorded = on_recorded  # a record of ours confirmed (the tail learns it)
-        self.step = Step.WORKING
+        self.step = Step.RECEIVED
         self.outcome = ""
         self.seconds = 0.0
         self.why = ""  # why it was requeued (or skipped)
         self.reason = ""  # the verdict's reason (failed, dead, cancelled)
         self.result: str | None = None  # what the work returned
-        self.running = False  # its work runs in the slot (a dropped one is freed when it ends)
         self.copy: Copy | None = None
         self._record: dict | None = None  # the record until the broker confirms it
         self._copy_due = False  # the copy is not confirmed yet
@@ -64,7 +87,22 @@ class Settlement:
     @property
     def in_hand(self) -> bool:
         """Not acked, requeued or dropped yet: the task is still ours."""
-        return self.step in (Step.WORKING, Step.CONFIRMING, Step.JOURNALED)
+        return self.step in IN_HAND
+
+    @property
+    def work_runs(self) -> bool:
+        """Its work runs in the slot (in hand or not): the slot is not free before it ends."""
+        return self.step in WORK_RUNS
+
+    def work_started(self) -> None:
+        """The slot runs its work now (the record said it was not done already)."""
+        if self.step is Step.RECEIVED:
+            self.step = Step.RUNNING
+
+    def work_ended(self) -> None:
+        """The slot's work for it ended (or never started): in hand, the policy decides next;
+        put back or dropped meanwhile, it is over now."""
+        self.step = _WORK_ENDED.get(self.step, self.step)
 
     def finish(self, outcome: str, seconds: float, record: dict | None = None,
                copy_to: str | None = None, properties: pika.BasicProperties | None = None
@@ -155,6 +193,6 @@ class Settlement:
 
     def _over(self, step: Step) -> None:
         self.outbox.forget(self._journal)
-        self.step = step
+        self.step = _WHILE_RUNNING.get(step, step) if self.step is Step.RUNNING else step
         self.delivery.settled = True
         self.on_over(self)
