@@ -48,7 +48,7 @@ from taskqueue.worker.reach import ReachWatch
 from taskqueue.worker.settlement import Settlement, Step
 from taskqueue.worker.slots import WorkSlot, slot_names
 from taskqueue.worker.tail import ResultsTail
-from taskqueue.worker.work import Outcome, Runner
+from taskqueue.worker.work import Runner
 
 TICK_SECONDS = 0.25  # idle checks, event flushes and live snapshots run on this beat
 SNAPSHOT_SECONDS = (0.5, 2.0)  # a live snapshot at most this often, and at least this often
@@ -67,9 +67,10 @@ class TaskConsumer(BrokerSession):
         self.queue, self.options, self.host = queue, options, socket.gethostname()
         self.phase = Phase.STARTING
         self.topology: Topology | None = None
-        self.slots = [WorkSlot(name, runner, self._on_outcome, self.call_threadsafe)
-                      for name, runner in zip(slot_names(options.name, len(runners)), runners)]
-        self._free_slots = list(reversed(self.slots))  # a stack: the first slot goes first
+        # Filled at the end, once the delivery's life they report to exists (the parts below
+        # hold these same lists).
+        self.slots: list[WorkSlot] = []
+        self._free_slots: list[WorkSlot] = []  # a stack: the first slot goes first
         self.outbox = Outbox(settings, queue, log, self.ioloop, options.name)
         self.outbox.on_finished = self._on_outbox_finished
         self.account = WorkerAccount(options, self.host, self.slots, self.outbox)
@@ -95,6 +96,12 @@ class TaskConsumer(BrokerSession):
             log, queue, options, self.slots, self._free_slots, self.outbox, self.account,
             self.tail, self.idle, self.control, self.overruns, lambda: self.phase, self._free,
             self._mark_changed))
+        # A slot's outcome goes to the life on the I/O thread: the slot hops threads itself
+        # (call_threadsafe), so pika is only ever called from the connection's thread.
+        self.slots.extend(WorkSlot(name, runner, self.life.on_outcome, self.call_threadsafe)
+                          for name, runner in zip(slot_names(options.name, len(runners)),
+                                                  runners))
+        self._free_slots.extend(reversed(self.slots))
 
     def _mark_changed(self) -> None:
         self._changed = True  # a live snapshot goes out on the next beat
@@ -253,9 +260,6 @@ class TaskConsumer(BrokerSession):
         if channel is self.channel and "delivery acknowledgement" in text and "timed out" in text:
             self.life.taken_back("the broker closed the channel")
         super()._on_channel_closed(channel, reason)
-
-    def _on_outcome(self, slot: WorkSlot, delivery: Delivery, outcome: Outcome) -> None:
-        self.life.on_outcome(slot, delivery, outcome)  # (slots are made before the life)
 
     def _on_message(self, channel: Channel, method: Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
