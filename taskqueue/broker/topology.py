@@ -351,30 +351,65 @@ def results_refusal(name: str, refusal: ChannelClosedByBroker) -> BaseException:
 
 
 # --- the control stream (task_control.py) ------------------------------------------------------
-CONTROL_ARGUMENTS = {"x-queue-type": "stream"}  # RabbitMQ 3.9+; replicated like quorum queues
+# Bounded by size, never by age: a worker learns the queue's state (paused, cancelled runs) by
+# reading every command from the stream's start, so a pause must not expire with time. 10 MB
+# is about 40,000 commands (a command takes about 250 bytes on disk); retention removes whole
+# segments, so 1 MB segments keep the bound close. ``task_control.py retention --stream
+# control`` changes it with a policy (control/retention.py).
+CONTROL_MAX_BYTES = 10 * 10**6
+CONTROL_SEGMENT_BYTES = 10**6
+CONTROL_ARGUMENTS = {"x-queue-type": "stream",  # RabbitMQ 3.9+; replicated like quorum queues
+                     "x-max-length-bytes": CONTROL_MAX_BYTES,
+                     "x-stream-max-segment-size-bytes": CONTROL_SEGMENT_BYTES}
 
 
 def declare_control(connection: Connection, spec: QueueSpec, on_done: Callable[[], None],
                     on_error: Callable[[BaseException], None]) -> None:
-    """Make sure ``<queue>.control`` exists (a durable stream, kept however old), on a channel
-    of its own; *on_error* gets the broker's refusal (403: no permission; 406: an older broker
-    without streams, or a queue of that name that is not a stream)."""
-    state = {"settled": False}
+    """Make sure ``<queue>.control`` exists, each step on a channel of its own. An existing
+    stream is used as it is: one made before it was bounded has no x-max-length-bytes, and a
+    redeclaration with ours would be refused (406, inequivalent arg). A missing one is made
+    with ``CONTROL_ARGUMENTS``; made by someone else meanwhile (406), theirs is used. *on_error*
+    gets the broker's refusal (403: no permission; 406: an older broker without streams, or a
+    queue of that name that is not a stream)."""
+    name = spec.control_name
 
-    def closed(_channel: Channel, reason: BaseException) -> None:
-        if not state["settled"]:
-            state["settled"] = True
-            on_error(reason)
+    def step(operation: Callable[[Channel, Callable[[object], None]], None],
+             on_refused: Callable[[BaseException], None]) -> None:
+        state = {"settled": False}
 
-    def opened(channel: Channel) -> None:
-        channel.add_on_close_callback(closed)
+        def closed(_channel: Channel, reason: BaseException) -> None:
+            if not state["settled"]:
+                state["settled"] = True
+                on_refused(reason)
 
-        def declared(_frame: object) -> None:
-            state["settled"] = True
-            channel.close()
-            on_done()
+        def opened(channel: Channel) -> None:
+            channel.add_on_close_callback(closed)
 
-        channel.queue_declare(spec.control_name, durable=True, arguments=CONTROL_ARGUMENTS,
-                              callback=declared)
+            def answered(_frame: object) -> None:
+                state["settled"] = True
+                channel.close()
+                on_done()
 
-    connection.channel(on_open_callback=opened)
+            operation(channel, answered)
+
+        connection.channel(on_open_callback=opened)
+
+    def passive(on_refused: Callable[[BaseException], None]) -> None:
+        step(lambda ch, ok: ch.queue_declare(name, passive=True, callback=ok), on_refused)
+
+    def create() -> None:
+        step(lambda ch, ok: ch.queue_declare(name, durable=True, arguments=CONTROL_ARGUMENTS,
+                                             callback=ok),
+             lambda again: passive(on_error) if _code(again) == 406 else on_error(again))
+
+    passive(lambda refusal: create() if _missing(refusal) else on_error(refusal))
+
+
+def _code(reason: BaseException) -> int | None:
+    return getattr(reason, "reply_code", None)
+
+
+def _missing(reason: BaseException) -> bool:
+    """A 404 that means "no such queue", not "its node is down"."""
+    return _code(reason) == 404 and queue_unavailable(404, str(
+        getattr(reason, "reply_text", ""))) is None

@@ -10,6 +10,9 @@ its companions.
     python task_control.py cancel --run 20261130T101500Z-ab12cd
     python task_control.py stop-workers [--name alice]
     python task_control.py delete-queue [--dry-run] [--yes] [--force]   # and its companions
+    python task_control.py retention --max-age 30D --max-bytes 20GB   # the results stream's
+    python task_control.py retention --stream control --max-bytes 50MB
+    python task_control.py status                             # each stream's extent and size
 
 Installed with pip, the same command is ``taskqueue-control`` (same options).
 """
@@ -28,12 +31,22 @@ from taskqueue.cli import (
     keyboard_attached,
     positive_int,
     queue_spec,
+    retention_age,
     run_script,
     script_parser,
 )
 from taskqueue.control import commands
 from taskqueue.control.remove import QueueRemover, confirm
 from taskqueue.control.requeue import DeadFilter, DeadMover, progress_printer
+from taskqueue.control.retention import (
+    Management,
+    PolicyKeeper,
+    StreamPolicy,
+    parse_bytes,
+    show_bytes,
+    unreachable,
+)
+from taskqueue.control.stream_size import measure
 from taskqueue.log import get_logger
 
 SCRIPT = "task_control"
@@ -69,9 +82,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     delete.add_argument("--force", action="store_true",
                         help="delete even while workers consume the queue (they would declare "
                              "it again: stop them first with stop-workers)")
-    for command in (requeue, sub.choices["pause"], sub.choices["resume"], cancel, stop, delete):
+    retention = sub.add_parser("retention", help="how long the results (or control) stream "
+                               "keeps records, set with a RabbitMQ policy so a stream that "
+                               "exists follows it (e.g. retention --max-age 30D --max-bytes 20GB)")
+    retention.add_argument("--stream", choices=("results", "control"), default="results",
+                           help="<queue>.results (default) or <queue>.control")
+    retention.add_argument("--max-age", type=retention_age, metavar="AGE",
+                           help="keep records at least this long (30D, 12h; Y M D h m s)")
+    retention.add_argument("--max-bytes", type=size, metavar="SIZE",
+                           help="... and at most this much, the oldest going first (20GB, "
+                                "500MB, or bytes)")
+    retention.add_argument("--replace", action="store_true",
+                           help="set ours even where a policy of yours applies to the stream "
+                                "(its keys are copied into ours)")
+    retention.add_argument("--management-url", metavar="URL", help="the management plugin's "
+                           "HTTP API (default: the broker's host, port 15672)")
+    status = sub.add_parser("status", help="each stream's extent: messages, oldest and newest, "
+                            "size (estimated: AMQP does not say it)")
+    for command in (requeue, sub.choices["pause"], sub.choices["resume"], cancel, stop, delete,
+                    retention, status):
         add_broker_options(command)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "retention" and args.max_age is None and args.max_bytes is None:
+        retention.error("give --max-age, --max-bytes or both")
+    return args
+
+
+def size(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main() -> int:
@@ -82,6 +123,10 @@ def main() -> int:
         return requeue_dead(args, settings, spec, log)
     if args.command == "delete-queue":
         return delete_queue(args, settings, spec)
+    if args.command == "retention":
+        return set_retention(args, settings, spec)
+    if args.command == "status":
+        return show_status(settings, spec)
     what = done_text(args, spec.name)
     kind = "stop" if args.command == "stop-workers" else args.command
     outcome = commands.send(settings, spec, kind, run=getattr(args, "run", None),
@@ -155,6 +200,37 @@ def delete_queue(args: argparse.Namespace, settings: BrokerSettings, spec: Queue
         if connection.is_open:
             connection.close()
     print(removed.summary())
+    return 0
+
+
+def set_retention(args: argparse.Namespace, settings: BrokerSettings, spec: QueueSpec) -> int:
+    """Our policy for the stream, through the management API; without one, the rabbitmqctl
+    line to run on a broker node (stdout) and why nothing was set (stderr, exit 3)."""
+    stream = spec.results_name if args.stream == "results" else spec.control_name
+    wanted = StreamPolicy(stream, args.max_age, args.max_bytes)
+    api = Management.for_broker(settings.urls[0], args.management_url)
+    if not api.answers():
+        print(wanted.rabbitmqctl_line(api.vhost))
+        raise unreachable(api)
+    applied = PolicyKeeper(api).set(wanted, replace=args.replace)
+    kept = " and ".join(part for part in (
+        f"{args.max_age}" if args.max_age else "",
+        f"at most {show_bytes(args.max_bytes)}" if args.max_bytes else "") if part)
+    taken = (f"; it takes over from the policy {applied.replaced.get('name')!r} for that "
+             "stream (its keys copied in)" if applied.replaced else "")
+    print(f"retention of {stream!r}: {kept} (policy {wanted.name!r}, applies to the stream as "
+          f"it is now){taken}")
+    return 0
+
+
+def show_status(settings: BrokerSettings, spec: QueueSpec) -> int:
+    connection = open_blocking(settings)
+    try:
+        for stream in spec.streams:
+            print(measure(connection, stream).line())
+    finally:
+        if connection.is_open:
+            connection.close()
     return 0
 
 

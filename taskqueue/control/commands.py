@@ -19,10 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import pika
+from pika.adapters.blocking_connection import BlockingChannel
 
 from taskqueue.broker.blocking import NoConfirm, confirmed_within, open_blocking
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
-from taskqueue.broker.topology import CONTROL_ARGUMENTS, ROUTING_CONTROL, ROUTING_LIVE
+from taskqueue.broker.topology import (
+    CONTROL_ARGUMENTS,
+    ROUTING_CONTROL,
+    ROUTING_LIVE,
+    queue_unavailable,
+)
 from taskqueue.control.state import command
 from taskqueue.errors import EXIT_REFUSED, EXIT_UNREACHABLE, UserError
 from taskqueue.wire.events import decode_events
@@ -137,13 +143,35 @@ def take(outcome: Outcome, event: dict) -> None:
 
 def append(connection: pika.BlockingConnection, spec: QueueSpec, record: dict) -> None:
     """Publish *record* to the control stream, confirmed (made if missing)."""
-    channel = connection.channel()
-    channel.queue_declare(spec.control_name, durable=True, arguments=CONTROL_ARGUMENTS)
+    channel = ensure_control(connection, spec)
     channel.confirm_delivery()
     channel.basic_publish("", spec.control_name, json.dumps(record).encode(),
                           pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
                                                content_type="application/json"), mandatory=True)
     channel.close()
+
+
+def ensure_control(connection: pika.BlockingConnection, spec: QueueSpec
+                   ) -> BlockingChannel:
+    """A channel on which ``<queue>.control`` exists: an existing stream used as it is (one
+    made before it was bounded would refuse a redeclaration with ours), a missing one made
+    bounded (``CONTROL_ARGUMENTS``), or, if someone made it meanwhile, theirs."""
+    for attempt in range(2):
+        try:
+            channel = connection.channel()
+            channel.queue_declare(spec.control_name, passive=True)
+            return channel
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404 or queue_unavailable(404, exc.reply_text) is not None:
+                raise
+        try:
+            channel = connection.channel()
+            channel.queue_declare(spec.control_name, durable=True, arguments=CONTROL_ARGUMENTS)
+            return channel
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 406 or attempt:
+                raise
+    raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 def control_refusal(spec: QueueSpec, exc: pika.exceptions.ChannelClosedByBroker) -> str:

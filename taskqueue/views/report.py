@@ -38,6 +38,28 @@ class RunReport(RunTally):
     """One run's tally, shown: ``table`` (text), ``svg`` (the timeline), ``write_csv`` (one
     row per settled task). The CSV and the full task list read the events again."""
 
+    @property
+    def gone(self) -> int | None:
+        """Tasks of the run whose records retention removed: its start record is gone (the
+        emitter writes it before the first task) while its finished record still says how
+        many it published. None when nothing says so."""
+        states = {run.get("state") for run in self.runs}
+        published = self.published
+        if "started" in states or published is None:
+            return None
+        return max(0, published - self.done - self.dead - self.cancelled)
+
+    def completeness(self) -> list[str]:
+        notes = super().completeness()
+        gone = self.gone
+        if not gone:
+            return notes
+        # RunTally's first note then counts the same tasks as still queued: this one says why.
+        return [f"past retention: the oldest records of run {self.run_id} are gone from the "
+                f"results stream (its x-max-age / x-max-length-bytes): {gone} of the "
+                f"{self.published} tasks it published have no record left (fewer if some are "
+                "still queued or retrying)", *notes[1:]]
+
     def table(self, attempts: Iterable[dict] | None = None) -> str:
         """The text report; *attempts* (the events again) lists every attempt of a big run."""
         return "\n".join(table_lines(self, attempts))
