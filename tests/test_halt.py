@@ -178,3 +178,25 @@ def test_the_halt_cancels_once_when_the_dead_reach_the_limit():
     assert outcomes.halted == "run run-a had 2 dead tasks (--halt-after 2)"
     assert said == ["halting: run run-a had 2 dead tasks (--halt-after 2): cancelling the rest "
                     "of it", "answered"]
+
+
+@pytest.mark.fast
+def test_a_cancel_that_cannot_be_given_says_it_was_for_the_halt(monkeypatch):
+    import logging
+
+    from taskqueue.broker.config import BrokerSettings, QueueSpec
+    from taskqueue.control import commands
+    from taskqueue.emitter.halt import run_canceller
+    from taskqueue.errors import EXIT_REFUSED, UserError
+
+    def refused(*_args: object, **_kwargs: object) -> None:
+        raise UserError("RabbitMQ refused an operation (ACCESS_REFUSED)", EXIT_REFUSED)
+
+    monkeypatch.setattr(commands, "send", refused)
+    cancel = run_canceller(BrokerSettings(["amqp://h"]), QueueSpec("q"), "run-a",
+                           logging.getLogger("test"))
+    with pytest.raises(UserError) as raised:
+        cancel()
+    assert str(raised.value) == ("could not cancel the rest of run run-a to halt it: RabbitMQ "
+                                 "refused an operation (ACCESS_REFUSED)")
+    assert raised.value.exit_code == EXIT_REFUSED

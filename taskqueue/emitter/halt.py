@@ -24,6 +24,7 @@ from fractions import Fraction
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.control import commands
+from taskqueue.errors import UserError
 from taskqueue.results.waiting import Outcomes
 
 _COUNT = re.compile(r"[0-9]+")
@@ -97,8 +98,13 @@ class Halt:
 
 def run_canceller(settings: BrokerSettings, spec: QueueSpec, run_id: str,
                   log: logging.Logger) -> Callable[[], str]:
-    """``task_control.py cancel --run RUN``, as a call that returns its summary line."""
+    """``task_control.py cancel --run RUN``, as a call that returns its summary line. If the
+    command cannot be given, the UserError says that it was for the halt."""
     def cancel() -> str:
-        outcome = commands.send(settings, spec, "cancel", run=run_id, say=log.warning)
+        try:
+            outcome = commands.send(settings, spec, "cancel", run=run_id, say=log.warning)
+        except UserError as exc:
+            raise UserError(f"could not cancel the rest of run {run_id} to halt it: {exc}",
+                            exc.exit_code) from None
         return commands.summary(outcome, f"cancelled run {run_id} on queue {spec.name!r}")
     return cancel
