@@ -1,19 +1,59 @@
 // The dashboard's one script (no build step, no CDN). Everything from the server is data:
-// it goes into the page with textContent, never as markup.
+// it goes into the page as text (fill), never as markup.
 "use strict";
 
 const xsrf = () => document.querySelector('meta[name="xsrf"]').content;
 
+// Text from tasks and records is shown for what it is (the rule of taskqueue/views/shown.py):
+// control characters (C0 but tab and newline, DEL, C1), lone surrogates and U+FFFE/U+FFFF
+// become visible stand-ins in a span.ctl, and text that may be bidirectional goes in a <bdi>,
+// so that a right-to-left override in a task cannot reorder the page's own words after it.
+const HIDDEN = new RegExp("[\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\ufffe\\uffff]" +
+  "|[\\ud800-\\udbff](?![\\udc00-\\udfff])|(?<![\\ud800-\\udbff])[\\udc00-\\udfff]", "g");
+
+function standIn(char) {
+  const code = char.charCodeAt(0);
+  if (code < 0x20) return String.fromCharCode(0x2400 + code);
+  if (code === 0x7f) return "\u2421";
+  const hex = code.toString(16).padStart(code <= 0x9f ? 2 : 4, "0");
+  return code <= 0x9f ? `\\x${hex}` : `\\u${hex}`;
+}
+
+// Fills *node* with *value* as text: stand-ins in their own style, never markup.
+function fill(node, value) {
+  const text = String(value);
+  const parts = [];
+  let last = 0;
+  for (const found of text.matchAll(HIDDEN)) {
+    parts.push(text.slice(last, found.index));
+    const mark = document.createElement("span");
+    mark.className = "ctl";
+    mark.title = `U+${found[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}`;
+    mark.textContent = standIn(found[0]);
+    parts.push(mark);
+    last = found.index + found[0].length;
+  }
+  parts.push(text.slice(last));
+  node.replaceChildren(...parts.filter((part) => part !== ""));
+  return node;
+}
+
 function el(tag, text, className) {
   const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (text !== undefined && text !== null) fill(node, text);
   if (className) node.className = className;
   return node;
 }
 
+// Text from a task or a record, isolated: <bdi> (the page's words around it keep their order).
+const bdi = (text) => el("bdi", text ?? "");
+
+// A table cell holding text from the server.
+const textCell = (text) => { const node = el("td"); node.append(bdi(text)); return node; };
+
 function setText(id, value) {
   const node = document.getElementById(id);
-  if (node) node.textContent = value === null || value === undefined ? "?" : String(value);
+  if (node) fill(node, value === null || value === undefined ? "?" : value);
 }
 
 function seconds(value) {
@@ -29,7 +69,7 @@ function clock(epoch) {
 
 function toast(text, ok) {
   const node = document.getElementById("toast");
-  node.textContent = text;
+  fill(node, text);
   node.className = ok ? "ok" : "error";
 }
 
@@ -59,7 +99,7 @@ async function control(button) {
   if (!previewed.ok) { toast(await errorOf(previewed), false); return; }
   const preview = await previewed.json();
   const dialog = document.getElementById("confirm");
-  document.getElementById("confirm-question").textContent = preview.question;
+  fill(document.getElementById("confirm-question"), preview.question);
   const yes = document.getElementById("confirm-yes");
   const no = document.getElementById("confirm-no");
   yes.disabled = false;
@@ -100,7 +140,7 @@ function showLive(data) {
   document.getElementById("paused").hidden = !q.paused;
   currentRun = r.id || "";
   const link = document.getElementById("run-link");
-  link.textContent = r.id || "-";
+  fill(link, r.id || "-");
   link.href = r.id ? `/runs/${encodeURIComponent(r.id)}` : "/runs";
   setText("r-done", r.total === null ? r.done : `${r.done} / ${r.total}`);
   for (const key of ["failed", "dead", "cancelled"]) setText(`r-${key}`, r[key]);
@@ -124,7 +164,7 @@ function showWorkers(data) {
     const row = el("tr", null, `worker ${worker.kind}`);
     row.dataset.worker = worker.name;
     for (const value of [worker.name, worker.host, worker.state, worker.done, worker.failed,
-      `${worker.share}%`]) row.append(el("td", value));
+      `${worker.share}%`]) row.append(textCell(value));
     const cell = el("td");
     if (worker.kind !== "gone" && worker.kind !== "stopped") {
       const stop = el("button", "Stop", "small");
@@ -137,7 +177,7 @@ function showWorkers(data) {
     rows.push(row);
     for (const slot of worker.slot_rows) {
       const line = el("tr", null, `slot ${slot.kind}`);
-      line.append(el("td", slot.slot), el("td", ""), el("td", slot.state), el("td", ""),
+      line.append(textCell(slot.slot), el("td", ""), textCell(slot.state), el("td", ""),
         el("td", ""), el("td", ""), el("td", ""));
       rows.push(line);
     }
@@ -156,8 +196,12 @@ function showWorkers(data) {
 
 function showFailures(failures) {
   const list = document.getElementById("failures");
-  const items = failures.map((f) => el("li",
-    `${clock(f.time)} ${f.worker} row ${f.row} "${f.task}": ${f.outcome} (${f.reason})`));
+  const items = failures.map((f) => {
+    const item = el("li", `${clock(f.time)} `);
+    item.append(bdi(f.worker), ` row ${f.row} "`, bdi(f.task), `": ${f.outcome} (`, bdi(f.reason),
+      ")");
+    return item;
+  });
   list.replaceChildren(...(items.length ? items : [el("li", "none", "muted")]));
 }
 
@@ -201,7 +245,7 @@ async function loadTasks(runId) {
     row.dataset.row = task.row;
     row.dataset.id = task.message_id;
     for (const key of ["row", "task", "worker", "started", "seconds", "attempts", "outcome",
-      "result_or_error"]) row.append(el("td", task[key]));
+      "result_or_error"]) row.append(textCell(task[key]));
     return row;
   });
   document.querySelector("#tasks tbody").replaceChildren(...rows);
@@ -221,7 +265,7 @@ async function showAttempts(runId, row) {
     const line = el("tr");
     for (const value of [a.attempt, a.worker, a.host, clock(a.started),
       a.seconds === null ? "" : Number(a.seconds).toFixed(3), a.outcome,
-      a.outcome === "done" ? a.result : a.reason]) line.append(el("td", value ?? ""));
+      a.outcome === "done" ? a.result : a.reason]) line.append(textCell(value ?? ""));
     return line;
   }));
   section.hidden = false;
