@@ -22,14 +22,25 @@ from taskqueue.control.state import command
 from taskqueue.control.stream_size import measure
 from taskqueue.wire.events import run_event, task_event
 from taskqueue.wire.record import encode_group, new_run_id
-from tests.brokers import ctl
+from tests.brokers import ThrowawayBroker, ctl, free_port
 from tests.helpers import MAIN_URL, run_script
 
 NODE = "rabbit@localhost"
 
 
-def blocking() -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(MAIN_URL))
+@pytest.fixture(scope="module")
+def panel_node():
+    """A throwaway node with the management plugin (the machine's broker has none)."""
+    port = free_port()
+    node = ThrowawayBroker([f"management.tcp.port = {port}", "management.tcp.ip = 127.0.0.1"],
+                           plugins="[rabbitmq_management].").start()
+    node.panel_port = port
+    yield node
+    node.cleanup()
+
+
+def blocking(url: str = MAIN_URL) -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.URLParameters(url))
 
 
 def arguments_of(name: str) -> str:
@@ -38,8 +49,8 @@ def arguments_of(name: str) -> str:
     return next(line for line in out.splitlines() if line.split("\t")[0] == name)
 
 
-def make_stream(name: str, **arguments: object) -> None:
-    connection = blocking()
+def make_stream(name: str, url: str = MAIN_URL, **arguments: object) -> None:
+    connection = blocking(url)
     try:
         connection.channel().queue_declare(name, durable=True, arguments={
             "x-queue-type": "stream", **arguments})
@@ -47,8 +58,8 @@ def make_stream(name: str, **arguments: object) -> None:
         connection.close()
 
 
-def publish(name: str, bodies: list[bytes]) -> None:
-    connection = blocking()
+def publish(name: str, bodies: list[bytes], url: str = MAIN_URL) -> None:
+    connection = blocking(url)
     try:
         channel = connection.channel()
         channel.confirm_delivery()
@@ -180,6 +191,46 @@ def test_a_report_of_a_run_partly_past_retention_says_how_many_tasks_records_are
     assert (f"{100 - done} of the 100 tasks it published have no record left"
             in result.stdout), result.stdout
     assert "still queued, in hand or retrying" not in result.stdout
+
+
+def test_retention_through_the_management_api_names_a_policy_it_would_replace(panel_node,
+                                                                               logs):
+    queue, url = "retention_q", panel_node.url
+    stream = QueueSpec(queue).results_name
+    make_stream(stream, url, **{"x-stream-max-segment-size-bytes": 2000})
+    body = encode_group([{"kind": "task", "finished": time.time(), "text": "x" * 150}])
+    publish(stream, [body] * 60, url)
+    assert panel_node.ctl("set_policy", "--apply-to", "queues", "theirs", r"^retention_q\.",
+                          '{"max-age": "1D"}').returncode == 0
+    panel = f"http://127.0.0.1:{panel_node.panel_port}/#/queues"  # the panel's URL works too
+    given = ("task_control.py", "retention", "--url", url, "--queue", queue, "--max-bytes",
+             "4000", "--max-age", "7D", "--management-url", panel)
+
+    refused = run_script(*given, log_dir=logs)
+    assert refused.returncode == 4, refused
+    assert "'theirs'" in refused.stderr and "--replace" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1
+    listed = panel_node.ctl("list_queues", "-q", "--no-table-headers", "name", "policy").stdout
+    assert f"{stream}\ttheirs" in listed.splitlines(), "nothing was set"
+
+    result = run_script(*given, "--replace", log_dir=logs)
+    assert result.returncode == 0, result
+    assert f"retention of {stream!r}: 7D and at most 4.0 KB" in result.stdout
+    assert "'theirs'" in result.stdout
+    ours = StreamPolicy(stream, "7D", 4000)
+    policies = panel_node.ctl("list_policies", "--formatter", "json").stdout
+    mine = next(p for p in json.loads(policies[policies.index("["):])
+                if p["name"] == ours.name)
+    definition = mine["definition"]
+    definition = json.loads(definition) if isinstance(definition, str) else definition
+    assert mine["priority"] == 10 and definition == ours.definition(), mine
+    listed = panel_node.ctl("list_queues", "-q", "--no-table-headers", "name", "policy").stdout
+    assert f"{stream}\t{ours.name}" in listed.splitlines()
+    connection = blocking(url)
+    try:
+        assert measure(connection, stream).first, "applied to the stream that exists, at once"
+    finally:
+        connection.close()
 
 
 @pytest.mark.fast

@@ -34,6 +34,8 @@ MANAGEMENT_PORT = 15672
 HTTP_TIMEOUT = 5.0
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 RETENTION_KEYS = ("max-age", "max-length-bytes", "stream-max-segment-size-bytes")
+# The keys RabbitMQ 3.10 lets a policy give a stream: one with any other key applies to none.
+STREAM_KEYS = {*RETENTION_KEYS, "queue-leader-locator", "initial-cluster-size"}
 
 
 def parse_bytes(text: str) -> int:
@@ -188,9 +190,7 @@ class PolicyKeeper:
         self.api = api
 
     def set(self, wanted: StreamPolicy, replace: bool) -> Applied:
-        others = [policy for policy in self.api.policies()
-                  if policy.get("name") != wanted.name and applies(policy, wanted.stream)]
-        top = max(others, key=lambda policy: int(policy.get("priority", 0)), default=None)
+        top = self.holding(wanted)
         if top is not None and not replace:
             raise UserError(
                 f"the policy {top.get('name')!r} (pattern {top.get('pattern')!r}, priority "
@@ -204,6 +204,19 @@ class PolicyKeeper:
         priority = max(PRIORITY, int(top.get("priority", 0)) + 1) if top is not None else PRIORITY
         self.api.put_policy(wanted.name, wanted.body(priority, extra))
         return Applied(wanted, top)
+
+    def holding(self, wanted: StreamPolicy) -> dict | None:
+        """The user's policy that applies to the stream now: the one the broker names (its
+        statistics may lag a few seconds), else the highest whose pattern matches the name and
+        whose keys a stream supports (RabbitMQ 3.10 applies no other to a stream)."""
+        policies = {policy.get("name"): policy for policy in self.api.policies()
+                    if policy.get("name") != wanted.name}
+        stream = self.api.queue(wanted.stream) or {}
+        named = policies.get(stream.get("policy"))
+        others = [policy for policy in policies.values() if applies(policy, wanted.stream)
+                  and set(dict(policy.get("definition") or {})) <= STREAM_KEYS]
+        return max([*others, *([named] if named else [])],
+                   key=lambda policy: int(policy.get("priority", 0)), default=None)
 
 
 def unreachable(api: Management) -> UserError:
