@@ -49,8 +49,9 @@ RUN_ID = r"([A-Za-z0-9_.:-]{1,100})"
 FAILED_WAIT = 1.0  # seconds a wrong token, password or Basic header waits for its answer
 
 
-class Base(tornado.web.RequestHandler):
-    """Headers, who is asking, and the refusal for anyone else."""
+class Secured(tornado.web.RequestHandler):
+    """The security headers, on every answer: pages, errors (Tornado sets them again after
+    clearing a failed answer), redirects, /healthz."""
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Security-Policy", CSP)
@@ -58,6 +59,12 @@ class Base(tornado.web.RequestHandler):
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("Referrer-Policy", "same-origin")
         self.set_header("Cache-Control", "no-store")
+
+
+class Base(Secured):
+    """Who is asking, the refusal for anyone else, and errors as the asker reads them."""
+
+    missing_run: str | None = None  # set when a run's address names a run not in the record
 
     @property
     def access(self) -> Access:
@@ -109,14 +116,29 @@ class Base(tornado.web.RequestHandler):
             raise tornado.web.HTTPError(403, "cross-origin request refused")
 
     def write_error(self, status_code: int, **kwargs: object) -> None:
-        """Errors as one JSON line for the page's script (no traceback, no HTML)."""
+        """Errors as one JSON line for the page's script (no traceback); a 404 asked for by
+        a browser's address bar is a page saying what is not there."""
         reason = self._reason
         info = kwargs.get("exc_info")  # sys.exc_info()'s triple, when an exception ended it
         error = info[1] if isinstance(info, tuple) else None
         if isinstance(error, tornado.web.HTTPError) and error.log_message:
             reason = error.log_message % error.args if error.args else error.log_message
+        if status_code == 404 and "text/html" in self.request.headers.get("Accept", ""):
+            feed: DashboardFeed = self.settings["feed"]
+            self.page("not_found.html", title="not found", run=self.missing_run,
+                      path=self.request.path, problem=feed.problem)
+            return
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"ok": False, "error": reason}))
+
+    def known_run(self, run_id: str) -> str:
+        """*run_id*, if the record read so far has it; else the answer is 404. A run's records
+        older than the results stream keeps (its retention) are not read: it is unknown too."""
+        if self.settings["feed"].seen(run_id) == 0:
+            self.missing_run = run_id
+            raise tornado.web.HTTPError(404, "no run %s in the record (never recorded here, or "
+                                        "older than the results stream keeps)", run_id)
+        return run_id
 
     def page(self, template: str, **values: object) -> None:
         self.render(template, queue=self.settings["feed"].spec.name, **values)
@@ -138,7 +160,9 @@ class Base(tornado.web.RequestHandler):
             raise tornado.web.HTTPError(503, "%s", str(exc)) from None
 
 
-class Health(tornado.web.RequestHandler):
+class Health(Secured):
+    """Open to everyone (a load balancer's probe), with the headers all the same."""
+
     def get(self) -> None:
         self.finish("ok\n")
 
@@ -184,13 +208,13 @@ class RunsPage(Base):
 
 class RunPage(Base):
     def get(self, run_id: str) -> None:
-        self.page("run.html", title=f"run {run_id}", run_id=run_id)
+        self.page("run.html", title=f"run {run_id}", run_id=self.known_run(run_id))
 
 
 class RunTasks(Base):
     async def get(self, run_id: str) -> None:
         page = max(1, _int(self.get_query_argument("page", "1"), 1))
-        self.json(await self.blocking(self.runs.page, run_id,
+        self.json(await self.blocking(self.runs.page, self.known_run(run_id),
                                       self.get_query_argument("outcome", ""),
                                       self.get_query_argument("q", "")[:200], page))
 
@@ -199,26 +223,29 @@ class RunTask(Base):
     async def get(self, run_id: str) -> None:
         row = self.get_query_argument("row", None)
         row_number = _int(row, None) if row is not None else None
-        self.json(await self.blocking(self.runs.attempts, run_id, row_number,
+        self.json(await self.blocking(self.runs.attempts, self.known_run(run_id), row_number,
                                       self.get_query_argument("id", "")))
 
 
 class RunTimeline(Base):
     async def get(self, run_id: str) -> None:
+        svg = await self.blocking(self.runs.svg, self.known_run(run_id))
         self.set_header("Content-Type", "image/svg+xml")
-        self.finish(await self.blocking(self.runs.svg, run_id))
+        self.finish(svg)
 
 
 class RunCsv(Base):
     async def get(self, run_id: str) -> None:
+        text = await self.blocking(self.runs.csv_text, self.known_run(run_id))
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="{run_id}.csv"')
-        self.finish(await self.blocking(self.runs.csv_text, run_id))
+        self.finish(text)
 
 
 class DeadPage(Base):
     async def get(self) -> None:
-        run_id = self.get_query_argument("run", "") or await self.blocking(self.runs.latest)
+        asked = self.get_query_argument("run", "")
+        run_id = self.known_run(asked) if asked else await self.blocking(self.runs.latest)
         dead = await self.blocking(self.runs.dead, run_id)
         feed: DashboardFeed = self.settings["feed"]
         self.page("dead.html", title="dead tasks", dead=dead, in_queue=feed.state.counts.dead)
@@ -272,6 +299,13 @@ class Metrics(Base):
         self.finish(generate_latest(self.settings["registry"]))
 
 
+class NotFound(Base):
+    """An address no route serves: 404, behind the same door as every page."""
+
+    def get(self) -> None:
+        raise tornado.web.HTTPError(404, "no page at %s", self.request.path[:200])
+
+
 class Login(Base):
     async def prepare(self) -> None:  # the one page open to everyone (with --auth-file)
         if not self.access.login:
@@ -313,6 +347,7 @@ def make_app(*, feed: DashboardFeed, hub: Hub, runs: RunPages, desk: ControlDesk
     ]
     return tornado.web.Application(
         routes, template_path=str(HERE / "templates"), xsrf_cookies=True,
+        default_handler_class=NotFound,
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"},
         cookie_secret=cookie_secret, feed=feed, hub=hub, runs=runs, desk=desk, access=access,
         registry=registry, autoescape="xhtml_escape", log_function=_quiet_log, log=log,

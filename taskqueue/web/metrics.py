@@ -3,8 +3,10 @@ what the feed holds (feed.py), by the conventions: base units (seconds), ``_tota
 and no unbounded label (no task, row or run id; a worker's name only while it is heard from:
 a gone worker's series are removed).
 
+  taskqueue_tasks_published_total{queue}          tasks the emitters published (totals.py)
   taskqueue_tasks_total{queue,outcome}            attempts recorded, by outcome
-  taskqueue_task_duration_seconds{queue}          histogram of attempts' run time
+  taskqueue_task_duration_seconds{queue}          histogram of attempts' run time (cancelled
+                                                  attempts are not in it)
   taskqueue_task_wait_seconds{queue}              histogram of the wait, published -> started
   taskqueue_queue_messages{queue,state}           ready / retrying / dead, now
   taskqueue_tasks_in_progress{queue}              slots busy now
@@ -55,13 +57,20 @@ class FeedCollector:
                     *self._workers(queue, time.time())]
         yield from made
         up = GaugeMetricFamily("taskqueue_dashboard_up", "1 while the dashboard reads the "
-                               "broker", labels=["queue"])
+                               "broker, else 0", labels=["queue"])
         up.add_metric([queue], 1.0 if feed.connected and feed.alive else 0.0)
         yield up
-        yield _gauge("taskqueue_dashboard_live_pages", "Live pages open", queue, self.pages())
+        yield _gauge("taskqueue_dashboard_live_pages", "Live pages open now (each holds a "
+                     "stream)", queue, self.pages())
 
     def _tasks(self, queue: str) -> Iterator[Metric]:
         totals = self.feed.totals
+        published = CounterMetricFamily(
+            "taskqueue_tasks_published", "Tasks the emitters published (confirmed by the "
+            "broker), as their run records say: it steps up as each emitter finishes",
+            labels=["queue"])
+        published.add_metric([queue], totals.published)
+        yield published
         tasks = CounterMetricFamily("taskqueue_tasks", "Task attempts recorded, by outcome",
                                     labels=["queue", "outcome"])
         other = sum(n for outcome, n in totals.outcomes.items() if outcome not in OUTCOMES)
@@ -69,10 +78,10 @@ class FeedCollector:
             tasks.add_metric([queue, outcome], totals.outcomes[outcome])
         tasks.add_metric([queue, "other"], other)
         yield tasks
-        yield _histogram("taskqueue_task_duration_seconds", "How long attempts ran",
-                         queue, totals.duration)
-        yield _histogram("taskqueue_task_wait_seconds", "How long tasks waited, published to "
-                         "started", queue, totals.wait)
+        yield _histogram("taskqueue_task_duration_seconds", "How long attempts ran, in "
+                         "seconds (cancelled attempts are not counted)", queue, totals.duration)
+        yield _histogram("taskqueue_task_wait_seconds", "How long tasks waited from published "
+                         "to started, in seconds", queue, totals.wait)
 
     def _queue(self, queue: str, now: float) -> Iterator[Metric]:
         state = self.feed.state
@@ -92,7 +101,7 @@ class FeedCollector:
         age = oldest_ready_age(self.feed, now)
         if age is not None:
             yield _gauge("taskqueue_oldest_ready_task_age_seconds", "Estimated age of the "
-                         "oldest task waiting", queue, age)
+                         "oldest task waiting, in seconds", queue, age)
 
     def _workers(self, queue: str, now: float) -> Iterator[Metric]:
         state = self.feed.state

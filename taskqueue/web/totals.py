@@ -1,5 +1,16 @@
 """What the dashboard adds up from the results record as it reads it: attempts by outcome,
-task durations and waits (histograms), and a line per run. Pure: fed records, no broker.
+task durations and waits (histograms), tasks published, and a line per run. Pure: fed
+records, no broker.
+
+Tasks published: the emitter writes no record per task, only its run's notes (wire/events.py
+``run_event``): "started" (published 0) and "finished" with how many it had confirmed. Each
+emitter that worked on a run (``--resume`` goes on with the same run id) writes its own, so
+the count is the sum, per emitter, of the largest ``published`` it said (an event id starts
+with its process: wire/events.py ``event_id``). It steps up when an emitter finishes; an
+emitter that also said how far it had got on the way would move it sooner, unchanged here.
+
+Cancelled attempts are counted by outcome but are not durations: one acked unrun took no time
+and one stopped half-way says nothing of how long the task takes.
 
 Memory is flat however long the record: counters, fixed buckets, and a few numbers per run;
 no task is kept (the run pages read a run's records when asked, results/history.py).
@@ -69,6 +80,8 @@ class RecordTotals:
         self.wait = Histogram()
         self.runs: dict[str, RunLine] = {}
         self.records = 0
+        self.published = 0  # tasks the emitters said they published (module docstring)
+        self._published_by: dict[tuple[str, str], int] = {}  # (run, emitter) -> its largest
         self._seen = RecentIds()
 
     def add(self, record: dict) -> None:
@@ -82,6 +95,7 @@ class RecordTotals:
         run = self._run(record.get("run_id") or "")
         run.records += 1
         if kind == "run":
+            self._note_published(run.run_id, record)
             if record.get("state") == "started" and record.get("total") is not None:
                 run.total = int(record["total"])
             elif record.get("state") == "finished":
@@ -95,7 +109,7 @@ class RecordTotals:
         finished = _number(record.get("finished"))
         seconds = _number(record.get("seconds"))
         queued = _number(record.get("queued"))
-        if seconds is not None:
+        if seconds is not None and outcome != "cancelled":
             self.duration.observe(max(0.0, seconds))
         if started is not None and queued is not None:
             self.wait.observe(max(0.0, started - queued))
@@ -105,6 +119,20 @@ class RecordTotals:
             run.finished = max(run.finished, finished)
         if len(run.workers) < MAX_WORKERS_NAMED:
             run.workers.add(str(record.get("worker") or ""))
+
+    def _note_published(self, run_id: str, record: dict) -> None:
+        published = record.get("published")
+        if not isinstance(published, int) or isinstance(published, bool) or published <= 0:
+            return
+        record_id = str(record.get("id") or "")
+        if not record_id:  # a stranger's note: nothing to tell two of its emitters apart
+            self.published += published
+            return
+        key = (run_id, record_id.rpartition("-")[0] or record_id)
+        before = self._published_by.get(key, 0)
+        if published > before:
+            self._published_by[key] = published
+            self.published += published - before
 
     def _run(self, run_id: str) -> RunLine:
         line = self.runs.get(run_id)
