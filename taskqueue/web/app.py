@@ -11,10 +11,12 @@
   POST /control               do it (CSRF token + same origin; GET is 405)
   GET  /metrics               Prometheus text format
   GET  /login, POST /login    with --auth-file only
+  anything else, or a run the record does not have: 404 (a page for a browser, else JSON)
 
 Safe by default: a CSP with no inline script (``frame-ancestors 'none'``), no CORS header,
 HttpOnly SameSite=Strict cookies, POST-only control with Tornado's XSRF check and an Origin
-check. Page text from tasks is data: templates escape it, the script sets ``textContent``.
+check; the headers on every answer (``Secured``: errors and /healthz too). Page text from
+tasks is data: templates escape it, the script sets ``textContent``.
 """
 
 from __future__ import annotations
