@@ -353,7 +353,7 @@ def results_refusal(name: str, refusal: ChannelClosedByBroker) -> BaseException:
 # --- the control stream (task_control.py) ------------------------------------------------------
 # Bounded by size, never by age: a worker learns the queue's state (paused, cancelled runs) by
 # reading every command from the stream's start, so a pause must not expire with time. 10 MB
-# is about 40,000 commands (a command takes about 250 bytes on disk); retention removes whole
+# is about 28,000 commands (a command takes about 360 bytes on disk); retention removes whole
 # segments, so 1 MB segments keep the bound close. ``task_control.py retention --stream
 # control`` changes it with a policy (control/retention.py).
 CONTROL_MAX_BYTES = 10 * 10**6

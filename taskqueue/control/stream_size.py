@@ -4,7 +4,7 @@ RabbitMQ does not say a stream's size over AMQP (3.10 answers a passive declare 
 messages; its ``rabbitmqctl list_queues message_bytes`` is empty for streams, and a stream's
 segment files are on the broker's disk). What a reader can learn: the offsets of its first and
 last messages (how many it holds: retention moves the first), when they were written (the
-records say), and the size of the newest messages. The size shown is an estimate from those:
+records say), and the sizes of the newest ones. The size shown is an estimate from those:
 messages x (their mean body size + ``OVERHEAD``, what a message costs on disk beyond its body,
 measured on 3.10: docs/operating.md).
 """
@@ -19,8 +19,9 @@ import pika
 
 from taskqueue.control.retention import show_bytes
 
-OVERHEAD = 100  # bytes a stream message takes on disk beyond its body (3.10: 95-105)
-LAST_CHUNK_SECONDS = 2.0  # reading the newest chunk, at most
+OVERHEAD = 250  # bytes a message takes on disk beyond its body (3.10: 215-255, docs/operating.md)
+SAMPLE = 200  # the newest messages whose sizes are averaged
+LAST_CHUNK_SECONDS = 2.0  # reading the newest chunk (or the sample), at most
 IDLE = 0.3
 
 
@@ -34,7 +35,7 @@ class StreamSize:
     last: int | None = None
     oldest: float | None = None
     newest: float | None = None
-    sizes: list[int] = field(default_factory=list)  # bodies of the newest chunk
+    sizes: list[int] = field(default_factory=list)  # bodies of the newest messages
 
     @property
     def messages(self) -> int:
@@ -104,6 +105,16 @@ def measure(connection: pika.BlockingConnection, name: str) -> StreamSize:
     channel.close()
     if size.first is None:
         return size
+    size.last, size.newest = _newest(connection, name)
+    if size.last is not None:
+        size.sizes = _sample(connection, name, max(size.first, size.last - SAMPLE + 1), size.last)
+    return size
+
+
+def _newest(connection: pika.BlockingConnection, name: str) -> tuple[int | None, float | None]:
+    """The last offset and when it was written: a reader attached at "last" gets the newest
+    chunk first."""
+    last, newest = None, None
     channel = connection.channel()
     channel.basic_qos(prefetch_count=1000)
     deadline = time.monotonic() + LAST_CHUNK_SECONDS
@@ -112,9 +123,26 @@ def measure(connection: pika.BlockingConnection, name: str) -> StreamSize:
         if method is None or time.monotonic() > deadline:
             break
         offset = _offset(properties)
-        if offset is not None and (size.last is None or offset > size.last):
-            size.last, size.newest = offset, written(body) or size.newest
-        size.sizes.append(len(body))
+        if offset is not None and (last is None or offset > last):
+            last, newest = offset, written(body) or newest
         channel.basic_ack(method.delivery_tag)
     channel.close()
-    return size
+    return last, newest
+
+
+def _sample(connection: pika.BlockingConnection, name: str, start: int, end: int) -> list[int]:
+    """The body sizes of the messages from offset *start* to *end*."""
+    sizes: list[int] = []
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=SAMPLE)
+    deadline = time.monotonic() + LAST_CHUNK_SECONDS
+    for method, properties, body in channel.consume(name, inactivity_timeout=IDLE,
+                                                    arguments={"x-stream-offset": start}):
+        if method is None or time.monotonic() > deadline:
+            break
+        sizes.append(len(body))
+        channel.basic_ack(method.delivery_tag)
+        if (_offset(properties) or 0) >= end:
+            break
+    channel.close()
+    return sizes
