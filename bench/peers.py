@@ -19,8 +19,8 @@ queue our emitter fills; the peers' queues are filled by their own clients (thei
 formats), with the same texts. A run counts only when the queue is empty at the end (ours and
 the minimal loop exit on their own when idle; the peers get SIGTERM, a warm shutdown, once the
 queue is drained: a task they had not acked would be back in it) and, for the peers, with one
-stored result per task. Repetitions alternate the order (ABCD, DCBA, ...) so that drift hits
-all alike; the best of each is compared.
+stored result per task. Repetitions alternate the order (ABCD, DCBA, ...; bench/abba.py) so
+that drift hits all alike; the best of each is compared.
 """
 
 from __future__ import annotations
@@ -40,10 +40,9 @@ from pathlib import Path
 import pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.abba import alternate
 from bench.versus import (
-    POLL_SECONDS,
     ROOT,
-    STALL_SECONDS,
     URL,
     BenchError,
     Case,
@@ -57,9 +56,9 @@ from bench.versus import (
     log_rate,
     materialise,
     resolve,
+    sample,
     stop,
     tail,
-    write_tasks,
 )
 
 VENV = ROOT / "bench" / "out" / "peers-venv"
@@ -145,28 +144,6 @@ def fill_queue(system: str, queue: str, case: Case, tasks: Path, env: dict,
                               stderr=subprocess.STDOUT, timeout=300)
     if done.returncode != 0:
         raise BenchError(f"{system} could not fill {queue}: {tail(run_dir / 'fill.out')}")
-
-
-def sample(channel, queue: str, proc: subprocess.Popen, count: int, who: str,
-           out: Path) -> list[tuple[float, int]]:
-    """The queue's ready count with its time, every ~10 ms, until it is 0."""
-    samples: list[tuple[float, int]] = []
-    last_change = time.monotonic()
-    while True:
-        before = time.perf_counter()
-        ready, consumers = depth(channel, queue)
-        samples.append(((before + time.perf_counter()) / 2, ready))
-        if len(samples) > 1 and ready != samples[-2][1]:
-            last_change = time.monotonic()
-        if ready == 0:
-            return samples
-        if proc.poll() is not None:
-            raise BenchError(f"{who} exited ({proc.returncode}) with {ready} of {count} "
-                             f"tasks left: {tail(out)}")
-        if time.monotonic() - last_change > STALL_SECONDS:
-            raise BenchError(f"{who} took no task from {queue} for {STALL_SECONDS} s "
-                             f"({ready} of {count} left, {consumers} consumer(s)): {tail(out)}")
-        time.sleep(POLL_SECONDS)
 
 
 def finish(system: str, proc: subprocess.Popen, channel, queue: str, count: int,
@@ -330,17 +307,8 @@ def main() -> int:
                 OURS.path.mkdir()
                 materialise(commit, OURS.path)
                 OURS.describe = f"commit {commit[:7]} (git archive {args.ours_ref})"
-            for case in all_cases:
-                tasks = write_tasks(scratch / f"{case.label}.csv", case.count, case.dots)
-                for system in SYSTEMS:
-                    system.rates[case.label], system.log_rates[case.label] = [], []
-                for attempt in range(repeat):
-                    for system in SYSTEMS if attempt % 2 == 0 else SYSTEMS[::-1]:
-                        rate, logged = measure(system, case, tasks, scratch, live)
-                        system.rates[case.label].append(rate)
-                        system.log_rates[case.label].append(logged)
-                        print(f"  {case.measure:<32} {system.name:<8} run {attempt + 1}: "
-                              f"{rate:8,.0f} tasks/s", flush=True)
+            alternate(SYSTEMS, all_cases, repeat, scratch,
+                      lambda system, case, tasks: measure(system, case, tasks, scratch, live))
         except BenchError as error:
             print(f"peers: the benchmark could not run: {error}", file=sys.stderr)
             return 1

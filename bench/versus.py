@@ -11,7 +11,8 @@ The baseline is REF's tree, taken out with ``git archive REF | tar -x`` into a t
 directory. Both trees are driven the same way, through their command-line scripts only: the
 queue is filled by one emitter (ours, for both), then the tree's ``listening_worker.py`` drains
 it and exits when idle. Each (case, tree) is run --repeat times, baseline and ours alternating
-(ABBA order), so that drift on a noisy machine hits both alike; the best of each is compared.
+(ABBA order, bench/abba.py), so that drift on a noisy machine hits both alike; the best of each
+is compared.
 
 How tasks/s is measured: from the outside, by passive ``queue_declare`` every ~10 ms (the
 queue's ready count, with its time). The worker asks for prefetch = its slots, so the ready
@@ -39,6 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pika
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script too
+from bench.abba import alternate
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = os.environ.get("BENCH_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -184,12 +188,6 @@ def log_rate(log_file: Path, count: int) -> float | None:
     return count / (last - first)
 
 
-def write_tasks(path: Path, count: int, dots: int) -> Path:
-    path.write_text("".join(f"task {number}{'.' * dots}\n" for number in range(count)),
-                    encoding="utf-8")
-    return path
-
-
 def fill(ours: Path, queue: str, tasks: Path, env: dict, run_dir: Path) -> None:
     with open(run_dir / "emitter.out", "w") as out:
         done = subprocess.run([sys.executable, str(ours / "emitter_of_tasks.py"), "--file",
@@ -243,25 +241,7 @@ def measure(tree: Tree, case: Case, ours: Path, tasks: Path, scratch: Path,
                  str(case.seconds_per_dot), "--name", "bench"],
                 cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
         live.append(proc)
-        samples: list[tuple[float, int]] = []
-        last_change = time.monotonic()
-        while True:
-            before = time.perf_counter()
-            ready, consumers = depth(channel, queue)
-            samples.append(((before + time.perf_counter()) / 2, ready))
-            if len(samples) > 1 and ready != samples[-2][1]:
-                last_change = time.monotonic()
-            if ready == 0:
-                break
-            if proc.poll() is not None:
-                raise BenchError(f"{tree.who} exited ({proc.returncode}) with {ready} "
-                                 f"of {count} tasks left: {tail(run_dir / 'worker.out')}")
-            if time.monotonic() - last_change > STALL_SECONDS:
-                raise BenchError(f"{tree.who} took no task from {queue} for "
-                                 f"{STALL_SECONDS} s ({ready} of {count} left, {consumers} "
-                                 f"consumer(s)): "
-                                 f"{tail(run_dir / 'worker.out')}")
-            time.sleep(POLL_SECONDS)
+        samples = sample(channel, queue, proc, count, tree.who, run_dir / "worker.out")
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -283,6 +263,29 @@ def measure(tree: Tree, case: Case, ours: Path, tasks: Path, scratch: Path,
             connection.close()
         delete_all(queue)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def sample(channel, queue: str, proc: subprocess.Popen, count: int, who: str,
+           out: Path) -> list[tuple[float, int]]:
+    """The queue's ready count with its time, every ~10 ms, until it is 0 (*who*: the worker
+    draining it, in messages; *out*: its output, quoted if it fails)."""
+    samples: list[tuple[float, int]] = []
+    last_change = time.monotonic()
+    while True:
+        before = time.perf_counter()
+        ready, consumers = depth(channel, queue)
+        samples.append(((before + time.perf_counter()) / 2, ready))
+        if len(samples) > 1 and ready != samples[-2][1]:
+            last_change = time.monotonic()
+        if ready == 0:
+            return samples
+        if proc.poll() is not None:
+            raise BenchError(f"{who} exited ({proc.returncode}) with {ready} of {count} "
+                             f"tasks left: {tail(out)}")
+        if time.monotonic() - last_change > STALL_SECONDS:
+            raise BenchError(f"{who} took no task from {queue} for {STALL_SECONDS} s "
+                             f"({ready} of {count} left, {consumers} consumer(s)): {tail(out)}")
+        time.sleep(POLL_SECONDS)
 
 
 def drain_rate(samples: list[tuple[float, int]], count: int) -> float:
@@ -362,18 +365,9 @@ def main() -> int:
             materialise(commit, baseline_dir)
             today = Tree("today", baseline_dir, "today's worker", f"git archive {args.against}")
             ours = Tree("ours", ours_dir, "our worker", describe_ours(ours_dir))
-            for case in all_cases:
-                tasks = write_tasks(scratch / f"{case.label}.csv", case.count, case.dots)
-                for tree in (today, ours):
-                    tree.rates[case.label], tree.log_rates[case.label] = [], []
-                for attempt in range(repeat):
-                    order = (today, ours) if attempt % 2 == 0 else (ours, today)
-                    for tree in order:
-                        rate, log = measure(tree, case, ours_dir, tasks, scratch, live)
-                        tree.rates[case.label].append(rate)
-                        tree.log_rates[case.label].append(log)
-                        print(f"  {case.measure:<32} {tree.name:<6} run {attempt + 1}: "
-                              f"{rate:8,.0f} tasks/s", flush=True)
+            alternate((today, ours), all_cases, repeat, scratch,
+                      lambda tree, case, tasks: measure(tree, case, ours_dir, tasks, scratch,
+                                                        live))
         except BenchError as error:
             print(f"versus: the benchmark could not run: {error}", file=sys.stderr)
             return 1
