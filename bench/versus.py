@@ -114,6 +114,7 @@ def materialise(commit: str, directory: Path) -> None:
     """REF's tree into *directory* (git archive: no worktree metadata left behind)."""
     archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", commit],
                                stdout=subprocess.PIPE)
+    assert archive.stdout is not None  # (stdout=PIPE)
     untar = subprocess.run(["tar", "-x", "-C", str(directory)], stdin=archive.stdout)
     archive.stdout.close()
     if archive.wait() != 0 or untar.returncode != 0:
