@@ -105,6 +105,34 @@ def histogram_problems(where: str, family) -> list[str]:
     return problems
 
 
+@pytest.mark.fast
+def test_published_adds_up_each_emitters_last_word_once():
+    """Pure: the counter over made-up run notes (their ids name the emitter's process, as
+    wire/events.py's event_id does): a --resume on the same run adds its own, a note read twice
+    or said again counts once, "started" says 0."""
+    from taskqueue.web.totals import RecordTotals
+
+    def note(emitter: str, number: int, run: str, state: str, published: int) -> dict:
+        return {"kind": "run", "id": f"{emitter}-{number}", "run_id": run, "state": state,
+                "total": 5, "published": published, "time": 1.0}
+
+    totals = RecordTotals()
+    for record in (note("a1", 1, "r1", "started", 0), note("a1", 2, "r1", "finished", 3),
+                   note("a1", 2, "r1", "finished", 3),  # read twice (a reconnect)
+                   note("b2", 1, "r1", "started", 0), note("b2", 2, "r1", "progress", 1),
+                   note("b2", 3, "r1", "finished", 2),  # --resume: the other two rows
+                   note("c3", 1, "r2", "finished", 4)):
+        totals.add(record)
+    assert totals.published == 3 + 2 + 4
+    for number, (outcome, seconds) in enumerate([("done", 1.5), ("cancelled", 0.0),
+                                                 ("cancelled", 7.0), ("dead", 0.2)]):
+        totals.add({"kind": "task", "id": f"w-{number}", "run_id": "r1", "outcome": outcome,
+                    "seconds": seconds, "started": 2.0, "queued": 1.0})
+    assert totals.outcomes["cancelled"] == 2 and totals.duration.cumulative()[-1][1] == 2
+    assert totals.duration.sum == 1.5 + 0.2
+
+
+@pytest.mark.fast
 def test_the_convention_check_finds_what_it_is_meant_to_find():
     """The check itself, on text made up to break each rule once."""
     text = "\n".join([
