@@ -4,9 +4,10 @@ be seen for what it is, and leave the page around it alone:
 
 * *stand-ins*: control characters (C0 but tab and newline, DEL, C1) and what XML 1.0 or UTF-8
   cannot carry (lone surrogates, which only a stranger's JSON can bring as ``\\ud800``, and
-  U+FFFE, U+FFFF) are replaced by a visible stand-in: the C0 ones and DEL by their pictures
-  (U+2400 block: NUL is ``␀``), the rest by their escape as Python writes it (``\\x85``,
-  ``\\ud800``);
+  U+FFFE, U+FFFF) are replaced by their escape as Python writes it: NUL is ``\\x00``, ESC
+  ``\\x1b``, a lone surrogate ``\\ud800``. Escapes, not the pictures of the U+2400 block: those
+  are missing from common fonts (a row of empty boxes tells nothing), an escape reads anywhere;
+  the page sets them apart in their own style;
 * *isolated*: bidirectional text (a right-to-left override, U+202E) acts inside the text only,
   never on the page's own words after it: ``<bdi>`` in HTML, FSI … PDI in the SVG.
 
@@ -25,13 +26,7 @@ FIRST_STRONG_ISOLATE, POP_DIRECTIONAL_ISOLATE = "\u2068", "\u2069"
 def stand_in(char: str) -> str:
     """The visible stand-in of one HIDDEN character."""
     code = ord(char)
-    if code < 0x20:
-        return chr(0x2400 + code)
-    if code == 0x7F:
-        return "\u2421"
-    if code <= 0x9F:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 def visible(text: object) -> str:

@@ -6,17 +6,16 @@ const xsrf = () => document.querySelector('meta[name="xsrf"]').content;
 
 // Text from tasks and records is shown for what it is (the rule of taskqueue/views/shown.py):
 // control characters (C0 but tab and newline, DEL, C1), lone surrogates and U+FFFE/U+FFFF
-// become visible stand-ins in a span.ctl, and text that may be bidirectional goes in a <bdi>,
-// so that a right-to-left override in a task cannot reorder the page's own words after it.
+// become their escapes (\x00, \ud800) in a span.ctl, and text that may be bidirectional goes
+// in a <bdi>, so that a right-to-left override in a task cannot reorder the page's own words
+// after it.
 const HIDDEN = new RegExp("[\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\ufffe\\uffff]" +
   "|[\\ud800-\\udbff](?![\\udc00-\\udfff])|(?<![\\ud800-\\udbff])[\\udc00-\\udfff]", "g");
 
 function standIn(char) {
   const code = char.charCodeAt(0);
-  if (code < 0x20) return String.fromCharCode(0x2400 + code);
-  if (code === 0x7f) return "\u2421";
-  const hex = code.toString(16).padStart(code <= 0x9f ? 2 : 4, "0");
-  return code <= 0x9f ? `\\x${hex}` : `\\u${hex}`;
+  return code <= 0xff ? `\\x${code.toString(16).padStart(2, "0")}`
+    : `\\u${code.toString(16).padStart(4, "0")}`;
 }
 
 // Fills *node* with *value* as text: stand-ins in their own style, never markup.
