@@ -17,7 +17,7 @@ import pytest
 from taskqueue.broker.config import QueueSpec
 from taskqueue.broker.topology import CONTROL_MAX_BYTES, declare_control
 from taskqueue.control import commands
-from taskqueue.control.retention import StreamPolicy, parse_bytes
+from taskqueue.control.retention import Management, StreamPolicy, parse_bytes
 from taskqueue.control.state import command
 from taskqueue.control.stream_size import measure
 from taskqueue.wire.events import run_event, task_event
@@ -246,3 +246,8 @@ def test_sizes_and_the_policy_definition():
         "stream-max-segment-size-bytes": 100 * 10**6}
     assert json.loads(shlex.split(policy.rabbitmqctl_line("/"))[-1]) == policy.definition()
     assert "-p vh" in StreamPolicy("q.results", "1D", None).rabbitmqctl_line("vh")
+    api = Management.for_broker("amqp://u:p%40ss@h:5673/vh", "http://admin:s3cret@h:15672/#/")
+    assert (api.base, api.user, api.password, api.vhost) == ("http://h:15672", "admin",
+                                                             "s3cret", "vh")
+    assert Management.for_broker("amqps://u:pw@h/").base == "https://h:15672"
+    assert Management.for_broker("amqps://u:pw@h/").password == "pw"

@@ -88,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     retention.add_argument("--stream", choices=("results", "control"), default="results",
                            help="<queue>.results (default) or <queue>.control")
     retention.add_argument("--max-age", type=retention_age, metavar="AGE",
-                           help="keep records at least this long (30D, 12h; Y M D h m s)")
+                           help="keep records this long, older segments going (30D, 12h; "
+                                "Y M D h m s)")
     retention.add_argument("--max-bytes", type=size, metavar="SIZE",
                            help="... and at most this much, the oldest going first (20GB, "
                                 "500MB, or bytes)")

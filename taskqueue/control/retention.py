@@ -114,9 +114,11 @@ class Management:
             scheme = "https" if parts.scheme == "amqps" else "http"
             base = f"{scheme}://{host}:{MANAGEMENT_PORT}"
         split = urlsplit(base)
-        base = f"{split.scheme}://{split.netloc}"  # a panel URL (…/#/queues) works too
+        host = split.netloc.rpartition("@")[2]  # a user in it is used, never shown
+        base = f"{split.scheme}://{host}"  # a panel URL (…/#/queues) works too
         vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-        return cls(base, unquote(parts.username or "guest"), unquote(parts.password or "guest"),
+        login = split if split.username else parts
+        return cls(base, unquote(login.username or "guest"), unquote(login.password or "guest"),
                    vhost)
 
     def answers(self) -> bool:
