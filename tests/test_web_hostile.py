@@ -192,9 +192,6 @@ def publish_record(queue: str, record: dict) -> None:
         connection.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a lone surrogate in a record stops the dashboard's "
-                   "reader (web/copies.py cannot write it as UTF-8): wire/events.py "
-                   "decode_events must replace it (issue 30 item 4; not this file's owner)")
 def test_a_record_holding_a_lone_surrogate_is_shown_and_the_dashboard_reads_on(
         page, queue, logs, tmp_path):  # noqa: F811
     run = emit_big(queue, logs, write_csv(tmp_path / "t.csv", ["fine"]))

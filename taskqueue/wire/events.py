@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import time
 from collections import deque
 
@@ -70,13 +71,32 @@ def encode(events: list[dict]) -> bytes:
 
 def decode_events(body: bytes) -> list[dict]:
     """The events in one message: a JSON list of them, or (older workers) a single one.
-    Anything else is not ours and yields nothing."""
+    Anything else is not ours and yields nothing. Text is text: bytes that are not UTF-8 and
+    JSON's escapes of lone surrogates (``\\ud800``, which no UTF-8 can carry: a page, a copy or
+    a picture would fail on it) become U+FFFD, as a decoder makes of bad bytes."""
+    text = body.decode("utf-8", "replace")
     try:
-        decoded = json.loads(body)
+        decoded = json.loads(text)
     except ValueError:
         return []
+    if "\\ud" in text or "\\uD" in text:  # rare: only then look for a lone one
+        decoded = _text_only(decoded)
     events = decoded if isinstance(decoded, list) else [decoded]
     return [event for event in events if isinstance(event, dict)]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text_only(value: object) -> object:
+    """*value* (decoded JSON) with every lone surrogate replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_text_only(item) for item in value]
+    if isinstance(value, dict):
+        return {_text_only(key): _text_only(item) for key, item in value.items()}
+    return value
 
 
 SEEN_IDS = 50_000  # event ids remembered to drop a resent copy (resends come soon after)
