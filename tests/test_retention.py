@@ -23,7 +23,7 @@ from taskqueue.control.stream_size import measure
 from taskqueue.wire.events import run_event, task_event
 from taskqueue.wire.record import encode_group, new_run_id
 from tests.brokers import ThrowawayBroker, ctl, free_port
-from tests.helpers import MAIN_URL, run_script
+from tests.helpers import MAIN_URL, run_script, wait_for
 
 NODE = "rabbit@localhost"
 
@@ -231,6 +231,17 @@ def test_retention_through_the_management_api_names_a_policy_it_would_replace(pa
         assert measure(connection, stream).first, "applied to the stream that exists, at once"
     finally:
         connection.close()
+
+    def status() -> str:
+        """status's line for the stream once the API's statistics (every 5 s) name ours."""
+        shown = run_script("task_control.py", "status", "--url", url, "--queue", queue,
+                           "--management-url", panel, log_dir=logs).stdout
+        return shown if f"policy {ours.name!r}" in shown else ""
+
+    line = next(line for line in wait_for(status, what="the policy in status").splitlines()
+                if line.startswith(stream))
+    assert line.endswith(f"; retention: max-age 7D (policy {ours.name!r}), max-length-bytes "
+                         f"4.0 KB (policy {ours.name!r})"), line
 
 
 @pytest.mark.fast

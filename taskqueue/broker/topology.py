@@ -113,6 +113,39 @@ def read_refusal(reply_text: str) -> tuple[str, object] | None:
     return match["arg"], value
 
 
+Operation = Callable[[Channel, Callable[[object], None]], None]  # calls back with the answer
+
+
+def on_own_channel(connection: Connection, operation: Operation, on_ok: Callable[[object], None],
+                   on_refused: Callable[[ChannelClosedByBroker], None],
+                   on_other: Callable[[BaseException], None]) -> None:
+    """Run *operation* on a channel of its own, closed after the answer (*on_ok*); the
+    broker's refusal closes that channel only (*on_refused*), anything else goes to
+    *on_other*."""
+    state = {"settled": False}
+
+    def closed(_channel: Channel, reason: BaseException) -> None:
+        if state["settled"]:
+            return
+        state["settled"] = True
+        if isinstance(reason, ChannelClosedByBroker):
+            on_refused(reason)
+        else:
+            on_other(reason)
+
+    def opened(channel: Channel) -> None:
+        channel.add_on_close_callback(closed)
+
+        def answered(frame: object) -> None:
+            state["settled"] = True
+            channel.close()
+            on_ok(frame)
+
+        operation(channel, answered)
+
+    connection.channel(on_open_callback=opened)
+
+
 class QueueSetup:
     """Run once per connection: ``QueueSetup(connection, spec, log, on_done, on_error).start()``.
 
@@ -134,31 +167,9 @@ class QueueSetup:
         self._next_queue()
 
     # --- one step: an operation on a fresh channel ---------------------------------------
-    def _on_channel(self, operation: Callable[[Channel, Callable[[object], None]], None],
-                    on_ok: Callable[[object], None],
+    def _on_channel(self, operation: Operation, on_ok: Callable[[object], None],
                     on_refused: Callable[[ChannelClosedByBroker], None]) -> None:
-        state = {"settled": False}
-
-        def closed(_channel: Channel, reason: BaseException) -> None:
-            if state["settled"]:
-                return
-            state["settled"] = True
-            if isinstance(reason, ChannelClosedByBroker):
-                on_refused(reason)
-            else:
-                self.on_error(reason)
-
-        def opened(channel: Channel) -> None:
-            channel.add_on_close_callback(closed)
-
-            def answered(frame: object) -> None:
-                state["settled"] = True
-                channel.close()
-                on_ok(frame)
-
-            operation(channel, answered)
-
-        self.connection.channel(on_open_callback=opened)
+        on_own_channel(self.connection, operation, on_ok, on_refused, self.on_error)
 
     # --- queues ----------------------------------------------------------------------------
     def _next_queue(self) -> None:
@@ -369,30 +380,12 @@ def declare_control(connection: Connection, spec: QueueSpec, on_done: Callable[[
     stream is used as it is: one made before it was bounded has no x-max-length-bytes, and a
     redeclaration with ours would be refused (406, inequivalent arg). A missing one is made
     with ``CONTROL_ARGUMENTS``; made by someone else meanwhile (406), theirs is used. *on_error*
-    gets the broker's refusal (403: no permission; 406: an older broker without streams, or a
-    queue of that name that is not a stream)."""
+    gets the broker's refusal (403: no permission; 406: a broker without streams, before 3.9).
+    Like the results stream, a queue of that name is taken as it is, whatever its type."""
     name = spec.control_name
 
-    def step(operation: Callable[[Channel, Callable[[object], None]], None],
-             on_refused: Callable[[BaseException], None]) -> None:
-        state = {"settled": False}
-
-        def closed(_channel: Channel, reason: BaseException) -> None:
-            if not state["settled"]:
-                state["settled"] = True
-                on_refused(reason)
-
-        def opened(channel: Channel) -> None:
-            channel.add_on_close_callback(closed)
-
-            def answered(_frame: object) -> None:
-                state["settled"] = True
-                channel.close()
-                on_done()
-
-            operation(channel, answered)
-
-        connection.channel(on_open_callback=opened)
+    def step(operation: Operation, on_refused: Callable[[BaseException], None]) -> None:
+        on_own_channel(connection, operation, lambda _frame: on_done(), on_refused, on_error)
 
     def passive(on_refused: Callable[[BaseException], None]) -> None:
         step(lambda ch, ok: ch.queue_declare(name, passive=True, callback=ok), on_refused)

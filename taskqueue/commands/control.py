@@ -43,6 +43,7 @@ from taskqueue.control.retention import (
     PolicyKeeper,
     StreamPolicy,
     parse_bytes,
+    retention_in_effect,
     show_bytes,
     unreachable,
 )
@@ -96,10 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     retention.add_argument("--replace", action="store_true",
                            help="set ours even where a policy of yours applies to the stream "
                                 "(its keys are copied into ours)")
-    retention.add_argument("--management-url", metavar="URL", help="the management plugin's "
-                           "HTTP API (default: the broker's host, port 15672)")
     status = sub.add_parser("status", help="each stream's extent: messages, oldest and newest, "
-                            "size (estimated: AMQP does not say it)")
+                            "size (estimated: AMQP does not say it), retention")
+    for command in (retention, status):
+        command.add_argument("--management-url", metavar="URL", help="the management plugin's "
+                             "HTTP API (default: the broker's host, port 15672)")
     for command in (requeue, sub.choices["pause"], sub.choices["resume"], cancel, stop, delete,
                     retention, status):
         add_broker_options(command)
@@ -127,7 +129,7 @@ def main() -> int:
     if args.command == "retention":
         return set_retention(args, settings, spec)
     if args.command == "status":
-        return show_status(settings, spec)
+        return show_status(args, settings, spec)
     what = done_text(args, spec.name)
     kind = "stop" if args.command == "stop-workers" else args.command
     outcome = commands.send(settings, spec, kind, run=getattr(args, "run", None),
@@ -221,17 +223,28 @@ def set_retention(args: argparse.Namespace, settings: BrokerSettings, spec: Queu
              "stream (its keys copied in)" if applied.replaced else "")
     print(f"retention of {stream!r}: {kept} (policy {wanted.name!r}, applies to the stream as "
           f"it is now){taken}")
+    if args.stream == "control" and args.max_age:
+        print(f"note: commands older than {args.max_age} go: a pause or a cancel given before "
+              "then is forgotten by workers that start afterwards")
     return 0
 
 
-def show_status(settings: BrokerSettings, spec: QueueSpec) -> int:
+def show_status(args: argparse.Namespace, settings: BrokerSettings, spec: QueueSpec) -> int:
+    """Each stream's extent; with the management API, the retention in effect too."""
+    api = Management.for_broker(settings.urls[0], args.management_url)
+    answers = api.answers()
     connection = open_blocking(settings)
     try:
         for stream in spec.streams:
-            print(measure(connection, stream).line())
+            size = measure(connection, stream)
+            held = api.queue(stream) if answers and size.exists else None
+            print(size.line() + (f"; {retention_in_effect(held)}" if held else ""))
     finally:
         if connection.is_open:
             connection.close()
+    if not answers:
+        print(f"(the retention in effect is not shown: the management API does not answer at "
+              f"{api.base}; on a broker node: rabbitmqctl list_queues name policy arguments)")
     return 0
 
 

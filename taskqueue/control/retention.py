@@ -221,6 +221,24 @@ class PolicyKeeper:
                    key=lambda policy: int(policy.get("priority", 0)), default=None)
 
 
+def retention_in_effect(queue: dict) -> str:
+    """The retention a stream has, from the management API's view of it: its policy's keys
+    where it has one (they win), its x-arguments for the others."""
+    arguments = dict(queue.get("arguments") or {})
+    policy = dict(queue.get("effective_policy_definition") or {})
+    parts = []
+    for key in ("max-age", "max-length-bytes"):
+        if key in policy:
+            value, source = policy[key], f"policy {queue.get('policy')!r}"
+        elif f"x-{key}" in arguments:
+            value, source = arguments[f"x-{key}"], "as made"
+        else:
+            continue
+        shown = show_bytes(float(value)) if key == "max-length-bytes" else value
+        parts.append(f"{key} {shown} ({source})")
+    return "retention: " + (", ".join(parts) or "none (kept for ever)")
+
+
 def unreachable(api: Management) -> UserError:
     """No management API: nothing was set; the lines to run instead go to stdout."""
     return UserError(f"the management API does not answer at {api.base}, so nothing was set: "
