@@ -17,7 +17,12 @@ import pytest
 from taskqueue.broker.config import QueueSpec
 from taskqueue.broker.topology import CONTROL_MAX_BYTES, declare_control
 from taskqueue.control import commands
-from taskqueue.control.retention import Management, StreamPolicy, parse_bytes
+from taskqueue.control.retention import (
+    Management,
+    StreamPolicy,
+    parse_bytes,
+    retention_in_effect,
+)
 from taskqueue.control.state import command
 from taskqueue.control.stream_size import measure
 from taskqueue.wire.events import run_event, task_event
@@ -262,3 +267,14 @@ def test_sizes_and_the_policy_definition():
                                                              "s3cret", "vh")
     assert Management.for_broker("amqps://u:pw@h/").base == "https://h:15672"
     assert Management.for_broker("amqps://u:pw@h/").password == "pw"
+
+
+@pytest.mark.fast
+def test_the_retention_in_effect_takes_each_key_from_the_policy_else_as_made():
+    queue = {"arguments": {"x-queue-type": "stream", "x-max-age": "30D",
+                           "x-max-length-bytes": 20 * 10**9},
+             "policy": "ours", "effective_policy_definition": {"max-length-bytes": 4000}}
+    assert retention_in_effect(queue) == ("retention: max-age 30D (as made), max-length-bytes "
+                                          "4.0 KB (policy 'ours')")
+    assert retention_in_effect({"arguments": {"x-queue-type": "stream"}}) == \
+        "retention: none (kept for ever)"
