@@ -6,10 +6,15 @@ from its start, so a worker started later knows everything said before it:
   {"command": "pause"}            take no new tasks (finish the ones in hand)
   {"command": "resume"}           take tasks again
   {"command": "cancel", "run": ID}  tasks of that emitter run are not run (acked as cancelled)
+  {"command": "cancel-tasks", "run": ID or absent, "rows": [N, ...], "ids": [MESSAGE_ID, ...],
+   "match": TEXT}                 only the tasks it selects (``Selection``); a name of its
+                                  own, so that a worker older than it ignores it instead of
+                                  cancelling the whole run
   {"command": "stop", "worker": NAME or null}  stop like SIGTERM: only workers running when
                                   it was given (a worker started afterwards is not stopped)
 
-Each also carries "id" (for the answers) and "time" (when it was given).
+Each also carries "id" (for the answers) and "time" (when it was given); a cancel carries
+"by" (``user@host`` of whoever gave it), which the task's ``cancelled`` record names.
 """
 
 from __future__ import annotations
@@ -19,20 +24,125 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-COMMANDS = ("pause", "resume", "cancel", "stop")
+COMMANDS = ("pause", "resume", "cancel", "cancel-tasks", "stop")
+CANCELS = ("cancel", "cancel-tasks")
 CLOCK_SKEW = 1.0  # seconds a command may seem to predate a worker started at once with it
 
 
-def command(kind: str, *, run: str | None = None, worker: str | None = None) -> dict:
-    """A new command record."""
+def command(kind: str, *, run: str | None = None, worker: str | None = None,
+            selection: Selection | None = None, by: str | None = None) -> dict:
+    """A new command record (``cancel-tasks``: *selection*'s fields, its run among them)."""
     if kind not in COMMANDS:
         raise ValueError(f"unknown control command {kind!r}")
     record: dict = {"command": kind, "id": uuid.uuid4().hex[:12], "time": time.time()}
+    if selection is not None:
+        record.update(selection.fields())
     if run is not None:
         record["run"] = run
     if worker is not None:
         record["worker"] = worker
+    if by is not None:
+        record["by"] = by
     return record
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The tasks one ``cancel-tasks`` names: of *run* (None: of any run; only with *ids*,
+    which name one task each), those whose row is one of *rows*, whose message id is one of
+    *ids*, or whose text contains *match*. Each of the three adds tasks to the set. *match* is
+    plain text, found as it is (case and all) anywhere in the task's text: never a pattern."""
+
+    run: str | None = None
+    rows: frozenset[int] = frozenset()
+    ids: frozenset[str] = frozenset()
+    match: str | None = None
+
+    @classmethod
+    def of(cls, record: dict) -> Selection | None:
+        """The selection a command record carries; None if it is not a sound one."""
+        run, rows, ids, match = (record.get(key) for key in ("run", "rows", "ids", "match"))
+        rows, ids = rows or [], ids or []
+        if not (isinstance(rows, list) and all(_whole(row) for row in rows)
+                and isinstance(ids, list) and all(isinstance(i, str) and i for i in ids)
+                and (run is None or isinstance(run, str))
+                and (match is None or (isinstance(match, str) and match))):
+            return None
+        selection = cls(run, frozenset(rows), frozenset(ids), match)
+        return selection if selection.sound else None
+
+    @property
+    def sound(self) -> bool:
+        """It names something, and nothing beyond one run but by message id."""
+        if not (self.rows or self.ids or self.match):
+            return False
+        return self.run is not None or not (self.rows or self.match)
+
+    def fields(self) -> dict:
+        """The selection as a command record's fields."""
+        record: dict = {} if self.run is None else {"run": self.run}
+        if self.rows:
+            record["rows"] = sorted(self.rows)
+        if self.ids:
+            record["ids"] = sorted(self.ids)
+        if self.match is not None:
+            record["match"] = self.match
+        return record
+
+    def selects(self, run_id: str, message_id: str | None, row: int | None, text: str) -> bool:
+        if self.run is not None and run_id != self.run:
+            return False
+        return (row in self.rows or message_id in self.ids
+                or (self.match is not None and self.match in text))
+
+    def describe(self) -> str:
+        """``rows 3, 15 of run R``, ``id X``, ``tasks containing 'abc' of run R``..."""
+        parts = []
+        if self.rows:
+            parts.append(("row " if len(self.rows) == 1 else "rows ")
+                         + ", ".join(str(row) for row in sorted(self.rows)))
+        if self.ids:
+            parts.append(("id " if len(self.ids) == 1 else "ids ") + ", ".join(sorted(self.ids)))
+        if self.match is not None:
+            parts.append(f"tasks containing {self.match!r}")
+        return " or ".join(parts) + (f" of run {self.run}" if self.run else "")
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def by_whom(record: dict) -> str:
+    """`` by alice@host`` for a command that says who gave it, else nothing."""
+    by = record.get("by")
+    return f" by {by}" if isinstance(by, str) and by else ""
+
+
+class Cancellations(set[str]):
+    """The runs cancelled whole (the set itself: ``run in cancellations``), and the tasks
+    cancelled one by one or a few at a time (``selections``), each with who cancelled it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs_by: dict[str, str] = {}  # run -> " by user@host" (or "")
+        self.selections: list[tuple[Selection, str]] = []  # with " by user@host" (or "")
+
+    def add_run(self, run: str, record: dict) -> None:
+        self.add(run)
+        self.runs_by[run] = by_whom(record)
+
+    def add_selection(self, selection: Selection, record: dict) -> None:
+        self.selections.append((selection, by_whom(record)))
+
+    def reason_for(self, run_id: str, message_id: str | None, row: int | None,
+                   text: str) -> str | None:
+        """Why that task is cancelled (its record's reason), or None: it is not."""
+        if run_id and run_id in self:
+            return f"run {run_id} was cancelled{self.runs_by.get(run_id, '')}"
+        for selection, by in self.selections:
+            if selection.selects(run_id, message_id, row, text):
+                return f"cancelled{by}: {selection.describe()}"
+        return None
 
 
 def decode(body: bytes) -> dict | None:
@@ -45,6 +155,8 @@ def decode(body: bytes) -> dict | None:
         return None
     if record["command"] == "cancel" and not isinstance(record.get("run"), str):
         return None
+    if record["command"] == "cancel-tasks" and Selection.of(record) is None:
+        return None
     return record
 
 
@@ -55,12 +167,14 @@ class ControlState:
     name: str
     started: float
     paused: bool = False
-    cancelled_runs: set[str] = field(default_factory=set)
+    # Named for what it held first (the runs cancelled whole): the tasks cancelled a few at a
+    # time are in it too (``Cancellations``), which is what the worker passes to the policy.
+    cancelled_runs: Cancellations = field(default_factory=Cancellations)
     stop: bool = False
 
     def apply(self, record: dict) -> str | None:
         """Take one command into account; returns what this worker must do now ("pause",
-        "resume", "cancel", "stop") or None (nothing changes for it)."""
+        "resume", "cancel", "cancel-tasks", "stop") or None (nothing changes for it)."""
         kind = record["command"]
         if kind == "pause" and not self.paused:
             self.paused = True
@@ -69,8 +183,13 @@ class ControlState:
             self.paused = False
             return "resume"
         if kind == "cancel" and record["run"] not in self.cancelled_runs:
-            self.cancelled_runs.add(record["run"])
+            self.cancelled_runs.add_run(record["run"], record)
             return "cancel"
+        if kind == "cancel-tasks":
+            selection = Selection.of(record)
+            if selection is not None:  # (decode lets no other through)
+                self.cancelled_runs.add_selection(selection, record)
+                return "cancel-tasks"
         if kind == "stop" and self.concerns(record) and self.is_new(record):
             self.stop = True
             return "stop"

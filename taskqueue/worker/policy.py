@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from taskqueue.broker.config import QueueSpec
+from taskqueue.control.state import Cancellations
 from taskqueue.wire.messages import CHECK_FROM
 from taskqueue.worker.delivery import Delivery
 from taskqueue.worker.work import Outcome
@@ -60,8 +61,9 @@ def before_work(delivery: Delivery, limits: Limits, queue: QueueSpec, slot: str,
     problem = delivery.problem(limits.max_task_bytes)
     if problem:
         return dead_letter(delivery, problem, queue, slot)
-    if delivery.run_id and delivery.run_id in cancelled_runs:
-        return Verdict("cancelled", f"run {delivery.run_id} was cancelled")
+    why = cancellation(delivery, cancelled_runs)
+    if why is not None:
+        return Verdict("cancelled", why)
     if overruns >= limits.delivery_limit and overruns > delivery.delivery_count:
         return dead_letter(delivery, f"{CONSUMER_TIMEOUT_REASON} {overruns} times "
                            f"(--delivery-limit {limits.delivery_limit}): it runs longer than "
@@ -71,6 +73,20 @@ def before_work(delivery: Delivery, limits: Limits, queue: QueueSpec, slot: str,
         return dead_letter(delivery, f"delivered {delivery.delivery_count + 1} times without an "
                            f"ack (--delivery-limit {limits.delivery_limit}): it may crash or "
                            "hang every worker that takes it", queue, slot)
+    return None
+
+
+def cancellation(delivery: Delivery, cancelled: Collection[str]) -> str | None:
+    """Why *delivery*'s task is cancelled (its record's reason: what was cancelled, by whom),
+    or None. *cancelled*: the worker's ``Cancellations`` (whole runs and selected tasks), or
+    just the ids of runs cancelled whole. (Reads ``delivery.text``: after ``problem()``.)"""
+    if isinstance(cancelled, Cancellations):
+        message_id = delivery.properties.message_id
+        return cancelled.reason_for(delivery.run_id,
+                                    message_id if isinstance(message_id, str) else None,
+                                    delivery.row, delivery.text)
+    if delivery.run_id and delivery.run_id in cancelled:
+        return f"run {delivery.run_id} was cancelled"
     return None
 
 
@@ -88,13 +104,15 @@ def broker_limit_clash(version: tuple[int, ...], task_type: str, limits: Limits)
 
 
 def after_work(delivery: Delivery, outcome: Outcome, limits: Limits, queue: QueueSpec,
-               slot: str, cancelled: bool = False) -> Verdict:
-    """Done: ack. Stopped because its run was cancelled: ack, as cancelled. Failed: retry
-    after ``retry_delay`` while attempts remain, else dead."""
+               slot: str, cancelled: bool | str = False) -> Verdict:
+    """Done: ack. Stopped because it was cancelled while it ran: ack, as cancelled
+    (*cancelled*: why, as ``cancellation`` says it; True: its run was). Failed: retry after
+    ``retry_delay`` while attempts remain, else dead."""
     if outcome.ok:
         return Verdict("done")
     if cancelled:
-        return Verdict("cancelled", f"run {delivery.run_id} was cancelled")
+        return Verdict("cancelled", cancelled if isinstance(cancelled, str)
+                       else f"run {delivery.run_id} was cancelled")
     attempt = delivery.retries + 1
     if attempt > limits.max_retries:
         return dead_letter(delivery, f"failed {attempt} times; last: {outcome.reason}", queue,
