@@ -8,6 +8,9 @@ its companions.
     python task_control.py pause                              # finish what is in hand
     python task_control.py resume
     python task_control.py cancel --run 20261130T101500Z-ab12cd
+    python task_control.py cancel --run 20261130T101500Z-ab12cd --row 3 --row 15 [--dry-run]
+    python task_control.py cancel --run 20261130T101500Z-ab12cd --match "customer 42"
+    python task_control.py cancel --id tasks.csv:3:5f2a9c01d4e7
     python task_control.py stop-workers [--name alice]
     python task_control.py delete-queue [--dry-run] [--yes] [--force]   # and its companions
     python task_control.py retention --max-age 30D --max-bytes 20GB   # the results stream's
@@ -35,6 +38,7 @@ from taskqueue.cli import (
     run_script,
     script_parser,
 )
+from taskqueue.commands.cancel_survey import survey
 from taskqueue.control import commands
 from taskqueue.control.remove import QueueRemover, confirm
 from taskqueue.control.requeue import DeadFilter, DeadMover, progress_printer
@@ -47,6 +51,7 @@ from taskqueue.control.retention import (
     show_bytes,
     unreachable,
 )
+from taskqueue.control.state import Selection
 from taskqueue.control.stream_size import measure
 from taskqueue.log import get_logger
 
@@ -66,10 +71,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          help="count and list what would move; move nothing")
     sub.add_parser("pause", help="workers finish the tasks in hand and take no new ones")
     sub.add_parser("resume", help="workers take tasks again")
-    cancel = sub.add_parser("cancel", help="tasks of a run are not run; those running stop "
-                            "(e.g. cancel --run 20261130T101500Z-ab12cd)")
-    cancel.add_argument("--run", metavar="ID", required=True,
-                        help="the emitter run (its id is in the emitter's log)")
+    cancel = sub.add_parser("cancel", help="tasks of a run, or some of them, are not run; "
+                            "those running stop (e.g. cancel --run 20261130T101500Z-ab12cd "
+                            "--row 3)")
+    cancel.add_argument("--run", metavar="ID",
+                        help="the emitter run (its id is in the emitter's log); alone: all of "
+                             "its tasks")
+    cancel.add_argument("--row", type=positive_int, action="append", metavar="N",
+                        help="only the task of row N of the run (repeat it for more)")
+    cancel.add_argument("--id", action="append", metavar="MESSAGE_ID", dest="ids",
+                        help="only the task with this message id (repeatable; without --run, "
+                             "in any run begun before now)")
+    cancel.add_argument("--match", metavar="TEXT",
+                        help="only the run's tasks whose text contains TEXT, as it is (plain "
+                             "text, case and all; not a pattern)")
+    cancel.add_argument("--dry-run", action="store_true",
+                        help="list the tasks it selects and their state; send nothing")
     stop = sub.add_parser("stop-workers", help="workers finish the tasks in hand and exit 0, "
                           "as after SIGTERM (e.g. stop-workers --name alice)")
     stop.add_argument("--name", help="only this worker (default: every worker)")
@@ -108,7 +125,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.command == "retention" and args.max_age is None and args.max_bytes is None:
         retention.error("give --max-age, --max-bytes or both")
+    if args.command == "cancel":
+        problem = cancel_problem(args)
+        if problem:
+            cancel.error(problem)
     return args
+
+
+def cancel_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with cancel's selectors, or None."""
+    if args.run is None and not args.ids:
+        return "give --run ID (its tasks, or with --row / --match some of them) or --id"
+    if args.run is None and (args.row or args.match is not None):
+        return "--row and --match select within a run: give --run ID too"
+    if args.match == "":
+        return "--match needs some text (an empty one would select every task)"
+    if args.ids and not all(args.ids):
+        return "--id needs a message id"
+    return None
+
+
+def cancel_selection(args: argparse.Namespace) -> Selection | None:
+    """What cancel's options select; None: the whole run."""
+    if not (args.row or args.ids or args.match is not None):
+        return None
+    return Selection(args.run, frozenset(args.row or ()), frozenset(args.ids or ()),
+                     args.match)
 
 
 def size(text: str) -> int:
@@ -130,6 +172,8 @@ def main() -> int:
         return set_retention(args, settings, spec)
     if args.command == "status":
         return show_status(args, settings, spec)
+    if args.command == "cancel":
+        return cancel(args, settings, spec)
     what = done_text(args, spec.name)
     kind = "stop" if args.command == "stop-workers" else args.command
     outcome = commands.send(settings, spec, kind, run=getattr(args, "run", None),
@@ -138,10 +182,43 @@ def main() -> int:
     return 0
 
 
+def cancel(args: argparse.Namespace, settings: BrokerSettings, spec: QueueSpec) -> int:
+    """A whole run (``cancel``) or the tasks selected (``cancel-tasks``); --dry-run: the
+    tasks it would select and their state, nothing sent. Given, it goes out first (each moment
+    counts for a running task); then the run's record says which were over already."""
+    selection = cancel_selection(args)
+    what = f"run {args.run}" if selection is None else selection.describe()
+    if args.dry_run:
+        if args.run is None:
+            print(f"dry run: would cancel {what} in any run begun before now, wherever it is "
+                  "queued or running (give --run to see its state: without it the whole "
+                  "results stream would be read); nothing sent")
+            return 0
+        found = survey(settings, spec, args.run, selection)
+        print(f"dry run: cancel would select {len(found.tasks)} task(s) of run {args.run} "
+              f"known so far: {found.counts()}; nothing sent")
+        print("\n".join(found.lines()))
+        if selection is not None and selection.match is not None:
+            print(f"  (tasks not taken yet are in no record: those containing "
+                  f"{selection.match!r} are cancelled when a worker takes them)")
+        elif selection is None and found.published is not None:
+            print(f"  (the run published {found.published} task(s); those with no record and "
+                  "not running are queued)")
+        return 0
+    kind = "cancel" if selection is None else "cancel-tasks"
+    outcome = commands.send(settings, spec, kind, run=args.run if selection is None else None,
+                            selection=selection)
+    print(commands.summary(outcome, f"cancelled {what} on queue {spec.name!r} (by "
+                                    f"{outcome.record.get('by')})"))
+    if selection is not None and args.run is not None:
+        over = survey(settings, spec, args.run, selection).lines(only="over")
+        if over:
+            print("over already, nothing changes for them:\n" + "\n".join(over))
+    return 0
+
+
 def done_text(args: argparse.Namespace, queue: str) -> str:
     """What the summary line says was done."""
-    if args.command == "cancel":
-        return f"cancelled run {args.run} on queue {queue!r}"
     if args.command == "stop-workers":
         who = f"worker {args.name}" if args.name else "every worker"
         return f"asked {who} of queue {queue!r} to stop"

@@ -11,7 +11,9 @@ their answers come back on the same exchange. A worker that does not answer in
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
+import socket
 import sys
 import time
 import uuid
@@ -29,7 +31,7 @@ from taskqueue.broker.topology import (
     ROUTING_LIVE,
     queue_unavailable,
 )
-from taskqueue.control.state import command
+from taskqueue.control.state import CANCELS, Selection, command
 from taskqueue.errors import EXIT_REFUSED, EXIT_UNREACHABLE, UserError
 from taskqueue.wire.events import decode_events
 
@@ -58,14 +60,27 @@ class Outcome:
         return [name for name in self.known if named in (None, name)]
 
 
+def sender() -> str:
+    """``user@host`` of whoever gives a command: a cancelled task's record names it."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for our uid (a container's), no USER either
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
 def send(settings: BrokerSettings, spec: QueueSpec, kind: str, *, run: str | None = None,
-         worker: str | None = None, say: Callable[[str], None] | None = None) -> Outcome:
+         worker: str | None = None, selection: Selection | None = None,
+         by: str | None = None, say: Callable[[str], None] | None = None) -> Outcome:
     """Give the command; return who was there and who answered. A node that does not confirm
     it within ``CONFIRM_SECONDS`` (cut off from its cluster's majority: it stays open and
     silent) is left for the next URL, with the same command (giving it twice changes nothing).
-    *say* gets that one line (default: stderr)."""
+    A cancel says who gave it: *by*, else ``sender()``. *say* gets that one line (default:
+    stderr)."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
-    outcome = Outcome(command(kind, run=run, worker=worker))
+    if kind in CANCELS and by is None:
+        by = sender()
+    outcome = Outcome(command(kind, run=run, worker=worker, selection=selection, by=by))
     urls = settings.urls
     for number, url in enumerate(urls, 1):
         connection = open_blocking(replace(settings, urls=urls[number - 1:]))
@@ -109,18 +124,8 @@ def _send(connection: pika.BlockingConnection, spec: QueueSpec, outcome: Outcome
     # never answers a declare on RabbitMQ 4.3 (metadata changes need Khepri's majority), and
     # the command is then given through the next URL after CONFIRM_SECONDS, not ~30 s.
     with confirmed_within(connection, CONFIRM_SECONDS):
-        listen = connection.channel()
-        listen.exchange_declare(spec.exchange, "topic", durable=True)
-        inbox = f"{spec.name}.control-answers.{uuid.uuid4().hex[:8]}"
-        listen.queue_declare(inbox, exclusive=True, auto_delete=True)
-        for key in (ROUTING_LIVE, ROUTING_CONTROL):
-            listen.queue_bind(inbox, spec.exchange, key)
-
-        def on_event(_ch, _method, _properties, body: bytes) -> None:
-            for event in decode_events(body):
-                take(outcome, event)
-
-        listen.basic_consume(inbox, on_event, auto_ack=True)
+        listen(connection, spec, (ROUTING_LIVE, ROUTING_CONTROL),
+               lambda event: take(outcome, event))
         append(connection, spec, outcome.record)  # first: the workers act on it as we listen
     outcome.given = True
     listened = time.monotonic() + LISTEN_SECONDS  # who is there: snapshots come every 2 s
@@ -129,6 +134,48 @@ def _send(connection: pika.BlockingConnection, spec: QueueSpec, outcome: Outcome
         until = min(answered, listened) if now < listened else answered
         connection.process_data_events(time_limit=max(0.0, until - now))
     return outcome
+
+
+def listen(connection: pika.BlockingConnection, spec: QueueSpec, keys: tuple[str, ...],
+           on_event: Callable[[dict], None]) -> None:
+    """Have the events exchange's messages with *keys* given to *on_event* (a queue of our
+    own, gone with the connection) while the connection processes data events."""
+    channel = connection.channel()
+    channel.exchange_declare(spec.exchange, "topic", durable=True)
+    inbox = f"{spec.name}.control-answers.{uuid.uuid4().hex[:8]}"
+    channel.queue_declare(inbox, exclusive=True, auto_delete=True)
+    for key in keys:
+        channel.queue_bind(inbox, spec.exchange, key)
+
+    def on_message(_ch, _method, _properties, body: bytes) -> None:
+        for event in decode_events(body):
+            on_event(event)
+
+    channel.basic_consume(inbox, on_message, auto_ack=True)
+
+
+def busy_slots(settings: BrokerSettings, spec: QueueSpec) -> list[dict]:
+    """What the workers there now are running: the busy slots of their live snapshots (each
+    sends one at least every two seconds), heard for ``LISTEN_SECONDS``; each slot's latest."""
+    slots: dict[str, dict] = {}
+
+    def heard(event: dict) -> None:
+        if event.get("kind") == "snapshot" and isinstance(event.get("slots"), list):
+            for slot in event["slots"]:
+                if isinstance(slot, dict) and slot.get("slot"):
+                    slots[str(slot["slot"])] = slot
+
+    connection = open_blocking(settings)
+    try:
+        listen(connection, spec, (ROUTING_LIVE,), heard)
+        until = time.monotonic() + LISTEN_SECONDS
+        while (left := until - time.monotonic()) > 0:  # it returns once something came
+            connection.process_data_events(time_limit=left)
+    finally:
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+            if connection.is_open:
+                connection.close()
+    return [slot for slot in slots.values() if slot.get("state") == "busy"]
 
 
 def take(outcome: Outcome, event: dict) -> None:
