@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from taskqueue.broker.config import DEFAULT_QUEUE, BrokerSettings, QueueSpec, broker_urls
+from taskqueue.broker.urgent import checked_priority
 from taskqueue.emitter.halt import Halt, HaltAfter, run_canceller
 from taskqueue.emitter.publisher import ConfirmedPublisher
 from taskqueue.emitter.tasks import tasks_from_messages
@@ -80,14 +81,17 @@ class Run:
 
 
 def submit(texts: Iterable[str], queue: str = DEFAULT_QUEUE, url: str | list[str] | None = None,
-           *, connect_timeout: float = 60.0) -> Run:
+           *, connect_timeout: float = 60.0, priority: str = "normal") -> Run:
     """Publish each text as a task of one new run; every one confirmed by the broker before
     this returns (else ``UserError``, which says what is wrong). *url*: an AMQP URL or a list
-    to fail over across (default: ``$RABBITMQ_URL``, else the local broker)."""
+    to fail over across (default: ``$RABBITMQ_URL``, else the local broker). *priority*:
+    ``"high"`` makes every worker start these before waiting normal tasks (``<queue>.urgent``,
+    docs/queue-types.md); another value is a ``UserError``, raised before anything is sent."""
+    checked_priority(priority)
     texts = list(texts)
     run = Run(new_run_id(suffix=uuid.uuid4().hex[:6]), queue, url, len(texts), connect_timeout)
     publisher = ConfirmedPublisher(run.settings, run.spec, tasks_from_messages(texts, run.run_id),
-                                   log, run_id=run.run_id, total=len(texts))
+                                   log, run_id=run.run_id, total=len(texts), priority=priority)
     publisher.run()
     if publisher.input_error is not None:
         raise publisher.input_error

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from taskqueue import admin
 from taskqueue.broker.config import DEFAULT_MAX_TASK_BYTES, BrokerSettings, QueueSpec, mask_url
+from taskqueue.broker.urgent import PRIORITIES
 from taskqueue.cli import (
     add_broker_options,
     add_retention_options,
@@ -65,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="publish this task instead of the file (repeatable)")
     source.add_argument("--max-task-bytes", type=positive_int, default=DEFAULT_MAX_TASK_BYTES,
                         help="longest task accepted, in bytes (default: %(default)s)")
+    source.add_argument("--priority", choices=PRIORITIES, default="normal",
+                        help="high: every worker starts these before waiting normal tasks "
+                             "(they go to <queue>.urgent; docs/queue-types.md) "
+                             "(default: %(default)s)")
     source.add_argument("--resume", action="store_true",
                         help="continue this file after the last row confirmed by an earlier, "
                              "interrupted run (state kept in logs/)")
@@ -147,7 +152,7 @@ def main() -> int:
         replace(settings, client_name=f"emitter_of_tasks run {run_id}"), spec, tasks, log,
         window=args.confirm_window, run_id=run_id, on_tick=progress.update, state=state,
         start_after=skip, total=total, interactive_input=args.file == "-",
-        again_through=again_through)
+        again_through=again_through, priority=args.priority)
     on_stop_signals(publisher)
     try:
         publisher.run()

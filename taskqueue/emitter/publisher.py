@@ -27,6 +27,7 @@ from pika.channel import Channel
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
 from taskqueue.broker.connection import BrokerSession, settled_tags
 from taskqueue.broker.topology import ROUTING_LIVE, Topology
+from taskqueue.broker.urgent import queue_for
 from taskqueue.emitter.feed import TaskFeed
 from taskqueue.emitter.resume import ResumeState
 from taskqueue.emitter.tasks import Task
@@ -94,9 +95,11 @@ class ConfirmedPublisher(BrokerSession):
                  on_tick: Callable[[PublishStats], None] | None = None,
                  state: ResumeState | None = None, start_after: int = 0,
                  total: int | None = None, interactive_input: bool = False,
-                 again_through: int = 0) -> None:
+                 again_through: int = 0, priority: str = "normal") -> None:
         super().__init__(settings, log, queue_name=queue.name)
         self.queue = queue
+        # High: to <queue>.urgent, which every worker takes from first (broker/urgent.py).
+        self._routing_key = queue_for(queue.name, priority)
         self.stats = PublishStats()
         self.stop_requested = False
         self.first_bad_row: int | None = None  # lowest row rejected by the broker
@@ -208,7 +211,7 @@ class ConfirmedPublisher(BrokerSession):
             if taken is None:
                 break
             task, again = taken
-            channel.basic_publish("", self.queue.name, task.body,
+            channel.basic_publish("", self._routing_key, task.body,
                                   self._properties(task, again), mandatory=True)
             self._next_tag += 1
             self._in_flight[self._next_tag] = task

@@ -2,12 +2,14 @@
 
 ``TaskConsumer`` asks for ``prefetch_count`` = its number of slots (1 by default), so the
 broker never hands a worker more unacked tasks than it can work on at once: whoever has a free
-slot gets the next task (fair dispatch). The work runs in the slots (slots.py, work.py) while
-pika's I/O loop keeps answering heartbeats. A delivery's life reads top to bottom in life.py:
-receive -> already done? (tail.py) -> run (slots) -> what becomes of it (policy.py, a pure
-decision) -> record, copy, confirm, ack (settlement.py). Everything the
-worker publishes goes through its ``Outbox`` (outbox.py), a connection of its own, so that a
-broker blocking publishers (memory or disk alarm) never stops consuming.
+slot gets the next task (fair dispatch). It consumes ``<queue>.urgent`` too (broker/urgent.py),
+and a slot that frees takes an urgent task in hand before a normal one (lanes.py). The work
+runs in the slots (slots.py, work.py) while pika's I/O loop keeps answering heartbeats. A
+delivery's life reads top to bottom in life.py: receive -> already done? (tail.py) -> run
+(slots) -> what becomes of it (policy.py, a pure decision) -> record, copy, confirm, ack
+(settlement.py). Everything the worker publishes goes through its ``Outbox`` (outbox.py), a
+connection of its own, so that a broker blocking publishers (memory or disk alarm) never stops
+consuming.
 
 The worker has one phase at a time (phase.py: starting, reconnecting, waiting for slots,
 consuming, paused, draining, stopping, stopped), and every decision about taking tasks reads
@@ -28,12 +30,14 @@ from pika.spec import Basic
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
 from taskqueue.broker.connection import BrokerSession
 from taskqueue.broker.topology import Topology, results_refusal
+from taskqueue.broker.urgent import urgent_name
 from taskqueue.control.listener import WorkerControl
 from taskqueue.control.state import ControlState
 from taskqueue.errors import EXIT_REFUSED, UserError
 from taskqueue.worker.account import WorkerAccount, WorkerOptions
 from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.idle import IdleWatch
+from taskqueue.worker.lanes import URGENT_HEADROOM, Held, Lanes
 from taskqueue.worker.life import DeliveryLife, WorkerParts
 from taskqueue.worker.outbox import Outbox
 from taskqueue.worker.phase import (
@@ -88,7 +92,9 @@ class TaskConsumer(BrokerSession):
         self._last_delivery = 0.0  # when the last task came (or consuming began)
         self.idle = IdleWatch(self, options.exit_when_idle)
         self._stop_since: float | None = None  # when the first stop request came
-        self._consumer_tag: str | None = None  # pika's, to cancel it (CONSUMING has one)
+        # pika's, to cancel them (CONSUMING has both): <queue>.urgent's, then <queue>'s
+        self._consumer_tags: list[str] = []
+        self.lanes = Lanes()  # deliveries that came while every slot was busy
         self._changed, self._last_snapshot, self._ticks = True, 0.0, 0
         self.control = WorkerControl(queue, ControlState(options.name, time.time()), log,
                                      self._on_control, self._answer)
@@ -151,9 +157,14 @@ class TaskConsumer(BrokerSession):
                 if slot.settlement is not None and slot.settlement.in_hand]
 
     def _cancel_consumer(self) -> None:
-        if self.channel is not None and self.channel.is_open and self._consumer_tag:
-            self.channel.basic_cancel(self._consumer_tag)
-        self._consumer_tag = None
+        if self.channel is not None and self.channel.is_open:
+            for tag in self._consumer_tags:
+                self.channel.basic_cancel(tag)
+        self._consumer_tags = []
+        given = self.lanes.give_back()  # not started: other workers can run them now
+        if given:
+            self.log.info("[%s] gave %d waiting task(s) back to the queue", self.options.name,
+                          given)
         self.idle.stop()
 
     def _on_outbox_finished(self) -> None:
@@ -215,7 +226,7 @@ class TaskConsumer(BrokerSession):
                                  "new tasks once it is finished", self.options.name)
             self.phase = Phase.WAITING_FOR_SLOTS  # _free subscribes
         elif step == "subscribe":
-            channel.basic_qos(prefetch_count=len(self.slots),
+            channel.basic_qos(prefetch_count=len(self.slots) + URGENT_HEADROOM,
                               callback=lambda _frame: self._consume(channel))
 
     def _current(self, channel: Channel) -> bool:
@@ -226,7 +237,12 @@ class TaskConsumer(BrokerSession):
         if not self._current(channel) or subscribe_step(
                 self.phase, self.control.paused, 0) != "subscribe":
             return  # stopped, paused or subscribed meanwhile
-        self._consumer_tag = channel.basic_consume(self.queue.name, self._on_message)
+        # A prefetch applies to the consumers made after it: <queue>.urgent's is slots + 1
+        # (lanes.py says why), <queue>'s is slots. The broker takes them in this order.
+        self._consumer_tags = [channel.basic_consume(urgent_name(self.queue.name),
+                                                     self._on_message)]
+        channel.basic_qos(prefetch_count=len(self.slots))
+        self._consumer_tags.append(channel.basic_consume(self.queue.name, self._on_message))
         self.phase = Phase.CONSUMING
         self._last_delivery = time.monotonic()
         self.idle.consuming()  # idle time counts from consuming, not from start
@@ -234,6 +250,8 @@ class TaskConsumer(BrokerSession):
         self.log.info("[%s] waiting for tasks on queue %r (%s). Ctrl+C to stop",
                       self.options.name, self.queue.name,
                       "one at a time" if count == 1 else f"up to {count} at a time")
+        self.log.info("[%s] and on %r, whose tasks go first", self.options.name,
+                      urgent_name(self.queue.name))
 
     def _on_cancelled_by_broker(self, _frame: object) -> None:
         """The broker ended our subscription: start over on a fresh connection, which sets the
@@ -241,7 +259,7 @@ class TaskConsumer(BrokerSession):
         it is a consumer timeout, most likely: RabbitMQ 4.3 cancels the consumer (3.x closed
         the channel) and takes back the task held too long, uncounted (life.py counts it).
         Without one: the queue was deleted, or its node went away."""
-        self._consumer_tag = None
+        self._consumer_tags = []
         self.idle.stop()
         if self.phase in STOP_ASKED or self.channel is None:
             return
@@ -264,7 +282,21 @@ class TaskConsumer(BrokerSession):
     def _on_message(self, channel: Channel, method: Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
         self._last_delivery = time.monotonic()  # a task came through: this node serves
+        if self.phase is Phase.CONSUMING and not self._free_slots:
+            # Every slot busy: it waits in hand for the next free one, urgent first. (Not
+            # consuming: the life gives it back.)
+            urgent = bool(self._consumer_tags) and method.consumer_tag == self._consumer_tags[0]
+            self.lanes.hold(Held(channel, method, properties, body), urgent)
+            return
         self.life.on_message(channel, method, properties, body)
+
+    def _take_waiting(self) -> None:
+        """A slot is free: it takes the next delivery in hand, urgent first (lanes.py)."""
+        if self.phase is not Phase.CONSUMING or not self._free_slots:
+            return
+        held = self.lanes.take()
+        if held is not None:
+            self.life.on_message(held.channel, held.method, held.properties, held.body)
 
     def _quiet_since(self) -> float | None:
         """Consuming with no task running, since when (None: not quiet). A slot waiting for
@@ -296,7 +328,8 @@ class TaskConsumer(BrokerSession):
         self.reach.reset()
         self.control.stop()
         self.tail.stop()
-        self._consumer_tag = None
+        self._consumer_tags = []
+        self.lanes.drop()  # nobody can ack them now: the broker delivers them again
         self.idle.stop()
         self.phase = after_connection_lost(self.phase)
         for slot, held in self.in_hand():
@@ -317,6 +350,7 @@ class TaskConsumer(BrokerSession):
         slot.settlement = None
         self._free_slots.append(slot)
         self._changed = True
+        self._take_waiting()
         if len(self._free_slots) == len(self.slots):
             if self.phase is Phase.CONSUMING:
                 self.idle.all_free()

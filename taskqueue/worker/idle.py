@@ -5,7 +5,7 @@ Idle means connected, consuming, every slot free, no task came, none is due back
 that task is still ours). Time spent disconnected does not count, nor does a path gone silent,
 nor a node cut off from the cluster's majority (a partition: it delivers nothing, and a passive
 declare there answers from a stale view): before exiting, a probe must come back (reach.py: the
-node serves), then a round trip must say the queue is empty.
+node serves), then round trips must say the queue and ``<queue>.urgent`` are empty.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+from taskqueue.broker.urgent import urgent_name
 
 
 class Waiting(Protocol):
@@ -92,9 +94,12 @@ class IdleWatch:
         probe = self._probe = object()
         worker = self.worker
 
-        def answered(depth: int | None, _consumers: int | None) -> None:
+        def answered(depth: int | None, then: str | None) -> None:
             if self._probe is not probe:
                 return  # asked on a connection since lost
+            if depth == 0 and then is not None:
+                worker.inspect_queue(then, lambda more, _consumers: answered(more, None))
+                return
             self._probe = None
             if depth == 0 and self._since is not None:
                 worker.log.info("[%s] no task for %.1f s: exiting (--exit-when-idle)",
@@ -105,7 +110,8 @@ class IdleWatch:
 
         def served() -> None:
             if self._probe is probe:  # (a task came, or the connection was lost, meanwhile)
-                worker.inspect_queue(worker.queue.name, answered)
+                worker.inspect_queue(worker.queue.name, lambda depth, _consumers: answered(
+                    depth, urgent_name(worker.queue.name)))
 
         # First the node must prove it serves (else reach.py moves us to the next URL and
         # ``stop`` clears this probe), then the queue's depth, asked there, counts.
