@@ -76,6 +76,10 @@ def parse_args() -> argparse.Namespace:
     web.add_argument("--auth-file", type=Path, metavar="FILE",
                      help="with --serve: log in with the USER:PASSWORD on the file's first "
                           "line (default: a random token in the printed address)")
+    web.add_argument("--public-url", metavar="URL",
+                     help="with --serve behind a reverse proxy: the address browsers use, e.g. "
+                          "https://ops.example.com/taskqueue/ (its path is the prefix of every "
+                          "page; only its origin may post; Secure cookies under https)")
     web.add_argument("--no-browser", action="store_true",
                      help="with --serve: do not open a browser")
     parser.add_argument("--csv", type=Path, metavar="FILE",
@@ -85,8 +89,9 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.until_done and not args.watch:
         parser.error("--until-done needs --watch")
-    if (args.auth_file or args.no_browser or args.bind != DEFAULT_BIND) and not args.serve:
-        parser.error("--bind, --auth-file and --no-browser go with --serve")
+    if (args.auth_file or args.no_browser or args.public_url or args.bind != DEFAULT_BIND) \
+            and not args.serve:
+        parser.error("--bind, --auth-file, --public-url and --no-browser go with --serve")
     clashing = [flag for flag, given in (("--watch", args.watch), ("--offline", args.offline),
                                          ("--csv", args.csv), ("--list", args.list),
                                          ("--status", args.status), ("--run", args.run))
@@ -152,8 +157,8 @@ def serve_dashboard(args: argparse.Namespace, spec, log) -> int:
     from taskqueue.web.serve import browser_wanted, serve
 
     return serve(broker_settings(args), spec, bind=args.bind, auth_file=args.auth_file,
-                 reports_dir=args.reports_dir, open_browser=browser_wanted(args.no_browser),
-                 interval=args.interval, log=log)
+                 public_url=args.public_url, reports_dir=args.reports_dir,
+                 open_browser=browser_wanted(args.no_browser), interval=args.interval, log=log)
 
 
 def entry() -> None:

@@ -6,6 +6,11 @@ the address bar loses it. ``Authorization: Bearer TOKEN`` works too (a Prometheu
 ``--auth-file FILE`` (first line ``USER:PASSWORD``) the browser logs in on /login, and HTTP Basic
 works for scripts. Every comparison is in constant time. Binding anything but a loopback
 address without an auth file refuses to start: a token in an address is for one machine.
+
+Behind a reverse proxy, ``--public-url https://ops.example.com/taskqueue/`` says where browsers
+reach it (``Public``): the one Origin a POST may come from, the path prefix every route is
+under, and ``Secure`` cookies scoped to that prefix under https. Forwarded headers
+(``X-Forwarded-*``) are never read: the address is configured once, not believed per request.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ import ipaddress
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from taskqueue.errors import EXIT_BAD_INPUT, UserError
 
 DEFAULT_BIND = "127.0.0.1:8800"
+DEFAULT_PORTS = {"http": 80, "https": 443}
+PATH_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~/")
 
 
 @dataclass(frozen=True)
@@ -100,3 +108,69 @@ def check_bind(host: str, access: Access) -> None:
         raise UserError(f"refusing to serve on {host!r} without a password: the dashboard "
                         "controls the queue; give --auth-file FILE (first line USER:PASSWORD) "
                         "or bind a loopback address (--bind 127.0.0.1:8800)", EXIT_BAD_INPUT)
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of *url* as a browser's Origin header says it: lower case,
+    without the scheme's default port ("" for what is no URL)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return ""
+    if not parts.scheme or not parts.hostname:
+        return ""
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    shown_port = "" if port in (None, DEFAULT_PORTS.get(parts.scheme.lower())) else f":{port}"
+    return f"{parts.scheme.lower()}://{host.lower()}{shown_port}"
+
+
+@dataclass(frozen=True)
+class Public:
+    """Where browsers reach the dashboard. Without ``--public-url``: where it listens, under
+    ``/`` (``origin`` None: a request's own ``http://Host`` is the one accepted, as before)."""
+
+    origin: str | None = None  # "https://ops.example.com": the only Origin a POST may have
+    prefix: str = "/"  # every route is under it; it starts and ends with "/"
+
+    @classmethod
+    def parse(cls, text: str | None) -> Public:
+        if text is None:
+            return cls()
+        parts = urlsplit(text)
+        wrong = ("give http:// or https://" if parts.scheme.lower() not in DEFAULT_PORTS
+                 else "give a host (and a port below 65536)" if not origin_of(text)
+                 else "no user or password in it" if "@" in parts.netloc
+                 else "no ?query or #fragment" if parts.query or parts.fragment or "#" in text
+                 else "its path: letters, digits, - . _ ~ and / only, no . or .. part"
+                 if not _plain_path(parts.path) else "")
+        if wrong:
+            shown = text.replace(parts.netloc, parts.netloc.rpartition("@")[2])  # no password
+            raise UserError(f"--public-url {shown!r}: {wrong}, e.g. --public-url "
+                            "https://ops.example.com/taskqueue/ (where browsers reach the "
+                            "dashboard through your proxy)")
+        prefix = "/" + "/".join(part for part in parts.path.split("/") if part)
+        return cls(origin=origin_of(text), prefix=prefix.rstrip("/") + "/")
+
+    @property
+    def secure(self) -> bool:
+        """Cookies only over https (``Secure``): under an https public URL."""
+        return bool(self.origin and self.origin.startswith("https://"))
+
+    @property
+    def url(self) -> str | None:
+        return f"{self.origin}{self.prefix}" if self.origin else None
+
+    def host_names(self) -> set[str]:
+        """The Host headers a proxy may pass on for it (with its port or without: nginx's
+        ``$host`` has none)."""
+        if not self.origin:
+            return set()
+        parts = urlsplit(self.origin)
+        name = parts.hostname or ""
+        return {parts.netloc, f"[{name}]" if ":" in name else name}
+
+
+def _plain_path(path: str) -> bool:
+    parts = path.split("/")
+    return set(path) <= PATH_CHARACTERS and not {".", ".."} & set(parts)

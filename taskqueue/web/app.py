@@ -17,12 +17,18 @@ Safe by default: a CSP with no inline script (``frame-ancestors 'none'``), no CO
 HttpOnly SameSite=Strict cookies, POST-only control with Tornado's XSRF check and an Origin
 check; the headers on every answer (``Secured``: errors and /healthz too). Page text from
 tasks is data: templates escape it, the script sets ``textContent``.
+
+Behind a proxy (``--public-url``, access.Public) every route above is under its prefix
+(``/taskqueue/runs``), the pages and the script build their addresses from it (``root``), the
+only Origin accepted is the public one, and the cookies are scoped to the prefix (``Secure``
+under https).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,7 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado.iostream import StreamClosedError
 
 from taskqueue.errors import UserError
-from taskqueue.web.access import Access
+from taskqueue.web.access import Access, Public, origin_of
 from taskqueue.web.actions import ControlDesk
 from taskqueue.web.feed import DashboardFeed
 from taskqueue.web.hub import Hub
@@ -72,6 +78,20 @@ class Base(Secured):
     def access(self) -> Access:
         return self.settings["access"]
 
+    @property
+    def public(self) -> Public:
+        return self.settings["public"]
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        """``root`` for every page: the prefix its links, script and style are under."""
+        return {**super().get_template_namespace(), "root": self.public.prefix}
+
+    def remember(self, who: str) -> None:
+        """The session cookie: HttpOnly, SameSite=Strict, scoped to the prefix, Secure under
+        an https public address."""
+        self.set_signed_cookie(COOKIE, who, httponly=True, samesite="Strict",
+                               path=self.public.prefix, secure=self.public.secure)
+
     def get_current_user(self) -> str | None:
         via_header = self.access.header_ok(self.request.headers.get("Authorization"))
         if via_header:
@@ -88,7 +108,7 @@ class Base(Secured):
             return
         token = self.get_query_argument("token", None)
         if self.request.method == "GET" and self.access.token_ok(token):
-            self.set_signed_cookie(COOKIE, "token", httponly=True, samesite="Strict")
+            self.remember("token")
             self.redirect(self.request.path)  # the token leaves the address bar
             return
         if self.request.headers.get("Authorization") or token is not None:
@@ -100,7 +120,8 @@ class Base(Secured):
     def refuse(self) -> None:
         wants_page = "text/html" in self.request.headers.get("Accept", "")
         if self.access.login and wants_page and self.request.method == "GET":
-            self.redirect("/login?next=" + tornado.escape.url_escape(self.request.uri))
+            self.redirect(f"{self.public.prefix}login?next="
+                          + tornado.escape.url_escape(self.request.uri))
             return
         self.set_status(401)
         if self.access.login and "basic" in self.request.headers.get("Authorization",
@@ -110,11 +131,13 @@ class Base(Secured):
                     "printed) or a login\n" if not self.access.login else "log in first\n")
 
     def check_xsrf_cookie(self) -> None:
-        """Tornado's token check, and the request must come from our own pages."""
+        """Tornado's token check, and the request must come from our own pages: the public
+        origin when one is given, else the one the request names (``http://Host``; forwarded
+        headers are not believed)."""
         super().check_xsrf_cookie()
         origin = self.request.headers.get("Origin") or self.request.headers.get("Referer")
-        ours = f"{self.request.protocol}://{self.request.host}"
-        if not origin or f"{urlsplit(origin).scheme}://{urlsplit(origin).netloc}" != ours:
+        ours = self.public.origin or origin_of(f"{self.request.protocol}://{self.request.host}")
+        if not origin or origin_of(origin) != ours:
             raise tornado.web.HTTPError(403, "cross-origin request refused")
 
     def write_error(self, status_code: int, **kwargs: object) -> None:
@@ -187,6 +210,7 @@ class Stream(Base):
         if not hub.join():
             raise tornado.web.HTTPError(503, "too many live pages open")
         self.set_header("Content-Type", "text/event-stream")
+        self.set_header("X-Accel-Buffering", "no")  # nginx passes each event on as it comes
         try:
             self.write(f"retry: {int(hub.interval * 2000)}\n\n")
             version = -1
@@ -315,7 +339,7 @@ class Login(Base):
 
     def get(self) -> None:
         self.page("login.html", title="log in", failed=False,
-                  next=self.get_query_argument("next", "/"))
+                  next=self.get_query_argument("next", self.public.prefix))
 
     async def post(self) -> None:
         user = self.get_body_argument("user", "")
@@ -324,21 +348,31 @@ class Login(Base):
                                          self.request.remote_ip)
             await tornado.gen.sleep(FAILED_WAIT)  # guessing is slow
             self.set_status(403)
-            self.page("login.html", title="log in", failed=True, next="/")
+            self.page("login.html", title="log in", failed=True, next=self.public.prefix)
             return
-        self.set_signed_cookie(COOKIE, user, httponly=True, samesite="Strict")
-        self.redirect(local_path(self.get_body_argument("next", "/")))
+        self.remember(user)
+        self.redirect(local_path(self.get_body_argument("next", ""), self.public.prefix))
 
 
 class Static(Base, tornado.web.StaticFileHandler):
     """The page's script and style, behind the same door as the rest."""
 
 
+class ToPrefix(Secured):
+    """``/taskqueue`` without its slash: to the live page under the prefix."""
+
+    def get(self) -> None:
+        self.redirect(self.settings["public"].prefix)
+
+
 def make_app(*, feed: DashboardFeed, hub: Hub, runs: RunPages, desk: ControlDesk,
              access: Access, registry, cookie_secret: str, log: logging.Logger,
-             hosts: set[str] | None = None) -> tornado.web.Application:
-    """*hosts*: the Host headers accepted (None: any; with a password, behind a proxy)."""
-    routes: list[tuple[Any, ...]] = [  # (pattern, handler[, its arguments])
+             hosts: set[str] | None = None, public: Public | None = None
+             ) -> tornado.web.Application:
+    """*hosts*: the Host headers accepted (None: any; with a password, behind a proxy);
+    *public*: where browsers reach it (its prefix, origin, and https or not)."""
+    public = public or Public()
+    routes: list[tuple[Any, ...]] = [  # (pattern, handler[, its arguments]), under the prefix
         (r"/", LivePage), (r"/live\.json", LiveJson), (r"/stream", Stream),
         (r"/runs", RunsPage), (rf"/runs/{RUN_ID}", RunPage),
         (rf"/runs/{RUN_ID}/tasks\.json", RunTasks), (rf"/runs/{RUN_ID}/task\.json", RunTask),
@@ -347,24 +381,29 @@ def make_app(*, feed: DashboardFeed, hub: Hub, runs: RunPages, desk: ControlDesk
         (r"/metrics", Metrics), (r"/healthz", Health), (r"/login", Login),
         (r"/static/(.*)", Static, {"path": str(HERE / "static")}),
     ]
+    under = re.escape(public.prefix.rstrip("/"))
+    routes = [(under + pattern, *rest) for pattern, *rest in routes]
+    if under:
+        routes.append((under, ToPrefix))
     return tornado.web.Application(
         routes, template_path=str(HERE / "templates"), xsrf_cookies=True,
         default_handler_class=NotFound,
-        xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"},
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict", "path": public.prefix,
+                            "secure": public.secure},
         cookie_secret=cookie_secret, feed=feed, hub=hub, runs=runs, desk=desk, access=access,
         registry=registry, autoescape="xhtml_escape", log_function=_quiet_log, log=log,
-        hosts=hosts,
+        hosts=hosts, public=public,
         readers=ThreadPoolExecutor(4, thread_name_prefix="page"),
         controls=ThreadPoolExecutor(2, thread_name_prefix="control"))
 
 
-def local_path(target: str) -> str:
-    """*target* if it is a path on this server, else "/" (no open redirect: not //host,
-    /\\host, a scheme, or control characters)."""
+def local_path(target: str, root: str = "/") -> str:
+    """*target* if it is a path of ours (under *root*, the prefix), else *root* (no open
+    redirect: not //host, /\\host, a scheme, or control characters)."""
     parts = urlsplit(target)
-    if (not target.startswith("/") or parts.scheme or parts.netloc or "\\" in target
+    if (not target.startswith(root) or parts.scheme or parts.netloc or "\\" in target
             or target.startswith("//") or any(ord(c) < 32 for c in target)):
-        return "/"
+        return root
     return target
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.errors import UserError
-from taskqueue.web.access import Access, check_bind, is_loopback, parse_bind
+from taskqueue.web.access import Access, Public, check_bind, is_loopback, parse_bind
 from taskqueue.web.actions import ControlDesk
 from taskqueue.web.app import make_app
 from taskqueue.web.copies import RunCopies
@@ -31,24 +31,27 @@ from taskqueue.web.runs import RunPages
 
 
 def serve(settings: BrokerSettings, spec: QueueSpec, *, bind: str, auth_file: Path | None,
-          reports_dir: Path, open_browser: bool, interval: float, log: logging.Logger) -> int:
+          public_url: str | None, reports_dir: Path, open_browser: bool, interval: float,
+          log: logging.Logger) -> int:
     host, port = parse_bind(bind)
+    public = Public.parse(public_url)
     access = Access.from_file(auth_file) if auth_file else Access.with_token()
     check_bind(host, access)
     copies = RunCopies(reports_dir, spec.name)
     feed = DashboardFeed(settings, spec, log, copies, interval)
     desk = ControlDesk(settings, spec, log)
-    return asyncio.run(_serve(feed, desk, access, host, port, open_browser, log))
+    return asyncio.run(_serve(feed, desk, access, public, host, port, open_browser, log))
 
 
-async def _serve(feed: DashboardFeed, desk: ControlDesk, access: Access, host: str, port: int,
-                 open_browser: bool, log: logging.Logger) -> int:
+async def _serve(feed: DashboardFeed, desk: ControlDesk, access: Access, public: Public,
+                 host: str, port: int, open_browser: bool, log: logging.Logger) -> int:
     hub = Hub(feed, feed.interval)
     runs = RunPages(feed.copies, feed.spec.name, feed.seen, feed.latest_run)
+    # On loopback, only this machine's names (and the public one, as a proxy may pass it on).
+    hosts = loopback_hosts(host, port) | public.host_names() if is_loopback(host) else None
     app = make_app(feed=feed, hub=hub, runs=runs, desk=desk, access=access,
                    registry=registry_of(feed, lambda: hub.pages),
-                   cookie_secret=secrets.token_hex(32), log=log,
-                   hosts=loopback_hosts(host, port) if is_loopback(host) else None)
+                   cookie_secret=secrets.token_hex(32), log=log, hosts=hosts, public=public)
     try:
         server = app.listen(port, address=host, xheaders=False)
     except OSError as exc:
@@ -59,7 +62,7 @@ async def _serve(feed: DashboardFeed, desk: ControlDesk, access: Access, host: s
     feed.start()
     hub.start()
     shown_host = f"[{host}]" if ":" in host else host
-    address = f"http://{shown_host}:{port}/"
+    address = public.url or f"http://{shown_host}:{port}/"  # the one the cookies work on
     opened = address + (f"?token={access.token}" if access.token else "")
     print(f"dashboard of queue {feed.spec.name!r}: {opened}", flush=True)
     print("(Ctrl+C to stop)" + ("" if access.token else f"; log in as {access.user}"),

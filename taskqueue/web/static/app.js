@@ -4,6 +4,10 @@
 
 const xsrf = () => document.querySelector('meta[name="xsrf"]').content;
 
+// Where the dashboard's addresses start: "/" or, behind a proxy, its prefix ("/taskqueue/"),
+// as the server put it on <body data-root>. Every address below is built on it.
+const ROOT = document.body.dataset.root || "/";
+
 // Text from tasks and records is shown for what it is (the rule of taskqueue/views/shown.py):
 // control characters (C0 but tab and newline, DEL, C1), lone surrogates and U+FFFE/U+FFFF
 // become their escapes (\x00, \ud800) in a span.ctl, and text that may be bidirectional goes
@@ -94,7 +98,7 @@ async function control(button) {
   if (run) params.set("run", run);
   if (button.dataset.worker) params.set("worker", button.dataset.worker);
   if (button.dataset.reason) params.set("reason", button.dataset.reason);
-  const previewed = await fetch(`/control/preview.json?${params}`, { credentials: "same-origin" });
+  const previewed = await fetch(`${ROOT}control/preview.json?${params}`, { credentials: "same-origin" });
   if (!previewed.ok) { toast(await errorOf(previewed), false); return; }
   const preview = await previewed.json();
   const dialog = document.getElementById("confirm");
@@ -112,7 +116,7 @@ async function control(button) {
   if (!answer) return;
   toast("working…", true);
   const body = new URLSearchParams({ ticket: preview.ticket });
-  const done = await fetch("/control", {
+  const done = await fetch(`${ROOT}control`, {
     method: "POST", credentials: "same-origin", body,
     headers: { "X-XSRFToken": xsrf() },
   });
@@ -140,7 +144,7 @@ function showLive(data) {
   currentRun = r.id || "";
   const link = document.getElementById("run-link");
   fill(link, r.id || "-");
-  link.href = r.id ? `/runs/${encodeURIComponent(r.id)}` : "/runs";
+  link.href = r.id ? `${ROOT}runs/${encodeURIComponent(r.id)}` : `${ROOT}runs`;
   setText("r-done", r.total === null ? r.done : `${r.done} / ${r.total}`);
   for (const key of ["failed", "dead", "cancelled"]) setText(`r-${key}`, r[key]);
   setText("r-rate", `${r.rate} tasks/s`);
@@ -206,7 +210,7 @@ function showFailures(failures) {
 
 function connect() {
   if (source) return;
-  source = new EventSource("/stream");
+  source = new EventSource(`${ROOT}stream`);
   source.onmessage = (event) => showLive(JSON.parse(event.data));
   source.onerror = () => {
     const connection = document.getElementById("connection");
@@ -235,7 +239,7 @@ async function loadTasks(runId) {
   const form = document.getElementById("filter");
   const params = new URLSearchParams(new FormData(form));
   params.set("page", page);
-  const data = await fetchJson(`/runs/${encodeURIComponent(runId)}/tasks.json?${params}`);
+  const data = await fetchJson(`${ROOT}runs/${encodeURIComponent(runId)}/tasks.json?${params}`);
   const c = data.counts;
   setText("run-counts", `${data.tasks} tasks: ${c.done} done, ${c.dead} dead, ` +
     `${c.cancelled} cancelled, ${c.failed} failed and not yet retried to an end`);
@@ -257,7 +261,7 @@ async function loadTasks(runId) {
 async function showAttempts(runId, row) {
   const params = row.dataset.row !== "-" ? `row=${row.dataset.row}` :
     `id=${encodeURIComponent(row.dataset.id)}`;
-  const attempts = await fetchJson(`/runs/${encodeURIComponent(runId)}/task.json?${params}`);
+  const attempts = await fetchJson(`${ROOT}runs/${encodeURIComponent(runId)}/task.json?${params}`);
   const section = document.getElementById("attempts");
   setText("attempts-of", `row ${row.dataset.row}`);
   section.querySelector("tbody").replaceChildren(...attempts.map((a) => {
