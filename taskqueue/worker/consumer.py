@@ -37,7 +37,7 @@ from taskqueue.errors import EXIT_REFUSED, UserError
 from taskqueue.worker.account import WorkerAccount, WorkerOptions
 from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.idle import IdleWatch
-from taskqueue.worker.lanes import URGENT_HEADROOM, Held, Lanes
+from taskqueue.worker.lanes import Held, Lanes, urgent_prefetch
 from taskqueue.worker.life import DeliveryLife, WorkerParts
 from taskqueue.worker.outbox import Outbox
 from taskqueue.worker.phase import (
@@ -211,9 +211,10 @@ class TaskConsumer(BrokerSession):
             channel.connection, self.ioloop, lambda: self._subscribe(channel)))
 
     def _subscribe(self, channel: Channel) -> None:
-        """prefetch_count = the number of slots. Slots still busy with work from a lost
-        connection (an in-process handler cannot be stopped) would make a new task wait behind
-        them while other workers are free: subscribe only once they are done."""
+        """prefetch_count = the number of slots (2 x slots for <queue>.urgent). Slots still busy
+        with work from a lost connection (an in-process handler cannot be stopped) would make a
+        new task wait behind them while other workers are free: subscribe only once they are
+        done."""
         if not self._current(channel):
             return
         step = subscribe_step(self.phase, self.control.paused,
@@ -226,7 +227,7 @@ class TaskConsumer(BrokerSession):
                                  "new tasks once it is finished", self.options.name)
             self.phase = Phase.WAITING_FOR_SLOTS  # _free subscribes
         elif step == "subscribe":
-            channel.basic_qos(prefetch_count=len(self.slots) + URGENT_HEADROOM,
+            channel.basic_qos(prefetch_count=urgent_prefetch(len(self.slots)),
                               callback=lambda _frame: self._consume(channel))
 
     def _current(self, channel: Channel) -> bool:
@@ -237,7 +238,7 @@ class TaskConsumer(BrokerSession):
         if not self._current(channel) or subscribe_step(
                 self.phase, self.control.paused, 0) != "subscribe":
             return  # stopped, paused or subscribed meanwhile
-        # A prefetch applies to the consumers made after it: <queue>.urgent's is slots + 1
+        # A prefetch applies to the consumers made after it: <queue>.urgent's is 2 x slots
         # (lanes.py says why), <queue>'s is slots. The broker takes them in this order.
         self._consumer_tags = [channel.basic_consume(urgent_name(self.queue.name),
                                                      self._on_message)]
