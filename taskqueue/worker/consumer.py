@@ -30,14 +30,13 @@ from pika.spec import Basic
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
 from taskqueue.broker.connection import BrokerSession
 from taskqueue.broker.topology import Topology, results_refusal
-from taskqueue.broker.urgent import urgent_name
 from taskqueue.control.listener import WorkerControl
 from taskqueue.control.state import ControlState
 from taskqueue.errors import EXIT_REFUSED, UserError
 from taskqueue.worker.account import WorkerAccount, WorkerOptions
 from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.idle import IdleWatch
-from taskqueue.worker.lanes import Held, Lanes, urgent_prefetch
+from taskqueue.worker.lanes import Intake
 from taskqueue.worker.life import DeliveryLife, WorkerParts
 from taskqueue.worker.outbox import Outbox
 from taskqueue.worker.phase import (
@@ -92,9 +91,9 @@ class TaskConsumer(BrokerSession):
         self._last_delivery = 0.0  # when the last task came (or consuming began)
         self.idle = IdleWatch(self, options.exit_when_idle)
         self._stop_since: float | None = None  # when the first stop request came
-        # pika's, to cancel them (CONSUMING has both): <queue>.urgent's, then <queue>'s
-        self._consumer_tags: list[str] = []
-        self.lanes = Lanes()  # deliveries that came while every slot was busy
+        # The subscriptions to <queue>.urgent and <queue> (CONSUMING has both), and the
+        # deliveries that came while every slot was busy.
+        self.intake = Intake(queue.name, len(runners))
         self._changed, self._last_snapshot, self._ticks = True, 0.0, 0
         self.control = WorkerControl(queue, ControlState(options.name, time.time()), log,
                                      self._on_control, self._answer)
@@ -157,11 +156,7 @@ class TaskConsumer(BrokerSession):
                 if slot.settlement is not None and slot.settlement.in_hand]
 
     def _cancel_consumer(self) -> None:
-        if self.channel is not None and self.channel.is_open:
-            for tag in self._consumer_tags:
-                self.channel.basic_cancel(tag)
-        self._consumer_tags = []
-        given = self.lanes.give_back()  # not started: other workers can run them now
+        given = self.intake.cancel(self.channel)
         if given:
             self.log.info("[%s] gave %d waiting task(s) back to the queue", self.options.name,
                           given)
@@ -227,7 +222,7 @@ class TaskConsumer(BrokerSession):
                                  "new tasks once it is finished", self.options.name)
             self.phase = Phase.WAITING_FOR_SLOTS  # _free subscribes
         elif step == "subscribe":
-            channel.basic_qos(prefetch_count=urgent_prefetch(len(self.slots)),
+            channel.basic_qos(prefetch_count=self.intake.prefetch,
                               callback=lambda _frame: self._consume(channel))
 
     def _current(self, channel: Channel) -> bool:
@@ -238,12 +233,7 @@ class TaskConsumer(BrokerSession):
         if not self._current(channel) or subscribe_step(
                 self.phase, self.control.paused, 0) != "subscribe":
             return  # stopped, paused or subscribed meanwhile
-        # A prefetch applies to the consumers made after it: <queue>.urgent's is 2 x slots
-        # (lanes.py says why), <queue>'s is slots. The broker takes them in this order.
-        self._consumer_tags = [channel.basic_consume(urgent_name(self.queue.name),
-                                                     self._on_message)]
-        channel.basic_qos(prefetch_count=len(self.slots))
-        self._consumer_tags.append(channel.basic_consume(self.queue.name, self._on_message))
+        self.intake.subscribe(channel, self._on_message)
         self.phase = Phase.CONSUMING
         self._last_delivery = time.monotonic()
         self.idle.consuming()  # idle time counts from consuming, not from start
@@ -252,7 +242,7 @@ class TaskConsumer(BrokerSession):
                       self.options.name, self.queue.name,
                       "one at a time" if count == 1 else f"up to {count} at a time")
         self.log.info("[%s] and on %r, whose tasks go first", self.options.name,
-                      urgent_name(self.queue.name))
+                      self.intake.urgent_queue)
 
     def _on_cancelled_by_broker(self, _frame: object) -> None:
         """The broker ended our subscription: start over on a fresh connection, which sets the
@@ -260,7 +250,7 @@ class TaskConsumer(BrokerSession):
         it is a consumer timeout, most likely: RabbitMQ 4.3 cancels the consumer (3.x closed
         the channel) and takes back the task held too long, uncounted (life.py counts it).
         Without one: the queue was deleted, or its node went away."""
-        self._consumer_tags = []
+        self.intake.forget()  # the channel is closed below
         self.idle.stop()
         if self.phase in STOP_ASKED or self.channel is None:
             return
@@ -286,8 +276,7 @@ class TaskConsumer(BrokerSession):
         if self.phase is Phase.CONSUMING and not self._free_slots:
             # Every slot busy: it waits in hand for the next free one, urgent first. (Not
             # consuming: the life gives it back.)
-            urgent = bool(self._consumer_tags) and method.consumer_tag == self._consumer_tags[0]
-            self.lanes.hold(Held(channel, method, properties, body), urgent)
+            self.intake.hold(channel, method, properties, body)
             return
         self.life.on_message(channel, method, properties, body)
 
@@ -295,7 +284,7 @@ class TaskConsumer(BrokerSession):
         """A slot is free: it takes the next delivery in hand, urgent first (lanes.py)."""
         if self.phase is not Phase.CONSUMING or not self._free_slots:
             return
-        held = self.lanes.take()
+        held = self.intake.take()
         if held is not None:
             self.life.on_message(held.channel, held.method, held.properties, held.body)
 
@@ -329,8 +318,7 @@ class TaskConsumer(BrokerSession):
         self.reach.reset()
         self.control.stop()
         self.tail.stop()
-        self._consumer_tags = []
-        self.lanes.drop()  # nobody can ack them now: the broker delivers them again
+        self.intake.forget()  # nobody can ack them now: the broker delivers them again
         self.idle.stop()
         self.phase = after_connection_lost(self.phase)
         for slot, held in self.in_hand():

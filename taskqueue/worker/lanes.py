@@ -18,11 +18,16 @@ slots free, one task's time.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pika
 from pika.channel import Channel
 from pika.spec import Basic
+
+from taskqueue.broker.urgent import urgent_name
+
+OnMessage = Callable[[Channel, Basic.Deliver, pika.BasicProperties, bytes], None]
 
 
 def urgent_prefetch(slots: int) -> int:
@@ -79,3 +84,48 @@ class Lanes:
         """The channel is gone: the broker delivers them again; nobody can ack them now."""
         self._urgent.clear()
         self._normal.clear()
+
+
+class Intake:
+    """The worker's two subscriptions on its task channel, and the deliveries waiting in it.
+    The consumer says when to subscribe, cancel or forget; it asks ``hold`` whether a delivery
+    waits, and ``take`` for the one a free slot runs next."""
+
+    def __init__(self, queue: str, slots: int) -> None:
+        self.queue, self.urgent_queue, self.slots = queue, urgent_name(queue), slots
+        self.lanes = Lanes()
+        self._tags: list[str] = []  # pika's: <queue>.urgent's, then <queue>'s
+
+    @property
+    def prefetch(self) -> int:
+        """The prefetch to set before ``subscribe``: the urgent consumer's, made first."""
+        return urgent_prefetch(self.slots)
+
+    def subscribe(self, channel: Channel, on_message: OnMessage) -> None:
+        """A prefetch applies to the consumers made after it (per consumer): <queue>.urgent's
+        is ``prefetch``, then <queue>'s is slots. The broker takes them in this order."""
+        self._tags = [channel.basic_consume(self.urgent_queue, on_message)]
+        channel.basic_qos(prefetch_count=self.slots)
+        self._tags.append(channel.basic_consume(self.queue, on_message))
+
+    def cancel(self, channel: Channel | None) -> int:
+        """Stop both subscriptions; the deliveries waiting go back (not started: another worker
+        can run them now). How many went back."""
+        if channel is not None and channel.is_open:
+            for tag in self._tags:
+                channel.basic_cancel(tag)
+        self._tags = []
+        return self.lanes.give_back()
+
+    def forget(self) -> None:
+        """The channel is closed or closing: the broker delivers all of them again."""
+        self._tags = []
+        self.lanes.drop()
+
+    def hold(self, channel: Channel, method: Basic.Deliver, properties: pika.BasicProperties,
+             body: bytes) -> None:
+        urgent = bool(self._tags) and method.consumer_tag == self._tags[0]
+        self.lanes.hold(Held(channel, method, properties, body), urgent)
+
+    def take(self) -> Held | None:
+        return self.lanes.take()
