@@ -24,6 +24,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from taskqueue.wire.record import run_began
+
 COMMANDS = ("pause", "resume", "cancel", "cancel-tasks", "stop")
 CANCELS = ("cancel", "cancel-tasks")
 CLOCK_SKEW = 1.0  # seconds a command may seem to predate a worker started at once with it
@@ -48,15 +50,18 @@ def command(kind: str, *, run: str | None = None, worker: str | None = None,
 
 @dataclass(frozen=True)
 class Selection:
-    """The tasks one ``cancel-tasks`` names: of *run* (None: of any run; only with *ids*,
-    which name one task each), those whose row is one of *rows*, whose message id is one of
-    *ids*, or whose text contains *match*. Each of the three adds tasks to the set. *match* is
-    plain text, found as it is (case and all) anywhere in the task's text: never a pattern."""
+    """The tasks one ``cancel-tasks`` names: of *run*, those whose row is one of *rows*, whose
+    message id is one of *ids*, or whose text contains *match*. Each of the three adds tasks
+    to the set. *match* is plain text, found as it is (case and all) anywhere in the task's
+    text: never a pattern. Without *run* (only with *ids*): of any run that began *before*
+    (the command's time), since a message id is a row of a file, the same in a later run of
+    that file, which the cancel must not reach (the run's id says when it began)."""
 
     run: str | None = None
     rows: frozenset[int] = frozenset()
     ids: frozenset[str] = frozenset()
     match: str | None = None
+    before: float | None = None
 
     @classmethod
     def of(cls, record: dict) -> Selection | None:
@@ -68,7 +73,9 @@ class Selection:
                 and (run is None or isinstance(run, str))
                 and (match is None or (isinstance(match, str) and match))):
             return None
-        selection = cls(run, frozenset(rows), frozenset(ids), match)
+        when = record.get("time")
+        before = float(when) if isinstance(when, int | float) and run is None else None
+        selection = cls(run, frozenset(rows), frozenset(ids), match, before)
         return selection if selection.sound else None
 
     @property
@@ -92,6 +99,8 @@ class Selection:
     def selects(self, run_id: str, message_id: str | None, row: int | None, text: str) -> bool:
         if self.run is not None and run_id != self.run:
             return False
+        if self.before is not None and (run_began(run_id) or 0.0) > self.before:
+            return False  # a later run of the same file: its ids are the same
         return (row in self.rows or message_id in self.ids
                 or (self.match is not None and self.match in text))
 
@@ -116,6 +125,14 @@ def by_whom(record: dict) -> str:
     """`` by alice@host`` for a command that says who gave it, else nothing."""
     by = record.get("by")
     return f" by {by}" if isinstance(by, str) and by else ""
+
+
+def what_is_cancelled(record: dict) -> str:
+    """A cancel command in words, for a worker's log: ``run R cancelled by alice@host``,
+    ``row 3 of run R cancelled by alice@host``."""
+    selection = Selection.of(record) if record.get("command") == "cancel-tasks" else None
+    what = f"run {record.get('run')}" if selection is None else selection.describe()
+    return f"{what} cancelled{by_whom(record)}"
 
 
 class Cancellations(set[str]):
