@@ -23,9 +23,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
+from taskqueue.errors import UserError
+from taskqueue.web.access import Public
 from tests.brokers import free_port
 from tests.dashboard import CHROMIUM_ARGS, ensure_chromium, start_dashboard
-from tests.helpers import ROOT, start_worker, wait_for, write_csv
+from tests.helpers import ROOT, run_script, start_worker, wait_for, write_csv
 from tests.test_web_browser import emit
 from tests.test_web_http import control_commands
 
@@ -33,8 +35,6 @@ NGINX = "/usr/sbin/nginx"
 PREFIX = "/taskqueue/"
 USER, PASSWORD = "ops", "s3cret-pass"
 
-pytestmark = pytest.mark.skipif(not Path(NGINX).exists(),
-                                reason="Debian's nginx is not installed (apt-get install nginx)")
 
 
 def documented_location() -> str:
@@ -116,6 +116,8 @@ class Nginx:
 
 @pytest.fixture
 def nginx(tmp_path: Path) -> Iterator[Nginx]:
+    if not Path(NGINX).exists():
+        pytest.skip("Debian's nginx is not installed (apt-get install nginx)")
     proxy = Nginx(tmp_path / "nginx")
     try:
         yield proxy
@@ -236,3 +238,77 @@ def test_without_the_option_the_same_proxy_refuses_the_login_as_before(
         assert "taskqueue_session" not in {c["name"] for c in page.context.cookies()}
     finally:
         board.stop()
+
+
+def test_with_a_public_url_the_token_cookie_and_the_origin_are_the_public_ones(
+        queue, logs, tmp_path):
+    """Plain HTTP to the dashboard itself, as the proxy speaks to it (no nginx needed): the
+    token's visit under the prefix, the cookie it becomes, and which Origin may post."""
+    public = "https://ops.example.com/taskqueue/"
+    board = start_dashboard(queue, tmp_path, logs, "--public-url", public)
+    try:
+        assert f": {public}?token={board.token}\n" in board.out.read_text()
+        status, headers, _ = board.request("GET", f"/taskqueue/?token={board.token}",
+                                           token=False)
+        assert (status, headers["location"]) == (302, "/taskqueue/")
+        cookie = headers["set-cookie"]
+        assert "Secure" in cookie and "Path=/taskqueue/" in cookie and "HttpOnly" in cookie
+        session = cookie.split(";")[0]
+        status, headers, body = board.request("GET", "/taskqueue/", token=False,
+                                              headers={"Cookie": session,
+                                                       "Host": "ops.example.com"})
+        assert status == 200 and b'src="/taskqueue/static/app.js"' in body
+        assert b'data-root="/taskqueue/"' in body and b'href="/taskqueue/runs"' in body
+        xsrf_cookie = headers["set-cookie"]
+        assert "Secure" in xsrf_cookie and "Path=/taskqueue/" in xsrf_cookie
+        xsrf = re.search(rb'name="xsrf" content="([^"]+)"', body)[1].decode()
+        cookies = f"{session}; {xsrf_cookie.split(';')[0]}"
+        assert board.request("GET", "/")[0] == 404, "nothing outside the prefix"
+        assert board.request("GET", "/taskqueue")[1]["location"] == "/taskqueue/"
+        assert board.request("GET", "/taskqueue/healthz", token=False)[0] == 200
+
+        def post(origin: str) -> int:
+            ticket = board.json("/taskqueue/control/preview.json?action=pause")["ticket"]
+            return board.request("POST", "/taskqueue/control", token=False,
+                                 body=f"ticket={ticket}",
+                                 headers={"Cookie": cookies, "X-XSRFToken": xsrf,
+                                          "Origin": origin, "Content-Type":
+                                          "application/x-www-form-urlencoded"})[0]
+
+        assert post(board.base) == 403, "the address it listens on is not the public one"
+        assert post("http://ops.example.com") == 403, "nor is the public host over http"
+        assert control_commands(queue) == []
+        assert post("https://ops.example.com") == 200
+        assert [c["command"] for c in control_commands(queue)] == ["pause"]
+        status, _, _ = board.request("GET", "/taskqueue/", headers={"Host": "evil.example"})
+        assert status == 403, "another name that resolves here is still refused"
+    finally:
+        board.stop()
+
+
+def test_a_public_url_that_is_not_one_is_one_clear_line(logs):
+    result = run_script("task_report.py", "--serve", "--public-url",
+                        "https://user:hunter2@ops.example.com/taskqueue/", log_dir=logs)
+    assert result.returncode == 2, result
+    assert result.stderr.count("\n") == 1 and "--public-url" in result.stderr, result.stderr
+    assert "hunter2" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+    result = run_script("task_report.py", "--public-url", "https://ops.example.com/",
+                        log_dir=logs)
+    assert result.returncode == 2 and "go with --serve" in result.stderr, result
+
+
+@pytest.mark.fast
+def test_the_public_url_gives_the_origin_the_prefix_and_secure_cookies():
+    given = Public.parse("HTTPS://Ops.Example.com:443/taskqueue")
+    assert (given.origin, given.prefix, given.secure) == (
+        "https://ops.example.com", "/taskqueue/", True)
+    assert given.url == "https://ops.example.com/taskqueue/"
+    assert given.host_names() == {"ops.example.com"}
+    plain = Public.parse("http://[::1]:8080/a/b/")
+    assert (plain.origin, plain.prefix, plain.secure) == ("http://[::1]:8080", "/a/b/", False)
+    assert plain.host_names() == {"[::1]:8080", "[::1]"}
+    assert Public.parse(None) == Public() and Public().prefix == "/" and not Public().secure
+    for wrong in ("ops.example.com/taskqueue/", "ftp://ops/", "https:///x", "https://o/?a=1",
+                  "https://o/#top", "https://o/a/../b/", "https://o/a b/", "https://o:99999/"):
+        with pytest.raises(UserError):
+            Public.parse(wrong)

@@ -1,6 +1,8 @@
 """The web view: ``task_report.py --serve`` (a live dashboard, the runs, dead tasks, control
 and /metrics). Its dependencies are an extra (``pip install "taskqueue[web]"``): worker hosts
-do not need them. Read serve.py first, then feed.py (the one broker reader), hub.py, app.py.
+do not need them. Read serve.py first, then feed.py (the one broker reader), hub.py, app.py
+(the routes) and door.py (what every route goes through: login, CSRF and Origin, headers);
+access.py says who may use it and where browsers reach it (``--public-url``).
 """
 
 from __future__ import annotations

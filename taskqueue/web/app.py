@@ -15,8 +15,8 @@
 
 Safe by default: a CSP with no inline script (``frame-ancestors 'none'``), no CORS header,
 HttpOnly SameSite=Strict cookies, POST-only control with Tornado's XSRF check and an Origin
-check; the headers on every answer (``Secured``: errors and /healthz too). Page text from
-tasks is data: templates escape it, the script sets ``textContent``.
+check; the headers on every answer (``Secured``: errors and /healthz too); all of it in
+door.py. Page text from tasks is data: templates escape it, the script sets ``textContent``.
 
 Behind a proxy (``--public-url``, access.Public) every route above is under its prefix
 (``/taskqueue/runs``), the pages and the script build their addresses from it (``root``), the
@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import tornado.escape
 import tornado.gen
 import tornado.ioloop
 import tornado.web
@@ -43,146 +42,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado.iostream import StreamClosedError
 
 from taskqueue.errors import UserError
-from taskqueue.web.access import Access, Public, origin_of
+from taskqueue.web.access import Access, Public
 from taskqueue.web.actions import ControlDesk
+from taskqueue.web.door import FAILED_WAIT, Base, Secured
 from taskqueue.web.feed import DashboardFeed
 from taskqueue.web.hub import Hub
 from taskqueue.web.runs import RunPages
 
 HERE = Path(__file__).parent
-COOKIE = "taskqueue_session"
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 RUN_ID = r"([A-Za-z0-9_.:-]{1,100})"
-FAILED_WAIT = 1.0  # seconds a wrong token, password or Basic header waits for its answer
-
-
-class Secured(tornado.web.RequestHandler):
-    """The security headers, on every answer: pages, errors (Tornado sets them again after
-    clearing a failed answer), redirects, /healthz."""
-
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Security-Policy", CSP)
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("X-Frame-Options", "DENY")
-        self.set_header("Referrer-Policy", "same-origin")
-        self.set_header("Cache-Control", "no-store")
-
-
-class Base(Secured):
-    """Who is asking, the refusal for anyone else, and errors as the asker reads them."""
-
-    missing_run: str | None = None  # set when a run's address names a run not in the record
-
-    @property
-    def access(self) -> Access:
-        return self.settings["access"]
-
-    @property
-    def public(self) -> Public:
-        return self.settings["public"]
-
-    def get_template_namespace(self) -> dict[str, Any]:
-        """``root`` for every page: the prefix its links, script and style are under."""
-        return {**super().get_template_namespace(), "root": self.public.prefix}
-
-    def remember(self, who: str) -> None:
-        """The session cookie: HttpOnly, SameSite=Strict, scoped to the prefix, Secure under
-        an https public address."""
-        self.set_signed_cookie(COOKIE, who, httponly=True, samesite="Strict",
-                               path=self.public.prefix, secure=self.public.secure)
-
-    def get_current_user(self) -> str | None:
-        via_header = self.access.header_ok(self.request.headers.get("Authorization"))
-        if via_header:
-            return via_header
-        cookie = self.get_signed_cookie(COOKIE, max_age_days=7)
-        return cookie.decode() if cookie else None
-
-    async def prepare(self) -> None:
-        hosts = self.settings["hosts"]
-        if hosts and self.request.host.lower() not in hosts:
-            # A page of another name that resolves here (DNS rebinding) is not us.
-            raise tornado.web.HTTPError(403, "unknown Host %s", self.request.host[:100])
-        if self.current_user:
-            return
-        token = self.get_query_argument("token", None)
-        if self.request.method == "GET" and self.access.token_ok(token):
-            self.remember("token")
-            self.redirect(self.request.path)  # the token leaves the address bar
-            return
-        if self.request.headers.get("Authorization") or token is not None:
-            self.settings["log"].warning("dashboard: wrong credentials from %s for %s",
-                                         self.request.remote_ip, self.request.path)
-            await tornado.gen.sleep(FAILED_WAIT)  # guessing is slow, by any door
-        self.refuse()
-
-    def refuse(self) -> None:
-        wants_page = "text/html" in self.request.headers.get("Accept", "")
-        if self.access.login and wants_page and self.request.method == "GET":
-            self.redirect(f"{self.public.prefix}login?next="
-                          + tornado.escape.url_escape(self.request.uri))
-            return
-        self.set_status(401)
-        if self.access.login and "basic" in self.request.headers.get("Authorization",
-                                                                     "").lower():
-            self.set_header("WWW-Authenticate", 'Basic realm="taskqueue"')  # a script's retry
-        self.finish("the dashboard needs its token (open the address task_report.py --serve "
-                    "printed) or a login\n" if not self.access.login else "log in first\n")
-
-    def check_xsrf_cookie(self) -> None:
-        """Tornado's token check, and the request must come from our own pages: the public
-        origin when one is given, else the one the request names (``http://Host``; forwarded
-        headers are not believed)."""
-        super().check_xsrf_cookie()
-        origin = self.request.headers.get("Origin") or self.request.headers.get("Referer")
-        ours = self.public.origin or origin_of(f"{self.request.protocol}://{self.request.host}")
-        if not origin or origin_of(origin) != ours:
-            raise tornado.web.HTTPError(403, "cross-origin request refused")
-
-    def write_error(self, status_code: int, **kwargs: object) -> None:
-        """Errors as one JSON line for the page's script (no traceback); a 404 asked for by
-        a browser's address bar is a page saying what is not there."""
-        reason = self._reason
-        info = kwargs.get("exc_info")  # sys.exc_info()'s triple, when an exception ended it
-        error = info[1] if isinstance(info, tuple) else None
-        if isinstance(error, tornado.web.HTTPError) and error.log_message:
-            reason = error.log_message % error.args if error.args else error.log_message
-        if status_code == 404 and "text/html" in self.request.headers.get("Accept", ""):
-            feed: DashboardFeed = self.settings["feed"]
-            self.page("not_found.html", title="not found", run=self.missing_run,
-                      path=self.request.path, problem=feed.problem)
-            return
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"ok": False, "error": reason}))
-
-    def known_run(self, run_id: str) -> str:
-        """*run_id*, if the record read so far has it; else the answer is 404. A run's records
-        older than the results stream keeps (its retention) are not read: it is unknown too."""
-        if self.settings["feed"].seen(run_id) == 0:
-            self.missing_run = run_id
-            raise tornado.web.HTTPError(404, "no run %s in the record (never recorded here, or "
-                                        "older than the results stream keeps)", run_id)
-        return run_id
-
-    def page(self, template: str, **values: object) -> None:
-        self.render(template, queue=self.settings["feed"].spec.name, **values)
-
-    def json(self, value: object) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(value, ensure_ascii=False))
-
-    @property
-    def runs(self) -> RunPages:
-        return self.settings["runs"]
-
-    async def blocking(self, function, *args):
-        """Run *function* (it reads files) off the server's thread."""
-        try:
-            return await tornado.ioloop.IOLoop.current().run_in_executor(
-                self.settings["readers"], function, *args)
-        except UserError as exc:
-            raise tornado.web.HTTPError(503, "%s", str(exc)) from None
 
 
 class Health(Secured):
