@@ -18,8 +18,9 @@ import pytest
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.broker.urgent import urgent_name
-from taskqueue.errors import EXIT_BAD_INPUT, UserError
+from taskqueue.errors import EXIT_BAD_INPUT, EXIT_REFUSED, UserError
 from taskqueue.results.history import History
+from tests.brokers import ctl
 from tests.helpers import (
     MAIN_URL,
     done_counts,
@@ -36,6 +37,7 @@ from tests.helpers import (
 NORMAL, HIGH = 200, 20  # the issue's 1,000 and 50, scaled down (bench/priority.py: full size)
 WORKERS, SLOTS = 2, 2
 RUN = re.compile(r"\(run (?P<run>[^)\s]+)\)")
+DONE = re.compile(r"\] done row \d+")
 
 
 @pytest.fixture
@@ -137,3 +139,23 @@ def test_submit_refuses_a_bad_priority_before_sending():
     with pytest.raises(UserError) as refused:
         submit(["x"], queue="test.never-made", priority="urgent")
     assert refused.value.exit_code == EXIT_BAD_INPUT and "high" in str(refused.value)
+
+
+def test_without_permission_on_urgent_normal_work_goes_on(node, logs: Path, tmp_path: Path):
+    """Permissions granted by older versions' names (no ``.urgent``): a worker says so in one
+    line and takes normal tasks; an emitter of high ones stops with one line, exit 4."""
+    assert ctl(node.node, "add_user", "nourgent", "pw").returncode == 0
+    allowed = r"^nourg_q(\.retry|\.dead|\.control|\.events|\.results)?$|^amq\.default$"
+    assert ctl(node.node, "set_permissions", "nourgent", allowed, allowed,
+               allowed).returncode == 0
+    url = f"amqp://nourgent:pw@127.0.0.1:{node.port}/%2F"
+    emit("--url", url, "--queue", "nourg_q", "--message", "a", "--message", "b", logs=logs)
+    high = run_script("emitter_of_tasks.py", "--url", url, "--queue", "nourg_q", "--priority",
+                      "high", "--message", "c", log_dir=logs)
+    assert high.returncode == EXIT_REFUSED and high.stderr.count("\n") == 1, high.stderr
+    assert "no permission on 'nourg_q.urgent'" in high.stderr
+    worker = run_script("listening_worker.py", "--url", url, "--queue", "nourg_q",
+                        "--exit-when-idle", "1", log_dir=logs)
+    assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr
+    assert worker.stdout.count("no permission on 'nourg_q.urgent'") == 1, worker.stdout
+    assert len(DONE.findall(worker.stdout)) == 2, worker.stdout

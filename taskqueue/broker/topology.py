@@ -81,6 +81,7 @@ class Topology:
     created: list[str] = field(default_factory=list)
     types: dict[str, str] = field(default_factory=dict)
     version: tuple[int, ...] = (0,)  # the broker's
+    urgent: bool = True  # <queue>.urgent may be used (False: the user has no permission on it)
 
 
 def broker_version(connection: Connection) -> tuple[int, ...]:
@@ -205,7 +206,7 @@ class QueueSetup:
 
         def refused(refusal: ChannelClosedByBroker) -> None:
             if refusal.reply_code != 406:
-                self.on_error(refusal)
+                self._refused(name, refusal)
                 return
             answer = read_refusal(refusal.reply_text)  # None if cut short (255 characters)
             if answer is None:
@@ -288,7 +289,7 @@ class QueueSetup:
             self.on_error(HomeNodeDown(name, unavailable))
             return
         if refusal.reply_code != 404:
-            self.on_error(refusal)
+            self._refused(name, refusal)
             return
         spec = self.spec
         if name == spec.name:
@@ -311,10 +312,25 @@ class QueueSetup:
                 self._recreated = True
                 self._next_queue()
             else:
-                self.on_error(again)
+                self._refused(name, again)
 
         self._on_channel(lambda ch, ok: ch.queue_declare(name, durable=True, arguments=arguments,
                                                          callback=ok), created, refused)
+
+    def _refused(self, name: str, refusal: ChannelClosedByBroker) -> None:
+        """The broker's refusal stops the setup, except no permission on ``<queue>.urgent``:
+        a user whose permissions name the queues of older versions (``^q(\\.retry|\\.dead)$``)
+        keeps working without urgent tasks (broker/urgent.py), told so in one line."""
+        if refusal.reply_code != 403 or name != urgent_name(self.spec.name):
+            self.on_error(refusal)
+            return
+        self.topology.urgent = False
+        if not self.quiet:
+            self.log.warning("no permission on %r (%s): no urgent task (--priority high) is "
+                             "taken or sent here; grant configure/write/read on it "
+                             "(rabbitmqctl set_permissions)", name, refusal.reply_text)
+        self._remaining.pop(0)
+        self._next_queue()
 
     # --- the events exchange, the results stream ---------------------------------------
     def _bind_events(self) -> None:

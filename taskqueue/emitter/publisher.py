@@ -31,7 +31,7 @@ from taskqueue.broker.urgent import queue_for
 from taskqueue.emitter.feed import TaskFeed
 from taskqueue.emitter.resume import ResumeState
 from taskqueue.emitter.tasks import Task
-from taskqueue.errors import UserError
+from taskqueue.errors import EXIT_REFUSED, UserError
 from taskqueue.wire.events import run_event
 from taskqueue.wire.messages import FIRST_PUBLISH, PUBLISHED_AGAIN
 
@@ -187,6 +187,11 @@ class ConfirmedPublisher(BrokerSession):
 
     # --- publishing --------------------------------------------------------------------
     def _enable_confirms(self, channel: Channel, topology: Topology) -> None:
+        if self._routing_key != self.queue.name and not topology.urgent:
+            self.fail(UserError(f"no permission on {self._routing_key!r}, where urgent tasks "
+                                "(--priority high) go: grant configure/write/read on it "
+                                "(rabbitmqctl set_permissions)", EXIT_REFUSED))
+            return
         if self._window is None:
             self._window = CONFIRM_WINDOWS.get(topology.task_type, CONFIRM_WINDOWS["classic"])
         channel.add_on_return_callback(self._on_return)

@@ -193,6 +193,7 @@ class TaskConsumer(BrokerSession):
 
     def _on_set_up(self, channel: Channel, topology: Topology) -> None:
         self.topology = topology
+        self.intake.urgent = self.idle.urgent = topology.urgent  # no permission: not consumed
         clash = broker_limit_clash(topology.version, topology.task_type, self.options)
         if clash and self.connections_made == 1:
             self.log.warning("[%s] %s", self.options.name, clash)
@@ -241,8 +242,9 @@ class TaskConsumer(BrokerSession):
         self.log.info("[%s] waiting for tasks on queue %r (%s). Ctrl+C to stop",
                       self.options.name, self.queue.name,
                       "one at a time" if count == 1 else f"up to {count} at a time")
-        self.log.info("[%s] and on %r, whose tasks go first", self.options.name,
-                      self.intake.urgent_queue)
+        if self.intake.urgent:
+            self.log.info("[%s] and on %r, whose tasks go first", self.options.name,
+                          self.intake.urgent_queue)
 
     def _on_cancelled_by_broker(self, _frame: object) -> None:
         """The broker ended our subscription: start over on a fresh connection, which sets the

@@ -64,6 +64,7 @@ class IdleWatch:
         self._since: float | None = None  # consuming with every slot free, since when
         self._probe: object | None = None  # a round trip asked before exiting
         self._retry_due = 0.0  # when the last task sent to <queue>.retry flows back
+        self.urgent = True  # <queue>.urgent is consumed (False: no permission on it)
 
     def consuming(self) -> None:
         self._since = time.monotonic()
@@ -110,8 +111,9 @@ class IdleWatch:
 
         def served() -> None:
             if self._probe is probe:  # (a task came, or the connection was lost, meanwhile)
-                worker.inspect_queue(worker.queue.name, lambda depth, _consumers: answered(
-                    depth, urgent_name(worker.queue.name)))
+                urgent = urgent_name(worker.queue.name) if self.urgent else None
+                worker.inspect_queue(worker.queue.name,
+                                     lambda depth, _consumers: answered(depth, urgent))
 
         # First the node must prove it serves (else reach.py moves us to the next URL and
         # ``stop`` clears this probe), then the queue's depth, asked there, counts.

@@ -94,7 +94,9 @@ class Intake:
     def __init__(self, queue: str, slots: int) -> None:
         self.queue, self.urgent_queue, self.slots = queue, urgent_name(queue), slots
         self.lanes = Lanes()
-        self._tags: list[str] = []  # pika's: <queue>.urgent's, then <queue>'s
+        self.urgent = True  # False: no permission on <queue>.urgent (topology.py), not consumed
+        self._tags: list[str] = []  # pika's: <queue>.urgent's (when consumed), then <queue>'s
+        self._urgent_tag: str | None = None
 
     @property
     def prefetch(self) -> int:
@@ -104,9 +106,12 @@ class Intake:
     def subscribe(self, channel: Channel, on_message: OnMessage) -> None:
         """A prefetch applies to the consumers made after it (per consumer): <queue>.urgent's
         is ``prefetch``, then <queue>'s is slots. The broker takes them in this order."""
-        self._tags = [channel.basic_consume(self.urgent_queue, on_message)]
+        self._urgent_tag = None
+        if self.urgent:
+            self._urgent_tag = channel.basic_consume(self.urgent_queue, on_message)
         channel.basic_qos(prefetch_count=self.slots)
-        self._tags.append(channel.basic_consume(self.queue, on_message))
+        normal_tag = channel.basic_consume(self.queue, on_message)
+        self._tags = [normal_tag] if self._urgent_tag is None else [self._urgent_tag, normal_tag]
 
     def cancel(self, channel: Channel | None) -> int:
         """Stop both subscriptions; the deliveries waiting go back (not started: another worker
@@ -114,17 +119,17 @@ class Intake:
         if channel is not None and channel.is_open:
             for tag in self._tags:
                 channel.basic_cancel(tag)
-        self._tags = []
+        self._tags, self._urgent_tag = [], None
         return self.lanes.give_back()
 
     def forget(self) -> None:
         """The channel is closed or closing: the broker delivers all of them again."""
-        self._tags = []
+        self._tags, self._urgent_tag = [], None
         self.lanes.drop()
 
     def hold(self, channel: Channel, method: Basic.Deliver, properties: pika.BasicProperties,
              body: bytes) -> None:
-        urgent = bool(self._tags) and method.consumer_tag == self._tags[0]
+        urgent = self._urgent_tag is not None and method.consumer_tag == self._urgent_tag
         self.lanes.hold(Held(channel, method, properties, body), urgent)
 
     def take(self) -> Held | None:
