@@ -109,7 +109,7 @@ def test_cancel_rows_stops_the_running_one_with_its_child_and_skips_the_queued(q
     assert alive(program_pid) and alive(child_pid), \
         "the dry run sent nothing, and a cancel of other rows leaves row 3 running"
     said = cancel(queue, "--run", run, "--row", "3", logs=logs)
-    assert "w (cancel-tasks)" in said, said
+    assert "w (cancel-tasks)" in said and "over already" not in said, said
     wait_for(lambda: not alive(program_pid) and not alive(child_pid),
              what="row 3's program and its child to be ended")
 

@@ -69,8 +69,9 @@ class Survey:
 
 
 def survey(settings: BrokerSettings, spec: QueueSpec, run: str,
-           selection: Selection | None) -> Survey:
-    """The tasks of *run* that *selection* selects (None: every task of the run)."""
+           selection: Selection | None, until: float | None = None) -> Survey:
+    """The tasks of *run* that *selection* selects (None: every task of the run), as they
+    were at *until* (a cancel's time: what it cancelled itself is not "over already")."""
     found = Survey(run)
     tasks: dict[object, SelectedTask] = {}
     for record in RecordReader(settings, spec).records(run_began(run)):
@@ -78,7 +79,8 @@ def survey(settings: BrokerSettings, spec: QueueSpec, run: str,
             continue
         if kind_of(record) == "run" and isinstance(record.get("published"), int):
             found.published = max(found.published or 0, record["published"])
-        elif kind_of(record) == "task":
+        elif kind_of(record) == "task" and (until is None
+                                            or float(record.get("finished") or 0) < until):
             _take_record(tasks, record)
     for slot in busy_slots(settings, spec):
         if slot.get("run_id") == run:

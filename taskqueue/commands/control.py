@@ -211,7 +211,8 @@ def cancel(args: argparse.Namespace, settings: BrokerSettings, spec: QueueSpec) 
     print(commands.summary(outcome, f"cancelled {what} on queue {spec.name!r} (by "
                                     f"{outcome.record.get('by')})"))
     if selection is not None and args.run is not None:
-        over = survey(settings, spec, args.run, selection).lines(only="over")
+        over = survey(settings, spec, args.run, selection,
+                      until=outcome.record["time"]).lines(only="over")
         if over:
             print("over already, nothing changes for them:\n" + "\n".join(over))
     return 0

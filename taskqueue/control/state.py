@@ -142,21 +142,27 @@ class Cancellations(set[str]):
     def __init__(self) -> None:
         super().__init__()
         self.runs_by: dict[str, str] = {}  # run -> " by user@host" (or "")
-        self.selections: list[tuple[Selection, str]] = []  # with " by user@host" (or "")
+        # By run (None: by id in any run), each with " by user@host" (or ""): a task is
+        # tested against its own run's only, so that it costs nothing while none names it.
+        self.selections: dict[str | None, list[tuple[Selection, str]]] = {}
 
     def add_run(self, run: str, record: dict) -> None:
         self.add(run)
         self.runs_by[run] = by_whom(record)
 
     def add_selection(self, selection: Selection, record: dict) -> None:
-        self.selections.append((selection, by_whom(record)))
+        self.selections.setdefault(selection.run, []).append((selection, by_whom(record)))
+
+    def may_concern(self, run_id: str) -> bool:
+        """Whether a task of *run_id* may be cancelled (else ``reason_for`` is None)."""
+        return run_id in self or run_id in self.selections or None in self.selections
 
     def reason_for(self, run_id: str, message_id: str | None, row: int | None,
                    text: str) -> str | None:
         """Why that task is cancelled (its record's reason), or None: it is not."""
         if run_id and run_id in self:
             return f"run {run_id} was cancelled{self.runs_by.get(run_id, '')}"
-        for selection, by in self.selections:
+        for selection, by in (*self.selections.get(run_id, ()), *self.selections.get(None, ())):
             if selection.selects(run_id, message_id, row, text):
                 return f"cancelled{by}: {selection.describe()}"
         return None

@@ -81,6 +81,8 @@ def cancellation(delivery: Delivery, cancelled: Collection[str]) -> str | None:
     or None. *cancelled*: the worker's ``Cancellations`` (whole runs and selected tasks), or
     just the ids of runs cancelled whole. (Reads ``delivery.text``: after ``problem()``.)"""
     if isinstance(cancelled, Cancellations):
+        if not cancelled.may_concern(delivery.run_id):
+            return None  # the common case: reading the row and the id would cost for nothing
         message_id = delivery.properties.message_id
         return cancelled.reason_for(delivery.run_id,
                                     message_id if isinstance(message_id, str) else None,
