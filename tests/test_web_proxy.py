@@ -263,7 +263,10 @@ def test_with_a_public_url_the_token_cookie_and_the_origin_are_the_public_ones(
         assert "Secure" in xsrf_cookie and "Path=/taskqueue/" in xsrf_cookie
         xsrf = re.search(rb'name="xsrf" content="([^"]+)"', body)[1].decode()
         cookies = f"{session}; {xsrf_cookie.split(';')[0]}"
-        assert board.request("GET", "/")[0] == 404, "nothing outside the prefix"
+        status, _, body = board.request("GET", "/runs", token=False)
+        assert status == 404 and b"under /taskqueue/" in body, "outside the prefix: said so"
+        status, _, body = board.request("GET", "/", token=False, headers={"Accept": "text/html"})
+        assert status == 404 and b"under <code>/taskqueue/</code>" in body, body
         assert board.request("GET", "/taskqueue")[1]["location"] == "/taskqueue/"
         assert board.request("GET", "/taskqueue/healthz", token=False)[0] == 200
 

@@ -75,6 +75,11 @@ class Base(Secured):
         if hosts and self.request.host.lower() not in hosts:
             # A page of another name that resolves here (DNS rebinding) is not us.
             raise tornado.web.HTTPError(403, "unknown Host %s", self.request.host[:100])
+        if not self.request.path.startswith(self.public.prefix):
+            # A proxy that cuts the prefix off would otherwise send the login round in circles.
+            raise tornado.web.HTTPError(404, "no page at %s: the dashboard's pages are under %s "
+                                        "(--public-url; the proxy passes the path on as it is)",
+                                        self.request.path[:200], self.public.prefix)
         if self.current_user:
             return
         token = self.get_query_argument("token", None)
