@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 
 from taskqueue.api import submit  # noqa: E402
 from taskqueue.broker.config import BrokerSettings, QueueSpec  # noqa: E402
-from taskqueue.broker.urgent import urgent_name  # noqa: E402
 from taskqueue.results.history import History  # noqa: E402
 
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -64,7 +63,7 @@ def delete_all(queue: str) -> None:
     spec = QueueSpec(queue)
     connection = pika.BlockingConnection(pika.URLParameters(URL))
     try:
-        for name in [*spec.everything, urgent_name(queue)]:
+        for name in spec.everything:
             channel = connection.channel()
             try:
                 channel.queue_delete(name)

@@ -48,9 +48,9 @@ def test_a_new_task_queue_gets_exactly_the_tutorials_arguments():
     assert QueueSpec("q").task_queue_arguments() == {"x-queue-type": "quorum"}  # auto
     assert QueueSpec("q", "quorum").task_queue_arguments() == {"x-queue-type": "quorum"}
     assert QueueSpec("q", "classic").task_queue_arguments() == {}
-    assert QueueSpec("q").all_queues == ["q", "q.retry", "q.dead"]  # no .events queue (0.4)
-    assert QueueSpec("q").everything == ["q", "q.retry", "q.dead", "q.events", "q.results",
-                                         "q.control"]
+    assert QueueSpec("q").all_queues == ["q", "q.retry", "q.dead", "q.urgent"]  # no .events (0.4)
+    assert QueueSpec("q").everything == ["q", "q.retry", "q.dead", "q.urgent", "q.events",
+                                         "q.results", "q.control"]
 
 
 def test_companions_follow_the_task_queues_type():

@@ -13,7 +13,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pika
 import pytest
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
@@ -25,7 +24,6 @@ from tests.helpers import (
     MAIN_URL,
     done_counts,
     drain,
-    kill_leftovers,
     queue_state,
     recorded,
     run_script,
@@ -38,19 +36,6 @@ NORMAL, HIGH = 200, 20  # the issue's 1,000 and 50, scaled down (bench/priority.
 WORKERS, SLOTS = 2, 2
 RUN = re.compile(r"\(run (?P<run>[^)\s]+)\)")
 DONE = re.compile(r"\] done row \d+")
-
-
-@pytest.fixture
-def urgent(queue: str):
-    """The test's queue; its ``.urgent`` companion is deleted too (helpers.delete_queues knows
-    only ``QueueSpec.everything``)."""
-    yield queue
-    kill_leftovers()  # a worker left running would declare it again
-    connection = pika.BlockingConnection(pika.URLParameters(MAIN_URL))
-    try:
-        connection.channel().queue_delete(urgent_name(queue))
-    finally:
-        connection.close()
 
 
 def emit(*args: str, logs: Path) -> str:
@@ -72,9 +57,8 @@ def wait_exit(workers: list[subprocess.Popen]) -> None:
         assert worker.wait(timeout=120) == 0
 
 
-def test_high_tasks_start_before_the_normal_ones_waiting(urgent: str, logs: Path,
+def test_high_tasks_start_before_the_normal_ones_waiting(queue: str, logs: Path,
                                                          tmp_path: Path):
-    queue = urgent
     normal = write_csv(tmp_path / "normal.csv", [f"n{n}." for n in range(1, NORMAL + 1)])
     high = write_csv(tmp_path / "high.csv", [f"h{n}." for n in range(1, HIGH + 1)])
     normal_run = emit("--queue", queue, "--file", str(normal), logs=logs)
@@ -108,8 +92,7 @@ def test_high_tasks_start_before_the_normal_ones_waiting(urgent: str, logs: Path
     assert queue_state(urgent_name(queue)) == (0, 0)
 
 
-def test_high_tasks_are_retried_and_dead_lettered(urgent: str, logs: Path, tmp_path: Path):
-    queue = urgent
+def test_high_tasks_are_retried_and_dead_lettered(queue: str, logs: Path, tmp_path: Path):
     run = emit("--queue", queue, "--priority", "high", "--message", "boom", "--message", "fine",
                logs=logs)
     assert queue_state(urgent_name(queue)) == (2, 0)  # waiting there, not in the task queue

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from taskqueue.broker.urgent import urgent_name
 from taskqueue.errors import EXIT_BAD_INPUT, UserError
 from taskqueue.wire.record import RESULTS_MAX_AGE, RESULTS_MAX_BYTES, stream_arguments
 
@@ -132,6 +133,7 @@ class QueueSpec:
                       ``queue_type`` (``auto`` creates a quorum queue);
     ``<name>.retry``  failed tasks wait here (per-message TTL) and flow back to ``<name>``;
     ``<name>.dead``   tasks that failed too often or can never succeed, with the reason;
+    ``<name>.urgent`` tasks published ``--priority high``, taken before ``<name>``'s;
     ``<name>.results`` the record of every attempt's outcome (a stream: read by anyone, any
                       number of times, kept by size and age), written before each ack;
     ``<name>.control`` the stream of control commands (task_control.py);
@@ -186,10 +188,15 @@ class QueueSpec:
         return stream_arguments(self.results_max_age, self.results_max_bytes)
 
     @property
+    def urgent_name(self) -> str:
+        """The tasks published ``--priority high`` (broker/urgent.py)."""
+        return urgent_name(self.name)
+
+    @property
     def companions(self) -> list[str]:
         """The queues made beside the task queue (since 0.4 no ``.events`` queue: the record
         of results is the ``.results`` stream)."""
-        return [self.retry_name, self.dead_name]
+        return [self.retry_name, self.dead_name, self.urgent_name]
 
     @property
     def all_queues(self) -> list[str]:

@@ -148,14 +148,6 @@ def on_own_channel(connection: Connection, operation: Operation, on_ok: Callable
     connection.channel(on_open_callback=opened)
 
 
-def declared_queues(spec: QueueSpec) -> list[str]:
-    """The task queue and its companions, ``<queue>.urgent`` included (broker/urgent.py): it
-    follows the task queue's type like ``.retry`` and ``.dead``."""
-    queues = list(spec.all_queues)
-    urgent = urgent_name(spec.name)
-    return queues if urgent in queues else [*queues, urgent]
-
-
 class QueueSetup:
     """Run once per connection: ``QueueSetup(connection, spec, log, on_done, on_error).start()``.
 
@@ -170,7 +162,7 @@ class QueueSetup:
         self.quiet = quiet  # after the first connection: say nothing unless something changed
         self.version = broker_version(connection)
         self.topology = Topology(version=self.version)
-        self._remaining = declared_queues(spec)
+        self._remaining = list(spec.all_queues)  # .urgent follows the task queue's type too
         self._recreated = False
 
     def start(self) -> None:
