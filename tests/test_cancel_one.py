@@ -136,14 +136,15 @@ def test_cancel_rows_stops_the_running_one_with_its_child_and_skips_the_queued(q
 # --- a --handler, by --id (alone) and --match (plain text), and a running one by --match -----
 @NEEDS_CONSUMER
 def test_cancel_by_id_and_by_plain_text_match_with_a_handler(queue, logs, tmp_path):
-    out = tmp_path / "w.out"
+    out, pids = tmp_path / "w.out", tmp_path / "pids"
     worker = start_worker("--queue", queue, "--name", "h", "--handler",
-                          "tests.handlers:sleep_forever", log_dir=logs, out=out)
+                          "tests.cancel_handlers:spawn_on_hang", log_dir=logs, out=out)
     wait_for(lambda: consumers(queue) == 1, what="the worker")
-    texts = ["hang 1", "b 2", "c 3", "d (a.*b) 4", "e aXXb 5", "f 6"]
+    texts = [f"hang {pids}", "b 2", "c 3", "d (a.*b) 4", "e aXXb 5", "f 6"]
     path = write_csv(tmp_path / "h.csv", texts)
     run = emit(queue, logs, path)
-    wait_for(lambda: "received row 1" in out.read_text(), what="row 1 in hand")
+    wait_for(pids.exists, what="row 1's handler and the child it started")
+    handler_pid, child_pid = map(int, pids.read_text().split())
     third = message_id(str(path.resolve()), 3, "c 3", path.name)
 
     looked = cancel(queue, "--run", run, "--match", "(a.*b)", "--dry-run", logs=logs)
@@ -153,6 +154,8 @@ def test_cancel_by_id_and_by_plain_text_match_with_a_handler(queue, logs, tmp_pa
     said = cancel(queue, "--run", run, "--match", "hang", logs=logs)
     assert "h (cancel-tasks)" in said, said
     wait_for(lambda: "cancelled row 1" in out.read_text(), what="the hanging task stopped")
+    wait_for(lambda: not alive(handler_pid) and not alive(child_pid),
+             what="the handler's process and the child it started to be ended")
     assert stop_when(all_settled([out], 6, queue), queue, [worker], log_dir=logs,
                      what="the run settled") == [0], out.read_text()
     final = final_records(queue, run, tmp_path)
@@ -164,6 +167,22 @@ def test_cancel_by_id_and_by_plain_text_match_with_a_handler(queue, logs, tmp_pa
     assert final[1][0]["reason"] == \
         f"cancelled by {SENDER}: tasks containing 'hang' of run {run}"
     assert queue_state(queue) == (0, 0)
+
+
+# --- a handler's own children end with it (a timeout here; a cancel above) ------------------
+@pytest.mark.skipif(sys.platform == "win32", reason="pids are read from /proc")
+def test_a_handler_stopped_at_its_timeout_takes_its_children_along(queue, logs, tmp_path):
+    pids = tmp_path / "pids"
+    emit(queue, logs, write_csv(tmp_path / "t.csv", [f"hang {pids}"]))
+    out = tmp_path / "w.out"
+    worker = start_worker("--queue", queue, "--handler", "tests.cancel_handlers:spawn_on_hang",
+                          "--task-timeout", "3", "--max-retries", "0", "--exit-when-idle", "1",
+                          log_dir=logs, out=out)
+    assert worker.wait(timeout=60) == 0, out.read_text()
+    handler_pid, child_pid = map(int, pids.read_text().split())
+    assert "timed out after 3 s" in out.read_text()
+    wait_for(lambda: not alive(handler_pid) and not alive(child_pid),
+             what="the handler's process and the child it started to be ended")
 
 
 # --- bad input ------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ it never raises. ``interrupt()`` (from any thread) stops the task in hand at onc
                       crashes its process (os._exit, a signal, a segfault, the OOM killer) or
                       outlives ``--task-timeout`` costs one attempt and one new child, never the
                       worker. The process is started with ``spawn`` on every platform: nothing
-                      here needs fork, SIGALRM or SIGUSR1, so it works on Windows too;
+                      here needs fork, SIGALRM or SIGUSR1, so it works on Windows too. On POSIX
+                      it leads a process group of its own: a task stopped (a timeout, a cancel)
+                      ends whatever the handler started too, as for a ``--command`` program;
   ``InProcessHandler`` ``--handler --in-process``: a plain call (no isolation, no timeout);
   ``CommandWork``     ``--command``: a program per task (command.py).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -31,6 +34,7 @@ from taskqueue.errors import UserError
 from taskqueue.worker.child import serve
 from taskqueue.worker.handler import failure_reason, result_text
 from taskqueue.worker.handler import load_handler as load_handler  # commands/worker.py's import
+from taskqueue.worker.reaper import REAPER
 
 if TYPE_CHECKING:  # what a spawn context's Pipe() gives on each OS
     if sys.platform == "win32":
@@ -134,6 +138,26 @@ def died_how(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
+def serve_in_own_group(pipe: ChildPipe, spec: str) -> None:
+    """The handler child's start (``spawn`` imports it by name): on POSIX, a process group of
+    its own first, so that one ``killpg`` ends the handler and every process it started."""
+    if sys.platform != "win32":
+        os.setpgid(0, 0)
+    serve(pipe, spec)
+
+
+def kill_group(process: multiprocessing.process.BaseProcess) -> None:
+    """SIGKILL the process group *process* leads (POSIX), then *process* itself: its group may
+    not be made yet (killed in its first instant), or the process is gone and its children
+    linger in the group."""
+    pid = process.pid
+    if sys.platform != "win32" and pid is not None:
+        with contextlib.suppress(OSError):  # no such group: nothing of it is left
+            os.killpg(pid, signal.SIGKILL)
+    if process.is_alive():
+        process.kill()  # SIGKILL, or TerminateProcess on Windows
+
+
 class IsolatedHandler(Runner):
     """The handler in a child process of its own, kept for task after task (a task costs a
     message each way on a pipe, tens of microseconds) and replaced only after it died or was
@@ -154,10 +178,12 @@ class IsolatedHandler(Runner):
     def spawn(self) -> None:
         """Start the child (``wait_ready`` then waits for it to have loaded the handler)."""
         parent, child = self._context.Pipe()
-        process = self._context.Process(target=serve, args=(child, self.spec),
+        process = self._context.Process(target=serve_in_own_group, args=(child, self.spec),
                                         name=f"handler {self.label}".strip(), daemon=True)
         process.start()
         child.close()
+        if process.pid is not None:
+            REAPER.watch(process.pid)  # what the handler starts dies with the worker too
         with self._lock:
             self._process, self._pipe = process, parent
 
@@ -214,9 +240,10 @@ class IsolatedHandler(Runner):
             process, pipe = self._process, self._pipe
             self._process = self._pipe = None
         if process is not None:
-            if process.is_alive():
-                process.kill()  # SIGKILL, or TerminateProcess on Windows
+            kill_group(process)
             process.join(5)
+            if process.pid is not None:
+                REAPER.forget(process.pid)
         if pipe is not None:
             pipe.close()
 
