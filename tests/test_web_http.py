@@ -33,7 +33,8 @@ from tests.helpers import (
 
 ROUTES = ["/", "/live.json", "/stream", "/runs", "/runs/r1", "/runs/r1/tasks.json",
           "/runs/r1/task.json?row=1", "/runs/r1/timeline.svg", "/runs/r1/tasks.csv", "/dead",
-          "/control/preview.json?action=pause", "/metrics", "/static/app.js", "/static/app.css"]
+          "/control/preview.json?action=pause", "/metrics", "/static/app.js", "/static/live.js",
+          "/static/run.js", "/static/app.css"]
 
 
 @pytest.fixture
@@ -92,7 +93,10 @@ def test_every_route_refuses_anonymous_access_and_the_token_opens_it(dashboard):
     assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower(), cookie
     status, headers, body = dashboard.request("GET", "/", token=False,
                                               headers={"Cookie": cookie.split(";")[0]})
-    assert status == 200 and b"<script" not in body.split(b'<script src="/static/app.js"')[1]
+    scripts = re.findall(rb"<script[^>]*>", body)
+    assert status == 200 and b'<script src="/static/app.js" defer>' in scripts, body
+    assert all(re.fullmatch(rb'<script src="/static/[a-z]+\.js" defer>', tag) for tag in scripts)
+    assert body.count(b"</script>") == len(scripts), "no script of the page's own"
     csp = headers["content-security-policy"]
     assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
     assert "unsafe-inline" not in csp and "access-control-allow-origin" not in headers

@@ -1,0 +1,62 @@
+"use strict";
+// A run's page: its tasks (filtered, paged), a task's attempts. Uses app.js's helpers.
+
+let page = 1;
+
+async function loadTasks(runId) {
+  const form = document.getElementById("filter");
+  const params = new URLSearchParams(new FormData(form));
+  params.set("page", page);
+  const data = await fetchJson(`${ROOT}runs/${encodeURIComponent(runId)}/tasks.json?${params}`);
+  const c = data.counts;
+  setText("run-counts", `${data.tasks} tasks: ${c.done} done, ${c.dead} dead, ` +
+    `${c.cancelled} cancelled, ${c.failed} failed and not yet retried to an end`);
+  const rows = data.rows.map((task) => {
+    const row = el("tr", null, `task ${task.outcome}`);
+    row.dataset.row = task.row;
+    row.dataset.id = task.message_id;
+    for (const key of ["row", "task", "worker", "started", "seconds", "attempts", "outcome",
+      "result_or_error"]) row.append(textCell(task[key]));
+    return row;
+  });
+  document.querySelector("#tasks tbody").replaceChildren(...rows);
+  const pages = Math.max(1, Math.ceil(data.matching / data.size));
+  setText("page-info", `page ${data.page} of ${pages} (${data.matching} matching)`);
+  document.getElementById("prev").disabled = data.page <= 1;
+  document.getElementById("next").disabled = data.page >= pages;
+}
+
+async function showAttempts(runId, row) {
+  const params = row.dataset.row !== "-" ? `row=${row.dataset.row}` :
+    `id=${encodeURIComponent(row.dataset.id)}`;
+  const attempts = await fetchJson(`${ROOT}runs/${encodeURIComponent(runId)}/task.json?${params}`);
+  const section = document.getElementById("attempts");
+  setText("attempts-of", `row ${row.dataset.row}`);
+  section.querySelector("tbody").replaceChildren(...attempts.map((a) => {
+    const line = el("tr");
+    for (const value of [a.attempt, a.worker, a.host, clock(a.started),
+      a.seconds === null ? "" : Number(a.seconds).toFixed(3), a.outcome,
+      a.outcome === "done" ? a.result : a.reason]) line.append(textCell(value ?? ""));
+    return line;
+  }));
+  section.hidden = false;
+}
+
+function runPage() {
+  const runId = document.getElementById("run-title").dataset.run;
+  const reload = () => loadTasks(runId).catch((error) => toast(String(error), false));
+  document.getElementById("filter").addEventListener("submit", (event) => {
+    event.preventDefault();
+    page = 1;
+    reload();
+  });
+  document.getElementById("prev").addEventListener("click", () => { page -= 1; reload(); });
+  document.getElementById("next").addEventListener("click", () => { page += 1; reload(); });
+  document.querySelector("#tasks tbody").addEventListener("click", (event) => {
+    const row = event.target.closest("tr");
+    if (row) showAttempts(runId, row).catch((error) => toast(String(error), false));
+  });
+  reload();
+}
+
+onPage("run", runPage);
