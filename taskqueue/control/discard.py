@@ -1,0 +1,185 @@
+"""discard-dead: tasks in ``<queue>.dead`` deleted for good, chosen by reason, run or message id,
+and each one written to the results record as discarded, by whom.
+
+``DeadDiscarder`` is requeue.py's ``DeadMover`` with one change: a task that matches is not
+published to the task queue, it is acked (gone). What does not match goes to the back of
+``.dead`` unchanged, confirmed before its old copy is acked, exactly as requeue-dead does; a
+dry run looks at every one, takes nothing, and hands them all back. The web view's *Delete*
+button runs this same class (web/actions.py).
+
+The record: once the broker holds no more of them, one ``discard`` record per task deleted
+goes to the results stream (``{"kind": "discard", "by", "time", "run_id", "message_id",
+"row", "reason"}``), confirmed: who deleted what stays in the record like the tasks' own
+outcomes. Readers that count tasks skip it (it has no outcome). Should the record be refused
+(the stream deleted), the tasks are gone all the same and the summary says the record failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+
+import pika
+
+from taskqueue.broker.blocking import open_blocking
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.control.requeue import SHOWN, DeadFilter, DeadMover, death_reason
+from taskqueue.errors import UserError
+from taskqueue.wire.messages import row_of
+from taskqueue.wire.record import encode_group
+
+RECORDS_PER_MESSAGE = 500  # discard records grouped as a worker groups its own
+RECORD_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
+                                         content_type="application/json")
+
+
+@dataclass(frozen=True)
+class DiscardFilter(DeadFilter):
+    """requeue-dead's filter (reason, run, limit) and message ids: any one of them."""
+
+    ids: frozenset[str] = field(default_factory=frozenset)
+
+    def matches(self, properties: pika.BasicProperties) -> bool:
+        if self.ids and properties.message_id not in self.ids:
+            return False
+        return super().matches(properties)
+
+    @property
+    def chooses(self) -> bool:
+        """Whether it names anything: discarding every dead task needs saying so (--all)."""
+        return bool(self.ids) or self.reason is not None or self.run is not None
+
+
+def who_am_i() -> str:
+    """user@host, as a cancel names who gave it."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
+
+
+def discard_record(properties: pika.BasicProperties, body: bytes, by: str, queue: str) -> dict:
+    return {"kind": "discard", "by": by, "time": time.time(), "queue": queue,
+            "run_id": properties.correlation_id or "", "message_id": properties.message_id or "",
+            "row": row_of(properties.message_id),
+            "task": body[:200].decode("utf-8", "replace"),
+            "reason": death_reason(properties)[:500]}
+
+
+class DeadDiscarder(DeadMover):
+    """See the module docstring. ``run()`` returns with ``stats`` filled in (``moved``: how
+    many were deleted) and ``records`` holding what was deleted."""
+
+    def __init__(self, settings: BrokerSettings, spec: QueueSpec, log: logging.Logger,
+                 chosen: DiscardFilter, by: str, dry_run: bool = False) -> None:
+        super().__init__(settings, spec, log, chosen, dry_run=dry_run)
+        self.by = by
+        self.records: list[dict] = []
+
+    def _publish(self, dead_tag: int, kind: str, properties: pika.BasicProperties,
+                 body: bytes) -> None:
+        if kind != "move":
+            super()._publish(dead_tag, kind, properties, body)
+            return
+        reader = self._reader
+        if reader is None or not reader.is_open:
+            return  # the connection was lost: the dead task stays
+        reader.basic_ack(dead_tag)  # deleted: nothing to publish, nothing to wait for
+        self.stats.moved += 1
+        self.records.append(discard_record(properties, body, self.by, self.spec.name))
+        if len(self.stats.shown) < SHOWN:
+            self.stats.shown.append(f"{properties.message_id or '-'}: "
+                                    f"{body[:60].decode('utf-8', 'replace')!r}")
+
+
+def record_discards(settings: BrokerSettings, spec: QueueSpec, records: list[dict]) -> None:
+    """Write the discard records to the results stream, confirmed (raises if refused)."""
+    if not records:
+        return
+    connection = open_blocking(settings)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for start in range(0, len(records), RECORDS_PER_MESSAGE):
+            group = records[start:start + RECORDS_PER_MESSAGE]
+            channel.basic_publish("", spec.results_name, encode_group(group),
+                                  RECORD_PROPERTIES, mandatory=True)
+    finally:
+        connection.close()
+
+
+@dataclass
+class Discarded:
+    """What a discard did, for its summary line."""
+
+    deleted: int
+    total: int
+    kept: int
+    refused: int
+    recorded: bool
+    shown: list[str]
+    dry_run: bool
+
+    def summary(self, queue: str) -> str:
+        verb = "would be deleted" if self.dry_run else "deleted"
+        text = (f"discard-dead: {self.deleted} of the {self.total} dead tasks in "
+                f"{queue + '.dead'!r} {verb}, {self.kept} left")
+        if self.refused:
+            text += f", {self.refused} not settled (still there)"
+        if not self.dry_run and self.deleted and not self.recorded:
+            text += "; writing the record of it FAILED (see the log)"
+        elif not self.dry_run and self.deleted:
+            text += "; recorded in the results stream"
+        return text
+
+
+def discard_dead(settings: BrokerSettings, spec: QueueSpec, log: logging.Logger,
+                 chosen: DiscardFilter, by: str, dry_run: bool = False) -> Discarded:
+    """Delete the chosen dead tasks, then record who deleted which."""
+    discarder = DeadDiscarder(settings, spec, log, chosen, by, dry_run=dry_run)
+    discarder.run()
+    stats = discarder.stats
+    recorded = True
+    if not dry_run:
+        try:
+            record_discards(settings, spec, discarder.records)
+        except Exception:  # the tasks are gone already: say the record failed, never hide it
+            log.exception("discard-dead: %d task(s) deleted but not recorded: %s",
+                          len(discarder.records), json.dumps(discarder.records)[:2000])
+            recorded = False
+    return Discarded(stats.moved, stats.total, stats.kept, stats.refused, recorded,
+                     stats.shown, dry_run)
+
+
+# --- task_control.py discard-dead (commands/control.py adds the parser and calls ``command``) --
+def add_parser(sub) -> argparse.ArgumentParser:
+    """``discard-dead --reason TEXT | --run ID | --id MESSAGE_ID ... | --all [--dry-run]``."""
+    parser = sub.add_parser("discard-dead", help="delete tasks from <queue>.dead for good, "
+                            "recorded in the results stream (e.g. discard-dead --reason timeout)")
+    parser.add_argument("--reason", help="only tasks whose reason contains TEXT")
+    parser.add_argument("--run", metavar="ID", help="only tasks of this emitter run")
+    parser.add_argument("--id", dest="ids", action="append", default=[], metavar="MESSAGE_ID",
+                        help="only this task (repeatable)")
+    parser.add_argument("--all", action="store_true", help="every dead task (needs saying)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="count and show what would be deleted; delete nothing")
+    return parser
+
+
+def command(args: argparse.Namespace, settings: BrokerSettings, spec: QueueSpec,
+            log: logging.Logger) -> int:
+    chosen = DiscardFilter(args.reason, args.run, None, frozenset(args.ids))
+    if not chosen.chooses and not args.all:
+        raise UserError("discard-dead deletes for good: give --reason, --run or --id, "
+                        "or --all for every dead task")
+    done = discard_dead(settings, spec, log, chosen, who_am_i(), dry_run=args.dry_run)
+    print(done.summary(spec.name))
+    for line in done.shown:
+        print(f"  {line}")
+    return 0 if done.recorded else 1
