@@ -27,6 +27,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for_any
 from typing import TYPE_CHECKING, Any
 
@@ -138,7 +139,7 @@ def died_how(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
-def serve_in_own_group(pipe: ChildPipe, spec: str) -> None:
+def serve_in_own_group(pipe: Connection, spec: str) -> None:
     """The handler child's start (``spawn`` imports it by name): on POSIX, a process group of
     its own first, so that one ``killpg`` ends the handler and every process it started."""
     if sys.platform != "win32":
