@@ -6,7 +6,9 @@ import hashlib
 import os
 from pathlib import Path
 
-DETAIL = "the full error goes on " * 100 + "END-OF-ERROR"  # past what the dead list keeps
+# Past the 1,000 characters a dead copy's x-death-reason (and the dead list) keeps, within the
+# 2,000 bytes a record keeps (wire/events.py MAX_REASON).
+DETAIL = "the full error goes on " * 60 + "END-OF-ERROR"
 
 
 def flaky_or_doomed(text: str) -> str:

@@ -1,5 +1,6 @@
 """The dashboard's buttons: pause, resume, cancel a run, stop a worker or all, requeue dead
-tasks. The same code as ``task_control.py`` (control/commands.py, control/requeue.py).
+tasks, delete (discard) dead tasks. The same code as ``task_control.py`` (control/commands.py,
+control/requeue.py, control/discard.py).
 
 Each action is asked twice: ``preview`` says what it will touch (how many workers, tasks) and
 hands out a one-time ticket; ``perform`` with that ticket does it, once: a second submit of the
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.control import commands
+from taskqueue.control.discard import DiscardFilter, discard_dead
 from taskqueue.control.requeue import DeadFilter, DeadMover
 from taskqueue.errors import UserError
 
-ACTIONS = ("pause", "resume", "cancel", "stop", "requeue-dead")
+ACTIONS = ("pause", "resume", "cancel", "stop", "requeue-dead", "discard-dead")
 TICKETS_KEPT = 1000
 TICKET_SECONDS = 600.0  # a confirmation left open longer must be asked again
 
@@ -52,6 +54,8 @@ class ControlDesk:
             raise UserError(f"unknown action {action!r}")
         if action == "cancel" and not run:
             raise UserError("cancel needs the run")
+        if action == "discard-dead" and not run:  # deleting for good: never everything at once
+            raise UserError("discard-dead needs the run")
         ticket = secrets.token_urlsafe(16)
         with self._lock:
             self._forget_old()
@@ -73,7 +77,7 @@ class ControlDesk:
             ticket.running = True
         answer = {"ok": False, "summary": "failed (see the dashboard's log)"}
         try:
-            answer = {"ok": True, "summary": self._do(ticket)}
+            answer = {"ok": True, "summary": self._do(ticket, who)}
         except UserError as exc:
             answer = {"ok": False, "summary": str(exc)}
         except Exception:  # a lost connection mid-action: said, never a stuck ticket
@@ -85,7 +89,14 @@ class ControlDesk:
                       answer["summary"])
         return answer
 
-    def _do(self, ticket: Ticket) -> str:
+    def _do(self, ticket: Ticket, who: str) -> str:
+        if ticket.action == "discard-dead":  # recorded as deleted by the dashboard's user
+            done = discard_dead(self.settings, self.spec, self.log,
+                                DiscardFilter(ticket.reason, ticket.run, None),
+                                f"dashboard: {who}")
+            if not done.recorded:
+                raise UserError(done.summary(self.spec.name))
+            return done.summary(self.spec.name)
         if ticket.action == "requeue-dead":
             mover = DeadMover(self.settings, self.spec, self.log,
                               DeadFilter(ticket.reason, ticket.run, None))
@@ -112,6 +123,10 @@ def question(action: str, count: int, *, run: str | None = None, worker: str | N
         which = "".join([f" of run {run}" if run else "",
                          f" whose reason contains {reason!r}" if reason else ""])
         return f"Requeue {count} dead task(s){which}?"
+    if action == "discard-dead":
+        which = f" whose reason contains {reason!r}" if reason else ""
+        return (f"Delete {count} dead task(s) of run {run}{which} for good? They cannot be "
+                "requeued afterwards.")
     if action == "cancel":
         return f"Cancel run {run}: {count} task(s) not yet finished will not run?"
     if action == "stop":

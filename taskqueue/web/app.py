@@ -3,10 +3,12 @@
   GET  /                      the live page (pushed to by /stream, Server-Sent Events)
   GET  /live.json             what the live page shows, once
   GET  /runs, /runs/ID        the runs recorded; one run: table, timeline, attempts
-  GET  /runs/ID/tasks.json    a page of its tasks (?outcome=&q=&page=)
+  GET  /runs/ID/tasks.json    a page of its tasks (?outcome=&q=&page=&sort=&desc=1)
   GET  /runs/ID/task.json     one task's attempts (?row=N or ?id=MESSAGE_ID)
+  GET  /runs/ID/tasks/N       a task's own page (tasks/id/MESSAGE_ID: one without a row)
   GET  /runs/ID/timeline.svg  /runs/ID/tasks.csv
-  GET  /dead                  dead tasks by reason (?run=ID), from the record
+  GET  /dead                  dead tasks by reason (?run=ID), from the record; every dead
+                              task of one reason (&reason=SHAPE&page=N)
   GET  /control/preview.json  what an action would touch, and its one-time ticket
   POST /control               do it (CSRF token + same origin; GET is 405)
   GET  /metrics               Prometheus text format
@@ -47,7 +49,7 @@ from taskqueue.web.actions import ControlDesk
 from taskqueue.web.door import FAILED_WAIT, Base, Secured
 from taskqueue.web.feed import DashboardFeed
 from taskqueue.web.hub import Hub
-from taskqueue.web.runs import RunPages
+from taskqueue.web.runs import PAGE_SIZE, RunPages, task_path
 
 HERE = Path(__file__).parent
 RUN_ID = r"([A-Za-z0-9_.:-]{1,100})"
@@ -110,7 +112,9 @@ class RunTasks(Base):
         page = max(1, _int(self.get_query_argument("page", "1"), 1))
         self.json(await self.blocking(self.runs.page, self.known_run(run_id),
                                       self.get_query_argument("outcome", ""),
-                                      self.get_query_argument("q", "")[:200], page))
+                                      self.get_query_argument("q", "")[:200], page, PAGE_SIZE,
+                                      self.get_query_argument("sort", ""),
+                                      self.get_query_argument("desc", "") == "1"))
 
 
 class RunTask(Base):
@@ -119,6 +123,21 @@ class RunTask(Base):
         row_number = _int(row, None) if row is not None else None
         self.json(await self.blocking(self.runs.attempts, self.known_run(run_id), row_number,
                                       self.get_query_argument("id", "")))
+
+
+class TaskPage(Base):
+    """A task's own page: the shell here, its attempts from task.json (task.js)."""
+
+    async def get(self, run_id: str, row: str | None = None,
+                  message_id: str | None = None) -> None:
+        run_id = self.known_run(run_id)
+        number = _int(row, None) if row is not None else None
+        attempts = await self.blocking(self.runs.attempts, run_id, number, message_id or "")
+        if not attempts:
+            raise tornado.web.HTTPError(404, "run %s has no such task", run_id)
+        self.page("task.html", title=f"task {row or message_id} of run {run_id}", run_id=run_id,
+                  row="" if number is None else str(number), message_id=message_id or "",
+                  task=attempts[-1].get("task") or "")
 
 
 class RunTimeline(Base):
@@ -140,9 +159,14 @@ class DeadPage(Base):
     async def get(self) -> None:
         asked = self.get_query_argument("run", "")
         run_id = self.known_run(asked) if asked else await self.blocking(self.runs.latest)
+        shape = self.get_query_argument("reason", "")[:200]
+        page = max(1, _int(self.get_query_argument("page", "1"), 1))
         dead = await self.blocking(self.runs.dead, run_id)
+        of_reason = await self.blocking(self.runs.dead_of_reason, run_id, shape, page) \
+            if shape else None
         feed: DashboardFeed = self.settings["feed"]
-        self.page("dead.html", title="dead tasks", dead=dead, in_queue=feed.state.counts.dead)
+        self.page("dead.html", title="dead tasks", dead=dead, in_queue=feed.state.counts.dead,
+                  of_reason=of_reason, task_path=task_path)
 
 
 class ControlPreview(Base):
@@ -168,7 +192,7 @@ class ControlPreview(Base):
             left = (state.total or 0) - state.done - state.dead - state.cancelled \
                 if run == state.run_id else None
             in_dead = state.counts.dead or 0
-        if action == "requeue-dead":
+        if action in ("requeue-dead", "discard-dead"):
             if not run and not reason:
                 return in_dead
             return self.runs.dead_matching(run or self.runs.latest(), reason or "")
@@ -244,6 +268,8 @@ def make_app(*, feed: DashboardFeed, hub: Hub, runs: RunPages, desk: ControlDesk
         (r"/", LivePage), (r"/live\.json", LiveJson), (r"/stream", Stream),
         (r"/runs", RunsPage), (rf"/runs/{RUN_ID}", RunPage),
         (rf"/runs/{RUN_ID}/tasks\.json", RunTasks), (rf"/runs/{RUN_ID}/task\.json", RunTask),
+        (rf"/runs/{RUN_ID}/tasks/(\d{{1,18}})", TaskPage),
+        (rf"/runs/{RUN_ID}/tasks/id/()([^/]{{1,600}})", TaskPage),
         (rf"/runs/{RUN_ID}/timeline\.svg", RunTimeline), (rf"/runs/{RUN_ID}/tasks\.csv", RunCsv),
         (r"/dead", DeadPage), (r"/control/preview\.json", ControlPreview), (r"/control", Control),
         (r"/metrics", Metrics), (r"/healthz", Health), (r"/login", Login),

@@ -17,8 +17,9 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
-from taskqueue.results.table import task_rows, write_tasks_csv
+from taskqueue.results.table import RANK, task_rows, write_tasks_csv
 from taskqueue.views.report import RunReport
 from taskqueue.web.copies import RunCopies, read_copy
 from taskqueue.web.index import RunIndex
@@ -67,31 +68,35 @@ class RunPages:
             return cached.index
 
     def page(self, run_id: str, outcome: str = "", text: str = "", page: int = 1,
-             size: int = PAGE_SIZE) -> dict:
-        """One page of the run's tasks (one row per task, as the CSV has them)."""
+             size: int = PAGE_SIZE, sort: str = "", descending: bool = False) -> dict:
+        """One page of the run's tasks (one row per task, as the CSV has them), in the order
+        written or sorted by one of ``SORTS`` (the whole run is sorted, then paged)."""
+        sort = sort if sort in SORTS else ""
+        skip = (max(1, page) - 1) * size
+        answer = {"run": run_id, "page": page, "size": size, "outcome": outcome, "text": text,
+                  "sort": sort, "descending": descending}
         if not text.strip():  # the common case, quick however big the run
             index = self.index(run_id)
             positions = index.positions(outcome)
-            skip = (max(1, page) - 1) * size
-            return {"run": run_id, "tasks": index.tasks, "counts": index.counts(),
-                    "page": page, "size": size, "rows": index.rows(positions[skip:skip + size]),
-                    "matching": len(positions), "outcome": outcome, "text": text}
+            if sort in ("attempts", "outcome"):  # the index holds these: no row read
+                attempts, ranks = index.attempts, index.ranks
+                positions.sort(key=(lambda n: attempts[n]) if sort == "attempts"
+                               else (lambda n: -ranks[n]), reverse=descending)
+                shown = index.rows(positions[skip:skip + size])
+            elif sort:  # read every row of the selection once, sort, keep a page
+                shown = sorted_rows(index.rows(positions), sort, descending)[skip:skip + size]
+            else:
+                shown = index.rows(positions[skip:skip + size])
+            return {**answer, "tasks": index.tasks, "counts": index.counts(), "rows": shown,
+                    "matching": len(positions)}
         table, rows = task_rows(run_id, self.records(run_id))
         needle = text.strip().lower()
-        matching = (row for row in rows if (not outcome or row["outcome"] == outcome)
-                    and (not needle or needle in _searchable(row)))
-        skip, more = (max(1, page) - 1) * size, 0
-        shown: list[dict] = []
-        for position, row in enumerate(matching):
-            if position < skip:
-                continue
-            if len(shown) < size:
-                shown.append(row)
-            else:
-                more += 1
-        return {"run": run_id, "tasks": table.tasks, "counts": table.counts(), "page": page,
-                "size": size, "rows": shown, "matching": skip + len(shown) + more,
-                "outcome": outcome, "text": text}
+        matching = [row for row in rows if (not outcome or row["outcome"] == outcome)
+                    and (not needle or needle in _searchable(row))]
+        if sort:
+            matching = sorted_rows(matching, sort, descending)
+        return {**answer, "tasks": table.tasks, "counts": table.counts(),
+                "rows": matching[skip:skip + size], "matching": len(matching)}
 
     def attempts(self, run_id: str, row: int | None, message_id: str = "") -> list[dict]:
         """Every attempt of one task, oldest first: who, when, how long, outcome, reason."""
@@ -123,9 +128,30 @@ class RunPages:
             if len(group["examples"]) < EXAMPLES:
                 group["examples"].append({"row": row["row"], "task": row["task"],
                                           "worker": row["worker"], "reason": reason,
-                                          "attempts": row["attempts"]})
+                                          "attempts": row["attempts"],
+                                          "message_id": row["message_id"]})
         ordered = sorted(groups.values(), key=lambda g: -g["count"])
         return {"run": run_id, "total": sum(g["count"] for g in ordered), "reasons": ordered}
+
+    def dead_of_reason(self, run_id: str, shape: str, page: int = 1,
+                       size: int = PAGE_SIZE) -> dict:
+        """Every dead task of the run whose reason has *shape* (as ``dead`` groups them), a
+        page at a time."""
+        _table, rows = task_rows(run_id, self.records(run_id))
+        skip, count, shown, example = (max(1, page) - 1) * size, 0, [], ""
+        for row in rows:
+            reason = (row["result_or_error"] or "")[:MAX_REASON]
+            if row["outcome"] != "dead" or reason_shape(reason) != shape:
+                continue
+            example = example or reason
+            if skip <= count < skip + size:
+                shown.append({"row": row["row"], "task": row["task"], "worker": row["worker"],
+                              "reason": reason, "attempts": row["attempts"],
+                              "message_id": row["message_id"]})
+            count += 1
+        return {"run": run_id, "reason": shape, "filter": reason_filter(example),
+                "count": count, "page": page, "pages": max(1, -(-count // size)),
+                "tasks": shown}
 
     def dead_matching(self, run_id: str, text: str) -> int:
         """How many of the run's dead tasks requeue-dead --reason TEXT would take."""
@@ -143,6 +169,35 @@ class RunPages:
         buffer = io.StringIO()
         write_tasks_csv(buffer, run_id, self.records(run_id), for_spreadsheets=True)
         return buffer.getvalue()
+
+
+SORTS = ("row", "worker", "started", "seconds", "attempts", "outcome")
+
+
+def sorted_rows(rows: Iterable[dict], column: str, descending: bool = False) -> list[dict]:
+    """*rows* sorted by one of ``SORTS``: rows by number (those without one after), seconds
+    as numbers, outcomes best first (done, dead, cancelled, failed), the rest as text; ties
+    keep the order written."""
+    def key(row: dict) -> tuple:
+        value = row[column]
+        if column == "row":
+            return (0, value, "") if isinstance(value, int) else (1, 0, row["message_id"])
+        if column == "seconds":
+            return (float(value),)
+        if column == "outcome":
+            return (-RANK.get(value, 0),)
+        return (value,)
+
+    return sorted(rows, key=key, reverse=descending)
+
+
+def task_path(run_id: str, row: object, message_id: str) -> str:
+    """A task page's address under the root: ``runs/RUN/tasks/ROW``, or by its message id for
+    a task without a row (another producer's)."""
+    run = quote(run_id or "_", safe="")
+    if isinstance(row, int) and not isinstance(row, bool):
+        return f"runs/{run}/tasks/{row}"
+    return f"runs/{run}/tasks/id/{quote(message_id or '', safe='')}"
 
 
 _VARYING = re.compile(r"'[^']*'|\"[^\"]*\"|\d+(?:\.\d+)?")

@@ -1,12 +1,40 @@
 "use strict";
-// A run's page: its tasks (filtered, paged), a task's attempts. Uses app.js's helpers.
+// A run's page: its tasks (filtered, sorted by the server, paged), a task's attempts, a link
+// to each task's own page. Uses app.js's helpers.
 
 let page = 1;
+const order = { sort: "", descending: false };
+
+// A task's own page: runs/RUN/tasks/ROW, or by its message id for a task without a row.
+function taskHref(runId, row, messageId) {
+  const run = encodeURIComponent(runId);
+  return row === "-" || row === null || row === undefined
+    ? `${ROOT}runs/${run}/tasks/id/${encodeURIComponent(messageId)}`
+    : `${ROOT}runs/${run}/tasks/${row}`;
+}
+
+function rowCell(runId, task) {
+  const cell = el("td");
+  const link = el("a", task.row, "task-link");
+  link.href = taskHref(runId, task.row, task.message_id);
+  cell.append(link);
+  return cell;
+}
+
+function showOrder() {
+  for (const head of document.querySelectorAll("#tasks th[data-sort]")) {
+    if (head.dataset.sort === order.sort) {
+      head.setAttribute("aria-sort", order.descending ? "descending" : "ascending");
+    } else head.removeAttribute("aria-sort");
+  }
+}
 
 async function loadTasks(runId) {
   const form = document.getElementById("filter");
   const params = new URLSearchParams(new FormData(form));
   params.set("page", page);
+  if (order.sort) params.set("sort", order.sort);
+  if (order.descending) params.set("desc", "1");
   const data = await fetchJson(`${ROOT}runs/${encodeURIComponent(runId)}/tasks.json?${params}`);
   const c = data.counts;
   setText("run-counts", `${data.tasks} tasks: ${c.done} done, ${c.dead} dead, ` +
@@ -15,7 +43,8 @@ async function loadTasks(runId) {
     const row = el("tr", null, `task ${task.outcome}`);
     row.dataset.row = task.row;
     row.dataset.id = task.message_id;
-    for (const key of ["row", "task", "worker", "started", "seconds", "attempts", "outcome",
+    row.append(rowCell(runId, task));
+    for (const key of ["task", "worker", "started", "seconds", "attempts", "outcome",
       "result_or_error"]) row.append(textCell(task[key]));
     return row;
   });
@@ -52,7 +81,17 @@ function runPage() {
   });
   document.getElementById("prev").addEventListener("click", () => { page -= 1; reload(); });
   document.getElementById("next").addEventListener("click", () => { page += 1; reload(); });
+  document.querySelector("#tasks thead").addEventListener("click", (event) => {
+    const head = event.target.closest("th[data-sort]");
+    if (!head) return;
+    order.descending = order.sort === head.dataset.sort ? !order.descending : false;
+    order.sort = head.dataset.sort;
+    page = 1;
+    showOrder();
+    reload();
+  });
   document.querySelector("#tasks tbody").addEventListener("click", (event) => {
+    if (event.target.closest("a")) return;  // the task's own page
     const row = event.target.closest("tr");
     if (row) showAttempts(runId, row).catch((error) => toast(String(error), false));
   });
