@@ -24,7 +24,8 @@ from taskqueue.web.runs import RunPages
 
 COOKIE = "taskqueue_session"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+       "connect-src 'self'; worker-src 'self'; form-action 'self'; base-uri 'none'; "
+       "frame-ancestors 'none'")  # worker-src: the live page's shared stream-worker.js
 FAILED_WAIT = 1.0  # seconds a wrong token, password or Basic header waits for its answer
 
 

@@ -54,6 +54,9 @@ class DashboardFeed:
         self.lock = threading.Lock()
         self.connected = False
         self.problem: str | None = None  # why the feed is not connected, for the page
+        # When the broker last answered (its queue counts read): while it does not, the page
+        # shows the figures of that moment, as of that moment (hub.py), rather than as current.
+        self.heard_at: float | None = None
         self.bad_records = 0  # records that could not be read (skipped, logged)
         self._next_offset: int | None = None  # the stream offset after the last record read
         self._urls = list(settings.urls)  # tried in this order; a node found behind goes last
@@ -153,6 +156,7 @@ class DashboardFeed:
                 self.state.counts = QueueCounts(task and task[0], retry and retry[0],
                                                 dead and dead[0], task and task[1])
                 self.state.forget(time.time(), FORGET_AFTER)
+                self.heard_at = time.time()
             connection.process_data_events(time_limit=self.interval)
 
     def _follow_results(self, connection: pika.BlockingConnection) -> bool:

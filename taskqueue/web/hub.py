@@ -1,6 +1,12 @@
 """The live page's pulse: once per interval the feed's state becomes one JSON text, and every
 open page (Server-Sent Events, app.py) is sent that same text. The rate is the server's: ten
-tabs cost one snapshot a second, and the broker nothing more (one reader, feed.py).
+tabs cost one snapshot a second, and the broker nothing more (one reader, feed.py). A browser
+opens one stream however many of its tabs show the live page (static/stream-worker.js).
+
+While the broker does not answer, the snapshot is the state as of the last moment it did
+(``feed.heard_at``): figures, workers and rate as they were then, with the time they were
+true, rather than workers turning "gone" one by one as if they had died; the page greys
+them and says why (``broker`` in the snapshot).
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ class Hub:
     def refresh(self) -> None:
         problem = self.feed.problem if self.feed.alive else \
             "the dashboard's broker reader stopped (see its log); restart the dashboard"
+        now = time.time()
+        as_of = now if problem is None else (self.feed.heard_at or now)
         with self.feed.lock:
-            snapshot = live_json(self.feed.state, time.time(), problem)
+            snapshot = live_json(self.feed.state, as_of, problem)
         self._text = json.dumps(snapshot, ensure_ascii=False)
         self.version += 1
         self._changed.notify_all()

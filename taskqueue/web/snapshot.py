@@ -18,6 +18,8 @@ SLOTS_LISTED = 64  # more slots than this: workers only, each folded
 
 
 def live_json(state: LiveState, now: float, feed_problem: str | None = None) -> dict:
+    """The page's data as of *now*: the present, or the last moment the broker answered when
+    *feed_problem* says why it does not (the page then greys what it shows)."""
     counts = state.counts
     eta = state.eta(now)
     slots = sorted(state.slots.values(), key=lambda s: natural_key(s.slot))
@@ -31,6 +33,7 @@ def live_json(state: LiveState, now: float, feed_problem: str | None = None) -> 
     return {
         "updated": now,
         "problem": feed_problem,
+        "broker": {"reachable": feed_problem is None, "problem": feed_problem},
         "queue": {"name": state.queue, "ready": counts.ready, "retrying": counts.retry,
                   "dead": counts.dead, "consumers": counts.consumers,
                   "in_progress": state.in_progress(now), "paused": state.paused(now),

@@ -71,10 +71,17 @@ function clock(epoch) {
   return epoch ? new Date(epoch * 1000).toLocaleTimeString() : "-";
 }
 
+// A toast goes away by itself (an error stays a little longer, to be read).
+const TOAST_MS = { ok: 5000, error: 10000 };
+let toastTimer = null;
+
 function toast(text, ok) {
   const node = document.getElementById("toast");
   fill(node, text);
   node.className = ok ? "ok" : "error";
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { node.replaceChildren(); node.className = ""; },
+    TOAST_MS[node.className]);
 }
 
 // The server's errors are one JSON line ({"error": ...}); anything else is shown as its status.

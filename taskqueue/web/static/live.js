@@ -3,7 +3,6 @@
 // server's event stream (/stream). Uses app.js's helpers (loaded first, same global scope).
 
 let currentRun = "";
-let source = null;
 
 function showLive(data) {
   const q = data.queue, r = data.run;
@@ -26,9 +25,6 @@ function showLive(data) {
   showWorkers(data);
   showFailures(data.failures);
   setText("updated", clock(data.updated));
-  const connection = document.getElementById("connection");
-  connection.textContent = data.problem ? `broker: ${data.problem}` : "live";
-  connection.className = data.problem ? "connection error" : "connection ok";
 }
 
 function showWorkers(data) {
@@ -79,28 +75,86 @@ function showFailures(failures) {
   list.replaceChildren(...(items.length ? items : [el("li", "none", "muted")]));
 }
 
-function connect() {
-  if (source) return;
-  source = new EventSource(`${ROOT}stream`);
-  source.onmessage = (event) => showLive(JSON.parse(event.data));
-  source.onerror = () => {
-    const connection = document.getElementById("connection");
-    connection.textContent = "reconnecting to the dashboard…";
-    connection.className = "connection error";
-  };
+// --- how the figures stand: current, or as of the last moment someone answered -------------
+// When the broker does not answer (the server says so: data.problem) or the dashboard itself
+// does not (the stream is lost), the page says so, greys its figures, keeps the time they were
+// true, and disables the buttons (they would fail); it recovers by itself with the next snapshot.
+let lastUpdated = null;
+
+function showStanding(why) {
+  const connection = document.getElementById("connection");
+  const asOf = lastUpdated ? `; the figures are as of ${clock(lastUpdated)}` : "";
+  fill(connection, why ? `${why}${asOf}; trying again by itself…` : "live");
+  connection.className = why ? "connection error" : "connection ok";
+  document.querySelector("main").classList.toggle("stale", Boolean(why));
+  for (const button of document.querySelectorAll("main button[data-action]")) {
+    button.disabled = Boolean(why);
+  }
 }
 
-function disconnect() {
-  if (source) { source.close(); source = null; }
-  setText("connection", "paused while the tab is hidden");
+function onSnapshot(text) {
+  const data = JSON.parse(text);
+  lastUpdated = data.updated;
+  showLive(data);
+  showStanding(data.problem ? `broker unreachable: ${data.problem}` : null);
+}
+
+const onLost = () => showStanding("the dashboard does not answer (reconnecting to the dashboard…)");
+
+// --- the stream: one per browser, shared by its tabs (stream-worker.js) ----------------------
+// A browser opens at most 6 connections to a host: a stream per tab would starve the seventh
+// tab and every other page. Where SharedWorker is missing (or fails to load), one of our own.
+class LiveStream {
+  constructor() {
+    this.port = null;
+    this.source = null;
+    this.visible = false;
+    if (typeof SharedWorker !== "function") return;
+    try {
+      const worker = new SharedWorker(`${ROOT}static/stream-worker.js`, { name: "taskqueue-live" });
+      worker.onerror = () => this.ownStream();
+      this.port = worker.port;
+      this.port.onmessage = (event) => {
+        if (event.data.lost) onLost(); else onSnapshot(event.data.data);
+      };
+    } catch (error) {
+      this.port = null; // not allowed here: our own stream
+    }
+  }
+
+  ownStream() {
+    if (this.port) this.port.close();
+    this.port = null;
+    this.shown(this.visible);
+  }
+
+  shown(visible) {
+    this.visible = visible;
+    if (this.port) { this.port.postMessage({ visible }); return; }
+    if (visible && !this.source) {
+      this.source = new EventSource(`${ROOT}stream`);
+      this.source.onmessage = (event) => onSnapshot(event.data);
+      this.source.onerror = onLost;
+    }
+    if (!visible && this.source) { this.source.close(); this.source = null; }
+  }
+
+  bye() {
+    if (this.port) this.port.postMessage({ bye: true }); else this.shown(false);
+  }
 }
 
 function livePage() {
   // A hidden tab costs nothing: it stops listening, and starts again when shown.
-  document.addEventListener("visibilitychange", () => {
-    if (document.hidden) disconnect(); else connect();
-  });
-  if (!document.hidden) connect();
+  const stream = new LiveStream();
+  const follow = () => {
+    stream.shown(!document.hidden);
+    if (document.hidden) setText("connection", "paused while the tab is hidden");
+  };
+  document.addEventListener("visibilitychange", follow);
+  window.addEventListener("pagehide", () => stream.bye());
+  window.addEventListener("pageshow", follow); // back from the back-forward cache
+  follow();
 }
 
 onPage("live", livePage);
