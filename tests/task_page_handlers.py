@@ -12,8 +12,11 @@ DETAIL = "the full error goes on " * 60 + "END-OF-ERROR"
 
 
 def flaky_or_doomed(text: str) -> str:
-    """'doomed' tasks always fail, with a long second line; 'flaky' ones fail their first
-    attempt only (a marker file per task in $FLAKY_DIR); the rest return the text in capitals."""
+    """'doomed' tasks always fail, with a long second line ('cursed' ones too, shortly);
+    'flaky' ones fail their first attempt only (a marker file per task in $FLAKY_DIR); the
+    rest return the text in capitals."""
+    if "cursed" in text:
+        raise KeyError("a curse")
     if "doomed" in text:
         raise ValueError(f"cannot handle {text!r}\n{DETAIL}")
     if "flaky" in text:

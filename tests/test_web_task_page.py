@@ -6,17 +6,24 @@ done, retried-then-done and dead tasks (more dead than a page)."""
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.results.reader import RecordReader
-from tests.dashboard import CHROMIUM_ARGS, ensure_chromium, start_dashboard
+from tests.dashboard import (
+    CHROMIUM_ARGS,
+    ensure_chromium,
+    form_post,
+    session_cookies,
+    start_dashboard,
+)
 from tests.helpers import MAIN_URL, queue_state, run_script, start_worker, wait_for, write_csv
 from tests.task_page_handlers import DETAIL
 
-DONE, FLAKY, DOOMED = 4, 3, 53  # 53 dead: more than the 50 of a page
+DONE, FLAKY, DOOMED, CURSED = 4, 3, 53, 2  # 53 dead of one reason: more than the 50 of a page
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +52,20 @@ def finished_run(queue, logs, tmp_path, monkeypatch):
                           "--in-process", "--max-retries", "1", "--retry-delay", "0.1",
                           "--name", "w1", log_dir=logs, out=tmp_path / "w.out")
     rows = ([f"fine {n}" for n in range(DONE)] + [f"flaky {n}" for n in range(FLAKY)]
-            + [f"doomed {n}" for n in range(DOOMED)])
+            + [f"doomed {n}" for n in range(DOOMED)] + [f"cursed {n}" for n in range(CURSED)])
     emitted = run_script("emitter_of_tasks.py", "--queue", queue, "--file",
                          str(write_csv(tmp_path / "t.csv", rows)), log_dir=logs)
     assert emitted.returncode == 0, emitted.stdout + emitted.stderr
     run = re.search(r"\(run (\S+)\)", emitted.stdout)[1]
-    wait_for(lambda: (queue_state(QueueSpec(queue).dead_name) or (0, 0))[0] == DOOMED,
+    wait_for(lambda: (queue_state(QueueSpec(queue).dead_name) or (0, 0))[0] == DOOMED + CURSED,
              timeout=120, what="every doomed task dead")
     worker.terminate()
     worker.wait(timeout=30)
 
     def counted() -> bool:
         status, _h, body = board.request("GET", f"/runs/{run}/tasks.json")
-        return status == 200 and b'"done": 7' in body and f'"dead": {DOOMED}'.encode() in body
+        dead = f'"dead": {DOOMED + CURSED}'.encode()
+        return status == 200 and f'"done": {DONE + FLAKY}'.encode() in body and dead in body
 
     wait_for(counted, timeout=60, what="the dashboard to have read the whole run")
     yield board, run
@@ -85,7 +93,8 @@ def test_a_tasks_page_from_the_sorted_run_table_and_the_dead_list_and_deleting_d
              what="done tasks first")
     page.click("#tasks th[data-sort=row]")
     page.click("#tasks th[data-sort=row]")
-    wait_for(lambda: column(page, 1)[0] == str(DONE + FLAKY + DOOMED), what="the last row first")
+    wait_for(lambda: column(page, 1)[0] == str(DONE + FLAKY + DOOMED + CURSED),
+             what="the last row first")
     numbers = [int(n) for n in column(page, 1)]
     assert numbers == sorted(numbers, reverse=True) and len(numbers) == 50
 
@@ -120,6 +129,21 @@ def test_a_tasks_page_from_the_sorted_run_table_and_the_dead_list_and_deleting_d
     full = page.locator("#task-texts pre").all_inner_texts()
     assert len(full) == 2 and all(text.endswith(DETAIL) for text in full), full[0][-80:]
 
+    # One dead task by its id (the task page's button, once app.js passes data-id): preview,
+    # then the POST with its ticket, as a browser sends it.
+    one = DONE + FLAKY + DOOMED + 1  # a cursed one
+    attempts = board.json(f"/runs/{run}/task.json?row={one}")
+    assert attempts[-1]["outcome"] == "dead" and attempts[-1]["task"] == "cursed 0", attempts
+    message_id = attempts[-1]["message_id"]
+    preview = board.json(f"/control/preview.json?action=discard-dead&run={run}&id="
+                         f"{quote(message_id)}")
+    assert preview["question"] == f"Delete dead task {message_id!r} of run {run} for good?"
+    cookies, xsrf = session_cookies(board)
+    status, body = form_post(board, "/control", {"ticket": preview["ticket"]},
+                             cookies=cookies, xsrf=xsrf)
+    assert status == 200 and f"1 of the {DOOMED + CURSED} dead tasks".encode() in body, body
+    assert queue_state(QueueSpec(queue).dead_name)[0] == DOOMED + CURSED - 1
+
     # Delete these, with the confirmation: gone from .dead, recorded as the CLI records it.
     page.go_back()
     page.wait_for_selector("#of-reason button[data-action=discard-dead]")
@@ -128,11 +152,12 @@ def test_a_tasks_page_from_the_sorted_run_table_and_the_dead_list_and_deleting_d
     question = page.inner_text("#confirm-question")
     assert question.startswith(f"Delete {DOOMED} dead task(s) of run {run} whose reason"), question
     page.click("#confirm-yes")
-    page.wait_for_selector(f"#toast.ok:has-text('{DOOMED} of the {DOOMED} dead tasks')")
+    page.wait_for_selector(f"#toast.ok:has-text('{DOOMED} of the {DOOMED + CURSED - 1} dead')")
     assert "recorded" in page.inner_text("#toast")
-    assert queue_state(QueueSpec(queue).dead_name)[0] == 0
+    assert queue_state(QueueSpec(queue).dead_name)[0] == CURSED - 1, "the other reason's stay"
     reader = RecordReader(BrokerSettings([MAIN_URL]), QueueSpec(queue), idle=1.0)
     wrote = [r for r in reader.records() if r.get("kind") == "discard"]
-    assert len(wrote) == DOOMED and {r["run_id"] for r in wrote} == {run}
+    assert len(wrote) == DOOMED + 1 and {r["run_id"] for r in wrote} == {run}
+    assert [r["row"] for r in wrote if r["message_id"] == message_id] == [int(one)]
     assert all(r["by"].startswith("dashboard: token from 127.0.0.1") for r in wrote), wrote[0]
     assert "discard-dead --run" in board.out.read_text()

@@ -34,6 +34,7 @@ class Ticket:
     worker: str | None
     reason: str | None
     made: float
+    message_id: str | None = None  # discard-dead of one task
     answer: dict | None = None  # once performed
     running: bool = False
 
@@ -48,7 +49,8 @@ class ControlDesk:
         self._lock = threading.Lock()
 
     def preview(self, action: str, count: int, *, run: str | None = None,
-                worker: str | None = None, reason: str | None = None) -> dict:
+                worker: str | None = None, reason: str | None = None,
+                message_id: str | None = None) -> dict:
         """What the confirmation asks ("Pause 3 workers?"), and the ticket that does it."""
         if action not in ACTIONS:
             raise UserError(f"unknown action {action!r}")
@@ -60,9 +62,10 @@ class ControlDesk:
         with self._lock:
             self._forget_old()
             self._tickets[ticket] = Ticket(action, run or None, worker or None, reason or None,
-                                           time.monotonic())
+                                           time.monotonic(), message_id=message_id or None)
         return {"ticket": ticket, "count": count,
-                "question": question(action, count, run=run, worker=worker, reason=reason)}
+                "question": question(action, count, run=run, worker=worker, reason=reason,
+                                     message_id=message_id)}
 
     def perform(self, ticket_id: str, who: str) -> dict:
         with self._lock:
@@ -92,7 +95,8 @@ class ControlDesk:
     def _do(self, ticket: Ticket, who: str) -> str:
         if ticket.action == "discard-dead":  # recorded as deleted by the dashboard's user
             done = discard_dead(self.settings, self.spec, self.log,
-                                DiscardFilter(ticket.reason, ticket.run, None),
+                                DiscardFilter(ticket.reason, ticket.run, None, frozenset(
+                                    [ticket.message_id] if ticket.message_id else [])),
                                 f"dashboard: {who}")
             if not done.recorded:
                 raise UserError(done.summary(self.spec.name))
@@ -118,13 +122,15 @@ class ControlDesk:
 
 
 def question(action: str, count: int, *, run: str | None = None, worker: str | None = None,
-             reason: str | None = None) -> str:
+             reason: str | None = None, message_id: str | None = None) -> str:
     if action == "requeue-dead":
         which = "".join([f" of run {run}" if run else "",
                          f" whose reason contains {reason!r}" if reason else ""])
         return f"Requeue {count} dead task(s){which}?"
     if action == "discard-dead":
         which = f" whose reason contains {reason!r}" if reason else ""
+        if message_id:
+            return f"Delete dead task {message_id!r} of run {run} for good?"
         return (f"Delete {count} dead task(s) of run {run}{which} for good? They cannot be "
                 "requeued afterwards.")
     if action == "cancel":
@@ -140,6 +146,7 @@ def asked(ticket: Ticket) -> str:
     words += [f"--run {ticket.run}"] if ticket.run else []
     words += [f"--name {ticket.worker}"] if ticket.worker else []
     words += [f"--reason {ticket.reason!r}"] if ticket.reason else []
+    words += [f"--id {ticket.message_id!r}"] if ticket.message_id else []
     return " ".join(words)
 
 

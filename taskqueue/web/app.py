@@ -175,10 +175,12 @@ class ControlPreview(Base):
         run = self.get_query_argument("run", "") or None
         worker = self.get_query_argument("worker", "") or None
         reason = self.get_query_argument("reason", "") or None
-        count = await self.blocking(self._count, action, run, worker, reason)
+        message_id = self.get_query_argument("id", "")[:600] or None
+        count = 1 if message_id else await self.blocking(self._count, action, run, worker,
+                                                         reason)
         try:
             self.json(self.settings["desk"].preview(action, count, run=run, worker=worker,
-                                                    reason=reason))
+                                                    reason=reason, message_id=message_id))
         except UserError as exc:
             raise tornado.web.HTTPError(400, "%s", str(exc)) from None
 
