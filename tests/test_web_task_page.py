@@ -135,6 +135,9 @@ def test_a_tasks_page_from_the_sorted_run_table_and_the_dead_list_and_deleting_d
     attempts = board.json(f"/runs/{run}/task.json?row={one}")
     assert attempts[-1]["outcome"] == "dead" and attempts[-1]["task"] == "cursed 0", attempts
     message_id = attempts[-1]["message_id"]
+    by_id = board.request("GET", f"/runs/{run}/tasks/id/{quote(message_id, safe='')}")
+    assert by_id[0] == 200 and b'data-row=""' in by_id[2], "a task without a row: by its id"
+    assert board.request("GET", f"/runs/{run}/tasks/999")[0] == 404
     preview = board.json(f"/control/preview.json?action=discard-dead&run={run}&id="
                          f"{quote(message_id)}")
     assert preview["question"] == f"Delete dead task {message_id!r} of run {run} for good?"
@@ -161,3 +164,25 @@ def test_a_tasks_page_from_the_sorted_run_table_and_the_dead_list_and_deleting_d
     assert [r["row"] for r in wrote if r["message_id"] == message_id] == [int(one)]
     assert all(r["by"].startswith("dashboard: token from 127.0.0.1") for r in wrote), wrote[0]
     assert "discard-dead --run" in board.out.read_text()
+
+
+@pytest.mark.fast
+def test_rows_sort_by_a_column_and_a_task_has_one_address():
+    from taskqueue.web.runs import sorted_rows, task_path
+
+    rows = [{"row": 2, "worker": "b", "started": "2026-12-05T10:00:02", "seconds": "10.000",
+             "attempts": 1, "outcome": "failed", "message_id": "x"},
+            {"row": "-", "worker": "a", "started": "2026-12-05T10:00:01", "seconds": "9.500",
+             "attempts": 3, "outcome": "done", "message_id": "other:id"},
+            {"row": 10, "worker": "c", "started": "2026-12-05T10:00:00", "seconds": "0.100",
+             "attempts": 2, "outcome": "dead", "message_id": "y"}]
+
+    def order(column: str, descending: bool = False) -> list[object]:
+        return [row["row"] for row in sorted_rows(rows, column, descending)]
+
+    assert order("row") == [2, 10, "-"], "by number (not as text), rowless last"
+    assert order("seconds") == [10, "-", 2], "as numbers: 0.1 < 9.5 < 10"
+    assert order("outcome") == ["-", 10, 2] and order("worker", True) == [10, 2, "-"]
+    assert order("attempts", True) == ["-", 10, 2] and order("started") == [10, "-", 2]
+    assert task_path("20261205T1-a", 7, "f:7:ab") == "runs/20261205T1-a/tasks/7"
+    assert task_path("r", "-", "a/b?c") == "runs/r/tasks/id/a%2Fb%3Fc"
