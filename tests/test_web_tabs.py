@@ -122,6 +122,7 @@ def test_a_broker_that_stops_is_said_figures_greyed_buttons_off_and_the_page_rec
         page.wait_for_selector("main.stale")
         assert all(buttons_disabled(page)), "no button that would fail"
         updated = text_of(page, "#updated")
+        page.screenshot(path=str(tmp_path / "broker-down.png"), full_page=True)
         assert f"as of {updated}" in text_of(page, "#connection"), text_of(page, "#connection")
         time.sleep(GONE_AFTER + 2)  # long enough for a worker unheard from to show as gone
         assert text_of(page, "#updated") == updated, "the figures keep the time they were true"
