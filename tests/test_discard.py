@@ -69,3 +69,9 @@ def test_discard_dead_deletes_the_chosen_dead_tasks_only_and_records_who(
     first = next(r for r in wrote if r["message_id"] == ids[0])
     assert first["by"] == discard.who_am_i() and "cannot handle" in first["reason"]
     assert {r["by"] for r in wrote if r["message_id"] != ids[0]} == {"alice@ops"}
+
+
+def test_discard_dead_of_a_queue_that_has_no_dead_queue_says_so_in_one_line(queue):
+    with pytest.raises(UserError, match=r"there is no queue '.*\.dead': nothing to discard"):
+        discard.discard_dead(BrokerSettings([MAIN_URL]), QueueSpec(queue),
+                             logging.getLogger("test"), discard.DiscardFilter(reason="x"), "me")

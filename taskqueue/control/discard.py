@@ -98,6 +98,21 @@ class DeadDiscarder(DeadMover):
                                     f"{body[:60].decode('utf-8', 'replace')!r}")
 
 
+def require_dead_queue(settings: BrokerSettings, spec: QueueSpec) -> None:
+    """One clear line when there is no ``.dead`` (a mistyped --queue), before any walk."""
+    connection = open_blocking(settings)
+    try:
+        connection.channel().queue_declare(spec.dead_name, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            raise UserError(f"there is no queue {spec.dead_name!r}: nothing to discard "
+                            "(check --queue)") from None
+        raise
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
 def record_discards(settings: BrokerSettings, spec: QueueSpec, records: list[dict]) -> None:
     """Write the discard records to the results stream, confirmed (raises if refused)."""
     if not records:
@@ -142,6 +157,7 @@ class Discarded:
 def discard_dead(settings: BrokerSettings, spec: QueueSpec, log: logging.Logger,
                  chosen: DiscardFilter, by: str, dry_run: bool = False) -> Discarded:
     """Delete the chosen dead tasks, then record who deleted which."""
+    require_dead_queue(settings, spec)
     discarder = DeadDiscarder(settings, spec, log, chosen, by, dry_run=dry_run)
     discarder.run()
     stats = discarder.stats
