@@ -186,3 +186,31 @@ def test_rows_sort_by_a_column_and_a_task_has_one_address():
     assert order("attempts", True) == ["-", 10, 2] and order("started") == [10, "-", 2]
     assert task_path("20261205T1-a", 7, "f:7:ab") == "runs/20261205T1-a/tasks/7"
     assert task_path("r", "-", "a/b?c") == "runs/r/tasks/id/a%2Fb%3Fc"
+
+
+@pytest.mark.fast
+def test_a_task_deleted_from_dead_leaves_the_dead_lists_and_its_page_says_who(tmp_path):
+    """With the discard records in a run's copy (web/copies.py copying them), the dead page,
+    its counts and the task's page know what discard-dead deleted."""
+    import json
+
+    from taskqueue.web.copies import RunCopies
+    from taskqueue.web.runs import RunPages
+
+    copies = RunCopies(tmp_path, "q")
+    copies.start()
+    dead = [{"kind": "task", "run_id": "r", "row": n, "message_id": f"t:{n}:x", "task": f"t{n}",
+             "outcome": "dead", "attempt": 1, "worker": "w", "started": 1.0 + n,
+             "reason": f"ValueError: bad {n}"} for n in (1, 2, 3)]
+    copies.add(dead)
+    gone = {"kind": "discard", "by": "alice@ops", "time": 9.0, "queue": "q", "run_id": "r",
+            "message_id": "t:2:x", "row": 2, "task": "t2", "reason": "ValueError: bad 2"}
+    with open(copies.path("r"), "a", encoding="utf-8") as copy:
+        copy.write(json.dumps(gone) + "\n")
+    pages = RunPages(copies, "q")
+    assert pages.dead("r")["total"] == 2
+    assert pages.dead_matching("r", "bad") == 2
+    assert [t["row"] for t in pages.dead_of_reason("r", "ValueError: bad N")["tasks"]] == [1, 3]
+    lines = pages.attempts("r", 2)
+    assert [line["outcome"] for line in lines] == ["dead", "deleted"]
+    assert lines[-1]["reason"] == "deleted from q.dead by alice@ops"

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -99,27 +99,39 @@ class RunPages:
                 "rows": matching[skip:skip + size], "matching": len(matching)}
 
     def attempts(self, run_id: str, row: int | None, message_id: str = "") -> list[dict]:
-        """Every attempt of one task, oldest first: who, when, how long, outcome, reason."""
+        """Every attempt of one task, oldest first: who, when, how long, outcome, reason;
+        and, once it was deleted from .dead (discard-dead), a last line saying who did."""
         found = []
         for record in self.records(run_id)():
-            if kind_of(record) != "task" or (record.get("run_id") or "") != run_id:
+            kind = kind_of(record)
+            if kind not in ("task", "discard") or (record.get("run_id") or "") != run_id:
                 continue
             if (row is not None and record.get("row") == row) or (
                     message_id and record.get("message_id") == message_id):
-                found.append({key: record.get(key) for key in (
-                    "attempt", "worker", "slot", "host", "started", "seconds", "outcome",
-                    "result", "reason", "message_id", "row", "task")})
+                found.append(_deletion(record) if kind == "discard" else {
+                    key: record.get(key) for key in (
+                        "attempt", "worker", "slot", "host", "started", "seconds", "outcome",
+                        "result", "reason", "message_id", "row", "task")})
         return sorted(found, key=lambda r: (r.get("started") or 0, r.get("attempt") or 0))
+
+    def discarded(self, run_id: str) -> set[str]:
+        """Message ids of the run's tasks deleted from .dead (discard records), as read."""
+        return {str(record.get("message_id")) for record in self.records(run_id)()
+                if kind_of(record) == "discard" and (record.get("run_id") or "") == run_id}
+
+    def _dead_rows(self, run_id: str) -> Iterator[dict]:
+        """The run's dead tasks still dead: not deleted since (discard-dead)."""
+        gone = self.discarded(run_id)
+        _table, rows = task_rows(run_id, self.records(run_id))
+        return (row for row in rows if row["outcome"] == "dead"
+                and row["message_id"] not in gone)
 
     def dead(self, run_id: str) -> dict:
         """The run's dead tasks (their last outcome), grouped by reason, with a few of each.
         A group's ``filter`` is a piece of text every reason in it contains: what *Requeue
         these* gives requeue-dead's --reason."""
-        _table, rows = task_rows(run_id, self.records(run_id))
         groups: dict[str, dict] = {}
-        for row in rows:
-            if row["outcome"] != "dead":
-                continue
+        for row in self._dead_rows(run_id):
             reason = (row["result_or_error"] or "")[:MAX_REASON]  # what the dead copy holds
             shape = reason_shape(reason)
             group = groups.setdefault(shape, {"reason": shape, "filter": reason_filter(reason),
@@ -137,11 +149,10 @@ class RunPages:
                        size: int = PAGE_SIZE) -> dict:
         """Every dead task of the run whose reason has *shape* (as ``dead`` groups them), a
         page at a time."""
-        _table, rows = task_rows(run_id, self.records(run_id))
         skip, count, shown, example = (max(1, page) - 1) * size, 0, [], ""
-        for row in rows:
+        for row in self._dead_rows(run_id):
             reason = (row["result_or_error"] or "")[:MAX_REASON]
-            if row["outcome"] != "dead" or reason_shape(reason) != shape:
+            if reason_shape(reason) != shape:
                 continue
             example = example or reason
             if skip <= count < skip + size:
@@ -155,10 +166,9 @@ class RunPages:
 
     def dead_matching(self, run_id: str, text: str) -> int:
         """How many of the run's dead tasks requeue-dead --reason TEXT would take."""
-        _table, rows = task_rows(run_id, self.records(run_id))
         needle = text.lower()
-        return sum(1 for row in rows if row["outcome"] == "dead"
-                   and needle in (row["result_or_error"] or "")[:MAX_REASON].lower())
+        return sum(1 for row in self._dead_rows(run_id)
+                   if needle in (row["result_or_error"] or "")[:MAX_REASON].lower())
 
     def svg(self, run_id: str) -> str:
         return RunReport(self.records(run_id)(), run_id, self.queue).svg()
@@ -189,6 +199,16 @@ def sorted_rows(rows: Iterable[dict], column: str, descending: bool = False) -> 
         return (value,)
 
     return sorted(rows, key=key, reverse=descending)
+
+
+def _deletion(record: dict) -> dict:
+    """A discard record as the task's last line: deleted, when, by whom."""
+    return {"attempt": None, "worker": record.get("by"), "slot": None, "host": None,
+            "started": record.get("time"), "seconds": None, "outcome": "deleted",
+            "result": None, "reason": f"deleted from {record.get('queue') or '?'}.dead by "
+                                      f"{record.get('by') or '?'}",
+            "message_id": record.get("message_id"), "row": record.get("row"),
+            "task": record.get("task")}
 
 
 def task_path(run_id: str, row: object, message_id: str) -> str:

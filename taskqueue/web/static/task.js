@@ -13,7 +13,8 @@ function attemptLine(a) {
 function attemptText(a) {
   const block = el("section", null, "attempt-text");
   const heading = el("h3");
-  heading.append(`attempt ${a.attempt ?? "?"}: ${a.outcome ?? "?"} `, bdi(a.worker ?? ""));
+  heading.append(a.outcome === "deleted" ? "deleted by " : `attempt ${a.attempt ?? "?"}: ` +
+    `${a.outcome ?? "?"} `, bdi(a.worker ?? ""));
   const text = el("pre", null, "full-text");
   text.append(bdi((a.outcome === "done" ? a.result : a.reason) ?? ""));
   block.append(heading, text);
@@ -27,7 +28,8 @@ async function taskPage() {
   const attempts = await fetchJson(
     `${ROOT}runs/${encodeURIComponent(title.dataset.run)}/task.json?${params}`);
   const last = attempts[attempts.length - 1] || {};
-  setText("task-outcome", `${attempts.length} attempt(s); last: ${last.outcome ?? "?"}`);
+  const tried = attempts.filter((a) => a.outcome !== "deleted").length;
+  setText("task-outcome", `${tried} attempt(s); now: ${last.outcome ?? "?"}`);
   document.querySelector("#task-attempts tbody").replaceChildren(...attempts.map(attemptLine));
   document.getElementById("task-texts").replaceChildren(...attempts.map(attemptText));
 }
