@@ -37,11 +37,6 @@ from tests.stopping import all_settled, stop_when
 from tests.test_control import control, emit
 
 SENDER = f"{getpass.getuser()}@{socket.gethostname()}"
-# Stopping a running task that a cancel-tasks selects is the consumer's part (worker/
-# consumer.py, which another change holds today): /work/shared/s34/issue31-item3-consumer.patch
-# makes it, and takes this mark away.
-NEEDS_CONSUMER = pytest.mark.xfail(strict=True, reason="a running task is stopped once "
-                                   "worker/consumer.py acts on cancel-tasks (the patch)")
 
 
 def alive(pid: int) -> bool:
@@ -68,7 +63,6 @@ def cancel(queue: str, *args: str, logs: Path) -> str:
 
 
 # --- a --command program, its child, rows running and queued, --dry-run -------------------
-@NEEDS_CONSUMER
 @pytest.mark.skipif(sys.platform == "win32", reason="pids are read from /proc")
 def test_cancel_rows_stops_the_running_one_with_its_child_and_skips_the_queued(queue, logs,
                                                                                 tmp_path):
@@ -134,7 +128,6 @@ def test_cancel_rows_stops_the_running_one_with_its_child_and_skips_the_queued(q
 
 
 # --- a --handler, by --id (alone) and --match (plain text), and a running one by --match -----
-@NEEDS_CONSUMER
 def test_cancel_by_id_and_by_plain_text_match_with_a_handler(queue, logs, tmp_path):
     out, pids = tmp_path / "w.out", tmp_path / "pids"
     worker = start_worker("--queue", queue, "--name", "h", "--handler",

@@ -31,7 +31,7 @@ from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
 from taskqueue.broker.connection import BrokerSession
 from taskqueue.broker.topology import Topology, results_refusal
 from taskqueue.control.listener import WorkerControl
-from taskqueue.control.state import ControlState
+from taskqueue.control.state import ControlState, what_is_cancelled
 from taskqueue.errors import EXIT_REFUSED, UserError
 from taskqueue.worker.account import WorkerAccount, WorkerOptions
 from taskqueue.worker.delivery import Delivery, Overruns
@@ -46,7 +46,7 @@ from taskqueue.worker.phase import (
     after_stop_request,
     subscribe_step,
 )
-from taskqueue.worker.policy import broker_limit_clash
+from taskqueue.worker.policy import broker_limit_clash, cancellation
 from taskqueue.worker.reach import ReachWatch
 from taskqueue.worker.settlement import Settlement, Step
 from taskqueue.worker.slots import WorkSlot, slot_names
@@ -364,24 +364,28 @@ class TaskConsumer(BrokerSession):
             self.log.info("[%s] resumed (task_control.py): taking tasks again", name)
             if self.channel is not None:  # (it waits for busy slots itself)
                 self._subscribe(self.channel)
-        elif action == "cancel":
-            self._cancel_run(record["run"])
+        elif action in ("cancel", "cancel-tasks"):
+            self._cancel_in_hand(record)
         elif action == "stop":
             self.log.warning("[%s] stop requested (task_control.py stop-workers)", name)
             if self.phase not in STOP_ASKED:
                 self.request_stop()
 
-    def _cancel_run(self, run_id: str) -> None:
-        """Tasks of *run_id* in hand are stopped for real; queued ones are acked unrun."""
+    def _cancel_in_hand(self, record: dict) -> None:
+        """The tasks in hand that are cancelled now (a whole run, or the tasks a cancel-tasks
+        selects) are stopped for real, their program and its children ended, and recorded
+        cancelled with the reason (who cancelled it); queued ones are acked unrun when they
+        come (policy.before_work)."""
         stopped = 0
         for slot, held in self.in_hand():
-            if held.delivery.run_id == run_id and held.step is Step.RUNNING:
-                held.delivery.cancelled = True
+            why = cancellation(held.delivery, self.control.state.cancelled_runs)
+            if why is not None and held.step is Step.RUNNING:
+                held.delivery.cancelled = why
                 slot.interrupt()
                 stopped += 1
-        self.log.warning("[%s] run %s cancelled (task_control.py): %s", self.options.name,
-                         run_id, f"stopping its {stopped} task(s) in hand" if stopped else
-                         "its tasks will not be run")
+        self.log.warning("[%s] %s (task_control.py): %s", self.options.name,
+                         what_is_cancelled(record), f"stopping its {stopped} task(s) in hand"
+                         if stopped else "its tasks will not be run")
 
     def _answer(self, record: dict, what: str) -> None:
         self.outbox.reply({"kind": "control-answer", "id": record.get("id"),

@@ -47,7 +47,7 @@ class Delivery:
     received: float = field(default_factory=time.time)
     started: float = 0.0
     settled: bool = False  # acked, nacked or handed to the broker again: hands off
-    cancelled: bool = False  # its run was cancelled while it ran (task_control.py cancel)
+    cancelled: str = ""  # why it was stopped: cancelled while it ran (task_control.py cancel)
     seen: int | None = None  # the results stream's offset read when it was checked (tail.py)
 
     @cached_property

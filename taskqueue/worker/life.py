@@ -246,8 +246,8 @@ class DeliveryLife:
                            self.queue.dead_name, settlement.reason)
         elif outcome == "cancelled":
             stats.cancelled += 1
-            self.log.info("[%s] cancelled %s (run %s was cancelled): %r", slot.name,
-                          delivery.label, delivery.run_id, delivery.text)
+            self.log.info("[%s] cancelled %s (%s): %r", slot.name, delivery.label,
+                          settlement.reason, delivery.text)
         elif outcome == "skipped":
             stats.skipped += 1
             self.log.info("[%s] skipped %s (%r): %s", slot.name, delivery.label, delivery.text,
