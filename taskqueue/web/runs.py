@@ -29,6 +29,7 @@ from taskqueue.worker.policy import MAX_REASON  # what a dead copy's x-death-rea
 FRESH_SECONDS = 1.0
 PAGE_SIZE = 50
 EXAMPLES = 5  # dead tasks shown per reason
+KEY_CHUNK = 5000  # rows read at once for their sort keys (only the keys are kept)
 
 
 @dataclass
@@ -83,8 +84,12 @@ class RunPages:
                 positions.sort(key=(lambda n: attempts[n]) if sort == "attempts"
                                else (lambda n: -ranks[n]), reverse=descending)
                 shown = index.rows(positions[skip:skip + size])
-            elif sort:  # read every row of the selection once, sort, keep a page
-                shown = sorted_rows(index.rows(positions), sort, descending)[skip:skip + size]
+            elif sort:  # every row of the selection read once for its key alone, then a page
+                keys: list[tuple] = []
+                for start in range(0, len(positions), KEY_CHUNK):
+                    keys += map(sort_key(sort), index.rows(positions[start:start + KEY_CHUNK]))
+                order = sorted(range(len(positions)), key=keys.__getitem__, reverse=descending)
+                shown = index.rows([positions[n] for n in order[skip:skip + size]])
             else:
                 shown = index.rows(positions[skip:skip + size])
             return {**answer, "tasks": index.tasks, "counts": index.counts(), "rows": shown,
@@ -188,6 +193,11 @@ def sorted_rows(rows: Iterable[dict], column: str, descending: bool = False) -> 
     """*rows* sorted by one of ``SORTS``: rows by number (those without one after), seconds
     as numbers, outcomes best first (done, dead, cancelled, failed), the rest as text; ties
     keep the order written."""
+    return sorted(rows, key=sort_key(column), reverse=descending)
+
+
+def sort_key(column: str) -> Callable[[dict], tuple]:
+    """What ``sorted_rows`` compares: a small tuple per row (kept for a whole run)."""
     def key(row: dict) -> tuple:
         value = row[column]
         if column == "row":
@@ -198,7 +208,7 @@ def sorted_rows(rows: Iterable[dict], column: str, descending: bool = False) -> 
             return (-RANK.get(value, 0),)
         return (value,)
 
-    return sorted(rows, key=key, reverse=descending)
+    return key
 
 
 def _deletion(record: dict) -> dict:
