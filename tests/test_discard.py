@@ -54,9 +54,11 @@ def test_discard_dead_deletes_the_chosen_dead_tasks_only_and_records_who(
     assert "1 of the 3 dead tasks" in capsys.readouterr().out
     assert queue_state(spec.dead_name)[0] == 3, "a dry run deletes nothing"
 
-    assert discard.command(parse("--id", ids[0]), settings, spec, log) == 0
-    said = capsys.readouterr().out
-    assert "discard-dead: 1 of the 3 dead tasks" in said and "recorded" in said, said
+    # The same through task_control.py, as a user types it.
+    said = run_script("task_control.py", "discard-dead", "--queue", queue, "--id", ids[0],
+                      log_dir=logs)
+    assert said.returncode == 0 and said.stderr == "", said.stderr
+    assert "discard-dead: 1 of the 3 dead tasks" in said.stdout and "recorded" in said.stdout
     assert queue_state(spec.dead_name)[0] == 2, "the chosen one is gone, the others stay"
 
     done = discard.discard_dead(settings, spec, log,

@@ -5,6 +5,7 @@ its companions.
     python task_control.py requeue-dead                       # every task in <queue>.dead
     python task_control.py requeue-dead --reason "timed out" --run 20261130T101500Z-ab12cd
     python task_control.py requeue-dead --limit 100 --dry-run
+    python task_control.py discard-dead --reason "timed out" --dry-run  # delete dead tasks for good
     python task_control.py pause                              # finish what is in hand
     python task_control.py resume
     python task_control.py cancel --run 20261130T101500Z-ab12cd
@@ -39,7 +40,7 @@ from taskqueue.cli import (
     script_parser,
 )
 from taskqueue.commands.cancel_survey import survey
-from taskqueue.control import commands
+from taskqueue.control import commands, discard
 from taskqueue.control.remove import QueueRemover, confirm
 from taskqueue.control.requeue import DeadFilter, DeadMover, progress_printer
 from taskqueue.control.retention import (
@@ -69,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     requeue.add_argument("--limit", type=positive_int, metavar="N", help="stop after N moved")
     requeue.add_argument("--dry-run", action="store_true",
                          help="count and list what would move; move nothing")
+    discard_dead = discard.add_parser(sub)
     sub.add_parser("pause", help="workers finish the tasks in hand and take no new ones")
     sub.add_parser("resume", help="workers take tasks again")
     cancel = sub.add_parser("cancel", help="tasks of a run, or some of them, are not run; "
@@ -119,8 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for command in (retention, status):
         command.add_argument("--management-url", metavar="URL", help="the management plugin's "
                              "HTTP API (default: the broker's host, port 15672)")
-    for command in (requeue, sub.choices["pause"], sub.choices["resume"], cancel, stop, delete,
-                    retention, status):
+    for command in (requeue, discard_dead, sub.choices["pause"], sub.choices["resume"], cancel,
+                    stop, delete, retention, status):
         add_broker_options(command)
     args = parser.parse_args(argv)
     if args.command == "retention" and args.max_age is None and args.max_bytes is None:
@@ -166,6 +168,8 @@ def main() -> int:
     settings, spec = broker_settings(args), queue_spec(args)
     if args.command == "requeue-dead":
         return requeue_dead(args, settings, spec, log)
+    if args.command == "discard-dead":
+        return discard.command(args, settings, spec, log)
     if args.command == "delete-queue":
         return delete_queue(args, settings, spec)
     if args.command == "retention":

@@ -52,7 +52,7 @@ class RunCopies:
         with self._lock:
             for record in records:
                 kind = kind_of(record)
-                if kind in ("task", "run"):
+                if kind in ("task", "run", "discard"):  # a deletion is its run's too
                     runs = [record.get("run_id") or ""]
                 elif kind == "worker":
                     runs = list(record.get("runs") or {})

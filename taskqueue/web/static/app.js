@@ -106,6 +106,7 @@ async function control(button) {
   if (run) params.set("run", run);
   if (button.dataset.worker) params.set("worker", button.dataset.worker);
   if (button.dataset.reason) params.set("reason", button.dataset.reason);
+  if (button.dataset.id) params.set("id", button.dataset.id);
   const previewed = await fetch(`${ROOT}control/preview.json?${params}`, { credentials: "same-origin" });
   if (!previewed.ok) { toast(await errorOf(previewed), false); return; }
   const preview = await previewed.json();
