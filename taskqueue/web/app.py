@@ -9,6 +9,7 @@
   GET  /runs/ID/timeline.svg  /runs/ID/tasks.csv
   GET  /dead                  dead tasks by reason (?run=ID), from the record; every dead
                               task of one reason (&reason=SHAPE&page=N)
+  GET  /history, /history.svg  done and failed per minute, the queue's depth (history.py)
   GET  /control/preview.json  what an action would touch, and its one-time ticket
   POST /control               do it (CSRF token + same origin; GET is 405)
   GET  /metrics               Prometheus text format
@@ -48,6 +49,7 @@ from taskqueue.web.access import Access, Public
 from taskqueue.web.actions import ControlDesk
 from taskqueue.web.door import FAILED_WAIT, Base, Secured
 from taskqueue.web.feed import DashboardFeed
+from taskqueue.web.history import history_routes
 from taskqueue.web.hub import Hub
 from taskqueue.web.runs import PAGE_SIZE, RunPages, task_path
 
@@ -275,7 +277,7 @@ def make_app(*, feed: DashboardFeed, hub: Hub, runs: RunPages, desk: ControlDesk
         (rf"/runs/{RUN_ID}/timeline\.svg", RunTimeline), (rf"/runs/{RUN_ID}/tasks\.csv", RunCsv),
         (r"/dead", DeadPage), (r"/control/preview\.json", ControlPreview), (r"/control", Control),
         (r"/metrics", Metrics), (r"/healthz", Health), (r"/login", Login),
-        (r"/static/(.*)", Static, {"path": str(HERE / "static")}),
+        (r"/static/(.*)", Static, {"path": str(HERE / "static")}), *history_routes(feed),
     ]
     under = re.escape(public.prefix.rstrip("/"))
     routes = [(under + pattern, *rest) for pattern, *rest in routes]

@@ -12,7 +12,8 @@ emitter that also said how far it had got on the way would move it sooner, uncha
 Cancelled attempts are counted by outcome but are not durations: one acked unrun took no time
 and one stopped half-way says nothing of how long the task takes.
 
-Memory is flat however long the record: counters, fixed buckets, and a few numbers per run;
+Memory is flat however long the record: counters, fixed buckets (the history page's minutes
+too: minutes.py), and a few numbers per run;
 no task is kept (the run pages read a run's records when asked, results/history.py).
 """
 
@@ -22,6 +23,7 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
+from taskqueue.web.minutes import MinuteHistory
 from taskqueue.wire.events import RecentIds
 from taskqueue.wire.record import kind_of
 
@@ -83,6 +85,7 @@ class RecordTotals:
         self.published = 0  # tasks the emitters said they published (module docstring)
         self._published_by: dict[tuple[str, str], int] = {}  # (run, emitter) -> its largest
         self._seen = RecentIds()
+        self.minutes = MinuteHistory()  # per minute, the last day: the history page
 
     def add(self, record: dict) -> None:
         kind = kind_of(record)
@@ -117,6 +120,7 @@ class RecordTotals:
             run.started = min(run.started, started)
         if finished is not None:
             run.finished = max(run.finished, finished)
+            self.minutes.finished(finished, outcome)
         if len(run.workers) < MAX_WORKERS_NAMED:
             run.workers.add(str(record.get("worker") or ""))
 
