@@ -145,9 +145,10 @@ def _depth(depth: Minutes, x, step: float) -> list[str]:
     for moment, values in sampled:
         said = ", ".join(f"{values[name]} {name}" for name in DEPTH_COLOURS if values[name] >= 0)
         data = " ".join(f'data-{name}="{values[name]}"' for name in DEPTH_COLOURS)
+        ready_y = y(max(values["ready"], 0))
         parts.append(f'<g class="depth" data-time="{moment:.0f}" {data}>'
                      f'<title>{_clock(moment)}: {said}</title>'
-                     f'<circle cx="{x(moment) + step / 2:.1f}" cy="{y(max(values["ready"], 0)):.1f}" '
+                     f'<circle cx="{x(moment) + step / 2:.1f}" cy="{ready_y:.1f}" '
                      f'r="2" fill="{DEPTH_COLOURS["ready"]}"/></g>')
     for index, (name, colour) in enumerate(DEPTH_COLOURS.items()):
         left = LEFT + WIDTH - 270 + index * 90
