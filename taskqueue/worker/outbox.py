@@ -51,6 +51,7 @@ from taskqueue.log import log_dir
 from taskqueue.wire.events import encode
 from taskqueue.wire.record import encode_group
 from taskqueue.worker.copies import Copy, RecordGroup
+from taskqueue.worker.flush import send_now
 from taskqueue.worker.journal import Journal, safe_name
 from taskqueue.worker.keeper import JournalKeeper
 
@@ -176,6 +177,7 @@ class Outbox(BrokerSession):
             self._publish(channel, self.spec.exchange, ROUTING_LIVE, encode([self._snapshot]),
                           LIVE_PROPERTIES, None)
             self._snapshot = None
+        send_now(channel)  # out now, not on the loop's next turn: a task waits for its confirm
 
     def _send_records(self, channel: Channel) -> None:
         while self._records and self._in_flight[RecordGroup] < RECORD_GROUPS_IN_FLIGHT:

@@ -40,6 +40,7 @@ import pika
 
 from taskqueue.worker.copies import Copy
 from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.flush import send_now
 from taskqueue.worker.outbox import Outbox
 
 
@@ -165,6 +166,7 @@ class Settlement:
             self._over(Step.DROPPED)
             return
         channel.basic_ack(self.delivery.tag)
+        send_now(channel)  # out now (flush.py): with prefetch = slots, the next task waits for it
         self._over(Step.ACKED)
 
     def requeue(self, why: str) -> bool:
