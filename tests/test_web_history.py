@@ -184,6 +184,10 @@ def test_the_minutes_ring_rolls_over_and_drops_what_is_older_than_a_day():
     ring.add(600.0, "done")  # older than the ring keeps: dropped, not counted in minute 13
     assert ring.window(780.0, 1)[0].values == {"done": 1, "failed": 0}
     assert len(ring.window(780.0, 10)) == 3  # never more than the ring holds
+    for nonsense in (float("nan"), float("inf"), 1e300, -5.0):  # a stranger's record's time
+        ring.add(nonsense, "done")
+    assert [m.values for m in ring.window(780.0, 3)] == [
+        {"done": 0, "failed": 1}, None, {"done": 1, "failed": 0}]
 
     history = MinuteHistory(minutes=5)
     history.sample(120.0, 3, None, 0)

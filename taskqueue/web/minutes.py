@@ -15,6 +15,7 @@ dashboard last sampled them in that minute; nothing recorded them before it star
 
 from __future__ import annotations
 
+import math
 from array import array
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ MINUTES = 24 * 60  # the longest window the page offers
 OUTCOMES = ("done", "failed", "dead", "cancelled")
 DEPTHS = ("ready", "retrying", "dead")
 NOTHING = -1  # a depth not sampled (a gap in the line, not a zero)
+LATEST = 1e11  # seconds since the epoch (year 5138): a stranger's time beyond it is no minute
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,12 @@ class MinuteRing:
         self._values = {name: array("q", [empty] * minutes) for name in series}
 
     def add(self, moment: float, name: str, amount: int = 1) -> None:
-        index = self._bucket(int(moment // 60))
+        index = self._bucket(moment)
         if index is not None and name in self._values:
             self._values[name][index] += amount
 
     def set(self, moment: float, values: dict[str, int]) -> None:
-        index = self._bucket(int(moment // 60))
+        index = self._bucket(moment)
         if index is not None:
             for name, value in values.items():
                 if name in self._values:
@@ -69,8 +71,12 @@ class MinuteRing:
         """Numbers held: the ring's, never more (the tests' measure of flat memory)."""
         return len(self._stamps) + sum(len(values) for values in self._values.values())
 
-    def _bucket(self, minute: int) -> int | None:
-        """The bucket of *minute*, taken over if it held an older one; None: too old."""
+    def _bucket(self, moment: float) -> int | None:
+        """The bucket of *moment*'s minute, taken over if it held an older one; None: too old,
+        or no time at all (a record's NaN, infinity or 1e300 skips the chart, never the feed)."""
+        if not math.isfinite(moment) or not 0 <= moment <= LATEST:
+            return None
+        minute = int(moment // 60)
         index = minute % self.minutes
         stamp = self._stamps[index]
         if stamp == minute:
