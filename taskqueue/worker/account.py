@@ -79,6 +79,9 @@ class WorkerAccount:
             redelivered=delivery.redelivered, reason=reason, result=result,
             queued=delivery.queued)
         record["seen"] = delivery.seen
+        progress = slot.progress.value() if slot.delivery is delivery else None
+        if progress is not None:  # the attempt's last (taskqueue.progress, a progress line)
+            record["progress"] = progress
         return record
 
     def snapshot(self, state: str, connected: bool) -> dict:
@@ -95,6 +98,9 @@ class WorkerAccount:
                               "row": delivery.row, "task": delivery.text[:80],
                               "run_id": delivery.run_id, "done": slot.done,
                               "failed": slot.failed})
+                progress = slot.progress.value()
+                if progress is not None:
+                    slots[-1]["progress"] = progress
         return {"kind": "snapshot", "worker": self.options.name, "host": self.host,
                 "pid": os.getpid(), "time": time.time(), "state": state, "slots": slots,
                 "connected": connected}

@@ -1,7 +1,9 @@
 """The child process that runs a ``--handler`` (``IsolatedHandler`` in work.py starts it).
 
 It loads the handler once, says "ready", then answers one message per task: the task text in,
-``("ok", result text)`` or ``("error", reason)`` out. Any BaseException a handler raises
+``("ok", result text)`` or ``("error", reason)`` out, after any number of
+``("progress", {"fraction": .., "note": ..})`` (the handler's ``taskqueue.progress`` calls,
+coalesced: worker/progress.py). Any BaseException a handler raises
 (SystemExit included) is that task's failure. A crash of this process is seen by the parent
 through the process sentinel; end of input (the parent closed the pipe, or died) ends it.
 
@@ -21,6 +23,7 @@ from multiprocessing.connection import Connection, wait
 
 from taskqueue.errors import UserError
 from taskqueue.worker.handler import failure_reason, load_handler, result_text
+from taskqueue.worker.progress import ChildReporter, report_from_child
 
 EXIT_PARENT_GONE = 75
 
@@ -54,6 +57,9 @@ def serve(pipe: Connection, spec: str) -> None:
         pipe.send(("load-error", str(error)))
         return
     pipe.send(("ready", None))
+    lock = threading.Lock()  # the progress sender's thread shares the pipe
+    reporter = ChildReporter(pipe.send, lock)
+    report_from_child(reporter)
     while True:
         try:
             text = pipe.recv()
@@ -61,11 +67,14 @@ def serve(pipe: Connection, spec: str) -> None:
             return
         if text is None:
             return
+        reporter.task_started()
         try:
             reply = ("ok", result_text(handler(text)))
         except BaseException as exc:
             reply = ("error", failure_reason(exc))
         try:
-            pipe.send(reply)
+            reporter.task_ended()
+            with lock:
+                pipe.send(reply)
         except (OSError, ValueError):
             return

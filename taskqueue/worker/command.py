@@ -18,11 +18,14 @@ import threading
 
 from taskqueue.errors import UserError
 from taskqueue.wire.events import MAX_RESULT, cap_text
+from taskqueue.wire.progress import MAX_LINE, parse_line
+from taskqueue.worker.progress import ProgressBox, say_once
 from taskqueue.worker.reaper import REAPER, close_job, program_job, terminate_job
 from taskqueue.worker.work import Outcome, Runner, died_how, timed_out
 
 STDERR_TAIL_BYTES = 2048
 UTF8_CONTINUATION_BYTES = bytes(range(0x80, 0xC0))
+PREFIX = b"progress:"  # how a progress line begins (wire/progress.py)
 KILL_WAIT_SECONDS = 10.0  # for a killed program to be gone (or taskkill to answer)
 
 
@@ -110,7 +113,9 @@ def command_for(argv: list[str], text: str) -> list[str]:
 class CommandWork(Runner):
     """``--command``: one program run per task. Exit code 0 is done, with its stdout (capped)
     as the result; anything else is a failure whose reason is the exit code and the last
-    lines of stderr. On timeout its whole process group (or tree, on Windows) is killed."""
+    lines of stderr. On timeout its whole process group (or tree, on Windows) is killed.
+    Lines of its stdout that are progress lines (``progress: 40% step 2 of 5``,
+    wire/progress.py) are its progress, not part of its result."""
 
     def __init__(self, argv: list[str], timeout: float | None = None) -> None:
         self.argv, self.timeout = argv, timeout
@@ -137,7 +142,8 @@ class CommandWork(Runner):
         else:
             self._job = None
         REAPER.watch(process.pid)  # it dies with the worker, however the worker ends
-        stdout = _Drain(process.stdout, keep_head=MAX_RESULT)
+        stdout = _Drain(process.stdout, keep_head=MAX_RESULT,
+                        lines=ProgressLines(self.progress))
         stderr = _Drain(process.stderr, keep_tail=STDERR_TAIL_BYTES)
         try:
             code = process.wait(self.timeout)
@@ -217,12 +223,64 @@ def _own_process_group() -> dict:
     return {"start_new_session": True}
 
 
+class ProgressLines:
+    """Take a program's progress lines out of its output as it comes. Whole lines only: a
+    line's start cut off by the end of a read is held (at most MAX_LINE bytes) until its end
+    comes, and the output's last line counts without an end of line too; a longer line, or
+    one that does not begin with ``progress:``, is output whatever it says."""
+
+    def __init__(self, box: ProgressBox) -> None:
+        self.box = box
+        self._partial = b""  # the start of a line that may be a progress line
+        self._at_line_start = True  # the next byte begins a line
+
+    def feed(self, block: bytes) -> bytes:
+        """*block* less its progress lines (a line held back comes out with a later call)."""
+        data, self._partial = self._partial + block, b""
+        start = 0
+        if not self._at_line_start:  # the rest of a line already given out as output
+            start = data.find(b"\n") + 1
+            if not start:
+                return data
+        cut = max(start, data.rfind(b"\n") + 1)
+        head, whole, rest = data[:start], data[start:cut], data[cut:]
+        if rest and len(rest) <= MAX_LINE and (rest.startswith(PREFIX)
+                                               or PREFIX.startswith(rest)):
+            self._partial, rest = rest, b""  # may be a progress line: wait for its end
+        self._at_line_start = not rest
+        if PREFIX in whole:
+            whole = b"".join(line + b"\n" for line in whole.split(b"\n")[:-1]
+                             if not self._took(line))
+        return head + whole + rest
+
+    def end(self) -> bytes:
+        """The output's last line, if it had no end of line and is not a progress line."""
+        rest, self._partial = self._partial, b""
+        return b"" if not rest or self._took(rest) else rest
+
+    def _took(self, line: bytes) -> bool:
+        """True if *line* (without its end of line) is a progress line, and so not output."""
+        if not line.startswith(PREFIX) or len(line) > MAX_LINE + 1:
+            return False
+        found = parse_line(decode_output(line.rstrip(b"\r")))
+        if found is None:
+            return False
+        if found.fraction is None:
+            say_once("line", f"a --command program printed {line[:60]!r}: not a fraction "
+                     "from 0 to 1 (or 0% to 100%); ignored")
+        else:
+            self.box.offer(found.fraction, found.note)
+        return True
+
+
 class _Drain:
     """Read a pipe to its end on a thread, keeping only its first or last bytes (memory stays
-    bounded however much a program writes)."""
+    bounded however much a program writes); *lines* takes out the progress lines first."""
 
-    def __init__(self, stream, *, keep_head: int = 0, keep_tail: int = 0) -> None:
+    def __init__(self, stream, *, keep_head: int = 0, keep_tail: int = 0,
+                 lines: ProgressLines | None = None) -> None:
         self._stream, self._head, self._tail = stream, keep_head, keep_tail
+        self._lines = lines
         self._kept = bytearray()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -232,13 +290,16 @@ class _Drain:
             while True:
                 block = self._stream.read1(65536) if hasattr(self._stream, "read1") else \
                     self._stream.read(65536)
+                kept = block
+                if self._lines is not None:
+                    kept = self._lines.feed(block) if block else self._lines.end()
+                if self._head:
+                    self._kept += kept[:max(0, self._head + 4 - len(self._kept))]
+                else:
+                    self._kept += kept
+                    del self._kept[:-self._tail]
                 if not block:
                     return
-                if self._head:
-                    self._kept += block[:max(0, self._head + 4 - len(self._kept))]
-                else:
-                    self._kept += block
-                    del self._kept[:-self._tail]
 
     def join(self) -> None:
         self._thread.join(10)

@@ -17,6 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.progress import ProgressBox
 from taskqueue.worker.work import Outcome, Runner, failure_reason
 
 if TYPE_CHECKING:  # the consumer gives it; a runtime import would load the outbox here
@@ -37,6 +38,8 @@ class WorkSlot:
                  call_threadsafe: Callable[[Callable[[], None]], None]) -> None:
         self.name = name
         self.runner = runner
+        self.progress = ProgressBox()  # the task in hand's latest (taskqueue.progress)
+        runner.report_to(self.progress)
         self.delivery: Delivery | None = None
         self.settlement: Settlement | None = None  # the consumer's, of the delivery in hand
         self.idle_since = time.time()
@@ -51,6 +54,7 @@ class WorkSlot:
         """Start *delivery*'s work. Instant work runs here, on the I/O thread: handing it to
         the slot's thread and back would cost two thread switches for nothing."""
         self.delivery = delivery
+        self.progress.clear()
         delivery.started = time.time()
         if self.runner.instant(delivery.text):
             self._on_outcome(self, delivery, Outcome(True))
@@ -64,6 +68,7 @@ class WorkSlot:
     def release(self, seconds: float) -> None:
         """The delivery is settled (or given up): the slot takes the next task."""
         self.delivery = None
+        self.progress.clear()  # a record made before the next task's work is not given this one's
         self.busy_seconds += seconds
         self.idle_since = time.time()
 

@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -32,9 +33,11 @@ from multiprocessing.connection import wait as wait_for_any
 from typing import TYPE_CHECKING, Any
 
 from taskqueue.errors import UserError
+from taskqueue.wire.progress import read_progress
 from taskqueue.worker.child import serve
 from taskqueue.worker.handler import failure_reason, result_text
 from taskqueue.worker.handler import load_handler as load_handler  # commands/worker.py's import
+from taskqueue.worker.progress import ProgressBox, ReportingTo
 from taskqueue.worker.reaper import REAPER
 
 if TYPE_CHECKING:  # what a spawn context's Pipe() gives on each OS
@@ -63,6 +66,11 @@ class Runner:
     """One slot's way of working. Subclasses override ``run`` (and ``interrupt``)."""
 
     timeout: float | None = None
+    progress = ProgressBox()  # written, never read, until a slot gives its own (report_to)
+
+    def report_to(self, box: ProgressBox) -> None:
+        """The task's progress (taskqueue.progress, a program's progress lines) goes to *box*."""
+        self.progress = box
 
     def start(self) -> None:
         """Get ready before the first task (e.g. start a child process); may raise UserError."""
@@ -122,7 +130,8 @@ class InProcessHandler(Runner):
 
     def run(self, text: str) -> Outcome:
         try:
-            return Outcome(True, result_text(self.handler(text)))
+            with ReportingTo(self.progress):
+                return Outcome(True, result_text(self.handler(text)))
         except BaseException as exc:  # SystemExit, KeyboardInterrupt too: this attempt failed
             return Outcome(False, reason=failure_reason(exc))
 
@@ -220,21 +229,33 @@ class IsolatedHandler(Runner):
                 return Outcome(False, reason="stopped")
         with contextlib.suppress(OSError, ValueError):  # it died just now (or was interrupted):
             pipe.send(text)                             # the sentinel says how
-        try:
-            ready = _answered_or_ended(pipe, process, self.timeout)
-        except (OSError, ValueError):  # interrupt() closed the pipe under us
-            return Outcome(False, reason="stopped")
-        if pipe in ready:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                ready = _answered_or_ended(pipe, process, left)
+            except (OSError, ValueError):  # interrupt() closed the pipe under us
+                return Outcome(False, reason="stopped")
+            if pipe not in ready:
+                break
             try:
                 kind, value = pipe.recv()
-                return Outcome(True, value) if kind == "ok" else Outcome(False, reason=value)
             except (EOFError, OSError, ValueError):
-                pass  # the child died before it could answer (or was interrupted)
+                break  # the child died before it could answer (or was interrupted)
+            if kind == "progress":  # the handler's latest progress: the answer is still to come
+                self._progress_from_child(value)
+                continue
+            return Outcome(True, value) if kind == "ok" else Outcome(False, reason=value)
         if not ready and self.timeout is not None:  # (without a timeout, wait() never is)
             self._kill()
             return timed_out(self.timeout)
         self._kill()
         return Outcome(False, reason=f"handler process died: {died_how(process.exitcode)}")
+
+    def _progress_from_child(self, value: object) -> None:
+        progress = read_progress(value)
+        if progress is not None:
+            self.progress.offer(*progress)
 
     def _kill(self) -> None:
         with self._lock:
