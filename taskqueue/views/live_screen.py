@@ -18,9 +18,11 @@ from collections import defaultdict
 
 from taskqueue.views.live_tally import LiveTally, SlotView
 from taskqueue.views.names import natural_key
+from taskqueue.views.terminal import progress_words
 
 STUCK_AFTER = 60.0  # a task busy this long (or 5x the run's mean) looks stuck
-HEADER = (f"{'worker':<22} {'host':<14} {'state':<50} {'done':>5} {'failed':>6} {'share':>5}")
+HEADER = (f"{'worker':<22} {'host':<14} {'state':<50} {'done':>5} {'failed':>6} {'share':>5} "
+          "progress")
 
 
 def draw(state: LiveTally, now: float, width: int = 100, height: int | None = None) -> list[str]:
@@ -47,6 +49,7 @@ def one_line(state: LiveTally, now: float) -> str:
     slots = sorted(state.slots.values(), key=lambda s: natural_key(s.slot))
     if len(slots) <= 12:
         workers = ", ".join(f"{slot.slot} {short_state(state, slot, now)}"
+                            f"{_progress_after(state, slot, now)}"
                             for slot in slots) or "none yet"
     else:
         counts: defaultdict[str, int] = defaultdict(int)
@@ -106,7 +109,8 @@ def worker_lines(state: LiveTally, now: float, rows: int | None) -> list[str]:
     done_total = sum(slot.done for slot in slots) or 1
     if rows is None or len(slots) <= rows:
         return [row_text(slot.slot, slot.host, state.slot_state(slot, now), slot.done,
-                         slot.failed, done_total) for slot in slots]
+                         slot.failed, done_total, _progress_after(state, slot, now))
+                for slot in slots]
     workers: dict[str, list[SlotView]] = defaultdict(list)
     for slot in slots:
         workers[slot.worker or slot.slot].append(slot)
@@ -125,9 +129,18 @@ def worker_lines(state: LiveTally, now: float, rows: int | None) -> list[str]:
             f"... and {len(rest)} more workers: {told}"]
 
 
-def row_text(name: str, host: str, what: str, done: int, failed: int, done_total: int) -> str:
+def row_text(name: str, host: str, what: str, done: int, failed: int, done_total: int,
+             progress: str = "") -> str:
     return (f"{name:<22.22} {host:<14.14} {what:<50.50} {done:>5} {failed:>6} "
-            f"{100 * done / done_total:>4.0f}%")
+            f"{100 * done / done_total:>4.0f}%{progress}")
+
+
+def _progress_after(state: LiveTally, slot: SlotView, now: float) -> str:
+    """' 40% step 2 of 5' for a busy slot whose task told its progress, else ''."""
+    if slot.state != "busy" or not state.active(slot, now):
+        return ""
+    words = progress_words(slot.progress)
+    return f" {words}" if words else ""
 
 
 def worker_row(state: LiveTally, name: str, slots: list[SlotView], now: float,

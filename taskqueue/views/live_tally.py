@@ -13,7 +13,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from taskqueue.views.terminal import terminal_text
 from taskqueue.wire.events import RecentIds
+from taskqueue.wire.progress import read_progress
 
 GONE_AFTER = 6.0  # seconds without a snapshot before a worker counts as gone
 RATE_WINDOW = 10.0  # the rate is over the last this many seconds
@@ -41,6 +43,7 @@ class SlotView:
     failed: int = 0
     heard: float = 0.0  # when its worker's last snapshot came
     paused: bool = False  # its worker is paused (task_control.py pause)
+    progress: tuple[float, str] | None = None  # the task's latest (fraction, note), if told
 
 
 @dataclass
@@ -83,7 +86,9 @@ class LiveTally:
                 float(slot.get("since") or event.get("time") or 0), slot.get("row"),
                 slot.get("task") or "", int(slot.get("done") or 0),
                 int(slot.get("failed") or 0), float(event.get("time") or time.time()),
-                paused=event.get("state") == "paused")
+                paused=event.get("state") == "paused",
+                progress=read_progress(slot.get("progress")) if slot.get("state") == "busy"
+                else None)
             if slot.get("state") == "busy":
                 self._note_wait(slot.get("since"), slot.get("queued"))
 
@@ -157,7 +162,7 @@ class LiveTally:
         if slot.state == "busy":
             row = f"row {slot.row}" if slot.row is not None else "a task"
             paused = "paused, finishing " if slot.paused else ""
-            return (f'{paused}busy on {row} "{slot.task[:40]}" for '
+            return (f'{paused}busy on {row} "{terminal_text(slot.task[:40])}" for '
                     f"{max(0.0, now - slot.since):.0f} s")
         if slot.paused:
             return "paused"

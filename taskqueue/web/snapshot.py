@@ -3,7 +3,8 @@ refresh and sent to every tab. Pure: no broker, no web server (tested with made-
 
 The same words as the terminal view (live_screen.py): the queue, the run, each worker with its
 slots folded into one line ("4/4 busy: rows 129-132, longest 3 s"), the last failures. Slots are
-listed one by one only while there are few (``SLOTS_LISTED``): at 200 workers x 8 slots a
+listed one by one only while there are few (``SLOTS_LISTED``), each busy one with its task's latest
+progress: at 200 workers x 8 slots a
 worker is one row, and the page stays small.
 """
 
@@ -59,8 +60,18 @@ def _worker(state: LiveState, name: str, slots: list[SlotView], now: float, done
             "done": done, "failed": sum(slot.failed for slot in slots),
             "share": round(100 * done / done_total),
             "slot_rows": [{"slot": s.slot, "kind": short_state(state, s, now).split(" ")[0],
-                           "state": state.slot_state(s, now), "row": s.row, "task": s.task}
+                           "state": state.slot_state(s, now), "row": s.row, "task": s.task,
+                           "progress": _progress(state, s, now)}
                           for s in slots] if listed else []}
+
+
+def _progress(state: LiveState, slot: SlotView, now: float) -> dict | None:
+    """A busy slot's latest progress, as its task told it (the note is data: the page fills
+    it in as text)."""
+    if slot.progress is None or slot.state != "busy" or not state.active(slot, now):
+        return None
+    fraction, note = slot.progress
+    return {"fraction": fraction, "note": note}
 
 
 def worker_kind(state: LiveState, slots: list[SlotView], now: float) -> str:

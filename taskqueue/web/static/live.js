@@ -47,7 +47,9 @@ function showWorkers(data) {
     rows.push(row);
     for (const slot of worker.slot_rows) {
       const line = el("tr", null, `slot ${slot.kind}`);
-      line.append(textCell(slot.slot), el("td", ""), textCell(slot.state), el("td", ""),
+      const state = textCell(slot.state);
+      if (slot.progress) state.append(progressOf(slot.progress));
+      line.append(textCell(slot.slot), el("td", ""), state, el("td", ""),
         el("td", ""), el("td", ""), el("td", ""));
       rows.push(line);
     }
@@ -62,6 +64,19 @@ function showWorkers(data) {
   body.replaceChildren(...rows);
   const counts = Object.entries(data.worker_states).map(([k, n]) => `${n} ${k}`).join(", ");
   setText("worker-summary", data.workers.length ? `(${data.workers.length}: ${counts})` : "");
+}
+
+// A busy slot's latest progress, as its task told it: a bar, the percentage, and the note: a
+// stranger's text, filled in as text and isolated (bdi), never markup.
+function progressOf(progress) {
+  const box = el("div", null, "task-progress");
+  const percent = Math.round(100 * progress.fraction);
+  const bar = el("progress");
+  bar.max = 1;
+  bar.value = progress.fraction;
+  box.dataset.fraction = String(progress.fraction);
+  box.append(bar, ` ${percent}% `, bdi(progress.note));
+  return box;
 }
 
 function showFailures(failures) {
