@@ -35,13 +35,15 @@ def hostile_then_wait(text: str) -> str:
 
 
 def spin(text: str) -> str:
-    """``N`` or ``N progress``: N loop rounds of light work, calling taskqueue.progress in
-    every round with 'progress' (the overhead benchmark)."""
-    count, _, how = text.partition(" ")
-    rounds, report = int(count), how == "progress"
+    """``ROUNDS WORK [progress]``: ROUNDS rounds of WORK steps of light work, calling
+    taskqueue.progress once a round with 'progress'; the loop's own seconds as the result
+    (bench/progress.py: the overhead of frequent calls)."""
+    rounds_text, work_text, *how = text.split()
+    rounds, work, report = int(rounds_text), int(work_text), how == ["progress"]
+    began = time.perf_counter()
     total = 0
     for index in range(rounds):
-        total += sum(range(60))
+        total += sum(range(work))
         if report:
             taskqueue.progress(index / rounds, "spinning")
-    return str(total)
+    return f"{time.perf_counter() - began:.6f}"
