@@ -5,6 +5,8 @@ confirms many records with one publish). Kinds:
   ``task``    one attempt's outcome (done with its result, failed or dead with its reason,
               cancelled), with the task's message_id, row, run, attempt, worker, slot, host,
               start and duration: the same fields as the live view's task events (events.py);
+              and, when the task told any, its last ``progress`` ({"fraction": 0.4, "note":
+              "step 2 of 5"}, wire/progress.py; readers before it ignore the field);
   ``run``     an emitter run started (its row count) or finished (how many it published);
   ``worker``  a worker stopped, with its totals;
   ``mark``    a worker's fence: once its own mark comes back, it has read every record
