@@ -34,6 +34,19 @@ def hostile_then_wait(text: str) -> str:
     return "survived"
 
 
+MARKUP_NOTE = '<img src=x onerror="window.pwned=1">\x1b[31m \u202eevil'
+
+
+def markup_then_wait(text: str) -> str:
+    """A note with HTML, a control character and a right-to-left override, then wait for the
+    file named by the task's text."""
+    taskqueue.progress(0.65, MARKUP_NOTE)
+    release = Path(text)
+    while not release.exists():
+        time.sleep(0.02)
+    return "done"
+
+
 def spin(text: str) -> str:
     """``ROUNDS WORK [progress]``: ROUNDS rounds of WORK steps of light work, calling
     taskqueue.progress once a round with 'progress'; the loop's own seconds as the result
