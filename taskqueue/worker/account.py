@@ -98,7 +98,7 @@ class WorkerAccount:
                               "row": delivery.row, "task": delivery.text[:80],
                               "run_id": delivery.run_id, "done": slot.done,
                               "failed": slot.failed})
-                progress = slot.progress.value()
+                progress = slot.progress.for_snapshot()
                 if progress is not None:
                     slots[-1]["progress"] = progress
         return {"kind": "snapshot", "worker": self.options.name, "host": self.host,

@@ -46,6 +46,7 @@ class ProgressBox:
 
     def __init__(self) -> None:
         self._latest: tuple[float, object] | None = None
+        self._shown: tuple[float, object] | None = None  # the latest a snapshot took
 
     def offer(self, fraction: float, note: object) -> None:
         self._latest = (fraction, note)
@@ -57,6 +58,15 @@ class ProgressBox:
         """The wire form of the latest progress (wire/progress.py), None before any."""
         latest = self._latest
         return None if latest is None else progress_field(*latest)
+
+    def for_snapshot(self) -> dict | None:
+        """``value()``, noted as shown: ``fresh()`` is False until the next change."""
+        latest = self._shown = self._latest
+        return None if latest is None else progress_field(*latest)
+
+    def fresh(self) -> bool:
+        """A change no snapshot has shown yet (the worker may send one sooner for it)."""
+        return self._latest is not self._shown
 
 
 class ChildReporter:
