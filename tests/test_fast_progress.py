@@ -9,9 +9,9 @@ import time
 
 from taskqueue.views.live import LiveState
 from taskqueue.views.terminal import progress_words, terminal_text
+from taskqueue.wire.progress import MAX_NOTE, clean_note, fraction_of, parse_line, read_progress
 from taskqueue.worker.command import ProgressLines
 from taskqueue.worker.progress import ChildReporter, ProgressBox
-from taskqueue.wire.progress import MAX_NOTE, clean_note, fraction_of, parse_line, read_progress
 
 OUTPUT = (b"first\nprogress: 20% step 1 of 5\r\nprogress: 0.4 step 2 of 5\n"
           b"progress: 40 is not a fraction\nxprogress: 0.5\nnot progress: 0.5\nlast")
