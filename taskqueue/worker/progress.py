@@ -72,35 +72,44 @@ class ProgressBox:
 class ChildReporter:
     """The handler child's side: ``offer`` keeps the latest value; a thread sends it while a
     task runs, at most every SEND_SECONDS; ``task_ended`` sends the last one not sent yet.
-    *send* is the child's pipe, shared with its answers (hence the lock)."""
+    *send* is the child's pipe, shared with its answers (hence the lock). A task that never
+    reports costs two uncontended lock turns: the thread sleeps until a first ``offer``
+    wakes it, and goes back to sleep once no task runs."""
 
     def __init__(self, send: Callable[[object], None], lock: threading.Lock) -> None:
         self._send, self._lock = send, lock
         self._latest: tuple[float, object] | None = None
         self._sent: tuple[float, object] | None = None
-        self._running = threading.Event()
+        self._running = False  # a task runs (changed under the lock)
+        self._woken = False
+        self._wake = threading.Event()
         threading.Thread(target=self._loop, name="progress sender", daemon=True).start()
 
     def offer(self, fraction: float, note: object) -> None:
         self._latest = (fraction, note)
+        if not self._woken:  # the first call of a while: the sender starts its rounds
+            self._woken = True
+            self._wake.set()
 
     def task_started(self) -> None:
         with self._lock:
             self._latest = self._sent = None
-            self._running.set()
+            self._running = True
 
     def task_ended(self) -> None:
         """Before the task's answer: its last progress, so that the record keeps it."""
         with self._lock:
             self._send_latest()
-            self._running.clear()
+            self._running = False
 
     def _loop(self) -> None:
         while True:
-            self._running.wait()
+            self._wake.wait()
             time.sleep(SEND_SECONDS)  # coalesced: only the latest value goes
             with self._lock:
-                if not self._running.is_set():
+                if not self._running:  # between tasks: sleep until the next first call
+                    self._woken = False
+                    self._wake.clear()
                     continue
                 try:
                     self._send_latest()
