@@ -400,6 +400,8 @@ class TaskConsumer(BrokerSession):
         now = time.monotonic()
         if self.options.events and self.phase not in (Phase.STOPPING, Phase.STOPPED):
             since = now - self._last_snapshot
+            if any(slot.progress.fresh() for slot in self.slots):
+                self._changed = True  # a task's progress no snapshot has shown yet
             if (self._changed and since >= SNAPSHOT_SECONDS[0]) or since >= SNAPSHOT_SECONDS[1]:
                 state = "paused" if self.control.paused else "running"
                 self.outbox.announce(self.account.snapshot(state,
