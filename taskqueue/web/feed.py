@@ -26,11 +26,12 @@ import pika
 from taskqueue.broker.blocking import open_blocking_at
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.errors import UserError
-from taskqueue.views.live import LiveState, QueueCounts
+from taskqueue.views.live import QueueCounts
 from taskqueue.views.store import passive_counts
 from taskqueue.views.watch import VIEW_QUEUE_LIMIT
 from taskqueue.web.copies import RunCopies
 from taskqueue.web.nodes import NodeWatch
+from taskqueue.web.snapshot import FeedState
 from taskqueue.web.totals import RecordTotals
 from taskqueue.wire.events import decode_events
 from taskqueue.wire.record import decode_group, kind_of
@@ -49,8 +50,8 @@ class DashboardFeed:
                  copies: RunCopies, interval: float = 1.0) -> None:
         self.settings, self.spec, self.log, self.interval = settings, spec, log, interval
         self.copies = copies
-        self.state = LiveState(spec.name, gone_after=GONE_AFTER)
         self.totals = RecordTotals()
+        self.state = FeedState(spec.name, gone_after=GONE_AFTER, totals=self.totals)
         self.lock = threading.Lock()
         self.connected = False
         self.problem: str | None = None  # why the feed is not connected, for the page
@@ -76,10 +77,10 @@ class DashboardFeed:
         self.copies.close()
 
     def latest_run(self) -> str:
-        """The run shown live, else the newest recorded."""
+        """The newest run going on (the live page's first card), else the newest recorded."""
         with self.lock:
-            runs = self.totals.run_list()
-            return self.state.run_id or (runs[0]["run"] if runs else "")
+            runs = self.totals.live_runs(time.time())
+            return runs[0]["run"] if runs else ""
 
     def seen(self, run_id: str) -> int:
         with self.lock:

@@ -11,11 +11,23 @@ worker is one row, and the page stays small.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 from taskqueue.views.live import LiveState, SlotView
 from taskqueue.views.live_screen import folded_state, natural_key, short_state
+from taskqueue.web.totals import RecordTotals
 
 SLOTS_LISTED = 64  # more slots than this: workers only, each folded
+RUNS_SHOWN = 3  # run cards on the live page; more: "and N more" (the runs page lists them)
+
+
+@dataclass
+class FeedState(LiveState):
+    """The feed's LiveState with the record's totals beside it (feed.py): the live page's run
+    cards come from those, per run, so that a card follows its own run whatever the live
+    tally (one current run, switched by whichever run's task came last) does."""
+
+    totals: RecordTotals = field(default_factory=RecordTotals)
 
 
 def live_json(state: LiveState, now: float, feed_problem: str | None = None) -> dict:
@@ -42,6 +54,7 @@ def live_json(state: LiveState, now: float, feed_problem: str | None = None) -> 
         "run": {"id": state.run_id, "done": state.done, "total": state.total,
                 "failed": state.failed, "dead": state.dead, "cancelled": state.cancelled,
                 "rate": round(state.rate(now), 2), "eta": eta},
+        **_run_cards(state, now, eta),
         "workers": rows,
         "worker_states": dict(Counter(row["kind"] for row in rows)),
         "slots_listed": listed,
@@ -49,6 +62,19 @@ def live_json(state: LiveState, now: float, feed_problem: str | None = None) -> 
                       "outcome": outcome, "reason": reason}
                      for when, worker, row, task, outcome, reason in reversed(state.failures)],
     }
+
+
+def _run_cards(state: LiveState, now: float, eta: float | None) -> dict:
+    """The runs going on, each with the record's figures (the runs page's): newest first, at
+    most RUNS_SHOWN, and how many more. The live tally's rate and ETA go with its own run."""
+    if not isinstance(state, FeedState):
+        return {"runs": [], "runs_more": 0}
+    runs = state.totals.live_runs(now)
+    for run in runs:
+        mine = run["run"] == state.run_id
+        run["rate"] = round(state.rate(now), 2) if mine else None
+        run["eta"] = eta if mine else None
+    return {"runs": runs[:RUNS_SHOWN], "runs_more": max(0, len(runs) - RUNS_SHOWN)}
 
 
 def _worker(state: LiveState, name: str, slots: list[SlotView], now: float, done_total: int,

@@ -8,6 +8,11 @@ emitter that worked on a run (``--resume`` goes on with the same run id) writes 
 the count is the sum, per emitter, of the largest ``published`` it said (an event id starts
 with its process: wire/events.py ``event_id``). It steps up when an emitter finishes; an
 emitter that also said how far it had got on the way would move it sooner, unchanged here.
+A run's total is summed the same way, per emitter: what it published once finished, what it
+said it would before (``EmitterNote``): a resumed run's total is its emitters' together.
+
+The live page's run cards (snapshot.py) are the lines of the runs going on (``live_runs``):
+the same figures as the runs page, each card following its own run.
 
 Cancelled attempts are counted by outcome but are not durations: one acked unrun took no time
 and one stopped half-way says nothing of how long the task takes.
@@ -31,6 +36,8 @@ from taskqueue.wire.record import kind_of
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
            300.0, 600.0, 1800.0, 3600.0)
 MAX_WORKERS_NAMED = 1000  # per run: how many worker names a run's line remembers
+RECENT_SECONDS = 600.0  # a run whose tasks are all final stays live this long after its last
+STALLED_SECONDS = 3600.0  # a run with tasks not final, heard from within this, is live
 
 
 class Histogram:
@@ -54,16 +61,52 @@ class Histogram:
 
 
 @dataclass
+class EmitterNote:
+    """What one emitter of a run said: the rows it would publish, the most it confirmed."""
+
+    announced: int | None = None
+    published: int = 0
+    finished: bool = False
+
+    def counted(self) -> int | None:
+        """Its share of the run's total: what it published once finished, else what it said
+        it would (or, saying nothing, what it has so far)."""
+        if self.finished or self.announced is None:
+            return self.published if self.finished or self.published else None
+        return max(self.announced, self.published)
+
+
+@dataclass
 class RunLine:
     """One run as the runs page lists it (attempt counts; its page counts tasks exactly)."""
 
     run_id: str
     started: float = float("inf")
     finished: float = 0.0
-    total: int | None = None  # rows the emitter said it would publish
+    heard: float = 0.0  # the newest time of its records: a run heard from lately is live
     records: int = 0  # of this run, read so far
     outcomes: Counter = field(default_factory=Counter)
     workers: set = field(default_factory=set)
+    emitters: dict[str, EmitterNote] = field(default_factory=dict)  # by emitter (its id prefix)
+
+    @property
+    def total(self) -> int | None:
+        """Rows its emitters published or said they would, summed over them (a ``--resume``
+        goes on with the same run id: each emitter publishes its part)."""
+        shares = [note.counted() for note in self.emitters.values()]
+        known = [share for share in shares if share is not None]
+        return sum(known) if known else None
+
+    def settled(self) -> int:
+        """Its tasks that reached a final outcome (a failed attempt is retried)."""
+        return self.outcomes["done"] + self.outcomes["dead"] + self.outcomes["cancelled"]
+
+    def live(self, now: float) -> bool:
+        """Heard from in the last RECENT_SECONDS, or tasks not yet final and heard from in the
+        last STALLED_SECONDS (an abandoned run leaves the live page after that)."""
+        total = self.total
+        unfinished = total is None or self.settled() < total
+        return self.heard >= now - (STALLED_SECONDS if unfinished else RECENT_SECONDS)
 
     def as_json(self) -> dict:
         return {"run": self.run_id, "started": None if self.started == float("inf")
@@ -83,7 +126,6 @@ class RecordTotals:
         self.runs: dict[str, RunLine] = {}
         self.records = 0
         self.published = 0  # tasks the emitters said they published (module docstring)
-        self._published_by: dict[tuple[str, str], int] = {}  # (run, emitter) -> its largest
         self._seen = RecentIds()
         self.minutes = MinuteHistory()  # per minute, the last day: the history page
 
@@ -98,12 +140,11 @@ class RecordTotals:
         run = self._run(record.get("run_id") or "")
         run.records += 1
         if kind == "run":
-            self._note_published(run.run_id, record)
-            if record.get("state") == "started" and record.get("total") is not None:
-                run.total = int(record["total"])
-            elif record.get("state") == "finished":
-                run.total = int(record.get("published") or 0)
-            run.started = min(run.started, float(record.get("time") or run.started))
+            self._note_emitter(run, record)
+            when = _number(record.get("time"))
+            if when is not None:
+                run.started = min(run.started, when)
+                run.heard = max(run.heard, when)
             return
         outcome = str(record.get("outcome") or "done")
         self.outcomes[outcome] += 1
@@ -120,23 +161,28 @@ class RecordTotals:
             run.started = min(run.started, started)
         if finished is not None:
             run.finished = max(run.finished, finished)
+            run.heard = max(run.heard, finished)
             self.minutes.finished(finished, outcome)
         if len(run.workers) < MAX_WORKERS_NAMED:
             run.workers.add(str(record.get("worker") or ""))
 
-    def _note_published(self, run_id: str, record: dict) -> None:
-        published = record.get("published")
-        if not isinstance(published, int) or isinstance(published, bool) or published <= 0:
-            return
+    def _note_emitter(self, run: RunLine, record: dict) -> None:
+        """A run note: its emitter's total and published count, on the run's line and in the
+        tasks published (the largest each emitter said: module docstring)."""
         record_id = str(record.get("id") or "")
+        note = run.emitters.setdefault(record_id.rpartition("-")[0] or record_id, EmitterNote())
+        announced = _count(record.get("total"))
+        if record.get("state") == "started" and announced is not None:
+            note.announced = announced
+        published = _count(record.get("published")) or 0
+        if record.get("state") == "finished":
+            note.finished = True
         if not record_id:  # a stranger's note: nothing to tell two of its emitters apart
             self.published += published
-            return
-        key = (run_id, record_id.rpartition("-")[0] or record_id)
-        before = self._published_by.get(key, 0)
-        if published > before:
-            self._published_by[key] = published
-            self.published += published - before
+            note.published = max(note.published, published)
+        elif published > note.published:
+            self.published += published - note.published
+            note.published = published
 
     def _run(self, run_id: str) -> RunLine:
         line = self.runs.get(run_id)
@@ -150,8 +196,23 @@ class RecordTotals:
 
     def run_list(self) -> list[dict]:
         """Every run, newest first."""
+        return [line.as_json() for line in self._listed()]
+
+    def live_runs(self, now: float) -> list[dict]:
+        """The runs going on (``RunLine.live``), newest first; none: the newest recorded. The
+        same figures as ``run_list``: the live page and the runs page agree."""
+        lines = self._listed()
+        live = [line for line in lines if line.live(now)]
+        return [line.as_json() for line in live or lines[:1]]
+
+    def _listed(self) -> list[RunLine]:
         lines = sorted(self.runs.values(), key=lambda line: line.started, reverse=True)
-        return [line.as_json() for line in lines if line.outcomes or line.total is not None]
+        return [line for line in lines if line.outcomes or line.total is not None]
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
+        else None
 
 
 def _number(value: object) -> float | None:

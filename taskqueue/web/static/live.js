@@ -11,20 +11,49 @@ function showLive(data) {
   }
   setText("q-latency", q.latency === null ? "-" : seconds(q.latency));
   document.getElementById("paused").hidden = !q.paused;
-  currentRun = r.id || "";
-  const link = document.getElementById("run-link");
-  fill(link, r.id || "-");
-  link.href = r.id ? `${ROOT}runs/${encodeURIComponent(r.id)}` : `${ROOT}runs`;
-  setText("r-done", r.total === null ? r.done : `${r.done} / ${r.total}`);
-  for (const key of ["failed", "dead", "cancelled"]) setText(`r-${key}`, r[key]);
-  setText("r-rate", `${r.rate} tasks/s`);
-  setText("r-eta", r.eta === null ? "?" : seconds(r.eta));
-  const progress = document.getElementById("run-progress");
-  progress.max = r.total || 1;
-  progress.value = r.total ? r.done + r.dead + r.cancelled : 0;
+  showRuns(data.runs.length ? data.runs : [{ ...r, run: r.id }], data.runs_more);
   showWorkers(data);
   showFailures(data.failures);
   setText("updated", clock(data.updated));
+}
+
+// A card per run going on, newest first, each with the record's figures for that run (the
+// runs page's): a card follows its own run, and its counts only grow. The first card is the
+// page's own (#run-card: its "Cancel run" acts on that run); the others are copies of it.
+function showRuns(runs, more) {
+  const first = document.getElementById("run-card");
+  for (const old of document.querySelectorAll(".run-card.other")) old.remove();
+  let after = first;
+  runs.forEach((run, index) => {
+    let card = first;
+    if (index > 0) {
+      card = first.cloneNode(true);
+      card.classList.add("other");
+      for (const node of [card, ...card.querySelectorAll("[id]")]) node.removeAttribute("id");
+      after.after(card);
+      after = card;
+    }
+    showRun(card, run);
+  });
+  currentRun = runs[0].run || "";
+  const moreNote = document.getElementById("runs-more");
+  moreNote.hidden = !more;
+  setText("runs-more-count", more);
+}
+
+function showRun(card, r) {
+  const figure = (name) => card.querySelector(`[data-figure="${name}"]`);
+  card.dataset.run = r.run || "";
+  const link = figure("link");
+  fill(link, r.run || "-");
+  link.href = r.run ? `${ROOT}runs/${encodeURIComponent(r.run)}` : `${ROOT}runs`;
+  fill(figure("done"), r.total === null ? r.done : `${r.done} / ${r.total}`);
+  for (const key of ["failed", "dead", "cancelled"]) fill(figure(key), r[key]);
+  fill(figure("rate"), r.rate === null ? "-" : `${r.rate} tasks/s`);
+  fill(figure("eta"), r.eta === null ? "?" : seconds(r.eta));
+  const progress = figure("progress");
+  progress.max = r.total || 1;
+  progress.value = r.total ? r.done + r.dead + r.cancelled : 0;
 }
 
 function showWorkers(data) {

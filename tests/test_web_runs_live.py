@@ -1,0 +1,129 @@
+"""The live page's run cards with overlapping runs and late retries (issue 30, item 2), in
+headless chromium through the printed URL of a real ``task_report.py --serve``, a real worker
+and the real broker.
+
+Run A has tasks that fail their first attempt and are retried seconds later; run B is emitted
+while those retries wait, so A's retries finish among (or after) B's tasks. The page is sampled
+over and over until both runs are done: each run's card shows its own figures, its done count
+never goes down, its total is always shown and is what its emitter published; at the end each
+card says what the Runs page says for that run.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from tests.dashboard import CHROMIUM_ARGS, ensure_chromium, start_dashboard
+from tests.helpers import done_counts, start_worker, wait_for, write_csv
+from tests.test_web_browser import emit
+
+ROWS = 40  # per run
+LATE = 6  # of run A's rows: fail once, retried after the worker's --retry-delay
+RETRY_DELAY = "6"
+
+# Every run card on the page: its run (the link in its heading) and its "done" figure.
+CARDS = """() => [...document.querySelectorAll("#run-card, .run-card")].map((card) => ({
+  run: card.querySelector("h2 a").textContent,
+  done: card.querySelector("dl dd").textContent }))"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = ensure_chromium()
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def figures(text: str) -> tuple[int, int | None]:
+    """A card's "done" figure: "12 / 40" -> (12, 40); "12" -> (12, None)."""
+    match = re.fullmatch(r"(\d+)(?: / (\d+))?", text.strip())
+    assert match, f"not a done figure: {text!r}"
+    return int(match[1]), int(match[2]) if match[2] else None
+
+
+def runs_page(page: Page, base: str) -> dict[str, tuple[int, int]]:
+    """The Runs page: run -> (done, total)."""
+    page.goto(f"{base}/runs")
+    rows = page.eval_on_selector_all("#runs tbody tr", """(rows) => rows.map((row) =>
+        [...row.querySelectorAll("td")].map((cell) => cell.textContent))""")
+    return {cells[0]: (int(cells[4]), int(cells[3])) for cells in rows}
+
+
+def test_each_run_has_its_own_card_that_never_goes_back_and_agrees_with_the_runs_page(
+        browser, queue, logs, tmp_path):
+    board = start_dashboard(queue, tmp_path, logs)
+    page = browser.new_context().new_page()
+    page.goto(board.address)
+    page.wait_for_selector("#connection.ok")
+    out = tmp_path / "w1.out"
+    start_worker("--queue", queue, "--name", "w1", "--handler",
+                 "tests.runs_live_handlers:late_once", "--retry-delay", RETRY_DELAY,
+                 log_dir=logs, out=out)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    late = [f"late:{marks / f'a{n}'} .." for n in range(LATE)]
+    run_a = emit(queue, logs, write_csv(tmp_path / "a.csv", late + [
+        f"a{n} .." for n in range(ROWS - LATE)]))
+    wait_for(lambda: len(list(marks.iterdir())) == LATE, timeout=60,
+             what="run A's late tasks to fail once")
+    run_b = emit(queue, logs, write_csv(tmp_path / "b.csv", [f"b{n} .." for n in range(ROWS)]))
+    assert run_a != run_b
+
+    samples: dict[str, list[str]] = {run_a: [], run_b: []}
+
+    def sample() -> None:
+        for card in page.evaluate(CARDS):
+            if card["run"] in samples:
+                samples[card["run"]].append(card["done"])
+
+    def all_done() -> bool:
+        sample()
+        return sum(done_counts(out).values()) >= 2 * ROWS
+
+    wait_for(all_done, timeout=180, interval=0.1, what="both runs done by the worker")
+    last_update = page.inner_text("#updated")
+    for _ in range(3):  # a few more snapshots: the page catches up with the record
+        wait_for(lambda shown=last_update: sample() or page.inner_text("#updated") != shown,
+                 timeout=30, what="the next snapshot")
+        last_update = page.inner_text("#updated")
+    print({run: len(seen) for run, seen in samples.items()}, "samples per run")
+
+    for run, seen in samples.items():
+        assert seen, f"run {run} never had a card"
+        shown = [figures(text) for text in seen]
+        without_total = [text for text in seen if figures(text)[1] is None]
+        assert not without_total, f"run {run}: shown without its total: {without_total[:5]}"
+        assert {total for _done, total in shown} == {ROWS}, \
+            f"run {run}: a total other than the {ROWS} published: {sorted(set(seen))[:10]}"
+        dones = [done for done, _total in shown]
+        went_back = [(a, b) for a, b in zip(dones, dones[1:]) if b < a]
+        assert not went_back, f"run {run}: the done count went back: {went_back[:5]}"
+
+    live = {card["run"]: figures(card["done"]) for card in page.evaluate(CARDS)}
+    assert live.get(run_a) == live.get(run_b) == (ROWS, ROWS), live
+    listed = runs_page(page, board.base)
+    assert listed[run_a] == listed[run_b] == (ROWS, ROWS), listed
+    board.stop()
+
+
+def test_a_resumed_runs_total_is_what_its_emitters_published_together():
+    """Pure (records made up): a run emitted by two emitters (the second with ``--resume``:
+    the same run id) has for total the sum of what each published, on the Runs page and on
+    the live card, while the second goes on and once it is done."""
+    from taskqueue.web.totals import RecordTotals
+
+    totals = RecordTotals()
+    note = {"kind": "run", "run_id": "r1", "queue": "q", "time": 100.0}
+    totals.add({**note, "id": "first-1", "state": "started", "total": 3500, "published": 0})
+    totals.add({**note, "id": "first-2", "state": "finished", "total": 3500, "published": 2000})
+    assert totals.run_list()[0]["total"] == 2000
+    totals.add({**note, "id": "second-1", "state": "started", "total": 1500, "published": 0})
+    assert totals.run_list()[0]["total"] == 3500, "what the second said it would publish"
+    totals.add({**note, "id": "second-2", "state": "finished", "total": 1500, "published": 1500})
+    assert totals.run_list()[0]["total"] == totals.live_runs(101.0)[0]["total"] == 3500
+    assert totals.published == 3500
