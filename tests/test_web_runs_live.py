@@ -127,3 +127,31 @@ def test_a_resumed_runs_total_is_what_its_emitters_published_together():
     totals.add({**note, "id": "second-2", "state": "finished", "total": 1500, "published": 1500})
     assert totals.run_list()[0]["total"] == totals.live_runs(101.0)[0]["total"] == 3500
     assert totals.published == 3500
+
+
+def test_the_live_page_lists_the_runs_going_on_newest_first_three_then_how_many_more():
+    """Pure (records made up): runs heard from lately, or with tasks not final, are live; a
+    run all done and quiet for RECENT_SECONDS is not; the newest three get cards."""
+    from taskqueue.web.snapshot import RUNS_SHOWN, FeedState, live_json
+    from taskqueue.web.totals import RECENT_SECONDS, STALLED_SECONDS
+
+    state = FeedState("q")
+    now = 10_000.0
+
+    def run(run_id: str, at: float, total: int, done: int) -> None:
+        state.totals.add({"kind": "run", "id": f"{run_id}e-1", "run_id": run_id,
+                          "state": "started", "total": total, "published": 0, "time": at})
+        for n in range(done):
+            state.totals.add({"id": f"{run_id}w-{n}", "run_id": run_id, "outcome": "done",
+                              "started": at, "finished": at + 1})
+
+    run("old-done", now - RECENT_SECONDS - 10, 2, 2)  # finished and quiet: not live
+    run("old-stalled", now - STALLED_SECONDS - 10, 2, 1)  # abandoned: not live
+    run("a", now - 500, 2, 1)  # tasks not final: live
+    run("b", now - 400, 2, 2)  # done lately: live
+    run("c", now - 300, 3, 0)
+    run("d", now - 200, 3, 1)
+    data = live_json(state, now)
+    assert [card["run"] for card in data["runs"]] == ["d", "c", "b"][:RUNS_SHOWN]
+    assert data["runs_more"] == 1
+    assert data["runs"][0]["done"] == 1 and data["runs"][0]["total"] == 3
