@@ -295,3 +295,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         reason = windows_lack(item)
         if reason:
             item.add_marker(pytest.mark.skip(reason=f"not on Windows: {reason}"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium, headless, driven by Playwright: one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.dashboard import CHROMIUM_ARGS, ensure_chromium
+
+    executable = ensure_chromium()
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context (no cookies) and its page, at a desktop size; a module that needs
+    other context options defines its own."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    yield opened
+    context.close()

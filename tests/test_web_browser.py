@@ -11,22 +11,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
-from tests.dashboard import CHROMIUM_ARGS, ensure_chromium, start_dashboard
+from tests.dashboard import start_dashboard
 from tests.helpers import run_script, start_worker, wait_for, write_csv
 from tests.test_web_http import control_commands
 
 HOSTILE = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2"> boom.'
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = ensure_chromium()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -12,34 +12,17 @@ import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.results.reader import RecordReader
 from taskqueue.wire.record import kind_of
-from tests.dashboard import CHROMIUM_ARGS, Dashboard, ensure_chromium, start_dashboard
+from tests.dashboard import Dashboard, start_dashboard
 from tests.helpers import MAIN_URL, queue_state, run_script, start_worker, wait_for, write_csv
 
 FINE, FLAKY, DOOMED = 5, 3, 4
 SVG = "{http://www.w3.org/2000/svg}"
 OUTCOMES = ("done", "failed", "dead", "cancelled")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=ensure_chromium(),
-                                              args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    opened = context.new_page()
-    yield opened
-    context.close()
 
 
 def per_minute_in_record(queue: str) -> dict[int, Counter]:

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from taskqueue.errors import UserError
 from taskqueue.web.access import Public
 from tests.brokers import free_port
-from tests.dashboard import CHROMIUM_ARGS, ensure_chromium, start_dashboard
+from tests.dashboard import start_dashboard
 from tests.helpers import ROOT, run_script, start_worker, wait_for, write_csv
 from tests.test_web_browser import emit
 from tests.test_web_http import control_commands
@@ -123,15 +123,6 @@ def nginx(tmp_path: Path) -> Iterator[Nginx]:
         yield proxy
     finally:
         proxy.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = ensure_chromium()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

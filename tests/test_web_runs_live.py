@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import re
 
-import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
-from tests.dashboard import CHROMIUM_ARGS, ensure_chromium, start_dashboard
+from tests.dashboard import start_dashboard
 from tests.helpers import done_counts, start_worker, wait_for, write_csv
 from tests.test_web_browser import emit
 
@@ -28,15 +27,6 @@ RETRY_DELAY = "6"
 CARDS = """() => [...document.querySelectorAll("#run-card, .run-card")].map((card) => ({
   run: card.querySelector("h2 a").textContent,
   done: card.querySelector("dl dd").textContent }))"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = ensure_chromium()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def figures(text: str) -> tuple[int, int | None]:

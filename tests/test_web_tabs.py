@@ -15,25 +15,15 @@ from __future__ import annotations
 import subprocess
 import time
 
-import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from taskqueue.web.feed import GONE_AFTER
 from tests.brokers import ThrowawayBroker, free_port
-from tests.dashboard import CHROMIUM_ARGS, Dashboard, ensure_chromium, start_dashboard
+from tests.dashboard import Dashboard, start_dashboard
 from tests.helpers import start_worker, wait_for, write_csv
 from tests.test_web_browser import confirm, emit, text_of
 
 TABS = 12
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = ensure_chromium()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def streams_open(board: Dashboard, prefix: str = "") -> float:

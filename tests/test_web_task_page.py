@@ -9,13 +9,11 @@ import re
 from urllib.parse import quote
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.results.reader import RecordReader
 from tests.dashboard import (
-    CHROMIUM_ARGS,
-    ensure_chromium,
     form_post,
     session_cookies,
     start_dashboard,
@@ -24,23 +22,6 @@ from tests.helpers import MAIN_URL, queue_state, run_script, start_worker, wait_
 from tests.task_page_handlers import DETAIL
 
 DONE, FLAKY, DOOMED, CURSED = 4, 3, 53, 2  # 53 dead of one reason: more than the 50 of a page
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=ensure_chromium(),
-                                              args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    opened = context.new_page()
-    yield opened
-    context.close()
 
 
 @pytest.fixture
