@@ -319,3 +319,17 @@ def page(browser):
     opened = context.new_page()
     yield opened
     context.close()
+
+
+@pytest.fixture(scope="module")
+def panel_node():
+    """A throwaway node with the management plugin (the machine's broker has none); its HTTP
+    port is ``panel_port``."""
+    from tests.brokers import ThrowawayBroker, free_port
+
+    port = free_port()
+    node = ThrowawayBroker([f"management.tcp.port = {port}", "management.tcp.ip = 127.0.0.1"],
+                           plugins="[rabbitmq_management].").start()
+    node.panel_port = port
+    yield node
+    node.cleanup()

@@ -5,20 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
-from tests.brokers import ThrowawayBroker, free_port
 from tests.helpers import ROOT, script_env
-
-
-@pytest.fixture(scope="module")
-def panel_node():
-    port = free_port()
-    node = ThrowawayBroker([f"management.tcp.port = {port}", "management.tcp.ip = 127.0.0.1"],
-                           plugins="[rabbitmq_management].").start()
-    node.panel_port = port
-    yield node
-    node.cleanup()
 
 
 def test_admin_opens_the_panel_without_the_password(panel_node, logs, tmp_path):

@@ -27,21 +27,10 @@ from taskqueue.control.state import command
 from taskqueue.control.stream_size import measure
 from taskqueue.wire.events import run_event, task_event
 from taskqueue.wire.record import encode_group, new_run_id
-from tests.brokers import ThrowawayBroker, ctl, free_port
+from tests.brokers import ctl
 from tests.helpers import MAIN_URL, run_script, wait_for
 
 NODE = "rabbit@localhost"
-
-
-@pytest.fixture(scope="module")
-def panel_node():
-    """A throwaway node with the management plugin (the machine's broker has none)."""
-    port = free_port()
-    node = ThrowawayBroker([f"management.tcp.port = {port}", "management.tcp.ip = 127.0.0.1"],
-                           plugins="[rabbitmq_management].").start()
-    node.panel_port = port
-    yield node
-    node.cleanup()
 
 
 def blocking(url: str = MAIN_URL) -> pika.BlockingConnection:
