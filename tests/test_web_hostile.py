@@ -32,7 +32,6 @@ from taskqueue.views.timeline import svg
 from taskqueue.wire.messages import message_id
 from tests.dashboard import start_dashboard
 from tests.helpers import MAIN_URL, run_script, start_worker, wait_for, write_csv
-from tests.test_web_browser import browser, page  # noqa: F401 - fixtures
 
 RLO = "\u202e"
 CONTROLS = "\x07\x1b[31m\x08\x0b\x0c\r\x7f c1 \x85\x9b"  # C0 (not tab or newline), DEL, C1
@@ -118,7 +117,7 @@ def publish_raw(queue: str, run: str, row: int, text: str) -> None:
         connection.close()
 
 
-def test_hostile_task_text_cannot_reorder_break_or_widen_the_pages(page, queue, logs,  # noqa: F811
+def test_hostile_task_text_cannot_reorder_break_or_widen_the_pages(page, queue, logs,
                                                                    tmp_path):
     rows = [f"boom spoof {RLO}reversed", f"boom ctl {CONTROLS} end",
             "boom " + "w" * LONG, "long " + "y" * LONG, f"fine {CONTROLS}"]
@@ -193,7 +192,7 @@ def publish_record(queue: str, record: dict) -> None:
 
 
 def test_a_record_holding_a_lone_surrogate_is_shown_and_the_dashboard_reads_on(
-        page, queue, logs, tmp_path):  # noqa: F811
+        page, queue, logs, tmp_path):
     run = emit_big(queue, logs, write_csv(tmp_path / "t.csv", ["fine"]))
     board = start_dashboard(queue, tmp_path, logs)
     now = time.time()
