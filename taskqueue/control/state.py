@@ -74,7 +74,7 @@ class Selection:
                 and (match is None or (isinstance(match, str) and match))):
             return None
         when = record.get("time")
-        before = float(when) if isinstance(when, int | float) and run is None else None
+        before = float(when) if isinstance(when, (int, float)) and run is None else None
         selection = cls(run, frozenset(rows), frozenset(ids), match, before)
         return selection if selection.sound else None
 

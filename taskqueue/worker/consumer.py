@@ -254,8 +254,8 @@ class TaskConsumer(BrokerSession):
         Without one: the queue was deleted, or its node went away."""
         self.intake.forget()  # the channel is closed below
         self.idle.stop()
-        if self.phase in STOP_ASKED or self.channel is None:
-            return
+        if self.phase in STOP_ASKED or self.channel is None or not self.channel.is_open:
+            return  # (both subscriptions cancelled: the second one finds the channel closing)
         self.phase = Phase.RECONNECTING  # the channel is closed below: set up again
         if not self.life.taken_back("the broker cancelled the subscription"):
             self.log.warning("[%s] the broker cancelled the subscription to %r (queue deleted, "

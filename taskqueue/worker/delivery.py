@@ -95,7 +95,7 @@ class Delivery:
         failed attempt's receipt on a retry or dead copy, else its first publish (the
         emitter's), else its run's start."""
         marked = self.headers.get(CHECK_FROM)
-        if isinstance(marked, int | float) and not isinstance(marked, bool) and marked > 0:
+        if isinstance(marked, (int, float)) and not isinstance(marked, bool) and marked > 0:
             return float(marked) - CLOCK_SKEW
         if self.properties.type == FIRST_PUBLISH and self.queued is not None:
             return self.queued - CLOCK_SKEW

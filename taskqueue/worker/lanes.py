@@ -10,13 +10,19 @@ run in their slots; and while urgent tasks wait in the broker, every slot that f
 already in hand: the broker sends its replacement while the next one runs. (With slots + 1,
 slots that free together, as tasks of one length started together do, found one for the
 first slot only and the others took a normal task: 20 of them at 4 workers x 4 slots in
-bench/priority.py, 0 with 2 x slots.) The price: a busy worker may hold up to ``slots`` urgent
-tasks that another worker's free slot could start; each waits at most until this worker's
-slots free, one task's time.
+bench/priority.py, 0 with 2 x slots.) The price: a busy worker may hold up to 2 x slots urgent
+tasks that another worker's free slot could start; each waits until one of this worker's slots
+frees, up to one task's time.
+
+A normal task held while urgent ones keep coming would wait as long as they do, and the
+broker's consumer timeout (30 min by default) counts from its delivery, not from its start:
+one held ``NORMAL_HELD_AT_MOST`` seconds goes before the urgent ones (at most one per slot that
+frees), so urgency never costs a task held in hand its channel.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,14 +50,20 @@ class Held:
     method: Basic.Deliver
     properties: pika.BasicProperties
     body: bytes
+    since: float = 0.0  # when it was held (the lanes' clock)
+
+
+NORMAL_HELD_AT_MOST = 60.0  # seconds a held normal task yields to urgent ones (see above)
 
 
 class Lanes:
-    """Two first-in-first-out lanes; ``take`` empties the urgent one first."""
+    """Two first-in-first-out lanes; ``take`` empties the urgent one first, but for a normal
+    delivery held ``NORMAL_HELD_AT_MOST`` seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._urgent: deque[Held] = deque()
         self._normal: deque[Held] = deque()
+        self._clock = clock
 
     def __len__(self) -> int:
         return len(self._urgent) + len(self._normal)
@@ -61,10 +73,14 @@ class Lanes:
         return len(self._urgent)
 
     def hold(self, held: Held, urgent: bool) -> None:
+        held.since = self._clock()
         (self._urgent if urgent else self._normal).append(held)
 
     def take(self) -> Held | None:
-        """The delivery a free slot runs next: the oldest urgent one, else the oldest normal."""
+        """The delivery a free slot runs next: the oldest urgent one, else the oldest normal;
+        but a normal one held too long first."""
+        if self._normal and self._clock() - self._normal[0].since >= NORMAL_HELD_AT_MOST:
+            return self._normal.popleft()
         for lane in (self._urgent, self._normal):
             if lane:
                 return lane.popleft()

@@ -34,6 +34,7 @@ from taskqueue.worker.policy import (
     Verdict,
     after_work,
     before_work,
+    cancellation,
     dead_letter,
 )
 from taskqueue.worker.settlement import Settlement, Step
@@ -137,6 +138,10 @@ class DeliveryLife:
             when = time.strftime("%H:%M:%S", time.localtime(finished)) if finished else "?"
             settlement.why = f"already done by {worker} at {when}; result kept"
             settlement.finish("skipped", 0.0)
+            return
+        why = cancellation(delivery, self.control.state.cancelled_runs)
+        if why is not None:  # cancelled while its record was read: it never starts
+            self._carry_out(slot, delivery, Verdict("cancelled", why), 0.0)
             return
         note = f" (attempt {delivery.retries + 1})" if delivery.retries else ""
         if delivery.redelivered:
