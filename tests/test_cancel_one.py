@@ -226,3 +226,13 @@ def test_the_state_says_who_cancelled_what():
     assert cancelled.reason_for("r1", "f:3:x", 3, "") == \
         "cancelled by bob@b: rows 3, 15 of run r1"
     assert cancelled.reason_for("r1", "f:4:x", 4, "") is None
+
+
+@pytest.mark.fast
+def test_who_cancelled_is_kept_short_and_without_control_or_bidi_characters():
+    state = ControlState("w", 0.0)
+    state.apply(command("cancel", run="r0", by="eve\x1b[2J\u202eevil" + "x" * 500))
+    reason = state.cancelled_runs.reason_for("r0", None, None, "")
+    assert reason is not None and "\x1b" not in reason and "\u202e" not in reason
+    assert reason.startswith("run r0 was cancelled by eve?[2J?evil")
+    assert len(reason) <= len("run r0 was cancelled by ") + 100

@@ -92,3 +92,12 @@ def test_the_views_show_a_busy_slots_progress_as_one_harmless_line():
     screen = "\n".join(state.screen(now, width=200))
     assert "40% step\\x0a2" in screen and "\x1b" not in screen and "\u202e" not in screen
     assert progress_words(None) == "" and terminal_text("a\tb") == "a\\x09b"
+
+
+def test_a_note_that_cannot_be_text_is_no_note_not_a_failure():
+    class Hostile:
+        def __str__(self) -> str:
+            raise RuntimeError("no text for you")
+
+    assert clean_note(Hostile()) == ""
+    assert clean_note(None) == "" and clean_note(42) == "42"

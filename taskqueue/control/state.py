@@ -99,10 +99,11 @@ class Selection:
     def selects(self, run_id: str, message_id: str | None, row: int | None, text: str) -> bool:
         if self.run is not None and run_id != self.run:
             return False
-        if self.before is not None and (run_began(run_id) or 0.0) > self.before:
-            return False  # a later run of the same file: its ids are the same
-        return (row in self.rows or message_id in self.ids
-                or (self.match is not None and self.match in text))
+        if not (row in self.rows or message_id in self.ids
+                or (self.match is not None and self.match in text)):
+            return False  # the common case, tested first: the run's time is read only after
+        # A later run of the same file has the same ids: an id alone selects in earlier runs.
+        return self.before is None or (run_began(run_id) or 0.0) <= self.before
 
     def describe(self) -> str:
         """``rows 3, 15 of run R``, ``id X``, ``tasks containing 'abc' of run R``..."""
@@ -121,10 +122,17 @@ def _whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+MAX_BY = 100  # characters of a command's "by" kept
+
+
 def by_whom(record: dict) -> str:
     """`` by alice@host`` for a command that says who gave it, else nothing."""
     by = record.get("by")
-    return f" by {by}" if isinstance(by, str) and by else ""
+    if not isinstance(by, str) or not by:
+        return ""
+    # Anyone who may write to the control stream says who they are: kept short, and shown
+    # without control or bidi characters (a log line and a record carry it).
+    return " by " + "".join(char if char.isprintable() else "?" for char in by[:MAX_BY])
 
 
 def what_is_cancelled(record: dict) -> str:

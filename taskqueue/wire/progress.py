@@ -35,7 +35,13 @@ def fraction_of(value: object) -> float | None:
 
 def clean_note(note: object) -> str:
     """A note as it is sent: text, valid UTF-8, cut at MAX_NOTE bytes (an ellipsis says so)."""
-    text = note if isinstance(note, str) else ("" if note is None else str(note))
+    if isinstance(note, str) or note is None:
+        text = note or ""
+    else:
+        try:
+            text = str(note)
+        except Exception:  # a stranger's __str__, or an int too long to print
+            text = ""  # a note that cannot be text is no note: never the task's failure
     if len(text) > MAX_NOTE:  # cut first: a 10 MB note costs no more than a short one
         text = text[:MAX_NOTE]
     text = text.encode("utf-8", "replace").decode("utf-8")

@@ -19,6 +19,8 @@ def send_now(channel: object) -> None:
     nothing waits, or for a channel with no pika connection behind it)."""
     connection = getattr(channel, "connection", None)
     transport = getattr(connection, "_transport", None)
+    if hasattr(transport, "_ssl_writable_action"):
+        return  # TLS: its writable handler may read (a renegotiation): left to the loop
     writable = getattr(transport, "_on_socket_writable", None)
     size = getattr(transport, "get_write_buffer_size", None)
     if writable is None or size is None or not size():
