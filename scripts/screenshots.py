@@ -1,30 +1,127 @@
 #!/usr/bin/env python3
-"""The README's pictures of the web view, taken from a real run: queue ``demo_web``, three
-workers (one fails the tasks that say "boom"), the dashboard, Debian's chromium (headless,
-driven by Playwright). Writes docs/img/live.png and docs/img/run.png, then deletes the queue.
+"""The pictures of the web view in README.md and docs/web.md, taken from a real run: a queue
+``screens.<random>``, two workers of two slots (scripts/screenshot_tasks.py: progress told,
+some tasks failing), the dashboard, two overlapping runs, Debian's chromium (headless, driven
+by Playwright, 1280x900). Writes docs/img/live.png, task.png, run.png and dead.png, cropped to
+the page's content. At the end, even on error, every process it started is stopped (by its
+pid) and the queue is deleted with all its companions (QueueSpec.everything: task_control.py
+delete-queue).
 
     python scripts/screenshots.py      # needs the broker on 127.0.0.1:5672 and /usr/bin/chromium
 """
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-QUEUE = "demo_web"
+IMAGES = ROOT / "docs" / "img"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update"]
+HANDLER = "scripts.screenshot_tasks:convert"
+RUN_ROWS_SHOWN = 10  # of the run page's table, sorted: the picture ends there
+FLAKY_ROW = 4  # run A's row 4 fails once, then is done: the task page's two attempts
+# Every card of the live page final: done + dead (+ cancelled) reached the run's total.
+ALL_FINAL = """() => {
+  const cards = document.querySelectorAll('.run-card');
+  return cards.length >= 2 && [...cards].every((card) => {
+    const n = (name) => card.querySelector(`[data-figure="${name}"]`).textContent;
+    const [done, total] = n('done').split(' / ').map(Number);
+    return total > 0 && done + Number(n('dead')) + Number(n('cancelled')) >= total;
+  });
+}"""
+CONTENT_BOTTOM = """() => Math.ceil(Math.max(...[...document.body.querySelectorAll('*')]
+  .map((node) => node.getBoundingClientRect().bottom + window.scrollY)))"""
 
 
-def script(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / args[0]), *args[1:]], cwd=ROOT,
-                            stdin=subprocess.DEVNULL, **kwargs)
+def run_a() -> list[str]:
+    """Scanned documents, 3 to 7 pages each; a few broken ones, one flaky."""
+    rows = [f"convert scan_{n:03d}.tiff " + "." * (3 + n % 5) for n in range(1, 41)]
+    for index in (7, 15, 23, 31):
+        rows[index] = f"convert boom_scan_{index + 1:03d}.tiff ....."
+    rows[FLAKY_ROW - 1] = "convert flaky_scan_004.tiff ...."
+    return rows
+
+
+def run_b() -> list[str]:
+    """A second, later run that overlaps the first: invoices of 8 to 12 pages."""
+    rows = [f"convert invoice_{n:03d}.tiff " + "." * (8 + n % 5) for n in range(1, 13)]
+    rows[5] = "convert boom_invoice_006.tiff ......"
+    return rows
+
+
+class Demo:
+    """The processes of one demo: the dashboard and the workers, each stopped by its pid."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.queue = f"screens.{secrets.token_hex(4)}"
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self, *args: str, **kwargs: Any) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, str(ROOT / args[0]), *args[1:]], cwd=ROOT,
+                                   stdin=subprocess.DEVNULL, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def dashboard(self) -> str:
+        """Start it; its address (with the one-time token) once it printed it."""
+        log = self.work / "dashboard.out"
+        with open(log, "w") as out:
+            self.start("task_report.py", "--serve", "--queue", self.queue, "--bind",
+                       f"127.0.0.1:{free_port()}", "--no-browser", "--reports-dir",
+                       str(self.work), stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while "token=" not in log.read_text():
+            if time.monotonic() > deadline or self.processes[0].poll() is not None:
+                raise RuntimeError(f"the dashboard did not start: {log.read_text()[-500:]}")
+            time.sleep(0.2)
+        found = re.search(r"http://\S+", log.read_text())
+        assert found is not None
+        return found[0]
+
+    def workers(self, *names: str) -> None:
+        env = {**os.environ, "SCREENS_DIR": str(self.work)}
+        for name in names:
+            self.start("listening_worker.py", "--queue", self.queue, "--name", name,
+                       "--concurrency", "2", "--handler", HANDLER, "--max-retries", "1",
+                       "--retry-delay", "0.5", env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+    def emit(self, name: str, rows: list[str]) -> None:
+        """One run: the emitter returns once the broker confirmed every task."""
+        path = self.work / f"{name}.csv"
+        path.write_text("\n".join(rows) + "\n")
+        subprocess.run([sys.executable, str(ROOT / "emitter_of_tasks.py"), "--queue",
+                        self.queue, "--file", str(path), "--no-admin"], cwd=ROOT, check=True,
+                       capture_output=True, stdin=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        """Every process started, by its pid; then the queue and its companions."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        removed = subprocess.run([sys.executable, str(ROOT / "task_control.py"),
+                                  "delete-queue", "--queue", self.queue, "--yes"], cwd=ROOT,
+                                 capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if removed.returncode:
+            print(f"delete-queue {self.queue}: {removed.stderr.strip()}", file=sys.stderr)
 
 
 def free_port() -> int:
@@ -33,60 +130,65 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def shoot(page: Any, name: str, down_to: str = "") -> None:
+    """The page down to its last element (no empty viewport below it), or down to the
+    element *down_to* (a selector): a long table's first rows."""
+    bottom = page.locator(down_to).bounding_box() if down_to else None
+    height = round(bottom["y"] + bottom["height"]) if bottom else \
+        page.evaluate(CONTENT_BOTTOM) + 16
+    height = min(height, 2400)
+    page.screenshot(path=str(IMAGES / name), full_page=True,
+                    clip={"x": 0, "y": 0, "width": 1280, "height": height})
+    print(f"wrote docs/img/{name} ({(IMAGES / name).stat().st_size // 1024} kB)")
+
+
+def take(page: Any, address: str) -> None:
+    root = address.split("?")[0]
+    page.goto(address)
+    page.wait_for_function("() => document.querySelectorAll('.run-card').length >= 2 && "
+                           "document.querySelector('.task-progress progress') !== null",
+                           timeout=60_000)
+    time.sleep(1.5)  # a few tasks done, a failure listed
+    shoot(page, "live.png")
+    first_run = page.locator(".run-card [data-figure=link]").last.inner_text()
+    page.wait_for_function(ALL_FINAL, timeout=180_000)
+    page.goto(f"{root}runs/{first_run}/tasks/{FLAKY_ROW}")
+    page.wait_for_selector("#task-attempts tbody tr:nth-child(2)")
+    shoot(page, "task.png")
+    page.goto(f"{root}runs/{first_run}")
+    page.wait_for_selector("#tasks tbody tr")
+    for _ in range(2):  # the second click: the most attempts first (dead, then retried)
+        with page.expect_response(re.compile(r"tasks\.json")):
+            page.click("#tasks th[data-sort=attempts]")
+    page.wait_for_selector("#tasks th[aria-sort=descending]")
+    shoot(page, "run.png", down_to=f"#tasks tbody tr:nth-child({RUN_ROWS_SHOWN})")
+    page.goto(f"{root}dead?run={first_run}")
+    page.click(".all-of-reason >> nth=0")
+    page.wait_for_selector("#of-reason #reason-tasks li")
+    shoot(page, "dead.png")
+
+
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
     work = Path(tempfile.mkdtemp(prefix="tq-shots-"))
-    rows = [f"resize photo_{n:03d}.jpg" + "." * (3 + n % 5) for n in range(90)]
-    rows[17] = "resize boom_corrupt.jpg ..."
-    rows[55] = "resize boom_truncated.jpg ...."
-    (work / "tasks.csv").write_text("\n".join(rows) + "\n")
-    port = free_port()
-    out = open(work / "dashboard.out", "w")  # noqa: SIM115 - as long as the server
-    processes = [script("task_report.py", "--serve", "--queue", QUEUE, "--bind",
-                        f"127.0.0.1:{port}", "--no-browser", "--reports-dir", str(work),
-                        stdout=out, stderr=subprocess.STDOUT)]
+    demo = Demo(work)
     try:
-        for name in ("alice", "bob", "carol"):
-            processes.append(script("listening_worker.py", "--queue", QUEUE, "--name", name,
-                                    "--concurrency", "2", "--handler",
-                                    "scripts.screenshot_tasks:resize", "--max-retries", "1",
-                                    "--retry-delay", "0.5", stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL))
-        subprocess.run([sys.executable, str(ROOT / "emitter_of_tasks.py"), "--queue", QUEUE,
-                        "--file", str(work / "tasks.csv"), "--no-admin"], cwd=ROOT, check=True,
-                       capture_output=True)
-        while "token=" not in (work / "dashboard.out").read_text():
-            time.sleep(0.2)
-        address = re.search(r"http://\S+", (work / "dashboard.out").read_text())[0]
+        address = demo.dashboard()
+        demo.workers("alice", "bob")
+        demo.emit("scans", run_a())
+        time.sleep(3)  # the second run starts while the first is going on
+        demo.emit("invoices", run_b())
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
                                                  args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1200, "height": 820})
-            page.goto(address)
-            time.sleep(6)  # mid-run: workers busy, a failure or two
-            page.screenshot(path=str(ROOT / "docs" / "img" / "live.png"))
-            while "/ 90" not in page.inner_text("#r-done") or \
-                    int(page.inner_text("#r-done").split(" /")[0]) + int(
-                        page.inner_text("#r-dead")) < 90:
-                time.sleep(0.5)
-            page.click("#run-link")
-            page.wait_for_selector("#tasks tbody tr")
-            page.select_option("#filter select[name=outcome]", "dead")
-            page.click("#filter button")
-            page.wait_for_selector("#tasks tbody tr.dead")
-            page.locator("#tasks tbody tr.dead").first.click()
-            page.wait_for_selector("#attempts:not([hidden]) tbody tr")
-            page.screenshot(path=str(ROOT / "docs" / "img" / "run.png"), full_page=True)
-            browser.close()
+            try:
+                take(browser.new_page(viewport={"width": 1280, "height": 900}), address)
+            finally:
+                browser.close()
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
-        subprocess.run([sys.executable, str(ROOT / "task_control.py"), "delete-queue", "--queue",
-                        QUEUE, "--yes"], cwd=ROOT, capture_output=True)
-    print("wrote docs/img/live.png and docs/img/run.png")
+        demo.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
