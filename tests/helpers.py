@@ -27,6 +27,12 @@ def script_env(log_dir: Path) -> dict[str, str]:
     return env
 
 
+def run_python(code: str, *, log_dir: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``python -c CODE`` in the repo, as the scripts run (``script_env``): the Python API."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env=script_env(log_dir), cwd=ROOT)
+
+
 def run_script(name: str, *args: str, log_dir: Path, timeout: float = 60,
                stdin: object = subprocess.DEVNULL, input: str | None = None
                ) -> subprocess.CompletedProcess:

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from collections import Counter
 
 import pytest
 
 from tests.helpers import (
     MAIN_URL,
-    ROOT,
     consumers,
     queue_state,
     recorded,
+    run_python,
     run_script,
-    script_env,
     start_worker,
     unacked,
     wait_for,
@@ -129,8 +127,7 @@ def test_the_python_api_halts_too(queue, logs, tmp_path):
             f"print(run.wait(timeout=90, halt_after='10%'))\n"
             f"o = run.outcomes\n"
             f"print(o.done, o.dead + o.cancelled, o.dead >= 1, o.halted)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120, cwd=ROOT, env=script_env(logs))
+    result = run_python(code, log_dir=logs, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "True", result.stdout  # every task has its outcome

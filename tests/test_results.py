@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,11 +19,10 @@ import pytest
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from tests.helpers import (
     MAIN_URL,
-    ROOT,
     consumers,
     queue_state,
+    run_python,
     run_script,
-    script_env,
     start_script,
     start_worker,
     unacked,
@@ -335,8 +333,7 @@ def test_submit_wait_results_from_python(queue, logs, tmp_path):
             f"rows = sorted((r['row'], r['task'], r['outcome'], r['result_or_error']) "
             f"for r in run.results())\n"
             f"print(rows)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=90, cwd=ROOT, env=script_env(logs))
+    result = run_python(code, log_dir=logs, timeout=90)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ("[(1, 'x', 'done', 'X'), (2, 'y, z', 'done', 'Y, Z'), "
                                      "(3, 'x', 'done', 'X')]")

@@ -10,7 +10,6 @@ import http.client
 import io
 import re
 import subprocess
-import sys
 import time
 
 import pytest
@@ -23,9 +22,8 @@ from tests.brokers import free_port
 from tests.dashboard import form_post, session_cookies, start_dashboard
 from tests.helpers import (
     MAIN_URL,
-    ROOT,
+    run_python,
     run_script,
-    script_env,
     start_worker,
     wait_for,
     write_csv,
@@ -247,8 +245,7 @@ def test_serving_beyond_loopback_without_a_password_refuses_in_one_line(logs, tm
     assert result.returncode == 2 and "USER:PASSWORD" in result.stderr, result
     code = ("import sys; sys.modules['tornado'] = None; sys.argv = ['task_report.py', "
             "'--serve']; from taskqueue.commands.reporter import entry; entry()")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60, env=script_env(logs), cwd=ROOT)
+    result = run_python(code, log_dir=logs, timeout=60)
     assert result.returncode == 2 and 'pip install "taskqueue[web]"' in result.stderr, result
     assert "Traceback" not in result.stderr
 
