@@ -7,18 +7,18 @@ published to the task queue, it is acked (gone). What does not match goes to the
 dry run looks at every one, takes nothing, and hands them all back. The web view's *Delete*
 button runs this same class (web/actions.py).
 
-The record: once the broker holds no more of them, one ``discard`` record per task deleted
-goes to the results stream (``{"kind": "discard", "by", "time", "run_id", "message_id",
-"row", "reason"}``), confirmed: who deleted what stays in the record like the tasks' own
-outcomes. Readers that count tasks skip it (it has no outcome). Should the record be refused
-(the stream deleted), the tasks are gone all the same and the summary says the record failed.
+The record: each task deleted gets a ``discard`` record in the results stream (``{"kind":
+"discard", "by", "time", "run_id", "message_id", "row", "reason"}``), confirmed *before* the
+dead task is acked, as a worker records an outcome before its ack: a crash in between leaves
+the task in ``.dead`` with a record too many (a second discard records it again), never a
+deletion without its record. Readers that count tasks skip it (it has no outcome). Should the
+stream refuse the record (deleted), the task stays in ``.dead``.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import logging
 import socket
 import time
@@ -33,7 +33,6 @@ from taskqueue.errors import UserError
 from taskqueue.wire.messages import row_of
 from taskqueue.wire.record import encode_group
 
-RECORDS_PER_MESSAGE = 500  # discard records grouped as a worker groups its own
 RECORD_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
                                          content_type="application/json")
 
@@ -87,12 +86,11 @@ class DeadDiscarder(DeadMover):
         if kind != "move":
             super()._publish(dead_tag, kind, properties, body)
             return
-        reader = self._reader
-        if reader is None or not reader.is_open:
-            return  # the connection was lost: the dead task stays
-        reader.basic_ack(dead_tag)  # deleted: nothing to publish, nothing to wait for
-        self.stats.moved += 1
-        self.records.append(discard_record(properties, body, self.by, self.spec.name))
+        record = discard_record(properties, body, self.by, self.spec.name)
+        # Its record, confirmed, deletes it: the confirm acks the dead task (_on_confirm).
+        self._send(self.spec.results_name, encode_group([record]), RECORD_PROPERTIES, dead_tag,
+                   kind)
+        self.records.append(record)
         if len(self.stats.shown) < SHOWN:
             self.stats.shown.append(f"{properties.message_id or '-'}: "
                                     f"{body[:60].decode('utf-8', 'replace')!r}")
@@ -113,22 +111,6 @@ def require_dead_queue(settings: BrokerSettings, spec: QueueSpec) -> None:
             connection.close()
 
 
-def record_discards(settings: BrokerSettings, spec: QueueSpec, records: list[dict]) -> None:
-    """Write the discard records to the results stream, confirmed (raises if refused)."""
-    if not records:
-        return
-    connection = open_blocking(settings)
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        for start in range(0, len(records), RECORDS_PER_MESSAGE):
-            group = records[start:start + RECORDS_PER_MESSAGE]
-            channel.basic_publish("", spec.results_name, encode_group(group),
-                                  RECORD_PROPERTIES, mandatory=True)
-    finally:
-        connection.close()
-
-
 @dataclass
 class Discarded:
     """What a discard did, for its summary line."""
@@ -147,28 +129,19 @@ class Discarded:
                 f"{queue + '.dead'!r} {verb}, {self.kept} left")
         if self.refused:
             text += f", {self.refused} not settled (still there)"
-        if not self.dry_run and self.deleted and not self.recorded:
-            text += "; writing the record of it FAILED (see the log)"
-        elif not self.dry_run and self.deleted:
+        if not self.dry_run and self.deleted:
             text += "; recorded in the results stream"
         return text
 
 
 def discard_dead(settings: BrokerSettings, spec: QueueSpec, log: logging.Logger,
                  chosen: DiscardFilter, by: str, dry_run: bool = False) -> Discarded:
-    """Delete the chosen dead tasks, then record who deleted which."""
+    """Delete the chosen dead tasks, each once its record (who deleted it) is confirmed."""
     require_dead_queue(settings, spec)
     discarder = DeadDiscarder(settings, spec, log, chosen, by, dry_run=dry_run)
     discarder.run()
     stats = discarder.stats
-    recorded = True
-    if not dry_run:
-        try:
-            record_discards(settings, spec, discarder.records)
-        except Exception:  # the tasks are gone already: say the record failed, never hide it
-            log.exception("discard-dead: %d task(s) deleted but not recorded: %s",
-                          len(discarder.records), json.dumps(discarder.records)[:2000])
-            recorded = False
+    recorded = True  # no deletion without its record (the module docstring)
     return Discarded(stats.moved, stats.total, stats.kept, stats.refused, recorded,
                      stats.shown, dry_run)
 

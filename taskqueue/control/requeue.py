@@ -192,13 +192,19 @@ class DeadMover(BrokerSession):
                  body: bytes) -> None:
         """A move goes to the task queue as new; anything else to the back of .dead unchanged."""
         moved = kind == "move"
+        self._send(self.spec.name if moved else self.spec.dead_name, body,
+                   replayed(properties) if moved else properties, dead_tag, kind)
+
+    def _send(self, queue: str, body: bytes, properties: pika.BasicProperties, dead_tag: int,
+              kind: str) -> None:
+        """Publish to *queue*, mandatory and confirmed: the dead task *dead_tag* is acked by
+        the confirm (``_on_confirm``), or handed back if the publish did not make it."""
         if self.channel is None:
             return  # the connection was lost: the dead task is delivered again
-        self.channel.basic_publish("", self.spec.name if moved else self.spec.dead_name, body,
-                                   replayed(properties) if moved else properties, mandatory=True)
+        self.channel.basic_publish("", queue, body, properties, mandatory=True)
         self._tag += 1
         self._pending[self._tag] = (dead_tag, kind)
-        self._moving += moved
+        self._moving += kind == "move"
 
     def _on_return(self, _channel: Channel, _method: object, _properties: object,
                    _body: bytes) -> None:
