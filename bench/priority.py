@@ -14,65 +14,17 @@ the first high task started (the design's bound: one per slot at most, docs/queu
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import pika
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.fleet import URL, delete_all, ready, start_workers, starts  # noqa: E402
 from taskqueue.api import submit  # noqa: E402
-from taskqueue.broker.config import BrokerSettings, QueueSpec  # noqa: E402
-from taskqueue.results.history import History  # noqa: E402
-
-URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-
-
-def start_workers(queue: str, count: int, slots: int, seconds: float,
-                  logs: Path) -> list[subprocess.Popen]:
-    env = {**os.environ, "TASKQUEUE_LOG_DIR": str(logs)}
-    return [subprocess.Popen([sys.executable, str(ROOT / "listening_worker.py"), "--queue", queue,
-                              "--name", f"w{n}", "--concurrency", str(slots),
-                              "--seconds-per-dot", str(seconds), "--exit-when-idle", "2",
-                              "--no-events"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-            for n in range(1, count + 1)]
-
-
-def ready(queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(URL))
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.message_count
-    finally:
-        connection.close()
-
-
-def starts(queue: str, run: str, directory: Path) -> list[float]:
-    history = History(BrokerSettings([URL]), QueueSpec(queue), directory)
-    return sorted(float(r["started"]) for r in history.run_records(run)()
-                  if r.get("kind") in (None, "task") and r.get("outcome") == "done")
-
-
-def delete_all(queue: str) -> None:
-    spec = QueueSpec(queue)
-    connection = pika.BlockingConnection(pika.URLParameters(URL))
-    try:
-        for name in spec.everything:
-            channel = connection.channel()
-            try:
-                channel.queue_delete(name)
-                channel.close()
-            except pika.exceptions.ChannelClosedByBroker:
-                pass
-        connection.channel().exchange_delete(spec.exchange)
-    finally:
-        connection.close()
 
 
 def measure(args: argparse.Namespace, queue: str, logs: Path) -> dict:
