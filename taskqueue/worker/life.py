@@ -37,6 +37,7 @@ from taskqueue.worker.policy import (
     cancellation,
     dead_letter,
 )
+from taskqueue.worker.rate_wait import Gate
 from taskqueue.worker.settlement import Settlement, Step
 from taskqueue.worker.slots import WorkSlot
 from taskqueue.worker.tail import ResultsTail
@@ -63,6 +64,7 @@ class WorkerParts:
     phase: Callable[[], Phase]  # the worker's phase now
     free: Callable[[WorkSlot, Delivery, float], None]  # the slot back on the stack, maybe stop
     changed: Callable[[], None]  # something a live view shows changed
+    rate: Gate | None = None  # the rate limit's gate (worker/ratelimit.py), None: never limited
 
 
 class DeliveryLife:
