@@ -11,6 +11,12 @@ one: its id (and the row inside it), and how it was published.
 * ``CHECK_FROM``: a header on retry and dead copies, the moment the attempt that failed was
   received: a done record of another copy of that task can only date from later (every copy
   taken before was checked, or was the first).
+* Rate limit (docs/design/rate-limit.md): ``X_KEY`` names what a per-key limit counts (the
+  emitter's ``--key-column``); a task parked until its turn carries ``RATE_LEFT`` (seconds
+  still to wait once its tier's time is over: relative, so no two hosts' clocks are compared),
+  ``RATE_PARKS`` (times parked) and ``PRIOR_DELIVERIES`` (the broker's count of deliveries
+  without an ack before the park dropped ``x-delivery-count``, so a task that kills its worker
+  still reaches ``--delivery-limit``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ from pathlib import Path
 FIRST_PUBLISH = "task"
 PUBLISHED_AGAIN = "task-again"
 CHECK_FROM = "x-check-from"
+X_KEY = "x-key"
+RATE_LEFT = "x-rate-left"
+RATE_PARKS = "x-rate-parks"
+PRIOR_DELIVERIES = "x-prior-deliveries"
 
 
 def message_id(source: str, row: int, text: str, label: str | None = None) -> str:
