@@ -36,6 +36,7 @@ class WorkerStats:
     redelivered: int = 0
     cancelled: int = 0
     skipped: int = 0  # already done (the record says so): acked unrun
+    parked: int = 0  # parked by a rate limit until their turn (no attempt: rate_wait.py)
     done_by_run: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
@@ -51,6 +52,8 @@ class WorkerStats:
             text += f"; {self.cancelled} cancelled"
         if self.skipped:
             text += f"; {self.skipped} skipped (already done)"
+        if self.parked:
+            text += f"; {self.parked} parked (rate limit)"
         return text
 
 
@@ -68,7 +71,9 @@ class WorkerAccount:
         """The attempt's results record (the caller has it confirmed before the ack; live views
         read it from the stream too). ``seen``: how far the worker had read the record when it
         decided to run the task (the stream offset), so a reader can check that no task ran
-        after its done record was read."""
+        after its done record was read. Under a rate limit: ``waited``, seconds from its
+        receipt to its start (its turn, and the check), and ``parks``, the times it was
+        parked before (the time parked is in started - queued)."""
         message_id = delivery.properties.message_id
         record = task_event(
             run_id=delivery.run_id, worker=slot.name, host=self.host,
@@ -79,13 +84,21 @@ class WorkerAccount:
             redelivered=delivery.redelivered, reason=reason, result=result,
             queued=delivery.queued)
         record["seen"] = delivery.seen
+        if delivery.rate_waited:
+            record["waited"] = round(max(0.0, (delivery.started or time.time())
+                                         - delivery.received), 4)
+        if delivery.parks:
+            record["parks"] = delivery.parks
         progress = slot.progress.value() if slot.delivery is delivery else None
         if progress is not None:  # the attempt's last (taskqueue.progress, a progress line)
             record["progress"] = progress
         return record
 
-    def snapshot(self, state: str, connected: bool) -> dict:
-        """What every slot is doing now (*state*: running, paused or stopped)."""
+    def snapshot(self, state: str, connected: bool, rate: dict | None = None) -> dict:
+        """What every slot is doing now (*state*: running, paused or stopped); a slot waiting
+        for its turn under a rate limit says for which key and until when (``rate_wait``);
+        *rate*: the worker's rate gate's own (the limit it applies; the arbiter's busiest
+        keys), shown when there is one."""
         slots = []
         for slot in self.slots:
             delivery = slot.delivery
@@ -101,9 +114,14 @@ class WorkerAccount:
                 progress = slot.progress.for_snapshot()
                 if progress is not None:
                     slots[-1]["progress"] = progress
-        return {"kind": "snapshot", "worker": self.options.name, "host": self.host,
-                "pid": os.getpid(), "time": time.time(), "state": state, "slots": slots,
-                "connected": connected}
+                if slot.rate_wait is not None:
+                    slots[-1]["rate_wait"] = dict(slot.rate_wait)
+        snapshot = {"kind": "snapshot", "worker": self.options.name, "host": self.host,
+                    "pid": os.getpid(), "time": time.time(), "state": state, "slots": slots,
+                    "connected": connected}
+        if rate:
+            snapshot["rate"] = rate
+        return snapshot
 
     def totals(self) -> None:
         """At exit: what this worker did, per run (the report checks its counts with it), and
@@ -114,6 +132,6 @@ class WorkerAccount:
             "host": self.host, "pid": os.getpid(), "time": time.time(),
             "done": stats.done, "failed": stats.failed_attempts,
             "dead": stats.dead_lettered, "runs": dict(stats.done_by_run),
-            "skipped": stats.skipped})
+            "skipped": stats.skipped, **({"parked": stats.parked} if stats.parked else {})})
         if self.options.events:
             self.outbox.announce(self.snapshot("stopped", connected=False))

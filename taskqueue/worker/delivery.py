@@ -8,6 +8,7 @@ unworkable (dead-lettered with the reason), never an exception on the I/O thread
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -16,7 +17,15 @@ from functools import cached_property
 import pika
 from pika.channel import Channel
 
-from taskqueue.wire.messages import CHECK_FROM, FIRST_PUBLISH, row_of
+from taskqueue.wire.messages import (
+    CHECK_FROM,
+    FIRST_PUBLISH,
+    PRIOR_DELIVERIES,
+    RATE_LEFT,
+    RATE_PARKS,
+    X_KEY,
+    row_of,
+)
 from taskqueue.wire.record import CLOCK_SKEW, run_began
 
 
@@ -34,6 +43,21 @@ def header_count(headers: dict, name: str) -> int:
     return number
 
 
+def header_seconds(headers: dict, name: str) -> float:
+    """A finite number of seconds (0 when absent; a negative one is 0: nothing left);
+    ValueError names it otherwise."""
+    value = headers.get(name, 0)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"header {name} is not a number of seconds ({value!r})") from None
+    if not math.isfinite(number):
+        raise ValueError(f"header {name} is not a number of seconds ({value!r})")
+    return max(0.0, number)
+
+
 @dataclass
 class Delivery:
     """One delivery of one message to this worker."""
@@ -49,6 +73,7 @@ class Delivery:
     settled: bool = False  # acked, nacked or handed to the broker again: hands off
     cancelled: str = ""  # why it was stopped: cancelled while it ran (task_control.py cancel)
     seen: int | None = None  # the results stream's offset read when it was checked (tail.py)
+    rate_waited: bool = False  # it waited for its turn under a rate limit (rate_wait.py)
 
     @cached_property
     def headers(self) -> dict:
@@ -72,6 +97,35 @@ class Delivery:
     def delivery_count(self) -> int:
         """Earlier deliveries without an ack, as a quorum queue counts them (0 elsewhere)."""
         return header_count(self.headers, "x-delivery-count")
+
+    @cached_property
+    def prior_deliveries(self) -> int:
+        """Deliveries without an ack before it was parked (the park dropped the broker's
+        count and carried it here, so that a task that kills its worker is still stopped)."""
+        return header_count(self.headers, PRIOR_DELIVERIES)
+
+    @property
+    def deliveries(self) -> int:
+        """Every earlier delivery without an ack: the broker's count and the parked ones'."""
+        return self.delivery_count + self.prior_deliveries
+
+    @cached_property
+    def parks(self) -> int:
+        """Times a rate limit parked it (rate_wait.py)."""
+        return header_count(self.headers, RATE_PARKS)
+
+    @cached_property
+    def rate_left(self) -> float:
+        """Seconds it still has to wait for its turn after the tier that brought it back."""
+        return header_seconds(self.headers, RATE_LEFT)
+
+    @property
+    def key(self) -> str:
+        """What a per-key rate limit counts it under (the emitter's ``--key-column``); ""."""
+        value = self.headers.get(X_KEY, "")
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        return value if isinstance(value, str) else str(value)
 
     @property
     def queued(self) -> float | None:
@@ -138,11 +192,12 @@ class Delivery:
         except UnicodeDecodeError as exc:
             return f"body is not UTF-8 text ({exc.reason} at byte {exc.start})"
         if not self.properties.headers:  # the usual case: nothing to read
-            self.__dict__.update(headers={}, retries=0, delivery_count=0)
+            self.__dict__.update(headers={}, retries=0, delivery_count=0, prior_deliveries=0,
+                                 parks=0, rate_left=0.0)
             return None
-        try:
-            self.retries  # noqa: B018 - read once so that a bad header is caught here
-            self.delivery_count  # noqa: B018
+        try:  # each read once, so that a bad header is caught here
+            for name in ("retries", "delivery_count", "prior_deliveries", "parks", "rate_left"):
+                getattr(self, name)
         except ValueError as exc:
             return str(exc)
         return None

@@ -1,11 +1,12 @@
 """``--exit-when-idle``: when a worker has had nothing to do for long enough, it stops.
 
 Idle means connected, consuming, every slot free, no task came, none is due back from
-``<queue>.retry``, and nothing of ours waits for the broker (a copy or a record unconfirmed:
-that task is still ours). Time spent disconnected does not count, nor does a path gone silent,
-nor a node cut off from the cluster's majority (a partition: it delivers nothing, and a passive
-declare there answers from a stale view): before exiting, a probe must come back (reach.py: the
-node serves), then round trips must say the queue and ``<queue>.urgent`` are empty.
+``<queue>.retry`` or a rate limit's tier (one this worker parked, rate_wait.py), and nothing
+of ours waits for the broker (a copy or a record unconfirmed: that task is still ours). Time
+spent disconnected does not count, nor does a path gone silent, nor a node cut off from the
+cluster's majority (a partition: it delivers nothing, and a passive declare there answers from
+a stale view): before exiting, a probe must come back (reach.py: the node serves), then round
+trips must say the queue and ``<queue>.urgent`` are empty.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class IdleWatch:
         self.worker, self.limit = worker, limit
         self._since: float | None = None  # consuming with every slot free, since when
         self._probe: object | None = None  # a round trip asked before exiting
-        self._retry_due = 0.0  # when the last task sent to <queue>.retry flows back
+        self._retry_due = 0.0  # when the last task sent to .retry (or parked) flows back
         self.urgent = True  # <queue>.urgent is consumed (False: no permission on it)
 
     def consuming(self) -> None:
@@ -82,7 +83,9 @@ class IdleWatch:
         self._probe = None
 
     def retry_due(self, delay: float) -> None:
-        self._retry_due = time.monotonic() + delay
+        """A task of ours comes back in *delay* s (a retry, or a park): not idle before.
+        (The latest counts: a task parked an hour stays due after one parked a second.)"""
+        self._retry_due = max(self._retry_due, time.monotonic() + delay)
 
     def check(self, now: float) -> None:
         if self.limit is None or self._since is None or self._probe is not None:

@@ -37,7 +37,7 @@ from taskqueue.worker.policy import (
     cancellation,
     dead_letter,
 )
-from taskqueue.worker.rate_wait import Gate
+from taskqueue.worker.rate_wait import Gate, RateWaits
 from taskqueue.worker.settlement import Settlement, Step
 from taskqueue.worker.slots import WorkSlot
 from taskqueue.worker.tail import ResultsTail
@@ -79,6 +79,11 @@ class DeliveryLife:
         self.tail, self.idle, self.control = parts.tail, parts.idle, parts.control
         self.overruns = parts.overruns
         self._free_slots, self._free = parts.free_slots, parts.free
+        self.waits = None if parts.rate is None else RateWaits(
+            parts.rate, self.queue, self.log, parts.phase,
+            lambda delivery: delivery.channel.connection.ioloop, self._turn_came,
+            lambda slot, delivery, verdict: self._carry_out(slot, delivery, verdict, 0.0),
+            self.idle.retry_due, parts.changed)
 
     def on_message(self, channel: Channel, method: Basic.Deliver,
                    properties: pika.BasicProperties, body: bytes) -> None:
@@ -107,6 +112,8 @@ class DeliveryLife:
         if verdict is not None:
             self._carry_out(slot, delivery, verdict, 0.0)
             return
+        if self.waits is not None and self.waits.hop(slot, delivery):
+            return  # parked again at once: its turn is still far (rate_wait.py)
         # Only a delivery that may be a copy of a task done already reads the record
         # (delivery.py, tail.py): a first delivery of a first publish costs nothing more.
         exact = delivery.needs_check
@@ -125,10 +132,13 @@ class DeliveryLife:
         try:
             self._start_or_skip(slot, delivery, settlement, done)
         except Exception:
-            self.log.exception("[%s] could not start %s; it goes back to the queue",
-                               slot.name, delivery.label)
-            settlement.work_ended()  # its work did not get going: nothing holds the slot
-            settlement.requeue("the worker could not start it")
+            self._not_started(slot, delivery, settlement)
+
+    def _not_started(self, slot: WorkSlot, delivery: Delivery, settlement: Settlement) -> None:
+        self.log.exception("[%s] could not start %s; it goes back to the queue",
+                           slot.name, delivery.label)
+        settlement.work_ended()  # its work did not get going: nothing holds the slot
+        settlement.requeue("the worker could not start it")
 
     def _start_or_skip(self, slot: WorkSlot, delivery: Delivery, settlement: Settlement,
                        done: tuple[str, float] | None) -> None:
@@ -141,10 +151,30 @@ class DeliveryLife:
             settlement.why = f"already done by {worker} at {when}; result kept"
             settlement.finish("skipped", 0.0)
             return
-        why = cancellation(delivery, self.control.state.cancelled_runs)
-        if why is not None:  # cancelled while its record was read: it never starts
-            self._carry_out(slot, delivery, Verdict("cancelled", why), 0.0)
+        if not self._cancelled(slot, delivery) and not (
+                self.waits is not None and self.waits.begin(slot, delivery, settlement)):
+            self._start(slot, delivery, settlement)
+
+    def _turn_came(self, slot: WorkSlot, delivery: Delivery, settlement: Settlement) -> None:
+        """Its turn under the rate limit came (rate_wait.py): start it, unless it was cancelled
+        meanwhile. (A failure here puts the task back.)"""
+        if slot.delivery is not delivery or not settlement.in_hand:
             return
+        try:
+            if not self._cancelled(slot, delivery):
+                self._start(slot, delivery, settlement)
+        except Exception:
+            self._not_started(slot, delivery, settlement)
+
+    def _cancelled(self, slot: WorkSlot, delivery: Delivery) -> bool:
+        """Cancelled while its record was read (or while it waited for its turn): it never
+        starts, it is recorded cancelled."""
+        why = cancellation(delivery, self.control.state.cancelled_runs)
+        if why is not None:
+            self._carry_out(slot, delivery, Verdict("cancelled", why), 0.0)
+        return why is not None
+
+    def _start(self, slot: WorkSlot, delivery: Delivery, settlement: Settlement) -> None:
         note = f" (attempt {delivery.retries + 1})" if delivery.retries else ""
         if delivery.redelivered:
             note += " (redelivered: it may have run before)"
@@ -189,7 +219,8 @@ class DeliveryLife:
             self.log.warning("[%s] failed %s (%s); retry %d/%d in %.1f s", slot.name,
                              delivery.label, verdict.reason, delivery.attempt,
                              self.options.max_retries, self.options.retry_delay)
-        record = self.account.record(slot, delivery, outcome, seconds, verdict.reason, result)
+        record = None if outcome == "parked" else self.account.record(  # parked: no attempt
+            slot, delivery, outcome, seconds, verdict.reason, result)
         properties = None if verdict.copy_to is None else _copy_properties(
             delivery.properties, verdict.headers, verdict.expiration)
         settlement = slot.settlement
@@ -228,6 +259,8 @@ class DeliveryLife:
     def _on_over(self, slot: WorkSlot, settlement: Settlement) -> None:
         """Acked, requeued or dropped: count it, say it, free the slot."""
         delivery, seconds = settlement.delivery, settlement.seconds
+        if self.waits is not None:
+            self.waits.forget(slot)
         if settlement.step is Step.REQUEUED and settlement.why.startswith("the broker refused"):
             self.log.warning("[%s] %s for %s; the task goes back to the queue", slot.name,
                              settlement.why, delivery.label)
@@ -247,6 +280,8 @@ class DeliveryLife:
                           f" -> {result[:80]!r}" if result else "")
         elif outcome == "retry":
             self.idle.retry_due(self.options.retry_delay)  # from the moment the broker took it
+        elif outcome == "parked":
+            stats.parked += 1
         elif outcome == "dead":
             stats.dead_lettered += 1
             self.log.error("[%s] dead-lettered %s to %r: %s", slot.name, delivery.label,

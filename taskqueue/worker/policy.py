@@ -2,8 +2,9 @@
 
 No broker here (Dramatiq keeps its retries as middleware for the same reason): a delivery and
 what its attempt came to go in, a ``Verdict`` comes out, and the consumer carries it out —
-an ack, or a copy to ``<queue>.retry`` / ``<queue>.dead`` confirmed before the original is
-acked. So the whole policy is tested without a broker (tests/test_policy.py).
+an ack, or a copy to ``<queue>.retry`` / ``<queue>.dead`` (or, parked by a rate limit, to a
+``<queue>.wait.<N>s`` tier) confirmed before the original is acked. So the whole policy is
+tested without a broker (tests/test_policy.py, tests/test_fast_park.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from taskqueue.broker.config import QueueSpec
+from taskqueue.control.ratelimit import tier_for
 from taskqueue.control.state import Cancellations
-from taskqueue.wire.messages import CHECK_FROM
+from taskqueue.wire.messages import CHECK_FROM, PRIOR_DELIVERIES, RATE_LEFT, RATE_PARKS
+from taskqueue.wire.record import CLOCK_SKEW
 from taskqueue.worker.delivery import Delivery
 from taskqueue.worker.work import Outcome
 
@@ -22,6 +25,11 @@ MAX_REASON = 1000  # characters of a reason kept in x-death-reason
 MAX_LAST_ERROR = 500  # ... and in x-last-error, on the way to a retry
 CONSUMER_TIMEOUT_REASON = "taken back by the broker at its consumer timeout"
 BROKER_DELIVERY_LIMIT = 20  # RabbitMQ 4's default for quorum queues: the 21st return drops it
+# The broker's own headers, never carried to a parked copy: its count of deliveries (carried as
+# x-prior-deliveries instead) and its dead-letter history (x-death and co.: their handling
+# changed across RabbitMQ versions, 3.13.0-3.13.2 could drop a message for them).
+BROKER_HEADERS = ("x-delivery-count", "x-death")
+BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
 
 
 class Limits(Protocol):
@@ -40,10 +48,11 @@ class Limits(Protocol):
 
 @dataclass(frozen=True)
 class Verdict:
-    """``done``: ack. ``retry`` / ``dead``: publish a copy to ``copy_to`` with ``headers`` (and
-    ``expiration``), then ack the original once the broker confirms the copy."""
+    """``done``: ack. ``retry`` / ``dead`` / ``parked``: publish a copy to ``copy_to`` with
+    ``headers`` (and ``expiration``), then ack the original once the broker confirms the copy.
+    ``parked`` is no attempt: no results record."""
 
-    outcome: str  # done, cancelled (both: ack), retry, dead (both: a copy, then ack)
+    outcome: str  # done, cancelled (both: ack), retry, dead, parked (a copy, then ack)
     reason: str = ""
     copy_to: str | None = None
     headers: dict = field(default_factory=dict)
@@ -57,20 +66,22 @@ def before_work(delivery: Delivery, limits: Limits, queue: QueueSpec, slot: str,
     without an ack (a quorum queue counts: it keeps killing or hanging its workers), or the
     broker took it back ``delivery_limit`` times for outlasting the queue's consumer timeout
     (*overruns*, counted by the worker: RabbitMQ 4.3 does not count those). The larger count
-    decides (3.x counts a timeout in both). None: work on it. (Sets ``delivery.text``.)"""
+    decides (3.x counts a timeout in both). Deliveries before a rate limit parked it count
+    too (``x-prior-deliveries``). None: work on it. (Sets ``delivery.text``.)"""
     problem = delivery.problem(limits.max_task_bytes)
     if problem:
         return dead_letter(delivery, problem, queue, slot)
     why = cancellation(delivery, cancelled_runs)
     if why is not None:
         return Verdict("cancelled", why)
-    if overruns >= limits.delivery_limit and overruns > delivery.delivery_count:
+    delivered = delivery.deliveries
+    if overruns >= limits.delivery_limit and overruns > delivered:
         return dead_letter(delivery, f"{CONSUMER_TIMEOUT_REASON} {overruns} times "
                            f"(--delivery-limit {limits.delivery_limit}): it runs longer than "
                            "the queue's consumer timeout allows; raise that timeout (policy "
                            "key consumer-timeout) for tasks this long", queue, slot)
-    if delivery.delivery_count >= limits.delivery_limit:
-        return dead_letter(delivery, f"delivered {delivery.delivery_count + 1} times without an "
+    if delivered >= limits.delivery_limit:
+        return dead_letter(delivery, f"delivered {delivered + 1} times without an "
                            f"ack (--delivery-limit {limits.delivery_limit}): it may crash or "
                            "hang every worker that takes it", queue, slot)
     return None
@@ -133,3 +144,37 @@ def dead_letter(delivery: Delivery, reason: str, queue: QueueSpec, slot: str) ->
                CHECK_FROM: int(delivery.received)}
     headers.pop("x-delivery-count", None)
     return Verdict("dead", reason, queue.dead_name, headers)
+
+
+def park(delivery: Delivery, wait: float, queue: QueueSpec, hop: bool = False) -> Verdict:
+    """A task whose turn under the rate limit is *wait* seconds away, out of the slot until
+    then: a copy to the longest tier (``<queue>.wait.<N>s``, dead-lettered back to the queue
+    after N s) not longer than the wait, then the ack. Not an attempt: ``x-retries`` as it
+    was, no record. The copy carries what is left to wait after its tier (relative, R3), the
+    times it was parked, the deliveries without an ack so far (R5), none of the broker's
+    headers (R6), no expiration. *hop*: it came back too early and goes on to the next tier
+    unchecked and unasked (same parks); its ``x-check-from`` stays, as no check was made."""
+    tier = tier_for(wait)
+    headers = {name: value for name, value in delivery.headers.items()
+               if name not in BROKER_HEADERS and not name.startswith(BROKER_HEADER_PREFIXES)}
+    headers.update({RATE_LEFT: round(max(0.0, wait - tier), 3),
+                    RATE_PARKS: delivery.parks + (0 if hop else 1),
+                    PRIOR_DELIVERIES: delivery.deliveries})
+    if not hop or not isinstance(headers.get(CHECK_FROM), (int, float)):
+        # Checked up to its receipt (or never a copy before it): a done record of another
+        # copy can only date from later. (An unchecked hop keeps the moment it was given.)
+        headers[CHECK_FROM] = _check_from(delivery, hop)
+    return Verdict("parked", f"its turn under the rate limit is in {wait:.1f} s",
+                   wait_name(queue, tier), headers)
+
+
+def _check_from(delivery: Delivery, hop: bool) -> int:
+    if not hop:
+        return int(delivery.received)
+    since = delivery.check_from  # a hop without x-check-from (another producer's): its own
+    return 1 if since is None else max(1, int(since + CLOCK_SKEW))
+
+
+def wait_name(queue: QueueSpec, tier: int) -> str:
+    """The tier queue that holds parked tasks *tier* seconds: ``<queue>.wait.<tier>s``."""
+    return f"{queue.name}.wait.{tier}s"

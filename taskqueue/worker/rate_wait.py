@@ -1,18 +1,247 @@
-"""A delivery's wait for its turn under a rate limit (issue 31 item 1; docs/design/rate-limit.md).
+"""A delivery's wait for its turn under a rate limit (docs/design/rate-limit.md §4).
 
-Filled in by the rate-limit build; for now only what the gate looks like to a delivery's life.
+Between the done-once check and the start (life.py), a slot whose worker knows a limit asks
+the worker's gate (worker/ratelimit.py) for its turn, under the task's key (``x-key``) when the
+limit counts per key, else under "". The answer is
+
+* **firm**, "start in d s" (d <= HOLD): the slot holds the task d s (a timer), then starts it;
+* **soft**, "your turn is in about w s": in global mode with w <= HOLD_IN_SLOT the slot holds
+  the task (no other key could go first) and asks again as a *returner* just before its turn;
+  else the task is **parked**: a copy to the tier ``<queue>.wait.<N>s`` that brings it back to
+  the queue after N s (policy.park), then the ack, and the slot is free. Parking is no attempt:
+  no record, ``x-retries`` as it was.
+
+A parked task that comes back with more than HOLD s still to wait (``x-rate-left``) goes on to
+the next tier at once (a *hop*: no check, no ask); else it is checked, then asks as a returner
+(the arbiter serves returners before newcomers, R2).
+
+While waiting, its settlement's step is ``WAITING_TURN``; the slot's ``rate_wait`` says for
+which key and until when (the live snapshot shows it). The limit set off: every waiting slot
+starts now; changed: held ones ask again. Paused or draining while waiting: the task is parked
+(it would wait anyway, and a copy keeps the broker's delivery count as it was, where a nack
+would raise it); a second stop request puts it back with the others, a lost connection drops
+it (the broker delivers it again).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
+
+from taskqueue.broker.config import QueueSpec
+from taskqueue.control.ratelimit import HOLD, HOLD_IN_SLOT, Answer, RateLimit, tier_for
+from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.phase import Phase
+from taskqueue.worker.policy import Verdict, park
+from taskqueue.worker.settlement import Settlement
+from taskqueue.worker.slots import WorkSlot
+
+POLL_SECONDS = 1.0  # a waiting slot looks at the worker's phase this often (pause, drain)
+SOONEST_SECONDS = 0.05  # a held slot asks again at the earliest this long after an answer
+GIVE_UP_PHASES = frozenset({Phase.PAUSED, Phase.DRAINING})
 
 
 class Gate(Protocol):
     """What a delivery's life needs of the worker's rate gate (worker/ratelimit.py RateGate)."""
 
-    def limit(self) -> Any: ...
-    def ask(self, key: str, returner: bool, on_answer: Callable[[Any], None]
+    def limit(self) -> RateLimit | None: ...
+    def ask(self, key: str, returner: bool, on_answer: Callable[[Answer], None]
             ) -> Callable[[], None]: ...
-    def on_change(self, callback: Callable[[Any], None]) -> None: ...
+    def on_change(self, callback: Callable[[RateLimit | None], None]) -> None: ...
+
+
+class Timers(Protocol):
+    """The I/O loop's timers (pika's ``call_later`` / ``remove_timeout``)."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> object: ...
+    def remove_timeout(self, handle: object) -> None: ...
+
+
+@dataclass
+class Turn:
+    """One slot's wait: for which key, as a returner or not, and what is pending (an ask, a
+    timer). ``until``: when its turn comes (epoch seconds; while asking, when it asked)."""
+
+    slot: WorkSlot
+    delivery: Delivery
+    settlement: Settlement
+    key: str
+    returner: bool
+    until: float
+    firm: bool = False  # a firm ticket: start at ``until``
+    cancel_ask: Callable[[], None] | None = None
+    asked: object | None = None  # the ask waiting for its answer
+    timer: object | None = None
+
+
+class RateWaits:
+    """The slots waiting for their turn. The life calls ``hop``, ``begin`` and ``forget``;
+    *start* starts a slot's task once its turn came (re-checking cancellation), *carry_out*
+    carries out a park's verdict."""
+
+    def __init__(self, gate: Gate, queue: QueueSpec, log: logging.Logger,
+                 phase: Callable[[], Phase], timers: Callable[[Delivery], Timers],
+                 start: Callable[[WorkSlot, Delivery, Settlement], None],
+                 carry_out: Callable[[WorkSlot, Delivery, Verdict], None],
+                 parked_due: Callable[[float], None], changed: Callable[[], None],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.gate, self.queue, self.log, self.phase = gate, queue, log, phase
+        self._timers, self._start, self._carry_out = timers, start, carry_out
+        self._parked_due, self._changed, self._clock = parked_due, changed, clock
+        self._turns: dict[WorkSlot, Turn] = {}
+        gate.on_change(self._on_limit)
+
+    def hop(self, slot: WorkSlot, delivery: Delivery) -> bool:
+        """A parked task back too early (more than HOLD s left) goes on to its next tier at
+        once, unchecked and unasked. False: it is due (or no limit is in force: it runs)."""
+        if self.gate.limit() is None or delivery.rate_left <= HOLD:
+            return False
+        self._park(slot, delivery, delivery.rate_left, hop=True)
+        return True
+
+    def begin(self, slot: WorkSlot, delivery: Delivery, settlement: Settlement) -> bool:
+        """Ask for *delivery*'s turn if a limit is in force (True: it waits; *start* is called
+        when its turn comes). False: no limit, start it now."""
+        limit = self.gate.limit()
+        if limit is None:
+            return False
+        settlement.wait_turn()
+        delivery.rate_waited = True
+        turn = Turn(slot, delivery, settlement, delivery.key if limit.per_key else "",
+                    delivery.parks > 0, self._clock())
+        self._turns[slot] = turn
+        self._ask(turn)
+        return True
+
+    def forget(self, slot: WorkSlot) -> None:
+        """The slot's delivery is over (acked, put back, dropped): nothing of its wait goes on."""
+        turn = self._turns.pop(slot, None)
+        if turn is not None:
+            self._stop(turn)
+        slot.rate_wait = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._turns)
+
+    # --- the steps of a wait ---------------------------------------------------------------
+    def _ask(self, turn: Turn) -> None:
+        self._stop(turn)
+        turn.firm, turn.until = False, self._clock()
+        self._show(turn)
+        asked = turn.asked = object()  # an answer to an earlier ask of this turn is not this one
+
+        def on_answer(answer: Answer) -> None:
+            if turn.asked is asked and self._turns.get(turn.slot) is turn:
+                turn.asked = None
+                self._answered(turn, answer)
+
+        cancel = self.gate.ask(turn.key, turn.returner, on_answer)
+        if turn.asked is asked and self._turns.get(turn.slot) is turn:  # (not answered at once)
+            turn.cancel_ask = cancel
+            self._sleep(turn, math.inf, None)  # meanwhile: pause and drain are watched
+
+    def _answered(self, turn: Turn, answer: Answer) -> None:
+        turn.cancel_ask = None
+        self._stop(turn)
+        turn.until = self._clock() + answer.wait
+        if self.phase() in GIVE_UP_PHASES:
+            self._give_up(turn)
+        elif answer.firm:
+            turn.firm = True
+            self._show(turn)
+            self._sleep(turn, answer.wait, self._go)
+        elif self._holds(answer.wait):
+            turn.returner = True  # its place is kept: it asks again just before its turn
+            self._show(turn)
+            self._sleep(turn, max(SOONEST_SECONDS, answer.wait - HOLD / 2), self._ask)
+        else:
+            self._forget(turn)
+            self._park(turn.slot, turn.delivery, answer.wait)
+
+    def _holds(self, wait: float) -> bool:
+        """S3: with one limit for all tasks no other task could go first: a wait this short
+        is held in the slot rather than parked."""
+        limit = self.gate.limit()
+        return limit is not None and not limit.per_key and wait <= HOLD_IN_SLOT
+
+    def _go(self, turn: Turn) -> None:
+        self._forget(turn)
+        self._start(turn.slot, turn.delivery, turn.settlement)
+
+    def _give_up(self, turn: Turn) -> None:
+        """Paused or draining: the task waits out of the slot (parked) for what is left."""
+        self._forget(turn)
+        left = 0.0 if turn.firm else max(0.0, turn.until - self._clock())
+        self._park(turn.slot, turn.delivery, left)
+
+    def _park(self, slot: WorkSlot, delivery: Delivery, wait: float, hop: bool = False) -> None:
+        verdict = park(delivery, wait, self.queue, hop)
+        tier = tier_for(wait)
+        log = self.log.debug if hop else self.log.info
+        log("[%s] %s %s: its turn under the rate limit is in %.1f s (%s, back in %d s)",
+            slot.name, "hop of" if hop else "parked", delivery.label, wait, verdict.copy_to,
+            tier)
+        self._parked_due(tier + HOLD)  # (back a little after its tier's time)
+        self._carry_out(slot, delivery, verdict)
+
+    def _sleep(self, turn: Turn, seconds: float, then: Callable[[Turn], None] | None) -> None:
+        """Wait *seconds* (a timer), then *then*; meanwhile look at the phase every
+        POLL_SECONDS: paused or draining, give the wait up."""
+        timers = self._timers(turn.delivery)
+        deadline = time.monotonic() + seconds
+
+        def step() -> None:
+            turn.timer = None
+            if self._turns.get(turn.slot) is not turn:
+                return
+            if self.phase() in GIVE_UP_PHASES:
+                self._give_up(turn)
+            elif then is not None and time.monotonic() >= deadline:
+                then(turn)
+            else:
+                arm()
+
+        def arm() -> None:
+            left = deadline - time.monotonic()
+            if then is not None and left <= 0:
+                then(turn)
+                return
+            turn.timer = timers.call_later(min(POLL_SECONDS, max(0.0, left)), step)
+
+        arm()
+
+    def _stop(self, turn: Turn) -> None:
+        turn.asked = None
+        if turn.cancel_ask is not None:
+            cancel, turn.cancel_ask = turn.cancel_ask, None
+            cancel()
+        if turn.timer is not None:
+            timer, turn.timer = turn.timer, None
+            self._timers(turn.delivery).remove_timeout(timer)
+
+    def _forget(self, turn: Turn) -> None:
+        if self._turns.get(turn.slot) is turn:
+            self.forget(turn.slot)
+
+    def _show(self, turn: Turn) -> None:
+        turn.slot.rate_wait = {"key": turn.key, "until": round(turn.until, 3)}
+        self._changed()
+
+    # --- the limit changed ------------------------------------------------------------------
+    def _on_limit(self, limit: RateLimit | None) -> None:
+        """Off: every waiting slot starts now. Changed: the slots not holding a firm ticket
+        ask again (under the key the new limit counts)."""
+        for turn in list(self._turns.values()):
+            if self._turns.get(turn.slot) is not turn:
+                continue  # (over meanwhile: a start or a park of another one's doing)
+            if limit is None:
+                self._stop(turn)
+                self._go(turn)
+            elif not turn.firm:
+                turn.key = turn.delivery.key if limit.per_key else ""
+                self._ask(turn)

@@ -7,17 +7,20 @@ record or a copy, never loses one. Each settlement has one state (``step``), and
 decision about the delivery reads it, whether its work runs included (no flag beside it):
 
     received -> running -> deciding -> confirming -> acked      record (and copy) on the broker
+       +-> waiting_turn -> running   a rate limit: its turn is asked for and waited for
        |                                          -> journaled -> acked   an alarm: they are in
        |                                             the worker's journal, fsynced
        |                                          -> requeued   the broker refused one
        +-> no work (done already, cancelled, odd) -> confirming (or acked at once: no record)
+       +-> (waiting_turn ->) parked: a copy to a tier, no record -> confirming -> acked
 
     in hand (received .. journaled) -> requeued   put back now (a second Ctrl+C, a stop that
                                                   cannot wait for a blocked broker)
                                     -> dropped    the channel went: the broker delivers it again
     running -> requeued_running / dropped_running -(its work ends)-> requeued / dropped
 
-Received: the slot is its own while the record says whether it was done already; running: its
+Received: the slot is its own while the record says whether it was done already; waiting_turn:
+it waits in its slot for its turn under a rate limit (rate_wait.py); running: its
 work runs in the slot; deciding: the work ended, the policy says what becomes of it. A task put
 back or dropped while its work runs is no longer ours but still holds its slot: the slot takes
 the next task once the work has ended (``work_ended``).
@@ -46,6 +49,7 @@ from taskqueue.worker.outbox import Outbox
 
 class Step(Enum):
     RECEIVED = "received"  # in a slot; the record says whether it was done already
+    WAITING_TURN = "waiting for its turn"  # a rate limit: asked for, or waiting for, its turn
     RUNNING = "running"  # its work runs in the slot
     DECIDING = "deciding"  # its work ended: the policy decides, the record is made
     CONFIRMING = "confirming"
@@ -57,7 +61,7 @@ class Step(Enum):
     DROPPED_RUNNING = "dropped, its work still running"
 
 
-IN_HAND = frozenset({Step.RECEIVED, Step.RUNNING, Step.DECIDING, Step.CONFIRMING,
+IN_HAND = frozenset({Step.RECEIVED, Step.WAITING_TURN, Step.RUNNING, Step.DECIDING, Step.CONFIRMING,
                      Step.JOURNALED})
 WORK_RUNS = frozenset({Step.RUNNING, Step.REQUEUED_RUNNING, Step.DROPPED_RUNNING})
 # Over while the work runs, and what that becomes once the work has ended.
@@ -68,7 +72,8 @@ _WORK_ENDED = {Step.RUNNING: Step.DECIDING, Step.REQUEUED_RUNNING: Step.REQUEUED
 
 class Settlement:
     """Carry one delivery to its end; ``on_over(self)`` once it is acked, requeued or dropped
-    (``outcome`` says what the attempt came to: done, retry, dead, cancelled, skipped)."""
+    (``outcome`` says what the attempt came to: done, retry, dead, cancelled, skipped; or
+    parked: no attempt)."""
 
     def __init__(self, delivery: Delivery, outbox: Outbox,
                  on_over: Callable[[Settlement], None],
@@ -95,9 +100,19 @@ class Settlement:
         """Its work runs in the slot (in hand or not): the slot is not free before it ends."""
         return self.step in WORK_RUNS
 
-    def work_started(self) -> None:
-        """The slot runs its work now (the record said it was not done already)."""
+    @property
+    def waiting_turn(self) -> bool:
+        return self.step is Step.WAITING_TURN
+
+    def wait_turn(self) -> None:
+        """A rate limit is in force: its turn is asked for before its work starts."""
         if self.step is Step.RECEIVED:
+            self.step = Step.WAITING_TURN
+
+    def work_started(self) -> None:
+        """The slot runs its work now (the record said it was not done already, and its turn
+        came)."""
+        if self.step in (Step.RECEIVED, Step.WAITING_TURN):
             self.step = Step.RUNNING
 
     def work_ended(self) -> None:

@@ -42,6 +42,8 @@ class WorkSlot:
         runner.report_to(self.progress)
         self.delivery: Delivery | None = None
         self.settlement: Settlement | None = None  # the consumer's, of the delivery in hand
+        # Waiting for its turn under a rate limit (rate_wait.py): {"key", "until"} (epoch s).
+        self.rate_wait: dict | None = None
         self.idle_since = time.time()
         self.done = self.failed = 0
         self.busy_seconds = 0.0
@@ -68,6 +70,7 @@ class WorkSlot:
     def release(self, seconds: float) -> None:
         """The delivery is settled (or given up): the slot takes the next task."""
         self.delivery = None
+        self.rate_wait = None
         self.progress.clear()  # a record made before the next task's work is not given this one's
         self.busy_seconds += seconds
         self.idle_since = time.time()
