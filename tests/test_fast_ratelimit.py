@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import math
 import random
 from collections import deque
@@ -31,6 +32,7 @@ from taskqueue.control.ratelimit import (
     sound_record,
     tier_for,
 )
+from taskqueue.control.state import ControlState, command, decode
 
 # --- rates in text ---------------------------------------------------------------------
 
@@ -371,3 +373,42 @@ def test_answer_round_trip_and_garbage() -> None:
                     b'{"firm": true, "in": NaN}', b'{"firm": true, "in": Infinity}',
                     b'{"firm": true, "in": true}', b"[1]", b"\x00"):
         assert decode_answer(garbage) is None, garbage
+
+
+# --- the command in the control state (control/state.py) -------------------------------
+
+
+def test_rate_limit_commands_add_up_last_wins() -> None:
+    state = ControlState("w", 0.0)
+    twenty = command("rate-limit", limit=RateLimit(20.0, True, "20/s"), by="bob@h1")
+    assert decode(json.dumps(twenty).encode()) == twenty
+    assert twenty["per_second"] == 20.0 and twenty["per_key"] is True
+    assert state.apply(twenty) == "rate-limit"
+    assert state.rate_limit == RateLimit(20.0, True, "20/s", "bob@h1", twenty["id"])
+    assert state.ever_limited
+    again = command("rate-limit", limit=RateLimit(20.0, True, "20/s"), by="eve@h2")
+    assert state.apply(again) is None  # nothing changes for the worker...
+    assert state.rate_limit is not None and state.rate_limit.by == "eve@h2"  # ...but who
+    assert state.apply(command("rate-limit", limit=RateLimit(5.0, False, "5/s"))) == "rate-limit"
+    off = command("rate-limit", limit=None)
+    assert off["per_second"] is None and off["text"] == "off"
+    assert state.apply(off) == "rate-limit"
+    assert state.rate_limit is None and state.ever_limited
+    assert state.apply(off) is None
+
+
+def test_an_off_alone_is_no_limit_ever() -> None:
+    state = ControlState("w", 0.0)
+    assert state.apply(command("rate-limit")) is None
+    assert state.rate_limit is None and not state.ever_limited
+
+
+@pytest.mark.parametrize("bad", [
+    {"per_second": 0}, {"per_second": "20/s"}, {"per_second": 1e6}, {"per_key": 1},
+    {"per_second": math.nan},
+])
+def test_malformed_rate_limit_commands_are_ignored(bad: dict) -> None:
+    record = {**command("rate-limit", limit=RateLimit(2.0, False, "2/s")), **bad}
+    assert decode(json.dumps(record).encode()) is None
+    state = ControlState("w", 0.0)
+    assert state.apply(record) is None and state.rate_limit is None

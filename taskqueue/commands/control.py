@@ -13,10 +13,13 @@ its companions.
     python task_control.py cancel --run 20261130T101500Z-ab12cd --match "customer 42"
     python task_control.py cancel --id tasks.csv:3:5f2a9c01d4e7
     python task_control.py stop-workers [--name alice]
+    python task_control.py rate-limit 20/s                    # task starts, over all workers
+    python task_control.py rate-limit 100/min --per-key       # each x-key (--key-column) apart
+    python task_control.py rate-limit off
     python task_control.py delete-queue [--dry-run] [--yes] [--force]   # and its companions
     python task_control.py retention --max-age 30D --max-bytes 20GB   # the results stream's
     python task_control.py retention --stream control --max-bytes 50MB
-    python task_control.py status                             # each stream's extent and size
+    python task_control.py status                  # streams' extent and size, the rate limit
 
 Installed with pip, the same command is ``taskqueue-control`` (same options).
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from taskqueue.admin import ask_yes_no
 from taskqueue.broker.blocking import open_blocking
@@ -41,6 +45,7 @@ from taskqueue.cli import (
 )
 from taskqueue.commands.cancel_survey import survey
 from taskqueue.control import commands, discard
+from taskqueue.control.ratelimit import RateLimit, format_rate, parse_rate
 from taskqueue.control.remove import QueueRemover, confirm
 from taskqueue.control.requeue import DeadFilter, DeadMover, progress_printer
 from taskqueue.control.retention import (
@@ -92,6 +97,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     stop = sub.add_parser("stop-workers", help="workers finish the tasks in hand and exit 0, "
                           "as after SIGTERM (e.g. stop-workers --name alice)")
     stop.add_argument("--name", help="only this worker (default: every worker)")
+    rate = sub.add_parser("rate-limit", help="at most RATE task starts, over all workers "
+                          "(e.g. rate-limit 20/s, rate-limit 100/min --per-key, rate-limit off)")
+    rate.add_argument("rate", type=rate_or_off, metavar="RATE",
+                      help="N/s, N/min or N/h (decimals allowed, at most 5000/s), or off")
+    rate.add_argument("--per-key", action="store_true",
+                      help="the rate for each key apart (the x-key header: the emitter's "
+                           "--key-column); tasks without one share the key ''")
     delete = sub.add_parser("delete-queue", help="delete the queue, its .retry, .dead, .events, "
                             ".results and .control, and the <queue>.events exchange, messages "
                             "and all (e.g. delete-queue --queue shot_q --dry-run)")
@@ -122,7 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         command.add_argument("--management-url", metavar="URL", help="the management plugin's "
                              "HTTP API (default: the broker's host, port 15672)")
     for command in (requeue, discard_dead, sub.choices["pause"], sub.choices["resume"], cancel,
-                    stop, delete, retention, status):
+                    stop, rate, delete, retention, status):
         add_broker_options(command)
     args = parser.parse_args(argv)
     if args.command == "retention" and args.max_age is None and args.max_bytes is None:
@@ -131,7 +143,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         problem = cancel_problem(args)
         if problem:
             cancel.error(problem)
+    if args.command == "rate-limit" and args.rate is None and args.per_key:
+        rate.error("rate-limit off takes no --per-key")
     return args
+
+
+def rate_or_off(text: str) -> RateLimit | None:
+    """A rate-limit's RATE: the limit, or None for ``off``."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        per_second = parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return RateLimit(per_second, False, format_rate(per_second))
 
 
 def cancel_problem(args: argparse.Namespace) -> str | None:
@@ -178,6 +203,8 @@ def main() -> int:
         return show_status(args, settings, spec)
     if args.command == "cancel":
         return cancel(args, settings, spec)
+    if args.command == "rate-limit":
+        return rate_limit(args, settings, spec)
     what = done_text(args, spec.name)
     kind = "stop" if args.command == "stop-workers" else args.command
     outcome = commands.send(settings, spec, kind, run=getattr(args, "run", None),
@@ -219,6 +246,20 @@ def cancel(args: argparse.Namespace, settings: BrokerSettings, spec: QueueSpec) 
                       until=outcome.record["time"]).lines(only="over")
         if over:
             print("over already, nothing changes for them:\n" + "\n".join(over))
+    return 0
+
+
+def rate_limit(args: argparse.Namespace, settings: BrokerSettings, spec: QueueSpec) -> int:
+    """Append the limit (or off) to the control stream; running workers apply it at once,
+    later ones when they read the stream (the last one given wins)."""
+    limit = args.rate if args.rate is None else replace(args.rate, per_key=args.per_key)
+    outcome = commands.send(settings, spec, "rate-limit", limit=limit)
+    if limit is None:
+        what = f"rate limit off on queue {spec.name!r}"
+    else:
+        what = (f"rate limit {limit.text}{' per key' if limit.per_key else ''} on queue "
+                f"{spec.name!r}")
+    print(commands.summary(outcome, f"{what} (by {outcome.record.get('by')})"))
     return 0
 
 
@@ -312,15 +353,19 @@ def set_retention(args: argparse.Namespace, settings: BrokerSettings, spec: Queu
 
 
 def show_status(args: argparse.Namespace, settings: BrokerSettings, spec: QueueSpec) -> int:
-    """Each stream's extent; with the management API, the retention in effect too."""
+    """Each stream's extent (with the management API, the retention in effect too), and the
+    rate limit in force with the tasks parked by it."""
     api = Management.for_broker(settings.urls[0], args.management_url)
     answers = api.answers()
     connection = open_blocking(settings)
     try:
+        sizes = {}
         for stream in spec.streams:
-            size = measure(connection, stream)
+            sizes[stream] = size = measure(connection, stream)
             held = api.queue(stream) if answers and size.exists else None
             print(size.line() + (f"; {retention_in_effect(held)}" if held else ""))
+        control = commands.in_force(connection, spec, sizes[spec.control_name].last)
+        print(commands.rate_line(control, commands.parked(connection, spec)))
     finally:
         if connection.is_open:
             connection.close()

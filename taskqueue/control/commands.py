@@ -1,5 +1,6 @@
-"""The sending side of pause, resume, cancel and stop-workers: append the command to
-``<queue>.control`` (confirmed), and count the workers that answer.
+"""The sending side of pause, resume, cancel, stop-workers and rate-limit: append the command
+to ``<queue>.control`` (confirmed), and count the workers that answer; and what the stream
+says is in force (the rate limit) for status.
 
 The command goes out at once (a cancel that waited to learn who is there let tasks finish
 meanwhile); then which workers are there is learnt from their live snapshots (each sends one
@@ -31,7 +32,8 @@ from taskqueue.broker.topology import (
     ROUTING_LIVE,
     queue_unavailable,
 )
-from taskqueue.control.state import CANCELS, Selection, command
+from taskqueue.control.ratelimit import RateLimit
+from taskqueue.control.state import CANCELS, ControlState, Selection, command, decode
 from taskqueue.errors import EXIT_REFUSED, EXIT_UNREACHABLE, UserError
 from taskqueue.wire.events import decode_events
 
@@ -71,16 +73,18 @@ def sender() -> str:
 
 def send(settings: BrokerSettings, spec: QueueSpec, kind: str, *, run: str | None = None,
          worker: str | None = None, selection: Selection | None = None,
-         by: str | None = None, say: Callable[[str], None] | None = None) -> Outcome:
+         by: str | None = None, say: Callable[[str], None] | None = None,
+         limit: RateLimit | None = None) -> Outcome:
     """Give the command; return who was there and who answered. A node that does not confirm
     it within ``CONFIRM_SECONDS`` (cut off from its cluster's majority: it stays open and
     silent) is left for the next URL, with the same command (giving it twice changes nothing).
-    A cancel says who gave it: *by*, else ``sender()``. *say* gets that one line (default:
-    stderr)."""
+    A cancel and a rate-limit (*limit*, None: off) say who gave it: *by*, else ``sender()``.
+    *say* gets that one line (default: stderr)."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
-    if kind in CANCELS and by is None:
+    if (kind in CANCELS or kind == "rate-limit") and by is None:
         by = sender()
-    outcome = Outcome(command(kind, run=run, worker=worker, selection=selection, by=by))
+    outcome = Outcome(command(kind, run=run, worker=worker, selection=selection, by=by,
+                              limit=limit))
     urls = settings.urls
     for number, url in enumerate(urls, 1):
         connection = open_blocking(replace(settings, urls=urls[number - 1:]))
@@ -242,3 +246,55 @@ def summary(outcome: Outcome, what: str) -> str:
         text += (f"; no answer from {', '.join(outcome.silent)} (they act when they read the "
                  "control stream)")
     return text
+
+
+READ_SECONDS = 10.0  # reading the control stream for status, at most
+QUIET_SECONDS = 2.0  # nothing more came for this long: the stream's end (a new one is slow)
+
+
+def in_force(connection: pika.BlockingConnection, spec: QueueSpec,
+             last: int | None) -> ControlState:
+    """What the control stream's commands up to offset *last* (its newest: ``measure``) add
+    up to, read as a worker would (the rate limit in force: ``.rate_limit``)."""
+    state = ControlState("task_control", time.time())
+    if last is None:
+        return state
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=500)
+    deadline = time.monotonic() + READ_SECONDS
+    for method, properties, body in channel.consume(spec.control_name,
+                                                    inactivity_timeout=QUIET_SECONDS,
+                                                    arguments={"x-stream-offset": "first"}):
+        if method is None or time.monotonic() > deadline:
+            break
+        channel.basic_ack(method.delivery_tag)
+        record = decode(body)
+        if record is not None:
+            state.apply(record)
+        offset = (properties.headers or {}).get("x-stream-offset")
+        if isinstance(offset, int) and offset >= last:
+            break
+    channel.close()
+    return state
+
+
+def parked(connection: pika.BlockingConnection, spec: QueueSpec) -> int | None:
+    """The tasks in the rate limit's wait tiers (``<queue>.wait.<N>s``); None: no tier
+    exists (no limit was ever given)."""
+    total = None
+    for name in spec.wait_names:
+        try:
+            held = connection.channel().queue_declare(name, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+            continue
+        total = (total or 0) + held.method.message_count
+    return total
+
+
+def rate_line(state: ControlState, parked_tasks: int | None) -> str:
+    """``rate limit 20/s per key (by bob@h1); 412 tasks parked`` or ``no rate limit``."""
+    limit = state.rate_limit
+    line = "no rate limit" if limit is None else f"rate limit {limit.describe()}"
+    return line if parked_tasks is None else f"{line}; {parked_tasks} tasks parked"

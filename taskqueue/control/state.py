@@ -12,9 +12,13 @@ from its start, so a worker started later knows everything said before it:
                                   cancelling the whole run
   {"command": "stop", "worker": NAME or null}  stop like SIGTERM: only workers running when
                                   it was given (a worker started afterwards is not stopped)
+  {"command": "rate-limit", "per_second": 20.0 or null, "text": "20/s" or "off",
+   "per_key": false}              at most that many task starts a second, over all workers
+                                  (per ``x-key`` with per_key); null: no limit. The last wins
 
-Each also carries "id" (for the answers) and "time" (when it was given); a cancel carries
-"by" (``user@host`` of whoever gave it), which the task's ``cancelled`` record names.
+Each also carries "id" (for the answers) and "time" (when it was given); a cancel and a
+rate-limit carry "by" (``user@host`` of whoever gave it), which the task's ``cancelled`` record
+and the status name.
 """
 
 from __future__ import annotations
@@ -24,19 +28,24 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from taskqueue.control.ratelimit import RateLimit, record_fields, sound_record
 from taskqueue.wire.record import run_began
 
-COMMANDS = ("pause", "resume", "cancel", "cancel-tasks", "stop")
+COMMANDS = ("pause", "resume", "cancel", "cancel-tasks", "stop", "rate-limit")
 CANCELS = ("cancel", "cancel-tasks")
 CLOCK_SKEW = 1.0  # seconds a command may seem to predate a worker started at once with it
 
 
 def command(kind: str, *, run: str | None = None, worker: str | None = None,
-            selection: Selection | None = None, by: str | None = None) -> dict:
-    """A new command record (``cancel-tasks``: *selection*'s fields, its run among them)."""
+            selection: Selection | None = None, by: str | None = None,
+            limit: RateLimit | None = None) -> dict:
+    """A new command record (``cancel-tasks``: *selection*'s fields, its run among them;
+    ``rate-limit``: *limit*'s, None for off)."""
     if kind not in COMMANDS:
         raise ValueError(f"unknown control command {kind!r}")
     record: dict = {"command": kind, "id": uuid.uuid4().hex[:12], "time": time.time()}
+    if kind == "rate-limit":
+        record.update(record_fields(limit))
     if selection is not None:
         record.update(selection.fields())
     if run is not None:
@@ -188,6 +197,8 @@ def decode(body: bytes) -> dict | None:
         return None
     if record["command"] == "cancel-tasks" and Selection.of(record) is None:
         return None
+    if record["command"] == "rate-limit" and not sound_record(record):
+        return None
     return record
 
 
@@ -202,11 +213,16 @@ class ControlState:
     # time are in it too (``Cancellations``), which is what the worker passes to the policy.
     cancelled_runs: Cancellations = field(default_factory=Cancellations)
     stop: bool = False
+    rate_limit: RateLimit | None = None  # the last rate-limit command's; None: none or off
+    ever_limited: bool = False  # a limit was given once (tasks may be parked: see them back)
 
     def apply(self, record: dict) -> str | None:
         """Take one command into account; returns what this worker must do now ("pause",
-        "resume", "cancel", "cancel-tasks", "stop") or None (nothing changes for it)."""
+        "resume", "cancel", "cancel-tasks", "stop", "rate-limit") or None (nothing changes
+        for it)."""
         kind = record["command"]
+        if kind == "rate-limit":
+            return self._limit(record)
         if kind == "pause" and not self.paused:
             self.paused = True
             return "pause"
@@ -225,6 +241,17 @@ class ControlState:
             self.stop = True
             return "stop"
         return None
+
+    def _limit(self, record: dict) -> str | None:
+        if not sound_record(record):  # (decode lets no other through)
+            return None
+        limit, before = RateLimit.of(record), self.rate_limit
+        self.rate_limit = limit  # the newest's "by", even when the rate is the same
+        self.ever_limited = self.ever_limited or limit is not None
+        same = (limit is None and before is None) or (
+            limit is not None and before is not None
+            and (limit.per_second, limit.per_key) == (before.per_second, before.per_key))
+        return None if same else "rate-limit"
 
     def concerns(self, record: dict) -> bool:
         """A command for every worker, or named for this one."""
