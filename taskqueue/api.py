@@ -9,7 +9,8 @@
         print(row["task"], row["outcome"], row["result_or_error"])
 
 ``submit`` publishes every text as a task (persistent, confirmed by the broker, like the
-emitter) as one new run, and returns a ``Run``. The work is done by ``listening_worker.py``
+emitter) as one new run, and returns a ``Run``; ``keys=[...]`` gives each task its rate-limit
+key (as the emitter's ``--key-column``). The work is done by ``listening_worker.py``
 processes anywhere; the outcomes come from the results record (``<queue>.results``), so a Run
 can be waited for, or its results read, from another process later: ``Run(run_id, ...)``.
 """
@@ -26,7 +27,7 @@ from taskqueue.broker.config import DEFAULT_QUEUE, BrokerSettings, QueueSpec, br
 from taskqueue.broker.urgent import checked_priority
 from taskqueue.emitter.halt import Halt, HaltAfter, run_canceller
 from taskqueue.emitter.publisher import ConfirmedPublisher
-from taskqueue.emitter.tasks import tasks_from_messages
+from taskqueue.emitter.tasks import task_key, tasks_from_messages
 from taskqueue.errors import EXIT_INCOMPLETE, UserError
 from taskqueue.results.history import History
 from taskqueue.results.table import task_rows
@@ -81,17 +82,32 @@ class Run:
 
 
 def submit(texts: Iterable[str], queue: str = DEFAULT_QUEUE, url: str | list[str] | None = None,
-           *, connect_timeout: float = 60.0, priority: str = "normal") -> Run:
+           *, connect_timeout: float = 60.0, priority: str = "normal",
+           keys: Iterable[str | None] | None = None) -> Run:
     """Publish each text as a task of one new run; every one confirmed by the broker before
     this returns (else ``UserError``, which says what is wrong). *url*: an AMQP URL or a list
     to fail over across (default: ``$RABBITMQ_URL``, else the local broker). *priority*:
     ``"high"`` makes every worker start these before waiting normal tasks (``<queue>.urgent``,
-    docs/queue-types.md); another value is a ``UserError``, raised before anything is sent."""
+    docs/queue-types.md); another value is a ``UserError``, raised before anything is sent.
+    *keys*: one per text, each task's rate-limit key (the header ``x-key``, for
+    ``task_control.py rate-limit --per-key``): at most 256 UTF-8 bytes (a longer one is cut and
+    ends with a digest of the whole), ``""`` or None for none; a count that differs from the
+    texts' is a ``UserError``, raised before anything is sent."""
     checked_priority(priority)
     texts = list(texts)
+    key_list = None if keys is None else list(keys)
+    if key_list is not None and len(key_list) != len(texts):
+        raise UserError(f"keys: {len(key_list)} keys for {len(texts)} tasks; give one per task "
+                        "(\"\" for none)")
+    for number, key in enumerate(key_list or (), start=1):
+        try:
+            task_key(key)
+        except ValueError as exc:
+            raise UserError(f"keys: key number {number}: {exc}") from None
     run = Run(new_run_id(suffix=uuid.uuid4().hex[:6]), queue, url, len(texts), connect_timeout)
-    publisher = ConfirmedPublisher(run.settings, run.spec, tasks_from_messages(texts, run.run_id),
-                                   log, run_id=run.run_id, total=len(texts), priority=priority)
+    publisher = ConfirmedPublisher(run.settings, run.spec,
+                                   tasks_from_messages(texts, run.run_id, key_list), log,
+                                   run_id=run.run_id, total=len(texts), priority=priority)
     publisher.run()
     if publisher.input_error is not None:
         raise publisher.input_error

@@ -5,6 +5,7 @@
     python emitter_of_tasks.py --message "Hello..." --message "Bye."
     python emitter_of_tasks.py --file jobs.csv --skip-done --wait --results out.csv
     python emitter_of_tasks.py --file jobs.csv --wait --halt-after 5%   # fail fast
+    python emitter_of_tasks.py --file jobs.csv --header --column job --key-column host
 
 Installed with pip, the same command is ``taskqueue-emit`` (same options).
 """
@@ -39,7 +40,7 @@ from taskqueue.emitter.halt import Halt, HaltAfter, run_canceller
 from taskqueue.emitter.progress import Progress, count_rows
 from taskqueue.emitter.publisher import CONFIRM_WINDOWS, ConfirmedPublisher
 from taskqueue.emitter.resume import ResumeState
-from taskqueue.emitter.tasks import Task, read_tasks, tasks_from_messages
+from taskqueue.emitter.tasks import Task, check_header, read_tasks, tasks_from_messages
 from taskqueue.errors import EXIT_INCOMPLETE, EXIT_SOME_FAILED, UserError
 from taskqueue.log import get_logger, log_dir
 from taskqueue.results.history import History
@@ -62,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--column", metavar="NAME|INDEX",
                         help="with --header: the column holding the task (name, or number from 1;"
                              " default: the first)")
+    source.add_argument("--key-column", metavar="NAME|INDEX",
+                        help="with --header: the column holding each task's rate-limit key "
+                             "(header x-key, at most 256 bytes; an empty cell: no key), for "
+                             "task_control.py rate-limit --per-key")
     source.add_argument("--message", action="append", metavar="TEXT",
                         help="publish this task instead of the file (repeatable)")
     source.add_argument("--max-task-bytes", type=positive_int, default=DEFAULT_MAX_TASK_BYTES,
@@ -105,6 +110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.column and not args.header:
         parser.error("--column needs --header")
+    if args.key_column and not args.header:
+        parser.error("--key-column needs --header (the first row names the columns)")
+    if args.key_column and args.message:
+        parser.error("--key-column reads a column of --file (not --message)")
     if args.resume and (args.message or args.file == "-"):
         parser.error("--resume needs a file (not --message or stdin)")
     if args.skip_done and (args.message or args.file == "-"):
@@ -128,6 +137,9 @@ def halt_after(text: str) -> HaltAfter:
 def main() -> int:
     args = parse_args()
     log = get_logger(SCRIPT, args.log_level)
+    if args.header and not args.message and args.file != "-":  # a wrong column: nothing sent
+        check_header(args.file, column=args.column, key_column=args.key_column,
+                     max_bytes=args.max_task_bytes)
     settings, spec = broker_settings(args), queue_spec(args)
     maybe_offer_panel(args, settings.urls[0], log)
 
@@ -245,7 +257,8 @@ def open_tasks(args: argparse.Namespace, state: ResumeState | None, run_id: str,
         else:
             log.info("no earlier run of %s on this queue to resume: starting at row 1", args.file)
     tasks = read_tasks(args.file, header=args.header, column=args.column,
-                       max_bytes=args.max_task_bytes, skip_through=skip, run_id=run_id)
+                       key_column=args.key_column, max_bytes=args.max_task_bytes,
+                       skip_through=skip, run_id=run_id)
     total = count_rows(args.file)
     return tasks, None if total is None else max(0, total - skip), skip
 

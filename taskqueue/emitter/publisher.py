@@ -241,14 +241,15 @@ class ConfirmedPublisher(BrokerSession):
         return task, task.row <= self._again_through
 
     def _properties(self, task: Task, again: bool) -> pika.BasicProperties:
-        # No headers table: the broker decodes it for every message (~12 us of broker CPU each,
-        # a quarter of its work here). The row travels inside message_id (see tasks.row_of),
-        # the run id in correlation_id, which groups the messages of one run; ``type`` says
-        # whether a worker must check the record first (wire/messages.py).
+        # No headers table unless the task has a rate-limit key (--key-column): the broker
+        # decodes it for every message (~12 us of broker CPU each, a quarter of its work here).
+        # The row travels inside message_id (see tasks.row_of), the run id in correlation_id,
+        # which groups the messages of one run; ``type`` says whether a worker must check the
+        # record first (wire/messages.py).
         return pika.BasicProperties(
             delivery_mode=pika.DeliveryMode.Persistent, message_id=task.message_id,
             correlation_id=self._run_id, content_type="text/plain", timestamp=int(time.time()),
-            type=PUBLISHED_AGAIN if again else FIRST_PUBLISH)
+            type=PUBLISHED_AGAIN if again else FIRST_PUBLISH, headers=task.headers)
 
     def _announce(self, state: str) -> None:
         """Tell the record (the results stream) and live views about this run: its total rows,

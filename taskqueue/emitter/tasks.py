@@ -4,14 +4,16 @@ Without a header, every non-blank line *is* a task, exactly as the user wrote it
 ``Resize a.png, b.png...`` becomes that text, commas and all. One exception, for files saved
 from a spreadsheet: a line that is exactly one quoted CSV field (``"Resize a.png, b.png..."``,
 with ``""`` for a quote inside), possibly followed by empty fields, is the text the user typed
-in that cell. With ``--header --column``, the file is parsed as CSV and one column is taken.
-Files are streamed line by line, so memory does not grow with the number of rows, and every
-error names the file and the line.
+in that cell. With ``--header --column``, the file is parsed as CSV and one column is taken;
+``--key-column`` takes each task's rate-limit key from another (``task_key``, sent as the header
+``x-key``). Files are streamed line by line, so memory does not grow with the number of rows,
+and every error names the file and the line.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 import sys
@@ -23,7 +25,10 @@ from typing import BinaryIO
 
 from taskqueue.broker.config import DEFAULT_MAX_TASK_BYTES
 from taskqueue.errors import UserError
-from taskqueue.wire.messages import message_id
+from taskqueue.wire.messages import X_KEY, message_id
+
+MAX_KEY_BYTES = 256  # of a task's rate-limit key (the header X_KEY), in UTF-8
+KEY_DIGEST_HEX = 12  # of the sha1 that ends a key cut to MAX_KEY_BYTES
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,13 @@ class Task:
     row: int  # line number in the source file (1-based), or position among --message tasks
     source: str  # file name, "<stdin>" or "<message>"
     message_id: str
+    key: str = ""  # its rate-limit key (task_key), "" for none: no header at all
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """The message's headers table: only a key has one (the broker decodes a table for
+        every message; publisher.py keeps the others without)."""
+        return {X_KEY: self.key} if self.key else None
 
     @cached_property
     def body(self) -> bytes:
@@ -49,19 +61,42 @@ class CsvError(UserError):
         self.row = row
 
 
+def task_key(text: object) -> str:
+    """A task's rate-limit key from the text of its cell (or ``submit(keys=)``): surrounding
+    blanks dropped, blank is no key (""). At most MAX_KEY_BYTES of UTF-8: a longer key is cut
+    at a character's boundary and ends with ``~`` and the first KEY_DIGEST_HEX hex digits of
+    the whole key's sha1, so that two long keys with the same start stay two keys.
+    ValueError for text UTF-8 cannot carry (a lone surrogate, which only Python can hand us)."""
+    key = "" if text is None else str(text).strip()
+    try:
+        data = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"the key {key[:40]!r} is not valid text (a lone surrogate?)") from None
+    if len(data) <= MAX_KEY_BYTES:
+        return key
+    suffix = "~" + hashlib.sha1(data).hexdigest()[:KEY_DIGEST_HEX]
+    return data[:MAX_KEY_BYTES - len(suffix)].decode("utf-8", "ignore") + suffix
+
+
 def seconds_for(text: str, seconds_per_dot: float) -> float:
     """The simulated work: a fixed time per '.' in the task text."""
     return text.count(".") * seconds_per_dot
 
 
-def tasks_from_messages(messages: list[str], run_id: str = "") -> Iterator[Task]:
-    """Tasks given on the command line with --message, numbered from 1. Their ids include the
-    run id: the same text sent by two runs is two tasks, not one published twice."""
+def tasks_from_messages(messages: list[str], run_id: str = "",
+                        keys: list[str | None] | None = None) -> Iterator[Task]:
+    """Tasks given on the command line with --message (or to ``submit``), numbered from 1,
+    with *keys* (one per task, ``task_key``'s rules) if given. Their ids include the run id:
+    the same text sent by two runs is two tasks, not one published twice."""
     for number, text in enumerate(messages, start=1):
         if not text.strip():
             raise CsvError(f"--message number {number} is blank; give the task text", number)
+        try:
+            key = task_key(keys[number - 1]) if keys is not None else ""
+        except ValueError as exc:
+            raise CsvError(f"key number {number}: {exc}", number) from None
         yield Task(text, number, "<message>",
-                   message_id(f"<message>\0{run_id}", number, text, "<message>"))
+                   message_id(f"<message>\0{run_id}", number, text, "<message>"), key)
 
 
 def open_task_file(path: str) -> tuple[BinaryIO, str]:
@@ -105,23 +140,24 @@ def read_lines(stream: BinaryIO, name: str, max_bytes: int) -> Iterator[tuple[in
 
 
 def read_tasks(path: str, *, header: bool = False, column: str | None = None,
-               max_bytes: int = DEFAULT_MAX_TASK_BYTES, skip_through: int = 0,
-               run_id: str = "") -> Iterator[Task]:
+               key_column: str | None = None, max_bytes: int = DEFAULT_MAX_TASK_BYTES,
+               skip_through: int = 0, run_id: str = "") -> Iterator[Task]:
     """Stream the tasks of *path*. Rows numbered <= *skip_through* are read but not yielded
     (that is how --resume continues after the last confirmed row). A file's ids are stable
-    across runs (resumable); stdin's include *run_id* (each run is new input)."""
+    across runs (resumable); stdin's include *run_id* (each run is new input). With *header*,
+    *key_column* names the column of each task's rate-limit key (the id does not include it)."""
     stream, name = open_task_file(path)
     source = f"<stdin>\0{run_id}" if name == "<stdin>" else str(Path(path).resolve())
     label = "<stdin>" if name == "<stdin>" else Path(source).name
     try:
         lines = read_lines(stream, name, max_bytes)
-        rows = (_column_rows(lines, name, column, max_bytes) if header
+        rows = (_column_rows(lines, name, column, max_bytes, key_column) if header
                 else _plain_rows(lines))
         seen_any = False
-        for number, text in rows:
+        for number, text, key in rows:
             seen_any = True
             if number > skip_through:
-                yield Task(text, number, name, message_id(source, number, text, label))
+                yield Task(text, number, name, message_id(source, number, text, label), key)
         if not seen_any:
             raise CsvError(f"{name} has no tasks (it is empty or blank); put one task per line")
     finally:
@@ -140,22 +176,43 @@ def spreadsheet_cell(line: str) -> str:
     return match.group(1).replace('""', '"') if match else line
 
 
-def _plain_rows(lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+def check_header(path: str, *, column: str | None, key_column: str | None,
+                 max_bytes: int = DEFAULT_MAX_TASK_BYTES) -> None:
+    """Read only the header row of *path* (a file, not stdin) and check that it has *column*
+    and *key_column*: a wrong name (or an unreadable header) stops the emitter before it
+    connects, nothing published. The rows are read_tasks' to check, as they stream."""
+    stream, name = open_task_file(path)
+    csv.field_size_limit(max(max_bytes + 1, 131072))
+    try:
+        for _number, header_row in _csv_records(read_lines(stream, name, max_bytes), name):
+            _column_index(header_row, column, name)
+            _column_index(header_row, key_column, name, "--key-column")
+            return
+    finally:
+        stream.close()
+
+
+def _plain_rows(lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str, str]]:
     for number, text in lines:
         if text.strip():
-            yield number, spreadsheet_cell(text)
+            yield number, spreadsheet_cell(text), ""
 
 
 def _column_rows(lines: Iterator[tuple[int, str]], name: str, column: str | None,
-                 max_bytes: int = DEFAULT_MAX_TASK_BYTES) -> Iterator[tuple[int, str]]:
-    """Parse CSV records (quoted fields may span lines) and take one column of each."""
+                 max_bytes: int = DEFAULT_MAX_TASK_BYTES, key_column: str | None = None
+                 ) -> Iterator[tuple[int, str, str]]:
+    """Parse CSV records (quoted fields may span lines) and take one column of each (and the
+    key's, if *key_column*: a record too short to have it has no key)."""
     csv.field_size_limit(max(max_bytes + 1, 131072))  # our own limit speaks below, by name
     header_row: list[str] | None = None
     index = 0
+    key_index: int | None = None
     for number, record in _csv_records(lines, name):
         if header_row is None:
             header_row = record
             index = _column_index(header_row, column, name)
+            if key_column is not None:
+                key_index = _column_index(header_row, key_column, name, "--key-column")
             continue
         if not any(field.strip() for field in record):
             continue
@@ -166,7 +223,8 @@ def _column_rows(lines: Iterator[tuple[int, str]], name: str, column: str | None
             raise CsvError(f"{name} line {number}: the task is longer than {max_bytes} bytes; "
                            "split it or raise --max-task-bytes", number)
         if record[index].strip():
-            yield number, record[index]
+            key = record[key_index] if key_index is not None and key_index < len(record) else ""
+            yield number, record[index], task_key(key)
 
 
 def _csv_records(lines: Iterator[tuple[int, str]], name: str) -> Iterator[tuple[int, list[str]]]:
@@ -196,7 +254,8 @@ def _csv_records(lines: Iterator[tuple[int, str]], name: str) -> Iterator[tuple[
         start = (numbers[0] if numbers else start) + 1
 
 
-def _column_index(header_row: list[str], column: str | None, name: str) -> int:
+def _column_index(header_row: list[str], column: str | None, name: str,
+                  option: str = "--column") -> int:
     if column is None:
         return 0
     names = [h.strip() for h in header_row]
@@ -205,4 +264,4 @@ def _column_index(header_row: list[str], column: str | None, name: str) -> int:
     if column.isdigit() and 1 <= int(column) <= len(names):
         return int(column) - 1
     raise CsvError(f"{name}: no column {column!r} in the header (columns: {', '.join(names)}); "
-                   "pass --column NAME or a number from 1", 1)
+                   f"pass {option} NAME or a number from 1", 1)

@@ -26,8 +26,10 @@ HEADER = (f"{'worker':<22} {'host':<14} {'state':<50} {'done':>5} {'failed':>6} 
 
 
 def draw(state: LiveTally, now: float, width: int = 100, height: int | None = None) -> list[str]:
+    rate = state.rate_line(now)
     top = [f"queue {state.queue!r}: {queue_text(state, now)}",
-           f"run {state.run_id or '-'}: {progress_text(state, now)}", ""]
+           f"run {state.run_id or '-'}: {progress_text(state, now)}", *([rate] if rate else []),
+           ""]
     failures = failure_lines(state)
     bottom = ["", f"updated {time.strftime('%H:%M:%S', time.localtime(now))}   "
                   "(Ctrl+C to leave)"]
@@ -58,8 +60,9 @@ def one_line(state: LiveTally, now: float) -> str:
         workers = f"{len(slots)} slots: " + ", ".join(f"{n} {what}" for what, n in
                                                       sorted(counts.items()))
     clock = time.strftime("%H:%M:%S", time.localtime(now))
+    rate = state.rate_line(now)
     return (f"{clock} queue {state.queue!r}: {queue_text(state, now)} | "
-            f"{progress_text(state, now)} | workers: {workers}")
+            f"{progress_text(state, now)}{f' | {rate}' if rate else ''} | workers: {workers}")
 
 
 # --- the fixed lines ----------------------------------------------------------------------------
@@ -108,7 +111,7 @@ def worker_lines(state: LiveTally, now: float, rows: int | None) -> list[str]:
         return ["(no worker heard from yet: start listening_worker.py)"]
     done_total = sum(slot.done for slot in slots) or 1
     if rows is None or len(slots) <= rows:
-        return [row_text(slot.slot, slot.host, state.slot_state(slot, now), slot.done,
+        return [row_text(slot.slot, slot.host, _slot_words(state, slot, now), slot.done,
                          slot.failed, done_total, _progress_after(state, slot, now))
                 for slot in slots]
     workers: dict[str, list[SlotView]] = defaultdict(list)
@@ -135,8 +138,20 @@ def row_text(name: str, host: str, what: str, done: int, failed: int, done_total
             f"{100 * done / done_total:>4.0f}%{progress}")
 
 
+def _slot_words(state: LiveTally, slot: SlotView, now: float) -> str:
+    """A slot's state for its row's state column (a waiting slot's key goes after the
+    columns: the column is cut at its width)."""
+    if slot.rate_wait is not None and state.active(slot, now):
+        return slot.rate_wait.words(slot.row, now, with_key=False)
+    return state.slot_state(slot, now)
+
+
 def _progress_after(state: LiveTally, slot: SlotView, now: float) -> str:
-    """' 40% step 2 of 5' for a busy slot whose task told its progress, else ''."""
+    """' 40% step 2 of 5' for a busy slot whose task told its progress, ' key "k"' for one
+    waiting for the rate limit with a key, else ''."""
+    if slot.rate_wait is not None and state.active(slot, now):
+        key = slot.rate_wait.key_words()
+        return f" {key}" if key else ""
     if slot.state != "busy" or not state.active(slot, now):
         return ""
     words = progress_words(slot.progress)
@@ -155,7 +170,11 @@ def folded_state(state: LiveTally, slots: list[SlotView], now: float) -> str:
         return "stopped"
     if all(not state.active(s, now) for s in slots):
         return state.slot_state(slots[0], now)  # gone (not heard from for N s)
-    busy = [s for s in slots if s.state == "busy" and state.active(s, now)]
+    waiting = [s for s in slots if s.rate_wait is not None and state.active(s, now)]
+    busy = [s for s in slots if s.state == "busy" and state.active(s, now)
+            and s.rate_wait is None]
+    if waiting and not busy:
+        return f"{len(waiting)}/{len(slots)} waiting for the rate limit"
     if not busy and slots[0].paused:
         return "paused"
     if not busy:
@@ -166,11 +185,15 @@ def folded_state(state: LiveTally, slots: list[SlotView], now: float) -> str:
     if rows:
         where = f"rows {rows[0]}-{rows[-1]}" if len(rows) > 1 else f"row {rows[0]}"
     longest = max(now - s.since for s in busy)
-    return f"{len(busy)}/{len(slots)} busy: {where}{', ' if where else ''}longest " \
+    # The waiting first: a row is cut at the column's width.
+    waits = f"{len(waiting)} waiting for the rate limit, " if waiting else ""
+    return f"{waits}{len(busy)}/{len(slots)} busy: {where}{', ' if where else ''}longest " \
            f"{max(0.0, longest):.0f} s"
 
 
 def short_state(state: LiveTally, slot: SlotView, now: float) -> str:
+    if slot.rate_wait is not None and state.active(slot, now):
+        return f"waiting row {slot.row}"
     if slot.state == "busy" and state.active(slot, now):
         return f"busy row {slot.row}"
     if state.active(slot, now):

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from taskqueue.views.live_rate import RateReports, RateWait
 from taskqueue.views.terminal import terminal_text
 from taskqueue.wire.events import RecentIds
 from taskqueue.wire.progress import read_progress
@@ -44,6 +45,7 @@ class SlotView:
     heard: float = 0.0  # when its worker's last snapshot came
     paused: bool = False  # its worker is paused (task_control.py pause)
     progress: tuple[float, str] | None = None  # the task's latest (fraction, note), if told
+    rate_wait: RateWait | None = None  # its task waits for its turn under the rate limit
 
 
 @dataclass
@@ -66,6 +68,7 @@ class LiveTally:
     _seconds: tuple[float, int] = (0.0, 0)  # the run's task seconds and attempts so far
     _latest_start: float = 0.0  # of the current run's tasks: older runs' stragglers start before
     gone_after: float = GONE_AFTER  # the web view says "gone" sooner (two snapshot intervals)
+    rates: RateReports = field(default_factory=RateReports)  # the limit each worker applies
 
     # --- feeding ---------------------------------------------------------------------------
     def feed(self, event: dict) -> None:
@@ -79,6 +82,8 @@ class LiveTally:
 
     def _snapshot(self, event: dict) -> None:
         stopped = event.get("state") == "stopped"
+        self.rates.note(event.get("worker", ""), float(event.get("time") or time.time()),
+                        event.get("rate"), stopped)
         for slot in event.get("slots") or []:
             self.slots[slot["slot"]] = SlotView(
                 slot["slot"], event.get("worker", ""), event.get("host", ""),
@@ -88,7 +93,7 @@ class LiveTally:
                 int(slot.get("failed") or 0), float(event.get("time") or time.time()),
                 paused=event.get("state") == "paused",
                 progress=read_progress(slot.get("progress")) if slot.get("state") == "busy"
-                else None)
+                else None, rate_wait=RateWait.of(slot.get("rate_wait")))
             if slot.get("state") == "busy":
                 self._note_wait(slot.get("since"), slot.get("queued"))
 
@@ -152,6 +157,7 @@ class LiveTally:
         would otherwise keep every worker that ever ran)."""
         for name in [n for n, slot in self.slots.items() if now - slot.heard > after]:
             del self.slots[name]
+        self.rates.forget(now, after)
 
     # --- reading -------------------------------------------------------------------------
     def slot_state(self, slot: SlotView, now: float) -> str:
@@ -159,6 +165,8 @@ class LiveTally:
             return "stopped"
         if now - slot.heard > self.gone_after:
             return f"gone (not heard from for {now - slot.heard:.0f} s)"
+        if slot.rate_wait is not None:
+            return slot.rate_wait.words(slot.row, now)
         if slot.state == "busy":
             row = f"row {slot.row}" if slot.row is not None else "a task"
             paused = "paused, finishing " if slot.paused else ""
@@ -167,6 +175,10 @@ class LiveTally:
         if slot.paused:
             return "paused"
         return f"idle for {max(0.0, now - slot.since):.0f} s"
+
+    def rate_line(self, now: float) -> str:
+        """The rate limit the running workers apply, in one line ("" for none)."""
+        return self.rates.line(now, self.gone_after)
 
     def paused(self, now: float) -> bool:
         """The queue is paused: every worker heard from says so."""

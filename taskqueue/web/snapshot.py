@@ -51,6 +51,7 @@ def live_json(state: LiveState, now: float, feed_problem: str | None = None) -> 
                   "dead": counts.dead, "consumers": counts.consumers,
                   "in_progress": state.in_progress(now), "paused": state.paused(now),
                   "latency": state.last_wait[1] if state.last_wait and counts.ready else None},
+        "rate": state.rate_line(now) or None,  # the rate limit the workers apply (a line)
         "run": {"id": state.run_id, "done": state.done, "total": state.total,
                 "failed": state.failed, "dead": state.dead, "cancelled": state.cancelled,
                 "rate": round(state.rate(now), 2), "eta": eta},
@@ -94,7 +95,8 @@ def _worker(state: LiveState, name: str, slots: list[SlotView], now: float, done
 def _progress(state: LiveState, slot: SlotView, now: float) -> dict | None:
     """A busy slot's latest progress, as its task told it (the note is data: the page fills
     it in as text)."""
-    if slot.progress is None or slot.state != "busy" or not state.active(slot, now):
+    if (slot.progress is None or slot.state != "busy" or not state.active(slot, now)
+            or slot.rate_wait is not None):
         return None
     fraction, note = slot.progress
     return {"fraction": fraction, "note": note}

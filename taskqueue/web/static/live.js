@@ -11,6 +11,10 @@ function showLive(data) {
   }
   setText("q-latency", q.latency === null ? "-" : seconds(q.latency));
   document.getElementById("paused").hidden = !q.paused;
+  // The rate limit the workers apply, as the terminal view says it (keys in it are text).
+  const rate = document.getElementById("rate-limit");
+  rate.hidden = !data.rate;
+  fill(rate, data.rate || "");
   showRuns(data.runs.length ? data.runs : [{ ...r, run: r.id }], data.runs_more);
   showWorkers(data);
   showFailures(data.failures);
