@@ -28,6 +28,13 @@ QUEUE_TYPES = ("auto", "quorum", "classic")
 # every heartbeat + 5 s); 10 s (RabbitMQ advises 5-20 s) notices it within 15-30 s. Our I/O
 # loops never wait on work, so a short heartbeat cannot cost a long task its connection.
 DEFAULT_HEARTBEAT = 10
+# The rate limit's queues (docs/design/rate-limit.md), made the first time a worker sees a
+# rate-limit command: asks to the arbiter expire after RATELIMIT_TTL_MS, well before a requester
+# asks again (3 s), so an arbiter that fell behind never answers asks already repeated; parked
+# tasks wait in the tier of WAIT_TIERS (seconds, one TTL per queue: a queue expires only at its
+# head) and come back to the task queue.
+RATELIMIT_TTL_MS = 1500
+WAIT_TIERS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
 
 
 def broker_urls(cli_urls: list[str] | None,
@@ -137,6 +144,9 @@ class QueueSpec:
     ``<name>.results`` the record of every attempt's outcome (a stream: read by anyone, any
                       number of times, kept by size and age), written before each ack;
     ``<name>.control`` the stream of control commands (task_control.py);
+    ``<name>.ratelimit`` asks to the rate limit's arbiter (its single active consumer), and
+    ``<name>.wait.<N>s`` parked tasks, back in the task queue after N s: made only once a
+                      rate limit was given (worker/ratelimit.py), not at start;
     the ``<name>.events`` exchange carries what live views watch (snapshots, finished tasks);
     ``<name>.events`` the queue, made by versions before 0.4, is still read by the report.
     """
@@ -182,7 +192,25 @@ class QueueSpec:
     def everything(self) -> list[str]:
         """Every queue and stream of ours that may exist for this queue (the legacy events
         queue included): what ``task_control.py delete-queue`` removes."""
-        return [*self.all_queues, self.events_name, *self.streams]
+        return [*self.all_queues, *self.rate_queues, self.events_name, *self.streams]
+
+    @property
+    def ratelimit_name(self) -> str:
+        """The asks to the rate limit's arbiter (single active consumer)."""
+        return f"{self.name}.ratelimit"
+
+    def wait_name(self, tier: int) -> str:
+        """The queue where a task parked for *tier* seconds waits (WAIT_TIERS)."""
+        return f"{self.name}.wait.{tier}s"
+
+    @property
+    def wait_names(self) -> list[str]:
+        return [self.wait_name(tier) for tier in WAIT_TIERS]
+
+    @property
+    def rate_queues(self) -> list[str]:
+        """The queues a rate limit needs, made when a worker first sees one."""
+        return [self.ratelimit_name, *self.wait_names]
 
     def results_arguments(self) -> dict[str, object]:
         return stream_arguments(self.results_max_age, self.results_max_bytes)
@@ -215,12 +243,23 @@ class QueueSpec:
                             broker_version: tuple[int, ...]) -> dict[str, object]:
         """Arguments for a companion queue that does not exist yet. With a quorum task queue
         they are quorum queues too (replicated: a node's loss cannot take them away); the
-        retry queue then needs RabbitMQ 3.10+ (message TTL, at-least-once dead-lettering),
-        and falls back to classic before that."""
+        retry queue and the wait tiers then need RabbitMQ 3.10+ (message TTL, at-least-once
+        dead-lettering), and fall back to classic before that. ``.ratelimit`` is quorum on any
+        3.10+ broker."""
         quorum = task_type == "quorum"
-        if name == self.retry_name:
-            arguments: dict[str, object] = {"x-dead-letter-exchange": "",
-                                            "x-dead-letter-routing-key": self.name}
+        arguments: dict[str, object]
+        if name == self.ratelimit_name:
+            # Quorum whenever the broker can (even beside a classic task queue): a classic
+            # single-active-consumer queue was reported not to fail over (amqp091-go#106).
+            arguments = {"x-single-active-consumer": True, "x-message-ttl": RATELIMIT_TTL_MS}
+            if broker_version >= (3, 10):
+                arguments["x-queue-type"] = "quorum"
+            return arguments
+        tier = dict(zip(self.wait_names, WAIT_TIERS)).get(name)
+        if name == self.retry_name or tier is not None:
+            arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.name}
+            if tier is not None:
+                arguments["x-message-ttl"] = tier * 1000
             if quorum and broker_version >= (3, 10):
                 arguments.update({"x-queue-type": "quorum",
                                   "x-dead-letter-strategy": "at-least-once",

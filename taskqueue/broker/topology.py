@@ -249,11 +249,7 @@ class QueueSetup:
         self._next_queue()
 
     def _companion_arguments(self, name: str) -> dict[str, object]:
-        """config.py's arguments for a companion, with no delivery limit on a 4.x quorum."""
-        arguments = self.spec.companion_arguments(name, self.topology.task_type, self.version)
-        if arguments.get("x-queue-type") == "quorum" and self.version >= UNLIMITED_SINCE:
-            arguments.update(UNLIMITED)
-        return arguments
+        return companion_arguments(self.spec, name, self.topology.task_type, self.version)
 
     def _check_unlimited(self, name: str) -> None:
         """A quorum companion made before we set ``UNLIMITED`` (an upgrade from 3.x, or an older
@@ -393,26 +389,70 @@ CONTROL_ARGUMENTS = {"x-queue-type": "stream",  # RabbitMQ 3.9+; replicated like
 
 def declare_control(connection: Connection, spec: QueueSpec, on_done: Callable[[], None],
                     on_error: Callable[[BaseException], None]) -> None:
-    """Make sure ``<queue>.control`` exists, each step on a channel of its own. An existing
-    stream is used as it is: one made before it was bounded has no x-max-length-bytes, and a
-    redeclaration with ours would be refused (406, inequivalent arg). A missing one is made
-    with ``CONTROL_ARGUMENTS``; made by someone else meanwhile (406), theirs is used. *on_error*
-    gets the broker's refusal (403: no permission; 406: a broker without streams, before 3.9).
-    Like the results stream, a queue of that name is taken as it is, whatever its type."""
-    name = spec.control_name
+    """Make sure ``<queue>.control`` exists (``declare_or_adopt``). An existing stream is used as
+    it is: one made before it was bounded has no x-max-length-bytes, and a redeclaration with
+    ours would be refused (406, inequivalent arg). *on_error* gets the broker's refusal (403: no
+    permission; 406: a broker without streams, before 3.9). Like the results stream, a queue of
+    that name is taken as it is, whatever its type."""
+    declare_or_adopt(connection, spec.control_name, CONTROL_ARGUMENTS,
+                     lambda _created: on_done(), on_error)
 
-    def step(operation: Operation, on_refused: Callable[[BaseException], None]) -> None:
-        on_own_channel(connection, operation, lambda _frame: on_done(), on_refused, on_error)
+
+def declare_or_adopt(connection: Connection, name: str, arguments: dict[str, object],
+                     on_done: Callable[[bool], None],
+                     on_error: Callable[[BaseException], None]) -> None:
+    """Make sure queue *name* exists, each step on a channel of its own: an existing one is
+    used as it is, a missing one is made with *arguments*, one made by someone else meanwhile
+    (406) is used as theirs. *on_done(created)*; *on_error* gets the broker's refusal."""
+    def step(operation: Operation, on_ok: Callable[[object], None],
+             on_refused: Callable[[BaseException], None]) -> None:
+        on_own_channel(connection, operation, on_ok, on_refused, on_error)
 
     def passive(on_refused: Callable[[BaseException], None]) -> None:
-        step(lambda ch, ok: ch.queue_declare(name, passive=True, callback=ok), on_refused)
+        step(lambda ch, ok: ch.queue_declare(name, passive=True, callback=ok),
+             lambda _frame: on_done(False), on_refused)
 
     def create() -> None:
-        step(lambda ch, ok: ch.queue_declare(name, durable=True, arguments=CONTROL_ARGUMENTS,
-                                             callback=ok),
+        step(lambda ch, ok: ch.queue_declare(name, durable=True, arguments=arguments,
+                                             callback=ok), lambda _frame: on_done(True),
              lambda again: passive(on_error) if _code(again) == 406 else on_error(again))
 
     passive(lambda refusal: create() if _missing(refusal) else on_error(refusal))
+
+
+def companion_arguments(spec: QueueSpec, name: str, task_type: str,
+                        version: tuple[int, ...]) -> dict[str, object]:
+    """config.py's arguments for a companion, with no delivery limit on a 4.x quorum."""
+    arguments = spec.companion_arguments(name, task_type, version)
+    if arguments.get("x-queue-type") == "quorum" and version >= UNLIMITED_SINCE:
+        arguments.update(UNLIMITED)
+    return arguments
+
+
+def declare_rate_queues(connection: Connection, spec: QueueSpec, topology: Topology,
+                        on_done: Callable[[list[str]], None],
+                        on_error: Callable[[BaseException], None]) -> None:
+    """Make sure the rate limit's queues (``QueueSpec.rate_queues``) exist, one after the
+    other, existing ones used as they are; *on_done(the names created)*. They follow the task
+    queue's type as ``.retry`` does (``.ratelimit``: quorum on any 3.10+ broker)."""
+    names = spec.rate_queues
+    created: list[str] = []
+
+    def declare(index: int) -> None:
+        if index == len(names):
+            on_done(created)
+            return
+        name = names[index]
+
+        def done(made: bool) -> None:
+            if made:
+                created.append(name)
+            declare(index + 1)
+
+        declare_or_adopt(connection, name, companion_arguments(
+            spec, name, topology.task_type, topology.version), done, on_error)
+
+    declare(0)
 
 
 def _code(reason: BaseException) -> int | None:

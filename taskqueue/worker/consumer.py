@@ -47,6 +47,7 @@ from taskqueue.worker.phase import (
     subscribe_step,
 )
 from taskqueue.worker.policy import broker_limit_clash, cancellation
+from taskqueue.worker.ratelimit import RateGate
 from taskqueue.worker.reach import ReachWatch
 from taskqueue.worker.settlement import Settlement, Step
 from taskqueue.worker.slots import WorkSlot, slot_names
@@ -88,6 +89,10 @@ class TaskConsumer(BrokerSession):
         self.reach = ReachWatch(self.tail.probe, self._on_cut_off)
         self._tail_read = 0  # the tail's messages read at the last beat (progress: reach.py)
         self.outbox.on_stalled = self._on_outbox_stalled
+        # The shared rate limit (worker/ratelimit.py): asks on the publishing connection, the
+        # arbiter role on this one, whatever our phase.
+        self.rate = RateGate(queue, log, options.name, self.ioloop, lambda: self.outbox.blocked)
+        self.outbox.on_connected = self.rate.publishing_ready
         self._last_delivery = 0.0  # when the last task came (or consuming began)
         self.idle = IdleWatch(self, options.exit_when_idle)
         self._stop_since: float | None = None  # when the first stop request came
@@ -100,7 +105,7 @@ class TaskConsumer(BrokerSession):
         self.life = DeliveryLife(WorkerParts(
             log, queue, options, self.slots, self._free_slots, self.outbox, self.account,
             self.tail, self.idle, self.control, self.overruns, lambda: self.phase, self._free,
-            self._mark_changed))
+            self._mark_changed, rate=self.rate))
         # A slot's outcome goes to the life on the I/O thread: the slot hops threads itself
         # (call_threadsafe), so pika is only ever called from the connection's thread.
         self.slots.extend(WorkSlot(name, runner, self.life.on_outcome, self.call_threadsafe)
@@ -179,6 +184,7 @@ class TaskConsumer(BrokerSession):
             return
         self.phase = Phase.STOPPING
         self.account.totals()
+        self.rate.close()  # the next worker becomes the arbiter now, not when we are gone
         for slot in self.slots:
             slot.close()
         self.outbox.close(grace)
@@ -200,6 +206,7 @@ class TaskConsumer(BrokerSession):
         self.outbox.exchange_ready = True
         self.outbox.send(everything=True)
         self.mark_ready()
+        self.rate.consuming_ready(channel.connection, topology)
         channel.add_on_cancel_callback(self._on_cancelled_by_broker)
         # The record first (a first fence proves we may read and write it: no work without
         # records), then the control stream (a worker started while paused takes nothing).
@@ -318,6 +325,7 @@ class TaskConsumer(BrokerSession):
 
     def on_channel_lost(self) -> None:
         self.reach.reset()
+        self.rate.consuming_lost()
         self.control.stop()
         self.tail.stop()
         self.intake.forget()  # nobody can ack them now: the broker delivers them again
@@ -366,6 +374,8 @@ class TaskConsumer(BrokerSession):
                 self._subscribe(self.channel)
         elif action in ("cancel", "cancel-tasks"):
             self._cancel_in_hand(record)
+        elif action == "rate-limit":
+            self.rate.apply(self.control.state.rate_limit)
         elif action == "stop":
             self.log.warning("[%s] stop requested (task_control.py stop-workers)", name)
             if self.phase not in STOP_ASKED:
@@ -404,8 +414,8 @@ class TaskConsumer(BrokerSession):
                 self._changed = True  # a task's progress no snapshot has shown yet
             if (self._changed and since >= SNAPSHOT_SECONDS[0]) or since >= SNAPSHOT_SECONDS[1]:
                 state = "paused" if self.control.paused else "running"
-                self.outbox.announce(self.account.snapshot(state,
-                                                           self.phase is Phase.CONSUMING))
+                self.outbox.announce(self.account.snapshot(
+                    state, self.phase is Phase.CONSUMING, rate=self.rate.snapshot()))
                 self._changed, self._last_snapshot = False, now
         if self._ticks % 2 == 0:
             self.outbox.send(everything=True)  # events and the snapshot go out on this beat

@@ -38,6 +38,7 @@ from dataclasses import replace
 import pika
 from pika.adapters.select_connection import IOLoop
 from pika.channel import Channel
+from pika.connection import Connection
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.broker.connection import BrokerSession, settled_tags
@@ -81,6 +82,7 @@ class Outbox(BrokerSession):
         self.on_block: Callable[[], None] | None = None  # told when the broker blocks us
         self.on_unblock: Callable[[], None] | None = None
         self.on_stalled: Callable[[str], None] | None = None  # confirms stopped at this URL
+        self.on_connected: Callable[[Connection], None] | None = None  # each new connection
         self._copies: deque[Copy] = deque()
         self._records: deque[tuple[dict, Callable[[bool], None] | None]] = deque()
         self._unconfirmed: dict[int, Copy | RecordGroup | None] = {}
@@ -210,6 +212,8 @@ class Outbox(BrokerSession):
         self._sent_at.setdefault(self._tag, time.monotonic())
 
     def on_channel_ready(self, channel: Channel) -> None:
+        if self.on_connected is not None:  # the rate limit's asks have a channel of their own
+            self.on_connected(channel.connection)
         self._tag = 0
         self.keeper.look_for_orphans = True
         self._confirming = False
