@@ -10,13 +10,13 @@ import pika
 import pytest
 
 from taskqueue.broker.config import QueueSpec
-from taskqueue.control.ratelimit import HOLD, Answer, RateLimit
+from taskqueue.control.ratelimit import HOLD, Answer, RateLimit, tier_for
 from taskqueue.wire.messages import CHECK_FROM, PRIOR_DELIVERIES, RATE_LEFT, RATE_PARKS, X_KEY
 from taskqueue.wire.record import CLOCK_SKEW
 from taskqueue.worker.account import WorkerAccount, WorkerOptions
 from taskqueue.worker.delivery import Delivery
 from taskqueue.worker.phase import Phase
-from taskqueue.worker.policy import Verdict, before_work, park
+from taskqueue.worker.policy import MAX_LEFT, Verdict, before_work, park
 from taskqueue.worker.rate_wait import POLL_SECONDS, RateWaits
 from taskqueue.worker.settlement import Settlement, Step
 from taskqueue.worker.slots import WorkSlot
@@ -54,7 +54,18 @@ def test_a_park_goes_to_the_longest_tier_within_the_wait_with_what_is_left():
 def test_the_tier_and_what_is_left(wait: float, tier: int, left: float):
     verdict = park(delivery(), wait, QUEUE)
     assert verdict.copy_to == f"jobs.wait.{tier}s"
-    assert verdict.headers[RATE_LEFT] == pytest.approx(left)
+    assert float(verdict.headers[RATE_LEFT]) == pytest.approx(left)
+
+
+@pytest.mark.parametrize("wait", [0.0, 2.2449, 77.0, 3.9, 1e6, 1e12])
+def test_the_copy_can_be_sent_and_read_back(wait: float):
+    """pika encodes no float in headers: x-rate-left goes as an AMQP decimal (to the ms)."""
+    headers = park(delivery(**BROKER_OWN), wait, QUEUE).headers
+    sent = pika.BasicProperties(headers=headers)
+    back = pika.BasicProperties()
+    back.decode(b"".join(sent.encode()))
+    left = delivery(**back.headers).rate_left
+    assert left == pytest.approx(min(max(0.0, wait - tier_for(wait)), MAX_LEFT), abs=0.001)
 
 
 def test_the_broker_headers_are_stripped_and_its_count_carried_on():
@@ -294,7 +305,8 @@ def test_a_pause_while_waiting_parks_what_is_left(monkeypatch):
     harness.clock.advance(POLL_SECONDS)
     [verdict] = harness.verdicts
     assert verdict.copy_to == "jobs.wait.16s"
-    assert verdict.headers[RATE_LEFT] == pytest.approx(20.0 - 3.0 - POLL_SECONDS - 16, abs=0.01)
+    assert float(verdict.headers[RATE_LEFT]) == pytest.approx(20.0 - 3.0 - POLL_SECONDS - 16,
+                                                              abs=0.01)
     assert not harness.started and not harness.clock.timers
 
 

@@ -106,7 +106,8 @@ class WorkerAccount:
                 slots.append({"slot": slot.name, "state": "idle", "since": slot.idle_since,
                               "done": slot.done, "failed": slot.failed})
             else:
-                slots.append({"slot": slot.name, "state": "busy", "since": delivery.started,
+                slots.append({"slot": slot.name, "state": "busy",
+                              "since": delivery.started or delivery.received,
                               "queued": delivery.queued,
                               "row": delivery.row, "task": delivery.text[:80],
                               "run_id": delivery.run_id, "done": slot.done,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Protocol
 
 from taskqueue.broker.config import QueueSpec
@@ -25,6 +26,7 @@ MAX_REASON = 1000  # characters of a reason kept in x-death-reason
 MAX_LAST_ERROR = 500  # ... and in x-last-error, on the way to a retry
 CONSUMER_TIMEOUT_REASON = "taken back by the broker at its consumer timeout"
 BROKER_DELIVERY_LIMIT = 20  # RabbitMQ 4's default for quorum queues: the 21st return drops it
+MAX_LEFT = 1_000_000  # seconds still to wait that a park copy can carry (seconds_header)
 # The broker's own headers, never carried to a parked copy: its count of deliveries (carried as
 # x-prior-deliveries instead) and its dead-letter history (x-death and co.: their handling
 # changed across RabbitMQ versions, 3.13.0-3.13.2 could drop a message for them).
@@ -157,7 +159,7 @@ def park(delivery: Delivery, wait: float, queue: QueueSpec, hop: bool = False) -
     tier = tier_for(wait)
     headers = {name: value for name, value in delivery.headers.items()
                if name not in BROKER_HEADERS and not name.startswith(BROKER_HEADER_PREFIXES)}
-    headers.update({RATE_LEFT: round(max(0.0, wait - tier), 3),
+    headers.update({RATE_LEFT: seconds_header(wait - tier),
                     RATE_PARKS: delivery.parks + (0 if hop else 1),
                     PRIOR_DELIVERIES: delivery.deliveries})
     if not hop or not isinstance(headers.get(CHECK_FROM), (int, float)):
@@ -173,6 +175,13 @@ def _check_from(delivery: Delivery, hop: bool) -> int:
         return int(delivery.received)
     since = delivery.check_from  # a hop without x-check-from (another producer's): its own
     return 1 if since is None else max(1, int(since + CLOCK_SKEW))
+
+
+def seconds_header(seconds: float) -> Decimal:
+    """Seconds (>= 0, to the millisecond) as a header value: an AMQP decimal, which pika
+    encodes (a float it cannot) and every client reads as a number. At most MAX_LEFT (an
+    AMQP decimal holds 32 bits): a task parked longer asks again sooner, keeping its place."""
+    return Decimal(max(0, min(round(seconds * 1000), MAX_LEFT * 1000))).scaleb(-3)
 
 
 def wait_name(queue: QueueSpec, tier: int) -> str:

@@ -138,7 +138,7 @@ class RateWaits:
         def on_answer(answer: Answer) -> None:
             if turn.asked is asked and self._turns.get(turn.slot) is turn:
                 turn.asked = None
-                self._answered(turn, answer)
+                self._guarded(turn, lambda: self._answered(turn, answer))
 
         cancel = self.gate.ask(turn.key, turn.returner, on_answer)
         if turn.asked is asked and self._turns.get(turn.slot) is turn:  # (not answered at once)
@@ -200,9 +200,9 @@ class RateWaits:
             if self._turns.get(turn.slot) is not turn:
                 return
             if self.phase() in GIVE_UP_PHASES:
-                self._give_up(turn)
+                self._guarded(turn, lambda: self._give_up(turn))
             elif then is not None and time.monotonic() >= deadline:
-                then(turn)
+                self._guarded(turn, lambda: then(turn))
             else:
                 arm()
 
@@ -214,6 +214,17 @@ class RateWaits:
             turn.timer = timers.call_later(min(POLL_SECONDS, max(0.0, left)), step)
 
         arm()
+
+    def _guarded(self, turn: Turn, step: Callable[[], None]) -> None:
+        """A step run from the I/O loop (a timer, an answer): whatever it raises, the task goes
+        back to the queue and the loop goes on."""
+        try:
+            step()
+        except Exception:
+            self.log.exception("[%s] could not wait for the turn of %s; it goes back to the "
+                               "queue", turn.slot.name, turn.delivery.label)
+            self._forget(turn)
+            turn.settlement.requeue("the worker could not wait for its turn")
 
     def _stop(self, turn: Turn) -> None:
         turn.asked = None
