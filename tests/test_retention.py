@@ -15,7 +15,7 @@ import pika
 import pytest
 
 from taskqueue.broker.config import QueueSpec
-from taskqueue.broker.topology import CONTROL_MAX_BYTES, declare_control
+from taskqueue.broker.on_demand import CONTROL_MAX_BYTES, declare_control
 from taskqueue.control import commands
 from taskqueue.control.retention import (
     Management,

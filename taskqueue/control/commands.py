@@ -26,12 +26,8 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from taskqueue.broker.blocking import NoConfirm, confirmed_within, open_blocking
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
-from taskqueue.broker.topology import (
-    CONTROL_ARGUMENTS,
-    ROUTING_CONTROL,
-    ROUTING_LIVE,
-    queue_unavailable,
-)
+from taskqueue.broker.on_demand import CONTROL_ARGUMENTS
+from taskqueue.broker.topology import ROUTING_CONTROL, ROUTING_LIVE, queue_unavailable
 from taskqueue.control.ratelimit import RateLimit
 from taskqueue.control.state import CANCELS, ControlState, Selection, command, decode
 from taskqueue.errors import EXIT_REFUSED, EXIT_UNREACHABLE, UserError

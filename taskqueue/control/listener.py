@@ -27,7 +27,7 @@ from pika.connection import Connection
 from pika.spec import Basic
 
 from taskqueue.broker.config import QueueSpec
-from taskqueue.broker.topology import declare_control
+from taskqueue.broker.on_demand import declare_control
 from taskqueue.control.state import ControlState, decode
 
 QUIET_SECONDS = 0.5

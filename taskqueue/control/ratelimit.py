@@ -14,12 +14,14 @@ import math
 import re
 from dataclasses import dataclass
 
+from taskqueue.broker.config import WAIT_TIERS
+
 HOLD = 2.0  # a firm ticket is never further ahead than this
 TAU = 0.25  # GCRA tolerance: a key idle long enough may start this many seconds' worth at once
 ASK_TIMEOUT = 3.0  # no answer in this long: ask again (a new id)
 ASK_TTL_MS = 1500  # an ask no arbiter took by then expires (well before the re-ask: R4)
 HOLD_IN_SLOT = 30.0  # global mode: a soft wait up to this long is held in the slot (S3)
-TIERS = (1, 4, 16, 64, 256, 1024, 4096, 16384)  # seconds: <queue>.wait.<N>s
+TIERS = WAIT_TIERS  # seconds: <queue>.wait.<N>s (broker/config.py names them)
 MAX_PER_SECOND = 5000.0
 IDLE = 1.0  # a key whose next slot passed this long ago unclaimed has no live reservations
 FORGET = 60.0  # a key quiet this long is forgotten (memory = active keys only)

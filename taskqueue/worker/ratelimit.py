@@ -21,7 +21,8 @@ from pika.adapters.select_connection import IOLoop
 from pika.connection import Connection
 
 from taskqueue.broker.config import QueueSpec
-from taskqueue.broker.topology import Topology, declare_rate_queues
+from taskqueue.broker.on_demand import declare_rate_queues
+from taskqueue.broker.topology import Topology
 from taskqueue.control.ratelimit import Answer, RateLimit
 from taskqueue.worker.arbiter import Arbiter
 from taskqueue.worker.permits import Permits
