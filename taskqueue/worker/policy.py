@@ -167,7 +167,7 @@ def park(delivery: Delivery, wait: float, queue: QueueSpec, hop: bool = False) -
         # copy can only date from later. (An unchecked hop keeps the moment it was given.)
         headers[CHECK_FROM] = _check_from(delivery, hop)
     return Verdict("parked", f"its turn under the rate limit is in {wait:.1f} s",
-                   wait_name(queue, tier), headers)
+                   queue.wait_name(tier), headers)
 
 
 def _check_from(delivery: Delivery, hop: bool) -> int:
@@ -182,8 +182,3 @@ def seconds_header(seconds: float) -> Decimal:
     encodes (a float it cannot) and every client reads as a number. At most MAX_LEFT (an
     AMQP decimal holds 32 bits): a task parked longer asks again sooner, keeping its place."""
     return Decimal(max(0, min(round(seconds * 1000), MAX_LEFT * 1000))).scaleb(-3)
-
-
-def wait_name(queue: QueueSpec, tier: int) -> str:
-    """The tier queue that holds parked tasks *tier* seconds: ``<queue>.wait.<tier>s``."""
-    return f"{queue.name}.wait.{tier}s"
