@@ -205,9 +205,16 @@ class Harness:
         self.verdicts: list[Verdict] = []
         self.due: list[float] = []
         self.slot = WorkSlot("w/1", SimulatedWork(0.0), lambda *_: None, lambda _fn: None)
+        self.cancelled: list[Delivery] = []
         self.waits = RateWaits(self.gate, QUEUE, logging.getLogger("test"), lambda: self.phase,
-                               lambda _delivery: self.clock, self.start, self.carry_out,
-                               self.due.append, lambda: None, clock=self.clock)
+                               lambda _delivery: self.clock, self.start, self.cancel,
+                               self.carry_out, self.due.append, lambda: None, clock=self.clock)
+
+    def cancel(self, slot: WorkSlot, task: Delivery) -> bool:
+        if any(task is gone for gone in self.cancelled):
+            self.verdicts.append(Verdict("cancelled", "run r was cancelled"))
+            return True  # (its record is not confirmed yet: the settlement is not over)
+        return False
 
     def start(self, slot: WorkSlot, task: Delivery, settlement: Settlement) -> None:
         settlement.work_started()
@@ -341,3 +348,17 @@ def test_the_record_and_the_snapshot_say_the_wait(monkeypatch):
     assert (record["waited"], record["parks"]) == (1.25, 2)
     plain = delivery()
     assert "waited" not in account.record(harness.slot, plain, "done", 0.1)
+
+
+def test_a_task_cancelled_while_it_waits_is_recorded_cancelled_at_the_next_look(monkeypatch):
+    harness = Harness(GLOBAL, monkeypatch)
+    task = delivery()
+    harness.begin(task)
+    harness.gate.answer(False, 25.0)  # held
+    harness.cancelled.append(task)
+    harness.clock.advance(POLL_SECONDS)
+    assert [verdict.outcome for verdict in harness.verdicts] == ["cancelled"]
+    assert not harness.started and not harness.clock.timers and harness.gate.cancelled == 0
+    assert harness.slot.rate_wait is None
+    harness.gate.set(None)  # the limit off meanwhile: nothing of that wait starts
+    assert not harness.started

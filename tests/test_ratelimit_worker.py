@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.results.history import History
-from tests.helpers import MAIN_URL, queue_state, run_script, start_worker, write_csv
+from tests.helpers import (
+    MAIN_URL,
+    done_rows,
+    queue_state,
+    run_script,
+    start_worker,
+    wait_for,
+    write_csv,
+)
 
 RUN = re.compile(r"\(run (?P<run>[^)\s]+)\)")
 SUMMARY_PARKED = re.compile(r"worker \S+: .*; (?P<parked>\d+) parked \(rate limit\)")
@@ -31,10 +40,13 @@ def emit(*args: str, logs: Path) -> str:
     return match["run"]
 
 
-def limit(queue: str, rate: str, *more: str, logs: Path) -> None:
-    done = run_script("task_control.py", "rate-limit", rate, "--queue", queue, *more,
-                      log_dir=logs)
+def control(queue: str, *command: str, logs: Path) -> None:
+    done = run_script("task_control.py", *command, "--queue", queue, log_dir=logs)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def limit(queue: str, rate: str, *more: str, logs: Path) -> None:
+    control(queue, "rate-limit", rate, *more, logs=logs)
 
 
 def workers(queue: str, count: int, slots: int, tmp_path: Path, logs: Path, idle: str = "2"
@@ -136,4 +148,30 @@ def test_a_parked_task_comes_back_and_runs_once(queue: str, logs: Path, tmp_path
     assert len(parked) == 3, "three at once at 6/min, after a quiet start: all parked"
     assert all(record["attempt"] == 1 for record in parked), "x-retries unchanged"
     assert "parked (rate limit)" in outs[0].read_text()
+    assert_no_task_left(queue)
+
+
+def test_a_pause_parks_the_tasks_waiting_for_their_turn(queue: str, logs: Path,
+                                                        tmp_path: Path):
+    """Global 1/s, 4 slots: the slots hold tasks waiting their turn (waits under 30 s are held,
+    never parked). A pause parks them (their slots free, nothing starts while paused); after
+    the resume every task is done once, as its first attempt."""
+    rows = 12
+    tasks = write_csv(tmp_path / "tasks.csv", [f"t{n}." for n in range(1, rows + 1)])
+    run = emit("--queue", queue, "--file", str(tasks), logs=logs)
+    limit(queue, "1/s", logs=logs)
+    started, outs = workers(queue, 1, 4, tmp_path, logs)
+    wait_for(lambda: len(done_rows(*outs)) >= 2, timeout=60, what="two tasks done")
+    control(queue, "pause", logs=logs)
+    wait_for(lambda: "parked row" in outs[0].read_text(), timeout=30,
+             what="the waiting tasks parked")
+    time.sleep(1.5)  # a task whose firm ticket came just before the pause may still start
+    done_at_pause = len(done_rows(*outs))
+    time.sleep(3.0)
+    assert len(done_rows(*outs)) == done_at_pause, "a task started while paused"
+    control(queue, "resume", logs=logs)
+    wait_exit(started, outs)
+    records = task_records(queue, run, tmp_path / "h")
+    assert_each_done_once(records, rows)
+    assert any(record.get("parks") for record in records), "a parked task came back"
     assert_no_task_left(queue)

@@ -81,7 +81,7 @@ class DeliveryLife:
         self._free_slots, self._free = parts.free_slots, parts.free
         self.waits = None if parts.rate is None else RateWaits(
             parts.rate, self.queue, self.log, parts.phase,
-            lambda delivery: delivery.channel.connection.ioloop, self._turn_came,
+            lambda delivery: delivery.channel.connection.ioloop, self._turn_came, self._cancelled,
             lambda slot, delivery, verdict: self._carry_out(slot, delivery, verdict, 0.0),
             self.idle.retry_due, parts.changed)
 

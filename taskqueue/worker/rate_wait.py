@@ -13,7 +13,8 @@ limit counts per key, else under "". The answer is
 
 A parked task that comes back with more than HOLD s still to wait (``x-rate-left``) goes on to
 the next tier at once (a *hop*: no check, no ask); else it is checked, then asks as a returner
-(the arbiter serves returners before newcomers, R2).
+(the arbiter serves returners before newcomers, R2). A task cancelled while it waits is recorded
+cancelled within POLL_SECONDS.
 
 While waiting, its settlement's step is ``WAITING_TURN``; the slot's ``rate_wait`` says for
 which key and until when (the live snapshot shows it). The limit set off: every waiting slot
@@ -80,17 +81,19 @@ class Turn:
 
 class RateWaits:
     """The slots waiting for their turn. The life calls ``hop``, ``begin`` and ``forget``;
-    *start* starts a slot's task once its turn came (re-checking cancellation), *carry_out*
-    carries out a park's verdict."""
+    *start* starts a slot's task once its turn came (re-checking cancellation), *cancelled*
+    records it cancelled if it is (True: it was), *carry_out* carries out a park's verdict."""
 
     def __init__(self, gate: Gate, queue: QueueSpec, log: logging.Logger,
                  phase: Callable[[], Phase], timers: Callable[[Delivery], Timers],
                  start: Callable[[WorkSlot, Delivery, Settlement], None],
+                 cancelled: Callable[[WorkSlot, Delivery], bool],
                  carry_out: Callable[[WorkSlot, Delivery, Verdict], None],
                  parked_due: Callable[[float], None], changed: Callable[[], None],
                  clock: Callable[[], float] = time.time) -> None:
         self.gate, self.queue, self.log, self.phase = gate, queue, log, phase
         self._timers, self._start, self._carry_out = timers, start, carry_out
+        self._cancelled = cancelled
         self._parked_due, self._changed, self._clock = parked_due, changed, clock
         self._turns: dict[WorkSlot, Turn] = {}
         gate.on_change(self._on_limit)
@@ -177,27 +180,32 @@ class RateWaits:
         """Paused or draining: the task waits out of the slot (parked) for what is left."""
         self._forget(turn)
         left = 0.0 if turn.firm else max(0.0, turn.until - self._clock())
-        self._park(turn.slot, turn.delivery, left)
+        self._park(turn.slot, turn.delivery, left, because=f" (the worker is {self.phase().value})")
 
-    def _park(self, slot: WorkSlot, delivery: Delivery, wait: float, hop: bool = False) -> None:
+    def _park(self, slot: WorkSlot, delivery: Delivery, wait: float, hop: bool = False,
+              because: str = "") -> None:
         verdict = park(delivery, wait, self.queue, hop)
         tier = tier_for(wait)
         log = self.log.debug if hop else self.log.info
-        log("[%s] %s %s: its turn under the rate limit is in %.1f s (%s, back in %d s)",
-            slot.name, "hop of" if hop else "parked", delivery.label, wait, verdict.copy_to,
-            tier)
+        log("[%s] %s %s%s: its turn under the rate limit is in %.1f s (%s, back in %d s)",
+            slot.name, "hop of" if hop else "parked", delivery.label, because, wait,
+            verdict.copy_to, tier)
         self._parked_due(tier + HOLD)  # (back a little after its tier's time)
         self._carry_out(slot, delivery, verdict)
 
     def _sleep(self, turn: Turn, seconds: float, then: Callable[[Turn], None] | None) -> None:
-        """Wait *seconds* (a timer), then *then*; meanwhile look at the phase every
-        POLL_SECONDS: paused or draining, give the wait up."""
+        """Wait *seconds* (a timer), then *then*; meanwhile look every POLL_SECONDS whether
+        the task was cancelled (it is recorded so at once) or the worker paused or draining
+        (the wait is given up)."""
         timers = self._timers(turn.delivery)
         deadline = time.monotonic() + seconds
 
         def step() -> None:
             turn.timer = None
             if self._turns.get(turn.slot) is not turn:
+                return
+            if self._cancelled(turn.slot, turn.delivery):
+                self._forget(turn)  # recorded cancelled: its wait is over
                 return
             if self.phase() in GIVE_UP_PHASES:
                 self._guarded(turn, lambda: self._give_up(turn))
