@@ -1,8 +1,9 @@
-"""A delivery's life, top to bottom: receive -> already done? -> run -> what becomes of it ->
-record, copy, confirm -> ack -> free the slot.
+"""A delivery's life, top to bottom: receive -> already done? -> its turn (a rate limit) ->
+run -> what becomes of it -> record, copy, confirm -> ack -> free the slot.
 
 ``DeliveryLife`` is the part of ``TaskConsumer`` (consumer.py) that carries one delivery
-through: the record says whether it was done already (tail.py), a slot runs it (slots.py,
+through: the record says whether it was done already (tail.py), it waits for its turn while
+a rate limit is in force (rate_wait.py: in the slot, or parked), a slot runs it (slots.py,
 work.py), the policy decides what becomes of it (policy.py, a pure decision), and its
 ``Settlement`` (settlement.py) records it, has it confirmed and acks it. Each step's failure is
 handled where it happens: an odd message is dead-lettered with the reason, a settling that

@@ -127,10 +127,6 @@ class RateWaits:
             self._stop(turn)
         slot.rate_wait = None
 
-    @property
-    def waiting(self) -> int:
-        return len(self._turns)
-
     # --- the steps of a wait ---------------------------------------------------------------
     def _ask(self, turn: Turn) -> None:
         self._stop(turn)
