@@ -10,14 +10,14 @@ Three cases, each on a queue of its own:
            (the first 5 s left out) — goal: the mean within +-10%, no 1-s window above 2x;
   per key  ``rate-limit 2/s --per-key``, 3 keys interleaved — goal: each key within +-10%;
   lowered  20/s, then ``rate-limit 5/s`` while the workers are saturated — how long until no
-           1-s window holds more than 5.5 starts (the issue: within 2 s).
+           whole second from the command on holds more than 5.5 starts (the issue: within
+           2 s).
 Exit 0 when every goal holds. Prints one table (Markdown) for docs/figures.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
 import subprocess
 import sys
 import tempfile
@@ -132,7 +132,8 @@ def case_lowered(args: argparse.Namespace, logs: Path) -> dict:
 
     def lower() -> None:
         time.sleep(SETTLE + 5)
-        lowered.append(set_limit(queue, f"{low:g}/s"))
+        lowered.append(time.time())  # sent now: the command returns once workers answered
+        set_limit(queue, f"{low:g}/s")
 
     count = int(args.rate * (SETTLE + 5) + low * 20)
     try:
@@ -140,11 +141,15 @@ def case_lowered(args: argparse.Namespace, logs: Path) -> dict:
         records = run_fleet(queue, ["."] * count, logs / "lowered", args, during=lower)
     finally:
         delete_all(queue)
-    starts = sorted(float(r["started"]) for r in records)
-    # the last start that still had more than low * 1.1 starts in the second after it
-    over = [s for i, s in enumerate(starts)
-            if bisect.bisect_left(starts, s + 1.0) - i > low * 1.1]
-    lag = max(0.0, max(over) - lowered[0]) if over else 0.0
+    # whole seconds from the command's sending: the end of the last one with more starts than
+    # the new rate (+10%) is when it was in force, to the second
+    counts: dict[int, int] = {}
+    for started in (float(r["started"]) for r in records):
+        if started >= lowered[0]:
+            second = int(started - lowered[0])
+            counts[second] = counts.get(second, 0) + 1
+    over = [second for second, n in counts.items() if n > low * 1.1]
+    lag = max(over) + 1.0 if over else 0.0
     return {"case": f"lowered {args.rate:g}/s -> {low:g}/s", "tasks": count,
             "done": len(records), "lag": lag, "ok": len(records) == count and lag <= 2.0,
             "attempts": max(int(r.get("attempt", 1)) for r in records)}
@@ -158,8 +163,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     for row in rows:
         if "lag" in row:
             lines.append(f"| {row['case']} | {row['done']}/{row['tasks']} | — | — | "
-                         f"in force {row['lag']:.2f} s after the command | {row['attempts']} "
-                         f"| {'yes' if row['ok'] else 'NO'} |")
+                         f"in force <= {row['lag']:.0f} s after the command (whole seconds) "
+                         f"| {row['attempts']} | {'yes' if row['ok'] else 'NO'} |")
             continue
         lines.append(f"| {row['case']} | {row['done']}/{row['tasks']} | {row['mean']:.2f} | "
                      f"{row['low']}–{row['high']} | {row['most']} | {row['attempts']} | "
