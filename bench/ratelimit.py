@@ -96,7 +96,8 @@ def case_global(args: argparse.Namespace, logs: Path) -> dict:
             "mean": mean, "most": most, "low": min(bins), "high": max(bins),
             "ok": len(records) == count and abs(mean - args.rate) <= 0.1 * args.rate
             and most <= 2 * args.rate,
-            "attempts": max(int(r.get("attempt", 1)) for r in records)}
+            "attempts": max(int(r.get("attempt", 1)) for r in records),
+            "parks": sum(int(r.get("parks", 0)) for r in records)}
 
 
 def case_per_key(args: argparse.Namespace, logs: Path) -> list[dict]:
@@ -111,17 +112,16 @@ def case_per_key(args: argparse.Namespace, logs: Path) -> list[dict]:
         delete_all(queue)
     rows = []
     for name in names:
-        starts = sorted(float(r["started"]) for r in records if r.get("key") == name)
-        if not starts:  # the record does not carry the key: by row, as published
-            starts = sorted(float(r["started"]) for r in records
-                            if keys[int(r.get("row", 1)) - 1] == name)
+        mine = [r for r in records if keys[int(r.get("row", 1)) - 1] == name]
+        starts = sorted(float(r["started"]) for r in mine)
         mean, most, bins = steady(starts, args.window)
         rows.append({"case": f"key {name} {args.key_rate:g}/s", "tasks": each,
                      "done": len(starts), "mean": mean, "most": most, "low": min(bins),
                      "high": max(bins),
                      "ok": len(starts) == each and abs(mean - args.key_rate)
                      <= 0.1 * args.key_rate and most <= 2 * args.key_rate,
-                     "attempts": max(int(r.get("attempt", 1)) for r in records)})
+                     "attempts": max(int(r.get("attempt", 1)) for r in mine),
+                     "parks": sum(int(r.get("parks", 0)) for r in mine)})
     return rows
 
 
@@ -152,23 +152,25 @@ def case_lowered(args: argparse.Namespace, logs: Path) -> dict:
     lag = max(over) + 1.0 if over else 0.0
     return {"case": f"lowered {args.rate:g}/s -> {low:g}/s", "tasks": count,
             "done": len(records), "lag": lag, "ok": len(records) == count and lag <= 2.0,
-            "attempts": max(int(r.get("attempt", 1)) for r in records)}
+            "attempts": max(int(r.get("attempt", 1)) for r in records),
+            "parks": sum(int(r.get("parks", 0)) for r in records)}
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [f"{args.workers} workers x {args.slots} slots, {args.seconds} s a task, "
              f"{args.window:g} s steady window (the first {SETTLE:g} s left out)", "",
              "| case | tasks done | starts/s (mean) | per whole second | most in any 1 s "
-             "| attempts | goal met |", "|---|---|---|---|---|---|---|"]
+             "| attempts (most) | parks (all tasks) | goal met |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "lag" in row:
             lines.append(f"| {row['case']} | {row['done']}/{row['tasks']} | — | — | "
                          f"in force <= {row['lag']:.0f} s after the command (whole seconds) "
-                         f"| {row['attempts']} | {'yes' if row['ok'] else 'NO'} |")
+                         f"| {row['attempts']} | {row['parks']} | {'yes' if row['ok'] else 'NO'} |")
             continue
         lines.append(f"| {row['case']} | {row['done']}/{row['tasks']} | {row['mean']:.2f} | "
                      f"{row['low']}–{row['high']} | {row['most']} | {row['attempts']} | "
-                     f"{'yes' if row['ok'] else 'NO'} |")
+                     f"{row['parks']} | {'yes' if row['ok'] else 'NO'} |")
     return "\n".join(lines)
 
 
