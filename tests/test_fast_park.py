@@ -17,7 +17,7 @@ from taskqueue.worker.account import WorkerAccount, WorkerOptions
 from taskqueue.worker.delivery import Delivery
 from taskqueue.worker.phase import Phase
 from taskqueue.worker.policy import MAX_LEFT, Verdict, before_work, park
-from taskqueue.worker.rate_wait import POLL_SECONDS, RateWaits
+from taskqueue.worker.rate_wait import ASK_GIVE_UP, POLL_SECONDS, RateWaits
 from taskqueue.worker.settlement import Settlement, Step
 from taskqueue.worker.slots import WorkSlot
 from taskqueue.worker.work import SimulatedWork
@@ -362,3 +362,22 @@ def test_a_task_cancelled_while_it_waits_is_recorded_cancelled_at_the_next_look(
     assert harness.slot.rate_wait is None
     harness.gate.set(None)  # the limit off meanwhile: nothing of that wait starts
     assert not harness.started
+
+
+def test_an_ask_unanswered_for_a_minute_parks_the_task(monkeypatch, caplog):
+    """No arbiter, an alarm, no rate queues: no answer ever comes. The slot must not hold the
+    task until the broker's consumer timeout takes it back: after ASK_GIVE_UP s it is parked
+    for the shortest tier (one warning line), and asks again when it is back."""
+    harness = Harness(PER_KEY, monkeypatch)
+    harness.begin(delivery(**{X_KEY: "k"}))
+    harness.clock.advance(ASK_GIVE_UP - POLL_SECONDS)
+    assert not harness.verdicts
+    with caplog.at_level(logging.WARNING, logger="test"):
+        harness.clock.advance(2 * POLL_SECONDS)
+    [verdict] = harness.verdicts
+    assert verdict.outcome == "parked" and verdict.copy_to == "jobs.wait.1s"
+    assert verdict.headers[RATE_PARKS] == 1
+    assert harness.slot.rate_wait is None and not harness.clock.timers
+    assert harness.gate.cancelled == 1 and not harness.started
+    [line] = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert "no answer" in line and "60 s" in line

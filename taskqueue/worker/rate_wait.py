@@ -14,7 +14,8 @@ limit counts per key, else under "". The answer is
 A parked task that comes back with more than HOLD s still to wait (``x-rate-left``) goes on to
 the next tier at once (a *hop*: no check, no ask); else it is checked, then asks as a returner
 (the arbiter serves returners before newcomers, R2). A task cancelled while it waits is recorded
-cancelled within POLL_SECONDS.
+cancelled within POLL_SECONDS. An ask unanswered for ASK_GIVE_UP s is given up: the task is
+parked for the shortest tier (design §6's give-back, as a copy rather than a nack).
 
 While waiting, its settlement's step is ``WAITING_TURN``; the slot's ``rate_wait`` says for
 which key and until when (the live snapshot shows it). The limit set off: every waiting slot
@@ -27,7 +28,6 @@ it (the broker delivers it again).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +44,11 @@ from taskqueue.worker.slots import WorkSlot
 POLL_SECONDS = 1.0  # a waiting slot looks at the worker's phase this often (pause, drain)
 SOONEST_SECONDS = 0.05  # a held slot asks again at the earliest this long after an answer
 GIVE_UP_PHASES = frozenset({Phase.PAUSED, Phase.DRAINING})
+# An ask unanswered this long (no arbiter, an alarm, the rate queues missing) is given up: the
+# task is parked rather than held until the broker's consumer timeout takes it back (30 min),
+# interrupting everything in hand. A park is a copy: during an alarm it goes to the journal
+# (settlement.py), and the broker's delivery count stays as it was (a nack would raise it).
+ASK_GIVE_UP = 60.0
 
 
 class Gate(Protocol):
@@ -142,7 +147,7 @@ class RateWaits:
         cancel = self.gate.ask(turn.key, turn.returner, on_answer)
         if turn.asked is asked and self._turns.get(turn.slot) is turn:  # (not answered at once)
             turn.cancel_ask = cancel
-            self._sleep(turn, math.inf, None)  # meanwhile: pause and drain are watched
+            self._sleep(turn, ASK_GIVE_UP, self._unanswered)  # pause and drain are watched
 
     def _answered(self, turn: Turn, answer: Answer) -> None:
         turn.cancel_ask = None
@@ -178,11 +183,19 @@ class RateWaits:
         left = 0.0 if turn.firm else max(0.0, turn.until - self._clock())
         self._park(turn.slot, turn.delivery, left, because=f" (the worker is {self.phase().value})")
 
+    def _unanswered(self, turn: Turn) -> None:
+        self.log.warning("[%s] no answer to the rate limit's ask for the turn of %s in %.0f s "
+                         "(no arbiter, a memory or disk alarm, or the rate queues missing): "
+                         "parked for the shortest tier; it asks again when back",
+                         turn.slot.name, turn.delivery.label, ASK_GIVE_UP)
+        self._forget(turn)
+        self._park(turn.slot, turn.delivery, 0.0, quiet=True)
+
     def _park(self, slot: WorkSlot, delivery: Delivery, wait: float, hop: bool = False,
-              because: str = "") -> None:
+              because: str = "", quiet: bool = False) -> None:
         verdict = park(delivery, wait, self.queue, hop)
         tier = tier_for(wait)
-        log = self.log.debug if hop else self.log.info
+        log = self.log.debug if hop or quiet else self.log.info
         log("[%s] %s %s%s: its turn under the rate limit is in %.1f s (%s, back in %d s)",
             slot.name, "hop of" if hop else "parked", delivery.label, because, wait,
             verdict.copy_to, tier)
