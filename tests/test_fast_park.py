@@ -11,6 +11,7 @@ import pytest
 
 from taskqueue.broker.config import QueueSpec
 from taskqueue.control.ratelimit import HOLD, Answer, RateLimit, tier_for
+from taskqueue.emitter.tasks import task_key as emitted_key
 from taskqueue.wire.messages import CHECK_FROM, PRIOR_DELIVERIES, RATE_LEFT, RATE_PARKS, X_KEY
 from taskqueue.wire.record import CLOCK_SKEW
 from taskqueue.worker.account import WorkerAccount, WorkerOptions
@@ -381,3 +382,14 @@ def test_an_ask_unanswered_for_a_minute_parks_the_task(monkeypatch, caplog):
     assert harness.gate.cancelled == 1 and not harness.started
     [line] = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
     assert "no answer" in line and "60 s" in line
+
+
+def test_a_key_longer_than_an_ask_carries_is_cut_as_the_emitter_cuts_it(monkeypatch):
+    """Another producer's x-key of 2000 characters: asked for under the emitter's cut key
+    (256 UTF-8 bytes, ~ and a sha1), which the arbiter answers, not under the whole key."""
+    long = "k" * 2000
+    assert delivery(**{X_KEY: long}).key == emitted_key(long)
+    assert delivery(**{X_KEY: long.encode()}).key == emitted_key(long)
+    harness = Harness(PER_KEY, monkeypatch)
+    harness.begin(delivery(**{X_KEY: long}))
+    assert harness.gate.asks[0][0] == emitted_key(long)

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from taskqueue.broker.config import WAIT_TIERS
+from taskqueue.wire.keys import received_key
 
 HOLD = 2.0  # a firm ticket is never further ahead than this
 TAU = 0.25  # GCRA tolerance: a key idle long enough may start this many seconds' worth at once
@@ -26,7 +27,6 @@ MAX_PER_SECOND = 5000.0
 IDLE = 1.0  # a key whose next slot passed this long ago unclaimed has no live reservations
 FORGET = 60.0  # a key quiet this long is forgotten (memory = active keys only)
 SWEEP_EVERY = 1.0  # seconds between two looks for keys to forget
-MAX_KEY_CHARS = 1024  # an ask's key longer than this is refused (the emitter cuts at 256 B)
 
 UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
          "h": 3600.0, "hour": 3600.0}
@@ -214,16 +214,18 @@ def encode_ask(key: str, returner: bool, ask_id: str, worker: str) -> bytes:
 
 
 def decode_ask(body: bytes) -> dict | None:
-    """``{"key", "returner", "id", "worker"}`` from an ask, or None for anything malformed."""
+    """``{"key", "returner", "id", "worker"}`` from an ask, or None for anything malformed. A
+    key is cut as the emitter cuts it (wire/keys.py): a longer one, from an older worker or
+    another producer's x-key, is answered under its cut key rather than never answered."""
     ask = _json_object(body)
     if ask is None:
         return None
     key, returner = ask.get("key", ""), ask.get("returner", False)
     ask_id, worker = ask.get("id", ""), ask.get("worker", "")
-    if not (isinstance(key, str) and len(key) <= MAX_KEY_CHARS and isinstance(returner, bool)
+    if not (isinstance(key, str) and isinstance(returner, bool)
             and isinstance(ask_id, str) and isinstance(worker, str)):
         return None
-    return {"key": key, "returner": returner, "id": ask_id, "worker": worker}
+    return {"key": received_key(key), "returner": returner, "id": ask_id, "worker": worker}
 
 
 def encode_answer(answer: Answer) -> bytes:

@@ -13,7 +13,6 @@ and every error names the file and the line.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import re
 import sys
@@ -25,10 +24,11 @@ from typing import BinaryIO
 
 from taskqueue.broker.config import DEFAULT_MAX_TASK_BYTES
 from taskqueue.errors import UserError
+from taskqueue.wire.keys import MAX_KEY_BYTES as MAX_KEY_BYTES
+from taskqueue.wire.keys import rate_key
 from taskqueue.wire.messages import X_KEY, message_id
 
-MAX_KEY_BYTES = 256  # of a task's rate-limit key (the header X_KEY), in UTF-8
-KEY_DIGEST_HEX = 12  # of the sha1 that ends a key cut to MAX_KEY_BYTES
+task_key = rate_key  # the key's rule lives in wire/keys.py: the worker and the arbiter cut alike
 
 
 @dataclass(frozen=True)
@@ -59,23 +59,6 @@ class CsvError(UserError):
     def __init__(self, message: str, row: int = 0) -> None:
         super().__init__(message)
         self.row = row
-
-
-def task_key(text: object) -> str:
-    """A task's rate-limit key from the text of its cell (or ``submit(keys=)``): surrounding
-    blanks dropped, blank is no key (""). At most MAX_KEY_BYTES of UTF-8: a longer key is cut
-    at a character's boundary and ends with ``~`` and the first KEY_DIGEST_HEX hex digits of
-    the whole key's sha1, so that two long keys with the same start stay two keys.
-    ValueError for text UTF-8 cannot carry (a lone surrogate, which only Python can hand us)."""
-    key = "" if text is None else str(text).strip()
-    try:
-        data = key.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"the key {key[:40]!r} is not valid text (a lone surrogate?)") from None
-    if len(data) <= MAX_KEY_BYTES:
-        return key
-    suffix = "~" + hashlib.sha1(data).hexdigest()[:KEY_DIGEST_HEX]
-    return data[:MAX_KEY_BYTES - len(suffix)].decode("utf-8", "ignore") + suffix
 
 
 def seconds_for(text: str, seconds_per_dot: float) -> float:

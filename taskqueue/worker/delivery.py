@@ -17,6 +17,7 @@ from functools import cached_property
 import pika
 from pika.channel import Channel
 
+from taskqueue.wire.keys import received_key
 from taskqueue.wire.messages import (
     CHECK_FROM,
     FIRST_PUBLISH,
@@ -121,11 +122,9 @@ class Delivery:
 
     @property
     def key(self) -> str:
-        """What a per-key rate limit counts it under (the emitter's ``--key-column``); ""."""
-        value = self.headers.get(X_KEY, "")
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        return value if isinstance(value, str) else str(value)
+        """What a per-key rate limit counts it under (the emitter's ``--key-column``); "".
+        Cut as the emitter cuts it: another producer's longer key could not be asked for."""
+        return received_key(self.headers.get(X_KEY, ""))
 
     @property
     def queued(self) -> float | None:
