@@ -224,3 +224,43 @@ def test_the_rate_queues_arguments() -> None:
         "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "q", "x-message-ttl": 1000}
     for name in spec.rate_queues:  # 4.x: no delivery limit, as .retry and .dead
         assert companion_arguments(spec, name, "quorum", (4, 3))["x-delivery-limit"] == -1
+
+
+class FakeLoop:
+    def __init__(self) -> None:
+        self.later: list[Callable[[], None]] = []
+
+    def call_later(self, _delay: float, callback: Callable[[], None]) -> object:
+        self.later.append(callback)
+        return callback
+
+    def remove_timeout(self, handle: object) -> None:
+        self.later.remove(handle)  # type: ignore[arg-type]
+
+
+@pytest.mark.fast
+def test_no_limit_applies_while_the_rate_queues_cannot_be_declared(monkeypatch) -> None:
+    """The log says 'meanwhile no task waits for its turn': so it is. A task asking then would
+    ask a queue that is not there, and wait until the broker's consumer timeout."""
+    declared: list[bool] = [False]
+
+    def declare(_connection, _spec, _topology, done, failed) -> None:
+        if declared[0]:
+            done([])
+        else:
+            failed(RuntimeError("access refused"))
+
+    monkeypatch.setattr("taskqueue.worker.ratelimit.declare_rate_queues", declare)
+    loop = FakeLoop()
+    gate = RateGate(QueueSpec("q"), LOG, "w", loop)  # type: ignore[arg-type]
+    told: list[RateLimit | None] = []
+    gate.on_change(told.append)
+    connection = type("Open", (), {"is_open": True})()
+    gate.consuming_ready(connection, Topology())  # type: ignore[arg-type]
+    gate.apply(TEN)
+    assert gate.limit() is None and told[-1] is None and gate.snapshot() == {}
+    declared[0] = True
+    loop.later.pop()()  # the retry, RETRY_SECONDS later
+    assert gate.limit() == TEN and told[-1] == TEN
+    gate.apply(None)
+    assert gate.limit() is None and told[-1] is None

@@ -50,14 +50,16 @@ class RateGate:
         self._publishing: Connection | None = None
         self._declared: Connection | None = None  # the rate queues are there (seen on it)
         self._declaring = False
-        self._failures = 0
+        self._failures = 0  # declares failed in a row: while any, no limit applies here
         self._retry: object = None
         self._closed = False
 
     # --- what a delivery's life uses ----------------------------------------------------------
     def limit(self) -> RateLimit | None:
-        """The limit in force now on this worker (None: none)."""
-        return self._limit
+        """The limit in force now on this worker (None: none). None too while its queues
+        cannot be declared: an ask would go to a queue that is not there, unanswered, so
+        tasks start unlimited (as the warning then says) until a declare succeeds."""
+        return None if self._failures else self._limit
 
     def ask(self, key: str, returner: bool, on_answer: Callable[[Answer], None]
             ) -> Callable[[], None]:
@@ -73,7 +75,7 @@ class RateGate:
 
     def snapshot(self) -> dict:
         """For the worker's live snapshot: {} while no limit is in force."""
-        limit = self._limit
+        limit = self.limit()
         if limit is None:
             return {}
         return {"limit": limit.text, "per_key": limit.per_key, "arbiter": self.arbiter.active,
@@ -82,24 +84,29 @@ class RateGate:
     # --- what the consumer tells it ---------------------------------------------------------
     def apply(self, limit: RateLimit | None) -> None:
         """A ``rate-limit`` command (``ControlState.rate_limit``: the last one wins)."""
-        old, self._limit, self._seen = self._limit, limit, True
-        changed = (old is None) != (limit is None) or (
-            old is not None and limit is not None
-            and (old.per_second, old.per_key) != (limit.per_second, limit.per_key))
-        if changed:
+        old, before = self._limit, self.limit()
+        self._limit, self._seen = limit, True
+        if _differs(old, limit):
             if limit is None:
                 self.log.info("[%s] rate limit off: tasks start as slots free", self.worker)
             else:
                 self.log.info("[%s] rate limit %s in force: each start waits for its turn",
                               self.worker, limit.describe())
                 self.arbiter.set_rate(limit.per_second)
-            for callback in self._callbacks:
-                try:
-                    callback(limit)
-                except Exception:  # a slot's code: the others are told all the same
-                    self.log.exception("[%s] rate limit: acting on the change failed",
-                                       self.worker)
+        self._tell(before)
         self._sync()
+
+    def _tell(self, before: RateLimit | None) -> None:
+        """The limit in force here changed from *before* (a command, or the rate queues
+        declared or not): tell the delivery lives."""
+        limit = self.limit()
+        if not _differs(before, limit):
+            return
+        for callback in self._callbacks:
+            try:
+                callback(limit)
+            except Exception:  # a slot's code: the others are told all the same
+                self.log.exception("[%s] rate limit: acting on the change failed", self.worker)
 
     def consuming_ready(self, connection: Connection, topology: Topology) -> None:
         """The consuming connection's queues are set up (consumer.py ``_on_set_up``)."""
@@ -154,19 +161,23 @@ class RateGate:
         self._declaring = True
 
         def done(created: list[str]) -> None:
+            before = self.limit()
             self._declaring, self._failures = False, 0
             if created:
                 self.log.info("[%s] rate limit: created %s", self.worker, ", ".join(created))
             self._declared = connection
+            self._tell(before)
             self._sync()
 
         def failed(reason: BaseException) -> None:
+            before = self.limit()
             self._declaring = False
             self._failures += 1
             if self._failures % LOUD_EVERY == 1:
                 self.log.warning("[%s] rate limit: cannot declare its queues (%s): trying again "
                                  "every %.0f s; meanwhile no task waits for its turn",
                                  self.worker, reason, RETRY_SECONDS)
+            self._tell(before)  # (waiting slots start now)
             self._again_later()
 
         declare_rate_queues(connection, self.spec, self._topology, _guarded(self, done),
@@ -185,6 +196,13 @@ class RateGate:
     def _retry_now(self) -> None:
         self._retry = None
         self._sync()
+
+
+def _differs(old: RateLimit | None, new: RateLimit | None) -> bool:
+    """Whether the tasks see a change: on or off, or another rate or mode."""
+    if old is None or new is None:
+        return (old is None) != (new is None)
+    return (old.per_second, old.per_key) != (new.per_second, new.per_key)
 
 
 def _guarded(gate: RateGate, callback: Callable) -> Callable:
