@@ -11,17 +11,18 @@ import pytest
 
 from taskqueue.broker.config import QueueSpec
 from taskqueue.control.ratelimit import HOLD, Answer, RateLimit, tier_for
+from taskqueue.control.requeue import DROPPED_HEADERS
 from taskqueue.emitter.tasks import task_key as emitted_key
 from taskqueue.wire.messages import CHECK_FROM, PRIOR_DELIVERIES, RATE_LEFT, RATE_PARKS, X_KEY
 from taskqueue.wire.record import CLOCK_SKEW
 from taskqueue.worker.account import WorkerAccount, WorkerOptions
 from taskqueue.worker.delivery import Delivery
 from taskqueue.worker.phase import Phase
-from taskqueue.worker.policy import MAX_LEFT, Verdict, before_work, park
+from taskqueue.worker.policy import MAX_LEFT, Verdict, after_work, before_work, dead_letter, park
 from taskqueue.worker.rate_wait import ASK_GIVE_UP, POLL_SECONDS, RateWaits
 from taskqueue.worker.settlement import Settlement, Step
 from taskqueue.worker.slots import WorkSlot
-from taskqueue.worker.work import SimulatedWork
+from taskqueue.worker.work import Outcome, SimulatedWork
 
 QUEUE = QueueSpec("jobs")
 OPTIONS = WorkerOptions(name="w", delivery_limit=3)
@@ -393,3 +394,25 @@ def test_a_key_longer_than_an_ask_carries_is_cut_as_the_emitter_cuts_it(monkeypa
     harness = Harness(PER_KEY, monkeypatch)
     harness.begin(delivery(**{X_KEY: long}))
     assert harness.gate.asks[0][0] == emitted_key(long)
+
+
+# --- what a park carried does not outlive the attempt -------------------------------------
+PARKED_BEFORE = {PRIOR_DELIVERIES: 4, RATE_LEFT: 500, RATE_PARKS: 3, "x-own": "kept"}
+
+
+def test_a_retry_or_dead_copy_leaves_the_parks_counts_behind():
+    """A retry is a new attempt (its broker count was dropped, so are the deliveries before a
+    park); a stale x-rate-left would make it hop for an old wait unasked; the parks counted
+    belong to the attempt that ended. A dead copy carries none of them either."""
+    task = delivery(**PARKED_BEFORE)
+    retry = after_work(task, Outcome(False, reason="boom"), OPTIONS, QUEUE, "w")
+    dead = dead_letter(task, "r", QUEUE, "w")
+    for verdict in (retry, dead):
+        assert not {PRIOR_DELIVERIES, RATE_LEFT, RATE_PARKS} & set(verdict.headers), verdict
+        assert verdict.headers["x-own"] == "kept"
+    again = delivery(**retry.headers)
+    assert (again.deliveries, again.rate_left, again.parks) == (0, 0.0, 0)
+
+
+def test_requeue_dead_gives_a_fresh_count():
+    assert {PRIOR_DELIVERIES, RATE_LEFT, RATE_PARKS} <= set(DROPPED_HEADERS)

@@ -32,7 +32,7 @@ from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.broker.connection import BrokerSession, settled_tags
 from taskqueue.broker.topology import broker_version
 from taskqueue.errors import EXIT_UNREACHABLE, UserError
-from taskqueue.wire.messages import PUBLISHED_AGAIN
+from taskqueue.wire.messages import PRIOR_DELIVERIES, PUBLISHED_AGAIN, RATE_LEFT, RATE_PARKS
 
 # The brokers that count a basic.nack(requeue) as a failed delivery and have a default limit.
 COUNTS_EVERY_RETURN = ((4, 0), (4, 3))
@@ -41,7 +41,10 @@ SHOWN = 5  # what --dry-run lists
 DROPPED_HEADERS = ("x-retries", "x-last-error", "x-death-reason", "x-dead-lettered-by",
                    "x-original-queue", "x-delivery-count", "x-death", "x-first-death-reason",
                    "x-first-death-queue", "x-first-death-exchange", "x-last-death-reason",
-                   "x-last-death-queue", "x-last-death-exchange", "x-copy-id")
+                   "x-last-death-queue", "x-last-death-exchange", "x-copy-id",
+                   # a rate limit's (a dead copy from an older worker may carry them): a task
+                   # replayed is counted afresh, and waits for a new turn
+                   PRIOR_DELIVERIES, RATE_LEFT, RATE_PARKS)
 
 
 @dataclass(frozen=True)

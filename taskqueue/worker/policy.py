@@ -31,6 +31,11 @@ MAX_LEFT = 1_000_000  # seconds still to wait that a park copy can carry (second
 # x-prior-deliveries instead) and its dead-letter history (x-death and co.: their handling
 # changed across RabbitMQ versions, 3.13.0-3.13.2 could drop a message for them).
 BROKER_HEADERS = ("x-delivery-count", "x-death")
+# What belongs to one attempt, never carried to its retry or dead copy: the broker's count of
+# deliveries and those before a park (a retry is a new attempt, counted afresh, as a task
+# never parked is), what was left to wait for its turn (stale: it would hop unasked for an old
+# wait), and its parks (the next attempt's record counts its own).
+ATTEMPT_HEADERS = ("x-delivery-count", PRIOR_DELIVERIES, RATE_LEFT, RATE_PARKS)
 BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
 
 
@@ -132,20 +137,24 @@ def after_work(delivery: Delivery, outcome: Outcome, limits: Limits, queue: Queu
     if attempt > limits.max_retries:
         return dead_letter(delivery, f"failed {attempt} times; last: {outcome.reason}", queue,
                            slot)
-    headers = {**delivery.headers, "x-retries": attempt,
+    headers = {**_carried(delivery), "x-retries": attempt,
                "x-last-error": outcome.reason[:MAX_LAST_ERROR],
                CHECK_FROM: int(delivery.received)}
-    headers.pop("x-delivery-count", None)  # the broker's count, not ours to carry over
     return Verdict("retry", outcome.reason, queue.retry_name, headers,
                    expiration=str(int(limits.retry_delay * 1000)))
 
 
 def dead_letter(delivery: Delivery, reason: str, queue: QueueSpec, slot: str) -> Verdict:
-    headers = {**delivery.headers, "x-death-reason": reason[:MAX_REASON],
+    headers = {**_carried(delivery), "x-death-reason": reason[:MAX_REASON],
                "x-original-queue": queue.name, "x-dead-lettered-by": slot,
                CHECK_FROM: int(delivery.received)}
-    headers.pop("x-delivery-count", None)
     return Verdict("dead", reason, queue.dead_name, headers)
+
+
+def _carried(delivery: Delivery) -> dict:
+    """Its headers but this attempt's own (ATTEMPT_HEADERS), for a retry or dead copy."""
+    return {name: value for name, value in delivery.headers.items()
+            if name not in ATTEMPT_HEADERS}
 
 
 def park(delivery: Delivery, wait: float, queue: QueueSpec, hop: bool = False) -> Verdict:
