@@ -416,3 +416,59 @@ def test_a_retry_or_dead_copy_leaves_the_parks_counts_behind():
 
 def test_requeue_dead_gives_a_fresh_count():
     assert {PRIOR_DELIVERIES, RATE_LEFT, RATE_PARKS} <= set(DROPPED_HEADERS)
+
+
+# --- nothing a wait does raises into the I/O loop ---------------------------------------------
+class FakeChannel:
+    is_open = True
+
+    def __init__(self) -> None:
+        self.nacked: list[int] = []
+
+    def basic_nack(self, tag: int, requeue: bool) -> None:
+        self.nacked.append(tag)
+
+
+class FakeOutbox:
+    def forget(self, _journal: object) -> None:
+        pass
+
+
+def test_a_cancellation_look_that_raises_puts_the_task_back(monkeypatch):
+    """The look every POLL_SECONDS runs in a timer: whatever it raises, the task goes back
+    to the queue and the loop goes on."""
+    harness = Harness(GLOBAL, monkeypatch)
+    task = delivery()
+    task.channel = FakeChannel()  # type: ignore[assignment]
+    settlement = harness.begin(task)
+    settlement.outbox = FakeOutbox()  # type: ignore[assignment]
+
+    def broken(_slot: WorkSlot, _task: Delivery) -> bool:
+        raise RuntimeError("the control state is broken")
+    harness.waits._cancelled = broken  # type: ignore[method-assign]
+    harness.clock.advance(POLL_SECONDS)  # (raised out of the timer before)
+    assert settlement.step is Step.REQUEUED and task.channel.nacked == [1]
+    assert harness.slot.rate_wait is None and not harness.clock.timers
+
+
+def test_a_limit_change_that_fails_for_one_slot_still_reaches_the_others(monkeypatch):
+    harness = Harness(GLOBAL, monkeypatch)
+    first, second = delivery(), delivery()
+    first.channel = FakeChannel()  # type: ignore[assignment]
+    one = harness.begin(first)
+    one.outbox = FakeOutbox()  # type: ignore[assignment]
+    harness.gate.answer(False, 20.0)  # held
+    harness.slot = WorkSlot("w/2", SimulatedWork(0.0), lambda *_: None, lambda _fn: None)
+    harness.begin(second)
+    harness.gate.answer(False, 20.0)
+    asked = len(harness.gate.asks)
+    real_ask = harness.gate.ask
+
+    def ask_once_broken(key: str, returner: bool, on_answer: Callable[[Answer], None]
+                        ) -> Callable[[], None]:
+        harness.gate.ask = real_ask  # type: ignore[method-assign]
+        raise RuntimeError("no channel")
+    harness.gate.ask = ask_once_broken  # type: ignore[method-assign]
+    harness.gate.set(PER_KEY)  # (raised out of the gate's apply before, the 2nd not asked)
+    assert one.step is Step.REQUEUED
+    assert len(harness.gate.asks) == asked + 1, "the other slot asks again"

@@ -32,6 +32,7 @@ from pika.spec import Basic
 
 from taskqueue.broker.config import QueueSpec
 from taskqueue.control.ratelimit import Scheduler, decode_ask, encode_answer
+from taskqueue.worker.guard import guarded
 
 PREFETCH = 10
 Reply = Callable[[str, str, bytes], bool]  # (reply_to, correlation_id, body): sent?
@@ -122,10 +123,8 @@ class Arbiter:
 
     def _on_ask(self, channel: Channel, method: Basic.Deliver,
                 properties: pika.BasicProperties, body: bytes) -> None:
-        try:
-            self._answer(channel, properties, body)
-        except Exception:  # never out of pika's callback; the ask is acked below anyway
-            self.log.exception("[%s] rate limit: answering an ask failed", self.worker)
+        guarded(self.log, f"[{self.worker}] rate limit: answering an ask failed",
+                self._answer)(channel, properties, body)  # the ask is acked below anyway
         if channel.is_open:
             channel.basic_ack(method.delivery_tag)
 

@@ -30,6 +30,7 @@ from pika.spec import Basic
 
 from taskqueue.broker.config import QueueSpec
 from taskqueue.control.ratelimit import ASK_TIMEOUT, Answer, decode_answer, encode_ask
+from taskqueue.worker.guard import guarded
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 KEEP_IDS = 4  # a wait's latest ids whose answers still count (a late one is as good)
@@ -140,7 +141,9 @@ class Permits:
             return
         if wait.timer is not None:
             self.ioloop.remove_timeout(wait.timer)
-        wait.timer = self.ioloop.call_later(ASK_TIMEOUT, lambda: self._again(wait))
+        wait.timer = self.ioloop.call_later(ASK_TIMEOUT, guarded(
+            self.log, f"[{self.worker}] rate limit: asking again failed",
+            lambda: self._again(wait)))
         channel = self.channel
         if channel is None or not channel.is_open or self.blocked():
             return  # sent once the channel is back (or on the next timeout)
@@ -161,10 +164,7 @@ class Permits:
 
     def _again(self, wait: Wait) -> None:
         wait.timer = None
-        try:
-            self._send(wait)
-        except Exception:  # never out of an I/O loop callback
-            self.log.exception("[%s] rate limit: asking again failed", self.worker)
+        self._send(wait)
 
     def _end(self, wait: Wait) -> None:
         wait.over = True
@@ -186,11 +186,8 @@ class Permits:
             return
         self._end(wait)
         self.answered += 1
-        try:
-            wait.on_answer(answer)
-        except Exception:  # the slot's own code: never out of pika's callback
-            self.log.exception("[%s] rate limit: acting on the answer for key %r failed",
-                               self.worker, wait.key)
+        guarded(self.log, f"[{self.worker}] rate limit: acting on the answer for key "
+                f"{wait.key!r} failed", wait.on_answer)(answer)  # the slot's own code
 
     # --- the arbiter's answers (arbiter.py) ----------------------------------------------------
     def reply(self, reply_to: str, correlation_id: str, body: bytes) -> bool:

@@ -31,11 +31,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from taskqueue.broker.config import QueueSpec
 from taskqueue.control.ratelimit import HOLD, HOLD_IN_SLOT, Answer, RateLimit, tier_for
 from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.guard import guarded
 from taskqueue.worker.phase import Phase
 from taskqueue.worker.policy import Verdict, park
 from taskqueue.worker.settlement import Settlement
@@ -215,33 +217,31 @@ class RateWaits:
                 return
             if self._cancelled(turn.slot, turn.delivery):
                 self._forget(turn)  # recorded cancelled: its wait is over
-                return
-            if self.phase() in GIVE_UP_PHASES:
-                self._guarded(turn, lambda: self._give_up(turn))
+            elif self.phase() in GIVE_UP_PHASES:
+                self._give_up(turn)
             elif then is not None and time.monotonic() >= deadline:
-                self._guarded(turn, lambda: then(turn))
+                then(turn)
             else:
                 arm()
 
         def arm() -> None:
             left = deadline - time.monotonic()
             if then is not None and left <= 0:
-                then(turn)
+                self._guarded(turn, lambda: then(turn))  # (a timer a little late)
                 return
-            turn.timer = timers.call_later(min(POLL_SECONDS, max(0.0, left)), step)
+            turn.timer = timers.call_later(min(POLL_SECONDS, max(0.0, left)),
+                                           lambda: self._guarded(turn, step))
 
         arm()
 
     def _guarded(self, turn: Turn, step: Callable[[], None]) -> None:
-        """A step run from the I/O loop (a timer, an answer): whatever it raises, the task goes
-        back to the queue and the loop goes on."""
-        try:
-            step()
-        except Exception:
-            self.log.exception("[%s] could not wait for the turn of %s; it goes back to the "
-                               "queue", turn.slot.name, turn.delivery.label)
+        """A step run from the I/O loop (a timer, an answer, a limit change): whatever it
+        raises, the task goes back to the queue and the loop goes on."""
+        def back() -> None:
             self._forget(turn)
             turn.settlement.requeue("the worker could not wait for its turn")
+        guarded(self.log, f"[{turn.slot.name}] could not wait for the turn of "
+                f"{turn.delivery.label}; it goes back to the queue", step, back)()
 
     def _stop(self, turn: Turn) -> None:
         turn.asked = None
@@ -267,9 +267,12 @@ class RateWaits:
         for turn in list(self._turns.values()):
             if self._turns.get(turn.slot) is not turn:
                 continue  # (over meanwhile: a start or a park of another one's doing)
-            if limit is None:
-                self._stop(turn)
-                self._go(turn)
-            elif not turn.firm:
-                turn.key = turn.delivery.key if limit.per_key else ""
-                self._ask(turn)
+            self._guarded(turn, partial(self._follow, turn, limit))  # each turn on its own
+
+    def _follow(self, turn: Turn, limit: RateLimit | None) -> None:
+        if limit is None:
+            self._stop(turn)
+            self._go(turn)
+        elif not turn.firm:
+            turn.key = turn.delivery.key if limit.per_key else ""
+            self._ask(turn)

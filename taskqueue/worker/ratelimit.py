@@ -25,6 +25,7 @@ from taskqueue.broker.on_demand import declare_rate_queues
 from taskqueue.broker.topology import Topology
 from taskqueue.control.ratelimit import Answer, RateLimit
 from taskqueue.worker.arbiter import Arbiter
+from taskqueue.worker.guard import guarded
 from taskqueue.worker.permits import Permits
 
 RETRY_SECONDS = 5.0  # the rate queues could not be declared or consumed: try again after this
@@ -102,11 +103,9 @@ class RateGate:
         limit = self.limit()
         if not _differs(before, limit):
             return
-        for callback in self._callbacks:
-            try:
-                callback(limit)
-            except Exception:  # a slot's code: the others are told all the same
-                self.log.exception("[%s] rate limit: acting on the change failed", self.worker)
+        for callback in self._callbacks:  # a slot's code: the others are told all the same
+            guarded(self.log, f"[{self.worker}] rate limit: acting on the change failed",
+                    callback)(limit)
 
     def consuming_ready(self, connection: Connection, topology: Topology) -> None:
         """The consuming connection's queues are set up (consumer.py ``_on_set_up``)."""
@@ -132,10 +131,7 @@ class RateGate:
 
     # --- keeping the broker's side in line -----------------------------------------------------
     def _sync(self) -> None:
-        try:
-            self._bring_in_line()
-        except Exception:  # called from pika's callbacks and the consumer's: never raise there
-            self.log.exception("[%s] rate limit: setting up failed", self.worker)
+        self._safe(self._bring_in_line)()  # called from pika's callbacks and the consumer's
 
     def _bring_in_line(self) -> None:
         """Open, declare, consume or stop whatever the limit and the connections call for."""
@@ -180,8 +176,8 @@ class RateGate:
             self._tell(before)  # (waiting slots start now)
             self._again_later()
 
-        declare_rate_queues(connection, self.spec, self._topology, _guarded(self, done),
-                            _guarded(self, failed))
+        declare_rate_queues(connection, self.spec, self._topology, self._safe(done),
+                            self._safe(failed))
 
     def _on_arbiter_gone(self, why: str) -> None:
         self.log.warning("[%s] rate limit: the broker ended our subscription to %r (%s): "
@@ -193,6 +189,9 @@ class RateGate:
         if self._retry is None:
             self._retry = self.ioloop.call_later(RETRY_SECONDS, self._retry_now)
 
+    def _safe(self, callback: Callable[..., object]) -> Callable[..., None]:
+        return guarded(self.log, f"[{self.worker}] rate limit: setting up failed", callback)
+
     def _retry_now(self) -> None:
         self._retry = None
         self._sync()
@@ -203,13 +202,3 @@ def _differs(old: RateLimit | None, new: RateLimit | None) -> bool:
     if old is None or new is None:
         return (old is None) != (new is None)
     return (old.per_second, old.per_key) != (new.per_second, new.per_key)
-
-
-def _guarded(gate: RateGate, callback: Callable) -> Callable:
-    """*callback* for a pika callback: an exception is logged, never raised into the loop."""
-    def call(*args: object) -> None:
-        try:
-            callback(*args)
-        except Exception:
-            gate.log.exception("[%s] rate limit: setting up failed", gate.worker)
-    return call
