@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pika
 import pytest
@@ -16,7 +17,8 @@ from taskqueue.emitter.tasks import task_key as emitted_key
 from taskqueue.wire.messages import CHECK_FROM, PRIOR_DELIVERIES, RATE_LEFT, RATE_PARKS, X_KEY
 from taskqueue.wire.record import CLOCK_SKEW
 from taskqueue.worker.account import WorkerAccount, WorkerOptions
-from taskqueue.worker.delivery import Delivery
+from taskqueue.worker.delivery import Delivery, Overruns
+from taskqueue.worker.life import DeliveryLife, WorkerParts
 from taskqueue.worker.phase import Phase
 from taskqueue.worker.policy import MAX_LEFT, Verdict, after_work, before_work, dead_letter, park
 from taskqueue.worker.rate_wait import ASK_GIVE_UP, POLL_SECONDS, RateWaits
@@ -31,9 +33,10 @@ BROKER_OWN = {"x-delivery-count": 2, "x-death": [{"queue": "jobs.wait.4s", "coun
               "x-last-death-queue": "jobs.wait.4s", "x-last-death-reason": "expired"}
 
 
-def delivery(body: bytes = b"fetch a.example", **headers: object) -> Delivery:
+def delivery(body: bytes = b"fetch a.example", message_id: str = "t.csv:1:ab",
+             **headers: object) -> Delivery:
     task = Delivery(None, 1, pika.BasicProperties(headers=headers or None,  # type: ignore[arg-type]
-                                                  message_id="t.csv:1:ab", type="task"),
+                                                  message_id=message_id, type="task"),
                     body, False)
     assert task.problem(1000) is None
     return task
@@ -472,3 +475,47 @@ def test_a_limit_change_that_fails_for_one_slot_still_reaches_the_others(monkeyp
     harness.gate.set(PER_KEY)  # (raised out of the gate's apply before, the 2nd not asked)
     assert one.step is Step.REQUEUED
     assert len(harness.gate.asks) == asked + 1, "the other slot asks again"
+
+
+# --- the settlement's step decides -------------------------------------------------------------
+def test_a_wait_ends_only_for_a_task_still_waiting_for_its_turn(monkeypatch):
+    """The settlement's step is the one state: a task no longer WAITING_TURN when its ticket's
+    time comes (started, or put back, behind the wait's back) is not started a second time."""
+    harness = Harness(PER_KEY, monkeypatch)
+    task = delivery()
+    settlement = harness.begin(task)
+    harness.gate.answer(True, 0.5)
+    settlement.work_started()  # (the invariant broken: nothing in the code does this)
+    harness.clock.advance(1.0)
+    assert not harness.started and harness.slot.rate_wait is None and not harness.clock.timers
+
+
+def life_holding(*steps: Step) -> tuple[DeliveryLife, list[dict], Overruns]:
+    """A delivery life whose slots hold one task each, at *steps*, the first received first."""
+    slots, recorded, overruns = [], [], Overruns()
+    for number, step in enumerate(steps):
+        slot = WorkSlot(f"w/{number + 1}", SimulatedWork(0.0), lambda *_: None, lambda _fn: None)
+        task = delivery(message_id=f"t.csv:{number + 1}:ab")
+        task.received = 1_800_000_000.0 + number
+        slot.settlement = Settlement(task, None, lambda _s: None)  # type: ignore[arg-type]
+        slot.settlement.step = step
+        slots.append(slot)
+    account = SimpleNamespace(stats=SimpleNamespace(failed_attempts=0),
+                              record=lambda _slot, task, outcome, *_: {"row": task.row,
+                                                                       "outcome": outcome})
+    parts = WorkerParts(logging.getLogger("test"), QUEUE, OPTIONS, slots, [],
+                        SimpleNamespace(record_result=recorded.append),  # type: ignore[arg-type]
+                        account, None, None, None, overruns,  # type: ignore[arg-type]
+                        lambda: Phase.CONSUMING, lambda *_: None, lambda: None)
+    return DeliveryLife(parts), recorded, overruns
+
+
+def test_a_consumer_timeout_on_a_task_waiting_for_its_turn_records_no_failed_attempt():
+    """It never ran: no "failed" record, no overrun counted towards --delivery-limit."""
+    life, recorded, overruns = life_holding(Step.WAITING_TURN, Step.RUNNING)
+    assert life.taken_back("the broker closed the channel")
+    assert recorded == [] and life.slots[0].failed == 0
+    assert overruns.count(life.slots[0].settlement.delivery) == 0
+    life, recorded, _overruns = life_holding(Step.RUNNING, Step.WAITING_TURN)
+    assert life.taken_back("the broker closed the channel")
+    assert recorded == [{"row": 1, "outcome": "failed"}]

@@ -241,6 +241,12 @@ class DeliveryLife:
             return False
         slot, delivery = min(held, key=lambda pair: pair[1].received)
         seconds = time.time() - delivery.received
+        if slot.settlement is not None and slot.settlement.waiting_turn:
+            # It never ran: no attempt to record, and holding it was not its doing.
+            self.log.error("[%s] %s while %s waited %.0f s for its turn under the rate limit: a "
+                           "consumer timeout; the broker took the task back (not counted, no "
+                           "record). Subscribing again", slot.name, how, delivery.label, seconds)
+            return True
         times = self.overruns.add(delivery)
         self.log.error("[%s] %s while %s was in hand for %.0f s: a consumer timeout (the "
                        "queue's consumer-timeout policy or x-consumer-timeout, else "

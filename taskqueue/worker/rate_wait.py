@@ -165,8 +165,7 @@ class RateWaits:
             turn.returner = True  # its place is kept: it asks again just before its turn
             self._show(turn)
             self._sleep(turn, max(SOONEST_SECONDS, answer.wait - HOLD / 2), self._ask)
-        else:
-            self._forget(turn)
+        elif self._ends(turn):
             self._park(turn.slot, turn.delivery, answer.wait)
 
     def _holds(self, wait: float) -> bool:
@@ -175,13 +174,25 @@ class RateWaits:
         limit = self.gate.limit()
         return limit is not None and not limit.per_key and wait <= HOLD_IN_SLOT
 
-    def _go(self, turn: Turn) -> None:
+    def _ends(self, turn: Turn) -> bool:
+        """The wait is over (forgotten); True if the task is still WAITING_TURN, so that what
+        ends the wait (a start, a park) may act on it. (Never False while the settlement's end
+        forgets its wait, life.py ``_on_over``: a step of two minds is not acted on.)"""
         self._forget(turn)
-        self._start(turn.slot, turn.delivery, turn.settlement)
+        if turn.settlement.waiting_turn:
+            return True
+        self.log.error("[%s] the wait for the turn of %s ended while it is %s: left as it is",
+                       turn.slot.name, turn.delivery.label, turn.settlement.step.value)
+        return False
+
+    def _go(self, turn: Turn) -> None:
+        if self._ends(turn):
+            self._start(turn.slot, turn.delivery, turn.settlement)
 
     def _give_up(self, turn: Turn) -> None:
         """Paused or draining: the task waits out of the slot (parked) for what is left."""
-        self._forget(turn)
+        if not self._ends(turn):
+            return
         left = 0.0 if turn.firm else max(0.0, turn.until - self._clock())
         self._park(turn.slot, turn.delivery, left, because=f" (the worker is {self.phase().value})")
 
@@ -190,8 +201,8 @@ class RateWaits:
                          "(no arbiter, a memory or disk alarm, or the rate queues missing): "
                          "parked for the shortest tier; it asks again when back",
                          turn.slot.name, turn.delivery.label, ASK_GIVE_UP)
-        self._forget(turn)
-        self._park(turn.slot, turn.delivery, 0.0, quiet=True)
+        if self._ends(turn):
+            self._park(turn.slot, turn.delivery, 0.0, quiet=True)
 
     def _park(self, slot: WorkSlot, delivery: Delivery, wait: float, hop: bool = False,
               because: str = "", quiet: bool = False) -> None:

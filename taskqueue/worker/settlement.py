@@ -102,6 +102,8 @@ class Settlement:
 
     @property
     def waiting_turn(self) -> bool:
+        """It waits for its turn (never ran): what ends a wait acts only then (rate_wait.py),
+        and a consumer timeout records no attempt for it (life.py ``taken_back``)."""
         return self.step is Step.WAITING_TURN
 
     def wait_turn(self) -> None:
