@@ -346,7 +346,10 @@ def test_the_record_and_the_snapshot_say_the_wait(monkeypatch):
     account = WorkerAccount(OPTIONS, "h", [harness.slot], None)  # type: ignore[arg-type]
     snapshot = account.snapshot("running", True, {"limit": "2/s", "per_key": True})
     assert snapshot["rate"] == {"limit": "2/s", "per_key": True}
-    assert snapshot["slots"][0]["rate_wait"] == {"key": "k", "until": harness.clock.now}
+    assert snapshot["slots"][0]["rate_wait"] == {"key": "k"}, "asked: no time to count down"
+    harness.gate.answer(True, 1.5)
+    assert account.snapshot("running", True, {})["slots"][0]["rate_wait"] == {
+        "key": "k", "until": harness.clock.now + 1.5}
     assert "rate" not in account.snapshot("running", True, {})
     task.started = task.received + 1.25
     record = account.record(harness.slot, task, "done", 0.1)

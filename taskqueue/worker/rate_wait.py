@@ -17,12 +17,12 @@ the next tier at once (a *hop*: no check, no ask); else it is checked, then asks
 cancelled within POLL_SECONDS. An ask unanswered for ASK_GIVE_UP s is given up: the task is
 parked for the shortest tier (design §6's give-back, as a copy rather than a nack).
 
-While waiting, its settlement's step is ``WAITING_TURN``; the slot's ``rate_wait`` says for
-which key and until when (the live snapshot shows it). The limit set off: every waiting slot
-starts now; changed: held ones ask again. Paused or draining while waiting: the task is parked
-(it would wait anyway, and a copy keeps the broker's delivery count as it was, where a nack
-would raise it); a second stop request puts it back with the others, a lost connection drops
-it (the broker delivers it again).
+While waiting, its settlement's step is ``WAITING_TURN`` (what decides); the slot's
+``rate_wait`` says for which key and, once answered, until when (the live snapshot shows
+it). The limit set off: every waiting slot starts now; changed: held ones ask again. Paused
+or draining while waiting: the task is parked (it would wait anyway, and a copy keeps the
+broker's delivery count as it was, where a nack would raise it); a second stop request puts
+it back with the others, a lost connection drops it (the broker delivers it again).
 """
 
 from __future__ import annotations
@@ -138,8 +138,8 @@ class RateWaits:
     def _ask(self, turn: Turn) -> None:
         self._stop(turn)
         turn.firm, turn.until = False, self._clock()
-        self._show(turn)
         asked = turn.asked = object()  # an answer to an earlier ask of this turn is not this one
+        self._show(turn)
 
         def on_answer(answer: Answer) -> None:
             if turn.asked is asked and self._turns.get(turn.slot) is turn:
@@ -268,7 +268,12 @@ class RateWaits:
             self.forget(turn.slot)
 
     def _show(self, turn: Turn) -> None:
-        turn.slot.rate_wait = {"key": turn.key, "until": round(turn.until, 3)}
+        """The slot's ``rate_wait`` (display only: the live views); no ``until`` while the
+        ask awaits its answer (there is no time to count down yet)."""
+        shown: dict = {"key": turn.key}
+        if turn.asked is None:
+            shown["until"] = round(turn.until, 3)
+        turn.slot.rate_wait = shown
         self._changed()
 
     # --- the limit changed ------------------------------------------------------------------
