@@ -7,6 +7,7 @@ or watch the workers live.
     python task_report.py --list                   # the runs recorded
     python task_report.py --watch                  # live: every worker, its task, the queue
     python task_report.py --serve                  # the same and more, in a browser
+    python task_report.py --serve --queue jobs --queue mail   # several queues, one server
 
 Installed with pip, the same command is ``taskqueue-report`` (same options).
 """
@@ -14,6 +15,8 @@ Installed with pip, the same command is ``taskqueue-report`` (same options).
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 from taskqueue.cli import (
@@ -87,6 +90,10 @@ def parse_args() -> argparse.Namespace:
                              "started, seconds, attempts, outcome, result or error")
     add_broker_options(parser)
     args = parser.parse_args()
+    args.queues = queues_given(sys.argv[1:], args.queue)
+    if len(args.queues) > 1 and not args.serve:
+        parser.error("--queue more than once goes with --serve (one dashboard for several "
+                     "queues); the other views show one queue")
     if args.until_done and not args.watch:
         parser.error("--until-done needs --watch")
     if (args.auth_file or args.no_browser or args.public_url or args.bind != DEFAULT_BIND) \
@@ -99,6 +106,17 @@ def parse_args() -> argparse.Namespace:
     if args.serve and clashing:
         parser.error(f"--serve shows everything itself; leave out {', '.join(clashing)}")
     return args
+
+
+def queues_given(argv: list[str], last: str) -> list[str]:
+    """Every ``--queue`` on the command line, in order, each once (the shared broker options
+    keep only the last: *last*, which is also the default when none is given)."""
+    collect = argparse.ArgumentParser(add_help=False)
+    collect.add_argument("--queue", action="append", default=[])
+    given = collect.parse_known_args(argv)[0].queue
+    if not given or given[-1] != last:  # not read as the real parser did: trust the parser
+        return [last]
+    return list(dict.fromkeys(given))
 
 
 def main() -> int:
@@ -156,7 +174,8 @@ def serve_dashboard(args: argparse.Namespace, spec, log) -> int:
     web.require()
     from taskqueue.web.serve import browser_wanted, serve
 
-    return serve(broker_settings(args), spec, bind=args.bind, auth_file=args.auth_file,
+    specs = [replace(spec, name=name) for name in args.queues]
+    return serve(broker_settings(args), specs, bind=args.bind, auth_file=args.auth_file,
                  public_url=args.public_url, reports_dir=args.reports_dir,
                  open_browser=browser_wanted(args.no_browser), interval=args.interval, log=log)
 

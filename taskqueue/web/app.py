@@ -1,4 +1,5 @@
-"""The dashboard's routes (Tornado). Every route but /healthz needs the token or the login.
+"""The dashboard's pages (Tornado handlers). Every route but /healthz needs the token or the
+login. A queue's (each under ``/q/<name>/`` when several are served: routes.py):
 
   GET  /                      the live page (pushed to by /stream, Server-Sent Events)
   GET  /live.json             what the live page shows, once
@@ -13,7 +14,8 @@
   GET  /control/preview.json  what an action would touch, and its one-time ticket
   POST /control               do it (CSRF token + same origin; GET is 405)
   GET  /metrics               Prometheus text format
-  GET  /login, POST /login    with --auth-file only
+The server's: /healthz, /login and POST /login (with --auth-file only); with several queues
+/ (the overview), /overview.json, /metrics (every queue's) and the script and style.
   anything else, or a run the record does not have: 404 (a page for a browser, else JSON)
 
 Safe by default: a CSP with no inline script (``frame-ancestors 'none'``), no CORS header,
@@ -31,11 +33,9 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import tornado.gen
@@ -45,13 +45,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado.iostream import StreamClosedError
 
 from taskqueue.errors import UserError
-from taskqueue.web.access import Access, Public
-from taskqueue.web.actions import ControlDesk
 from taskqueue.web.door import FAILED_WAIT, Base, Secured
-from taskqueue.web.feed import DashboardFeed
-from taskqueue.web.history import history_routes
+from taskqueue.web.history import HISTORY_ROUTES
 from taskqueue.web.hub import Hub
-from taskqueue.web.runs import PAGE_SIZE, RunPages, task_path
+from taskqueue.web.runs import PAGE_SIZE, task_path
+
+if TYPE_CHECKING:
+    from taskqueue.web.board import Board
 
 HERE = Path(__file__).parent
 RUN_ID = r"([A-Za-z0-9_.:-]{1,100})"
@@ -71,14 +71,14 @@ class LivePage(Base):
 
 class LiveJson(Base):
     def get(self) -> None:
-        self.json(json.loads(self.settings["hub"].latest()[1]))
+        self.json(json.loads(self.board.hub.latest()[1]))
 
 
 class Stream(Base):
     """Server-Sent Events: the hub's snapshot at the server's rate; the client sets nothing."""
 
     async def get(self) -> None:
-        hub: Hub = self.settings["hub"]
+        hub: Hub = self.board.hub
         if not hub.join():
             raise tornado.web.HTTPError(503, "too many live pages open")
         self.set_header("Content-Type", "text/event-stream")
@@ -98,7 +98,7 @@ class Stream(Base):
 
 class RunsPage(Base):
     def get(self) -> None:
-        feed: DashboardFeed = self.settings["feed"]
+        feed = self.board.feed
         with feed.lock:
             runs = feed.totals.run_list()
         self.page("runs.html", title="runs", runs=runs, when=_when)
@@ -166,7 +166,7 @@ class DeadPage(Base):
         dead = await self.blocking(self.runs.dead, run_id)
         of_reason = await self.blocking(self.runs.dead_of_reason, run_id, shape, page) \
             if shape else None
-        feed: DashboardFeed = self.settings["feed"]
+        feed = self.board.feed
         self.page("dead.html", title="dead tasks", dead=dead, in_queue=feed.state.counts.dead,
                   of_reason=of_reason, task_path=task_path)
 
@@ -181,14 +181,14 @@ class ControlPreview(Base):
         count = 1 if message_id else await self.blocking(self._count, action, run, worker,
                                                          reason)
         try:
-            self.json(self.settings["desk"].preview(action, count, run=run, worker=worker,
+            self.json(self.board.desk.preview(action, count, run=run, worker=worker,
                                                     reason=reason, message_id=message_id))
         except UserError as exc:
             raise tornado.web.HTTPError(400, "%s", str(exc)) from None
 
     def _count(self, action: str, run: str | None, worker: str | None,
                reason: str | None) -> int:
-        feed: DashboardFeed = self.settings["feed"]
+        feed = self.board.feed
         now = time.time()
         with feed.lock:
             state = feed.state
@@ -212,13 +212,14 @@ class Control(Base):
         ticket = self.get_body_argument("ticket", "")
         # The buttons have threads of their own: a slow page read never holds up a Pause.
         self.json(await tornado.ioloop.IOLoop.current().run_in_executor(
-            self.settings["controls"], self.settings["desk"].perform, ticket, who))
+            self.settings["controls"], self.board.desk.perform, ticket, who))
 
 
 class Metrics(Base):
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(generate_latest(self.settings["registry"]))
+        board = self.queue_board  # the server's own /metrics: every queue's
+        self.finish(generate_latest(board.registry if board else self.settings["registry"]))
 
 
 class NotFound(Base):
@@ -253,6 +254,10 @@ class Login(Base):
 class Static(Base, tornado.web.StaticFileHandler):
     """The page's script and style, behind the same door as the rest."""
 
+    def initialize(self, path: str, board: Board | None = None) -> None:  # type: ignore[override]
+        tornado.web.StaticFileHandler.initialize(self, path)
+        self.queue_board = board
+
 
 class ToPrefix(Secured):
     """``/taskqueue`` without its slash: to the live page under the prefix."""
@@ -261,38 +266,20 @@ class ToPrefix(Secured):
         self.redirect(self.settings["public"].prefix)
 
 
-def make_app(*, feed: DashboardFeed, hub: Hub, runs: RunPages, desk: ControlDesk,
-             access: Access, registry, cookie_secret: str, log: logging.Logger,
-             hosts: set[str] | None = None, public: Public | None = None
-             ) -> tornado.web.Application:
-    """*hosts*: the Host headers accepted (None: any; with a password, behind a proxy);
-    *public*: where browsers reach it (its prefix, origin, and https or not)."""
-    public = public or Public()
-    routes: list[tuple[Any, ...]] = [  # (pattern, handler[, its arguments]), under the prefix
-        (r"/", LivePage), (r"/live\.json", LiveJson), (r"/stream", Stream),
-        (r"/runs", RunsPage), (rf"/runs/{RUN_ID}", RunPage),
-        (rf"/runs/{RUN_ID}/tasks\.json", RunTasks), (rf"/runs/{RUN_ID}/task\.json", RunTask),
-        (rf"/runs/{RUN_ID}/tasks/(\d{{1,18}})", TaskPage),
-        (rf"/runs/{RUN_ID}/tasks/id/()([^/]{{1,600}})", TaskPage),
-        (rf"/runs/{RUN_ID}/timeline\.svg", RunTimeline), (rf"/runs/{RUN_ID}/tasks\.csv", RunCsv),
-        (r"/dead", DeadPage), (r"/control/preview\.json", ControlPreview), (r"/control", Control),
-        (r"/metrics", Metrics), (r"/healthz", Health), (r"/login", Login),
-        (r"/static/(.*)", Static, {"path": str(HERE / "static")}), *history_routes(feed),
-    ]
-    under = re.escape(public.prefix.rstrip("/"))
-    routes = [(under + pattern, *rest) for pattern, *rest in routes]
-    if under:
-        routes.append((under, ToPrefix))
-    return tornado.web.Application(
-        routes, template_path=str(HERE / "templates"), xsrf_cookies=True,
-        default_handler_class=NotFound,
-        xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict", "path": public.prefix,
-                            "secure": public.secure},
-        cookie_secret=cookie_secret, feed=feed, hub=hub, runs=runs, desk=desk, access=access,
-        registry=registry, autoescape="xhtml_escape", log_function=_quiet_log, log=log,
-        hosts=hosts, public=public,
-        readers=ThreadPoolExecutor(4, thread_name_prefix="page"),
-        controls=ThreadPoolExecutor(2, thread_name_prefix="control"))
+# A queue's routes (pattern, handler[, its arguments]), under its root (routes.py).
+QUEUE_ROUTES: list[tuple[Any, ...]] = [
+    (r"/", LivePage), (r"/live\.json", LiveJson), (r"/stream", Stream),
+    (r"/runs", RunsPage), (rf"/runs/{RUN_ID}", RunPage),
+    (rf"/runs/{RUN_ID}/tasks\.json", RunTasks), (rf"/runs/{RUN_ID}/task\.json", RunTask),
+    (rf"/runs/{RUN_ID}/tasks/(\d{{1,18}})", TaskPage),
+    (rf"/runs/{RUN_ID}/tasks/id/()([^/]{{1,600}})", TaskPage),
+    (rf"/runs/{RUN_ID}/timeline\.svg", RunTimeline), (rf"/runs/{RUN_ID}/tasks\.csv", RunCsv),
+    (r"/dead", DeadPage), (r"/control/preview\.json", ControlPreview), (r"/control", Control),
+    (r"/metrics", Metrics), (r"/static/(.*)", Static, {"path": str(HERE / "static")}),
+    *HISTORY_ROUTES,
+]
+# The server's own, under the prefix (with one queue, beside the queue's).
+SERVER_ROUTES: list[tuple[Any, ...]] = [(r"/healthz", Health), (r"/login", Login)]
 
 
 def local_path(target: str, root: str = "/") -> str:
@@ -305,7 +292,7 @@ def local_path(target: str, root: str = "/") -> str:
     return target
 
 
-def _quiet_log(handler: tornado.web.RequestHandler) -> None:
+def quiet_log(handler: tornado.web.RequestHandler) -> None:
     """Tornado's access log, without the query string (it may carry the token)."""
     status = handler.get_status()
     if status >= 400:

@@ -32,13 +32,14 @@ class RunCopies:
 
     def __init__(self, parent: Path, queue: str) -> None:
         self.parent, self.queue = parent, queue
-        self.directory = parent / f"{queue}.web"  # until start() makes the real one
+        self.stem = f"{safe_name(queue)}.web"  # a queue's name is data: no / or .. in a path
+        self.directory = parent / self.stem  # until start() makes the real one
         self._files: OrderedDict[str, IO[str]] = OrderedDict()
         self._lock = threading.Lock()
 
     def start(self) -> None:
         self.parent.mkdir(parents=True, exist_ok=True)
-        self.directory = Path(tempfile.mkdtemp(prefix=f"{self.queue}.web-", dir=self.parent))
+        self.directory = Path(tempfile.mkdtemp(prefix=f"{self.stem}-", dir=self.parent))
 
     def path(self, run_id: str) -> Path:
         """One file per run id (two ids never share one: a digest of the id is in its name)."""
@@ -80,7 +81,7 @@ class RunCopies:
             for handle in self._files.values():
                 handle.close()
             self._files.clear()
-            if remove and self.directory.name != f"{self.queue}.web":
+            if remove and self.directory.name != self.stem:
                 shutil.rmtree(self.directory, ignore_errors=True)
 
 

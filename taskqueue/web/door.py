@@ -10,7 +10,7 @@ session cookie is HttpOnly, SameSite=Strict, scoped to the prefix, ``Secure`` un
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tornado.escape
 import tornado.gen
@@ -19,8 +19,11 @@ import tornado.web
 
 from taskqueue.errors import UserError
 from taskqueue.web.access import Access, Public, origin_of
-from taskqueue.web.feed import DashboardFeed
+from taskqueue.web.hub import feed_problem
 from taskqueue.web.runs import RunPages
+
+if TYPE_CHECKING:
+    from taskqueue.web.board import Board
 
 COOKIE = "taskqueue_session"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -32,6 +35,11 @@ FAILED_WAIT = 1.0  # seconds a wrong token, password or Basic header waits for i
 class Secured(tornado.web.RequestHandler):
     """The security headers, on every answer: pages, errors (Tornado sets them again after
     clearing a failed answer), redirects, /healthz."""
+
+    def initialize(self, board: Board | None = None) -> None:
+        """*board*: the queue a route's page is of (None: a page of the whole server, such as
+        the overview of several queues, the login or an unknown address)."""
+        self.queue_board = board
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Security-Policy", CSP)
@@ -54,9 +62,22 @@ class Base(Secured):
     def public(self) -> Public:
         return self.settings["public"]
 
+    @property
+    def board(self) -> Board:
+        """The queue this page is of (a route of a queue's pages always has one)."""
+        if self.queue_board is None:
+            raise tornado.web.HTTPError(404, "no queue at %s", self.request.path[:200])
+        return self.queue_board
+
     def get_template_namespace(self) -> dict[str, Any]:
-        """``root`` for every page: the prefix its links, script and style are under."""
-        return {**super().get_template_namespace(), "root": self.public.prefix}
+        """``root`` for every page: the prefix its links, script and style are under (its
+        queue's, with several queues); ``home``: the server's own; ``queues``: every queue
+        served, (name, its root), for the header's switcher."""
+        board = self.queue_board
+        return {**super().get_template_namespace(),
+                "root": board.root if board else self.public.prefix, "home": self.public.prefix,
+                "queues": [(b.name, b.root) for b in self.settings["boards"]],
+                "of_queue": board is not None}
 
     def remember(self, who: str) -> None:
         """The session cookie: HttpOnly, SameSite=Strict, scoped to the prefix, Secure under
@@ -126,9 +147,9 @@ class Base(Secured):
         if isinstance(error, tornado.web.HTTPError) and error.log_message:
             reason = error.log_message % error.args if error.args else error.log_message
         if status_code == 404 and "text/html" in self.request.headers.get("Accept", ""):
-            feed: DashboardFeed = self.settings["feed"]
+            board = self.queue_board
             self.page("not_found.html", title="not found", run=self.missing_run,
-                      path=self.request.path, problem=feed.problem)
+                      path=self.request.path, problem=feed_problem(board.feed) if board else None)
             return
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"ok": False, "error": reason}))
@@ -136,14 +157,16 @@ class Base(Secured):
     def known_run(self, run_id: str) -> str:
         """*run_id*, if the record read so far has it; else the answer is 404. A run's records
         older than the results stream keeps (its retention) are not read: it is unknown too."""
-        if self.settings["feed"].seen(run_id) == 0:
+        if self.board.feed.seen(run_id) == 0:
             self.missing_run = run_id
             raise tornado.web.HTTPError(404, "no run %s in the record (never recorded here, or "
                                         "older than the results stream keeps)", run_id)
         return run_id
 
     def page(self, template: str, **values: object) -> None:
-        self.render(template, queue=self.settings["feed"].spec.name, **values)
+        board = self.queue_board
+        queue = board.name if board else ", ".join(b.name for b in self.settings["boards"])
+        self.render(template, queue=queue, **values)
 
     def json(self, value: object) -> None:
         self.set_header("Content-Type", "application/json")
@@ -151,7 +174,7 @@ class Base(Secured):
 
     @property
     def runs(self) -> RunPages:
-        return self.settings["runs"]
+        return self.board.runs
 
     async def blocking(self, function, *args):
         """Run *function* (it reads files) off the server's thread."""

@@ -8,8 +8,8 @@ the last hour, six hours or day, as a chart drawn on the server (views/chart.py)
 Nothing is stored but the feed's own bounded aggregate (minutes.py in RecordTotals): the
 attempts come from the results record, read from its start (or its retention's) whenever the
 dashboard starts, so they survive a restart; the depth comes from the passive declares the
-feed already makes each second, sampled here every few seconds, so it goes back only to when
-the dashboard started (the page says so).
+feed already makes each second, sampled every few seconds (board.DepthSampler), so it goes
+back only to when the dashboard started (the page says so).
 """
 
 from __future__ import annotations
@@ -17,34 +17,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tornado.ioloop import PeriodicCallback
-
 from taskqueue.views.chart import history_svg
 from taskqueue.web.door import Base
 from taskqueue.web.feed import DashboardFeed
 
 WINDOWS = {"1h": 60, "6h": 360, "24h": 1440}  # the page's choices: minutes shown
-SAMPLE_SECONDS = 5.0  # how often the depth is sampled (the last sample of a minute is kept)
-
-
-class DepthSampler:
-    """Puts the feed's queue counts into the minutes' depth ring, while the broker answers."""
-
-    def __init__(self, feed: DashboardFeed) -> None:
-        self.feed = feed
-        self._timer = PeriodicCallback(self.sample, SAMPLE_SECONDS * 1000)
-
-    def start(self) -> None:
-        self._timer.start()
-
-    def sample(self) -> None:
-        now = time.time()
-        with self.feed.lock:
-            heard = self.feed.heard_at
-            if heard is None or now - heard > 3 * self.feed.interval:
-                return  # the broker is not answering: a gap, not the old figures again
-            counts = self.feed.state.counts
-            self.feed.totals.minutes.sample(now, counts.ready, counts.retry, counts.dead)
 
 
 def window_of(handler: Base) -> str:
@@ -63,7 +40,7 @@ def chart(feed: DashboardFeed, window: str, now: float) -> str:
 
 class HistoryPage(Base):
     def get(self) -> None:
-        feed: DashboardFeed = self.settings["feed"]
+        feed = self.board.feed
         window = window_of(self)
         with feed.lock:
             since = feed.totals.minutes.sampled_since
@@ -76,10 +53,8 @@ class HistoryPage(Base):
 class HistorySvg(Base):
     def get(self) -> None:
         self.set_header("Content-Type", "image/svg+xml")
-        self.finish(chart(self.settings["feed"], window_of(self), time.time()))
+        self.finish(chart(self.board.feed, window_of(self), time.time()))
 
 
-def history_routes(feed: DashboardFeed) -> list[tuple[Any, ...]]:
-    """The routes, and the depth sampling started (on the running loop: make_app's)."""
-    DepthSampler(feed).start()
-    return [(r"/history", HistoryPage), (r"/history\.svg", HistorySvg)]
+HISTORY_ROUTES: list[tuple[Any, ...]] = [(r"/history", HistoryPage),
+                                         (r"/history\.svg", HistorySvg)]

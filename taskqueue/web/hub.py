@@ -42,8 +42,7 @@ class Hub:
         self._timer.stop()
 
     def refresh(self) -> None:
-        problem = self.feed.problem if self.feed.alive else \
-            "the dashboard's broker reader stopped (see its log); restart the dashboard"
+        problem = feed_problem(self.feed)
         now = time.time()
         as_of = now if problem is None else (self.feed.heard_at or now)
         with self.feed.lock:
@@ -69,3 +68,10 @@ class Hub:
 
     def leave(self) -> None:
         self.pages -= 1
+
+
+def feed_problem(feed: DashboardFeed) -> str | None:
+    """Why the figures of *feed* are not current (None: they are)."""
+    if not feed.alive:
+        return "the dashboard's broker reader stopped (see its log); restart the dashboard"
+    return feed.problem

@@ -160,3 +160,26 @@ def registry_of(feed: DashboardFeed, pages: Callable[[], int] = lambda: 0) -> Co
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FeedCollector(feed, pages))
     return registry
+
+
+class Together:
+    """Several queues' collectors as one (the server's /metrics with several queues): each
+    family once, with every queue's samples (a family twice is not the text format)."""
+
+    def __init__(self, registries: list[CollectorRegistry]) -> None:
+        self.registries = registries
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for registry in self.registries:
+            for family in registry.collect():
+                kept = families.setdefault(family.name, family)
+                if kept is not family:
+                    kept.samples.extend(family.samples)
+        yield from families.values()
+
+
+def registry_of_all(registries: list[CollectorRegistry]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Together(registries))
+    return registry

@@ -10,7 +10,9 @@ record itself, in any order the records come.
 
 Two rings: ``counts`` (added to: attempts by outcome, keyed by the minute the attempt
 finished, as the worker's clock said) and ``depth`` (set: the queue's messages, as the
-dashboard last sampled them in that minute; nothing recorded them before it started).
+dashboard last sampled them in that minute; nothing recorded them before it started). A third,
+``recent``, of one-second buckets for the last minute: the overview's "done per minute" is
+the attempts finished in the last 60 s, not a minute bucket that starts empty at each minute.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ MINUTES = 24 * 60  # the longest window the page offers
 OUTCOMES = ("done", "failed", "dead", "cancelled")
 DEPTHS = ("ready", "retrying", "dead")
 NOTHING = -1  # a depth not sampled (a gap in the line, not a zero)
+RECENT_SECONDS = 60  # the overview's "per minute": the last 60 s, in one-second buckets
 LATEST = 1e11  # seconds since the epoch (year 5138): a stranger's time beyond it is no minute
 
 
@@ -36,11 +39,13 @@ class Minute:
 
 
 class MinuteRing:
-    """Per-minute values of the named *series*, for the last *minutes* minutes."""
+    """Per-minute values of the named *series*, for the last *minutes* minutes (buckets of
+    *seconds* each: 60, or 1 for the last minute second by second)."""
 
-    def __init__(self, series: tuple[str, ...], minutes: int = MINUTES, empty: int = 0) -> None:
+    def __init__(self, series: tuple[str, ...], minutes: int = MINUTES, empty: int = 0,
+                 seconds: float = 60.0) -> None:
         """*empty*: a bucket's value before anything is added or set (0 for counts)."""
-        self.series, self.minutes, self.empty = series, minutes, empty
+        self.series, self.minutes, self.empty, self.seconds = series, minutes, empty, seconds
         self._stamps = array("q", [NOTHING] * minutes)
         self._values = {name: array("q", [empty] * minutes) for name in series}
 
@@ -58,12 +63,12 @@ class MinuteRing:
 
     def window(self, now: float, minutes: int) -> list[Minute]:
         """The *minutes* minutes ending with the one *now* is in, oldest first."""
-        last = int(now // 60)
+        last = int(now // self.seconds)
         out = []
         for minute in range(last - min(minutes, self.minutes) + 1, last + 1):
             index = minute % self.minutes
             held = self._stamps[index] == minute
-            out.append(Minute(minute * 60.0, {name: values[index] for name, values in
+            out.append(Minute(minute * self.seconds, {name: values[index] for name, values in
                                               self._values.items()} if held else None))
         return out
 
@@ -76,7 +81,7 @@ class MinuteRing:
         or no time at all (a record's NaN, infinity or 1e300 skips the chart, never the feed)."""
         if not math.isfinite(moment) or not 0 <= moment <= LATEST:
             return None
-        minute = int(moment // 60)
+        minute = int(moment // self.seconds)
         index = minute % self.minutes
         stamp = self._stamps[index]
         if stamp == minute:
@@ -95,10 +100,20 @@ class MinuteHistory:
     def __init__(self, minutes: int = MINUTES) -> None:
         self.counts = MinuteRing(OUTCOMES, minutes)
         self.depth = MinuteRing(DEPTHS, minutes, empty=NOTHING)
+        self.recent = MinuteRing(OUTCOMES, RECENT_SECONDS, seconds=1.0)
         self.sampled_since: float | None = None  # the first depth sample (the page says so)
 
     def finished(self, moment: float, outcome: str) -> None:
         self.counts.add(moment, outcome)
+        self.recent.add(moment, outcome)
+
+    def last_minute(self, now: float) -> dict[str, int]:
+        """Attempts by outcome finished in the last 60 s (by the workers' clocks)."""
+        total = dict.fromkeys(OUTCOMES, 0)
+        for second in self.recent.window(now, RECENT_SECONDS):
+            for name, value in (second.values or {}).items():
+                total[name] += value
+        return total
 
     def sample(self, moment: float, ready: int | None, retrying: int | None,
                dead: int | None) -> None:

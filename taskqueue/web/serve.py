@@ -1,7 +1,8 @@
 """``task_report.py --serve``: start the dashboard, say where it is, serve until Ctrl+C.
 
-One broker reader (feed.py) for the whole server, one snapshot a second for every page
-(hub.py), the routes in app.py. Ends with a one-line summary.
+One broker reader (feed.py) per queue for the whole server, one snapshot a second per queue
+for every page (hub.py): a queue's board (board.py); the routes in routes.py and app.py. Ends
+with a one-line summary.
 """
 
 from __future__ import annotations
@@ -16,41 +17,58 @@ import signal
 import sys
 import tempfile
 import webbrowser
+from dataclasses import dataclass
 from pathlib import Path
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.errors import UserError
 from taskqueue.web.access import Access, Public, check_bind, is_loopback, parse_bind
-from taskqueue.web.actions import ControlDesk
-from taskqueue.web.app import make_app
-from taskqueue.web.copies import RunCopies
-from taskqueue.web.feed import DashboardFeed
-from taskqueue.web.hub import Hub
-from taskqueue.web.metrics import registry_of
-from taskqueue.web.runs import RunPages
+from taskqueue.web.board import Board, make_board, queue_root
+from taskqueue.web.metrics import registry_of_all
+from taskqueue.web.routes import make_app
 
 
-def serve(settings: BrokerSettings, spec: QueueSpec, *, bind: str, auth_file: Path | None,
-          public_url: str | None, reports_dir: Path, open_browser: bool, interval: float,
-          log: logging.Logger) -> int:
+@dataclass(frozen=True)
+class Served:
+    """What the server serves and how (the options of ``--serve``)."""
+
+    settings: BrokerSettings
+    specs: list[QueueSpec]
+    reports_dir: Path
+    interval: float
+    log: logging.Logger
+
+
+def serve(settings: BrokerSettings, specs: list[QueueSpec], *, bind: str,
+          auth_file: Path | None, public_url: str | None, reports_dir: Path, open_browser: bool,
+          interval: float, log: logging.Logger) -> int:
+    """Serve the dashboard of *specs* (one queue, or several from one server)."""
     host, port = parse_bind(bind)
     public = Public.parse(public_url)
     access = Access.from_file(auth_file) if auth_file else Access.with_token()
     check_bind(host, access)
-    copies = RunCopies(reports_dir, spec.name)
-    feed = DashboardFeed(settings, spec, log, copies, interval)
-    desk = ControlDesk(settings, spec, log)
-    return asyncio.run(_serve(feed, desk, access, public, host, port, open_browser, log))
+    served = Served(settings, specs, reports_dir, interval, log)
+    return asyncio.run(_serve(served, access, public, host, port, open_browser))
 
 
-async def _serve(feed: DashboardFeed, desk: ControlDesk, access: Access, public: Public,
-                 host: str, port: int, open_browser: bool, log: logging.Logger) -> int:
-    hub = Hub(feed, feed.interval)
-    runs = RunPages(feed.copies, feed.spec.name, feed.seen, feed.latest_run)
+def boards_of(served: Served, public: Public) -> list[Board]:
+    """A board per queue: one at the prefix, or each under its own ``q/<name>/``."""
+    several = len(served.specs) > 1
+    return [make_board(served.settings, spec, reports_dir=served.reports_dir,
+                       interval=served.interval, log=served.log,
+                       root=queue_root(public.prefix, spec.name) if several else public.prefix)
+            for spec in served.specs]
+
+
+async def _serve(served: Served, access: Access, public: Public, host: str, port: int,
+                 open_browser: bool) -> int:
+    log = served.log
+    boards = boards_of(served, public)
     # On loopback, only this machine's names (and the public one, as a proxy may pass it on).
     hosts = loopback_hosts(host, port) | public.host_names() if is_loopback(host) else None
-    app = make_app(feed=feed, hub=hub, runs=runs, desk=desk, access=access,
-                   registry=registry_of(feed, lambda: hub.pages),
+    registry = boards[0].registry if len(boards) == 1 else \
+        registry_of_all([board.registry for board in boards])
+    app = make_app(boards=boards, access=access, registry=registry,
                    cookie_secret=secrets.token_hex(32), log=log, hosts=hosts, public=public)
     try:
         server = app.listen(port, address=host, xheaders=False)
@@ -59,12 +77,13 @@ async def _serve(feed: DashboardFeed, desk: ControlDesk, access: Access, public:
         raise UserError(f"cannot listen on {host}:{port} ("
                         f"{'in use by another program' if busy else exc.strerror}); choose "
                         "another with --bind HOST:PORT") from None
-    feed.start()
-    hub.start()
+    for board in boards:
+        board.start()
     shown_host = f"[{host}]" if ":" in host else host
     address = public.url or f"http://{shown_host}:{port}/"  # the one the cookies work on
     opened = address + (f"?token={access.token}" if access.token else "")
-    print(f"dashboard of queue {feed.spec.name!r}: {opened}", flush=True)
+    names = ", ".join(repr(board.name) for board in boards)
+    print(f"dashboard of queue{'s' if len(boards) > 1 else ''} {names}: {opened}", flush=True)
     print("(Ctrl+C to stop)" + ("" if access.token else f"; log in as {access.user}"),
           flush=True)
     redirect = open_with_token(opened, address) if open_browser else None
@@ -78,12 +97,14 @@ async def _serve(feed: DashboardFeed, desk: ControlDesk, access: Access, public:
     finally:
         if redirect is not None:
             redirect.unlink(missing_ok=True)
-        hub.stop()
         server.stop()
-        feed.stop()
+        for board in boards:
+            board.stop()
         log.info("dashboard stopped")
-    print(f"dashboard stopped: {feed.totals.records} records read, {hub.most_pages} live "
-          f"page(s) open at most", flush=True)
+    for board in boards:
+        queue = f" of queue {board.name!r}" if len(boards) > 1 else ""
+        print(f"dashboard stopped{queue}: {board.feed.totals.records} records read, "
+              f"{board.hub.most_pages} live page(s) open at most", flush=True)
     return 0
 
 

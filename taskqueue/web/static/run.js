@@ -95,6 +95,7 @@ function runPage() {
     const row = event.target.closest("tr");
     if (row) showAttempts(runId, row).catch((error) => toast(String(error), false));
   });
+  document.addEventListener("taskqueue:live-again", reload); // standing.js: read on again
   reload();
 }
 

@@ -34,4 +34,8 @@ async function taskPage() {
   document.getElementById("task-texts").replaceChildren(...attempts.map(attemptText));
 }
 
-onPage("task", () => taskPage().catch((error) => toast(String(error), false)));
+onPage("task", () => {
+  const load = () => taskPage().catch((error) => toast(String(error), false));
+  document.addEventListener("taskqueue:live-again", load); // standing.js: read on again
+  load();
+});
