@@ -63,7 +63,7 @@ def test_discard_dead_deletes_the_chosen_dead_tasks_only_and_records_who(
 
     done = discard.discard_dead(settings, spec, log,
                                 discard.DiscardFilter(reason="cannot handle"), "alice@ops")
-    assert (done.deleted, done.kept, done.recorded) == (2, 0, True)
+    assert (done.deleted, done.kept, done.complete) == (2, 0, True)
     assert queue_state(spec.dead_name)[0] == 0
 
     wrote = discards(queue)

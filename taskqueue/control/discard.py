@@ -119,9 +119,14 @@ class Discarded:
     total: int
     kept: int
     refused: int
-    recorded: bool
     shown: list[str]
     dry_run: bool
+
+    @property
+    def complete(self) -> bool:
+        """Every chosen task deleted (each only once its record was confirmed: the module
+        docstring); False: some were not settled and are still in ``.dead``."""
+        return not self.refused
 
     def summary(self, queue: str) -> str:
         verb = "would be deleted" if self.dry_run else "deleted"
@@ -141,9 +146,7 @@ def discard_dead(settings: BrokerSettings, spec: QueueSpec, log: logging.Logger,
     discarder = DeadDiscarder(settings, spec, log, chosen, by, dry_run=dry_run)
     discarder.run()
     stats = discarder.stats
-    recorded = True  # no deletion without its record (the module docstring)
-    return Discarded(stats.moved, stats.total, stats.kept, stats.refused, recorded,
-                     stats.shown, dry_run)
+    return Discarded(stats.moved, stats.total, stats.kept, stats.refused, stats.shown, dry_run)
 
 
 # --- task_control.py discard-dead (commands/control.py adds the parser and calls ``command``) --
@@ -171,4 +174,4 @@ def command(args: argparse.Namespace, settings: BrokerSettings, spec: QueueSpec,
     print(done.summary(spec.name))
     for line in done.shown:
         print(f"  {line}")
-    return 0 if done.recorded else 1
+    return 0 if done.complete else 1

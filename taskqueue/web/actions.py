@@ -98,7 +98,7 @@ class ControlDesk:
                                 DiscardFilter(ticket.reason, ticket.run, None, frozenset(
                                     [ticket.message_id] if ticket.message_id else [])),
                                 f"dashboard: {who}")
-            if not done.recorded:
+            if not done.complete:  # some are still there: an error toast, not a success
                 raise UserError(done.summary(self.spec.name))
             return done.summary(self.spec.name)
         if ticket.action == "requeue-dead":
