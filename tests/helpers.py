@@ -41,6 +41,18 @@ def run_script(name: str, *args: str, log_dir: Path, timeout: float = 60,
                           text=True, timeout=timeout, env=script_env(log_dir), cwd=ROOT, **kwargs)
 
 
+RUN_SAID = re.compile(r"\(run (?P<run>[^)\s]+)\)")  # the emitter's "(run ID)"
+
+
+def emit_run(*args: str, logs: Path) -> str:
+    """Run the emitter with *args*, which must succeed; the run id it says."""
+    done = run_script("emitter_of_tasks.py", *args, log_dir=logs)
+    assert done.returncode == 0, done.stderr[-2000:]
+    match = RUN_SAID.search(done.stderr + done.stdout)
+    assert match, done.stderr[-2000:]
+    return match["run"]
+
+
 STARTED: list[subprocess.Popen] = []  # background scripts; conftest kills leftovers
 
 

@@ -24,6 +24,7 @@ from tests.helpers import (
     MAIN_URL,
     done_counts,
     drain,
+    emit_run,
     queue_state,
     recorded,
     run_script,
@@ -34,17 +35,7 @@ from tests.helpers import (
 
 NORMAL, HIGH = 200, 20  # the issue's 1,000 and 50, scaled down (bench/priority.py: full size)
 WORKERS, SLOTS = 2, 2
-RUN = re.compile(r"\(run (?P<run>[^)\s]+)\)")
 DONE = re.compile(r"\] done row \d+")
-
-
-def emit(*args: str, logs: Path) -> str:
-    """Run the emitter; its run id."""
-    done = run_script("emitter_of_tasks.py", *args, log_dir=logs)
-    assert done.returncode == 0, done.stderr[-2000:]
-    match = RUN.search(done.stderr + done.stdout)
-    assert match, done.stderr[-2000:]
-    return match["run"]
 
 
 def task_records(queue: str, run: str, directory: Path) -> list[dict]:
@@ -61,7 +52,7 @@ def test_high_tasks_start_before_the_normal_ones_waiting(queue: str, logs: Path,
                                                          tmp_path: Path):
     normal = write_csv(tmp_path / "normal.csv", [f"n{n}." for n in range(1, NORMAL + 1)])
     high = write_csv(tmp_path / "high.csv", [f"h{n}." for n in range(1, HIGH + 1)])
-    normal_run = emit("--queue", queue, "--file", str(normal), logs=logs)
+    normal_run = emit_run("--queue", queue, "--file", str(normal), logs=logs)
     outs = [tmp_path / f"w{n}.out" for n in range(1, WORKERS + 1)]
     workers = [start_worker("--queue", queue, "--name", f"w{n}", "--concurrency", str(SLOTS),
                             "--seconds-per-dot", "0.05", "--exit-when-idle", "1.5",
@@ -70,7 +61,7 @@ def test_high_tasks_start_before_the_normal_ones_waiting(queue: str, logs: Path,
     wait_for(lambda: sum(done_counts(*outs).values()) >= 2 * WORKERS * SLOTS, timeout=60,
              what="the workers to be into the backlog")
     published = time.time()
-    high_run = emit("--queue", queue, "--file", str(high), "--priority", "high", logs=logs)
+    high_run = emit_run("--queue", queue, "--file", str(high), "--priority", "high", logs=logs)
     wait_exit(workers)
 
     normal_starts = sorted(float(r["started"]) for r in task_records(
@@ -93,7 +84,7 @@ def test_high_tasks_start_before_the_normal_ones_waiting(queue: str, logs: Path,
 
 
 def test_high_tasks_are_retried_and_dead_lettered(queue: str, logs: Path, tmp_path: Path):
-    run = emit("--queue", queue, "--priority", "high", "--message", "boom", "--message", "fine",
+    run = emit_run("--queue", queue, "--priority", "high", "--message", "boom", "--message", "fine",
                logs=logs)
     assert queue_state(urgent_name(queue)) == (2, 0)  # waiting there, not in the task queue
     worker = start_worker("--queue", queue, "--handler", "tests.handlers:fail_on_boom",
@@ -132,7 +123,7 @@ def test_without_permission_on_urgent_normal_work_goes_on(node, logs: Path, tmp_
     assert ctl(node.node, "set_permissions", "nourgent", allowed, allowed,
                allowed).returncode == 0
     url = f"amqp://nourgent:pw@127.0.0.1:{node.port}/%2F"
-    emit("--url", url, "--queue", "nourg_q", "--message", "a", "--message", "b", logs=logs)
+    emit_run("--url", url, "--queue", "nourg_q", "--message", "a", "--message", "b", logs=logs)
     high = run_script("emitter_of_tasks.py", "--url", url, "--queue", "nourg_q", "--priority",
                       "high", "--message", "c", log_dir=logs)
     assert high.returncode == EXIT_REFUSED and high.stderr.count("\n") == 1, high.stderr

@@ -26,6 +26,7 @@ from taskqueue.broker.config import QueueSpec
 from tests.helpers import (
     consume_all,
     done_rows,
+    emit_run,
     queue_state,
     start_worker,
     wait_for,
@@ -33,7 +34,6 @@ from tests.helpers import (
 )
 from tests.test_ratelimit_worker import (
     assert_no_task_left,
-    emit,
     limit,
     task_records,
     workers,
@@ -75,7 +75,7 @@ def test_the_arbiter_killed_the_next_takes_over_without_doubling_the_rate(
     the quiet start, 11 with it; with 2 slots, 17 without it.)"""
     rows, rate = 200, 10
     tasks = write_csv(tmp_path / "tasks.csv", [f"t{n}." for n in range(1, rows + 1)])
-    run = emit("--queue", queue, "--file", str(tasks), logs=logs)
+    run = emit_run("--queue", queue, "--file", str(tasks), logs=logs)
     limit(queue, f"{rate}/s", logs=logs)
     started, outs = workers(queue, 3, 8, tmp_path, logs, idle="3")
     named = dict(zip((f"w{n}" for n in range(1, 4)), zip(started, outs)))
@@ -127,7 +127,7 @@ def test_a_task_that_kills_its_worker_ends_dead_though_parked_between_crashes(
     lines = ["job,host"] + [f"a{n}.,one.example" for n in range(1, 3)] + [
         "poison pill,one.example"] + [f"a{n}.,one.example" for n in range(3, others + 1)]
     tasks = write_csv(tmp_path / "tasks.csv", lines)
-    run = emit("--queue", queue, "--file", str(tasks), "--header", "--column", "job",
+    run = emit_run("--queue", queue, "--file", str(tasks), "--header", "--column", "job",
                "--key-column", "host", logs=logs)
     limit(queue, "2/s", "--per-key", logs=logs)
     spec = QueueSpec(queue)
@@ -179,7 +179,7 @@ def test_a_task_sent_through_tier_after_tier_runs_once(queue: str, logs: Path,
     rows = 5
     lines = ["job,host"] + [f"p{n}.,one.example" for n in range(1, rows + 1)]
     tasks = write_csv(tmp_path / "tasks.csv", lines)
-    run = emit("--queue", queue, "--file", str(tasks), "--header", "--column", "job",
+    run = emit_run("--queue", queue, "--file", str(tasks), "--header", "--column", "job",
                "--key-column", "host", logs=logs)
     limit(queue, "6/min", "--per-key", logs=logs)
     out = tmp_path / "w1.out"

@@ -20,6 +20,7 @@ from taskqueue.results.history import History
 from tests.helpers import (
     MAIN_URL,
     done_rows,
+    emit_run,
     queue_state,
     run_script,
     start_worker,
@@ -27,17 +28,7 @@ from tests.helpers import (
     write_csv,
 )
 
-RUN = re.compile(r"\(run (?P<run>[^)\s]+)\)")
 SUMMARY_PARKED = re.compile(r"worker \S+: .*; (?P<parked>\d+) parked \(rate limit\)")
-
-
-def emit(*args: str, logs: Path) -> str:
-    """Run the emitter; its run id."""
-    done = run_script("emitter_of_tasks.py", *args, log_dir=logs)
-    assert done.returncode == 0, done.stderr[-2000:]
-    match = RUN.search(done.stderr + done.stdout)
-    assert match, done.stderr[-2000:]
-    return match["run"]
 
 
 def control(queue: str, *command: str, logs: Path) -> None:
@@ -87,7 +78,7 @@ def test_a_global_limit_runs_every_task_once_some_after_a_wait(queue: str, logs:
                                                                 tmp_path: Path):
     rows = 20
     tasks = write_csv(tmp_path / "tasks.csv", [f"t{n}." for n in range(1, rows + 1)])
-    run = emit("--queue", queue, "--file", str(tasks), logs=logs)
+    run = emit_run("--queue", queue, "--file", str(tasks), logs=logs)
     limit(queue, "5/s", logs=logs)
     started, outs = workers(queue, 2, 2, tmp_path, logs)
     wait_exit(started, outs)
@@ -108,7 +99,7 @@ def test_per_key_a_hot_backlog_does_not_hold_up_another_key(queue: str, logs: Pa
     lines = ["job,host"] + [f"h{n}.,hot.example" for n in range(1, hot + 1)] + [
         f"c{n}.,cold.example" for n in range(1, cold + 1)]
     tasks = write_csv(tmp_path / "tasks.csv", lines)
-    run = emit("--queue", queue, "--file", str(tasks), "--header", "--column", "job",
+    run = emit_run("--queue", queue, "--file", str(tasks), "--header", "--column", "job",
                "--key-column", "host", logs=logs)
     limit(queue, "2/s", "--per-key", logs=logs)
     started, outs = workers(queue, 2, 2, tmp_path, logs)
@@ -137,7 +128,7 @@ def test_a_parked_task_comes_back_and_runs_once(queue: str, logs: Path, tmp_path
     back (a worker that did not count them exited with the task still parked)."""
     lines = ["job,host"] + [f"p{n}.,one.example" for n in range(1, 4)]
     tasks = write_csv(tmp_path / "tasks.csv", lines)
-    run = emit("--queue", queue, "--file", str(tasks), "--header", "--column", "job",
+    run = emit_run("--queue", queue, "--file", str(tasks), "--header", "--column", "job",
                "--key-column", "host", logs=logs)
     limit(queue, "6/min", "--per-key", logs=logs)
     started, outs = workers(queue, 1, 3, tmp_path, logs, idle="1")
@@ -158,7 +149,7 @@ def test_a_pause_parks_the_tasks_waiting_for_their_turn(queue: str, logs: Path,
     the resume every task is done once, as its first attempt."""
     rows = 12
     tasks = write_csv(tmp_path / "tasks.csv", [f"t{n}." for n in range(1, rows + 1)])
-    run = emit("--queue", queue, "--file", str(tasks), logs=logs)
+    run = emit_run("--queue", queue, "--file", str(tasks), logs=logs)
     limit(queue, "1/s", logs=logs)
     started, outs = workers(queue, 1, 4, tmp_path, logs)
     wait_for(lambda: len(done_rows(*outs)) >= 2, timeout=60, what="two tasks done")

@@ -11,8 +11,10 @@ import hashlib
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, TypeVar
 
 import pika
 from pika.channel import Channel
@@ -29,16 +31,12 @@ from taskqueue.wire.messages import (
 )
 from taskqueue.wire.record import CLOCK_SKEW, run_began
 
+N = TypeVar("N", int, float)
+
 
 def header_count(headers: dict, name: str) -> int:
     """A non-negative whole-number header (0 when absent); ValueError names it otherwise."""
-    value = headers.get(name, 0)
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"header {name} is not a whole number ({value!r})") from None
+    number = _header_number(headers, name, int, "a whole number")
     if number < 0:
         raise ValueError(f"header {name} is negative ({number})")
     return number
@@ -47,16 +45,21 @@ def header_count(headers: dict, name: str) -> int:
 def header_seconds(headers: dict, name: str) -> float:
     """A finite number of seconds (0 when absent; a negative one is 0: nothing left);
     ValueError names it otherwise."""
+    number = _header_number(headers, name, float, "a number of seconds")
+    if not math.isfinite(number):
+        raise ValueError(f"header {name} is not a number of seconds ({number!r})")
+    return max(0.0, number)
+
+
+def _header_number(headers: dict, name: str, kind: Callable[[Any], N], what: str) -> N:
+    """Header *name* read as *kind* (0 when absent; bytes as UTF-8 text)."""
     value = headers.get(name, 0)
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     try:
-        number = float(value)
+        return kind(value)
     except (TypeError, ValueError):
-        raise ValueError(f"header {name} is not a number of seconds ({value!r})") from None
-    if not math.isfinite(number):
-        raise ValueError(f"header {name} is not a number of seconds ({value!r})")
-    return max(0.0, number)
+        raise ValueError(f"header {name} is not {what} ({value!r})") from None
 
 
 @dataclass
