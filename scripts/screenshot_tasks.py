@@ -26,3 +26,12 @@ def convert(text: str) -> str:
             marker.touch()
             raise ConnectionError("storage at 10.0.0.7:9000 timed out after 30 s")
     return f"{name} -> {name.rsplit('.', 1)[0]}.pdf ({pages} pages)"
+
+
+def fetch(text: str) -> str:
+    """A page fetch (the rate-limited queue's tasks): a step per '.' after the address."""
+    address, steps = text.split()[1], text.split()[-1].count(".")
+    for step in range(1, steps + 1):
+        taskqueue.progress((step - 1) / steps, f"part {step} of {steps}")
+        time.sleep(STEP_SECONDS)
+    return f"{address}: 200 OK ({steps * 12} kB)"

@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
-"""The pictures of the web view in README.md and docs/web.md, taken from a real run: a queue
-``screens.<random>``, two workers of two slots (scripts/screenshot_tasks.py: progress told,
-some tasks failing), the dashboard, two overlapping runs, Debian's chromium (headless, driven
-by Playwright, 1280x900). Writes docs/img/live.png, task.png, run.png and dead.png, cropped to
-the page's content. At the end, even on error, every process it started is stopped (by its
-pid) and the queue is deleted with all its companions (QueueSpec.everything: task_control.py
-delete-queue).
+"""The pictures of the web view in README.md and docs/web.md, taken from real runs on the local
+broker with Debian's chromium (headless, driven by Playwright, 1280x900), each cropped to the
+page's content:
 
-    python scripts/screenshots.py      # needs the broker on 127.0.0.1:5672 and /usr/bin/chromium
+* live.png, task.png, run.png, dead.png: a queue ``screens.<random>``, two workers of two slots
+  (scripts/screenshot_tasks.py: progress told, some tasks failing), its dashboard, two
+  overlapping runs;
+* overview.png, rate.png: one dashboard of two queues (``--queue A --queue B``): the overview
+  of both, and the live page of the second, whose workers apply ``task_control.py rate-limit
+  1/s --per-key`` to tasks keyed by host (``emitter_of_tasks.py --header --key-column host``):
+  slots "waiting for the rate limit".
+
+At the end, even on error, every process it started is stopped (by its pid) and its queues are
+deleted with all their companions (QueueSpec.everything: task_control.py delete-queue).
+
+    python scripts/screenshots.py [NAME ...]   # only these pictures (live, task, run, dead,
+                                               # overview, rate; live..dead come together)
+    # needs the broker on 127.0.0.1:5672 and /usr/bin/chromium
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ IMAGES = ROOT / "docs" / "img"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update"]
 HANDLER = "scripts.screenshot_tasks:convert"
+FETCH_HANDLER = "scripts.screenshot_tasks:fetch"
 RUN_ROWS_SHOWN = 10  # of the run page's table, sorted: the picture ends there
 FLAKY_ROW = 4  # run A's row 4 fails once, then is done: the task page's two attempts
 # Every card of the live page final: done + dead (+ cancelled) reached the run's total.
@@ -40,6 +50,9 @@ ALL_FINAL = """() => {
     return total > 0 && done + Number(n('dead')) + Number(n('cancelled')) >= total;
   });
 }"""
+# A slot of the live page waiting for its turn with a second or more left (not "0 s left").
+WAITING_SECONDS = """() => [...document.querySelectorAll('#workers tr.slot')]
+  .some((row) => /waiting for the rate limit, [1-9][0-9]* s left/.test(row.textContent))"""
 CONTENT_BOTTOM = """() => Math.ceil(Math.max(...[...document.body.querySelectorAll('*')]
   .map((node) => node.getBoundingClientRect().bottom + window.scrollY)))"""
 
@@ -60,12 +73,23 @@ def run_b() -> list[str]:
     return rows
 
 
-class Demo:
-    """The processes of one demo: the dashboard and the workers, each stopped by its pid."""
+def keyed_fetches() -> list[str]:
+    """A CSV of page fetches, each keyed by its host (the rate limit's key)."""
+    hosts = ["api.example.com", "shop.example.net", "cdn.example.org"]
+    rows = [f"fetch https://{hosts[n % 3]}/orders/{n:04d} ....,{hosts[n % 3]}"
+            for n in range(1, 61)]
+    return ["task,host", *rows]
 
-    def __init__(self, work: Path) -> None:
+
+class Demo:
+    """The processes of one demo: the dashboard and the workers, each stopped by its pid; its
+    queues (``screens.<random>``, or ``screens.<what>.<random>`` for each of *whats*)."""
+
+    def __init__(self, work: Path, *whats: str) -> None:
         self.work = work
-        self.queue = f"screens.{secrets.token_hex(4)}"
+        tag = secrets.token_hex(4)
+        self.queues = [f"screens.{what}.{tag}" for what in whats] or [f"screens.{tag}"]
+        self.queue = self.queues[0]
         self.processes: list[subprocess.Popen] = []
 
     def start(self, *args: str, **kwargs: Any) -> subprocess.Popen:
@@ -75,10 +99,11 @@ class Demo:
         return process
 
     def dashboard(self) -> str:
-        """Start it; its address (with the one-time token) once it printed it."""
+        """Start it, of every queue; its address (with the one-time token) once printed."""
         log = self.work / "dashboard.out"
+        queues = [arg for queue in self.queues for arg in ("--queue", queue)]
         with open(log, "w") as out:
-            self.start("task_report.py", "--serve", "--queue", self.queue, "--bind",
+            self.start("task_report.py", "--serve", *queues, "--bind",
                        f"127.0.0.1:{free_port()}", "--no-browser", "--reports-dir",
                        str(self.work), stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -90,20 +115,25 @@ class Demo:
         assert found is not None
         return found[0]
 
-    def workers(self, *names: str) -> None:
+    def workers(self, *names: str, queue: str = "", handler: str = HANDLER,
+                concurrency: int = 2) -> None:
         env = {**os.environ, "SCREENS_DIR": str(self.work)}
         for name in names:
-            self.start("listening_worker.py", "--queue", self.queue, "--name", name,
-                       "--concurrency", "2", "--handler", HANDLER, "--max-retries", "1",
-                       "--retry-delay", "0.5", env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+            self.start("listening_worker.py", "--queue", queue or self.queue, "--name", name,
+                       "--concurrency", str(concurrency), "--handler", handler,
+                       "--max-retries", "1", "--retry-delay", "0.5", env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def emit(self, name: str, rows: list[str]) -> None:
+    def emit(self, name: str, rows: list[str], *options: str, queue: str = "") -> None:
         """One run: the emitter returns once the broker confirmed every task."""
         path = self.work / f"{name}.csv"
         path.write_text("\n".join(rows) + "\n")
-        subprocess.run([sys.executable, str(ROOT / "emitter_of_tasks.py"), "--queue",
-                        self.queue, "--file", str(path), "--no-admin"], cwd=ROOT, check=True,
+        self.control("emitter_of_tasks.py", "--queue", queue or self.queue, "--file",
+                     str(path), "--no-admin", *options)
+
+    def control(self, script: str, *args: str) -> None:
+        """A command that ends (task_control.py, the emitter): it must succeed."""
+        subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, check=True,
                        capture_output=True, stdin=subprocess.DEVNULL)
 
     def stop(self) -> None:
@@ -117,11 +147,12 @@ class Demo:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        removed = subprocess.run([sys.executable, str(ROOT / "task_control.py"),
-                                  "delete-queue", "--queue", self.queue, "--yes"], cwd=ROOT,
-                                 capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if removed.returncode:
-            print(f"delete-queue {self.queue}: {removed.stderr.strip()}", file=sys.stderr)
+        for queue in self.queues:
+            removed = subprocess.run([sys.executable, str(ROOT / "task_control.py"),
+                                      "delete-queue", "--queue", queue, "--yes"], cwd=ROOT,
+                                     capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            if removed.returncode:
+                print(f"delete-queue {queue}: {removed.stderr.strip()}", file=sys.stderr)
 
 
 def free_port() -> int:
@@ -168,10 +199,22 @@ def take(page: Any, address: str) -> None:
     shoot(page, "dead.png")
 
 
-def main() -> int:
-    from playwright.sync_api import sync_playwright
+def take_queues(page: Any, address: str, demo: Demo) -> None:
+    """The overview of both queues, then the rate-limited queue's live page."""
+    fetches = demo.queues[1]
+    page.goto(address)
+    page.wait_for_function("() => [...document.querySelectorAll('#overview [data-figure=done]')]"
+                           ".every((cell) => Number(cell.textContent) > 0)", timeout=90_000)
+    time.sleep(2.5)  # one more read of overview.json: the figures of the same moment
+    shoot(page, "overview.png")
+    page.click(f"#overview tr[data-queue='{fetches}'] a")
+    page.wait_for_selector("#rate-limit:not([hidden])", timeout=60_000)
+    page.wait_for_function(WAITING_SECONDS, timeout=60_000)
+    shoot(page, "rate.png")
 
-    work = Path(tempfile.mkdtemp(prefix="tq-shots-"))
+
+def single_queue(work: Path, browser: Any) -> None:
+    """live, task, run and dead: one queue, two overlapping runs."""
     demo = Demo(work)
     try:
         address = demo.dashboard()
@@ -179,15 +222,51 @@ def main() -> int:
         demo.emit("scans", run_a())
         time.sleep(3)  # the second run starts while the first is going on
         demo.emit("invoices", run_b())
+        take(browser.new_page(viewport={"width": 1280, "height": 900}), address)
+    finally:
+        demo.stop()
+
+
+def two_queues(work: Path, browser: Any) -> None:
+    """overview and rate: a dashboard of two queues, the second under a rate limit per key."""
+    demo = Demo(work, "scans", "fetch")
+    scans, fetches = demo.queues
+    try:
+        demo.control("task_control.py", "rate-limit", "1/s", "--per-key", "--queue", fetches)
+        address = demo.dashboard()
+        demo.workers("alice", "bob", queue=scans)
+        demo.workers("carol", "dave", queue=fetches, handler=FETCH_HANDLER, concurrency=4)
+        demo.emit("scans", run_a(), queue=scans)
+        demo.emit("fetches", keyed_fetches(), "--header", "--key-column", "host", queue=fetches)
+        take_queues(browser.new_page(viewport={"width": 1280, "height": 900}), address, demo)
+    finally:
+        demo.stop()
+
+
+SETS = {"live": single_queue, "task": single_queue, "run": single_queue, "dead": single_queue,
+        "overview": two_queues, "rate": two_queues}
+
+
+def main() -> int:
+    from playwright.sync_api import sync_playwright
+
+    asked = set(sys.argv[1:]) or set(SETS)
+    unknown = asked - set(SETS)
+    if unknown:
+        print(f"no such picture: {', '.join(sorted(unknown))} (of {', '.join(SETS)})",
+              file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="tq-shots-"))
+    try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
                                                  args=CHROMIUM_ARGS)
             try:
-                take(browser.new_page(viewport={"width": 1280, "height": 900}), address)
+                for take_set in dict.fromkeys(SETS[name] for name in asked):
+                    take_set(work, browser)
             finally:
                 browser.close()
     finally:
-        demo.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
