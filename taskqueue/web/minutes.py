@@ -13,12 +13,19 @@ finished, as the worker's clock said) and ``depth`` (set: the queue's messages, 
 dashboard last sampled them in that minute; nothing recorded them before it started). A third,
 ``recent``, of one-second buckets for the last minute: the overview's "done per minute" is
 the attempts finished in the last 60 s, not a minute bucket that starts empty at each minute.
+
+An attempt recorded as finished later than now (a worker's clock ahead, or a stranger's record
+dated years on) finished now as far as the rings go: it counts, and never takes over the
+bucket of a minute to come, which would drop every attempt of the minute (or second) that
+bucket holds now, for everyone, until that time came.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MINUTES = 24 * 60  # the longest window the page offers
@@ -95,15 +102,20 @@ class MinuteRing:
 
 
 class MinuteHistory:
-    """What RecordTotals (attempts) and the dashboard's sampling (depth) feed."""
+    """What RecordTotals (attempts) and the dashboard's sampling (depth) feed; *clock*: now
+    (the server's), beyond which no attempt is put."""
 
-    def __init__(self, minutes: int = MINUTES) -> None:
+    def __init__(self, minutes: int = MINUTES,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self.counts = MinuteRing(OUTCOMES, minutes)
         self.depth = MinuteRing(DEPTHS, minutes, empty=NOTHING)
         self.recent = MinuteRing(OUTCOMES, RECENT_SECONDS, seconds=1.0)
         self.sampled_since: float | None = None  # the first depth sample (the page says so)
 
     def finished(self, moment: float, outcome: str) -> None:
+        if moment <= LATEST:  # NaN, infinity, 1e300: no time at all, skipped by the rings
+            moment = min(moment, self.clock())
         self.counts.add(moment, outcome)
         self.recent.add(moment, outcome)
 
