@@ -94,6 +94,13 @@ def parse_args() -> argparse.Namespace:
     if len(args.queues) > 1 and not args.serve:
         parser.error("--queue more than once goes with --serve (one dashboard for several "
                      "queues); the other views show one queue")
+    dots = [name for name in args.queues if name in (".", "..")]
+    if len(args.queues) > 1 and dots:
+        # Its pages would be under /q/./ or /q/../: a browser reads those as "here" and "up"
+        # (encoded too: %2e), so they could never be reached.
+        parser.error(f"queue {dots[0]!r} cannot be served beside others (a browser reads "
+                     f"/q/{dots[0]}/ as another address); serve it alone: --serve --queue "
+                     f"{dots[0]}")
     if args.until_done and not args.watch:
         parser.error("--until-done needs --watch")
     if (args.auth_file or args.no_browser or args.public_url or args.bind != DEFAULT_BIND) \
