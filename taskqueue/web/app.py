@@ -210,9 +210,10 @@ class Control(Base):
     async def post(self) -> None:
         who = f"{self.current_user} from {self.request.remote_ip}"
         ticket = self.get_body_argument("ticket", "")
-        # The buttons have threads of their own: a slow page read never holds up a Pause.
+        # The queue's buttons have threads of their own (board.py): a slow page read, or a
+        # long requeue on another queue, never holds up a Pause.
         self.json(await tornado.ioloop.IOLoop.current().run_in_executor(
-            self.settings["controls"], self.board.desk.perform, ticket, who))
+            self.board.controls, self.board.desk.perform, ticket, who))
 
 
 class Metrics(Base):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -26,9 +27,10 @@ from taskqueue.web.feed import DashboardFeed
 from taskqueue.web.hub import Hub, feed_problem
 from taskqueue.web.metrics import registry_of
 from taskqueue.web.runs import RunPages
-from taskqueue.web.snapshot import worker_kind
+from taskqueue.web.snapshot import workers_of
 
 SAMPLE_SECONDS = 5.0  # how often the depth is sampled (the last sample of a minute is kept)
+CONTROL_THREADS = 2  # a queue's buttons done at once (a requeue of many dead tasks is long)
 
 
 class DepthSampler:
@@ -63,6 +65,9 @@ class Board:
     registry: CollectorRegistry
     sampler: DepthSampler
     root: str  # where its pages are: the prefix, or <prefix>q/<name>/
+    # Its buttons' threads, its own: a long requeue on one queue never holds up a Pause on
+    # another (nor a slow page read: those have the server's threads).
+    controls: ThreadPoolExecutor
 
     @property
     def name(self) -> str:
@@ -77,6 +82,11 @@ class Board:
         self.sampler.stop()
         self.hub.stop()
         self.feed.stop()
+        self.stop_threads()
+
+    def stop_threads(self) -> None:
+        """No more buttons (one being done goes on to its end)."""
+        self.controls.shutdown(wait=False)
 
 
 def queue_root(prefix: str, name: str) -> str:
@@ -96,32 +106,31 @@ def make_board(settings: BrokerSettings, spec: QueueSpec, *, reports_dir: Path,
                  runs=RunPages(copies, spec.name, feed.seen, feed.latest_run),
                  desk=ControlDesk(settings, spec, log),
                  registry=registry_of(feed, lambda: hub.pages), sampler=DepthSampler(feed),
-                 root=root)
+                 root=root, controls=ThreadPoolExecutor(CONTROL_THREADS,
+                                                        thread_name_prefix="control"))
 
 
 def overview_row(board: Board, now: float) -> dict:
     """A queue's line on the overview: its depths, its workers, the attempts done and failed
     in the last 60 s, and whether these figures are current (``problem``: why not, and
-    ``as_of``: when they were)."""
+    ``as_of``: when they were). While the broker does not answer, all of it is as of the last
+    moment it did (as the live page's, hub.py): not workers "gone" one by one as if dead."""
     feed = board.feed
+    problem = feed_problem(feed)
     with feed.lock:
+        at = now if problem is None else (feed.heard_at or now)
         state = feed.state
         counts = state.counts
-        by_worker: dict[str, list] = {}
-        for slot in state.slots.values():
-            by_worker.setdefault(slot.worker or slot.slot, []).append(slot)
-        kinds = [worker_kind(state, slots, now) for slots in by_worker.values()]
-        last_minute = feed.totals.minutes.last_minute(now)
-        paused = state.paused(now)
-        heard_at = feed.heard_at
-    problem = feed_problem(feed)
+        kinds = [kind for kind, _ in workers_of(state, at).values()]
+        last_minute = feed.totals.minutes.last_minute(at)
+        paused = state.paused(at)
     return {"name": board.name, "root": board.root, "ready": counts.ready,
             "retrying": counts.retry, "dead": counts.dead, "paused": paused,
             "workers": sum(1 for kind in kinds if kind not in ("gone", "stopped")),
             "busy": kinds.count("busy"),
             "done_per_minute": last_minute["done"],
             "failed_per_minute": last_minute["failed"] + last_minute["dead"],
-            "problem": problem, "as_of": now if problem is None else heard_at}
+            "problem": problem, "as_of": at}
 
 
 def overview(boards: list[Board]) -> dict:

@@ -37,7 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import CollectorRegistry
 
 from taskqueue.web.feed import DashboardFeed
-from taskqueue.web.snapshot import worker_kind
+from taskqueue.web.snapshot import workers_of
 from taskqueue.web.totals import Histogram
 
 OUTCOMES = ("done", "failed", "dead", "cancelled")
@@ -104,22 +104,19 @@ class FeedCollector:
                          "oldest task waiting, in seconds", queue, age)
 
     def _workers(self, queue: str, now: float) -> Iterator[Metric]:
-        state = self.feed.state
-        by_worker: dict[str, list] = {}
-        for slot in state.slots.values():
-            by_worker.setdefault(slot.worker or slot.slot, []).append(slot)
-        kinds = {name: worker_kind(state, slots, now) for name, slots in by_worker.items()}
+        by_worker = workers_of(self.feed.state, now)
         workers = GaugeMetricFamily("taskqueue_workers", "Workers by state",
                                     labels=["queue", "state"])
         for kind in WORKER_STATES:
-            workers.add_metric([queue, kind], sum(1 for k in kinds.values() if k == kind))
+            workers.add_metric([queue, kind],
+                               sum(1 for k, _ in by_worker.values() if k == kind))
         yield workers
         busy = GaugeMetricFamily("taskqueue_worker_busy_slots", "A worker's slots busy now",
                                  labels=["queue", "worker"])
         slots = GaugeMetricFamily("taskqueue_worker_slots", "A worker's slots",
                                   labels=["queue", "worker"])
-        for name, worker_slots in sorted(by_worker.items()):
-            if kinds[name] in ("gone", "stopped"):
+        for name, (kind, worker_slots) in sorted(by_worker.items()):
+            if kind in ("gone", "stopped"):
                 continue  # its series end with it
             busy.add_metric([queue, name], sum(1 for s in worker_slots if s.state == "busy"))
             slots.add_metric([queue, name], len(worker_slots))

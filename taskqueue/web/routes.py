@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any, cast
 from urllib.parse import unquote
@@ -53,11 +54,12 @@ class OverviewJson(Base):
 
 
 class UnderQueue(tornado.routing.Matcher):
-    """``<prefix>q/<name>/<the route's pattern>``, for the queue named *name*."""
+    """``<prefix>q/<name>/<the route's pattern>``, for the queue named *name*; with no
+    *pattern*, ``<prefix>q/<name>`` alone (without its slash: ``ToQueue``)."""
 
-    def __init__(self, head: str, name: str, pattern: str) -> None:
+    def __init__(self, head: str, name: str, pattern: str | None = None) -> None:
         self.head, self.name = head, name
-        self.route = tornado.routing.PathMatches(pattern)
+        self.route = tornado.routing.PathMatches(pattern) if pattern is not None else None
 
     def match(self, request: Any) -> dict[str, Any] | None:
         path: str = request.path
@@ -68,10 +70,26 @@ class UnderQueue(tornado.routing.Matcher):
             named = unquote(segment, errors="strict")
         except UnicodeDecodeError:
             return None  # no queue's name (an invalid %XX never stands for one)
-        if not slash or named != self.name:
+        if named != self.name or bool(slash) != (self.route is not None):
             return None
+        if self.route is None:
+            return {}
         # PathMatches reads the path alone; the rest of the request does not matter to it
         return self.route.match(cast(Any, SimpleNamespace(path="/" + rest)))
+
+
+class ToQueue(Base):
+    """``<prefix>q/<name>`` without its slash: to the queue's live page (its root). Behind the
+    door, as a 404 is: no one without the token learns which queues are served."""
+
+    def get(self) -> None:
+        assert self.queue_board is not None  # its route always names the board
+        self.redirect(self.queue_board.root)
+
+
+def _arguments(more: Sequence[Any], board: Board | None) -> dict[str, Any]:
+    """A route's handler arguments (its own, if any) and the queue it is of."""
+    return {**(more[0] if more else {}), "board": board}
 
 
 def make_app(*, boards: list[Board], access: Access, registry: CollectorRegistry,
@@ -83,10 +101,10 @@ def make_app(*, boards: list[Board], access: Access, registry: CollectorRegistry
     public = public or Public()
     under = re.escape(public.prefix.rstrip("/"))
     only = boards[0] if len(boards) == 1 else None
-    rules: list[Any] = [(under + pattern, handler, {"board": only})
-                        for pattern, handler in SERVER_ROUTES]
+    rules: list[Any] = [(under + pattern, handler, _arguments(more, only))
+                        for pattern, handler, *more in SERVER_ROUTES]
     if only is not None:  # one queue: its pages at the prefix, as they always were
-        rules += [(under + pattern, handler, {**(more[0] if more else {}), "board": only})
+        rules += [(under + pattern, handler, _arguments(more, only))
                   for pattern, handler, *more in QUEUE_ROUTES]
     else:
         rules += [(under + r"/", OverviewPage), (under + r"/overview\.json", OverviewJson),
@@ -94,8 +112,10 @@ def make_app(*, boards: list[Board], access: Access, registry: CollectorRegistry
                   (under + r"/static/(.*)", Static, {"path": str(HERE / "static")})]
         head = f"{public.prefix}q/"
         rules += [tornado.routing.Rule(UnderQueue(head, board.name, pattern), handler,
-                                       {**(more[0] if more else {}), "board": board})
+                                       _arguments(more, board))
                   for board in boards for pattern, handler, *more in QUEUE_ROUTES]
+        rules += [tornado.routing.Rule(UnderQueue(head, board.name), ToQueue, {"board": board})
+                  for board in boards]
     if under:
         rules.append((under, ToPrefix))
     return tornado.web.Application(
@@ -106,5 +126,4 @@ def make_app(*, boards: list[Board], access: Access, registry: CollectorRegistry
         cookie_secret=cookie_secret, boards=boards, access=access, registry=registry,
         autoescape="xhtml_escape", log_function=quiet_log, log=log, hosts=hosts,
         public=public,
-        readers=ThreadPoolExecutor(4, thread_name_prefix="page"),
-        controls=ThreadPoolExecutor(2, thread_name_prefix="control"))
+        readers=ThreadPoolExecutor(4, thread_name_prefix="page"))

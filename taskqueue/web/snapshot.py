@@ -36,12 +36,10 @@ def live_json(state: LiveState, now: float, feed_problem: str | None = None) -> 
     counts = state.counts
     eta = state.eta(now)
     slots = sorted(state.slots.values(), key=lambda s: natural_key(s.slot))
-    workers: dict[str, list[SlotView]] = defaultdict(list)
-    for slot in slots:
-        workers[slot.worker or slot.slot].append(slot)
+    workers = workers_of(state, now)
     done_total = sum(slot.done for slot in slots) or 1
     listed = len(slots) <= SLOTS_LISTED
-    rows = [_worker(state, name, workers[name], now, done_total, listed)
+    rows = [_worker(state, name, *workers[name], now, done_total, listed)
             for name in sorted(workers, key=natural_key)]
     return {
         "updated": now,
@@ -78,10 +76,10 @@ def _run_cards(state: LiveState, now: float, eta: float | None) -> dict:
     return {"runs": runs[:RUNS_SHOWN], "runs_more": max(0, len(runs) - RUNS_SHOWN)}
 
 
-def _worker(state: LiveState, name: str, slots: list[SlotView], now: float, done_total: int,
-            listed: bool) -> dict:
+def _worker(state: LiveState, name: str, kind: str, slots: list[SlotView], now: float,
+            done_total: int, listed: bool) -> dict:
     done = sum(slot.done for slot in slots)
-    return {"name": name, "host": slots[0].host, "kind": worker_kind(state, slots, now),
+    return {"name": name, "host": slots[0].host, "kind": kind,
             "state": folded_state(state, slots, now), "slots": len(slots),
             "busy": sum(1 for s in slots if s.state == "busy" and state.active(s, now)),
             "done": done, "failed": sum(slot.failed for slot in slots),
@@ -100,6 +98,16 @@ def _progress(state: LiveState, slot: SlotView, now: float) -> dict | None:
         return None
     fraction, note = slot.progress
     return {"fraction": fraction, "note": note}
+
+
+def workers_of(state: LiveState, now: float) -> dict[str, tuple[str, list[SlotView]]]:
+    """Each worker's kind (``worker_kind``) and slots, in their natural order: the live page,
+    the overview and /metrics count workers alike. A slot without a worker's name is a worker
+    of its own."""
+    slots: dict[str, list[SlotView]] = defaultdict(list)
+    for slot in sorted(state.slots.values(), key=lambda s: natural_key(s.slot)):
+        slots[slot.worker or slot.slot].append(slot)
+    return {name: (worker_kind(state, held, now), held) for name, held in slots.items()}
 
 
 def worker_kind(state: LiveState, slots: list[SlotView], now: float) -> str:
