@@ -10,6 +10,7 @@ session cookie is HttpOnly, SameSite=Strict, scoped to the prefix, ``Secure`` un
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import tornado.escape
@@ -18,6 +19,8 @@ import tornado.ioloop
 import tornado.web
 
 from taskqueue.errors import UserError
+from taskqueue.views.shown import html as shown
+from taskqueue.views.shown import visible
 from taskqueue.web.access import Access, Public, origin_of
 from taskqueue.web.hub import feed_problem
 from taskqueue.web.runs import RunPages
@@ -30,6 +33,14 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
        "connect-src 'self'; worker-src 'self'; form-action 'self'; base-uri 'none'; "
        "frame-ancestors 'none'")  # worker-src: the live page's shared stream-worker.js
 FAILED_WAIT = 1.0  # seconds a wrong token, password or Basic header waits for its answer
+# The bidirectional marks, embeddings, overrides and isolates: in a <title> (no <bdi> there)
+# a right-to-left override in a queue's name would turn the rest of the tab's name around.
+BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(text: object) -> str:
+    """*text* for a page's <title>: no bidirectional controls, other controls visible."""
+    return visible(BIDI_CONTROLS.sub("", str(text)))
 
 
 class Secured(tornado.web.RequestHandler):
@@ -72,12 +83,13 @@ class Base(Secured):
     def get_template_namespace(self) -> dict[str, Any]:
         """``root`` for every page: the prefix its links, script and style are under (its
         queue's, with several queues); ``home``: the server's own; ``queues``: every queue
-        served, (name, its root), for the header's switcher."""
+        served, (name, its root), for the header's switcher; ``shown``: a name as HTML, its
+        direction kept to itself (views/shown.py); ``plain``: text for the <title>."""
         board = self.queue_board
         return {**super().get_template_namespace(),
                 "root": board.root if board else self.public.prefix, "home": self.public.prefix,
                 "queues": [(b.name, b.root) for b in self.settings["boards"]],
-                "of_queue": board is not None}
+                "of_queue": board is not None, "shown": shown, "plain": plain}
 
     def remember(self, who: str) -> None:
         """The session cookie: HttpOnly, SameSite=Strict, scoped to the prefix, Secure under
