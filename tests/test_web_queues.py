@@ -10,20 +10,28 @@
   tasks held while paused), workers and attempts done in the last minute.
 * A run's page and a task's page, the broker stopped (a throwaway node: the machine's broker
   is never stopped): they say so, grey their figures, keep the time they were true, disable
-  their buttons; the node back, they are live again without a reload.
+  their buttons; the node back, they are live again without a reload (the run's timeline
+  picture read again); the dead tasks' page (the server's) reloads itself.
+* A queue named with a right-to-left override, ``<script>`` and quotes: its name is text
+  everywhere, its direction its own (the switcher's next link stays to its right), the tab's
+  title without the override; ``/q/<name>`` without its slash reaches the queue's page.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import quote
 
 from playwright.sync_api import Page
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.results.reader import RecordReader
+from taskqueue.web.board import Board, make_board
 from taskqueue.wire.record import kind_of
 from tests.brokers import ThrowawayBroker
 from tests.dashboard import start_dashboard
@@ -46,6 +54,12 @@ def in_last_minute(times: list[float], now: float) -> int:
     """The attempts the overview counts at *now*: finished in the 60 one-second buckets that
     end with *now*'s second."""
     return sum(1 for t in times if int(now) - 59 <= int(t) <= int(now))
+
+
+def made_board(name: str, tmp_path: Path) -> Board:
+    """A queue's board, not started (no broker asked): its pages still render."""
+    return make_board(BrokerSettings([MAIN_URL]), QueueSpec(name), reports_dir=tmp_path,
+                      interval=1.0, log=logging.getLogger("test"), root=f"/q/{name}/")
 
 
 def as_of(page: Page) -> str:
@@ -132,6 +146,80 @@ def test_two_queues_from_one_server_each_its_own_pages_buttons_and_line_in_the_o
         delete_queues(b)
 
 
+def test_a_hostile_queue_name_stays_text_in_its_place_and_its_address_needs_no_slash(
+        page, queue, logs, tmp_path):
+    hostile = f"test.q \u202eevil <script>alert(1)</script> '\"<i>.{uuid.uuid4().hex[:8]}"
+    board = start_dashboard(hostile, tmp_path, logs, "--queue", queue)
+    try:
+        page.goto(board.address)
+        page.wait_for_selector("#overview tr.queue-row >> nth=1")
+        links = page.locator("#queues a").all()
+        assert [link.inner_text() for link in links] == ["All queues", hostile, queue]
+        boxes = [link.bounding_box() for link in links]
+        for before, after in zip(boxes, boxes[1:]):
+            assert after["x"] >= before["x"] + before["width"], ("in order, left to right",
+                                                                boxes)
+        assert page.locator("#overview tr.queue-row").evaluate_all(
+            "rows => rows.map((row) => row.dataset.queue)") == [hostile, queue]
+        assert page.locator("body script, body i").count() == 0, "no element of the name's"
+
+        address = f"{board.base}/q/{quote(hostile, safe='')}"
+        page.goto(address)  # without its slash
+        page.wait_for_selector("#connection.ok")
+        assert page.url == address + "/"
+        assert text_of(page, "header .queue") == hostile
+        assert page.locator("header .queue > bdi").count() == 1
+        assert page.title() == f"live · {hostile.replace(chr(0x202e), '')} · taskqueue"
+        assert page.locator("body script, body i").count() == 0
+    finally:
+        board.stop()
+        delete_queues(hostile)
+
+
+def test_a_hostile_queue_name_is_text_isolated_in_the_header_and_plain_in_the_title(tmp_path):
+    import asyncio
+
+    import tornado.httpclient
+    import tornado.httpserver
+    import tornado.netutil
+
+    from taskqueue.web.access import Access
+    from taskqueue.web.board import queue_root
+    from taskqueue.web.routes import make_app
+
+    hostile = "evil \u202e<script>x</script> '\"\x1b"
+    boards = [made_board("a", tmp_path), made_board(hostile, tmp_path)]
+    boards[1].root = queue_root("/", hostile)
+    app = make_app(boards=boards, access=Access(token="t"), registry=boards[0].registry,
+                   cookie_secret="s", log=logging.getLogger("test"))
+
+    async def pages() -> list[str]:
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        server = tornado.httpserver.HTTPServer(app)
+        server.add_sockets(sockets)
+        client = tornado.httpclient.AsyncHTTPClient()
+        base = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+        try:
+            return [(await client.fetch(base + path, headers={"Authorization": "Bearer t"}))
+                    .body.decode() for path in ("/", boards[1].root)]
+        finally:
+            server.stop()
+
+    shown = "<bdi>evil \u202e&lt;script&gt;x&lt;/script&gt; &#x27;&quot;" \
+            '<span class="ctl" title="U+001B">\\x1b</span></bdi>'
+    for html in asyncio.run(pages()):
+        assert "<script>x" not in html
+        assert f">{shown}</a>" in html, "the switcher's link"
+    overview, own = asyncio.run(pages())
+    assert f'<a class="live-link" href="{boards[1].root}">{shown}</a>' in overview
+    assert f'<span class="queue">{shown}</span>' in own
+    title = own[own.index("<title>"):own.index("</title>")]
+    assert title == ("<title>live · evil &lt;script&gt;x&lt;/script&gt; &#x27;&quot;\\x1b"
+                     " · taskqueue")
+    for board in boards:
+        board.stop_threads()
+
+
 def test_a_run_and_a_task_page_greyed_buttons_off_while_the_broker_is_down_then_live(
         browser, queue, logs, tmp_path):
     node = ThrowawayBroker().start()
@@ -154,10 +242,13 @@ def test_a_run_and_a_task_page_greyed_buttons_off_while_the_broker_is_down_then_
         task_page.goto(board.base + run_page.locator("#tasks a.task-link").first
                        .get_attribute("href"))
         task_page.wait_for_selector("#task-attempts tbody tr")
-        pages = (run_page, task_page)
+        dead_page = context.new_page()
+        dead_page.goto(f"{board.base}/dead")
+        pages = (run_page, task_page, dead_page)
         for shown in pages:
             shown.wait_for_selector("#connection.ok")
             shown.evaluate("window.notReloaded = true")
+        timeline = run_page.get_attribute("#timeline", "src")
         assert not any(buttons_disabled(run_page))
 
         node.stop_app()
@@ -177,7 +268,15 @@ def test_a_run_and_a_task_page_greyed_buttons_off_while_the_broker_is_down_then_
         for shown in pages:
             shown.wait_for_selector("#connection.ok", timeout=60_000)
             shown.wait_for_selector("main:not(.stale)")
+        for shown in (run_page, task_page):
             assert shown.evaluate("window.notReloaded") is True, "recovered without a reload"
+        dead_page.wait_for_function("() => window.notReloaded === undefined")  # read again
+        dead_page.wait_for_selector("#connection.ok")
+        assert not any(buttons_disabled(dead_page))
+        run_page.wait_for_function(
+            "() => { const picture = document.getElementById('timeline');"
+            f"  return picture.getAttribute('src') !== {json.dumps(timeline)}"
+            "    && picture.complete && picture.naturalWidth > 0; }")  # the picture read again
         assert not any(buttons_disabled(run_page)), "the buttons work again"
         worker.terminate()
         worker.wait(timeout=30)

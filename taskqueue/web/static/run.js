@@ -71,6 +71,14 @@ async function showAttempts(runId, row) {
   section.hidden = false;
 }
 
+// The timeline picture, read again: under a new address (the same one is not fetched again).
+function reloadTimeline() {
+  const timeline = document.getElementById("timeline");
+  const address = new URL(timeline.src);
+  address.searchParams.set("read", Date.now());
+  timeline.src = address.href;
+}
+
 function runPage() {
   const runId = document.getElementById("run-title").dataset.run;
   const reload = () => loadTasks(runId).catch((error) => toast(String(error), false));
@@ -95,7 +103,10 @@ function runPage() {
     const row = event.target.closest("tr");
     if (row) showAttempts(runId, row).catch((error) => toast(String(error), false));
   });
-  document.addEventListener("taskqueue:live-again", reload); // standing.js: read on again
+  document.addEventListener("taskqueue:live-again", () => { // standing.js: read on again
+    reload();
+    reloadTimeline();
+  });
   reload();
 }
 

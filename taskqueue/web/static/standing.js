@@ -98,3 +98,5 @@ function followLive(show) {
 
 // Pages whose figures are read once, from the record: how they stand, from the same stream.
 for (const name of ["run", "task", "dead"]) onPage(name, () => followLive(() => {}));
+// The dead tasks are the server's page, not a script's: read again whole once live again.
+onPage("dead", () => document.addEventListener("taskqueue:live-again", () => location.reload()));
