@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 
 import pika
@@ -40,6 +41,9 @@ GONE_AFTER = 4.0  # two snapshot intervals (2 s): a killed worker shows as gone
 RECONNECT_SECONDS = 2.0
 PREFETCH = 100  # stream messages (groups of records) in flight: memory while catching up
 FORGET_AFTER = 600.0  # a worker not heard from this long leaves the page (and /metrics)
+# A results stream not there yet (no worker started) is looked for this often: each look
+# opens a channel the broker closes with a 404.
+RESULTS_PROBE_SECONDS = 2.0
 
 
 class DashboardFeed:
@@ -63,6 +67,7 @@ class DashboardFeed:
         self._urls = list(settings.urls)  # tried in this order; a node found behind goes last
         self.nodes = NodeWatch(settings, spec, log, lambda: self._next_offset or 0)
         self._stopping = threading.Event()
+        self.clock: Callable[[], float] = time.monotonic  # the loop's beat (a test's own clock)
         self._thread = threading.Thread(target=self._run, name="dashboard-feed", daemon=True)
 
     def start(self) -> None:
@@ -147,10 +152,13 @@ class DashboardFeed:
             self.log.info("dashboard: connected to the broker again")
         self.connected, self.problem = True, None
         names = [self.spec.name, self.spec.retry_name, self.spec.dead_name]
+        probe_at = self.clock() + RESULTS_PROBE_SECONDS
         while not self._stopping.is_set():
             if self._take_advice(url):
                 return
-            following = following or self._follow_results(connection)
+            if not following and self.clock() >= probe_at:
+                following = self._follow_results(connection)
+                probe_at = self.clock() + RESULTS_PROBE_SECONDS
             counts = passive_counts(connection, names)
             task, retry, dead = (counts[name] for name in names)
             with self.lock:
@@ -158,7 +166,18 @@ class DashboardFeed:
                                                 dead and dead[0], task and task[1])
                 self.state.forget(time.time(), FORGET_AFTER)
                 self.heard_at = time.time()
-            connection.process_data_events(time_limit=self.interval)
+            self._process_until(connection, self.clock() + self.interval)
+
+    def _process_until(self, connection: pika.BlockingConnection, deadline: float) -> None:
+        """The broker's deliveries until *deadline*. One ``process_data_events`` is not
+        enough: it returns as soon as it has dispatched anything (a live event, a group of
+        records, or the channel a 404 closed), so the loop above read the queue depths again
+        after every event, and on a queue not declared yet spun at a quarter of a core."""
+        while not self._stopping.is_set():
+            left = deadline - self.clock()
+            if left <= 0:
+                return
+            connection.process_data_events(time_limit=left)
 
     def _follow_results(self, connection: pika.BlockingConnection) -> bool:
         """Read the results stream from where we left it (its start, the first time); False

@@ -1,0 +1,101 @@
+"""The dashboard's broker reader (web/feed.py) without a broker: how often its loop reads the
+queue depths and looks for the results stream, when pika's ``process_data_events`` returns at
+once (as it does after any event it dispatched, or after a 404 closed a channel).
+
+Found by a benchmark: on a queue not declared yet, the idle server used 28% of a core."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pika
+import pytest
+
+from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.web import feed as feed_module
+from taskqueue.web.copies import RunCopies
+from taskqueue.web.feed import DashboardFeed
+
+pytestmark = pytest.mark.fast
+
+TICK_MS = 10  # what each process_data_events call takes: an event every 10 ms
+
+
+class Broker:
+    """A fake connection and its channels: every ``process_data_events`` returns after one
+    tick; the results stream exists from ``stream_at_ms`` on."""
+
+    def __init__(self, feed: DashboardFeed, calls: int, stream_at_ms: int | None) -> None:
+        self.feed, self.calls_left, self.stream_at_ms = feed, calls, stream_at_ms
+        self.now_ms = 0
+        self.processed = 0
+        self.probes: list[int] = []  # when the results stream was looked for (ms)
+        self.followed_at: int | None = None  # when it was consumed
+
+    def clock(self) -> float:
+        return self.now_ms / 1000
+
+    def channel(self) -> Broker:
+        return self
+
+    def process_data_events(self, time_limit: float | None = 0) -> None:
+        self.now_ms += TICK_MS
+        self.processed += 1
+        if self.processed >= self.calls_left:
+            self.feed._stopping.set()
+
+    def queue_declare(self, name: str, passive: bool = False, **_kwargs) -> None:
+        if name.endswith(".results"):
+            self.probes.append(self.now_ms)
+            if self.stream_at_ms is None or self.now_ms < self.stream_at_ms:
+                raise pika.exceptions.ChannelClosedByBroker(404, "NOT_FOUND")
+
+    def basic_consume(self, queue: str, *_args, **_kwargs) -> None:
+        if queue.endswith(".results"):
+            self.followed_at = self.now_ms
+
+    def exchange_declare(self, *_args, **_kwargs) -> None: ...
+    def queue_bind(self, *_args, **_kwargs) -> None: ...
+    def basic_qos(self, *_args, **_kwargs) -> None: ...
+    def close(self) -> None: ...
+
+
+def follow(tmp_path: Path, monkeypatch, calls: int,
+           stream_at_ms: int | None = None) -> tuple[Broker, list[int]]:
+    """Run the feed's loop on the fake for *calls* process calls; the times (ms) the queue
+    depths were read."""
+    feed = DashboardFeed(BrokerSettings(["amqp://fake"]), QueueSpec("q"),
+                         logging.getLogger("test"), RunCopies(tmp_path, "q"), interval=1.0)
+    broker = Broker(feed, calls, stream_at_ms)
+    feed.clock = broker.clock
+    depths: list[int] = []
+
+    def passive_counts(_connection, names):
+        depths.append(broker.now_ms)
+        return dict.fromkeys(names)  # none of the queues declared yet
+
+    monkeypatch.setattr(feed_module, "passive_counts", passive_counts)
+    feed._follow(broker, "amqp://fake")  # type: ignore[arg-type]
+    return broker, depths
+
+
+def test_depths_are_read_once_an_interval_however_often_events_come(tmp_path, monkeypatch):
+    """300 events in 3 s: the depths read 3 or 4 times (once a second), not 300 times."""
+    broker, depths = follow(tmp_path, monkeypatch, calls=300)
+    assert broker.now_ms == 3000
+    assert len(depths) <= 4, f"depths read {len(depths)} times in 3 s"
+    assert all(b - a >= 1000 for a, b in zip(depths, depths[1:]))
+
+
+def test_a_missing_results_stream_is_looked_for_every_two_seconds(tmp_path, monkeypatch):
+    broker, _depths = follow(tmp_path, monkeypatch, calls=500)  # 5 s
+    assert broker.probes[0] == 0 and len(broker.probes) <= 3, broker.probes
+    assert all(b - a >= 2000 for a, b in zip(broker.probes, broker.probes[1:]))
+    assert broker.followed_at is None
+
+
+def test_a_results_stream_made_later_is_followed_within_two_seconds(tmp_path, monkeypatch):
+    broker, _depths = follow(tmp_path, monkeypatch, calls=600, stream_at_ms=2500)
+    assert broker.followed_at is not None and 2500 <= broker.followed_at <= 4500
+    assert broker.probes[-1] == broker.followed_at, "not looked for once followed"
