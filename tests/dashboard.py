@@ -91,6 +91,17 @@ def start_dashboard(queue: str, tmp_path: Path, logs: Path, *args: str) -> Dashb
     return Dashboard(process, out, port, match[1] if match else None)
 
 
+def dashboard_and_worker(node_url: str, queue: str, tmp_path: Path, logs: Path
+                         ) -> tuple[Dashboard, subprocess.Popen]:
+    """A dashboard and one worker (w1, the shout handler) of *queue* on the broker at
+    *node_url*: what the broker-down tests stop the broker under."""
+    board = start_dashboard(queue, tmp_path, logs, "--url", node_url)
+    worker = start_script("listening_worker.py", "--url", node_url, "--queue", queue, "--name",
+                          "w1", "--handler", "tests.handlers:shout", log_dir=logs,
+                          out=tmp_path / "w.out")
+    return board, worker
+
+
 def form_post(dashboard: Dashboard, path: str, fields: dict, *, origin: str | None = "own",
               cookies: str = "", xsrf: str | None = None) -> tuple[int, bytes]:
     """A POST as a browser's form would send it (no Bearer header: cookies only)."""

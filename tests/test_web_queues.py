@@ -34,7 +34,7 @@ from taskqueue.results.reader import RecordReader
 from taskqueue.web.board import Board, make_board
 from taskqueue.wire.record import kind_of
 from tests.brokers import ThrowawayBroker
-from tests.dashboard import start_dashboard
+from tests.dashboard import dashboard_and_worker, start_dashboard
 from tests.helpers import MAIN_URL, delete_queues, run_script, start_worker, wait_for, write_csv
 from tests.test_web_browser import confirm, emit, text_of
 from tests.test_web_http import control_commands
@@ -227,10 +227,7 @@ def test_a_run_and_a_task_page_greyed_buttons_off_while_the_broker_is_down_then_
     node = ThrowawayBroker().start()
     context = browser.new_context()
     try:
-        board = start_dashboard(queue, tmp_path, logs, "--url", node.url)
-        worker = start_worker("--url", node.url, "--queue", queue, "--name", "w1",
-                              "--handler", "tests.handlers:shout", log_dir=logs,
-                              out=tmp_path / "w.out")
+        board, worker = dashboard_and_worker(node.url, queue, tmp_path, logs)
         emitted = run_script("emitter_of_tasks.py", "--url", node.url, "--queue", queue,
                              "--file", str(write_csv(tmp_path / "t.csv", ["one", "two"])),
                              log_dir=logs)

@@ -19,7 +19,7 @@ from playwright.sync_api import Page
 
 from taskqueue.web.feed import GONE_AFTER
 from tests.brokers import ThrowawayBroker, free_port
-from tests.dashboard import Dashboard, start_dashboard
+from tests.dashboard import Dashboard, dashboard_and_worker, start_dashboard
 from tests.helpers import start_worker, wait_for, write_csv
 from tests.test_web_browser import confirm, emit, text_of
 
@@ -96,10 +96,7 @@ def test_a_broker_that_stops_is_said_figures_greyed_buttons_off_and_the_page_rec
     node = ThrowawayBroker().start()
     context = browser.new_context()
     try:
-        board = start_dashboard(queue, tmp_path, logs, "--url", node.url)
-        worker = start_worker("--url", node.url, "--queue", queue, "--name", "w1",
-                              "--handler", "tests.handlers:shout", log_dir=logs,
-                              out=tmp_path / "w.out")
+        board, worker = dashboard_and_worker(node.url, queue, tmp_path, logs)
         page = context.new_page()
         page.goto(board.address)
         page.evaluate("window.notReloaded = true")
