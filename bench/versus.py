@@ -136,8 +136,8 @@ def connect() -> pika.BlockingConnection:
 
 def everything(queue: str) -> list[str]:
     """Every queue and stream either tree may make for *queue*."""
-    return [queue, f"{queue}.retry", f"{queue}.dead", f"{queue}.events", f"{queue}.results",
-            f"{queue}.control"]
+    return [queue, f"{queue}.retry", f"{queue}.dead", f"{queue}.urgent", f"{queue}.events",
+            f"{queue}.results", f"{queue}.control"]
 
 
 def delete_all(queue: str) -> None:
