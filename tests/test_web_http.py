@@ -22,6 +22,7 @@ from tests.brokers import free_port
 from tests.dashboard import form_post, session_cookies, start_dashboard
 from tests.helpers import (
     MAIN_URL,
+    delete_queues,
     run_python,
     run_script,
     start_worker,
@@ -102,6 +103,33 @@ def test_every_route_refuses_anonymous_access_and_the_token_opens_it(dashboard):
     assert rebound[0] == 403, "another name for this address (DNS rebinding) is refused"
     assert dashboard.request("GET", "/live.json", headers={
         "Host": f"localhost:{dashboard.port}"})[0] == 200
+
+
+def test_several_queues_every_route_refuses_anonymous_access_and_foreign_control(
+        queue, tmp_path, logs):
+    """With --queue A --queue B every page of each queue (under /q/<name>/), the overview and
+    its JSON, and the queue's address without its slash ask for the login as one queue's do;
+    a control POST to B from another origin, or with A's ticket, changes nothing."""
+    other = f"{queue}.b"
+    board = start_dashboard(queue, tmp_path, logs, "--queue", other)
+    try:
+        roots = [f"/q/{name}" for name in (queue, other)]
+        routes = ["/", "/overview.json", "/metrics", *roots,
+                  *(root + route for root in roots for route in ROUTES)]
+        for route in routes:
+            assert board.request("GET", route, token=False)[0] == 401, route
+        cookies, xsrf = session_cookies(board)
+        ticket = board.json(f"{roots[0]}/control/preview.json?action=pause")["ticket"]
+        b_ticket = board.json(f"{roots[1]}/control/preview.json?action=pause")["ticket"]
+        assert form_post(board, f"{roots[1]}/control", {"ticket": b_ticket}, cookies=cookies,
+                         xsrf=xsrf, origin="http://evil.example")[0] == 403, "another site"
+        crossed = form_post(board, f"{roots[1]}/control", {"ticket": ticket}, cookies=cookies,
+                            xsrf=xsrf)
+        assert b"paused queue" not in crossed[1], ("A's ticket does not act on B", crossed)
+        assert control_commands(queue) == [] and control_commands(other) == []
+    finally:
+        board.stop()
+        delete_queues(other)
 
 
 def test_control_is_post_only_with_a_csrf_token_from_our_origin_and_a_ticket_acts_once(
