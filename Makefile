@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: bench-peers bench-scale venv demo test test-fast test-cluster test-rabbitmq4 test-windows lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records bench-web clean
+.PHONY: bench-cycle bench-peers bench-scale venv demo test test-fast test-cluster test-rabbitmq4 test-windows lint bench bench-quick soak chaos chaos-ci bench-views bench-requeue bench-versus bench-records bench-web clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -96,13 +96,19 @@ clean:
 	rm -rf $(VENV) logs reports/*.jsonl .pytest_cache
 
 # Ours against the minimal loop, Dramatiq + Results and Celery + Redis backend (bench/peers.py;
-# makes bench/out/peers-venv from PyPI on first use); about 4 min; writes bench/peers.md.
+# makes bench/out/peers-venv from PyPI on first use); about 12 min; writes bench/peers.md.
 PEERS ?=
 bench-peers: venv
 	$(PY) bench/peers.py $(PEERS)
 
+# One task's cycle at 1 slot from the loopback's packets, ours against the minimal loop
+# (bench/cycle.py; root and tcpdump); writes bench/cycle.md.
+CYCLE ?=
+bench-cycle: venv
+	$(PY) bench/cycle.py $(CYCLE)
+
 # Broker cost per task against the number of workers (bench/scale.py; root: a private node in
-# a network namespace of its own); writes bench/scale.md.
+# a network namespace of its own, 64 KiB TCP buffers: see bench/scale.md); writes bench/scale.md.
 SCALE ?=
 bench-scale: venv
-	$(PY) bench/scale.py --private-broker $(SCALE)
+	$(PY) bench/scale.py --private-broker --tcp-buffer 65536 $(SCALE)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: what each completed task costs the broker as the number of workers grows.
 
-    python bench/scale.py                    # full sizes (~10 min); writes bench/scale.md
+    python bench/scale.py                    # full sizes (~12 min); writes bench/scale.md
     python bench/scale.py --quick            # 1 and 4 real, 1 and 10 simulated (< 1 min)
     python bench/scale.py --label after      # the section of scale.md it (re)writes
     python bench/scale.py --out FILE         # another file (--quick: bench/out/scale-quick.md)
@@ -10,9 +10,9 @@ Every setting runs on fresh names (``bench.scale.<uuid>``), deleted at its end w
 product's own ``QueueRemover`` (every name of ``QueueSpec.everything`` and the events
 exchange). Real: N ``listening_worker.py`` processes, T instant tasks (no '.') published by
 ``emitter_of_tasks.py``; the workers are stopped with SIGINT by pid once every task is acked
-and the counters are read. Simulated: the product's ``TaskConsumer`` in threads, several per
-process (bench/scale_sim.py). The broker's counters are read with one ``rabbitmqctl eval``
-per snapshot (read-only calls: ``rabbit_global_counters:overview()`` and the connections'
+and the counters are read. Simulated: the product's ``TaskConsumer``, many per process on one
+I/O loop (bench/scale_sim.py). The broker's counters are read with one ``rabbitmqctl eval`` per
+snapshot (read-only calls: ``rabbit_global_counters:overview()`` and the connections'
 ``send_oct``, the same figures ``rabbitmqctl list_connections client_properties send_oct``
 shows); its CPU from /proc/<pid>/stat of the beam.smp whose pid the node itself gives.
 """
@@ -35,23 +35,20 @@ import pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.scale_sim import (
-    BENCH_CONNECTION,
-    SIM_PER_PROCESS,
-    BenchError,
-    Broker,
-    PrivateBroker,
-    Snapshot,
-    Workers,
-)
+from bench.scale_broker import BENCH_CONNECTION, BenchError, Broker, PrivateBroker, Snapshot
+from bench.scale_sim import NO_PROBES, SIM_PER_PROCESS, STARTING_AT_ONCE, Workers
 from taskqueue.broker.config import QueueSpec
 from taskqueue.control.remove import QueueRemover
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = os.environ.get("BENCH_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 STALL_SECONDS = 90  # no task acked for this long: the setting cannot finish
+SETTLE_MAX = 5.0  # seconds after the last ack to wait for the stream's count to settle
 IDLE_SETTLE = 10.0  # after the drain: > reach.py's PROBE_AFTER, so probes are steady
 FD_SHARE = 0.6  # a setting may use at most this share of the broker's descriptors (shared!)
+START_LIMIT = 120  # seconds (and a quarter of a second per worker) for the workers to subscribe
+
+
 def queue_state(channel_holder: list, connection: pika.BlockingConnection,
                 queue: str) -> tuple[int, int] | None:
     """(ready messages, consumers) of *queue*, or None while it does not exist."""
@@ -87,14 +84,18 @@ def publish(queue: str, tasks: int, tmp: Path, tree: Path) -> None:
 
 def drained(broker: Broker, begin: Snapshot, tasks: int) -> Snapshot:
     """The snapshot once every task is acked and the stream deliveries have stopped growing
-    (the last records reach every reader a little after the last ack)."""
-    last, progress_at = begin, time.monotonic()
+    (the last records reach every reader a little after the last ack), or SETTLE_MAX seconds
+    after the last ack: workers quiet for 8 s send probes, which at 1,000 workers (125 a
+    second) keep the stream's count growing for good."""
+    last, progress_at, acked_at = begin, time.monotonic(), None
     while True:
         time.sleep(0.5)
         snap = broker.snapshot()
-        if snap.acked() - begin.acked() >= tasks and snap.stream() == last.stream():
-            return snap
-        if snap.acked() != last.acked() or snap.stream() != last.stream():
+        if snap.acked() - begin.acked() >= tasks:
+            acked_at = acked_at or snap.at
+            if snap.stream() == last.stream() or snap.at - acked_at >= SETTLE_MAX:
+                return snap
+        if snap.acked() != last.acked():  # (not the stream's count: probes move it anyway)
             progress_at = time.monotonic()
         elif time.monotonic() - progress_at > STALL_SECONDS:
             raise BenchError(f"{snap.acked() - begin.acked()} of {tasks} tasks acked; stalled")
@@ -113,19 +114,26 @@ def measure(broker: Broker, kind: str, count: int, tasks: int, idle: float,
     holder: list = []
     workers: Workers | None = Workers(kind, count, URL, queue, prefix, tmp, tree)
     try:
+        before = broker.snapshot()
         workers.start()
         wait_until(lambda: (queue_state(holder, connection, queue) or (0, 0))[1] >= count,
-                   60 + count / 5, f"{count} consumers on {queue}", step=0.5)
+                   START_LIMIT + count / 4, f"{count} consumers on {queue}", step=0.5)
         begin = broker.snapshot()
+        client = workers.cpu()
         publish(queue, tasks, tmp, tree)
         end = drained(broker, begin, tasks)
         result = figures(kind, count, tasks, begin, end, prefix)
+        result.update(start_figures(count, before, begin, client))
+        result["worker_cpu_us_per_task"] = (workers.cpu() - client) * 1e6 / tasks
         if idle:
             time.sleep(IDLE_SETTLE)
-            quiet = broker.snapshot()
+            quiet, client = broker.snapshot(), workers.cpu()
             time.sleep(idle)
             later = broker.snapshot()
-            result["idle_stream_per_s"] = (later.stream() - quiet.stream()) / (later.at - quiet.at)
+            seconds = later.at - quiet.at
+            result["idle_stream_per_s"] = (later.stream() - quiet.stream()) / seconds
+            result["idle_broker_ms"] = (later.cpu - quiet.cpu) * 1e3 / seconds / count
+            result["idle_worker_ms"] = (workers.cpu() - client) * 1e3 / seconds / count
             result["foreign"] = max(result["foreign"], later.foreign(prefix))
         result.update({f"sim_{k}": v for k, v in workers.stop().items()})
         workers = None
@@ -136,8 +144,17 @@ def measure(broker: Broker, kind: str, count: int, tasks: int, idle: float,
         connection.close()
     result["deleted"] = removed.queues
     result["took"] = time.monotonic() - started
-    print(json.dumps(result), flush=True)
+    print(json.dumps({k: v for k, v in result.items() if k != "sim_up_seconds"}), flush=True)
     return result
+
+
+def start_figures(count: int, before: Snapshot, up: Snapshot, client: float) -> dict:
+    """From the workers' start to every one subscribed: the time, and what it cost the
+    broker (CPU, memory) and the workers' processes (CPU), per worker."""
+    return {"start_s": up.at - before.at,
+            "start_broker_ms": (up.cpu - before.cpu) * 1e3 / count,
+            "start_worker_ms": client * 1e3 / count,
+            "mb_per_worker": (up.memory - before.memory) / 2**20 / count}
 
 
 def figures(kind: str, count: int, tasks: int, begin: Snapshot, end: Snapshot,
@@ -176,25 +193,42 @@ def fd_guard(broker: Broker, results: list[dict], count: int) -> str | None:
 
 SIZES = {  # (workers, tasks, idle seconds)
     "full": {"real": [(1, 5000, 0), (8, 5000, 30), (64, 3000, 30)],
-             # 1,000 TaskConsumers could not start in 5 minutes here (scale.md): --sizes
-             "sim": [(1, 10000, 0), (10, 10000, 0), (100, 4000, 0)]},
+             # 1,000: ~45 s to start, 2 minutes in all (scale.md, "1,000 workers"); needs
+             # --private-broker (the fd guard refuses it on the shared broker)
+             "sim": [(1, 10000, 0), (10, 10000, 0), (100, 4000, 30), (1000, 4000, 30)]},
     "quick": {"real": [(1, 200, 0), (4, 200, 5)], "sim": [(1, 200, 0), (10, 200, 0)]},
 }
 
 
 def table(rows: list[dict], kind: str) -> list[str]:
     lines = ["| workers | tasks | stream deliveries / task | task deliveries / task | bytes to "
-             "workers / task | of which consuming connections | broker CPU us / task | tasks/s | "
-             "worker connections | broker fds | broker MB | other connections | took s |",
-             "|" + "---:|" * 13]
+             "workers / task | of which consuming connections | broker CPU us / task | worker CPU "
+             "us / task | tasks/s | worker connections | broker fds | broker MB | other "
+             "connections | took s |", "|" + "---:|" * 14]
     for r in rows:
         if r["kind"] == kind:
             lines.append(
                 f"| {r['workers']:,} | {r['tasks']:,} | {r['stream_per_task']:.2f} | "
                 f"{r['task_deliveries_per_task']:.2f} | {r['bytes_per_task']:,.0f} | "
                 f"{r['consuming_bytes_per_task']:,.0f} | "
-                f"{r['cpu_us_per_task']:,.0f} | {r['tasks_per_s']:,.0f} | {r['connections']} | "
+                f"{r['cpu_us_per_task']:,.0f} | {r['worker_cpu_us_per_task']:,.0f} | "
+                f"{r['tasks_per_s']:,.0f} | {r['connections']} | "
                 f"{r['fds']} | {r['memory_mb']:.0f} | {r['foreign']} | {r['took']:.0f} |")
+    return lines
+
+
+def start_table(rows: list[dict]) -> list[str]:
+    """From the workers' start to every one subscribed (before the counters' first reading)."""
+    lines = ["| workers | all subscribed after s | one worker's start, median / max s | broker "
+             "CPU ms / worker | worker CPU ms / worker | broker MB / worker | reconnects | "
+             "gave up |", "|---|" + "---:|" * 7]
+    for r in rows:
+        ups = sorted(r.get("sim_up_seconds", []))
+        each = f"{ups[len(ups) // 2]:.2f} / {ups[-1]:.2f}" if ups else ""
+        lines.append(f"| {r['workers']:,} {r['kind']} | {r['start_s']:.1f} | {each} | "
+                     f"{r['start_broker_ms']:.1f} | {r['start_worker_ms']:.1f} | "
+                     f"{r['mb_per_worker']:.2f} | {r.get('sim_reconnects', '')} | "
+                     f"{r.get('sim_failed', '')} |")
     return lines
 
 
@@ -208,16 +242,22 @@ def render(label: str, results: list[dict], skipped: list[str], broker: Broker, 
              f"RabbitMQ {broker.version}, {broker.where} (pid {broker.pid}, fd limit "
              f"{broker.fd_limit}); \"other connections\": connections not this setting's "
              "(another session's work moves the counters).", "",
-             "Real workers (`listening_worker.py` processes):", "", *table(results, "real"), "",
-             "Simulated workers (the product's `TaskConsumer`, threads, "
-             f"{SIM_PER_PROCESS} to a process; bench/scale_sim.py):", "",
-             *table(results, "sim"), ""]
+             *(["Real workers (`listening_worker.py` processes):", "", *table(results, "real"),
+                ""] if any(r["kind"] == "real" for r in results) else []),
+             "Simulated workers (the product's `TaskConsumer`, "
+             f"{SIM_PER_PROCESS} to a process on one I/O loop, {STARTING_AT_ONCE} of them "
+             "starting at a time; bench/scale_sim.py):", "", *table(results, "sim"), "",
+             "Start-up (the workers' start to all subscribed; simulated: each instance's own "
+             "start to its subscription, \"reconnects\": connections opened again, \"gave up\": "
+             "instances that failed):", "", *start_table(results), ""]
     idle = [r for r in results if "idle_stream_per_s" in r]
     if idle:
         lines += [f"Idle (after the drain, {IDLE_SETTLE:.0f} s to settle, then measured):", "",
-                  "| workers | stream deliveries / s | per worker / s |", "|---:|---:|---:|"]
-        lines += [f"| {r['workers']} | {r['idle_stream_per_s']:.1f} | "
-                  f"{r['idle_stream_per_s'] / r['workers']:.2f} |" for r in idle]
+                  "| workers | stream deliveries / s | per worker / s | broker CPU ms / s per "
+                  "worker | worker CPU ms / s per worker |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['workers']:,} {r['kind']} | {r['idle_stream_per_s']:.1f} | "
+                  f"{r['idle_stream_per_s'] / r['workers']:.2f} | {r['idle_broker_ms']:.2f} | "
+                  f"{r['idle_worker_ms']:.2f} |" for r in idle]
         lines.append("")
     sims = [r for r in results if r["kind"] == "sim" and "sim_tail_read" in r]
     if sims:
@@ -260,18 +300,25 @@ def main() -> int:
                         help="the commit to measure (git archive of it; default: HEAD)")
     parser.add_argument("--private-broker", action="store_true",
                         help="run everything against a node of our own in a network namespace "
-                             "(root; exact counters, 20,000 descriptors): see scale_sim.py")
+                             "(root; exact counters, 20,000 descriptors): see scale_broker.py")
+    parser.add_argument("--no-probes", action="store_true",
+                        help="diagnostic: simulated workers never probe (worker/reach.py)")
+    parser.add_argument("--tcp-buffer", type=int, metavar="BYTES",
+                        help="the private node's sndbuf and recbuf (default: the kernel's, "
+                             "~3.8 MB a connection on loopback): see scale_broker.py")
     args = parser.parse_args()
     # SIGTERM (a timeout, CI) ends us through the finally blocks: queues, workers, the node
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     if args.private_broker:
-        private = PrivateBroker()
+        private = PrivateBroker(args.tcp_buffer)
         private.start()
         try:
             argv = [a for a in sys.argv[1:] if a != "--private-broker"]
             return private.run([sys.executable, str(Path(__file__).resolve()), *argv])
         finally:
             private.stop()
+    if args.no_probes:
+        os.environ[NO_PROBES] = "1"  # the simulation processes inherit it
     sizes = parse_sizes(args.sizes) if args.sizes else SIZES["quick" if args.quick else "full"]
     out = args.out or ROOT / "bench" / ("out/scale-quick.md" if args.quick else "scale.md")
     broker = Broker()
@@ -297,6 +344,9 @@ def main() -> int:
                     continue
                 results.append(measure(broker, kind, count, tasks, idle, Path(tmp), tree))
     section = render(args.label, results, skipped, broker, commit, quick=args.quick)
+    if args.no_probes:
+        section = section.replace("\n\n", "\n\n**Diagnostic: the simulated workers' probes "
+                                  "(worker/reach.py) off; not the product.**\n\n", 1)
     write_section(out, args.label, section)
     print(f"wrote {out}")
     return 0

@@ -43,6 +43,7 @@ import pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script too
 from bench.abba import alternate
+from taskqueue.broker.config import QueueSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = os.environ.get("BENCH_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -135,9 +136,11 @@ def connect() -> pika.BlockingConnection:
 
 
 def everything(queue: str) -> list[str]:
-    """Every queue and stream either tree may make for *queue*."""
-    return [queue, f"{queue}.retry", f"{queue}.dead", f"{queue}.urgent", f"{queue}.events",
-            f"{queue}.results", f"{queue}.control"]
+    """Every queue and stream either tree may make for *queue*: an older tree's, and all this
+    tree's (``QueueSpec.everything``: e.g. ``<queue>.urgent.retry``, made by a worker)."""
+    older = [queue, f"{queue}.retry", f"{queue}.dead", f"{queue}.urgent", f"{queue}.events",
+             f"{queue}.results", f"{queue}.control"]
+    return older + [name for name in QueueSpec(queue).everything if name not in older]
 
 
 def delete_all(queue: str) -> None:

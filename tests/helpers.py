@@ -54,6 +54,7 @@ def emit_run(*args: str, logs: Path) -> str:
 
 
 STARTED: list[subprocess.Popen] = []  # background scripts; conftest kills leftovers
+OUTPUT_OF: dict[int, Path] = {}  # a background script's pid -> the file its output goes to
 
 
 def start_script(name: str, *args: str, log_dir: Path, out: Path) -> subprocess.Popen:
@@ -63,11 +64,37 @@ def start_script(name: str, *args: str, log_dir: Path, out: Path) -> subprocess.
                                stderr=subprocess.STDOUT, env=script_env(log_dir), cwd=ROOT,
                                stdin=subprocess.DEVNULL)
     STARTED.append(process)
+    OUTPUT_OF[process.pid] = out
     return process
+
+
+def last_said(process: subprocess.Popen, lines: int = 15) -> str:
+    """The last *lines* a background script printed (a test that fails on it says them)."""
+    out = OUTPUT_OF.get(process.pid)
+    if out is None or not out.exists():
+        return "(no output file)"
+    return "\n".join(out.read_text(errors="replace").splitlines()[-lines:])
 
 
 def start_worker(*args: str, log_dir: Path, out: Path) -> subprocess.Popen:
     return start_script("listening_worker.py", *args, log_dir=log_dir, out=out)
+
+
+def gate_files(tmp_path: Path) -> tuple[Path, Path]:
+    """(runs, gate) for tests.handlers:gated, told through the environment the workers get:
+    each run is noted in *runs*; a task works until *gate* exists."""
+    runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
+    os.environ["RUNS_FILE"], os.environ["GATE_FILE"] = str(runs), str(gate)
+    return runs, gate
+
+
+def start_gated(queue: str, name: str, *args: str, log_dir: Path, out: Path,
+                port: int | None = None) -> subprocess.Popen:
+    """A worker running tests.handlers:gated (``gate_files``), through 127.0.0.1:*port* (a
+    proxy of tests/proxy.py) when given."""
+    url = f"amqp://guest:guest@127.0.0.1:{port}/%2F" if port else MAIN_URL
+    return start_worker("--url", url, "--queue", queue, "--name", name, "--handler",
+                        "tests.handlers:gated", *args, log_dir=log_dir, out=out)
 
 
 def kill_leftovers() -> None:

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from tests.helpers import MAIN_URL, queue_state, run_script, settled_rows, wait_for
+from tests.helpers import MAIN_URL, last_said, queue_state, run_script, settled_rows, wait_for
 
 STOP_WAIT = 120  # seconds a stopped worker may take to finish what it holds and leave
 
@@ -27,7 +27,17 @@ def stop_workers(queue: str, workers: Iterable[subprocess.Popen], *, log_dir: Pa
     asked = run_script("task_control.py", "stop-workers", "--url", url, "--queue", queue,
                        log_dir=log_dir, timeout=60)
     assert asked.returncode == 0, asked.stdout + asked.stderr
-    return [worker.wait(timeout=STOP_WAIT) for worker in workers]
+    return [_exit_code(worker) for worker in workers]
+
+
+def _exit_code(worker: subprocess.Popen) -> int:
+    """The stopped *worker*'s exit code; one that does not leave fails the test with what it
+    said last (a hang at exit is a defect to see, not a timeout to read)."""
+    try:
+        return worker.wait(timeout=STOP_WAIT)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"a worker did not leave {STOP_WAIT} s after the stop; it said "
+                             f"last:\n{last_said(worker, 40)}") from None
 
 
 SETTLED_LINE = re.compile(r"\] (?:done|cancelled|skipped|dead-lettered) (?:row \d+|no row), "

@@ -180,6 +180,75 @@ def test_a_probe_reads_from_the_end_and_forgets_the_history_it_would_have_to_rea
     assert stream.opened[-1].offset.timestamp() == 1_500.0, "the gap is not read: from its moment"
 
 
+def other_mark(seq: int = 1) -> dict:
+    return {"kind": "mark", "worker": "other", "seq": seq, "nonce": "not ours"}
+
+
+def test_a_probe_is_answered_by_any_message_written_since_and_stops_reading_at_once():
+    """Issue 29 item 2 (bench/scale.md): a probe that waited for its own mark read every other
+    quiet worker's probe mark written meanwhile, (N/8)^2 x d deliveries a second. Any message
+    a reading from the end gets was written since, and a majority has it: answered by the
+    first, and the reading closes (our own mark is not waited for)."""
+    stream = Stream()
+    reader, back = stream.reader, []
+    reader.probe(lambda: back.append(True))
+    probing = stream.opened[-1]
+    assert probing.offset == "next" and len(stream.marks) == 1, "our mark goes out"
+    stream._read([other_mark()])  # another worker's probe mark, before ours is back
+    assert back == [True], "answered by the first message read"
+    assert probing.closed and reader.state is tail.Reading.PAUSED, "not one message more"
+    reader.probe(lambda: back.append(True))
+    assert stream.opened[-1].offset == "next" and len(stream.marks) == 2
+    stream.send()  # alone on the stream: our own (new) mark answers it
+    assert back == [True, True] and reader.state is tail.Reading.PAUSED
+
+
+def test_a_message_from_the_history_does_not_answer_a_probe():
+    """A reading opened for a check reads from its moment: what it gets may predate the
+    probe, so only our own mark answers the probe then."""
+    stream = Stream()
+    reader, answers, back = stream.reader, [], []
+    reader.check((RUN, "t.csv:1:a"), 1_000.0, True, answers.append)
+    reader.probe(lambda: back.append(True))
+    stream._read([other_mark(), done("t.csv:2:b")])
+    assert back == [] and answers == [], "read from the check's moment: proves nothing new"
+    stream.send()  # the check's fence; the probe, asked meanwhile, waits for the next
+    stream.send()
+    assert back == [True] and answers == [None]
+
+
+def test_a_reading_paused_before_its_prefetch_is_set_does_not_consume():
+    """Found at 1,000 workers (bench/scale.md): the consume asked in basic_qos's callback on a
+    channel closing meanwhile raised ChannelWrongStateError, which ended the connection."""
+    stream = Stream()
+    reader = stream.reader
+    later: list = []
+    stream.connection.channel = lambda on_open_callback: on_open_callback(
+        SlowChannel(stream.opened, later))
+    reader.probe(lambda: None)
+    slow = stream.opened[-1]
+    reader.stop()  # the connection lost: the reading's channel goes
+    slow.is_open = False
+    later.pop()(None)  # the broker's Qos-Ok, after all
+    assert slow.offset is None, "no consume on a closed channel"
+
+
+class SlowChannel(Channel):
+    """A channel whose Qos-Ok comes later (kept in *later*)."""
+
+    def __init__(self, opened: list[Channel], later: list) -> None:
+        super().__init__(opened)
+        self.later = later
+
+    def basic_qos(self, prefetch_count: int, callback) -> None:
+        self.later.append(callback)
+
+    def basic_consume(self, queue: str, on_message, arguments: dict, callback) -> None:
+        if not self.is_open:
+            raise pika.exceptions.ChannelWrongStateError("Channel is closed.")
+        super().basic_consume(queue, on_message, arguments, callback)
+
+
 def test_this_workers_own_done_records_are_known_without_reading():
     stream = Stream()
     reader, answers = stream.reader, []

@@ -11,7 +11,7 @@ from taskqueue.admin import admin_url
 from taskqueue.broker.config import WAIT_TIERS, QueueSpec, broker_urls, mask_url, with_credentials
 from taskqueue.broker.connection import Backoff
 from taskqueue.emitter.progress import Progress
-from taskqueue.emitter.publisher import PublishStats
+from taskqueue.emitter.stats import PublishStats
 from taskqueue.errors import UserError
 
 
@@ -50,8 +50,8 @@ def test_a_new_task_queue_gets_exactly_the_tutorials_arguments():
     assert QueueSpec("q", "classic").task_queue_arguments() == {}
     assert QueueSpec("q").all_queues == ["q", "q.retry", "q.dead", "q.urgent"]  # no .events (0.4)
     assert QueueSpec("q").everything == [  # the rate limit's (made when first used) too
-        "q", "q.retry", "q.dead", "q.urgent", "q.ratelimit", *(f"q.wait.{n}s" for n in WAIT_TIERS),
-        "q.events", "q.results", "q.control"]
+        "q", "q.retry", "q.dead", "q.urgent", "q.urgent.retry", "q.ratelimit",
+        *(f"q.wait.{n}s" for n in WAIT_TIERS), "q.events", "q.results", "q.control"]
 
 
 def test_companions_follow_the_task_queues_type():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pika
 from pika.frame import Method
 
-from taskqueue.broker.connection import settled_tags
+from taskqueue.broker.frames import settled_tags
 
 
 def frame(kind, tag: int, multiple: bool) -> Method:

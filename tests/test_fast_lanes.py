@@ -4,7 +4,8 @@ broker's consumer timeout (it counts from the delivery, not from the start)."""
 
 from __future__ import annotations
 
-from taskqueue.worker.lanes import NORMAL_HELD_AT_MOST, Held, Lanes
+from taskqueue.worker.give_back import Held
+from taskqueue.worker.lanes import NORMAL_HELD_AT_MOST, Lanes
 
 
 class Clock:

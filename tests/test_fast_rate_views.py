@@ -1,13 +1,17 @@
 """The rate limit in the live views, from made-up worker snapshots (docs/design/rate-limit.md
 §5): a slot whose entry has ``rate_wait`` says it waits for the rate limit (its key, the
 seconds left), the workers' top-level ``rate`` is one line (``rate limit 20/s (per key)``) in
-the terminal view, its one-line form and the web page's data; a key is a stranger's text."""
+the terminal view, its one-line form and the web page's data; a key is a stranger's text. The
+tasks parked by a limit on the Queue card and the overview."""
 
 from __future__ import annotations
 
 import json
+import logging
 
+from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.views.live import LiveState
+from taskqueue.web.board import make_board, overview_row
 from taskqueue.web.snapshot import live_json
 
 NOW = 1_800_000_000.0
@@ -142,3 +146,25 @@ def test_the_web_pages_data_has_the_waiting_slot_and_the_rate_line():
     assert data["workers"][0]["state"].startswith("1 waiting for the rate limit, 1/2 busy")
     json.dumps(data)  # sent as it is
     assert live_json(state_with(snapshot("bob", [busy("bob/1", 1)])), NOW)["rate"] is None
+
+
+def test_the_queue_card_and_the_overview_count_the_parked_tasks(tmp_path):
+    """As status does (control/commands.py ``parked``): the tasks in the rate limit's tiers,
+    as the feed read them (views/live_parked.py), on the live page's Queue card and the overview's
+    line, shown while some are parked or while the workers apply a limit."""
+    board = make_board(BrokerSettings(["amqp://guest:guest@127.0.0.1:1/%2F"]), QueueSpec("q"),
+                       reports_dir=tmp_path, interval=1.0, log=logging.getLogger("test"),
+                       root="/")
+    state = board.feed.state
+    board.feed.heard_at = NOW
+    for parked, snapshots, shown in ((None, [], False), (0, [], False), (3, [], True),
+                                     (0, [snapshot("alice", [busy("alice/1", 1)], RATE)], True),
+                                     (None, [snapshot("bob", [busy("bob/1", 1)], RATE)], True)):
+        state.parked = parked
+        for event in snapshots:
+            state.feed(event)
+        card = live_json(state, NOW)["queue"]
+        line = overview_row(board, NOW)
+        assert (card["parked"], card["parked_shown"]) == (parked, shown), (parked, snapshots)
+        assert (line["parked"], line["parked_shown"]) == (parked, shown), (parked, snapshots)
+        json.dumps(line)

@@ -4,6 +4,7 @@ several tasks at once, results out. Against the real broker."""
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from tests.helpers import (
     consume_all,
     consumers,
     done_rows,
+    gate_files,
     queue_state,
     run_script,
     start_worker,
@@ -57,9 +59,11 @@ def test_simulated_work_is_stopped_by_the_timeout_too(queue, logs, tmp_path):
     emit(queue, logs, "a very long one...........", "quick.")
     worker = start_worker("--queue", queue, "--seconds-per-dot", "1", "--task-timeout", "1.5",
                           "--max-retries", "0", "--exit-when-idle", "1.5", log_dir=logs, out=out)
-    started = time.monotonic()
     assert worker.wait(timeout=60) == 0, out.read_text()
-    assert time.monotonic() - started < 9, "the 11 s task did not run to its end"
+    # Its slot's work time, as the worker counts it (not the test's clock, which a slow start
+    # under Wine or a loaded machine stretches): the long task's 11 s were cut short.
+    busy = re.search(r"busy ([\d.]+) s", out.read_text())
+    assert busy and float(busy[1]) < 11, "the 11 s task did not run to its end"
     assert sorted(row for _, row in done_rows(out)) == [2]
     dead = consume_all(queue + ".dead")
     assert "timed out after 1.5 s" in dead[0][0].headers["x-death-reason"]
@@ -127,12 +131,13 @@ def test_a_command_that_outlives_the_timeout_is_killed_with_its_children(queue, 
     assert "timed out after 1 s" in consume_all(queue + ".dead")[0][0].headers["x-death-reason"]
 
 
-def test_four_slots_do_forty_quarter_second_tasks_at_once(queue, logs, tmp_path):
+def test_four_slots_do_forty_tasks_at_once(queue, logs, tmp_path):
     out = tmp_path / "w.out"
+    runs, gate = gate_files(tmp_path)
     # A classic queue: rabbitmqctl reads its unacked count live (a quorum queue's is a
     # statistic refreshed every few seconds).
     worker = start_worker("--queue", queue, "--queue-type", "classic", "--name", "quad",
-                          "--concurrency", "4", "--handler", "tests.handlers:slow_quarter",
+                          "--concurrency", "4", "--handler", "tests.handlers:gated",
                           log_dir=logs, out=out)  # no idle exit: it is there before the tasks
     wait_for(lambda: consumers(queue) == 1, what="worker")
     samples: list[int] = []
@@ -146,6 +151,14 @@ def test_four_slots_do_forty_quarter_second_tasks_at_once(queue, logs, tmp_path)
     watcher.start()
     emit(queue, logs, *[f"task {n}" for n in range(40)])
     try:
+        # At once, by what happened, not by how long the run took (a loaded machine stretches
+        # that): each task works until the gate opens, so four started with it still shut
+        # were at work together; none could end to make room for another.
+        wait_for(lambda: runs.exists() and len(runs.read_text().splitlines()) >= 4,
+                 what="four tasks at work together")
+        assert len(runs.read_text().splitlines()) == 4, "no more than the 4 slots at once"
+        wait_for(lambda: 4 in samples, what="the broker sees the 4 unacked (slots in use)")
+        gate.touch()
         assert stop_when(all_settled([out], 40, queue), queue, [worker], log_dir=logs,
                          what="the 40 tasks done") == [0], out.read_text()
     finally:
@@ -153,14 +166,11 @@ def test_four_slots_do_forty_quarter_second_tasks_at_once(queue, logs, tmp_path)
         watcher.join()
     assert sorted(row for _, row in done_rows(out)) == list(range(1, 41))
     assert max(samples) <= 4, samples
-    assert 4 in samples, ("the slots were really used at once", samples)
     history = History(BrokerSettings([MAIN_URL]), QueueSpec(queue), tmp_path / "reports")
     run = history.latest_run() or ""
     report = RunReport(history.run_records(run)(), run, queue)
     assert {s.worker for s in report.slots} == {"quad/1", "quad/2", "quad/3", "quad/4"}
     assert [(w.worker, w.slots) for w in report.workers] == [("quad", 4)]
-    wall = report.end - report.start
-    assert wall < 0.5 * 40 * 0.25, f"4 slots took {wall:.2f} s (one slot: 10 s)"
 
 
 @pytest.mark.windows

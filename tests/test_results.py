@@ -20,9 +20,11 @@ from taskqueue.broker.config import BrokerSettings, QueueSpec
 from tests.helpers import (
     MAIN_URL,
     consumers,
+    gate_files,
     queue_state,
     run_python,
     run_script,
+    start_gated,
     start_script,
     start_worker,
     unacked,
@@ -103,7 +105,8 @@ def test_workers_killed_mid_run_lose_no_result(queue, logs, tmp_path):
         process.send_signal(signal.SIGTERM)
     for process in workers.values():  # gone first: every task they held is back in the queue,
         process.wait(timeout=30)      # so the last worker's idle exit races no return
-    final = counted_worker(queue, "last", logs, tmp_path, "--exit-when-idle", "2")
+    # (The last worker too: a task the kills returned 5 times reaches it with that count.)
+    final = counted_worker(queue, "last", logs, tmp_path, *options, "--exit-when-idle", "2")
     assert final.wait(timeout=120) == 0
     assert queue_state(queue) == (0, 0), "the queue drained"
     wait_for(lambda: unacked(queue) == 0, timeout=30, what="no unacked task (a quorum "
@@ -126,14 +129,11 @@ def test_a_worker_killed_at_each_point_of_a_delivery(point, queue, logs, tmp_pat
     record was written is not run again; one killed while running runs again (the listed
     cause of a duplicate: a task cut off mid-work)."""
     run = emit(queue, logs, write_csv(tmp_path / "t.csv", ["the task"]))
-    runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
-    os.environ["RUNS_FILE"], os.environ["GATE_FILE"] = str(runs), str(gate)
+    runs, gate = gate_files(tmp_path)
     proxy = HoldingProxy(urlsplit(MAIN_URL).port)
     first_out = tmp_path / "first.out"
     try:
-        first = start_worker("--url", f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F",
-                             "--queue", queue, "--name", "first", "--handler",
-                             "tests.handlers:gated", log_dir=logs, out=first_out)
+        first = start_gated(queue, "first", log_dir=logs, out=first_out, port=proxy.port)
         wait_for(lambda: runs_of(runs), timeout=60, what="the task to start")
         if point == "recorded":
             proxy.hold(HoldingProxy.named("listening_worker first (publishing)"), "client")
@@ -152,9 +152,8 @@ def test_a_worker_killed_at_each_point_of_a_delivery(point, queue, logs, tmp_pat
     finally:
         proxy.close()
     gate.touch()
-    second = start_worker("--queue", queue, "--name", "second", "--handler",
-                          "tests.handlers:gated", "--exit-when-idle", "1.5", log_dir=logs,
-                          out=tmp_path / "second.out")
+    second = start_gated(queue, "second", "--exit-when-idle", "1.5", log_dir=logs,
+                         out=tmp_path / "second.out")
     assert second.wait(timeout=60) == 0
     assert queue_state(queue) == (0, 0), "the queue drained"
     table = report_csv(queue, logs, tmp_path / "r", run)

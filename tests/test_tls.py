@@ -11,7 +11,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -215,17 +214,19 @@ def test_a_broker_that_wants_a_client_certificate_says_so_at_once(client_cert_no
                                                                   logs):
     url = f"amqps://guest:guest@localhost:{client_cert_node.tls_port}/%2F"
     ca = str(tls_node.certs / "test-ca.pem")
-    started = time.monotonic()
     result = run_script("emitter_of_tasks.py", "--url", url, "--ca-file", ca, "--queue",
                         "cert_q", "--message", "x", "--connect-timeout", "30", log_dir=logs)
+    # At once: the broker's alert ends it as a refusal (exit 4), not --connect-timeout running
+    # out (exit 3, "within 30 s ... raise --connect-timeout") after retrying all along. (Under
+    # load the alert can be lost to the reset that follows it: that attempt is retried, and its
+    # line already names the certificate. How often depends on the load, not on us: seen 3
+    # times in a row on a 2-core machine kept busy, so their number is not bounded here.)
     assert result.returncode == 4, result.stdout + result.stderr
     assert "wants a client certificate" in result.stderr and "--cert-file" in result.stderr
     assert result.stderr.count("\n") == 1
-    # At once: the broker's alert says it. (Under load the alert can be lost to the reset that
-    # follows it, once: that attempt is retried, and its line already names the certificate.)
-    assert time.monotonic() - started < 10, "not after --connect-timeout"
+    assert "connect-timeout" not in result.stderr, "not after --connect-timeout"
     retries = [line for line in result.stdout.splitlines() if "retrying" in line]
-    assert len(retries) <= 1 and all("client certificate" in line for line in retries), retries
+    assert all("client certificate" in line for line in retries), retries
     with_cert = run_script("emitter_of_tasks.py", "--url", url, "--ca-file", ca, "--cert-file",
                            str(tls_node.certs / "client.pem"), "--key-file",
                            str(tls_node.certs / "client.key"), "--queue", "cert_q",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from taskqueue.broker.urgent import urgent_name
+from taskqueue.broker.urgent import urgent_name, urgent_retry_name
 from taskqueue.errors import EXIT_BAD_INPUT, UserError
 from taskqueue.wire.record import RESULTS_MAX_AGE, RESULTS_MAX_BYTES, stream_arguments
 
@@ -191,8 +191,10 @@ class QueueSpec:
     @property
     def everything(self) -> list[str]:
         """Every queue and stream of ours that may exist for this queue (the legacy events
-        queue included): what ``task_control.py delete-queue`` removes."""
-        return [*self.all_queues, *self.rate_queues, self.events_name, *self.streams]
+        queue included): what ``task_control.py delete-queue`` removes. ``<queue>.urgent.retry``
+        is made by a worker that consumes ``<queue>.urgent`` (worker/lanes.py)."""
+        return [*self.all_queues, urgent_retry_name(self.name), *self.rate_queues,
+                self.events_name, *self.streams]
 
     @property
     def ratelimit_name(self) -> str:

@@ -11,11 +11,10 @@ I/O loop (the worker consumes on one connection and publishes on another).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import pika
 import pika.exceptions as pe
@@ -24,6 +23,7 @@ from pika.channel import Channel
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
 from taskqueue.broker.explain import explain_channel_error, explain_connect_error
+from taskqueue.broker.frames import EagerWriteConnection
 from taskqueue.broker.params import connection_parameters
 from taskqueue.broker.topology import HomeNodeDown, QueueSetup, Topology
 from taskqueue.errors import EXIT_REFUSED, EXIT_UNREACHABLE, UserError
@@ -274,7 +274,7 @@ class BrokerSession:
             self.fail(exc)
             return
         self.log.debug("connecting to %s", mask_url(self.url))
-        self._connection = pika.SelectConnection(
+        self._connection = EagerWriteConnection(
             params, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed, custom_ioloop=self.ioloop)
 
@@ -398,14 +398,3 @@ class BrokerSession:
             self._deadline = time.monotonic() + self.connect_timeout
             self._last_reason = why
         self._retry_later(f"{self._prefix()}connection to {mask_url(self.url)} lost ({why})")
-
-
-def settled_tags(frame: pika.frame.Method, pending: Mapping[int, object]) -> tuple[bool, list[int]]:
-    """(acked, tags) of a publisher confirm: which of the *pending* delivery tags it settles.
-    One Basic.Ack/Nack with ``multiple`` settles every pending tag up to its own; *pending* is
-    kept in publishing order, so the scan stops at the first later tag."""
-    method = frame.method
-    acked = isinstance(method, pika.spec.Basic.Ack)
-    if method.multiple:
-        return acked, list(itertools.takewhile(lambda tag: tag <= method.delivery_tag, pending))
-    return acked, [method.delivery_tag] if method.delivery_tag in pending else []

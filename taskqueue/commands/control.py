@@ -104,9 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rate.add_argument("--per-key", action="store_true",
                       help="the rate for each key apart (the x-key header: the emitter's "
                            "--key-column); tasks without one share the key ''")
-    delete = sub.add_parser("delete-queue", help="delete the queue, its .retry, .dead, .events, "
-                            ".results and .control, and the <queue>.events exchange, messages "
-                            "and all (e.g. delete-queue --queue shot_q --dry-run)")
+    delete = sub.add_parser("delete-queue", help="delete the queue, its .retry, .dead, .urgent, "
+                            ".urgent.retry, .ratelimit, .wait.<N>s, .events, .results and "
+                            ".control, and the <queue>.events exchange, messages and all (e.g. "
+                            "delete-queue --queue shot_q --dry-run)")
     delete.add_argument("--dry-run", action="store_true",
                         help="list what exists and would be deleted; delete nothing")
     delete.add_argument("--yes", action="store_true",

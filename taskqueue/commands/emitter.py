@@ -39,7 +39,7 @@ from taskqueue.emitter.done_rows import SkipDone, done_ids
 from taskqueue.emitter.halt import Halt, HaltAfter, run_canceller
 from taskqueue.emitter.progress import Progress, count_rows
 from taskqueue.emitter.publisher import CONFIRM_WINDOWS, ConfirmedPublisher
-from taskqueue.emitter.resume import ResumeState
+from taskqueue.emitter.resume import MAX_REFUSED_KEPT, ResumeState
 from taskqueue.emitter.tasks import Task, check_header, read_tasks, tasks_from_messages
 from taskqueue.errors import EXIT_INCOMPLETE, EXIT_SOME_FAILED, UserError
 from taskqueue.log import get_logger, log_dir
@@ -76,8 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(they go to <queue>.urgent; docs/queue-types.md) "
                              "(default: %(default)s)")
     source.add_argument("--resume", action="store_true",
-                        help="continue this file after the last row confirmed by an earlier, "
-                             "interrupted run (state kept in logs/)")
+                        help="continue an earlier, interrupted run of this file (state kept "
+                             "in logs/): after it ended with every row answered, publish again "
+                             "only the rows the broker refused, then the rows after the last "
+                             "one it read; else start after the last row up to which every "
+                             "row was confirmed")
     source.add_argument("--skip-done", action="store_true",
                         help="publish only the rows with no done record in any earlier run of "
                              "this file (the results record, <queue>.results)")
@@ -152,7 +155,12 @@ def main() -> int:
         run_id = unfinished  # the same run: rows it had done are not run again
         published = state.published_through()
         again_through = published if published is not None else sys.maxsize
-    tasks, total, skip = open_tasks(args, state, run_id, log)
+    tasks, total, skip, replay = open_tasks(args, state, run_id, log)
+    if state is not None and unfinished and replay is not None:
+        # The earlier run ended with every publish answered: only its refused rows may be
+        # in the queue already (a row sent again after a connection loss, then refused);
+        # the rows after the last it read were never sent, and need no check.
+        again_through = max(replay, default=0)
     skipping = None
     if args.skip_done:
         skipping, total = skip_done(args, settings, spec, total, log)
@@ -164,14 +172,14 @@ def main() -> int:
         replace(settings, client_name=f"emitter_of_tasks run {run_id}"), spec, tasks, log,
         window=args.confirm_window, run_id=run_id, on_tick=progress.update, state=state,
         start_after=skip, total=total, interactive_input=args.file == "-",
-        again_through=again_through, priority=args.priority)
+        again_through=again_through, priority=args.priority, replay=replay or [])
     on_stop_signals(publisher)
     try:
         publisher.run()
     finally:  # also when the broker stayed away: say how far the run got
         progress.done()
         publisher.save_state(complete=publisher.stats.rejected == 0 and not publisher.stop_requested
-                             and publisher.input_error is None)
+                             and publisher.input_error is None, end=True)
         log_summary(publisher, log, skipping)
     status = exit_status(publisher, log)
     if args.wait and status == 0 and not publisher.stop_requested:
@@ -244,23 +252,64 @@ def wait_for_results(args: argparse.Namespace, settings: BrokerSettings, spec: Q
 
 
 def open_tasks(args: argparse.Namespace, state: ResumeState | None, run_id: str,
-               log: logging.Logger) -> tuple[Iterator[Task], int | None, int]:
-    """The tasks to publish (streamed), how many there are (when that is known cheaply), and
-    the row after which this run starts (--resume)."""
+               log: logging.Logger) -> tuple[Iterator[Task], int | None, int, list[int] | None]:
+    """The tasks to publish (streamed), how many there are (when that is known cheaply), the
+    row after which this run starts (--resume), and the rows before it published again (those
+    the earlier run's broker refused; None: not resumed from a run that ended with every
+    publish answered)."""
     if args.message:
-        return tasks_from_messages(args.message, run_id), len(args.message), 0
-    skip = 0
+        return tasks_from_messages(args.message, run_id), len(args.message), 0, []
+    skip, replay = 0, None
     if state and args.resume:
-        skip = state.confirmed_through()
-        if skip:
-            log.info("resuming %s after row %d (confirmed by an earlier run)", args.file, skip)
+        kept = state.refused_rows()
+        if kept is not None and not kept[0]:
+            replay, skip = kept
+            log.info("resuming %s (run %s) after row %d, the last one the earlier run read (it "
+                     "had every row it sent confirmed)", args.file, run_id, skip)
+        elif kept is not None:
+            replay, skip = kept
+            log.info("resuming %s (run %s): %d refused row(s) published again (%s), then the "
+                     "rows after row %d, the last one the earlier run read", args.file, run_id,
+                     len(replay), row_ranges(replay), skip)
+        elif skip := state.confirmed_through():
+            log.info("resuming %s (run %s) after row %d: every row up to it was confirmed by "
+                     "an earlier run", args.file, run_id, skip)
+        elif state.known():
+            log.info("resuming %s (run %s) from row 1: the earlier run had no row confirmed "
+                     "before its first refused or unconfirmed one", args.file, run_id)
         else:
             log.info("no earlier run of %s on this queue to resume: starting at row 1", args.file)
     tasks = read_tasks(args.file, header=args.header, column=args.column,
                        key_column=args.key_column, max_bytes=args.max_task_bytes,
-                       skip_through=skip, run_id=run_id)
+                       skip_through=skip, run_id=run_id, also_rows=replay or [])
     total = count_rows(args.file)
-    return tasks, None if total is None else max(0, total - skip), skip
+    return tasks, None if total is None else max(0, total - skip) + len(replay or []), skip, replay
+
+
+def row_ranges(rows: list[int], most: int = 8) -> str:
+    """Ascending rows as ``rows 1-3, 17, 30`` (the first *most* runs, then how many more)."""
+    runs: list[list[int]] = []
+    for row in rows:
+        if runs and row == runs[-1][1] + 1:
+            runs[-1][1] = row
+        else:
+            runs.append([row, row])
+    text = ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs[:most])
+    more = sum(b - a + 1 for a, b in runs[most:])
+    return ("row " if len(rows) == 1 else "rows ") + text + (f" and {more} more" if more else "")
+
+
+def resume_advice(publisher: ConfirmedPublisher) -> str:
+    """What --resume will do after this run, for the end-of-run lines."""
+    rows = publisher.rows_to_resume()
+    if rows is None:
+        return (f"every row up to {publisher.confirmed_through()} is confirmed; run again with "
+                "--resume to continue from there")
+    if rows:
+        return (f"run again with --resume to publish again {row_ranges(rows)} (only those), "
+                f"then the rows after row {publisher.last_row_read}")
+    return (f"every row read (through row {publisher.last_row_read}) is confirmed; run again "
+            "with --resume to continue after it")
 
 
 def maybe_offer_panel(args: argparse.Namespace, broker_url: str, log: logging.Logger) -> None:
@@ -292,9 +341,13 @@ def log_summary(publisher: ConfirmedPublisher, log: logging.Logger,
         log.warning("%d messages (rows %d-%d) were published again after a connection loss: "
                     "the broker may hold some of them twice (same message_id)",
                     stats.republished, low, high)
-    if stats.confirmed < stats.read and publisher.resumable:
-        log.warning("every row up to %d is confirmed; run again with --resume to continue "
-                    "from there", publisher.confirmed_through())
+    if publisher.refused is None and publisher.resumable:
+        log.warning("more than %d rows were refused: too many to keep one by one, so --resume "
+                    "starts after row %d, the last up to which every row is confirmed (rows "
+                    "accepted after it are published again too)", MAX_REFUSED_KEPT,
+                    publisher.confirmed_through())
+    elif stats.confirmed < stats.read and publisher.resumable:
+        log.warning("%s", resume_advice(publisher))
 
 
 def exit_status(publisher: ConfirmedPublisher, log: logging.Logger) -> int:
@@ -306,12 +359,12 @@ def exit_status(publisher: ConfirmedPublisher, log: logging.Logger) -> int:
                 "--resume to continue from there)") if publisher.resumable else ""
         raise UserError(f"{publisher.input_error}{hint}", publisher.input_error.exit_code)
     if stats.rejected:
+        advice = resume_advice(publisher) if publisher.resumable else \
+            "publish them again once the broker has room"
         raise UserError(f"{stats.rejected} rows were refused by the broker (see the log); "
-                        "run again with --resume to retry from the first refused row",
-                        EXIT_INCOMPLETE)
+                        f"{advice}", EXIT_INCOMPLETE)
     if publisher.stop_requested:
-        log.warning("stopped on request: every row up to %d is confirmed; run again with "
-                    "--resume to continue", through)
+        log.warning("stopped on request: %s", resume_advice(publisher))
     return 0
 
 

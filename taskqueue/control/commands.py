@@ -26,6 +26,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from taskqueue.broker.blocking import NoConfirm, confirmed_within, open_blocking
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
+from taskqueue.broker.depths import Refused, looks
 from taskqueue.broker.on_demand import CONTROL_ARGUMENTS
 from taskqueue.broker.topology import ROUTING_CONTROL, ROUTING_LIVE, queue_unavailable
 from taskqueue.control.ratelimit import RateLimit
@@ -274,23 +275,41 @@ def in_force(connection: pika.BlockingConnection, spec: QueueSpec,
     return state
 
 
-def parked(connection: pika.BlockingConnection, spec: QueueSpec) -> int | None:
-    """The tasks in the rate limit's wait tiers (``<queue>.wait.<N>s``); None: no tier
-    exists (no limit was ever given)."""
-    total = None
-    for name in spec.wait_names:
-        try:
-            held = connection.channel().queue_declare(name, passive=True)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code != 404:
-                raise
+@dataclass
+class Parked:
+    """The tasks in the rate limit's wait tiers, and the tiers the broker would not count
+    (name: its words): those may hold more."""
+
+    tasks: int = 0
+    uncounted: dict[str, str] = field(default_factory=dict)
+
+    def phrase(self) -> str:
+        """``412 tasks parked``, and any tier not counted, with why."""
+        text = f"{self.tasks} tasks parked"
+        if self.uncounted:
+            text += " (not counted: " + ", ".join(
+                f"{name}: {why}" for name, why in sorted(self.uncounted.items())) + ")"
+        return text
+
+
+def parked(connection: pika.BlockingConnection, spec: QueueSpec) -> Parked | None:
+    """The tasks in the rate limit's wait tiers (``<queue>.wait.<N>s``), each read on a
+    channel closed again (broker/depths.py); None: no tier exists (no limit was ever given).
+    A tier the broker refuses to count (no permission, no leader) exists: it is named."""
+    found: Parked | None = None
+    for name, seen in looks(connection, spec.wait_names).items():
+        if seen is None:
             continue
-        total = (total or 0) + held.method.message_count
-    return total
+        found = found or Parked()
+        if isinstance(seen, Refused):
+            found.uncounted[name] = seen.text
+        else:
+            found.tasks += seen.ready
+    return found
 
 
-def rate_line(state: ControlState, parked_tasks: int | None) -> str:
+def rate_line(state: ControlState, parked_tasks: Parked | None) -> str:
     """``rate limit 20/s per key (by bob@h1); 412 tasks parked`` or ``no rate limit``."""
     limit = state.rate_limit
     line = "no rate limit" if limit is None else f"rate limit {limit.describe()}"
-    return line if parked_tasks is None else f"{line}; {parked_tasks} tasks parked"
+    return line if parked_tasks is None else f"{line}; {parked_tasks.phrase()}"

@@ -36,6 +36,13 @@ WAIT_SECONDS = 30.0
 PREFETCH = 200  # a stream reader must have a prefetch; commands are small
 
 
+def replica_missing(reason: BaseException) -> bool:
+    """A 406 that passes: a stream just made, or its node just started, has no running replica
+    on the node we read from yet (seen with many workers starting on new names at once). Any
+    other 406 (RabbitMQ before 3.9: no streams) is final."""
+    return "running replica" in str(getattr(reason, "reply_text", ""))
+
+
 class WorkerControl:
     """Feeds the control stream's commands to ``on_command(action, record)``; answers through
     ``answer(record, what)``. ``state`` says what is in force (paused, cancelled runs)."""
@@ -91,7 +98,7 @@ class WorkerControl:
             if generation != self._generation:
                 return
             code = getattr(reason, "reply_code", None)
-            if code in (403, 406):
+            if code == 403 or (code == 406 and not replica_missing(reason)):
                 self.available = False
                 self.log.warning("cannot read the control stream %r (%s): working without "
                                  "pause/cancel/stop-workers (a user with permission for it, "

@@ -1,8 +1,9 @@
 """delete-queue: remove a task queue and everything of ours beside it.
 
 ``QueueRemover`` looks at every name in ``QueueSpec.everything`` (the queue, ``.retry``,
-``.dead``, the legacy ``.events`` queue, the ``.results`` and ``.control`` streams) and at the
-``<queue>.events`` exchange, each by a passive declare on a channel of its own (a 404 closes
+``.dead``, ``.urgent``, ``.urgent.retry``, the rate limit's ``.ratelimit`` and
+``.wait.<N>s``, the legacy ``.events`` queue, the ``.results`` and ``.control`` streams) and at
+the ``<queue>.events`` exchange, each by a passive declare on a channel of its own (a 404 closes
 the channel it came on, nothing else), and deletes what exists. Whether to go ahead (workers
 attached, asked on a terminal or ``--yes``) is ``confirm``'s decision, kept apart so that the
 rule is the same wherever the answer comes from.

@@ -29,7 +29,8 @@ from pika.channel import Channel
 from pika.spec import Basic
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
-from taskqueue.broker.connection import BrokerSession, settled_tags
+from taskqueue.broker.connection import BrokerSession
+from taskqueue.broker.frames import settled_tags
 from taskqueue.broker.topology import broker_version
 from taskqueue.errors import EXIT_UNREACHABLE, UserError
 from taskqueue.wire.messages import PRIOR_DELIVERIES, PUBLISHED_AGAIN, RATE_LEFT, RATE_PARKS

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import TextIO
 
-from taskqueue.emitter.publisher import PublishStats
+from taskqueue.emitter.stats import PublishStats
 
 
 class Progress:

@@ -9,7 +9,8 @@ messages (the summary says how many, and which rows).
 
 The rows are read on a thread of their own (feed.py), so a slow input never stalls the I/O loop.
 ``ResumeState`` remembers, per (file, queue), the last row up to which every row was confirmed,
-so ``--resume`` continues an interrupted run without publishing anything twice.
+so ``--resume`` continues an interrupted run without publishing anything twice (after a clean
+end, the rows refused too: ``--resume`` sends exactly those again, then the rows after).
 """
 
 from __future__ import annotations
@@ -18,18 +19,19 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 
 import pika
 from pika.channel import Channel
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
-from taskqueue.broker.connection import BrokerSession, settled_tags
+from taskqueue.broker.connection import BrokerSession
+from taskqueue.broker.frames import settled_tags
 from taskqueue.broker.topology import ROUTING_LIVE, Topology
 from taskqueue.broker.urgent import queue_for
 from taskqueue.emitter.feed import TaskFeed
-from taskqueue.emitter.resume import ResumeState
+from taskqueue.emitter.resume import MAX_REFUSED_KEPT, ResumeState
+from taskqueue.emitter.stats import PublishStats
 from taskqueue.emitter.tasks import Task
 from taskqueue.errors import EXIT_REFUSED, UserError
 from taskqueue.wire.events import run_event
@@ -51,36 +53,6 @@ EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persiste
                                         content_type="application/json")
 
 
-@dataclass
-class PublishStats:
-    """What a run did; ``queue_depth``/``consumers`` are read from the broker at the end."""
-
-    read: int = 0
-    confirmed: int = 0
-    rejected: int = 0
-    republished: int = 0
-    republished_rows: tuple[int, int] | None = None  # lowest and highest row sent again
-    started: float = field(default_factory=time.monotonic)
-    finished: float | None = None
-    queue_depth: int | None = None
-    consumers: int | None = None
-
-    @property
-    def seconds(self) -> float:
-        return (self.finished or time.monotonic()) - self.started
-
-    @property
-    def rate(self) -> float:
-        return self.confirmed / self.seconds if self.seconds > 0 else 0.0
-
-    def note_republished(self, rows: list[int]) -> None:
-        self.republished += len(rows)
-        low, high = min(rows), max(rows)
-        if self.republished_rows:
-            low, high = min(low, self.republished_rows[0]), max(high, self.republished_rows[1])
-        self.republished_rows = (low, high)
-
-
 class ConfirmedPublisher(BrokerSession):
     """Drain *tasks* into the queue with pipelined publisher confirms.
 
@@ -95,7 +67,8 @@ class ConfirmedPublisher(BrokerSession):
                  on_tick: Callable[[PublishStats], None] | None = None,
                  state: ResumeState | None = None, start_after: int = 0,
                  total: int | None = None, interactive_input: bool = False,
-                 again_through: int = 0, priority: str = "normal") -> None:
+                 again_through: int = 0, priority: str = "normal",
+                 replay: Sequence[int] = ()) -> None:
         super().__init__(settings, log, queue_name=queue.name)
         self.queue = queue
         # High: to <queue>.urgent, which every worker takes from first (broker/urgent.py).
@@ -103,7 +76,10 @@ class ConfirmedPublisher(BrokerSession):
         self.stats = PublishStats()
         self.stop_requested = False
         self.first_bad_row: int | None = None  # lowest row rejected by the broker
-        self.last_row_read = start_after
+        self.last_row_read = start_after  # the highest row read (refused rows sent again aside)
+        # --resume: rows the earlier run had refused, sent again first (the tasks are in order)
+        self._replay, self._replay_next = sorted(replay), 0
+        self.refused: list[int] | None = []  # rows refused; None: more than MAX_REFUSED_KEPT
         self.confirmed_rows = bytearray()  # a byte per row: 1 once confirmed (for --wait)
         self._feed = TaskFeed(tasks, lambda: self.call_threadsafe(self._fill),
                               interactive=interactive_input)
@@ -142,7 +118,23 @@ class ConfirmedPublisher(BrokerSession):
             bounds.append(min(pending) - 1)
         if self.first_bad_row is not None:
             bounds.append(self.first_bad_row - 1)
+        if self._replay_next < len(self._replay):
+            bounds.append(self._replay[self._replay_next] - 1)
         return min(bounds)
+
+    @property
+    def answered_all(self) -> bool:
+        """Every row published has its answer (confirmed or refused): a clean end."""
+        return not self._resend and all(task is None for task in self._in_flight.values())
+
+    def rows_to_resume(self) -> list[int] | None:
+        """At a clean end, the rows --resume publishes again before those after last_row_read:
+        refused ones, and an earlier run's not sent again yet (a stop). None: not clean, or too
+        many refused: --resume then starts after confirmed_through()."""
+        if not self.answered_all or self.refused is None:
+            return None
+        rows = sorted(set(self.refused) | set(self._replay[self._replay_next:]))
+        return rows if len(rows) <= MAX_REFUSED_KEPT else None
 
     @property
     def resumable(self) -> bool:
@@ -233,10 +225,14 @@ class ConfirmedPublisher(BrokerSession):
         if task is None:
             if self._feed.finished:
                 self._reading = False
+                if self._feed.error is None:  # refused rows the file no longer has: none left
+                    self._replay_next = len(self._replay)
             return None
         self.stats.read += 1
-        self.last_row_read = task.row
-        if task.row > self._horizon and self.stats.confirmed:
+        while self._replay_next < len(self._replay) and self._replay[self._replay_next] <= task.row:
+            self._replay_next += 1  # sent again now (or skipped by --skip-done, or gone)
+        self.last_row_read = max(self.last_row_read, task.row)
+        if task.row > self._horizon and (self.stats.confirmed or self.stats.rejected):
             self.save_state(complete=False)  # a --resume must know this row may be out
         return task, task.row <= self._again_through
 
@@ -293,6 +289,10 @@ class ConfirmedPublisher(BrokerSession):
         self.stats.rejected += 1
         if self.first_bad_row is None or task.row < self.first_bad_row:
             self.first_bad_row = task.row
+        if self.refused is not None:
+            self.refused.append(task.row)
+            if len(self.refused) > MAX_REFUSED_KEPT:
+                self.refused = None  # --resume falls back to the watermark (said at the end)
         why = "refused (nack)" if not acked else f"returned: no queue {self.queue.name!r}"
         if self.stats.rejected <= 10:
             self.log.error("row %d %s by the broker: %r", task.row, why, task.text[:80])
@@ -347,17 +347,19 @@ class ConfirmedPublisher(BrokerSession):
                          len(self._in_flight), now - since)
         self.drop_connection("confirms stopped")
 
-    def save_state(self, complete: bool, periodic: bool = False) -> None:
-        """Record how far the file is confirmed, for --resume. A run that confirmed nothing
-        (it read nothing new, or never reached the broker) leaves the saved point alone.
-        A point that cannot be saved is one warning (once while it keeps failing, if
-        *periodic*), never an exception: the run goes on, and the next save tries again."""
-        if self._state is None or self.stats.confirmed == 0:
+    def save_state(self, complete: bool, periodic: bool = False, end: bool = False) -> None:
+        """Record how far the file is confirmed, for --resume (at a clean *end*, also the rows
+        to send again: rows_to_resume). A run with no answer from the broker leaves the saved
+        point alone. A point that cannot be saved is one warning (once while it keeps failing,
+        if *periodic*), never an exception: the run goes on, and the next save tries again."""
+        if self._state is None or (self.stats.confirmed == 0 and not self.stats.rejected):
             return
         through = self.confirmed_through()
         horizon = max(self._horizon, self.last_row_read + HORIZON_ROWS)
+        refused = self.rows_to_resume() if end else None
         try:
-            self._state.save(through, complete, self._run_id, published_through=horizon)
+            self._state.save(through, complete, self._run_id, published_through=horizon,
+                             refused=refused, read_through=self.last_row_read)
         except OSError as error:
             if not (periodic and self._save_failing):
                 then = "it is tried again each second" if periodic else \

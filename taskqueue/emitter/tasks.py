@@ -16,7 +16,7 @@ import csv
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -124,11 +124,13 @@ def read_lines(stream: BinaryIO, name: str, max_bytes: int) -> Iterator[tuple[in
 
 def read_tasks(path: str, *, header: bool = False, column: str | None = None,
                key_column: str | None = None, max_bytes: int = DEFAULT_MAX_TASK_BYTES,
-               skip_through: int = 0, run_id: str = "") -> Iterator[Task]:
-    """Stream the tasks of *path*. Rows numbered <= *skip_through* are read but not yielded
-    (that is how --resume continues after the last confirmed row). A file's ids are stable
-    across runs (resumable); stdin's include *run_id* (each run is new input). With *header*,
-    *key_column* names the column of each task's rate-limit key (the id does not include it)."""
+               skip_through: int = 0, run_id: str = "",
+               also_rows: Collection[int] = ()) -> Iterator[Task]:
+    """Stream the tasks of *path*. Rows numbered <= *skip_through* are read but not yielded,
+    except those in *also_rows* (that is how --resume continues after the last confirmed row,
+    or publishes refused rows again, then the rows after the last one read). A file's ids are
+    stable across runs (resumable); stdin's include *run_id* (each run is new input). With
+    *header*, *key_column* names the column of each task's rate-limit key (not in the id)."""
     stream, name = open_task_file(path)
     source = f"<stdin>\0{run_id}" if name == "<stdin>" else str(Path(path).resolve())
     label = "<stdin>" if name == "<stdin>" else Path(source).name
@@ -137,9 +139,10 @@ def read_tasks(path: str, *, header: bool = False, column: str | None = None,
         rows = (_column_rows(lines, name, column, max_bytes, key_column) if header
                 else _plain_rows(lines))
         seen_any = False
+        also = frozenset(also_rows)
         for number, text, key in rows:
             seen_any = True
-            if number > skip_through:
+            if number > skip_through or number in also:
                 yield Task(text, number, name, message_id(source, number, text, label), key)
         if not seen_any:
             raise CsvError(f"{name} has no tasks (it is empty or blank); put one task per line")

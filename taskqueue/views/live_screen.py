@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
+from taskqueue.views.live_parked import parked_shown
 from taskqueue.views.live_tally import LiveTally, SlotView
 from taskqueue.views.names import natural_key
 from taskqueue.views.terminal import progress_words
@@ -26,8 +27,8 @@ HEADER = (f"{'worker':<22} {'host':<14} {'state':<50} {'done':>5} {'failed':>6} 
 
 
 def draw(state: LiveTally, now: float, width: int = 100, height: int | None = None) -> list[str]:
-    rate = state.rate_line(now)
-    top = [f"queue {state.queue!r}: {queue_text(state, now)}",
+    rate, parked = state.rate_line(now), parked_text(state, now)
+    top = [f"queue {state.queue!r}: {queue_text(state, now)}", *([parked] if parked else []),
            f"run {state.run_id or '-'}: {progress_text(state, now)}", *([rate] if rate else []),
            ""]
     failures = failure_lines(state)
@@ -60,8 +61,9 @@ def one_line(state: LiveTally, now: float) -> str:
         workers = f"{len(slots)} slots: " + ", ".join(f"{n} {what}" for what, n in
                                                       sorted(counts.items()))
     clock = time.strftime("%H:%M:%S", time.localtime(now))
-    rate = state.rate_line(now)
-    return (f"{clock} queue {state.queue!r}: {queue_text(state, now)} | "
+    rate, parked = state.rate_line(now), parked_text(state, now)
+    return (f"{clock} queue {state.queue!r}: {queue_text(state, now)}"
+            f"{f' | {parked}' if parked else ''} | "
             f"{progress_text(state, now)}{f' | {rate}' if rate else ''} | workers: {workers}")
 
 
@@ -77,6 +79,16 @@ def queue_text(state: LiveTally, now: float) -> str:
     if state.last_wait is not None and c.ready:
         text += f", latency {seconds_text(state.last_wait[1])}"
     return text
+
+
+def parked_text(state: LiveTally, now: float) -> str:
+    """The tasks a rate limit parked, as the web page's Queue card shows them: while some are
+    parked or a limit is in force ("?": a tier the broker would not count); "" otherwise, or
+    when nobody reads the tiers for this view. A line of its own: the queue line is cut at the
+    terminal's width, and this count is what a limit leaves out of "ready"."""
+    if not state.parked_read or not parked_shown(state.parked, bool(state.rate_line(now))):
+        return ""
+    return f"parked (rate limit): {'?' if state.parked is None else state.parked}"
 
 
 def progress_text(state: LiveTally, now: float) -> str:

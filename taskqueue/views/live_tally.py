@@ -69,6 +69,9 @@ class LiveTally:
     _latest_start: float = 0.0  # of the current run's tasks: older runs' stragglers start before
     gone_after: float = GONE_AFTER  # the web view says "gone" sooner (two snapshot intervals)
     rates: RateReports = field(default_factory=RateReports)  # the limit each worker applies
+    parked: int | None = None  # the tasks in the rate limit's tiers (live_parked.py), if known
+    parked_read: bool = False  # whoever feeds this reads the tiers: None is then "not known"
+    #                            (the dashboard's feed does; a view that does not shows none)
 
     # --- feeding ---------------------------------------------------------------------------
     def feed(self, event: dict) -> None:

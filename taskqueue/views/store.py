@@ -13,6 +13,8 @@ import pika
 
 from taskqueue.broker.blocking import open_blocking
 from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.broker.depths import Depth, Refused, looks
+from taskqueue.broker.urgent import urgent_retry_name
 from taskqueue.results.events_file import EventStore as EventStore  # its importers of views.store
 from taskqueue.views.names import worker_of
 from taskqueue.wire.events import RecentIds, kind_of
@@ -60,31 +62,29 @@ def list_runs(events: Iterable[dict]) -> str:
 
 def passive_counts(connection: pika.BlockingConnection,
                    names: list[str]) -> dict[str, tuple[int, int] | None]:
-    """(ready messages, consumers) of each queue, by passive declares; None for a queue that
-    does not exist. Consuming-only: it works during a resource alarm."""
-    counts: dict[str, tuple[int, int] | None] = {}
-    for name in names:
-        channel = connection.channel()
-        try:
-            frame = channel.queue_declare(name, passive=True)
-        except pika.exceptions.ChannelClosedByBroker:
-            counts[name] = None  # the 404 closed the channel
-            continue
-        counts[name] = (frame.method.message_count, frame.method.consumer_count)
-        channel.close()
-    return counts
+    """(ready messages, consumers) of each queue, by passive declares (broker/depths.py, each
+    channel closed again); None for a queue that does not exist or whose depth the broker
+    refused to give (the views show either as unknown). Consuming-only: it works during a
+    resource alarm."""
+    return {name: (seen.ready, seen.consumers) if isinstance(seen, Depth) else None
+            for name, seen in looks(connection, names).items()}
 
 
 def queue_status(settings: BrokerSettings, spec: QueueSpec) -> str:
-    """The queue and its companions right now: messages waiting, and consumers. (Tasks in
-    progress are not 'waiting': ``task_report.py --watch`` shows them, worker by worker.)"""
+    """The queue and its companions (``<queue>.urgent.retry`` too) right now: messages waiting,
+    and consumers. (Tasks in progress are not 'waiting': ``task_report.py --watch`` shows
+    them, worker by worker.)"""
     connection = open_blocking(settings)
     try:
-        counts = passive_counts(connection, spec.all_queues)
+        seen = looks(connection, [*spec.all_queues, urgent_retry_name(spec.name)])
     finally:
         connection.close()
     lines = [f"{'queue':<40} {'waiting':>8} {'consumers':>9}"]
-    for name, count in counts.items():
-        lines.append(f"{name:<40} {'(none)':>8}" if count is None else
-                     f"{name:<40} {count[0]:>8} {count[1]:>9}")
+    for name, count in seen.items():
+        if isinstance(count, Depth):
+            lines.append(f"{name:<40} {count.ready:>8} {count.consumers:>9}")
+        elif isinstance(count, Refused):  # there, maybe full: not "(none)"
+            lines.append(f"{name:<40} {'?':>8}  (the broker refused: {count.text})")
+        else:
+            lines.append(f"{name:<40} {'(none)':>8}")
     return "\n".join(lines)

@@ -27,6 +27,8 @@ from taskqueue.broker.blocking import open_blocking
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.results.history import History
 from taskqueue.views.live import LiveState, QueueCounts
+from taskqueue.views.live_parked import TierWatch
+from taskqueue.views.live_retry import UrgentRetryWatch, retrying
 from taskqueue.views.store import passive_counts
 from taskqueue.wire.events import decode_events
 from taskqueue.wire.record import decode_group, run_began, stream_offset
@@ -115,6 +117,8 @@ def watch(settings: BrokerSettings, spec: QueueSpec, *, until_done: bool = False
     stream = stream or sys.stdout
     connection = open_blocking(settings)
     state = LiveState(spec.name)
+    state.parked_read, tiers = True, TierWatch(spec)  # the tasks a rate limit parked
+    urgent_retry = UrgentRetryWatch(spec)  # retrying: <queue>.retry and <queue>.urgent.retry
     screen = TerminalScreen(stream) if stream.isatty() else None
     _stop_on_sigterm()
     try:
@@ -140,9 +144,11 @@ def watch(settings: BrokerSettings, spec: QueueSpec, *, until_done: bool = False
             counts = passive_counts(connection, [spec.name, spec.retry_name, spec.dead_name])
             task, retry, dead = (counts[name] for name in (spec.name, spec.retry_name,
                                                            spec.dead_name))
-            state.counts = QueueCounts(task and task[0], retry and retry[0], dead and dead[0],
+            retries = retrying(retry, urgent_retry.read(connection, time.monotonic()))
+            state.counts = QueueCounts(task and task[0], retries, dead and dead[0],
                                        task and task[1])
             now = time.time()
+            state.parked = tiers.read(connection, time.monotonic(), bool(state.rate_line(now)))
             if screen is not None:
                 columns, lines = screen.size()
                 screen.draw(state.screen(now, columns, lines - 1))  # the last line stays free

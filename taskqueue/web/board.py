@@ -21,6 +21,7 @@ from prometheus_client.registry import CollectorRegistry
 from tornado.ioloop import PeriodicCallback
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
+from taskqueue.views.live_parked import parked_shown
 from taskqueue.web.actions import ControlDesk
 from taskqueue.web.copies import RunCopies
 from taskqueue.web.feed import DashboardFeed
@@ -111,7 +112,8 @@ def make_board(settings: BrokerSettings, spec: QueueSpec, *, reports_dir: Path,
 
 
 def overview_row(board: Board, now: float) -> dict:
-    """A queue's line on the overview: its depths, its workers, the attempts done and failed
+    """A queue's line on the overview: its depths (the tasks a rate limit parked too, and
+    whether to show them: views/live_parked.py), its workers, the attempts done and failed
     in the last 60 s, and whether these figures are current (``problem``: why not, and
     ``as_of``: when they were). While the broker does not answer, all of it is as of the last
     moment it did (as the live page's, hub.py): not workers "gone" one by one as if dead."""
@@ -124,8 +126,10 @@ def overview_row(board: Board, now: float) -> dict:
         kinds = [kind for kind, _ in workers_of(state, at).values()]
         last_minute = feed.totals.minutes.last_minute(at)
         paused = state.paused(at)
+        parked, limited = state.parked, bool(state.rate_line(at))
     return {"name": board.name, "root": board.root, "ready": counts.ready,
             "retrying": counts.retry, "dead": counts.dead, "paused": paused,
+            "parked": parked, "parked_shown": parked_shown(parked, limited),
             "workers": sum(1 for kind in kinds if kind not in ("gone", "stopped")),
             "busy": kinds.count("busy"),
             "done_per_minute": last_minute["done"],

@@ -3,9 +3,10 @@
 It does what ``task_report.py --watch`` does (watch.py), for everyone at once: a queue of its
 own bound to the ``<queue>.events`` exchange (the workers' snapshots), the results stream read
 from its first record and then followed (totals, runs, the live run, and each run's copy for
-the run pages: copies.py), and once a second the
-queue's counts by passive declares (nothing published: it keeps working during an alarm). The
-web handlers read ``view()`` under the lock; they never touch the broker for the live page.
+the run pages: copies.py), and once a second the queue's counts by passive declares (the
+tasks a rate limit parked too: views/live_parked.py; nothing published: it keeps working during an
+alarm). The web handlers read ``view()`` under the lock; they never touch the broker for the
+live page.
 
 A lost connection is one log line and a new connection two seconds later, reading the stream
 on from the offset after the last record read, so nothing is counted twice or missed.
@@ -28,6 +29,8 @@ from taskqueue.broker.blocking import open_blocking_at
 from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.errors import UserError
 from taskqueue.views.live import QueueCounts
+from taskqueue.views.live_parked import TierWatch
+from taskqueue.views.live_retry import UrgentRetryWatch, retrying
 from taskqueue.views.store import passive_counts
 from taskqueue.views.watch import VIEW_QUEUE_LIMIT
 from taskqueue.web.copies import RunCopies
@@ -65,6 +68,8 @@ class DashboardFeed:
         self.bad_records = 0  # records that could not be read (skipped, logged)
         self._next_offset: int | None = None  # the stream offset after the last record read
         self._urls = list(settings.urls)  # tried in this order; a node found behind goes last
+        self.tiers = TierWatch(spec)  # the tasks a rate limit parked
+        self.urgent_retry = UrgentRetryWatch(spec)  # "retrying" counts it beside <queue>.retry
         self.nodes = NodeWatch(settings, spec, log, lambda: self._next_offset or 0)
         self._stopping = threading.Event()
         self.clock: Callable[[], float] = time.monotonic  # the loop's beat (a test's own clock)
@@ -161,9 +166,14 @@ class DashboardFeed:
                 probe_at = self.clock() + RESULTS_PROBE_SECONDS
             counts = passive_counts(connection, names)
             task, retry, dead = (counts[name] for name in names)
+            retries = retrying(retry, self.urgent_retry.read(connection, self.clock()))
             with self.lock:
-                self.state.counts = QueueCounts(task and task[0], retry and retry[0],
+                limited = bool(self.state.rate_line(time.time()))
+            parked = self.tiers.read(connection, self.clock(), limited)
+            with self.lock:
+                self.state.counts = QueueCounts(task and task[0], retries,
                                                 dead and dead[0], task and task[1])
+                self.state.parked = parked
                 self.state.forget(time.time(), FORGET_AFTER)
                 self.heard_at = time.time()
             self._process_until(connection, self.clock() + self.interval)

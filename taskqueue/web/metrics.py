@@ -9,6 +9,9 @@ a gone worker's series are removed).
                                                   attempts are not in it)
   taskqueue_task_wait_seconds{queue}              histogram of the wait, published -> started
   taskqueue_queue_messages{queue,state}           ready / retrying / dead, now
+  taskqueue_parked_tasks{queue}                   tasks a rate limit parked in the queue's
+                                                  tiers, now (absent until read, or while a
+                                                  tier is one the broker will not count)
   taskqueue_tasks_in_progress{queue}              slots busy now
   taskqueue_consumers{queue}                      consumers of the queue, now
   taskqueue_oldest_ready_task_age_seconds{queue}  an estimate (below)
@@ -93,6 +96,9 @@ class FeedCollector:
             if value is not None:
                 messages.add_metric([queue, name], value)
         yield messages
+        if state.parked is not None:  # 0 once read on a queue without tiers: a series to graph
+            yield _gauge("taskqueue_parked_tasks", "Tasks a rate limit parked in the queue's "
+                         "wait tiers (<queue>.wait.<N>s), now", queue, state.parked)
         yield _gauge("taskqueue_tasks_in_progress", "Slots busy on a task now", queue,
                      state.in_progress(now))
         if counts.consumers is not None:

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from taskqueue.views.live import LiveState, SlotView
+from taskqueue.views.live_parked import parked_shown
 from taskqueue.views.live_screen import folded_state, natural_key, short_state
 from taskqueue.web.totals import RecordTotals
 
@@ -28,6 +29,7 @@ class FeedState(LiveState):
     tally (one current run, switched by whichever run's task came last) does."""
 
     totals: RecordTotals = field(default_factory=RecordTotals)
+    parked_read: bool = True  # the feed reads the tiers (views/live_parked.py TierWatch)
 
 
 def live_json(state: LiveState, now: float, feed_problem: str | None = None) -> dict:
@@ -35,6 +37,8 @@ def live_json(state: LiveState, now: float, feed_problem: str | None = None) -> 
     *feed_problem* says why it does not (the page then greys what it shows)."""
     counts = state.counts
     eta = state.eta(now)
+    rate = state.rate_line(now)
+    parked = state.parked
     slots = sorted(state.slots.values(), key=lambda s: natural_key(s.slot))
     workers = workers_of(state, now)
     done_total = sum(slot.done for slot in slots) or 1
@@ -48,8 +52,9 @@ def live_json(state: LiveState, now: float, feed_problem: str | None = None) -> 
         "queue": {"name": state.queue, "ready": counts.ready, "retrying": counts.retry,
                   "dead": counts.dead, "consumers": counts.consumers,
                   "in_progress": state.in_progress(now), "paused": state.paused(now),
-                  "latency": state.last_wait[1] if state.last_wait and counts.ready else None},
-        "rate": state.rate_line(now) or None,  # the rate limit the workers apply (a line)
+                  "latency": state.last_wait[1] if state.last_wait and counts.ready else None,
+                  "parked": parked, "parked_shown": parked_shown(parked, bool(rate))},
+        "rate": rate or None,  # the rate limit the workers apply (a line)
         "run": {"id": state.run_id, "done": state.done, "total": state.total,
                 "failed": state.failed, "dead": state.dead, "cancelled": state.cancelled,
                 "rate": round(state.rate(now), 2), "eta": eta},

@@ -30,14 +30,17 @@ from pika.spec import Basic
 from taskqueue.broker.config import BrokerSettings, QueueSpec, mask_url
 from taskqueue.broker.connection import BrokerSession
 from taskqueue.broker.topology import Topology, results_refusal
-from taskqueue.control.listener import WorkerControl
-from taskqueue.control.state import ControlState, what_is_cancelled
+from taskqueue.control.state import ControlState
 from taskqueue.errors import EXIT_REFUSED, UserError
 from taskqueue.worker.account import WorkerAccount, WorkerOptions
+from taskqueue.worker.commands_in import ControlCommands
 from taskqueue.worker.delivery import Delivery, Overruns
+from taskqueue.worker.give_back import GiveBack
 from taskqueue.worker.idle import IdleWatch
+from taskqueue.worker.in_hand import EXIT_GRACE_SECONDS, InHand
 from taskqueue.worker.lanes import Intake
 from taskqueue.worker.life import DeliveryLife, WorkerParts
+from taskqueue.worker.look_ahead import LookAhead
 from taskqueue.worker.outbox import Outbox
 from taskqueue.worker.phase import (
     STOP_ASKED,
@@ -46,17 +49,15 @@ from taskqueue.worker.phase import (
     after_stop_request,
     subscribe_step,
 )
-from taskqueue.worker.policy import broker_limit_clash, cancellation
+from taskqueue.worker.policy import broker_limit_clash
 from taskqueue.worker.ratelimit import RateGate
 from taskqueue.worker.reach import ReachWatch
-from taskqueue.worker.settlement import Settlement, Step
 from taskqueue.worker.slots import WorkSlot, slot_names
 from taskqueue.worker.tail import ResultsTail
 from taskqueue.worker.work import Runner
 
 TICK_SECONDS = 0.25  # idle checks, event flushes and live snapshots run on this beat
 SNAPSHOT_SECONDS = (0.5, 2.0)  # a live snapshot at most this often, and at least this often
-EXIT_GRACE_SECONDS = 5.0  # at exit, wait this long for the last records to be confirmed
 
 
 class TaskConsumer(BrokerSession):
@@ -75,6 +76,7 @@ class TaskConsumer(BrokerSession):
         # hold these same lists).
         self.slots: list[WorkSlot] = []
         self._free_slots: list[WorkSlot] = []  # a stack: the first slot goes first
+        self.in_hand = InHand(self.slots, log)  # the tasks still ours in them
         self.outbox = Outbox(settings, queue, log, self.ioloop, options.name)
         self.outbox.on_finished = self._on_outbox_finished
         self.account = WorkerAccount(options, self.host, self.slots, self.outbox)
@@ -82,8 +84,8 @@ class TaskConsumer(BrokerSession):
         self.overruns = Overruns()
         self.tail = ResultsTail(queue, options.name, log, self.outbox.record_result,
                                 self._results_refused)
-        self.outbox.on_block = self.tail.publishing_blocked
-        self.outbox.on_unblock = self.tail.publishing_unblocked
+        self.outbox.on_block, self.outbox.on_unblock = (self.tail.alarm.publishing_blocked,
+                                                        self.tail.alarm.publishing_unblocked)
         # A node cut off from the majority delivers nothing and says nothing: a quiet worker
         # asks for a probe (a fence) now and then, and leaves a node that cannot answer it.
         self.reach = ReachWatch(self.tail.probe, self._on_cut_off)
@@ -98,14 +100,18 @@ class TaskConsumer(BrokerSession):
         self._stop_since: float | None = None  # when the first stop request came
         # The subscriptions to <queue>.urgent and <queue> (CONSUMING has both), and the
         # deliveries that came while every slot was busy.
-        self.intake = Intake(queue.name, len(runners))
+        self.intake = Intake(queue.name, len(runners), GiveBack(self.outbox, lambda: self.topology),
+                             log, options.name)
+        self.look_ahead = LookAhead(len(runners), self.intake, self.inspect_queue,
+                                    self.in_hand.in_hand_for, log=log)
         self._changed, self._last_snapshot, self._ticks = True, 0.0, 0
-        self.control = WorkerControl(queue, ControlState(options.name, time.time()), log,
-                                     self._on_control, self._answer)
+        # task_control.py's commands (commands_in.py), which ask us to pause, resume or stop.
+        self.commands = ControlCommands(self, queue, ControlState(options.name, time.time()))
+        self.control = self.commands.listener
         self.life = DeliveryLife(WorkerParts(
             log, queue, options, self.slots, self._free_slots, self.outbox, self.account,
             self.tail, self.idle, self.control, self.overruns, lambda: self.phase, self._free,
-            self._mark_changed, rate=self.rate))
+            self.mark_changed, rate=self.rate))
         # A slot's outcome goes to the life on the I/O thread: the slot hops threads itself
         # (call_threadsafe), so pika is only ever called from the connection's thread.
         self.slots.extend(WorkSlot(name, runner, self.life.on_outcome, self.call_threadsafe)
@@ -113,7 +119,7 @@ class TaskConsumer(BrokerSession):
                                                   runners))
         self._free_slots.extend(reversed(self.slots))
 
-    def _mark_changed(self) -> None:
+    def mark_changed(self) -> None:
         self._changed = True  # a live snapshot goes out on the next beat
 
     def _results_refused(self, reason: BaseException) -> None:
@@ -132,7 +138,7 @@ class TaskConsumer(BrokerSession):
 
     def on_stop_request(self, _count: int) -> None:
         self._stop_since = self._stop_since or time.monotonic()
-        in_hand = self.in_hand()
+        in_hand = self.in_hand.now()
         self.phase, second = after_stop_request(self.phase)
         if not second:
             if in_hand:
@@ -143,22 +149,11 @@ class TaskConsumer(BrokerSession):
             self._cancel_consumer()
             self._finish_if_idle()
             return
-        for slot, held in in_hand:
-            delivery = held.delivery
-            if held.requeue("a second stop request"):
-                self.log.warning("[%s] requeued %s: %r", slot.name, delivery.label,
-                                 delivery.text)
-            slot.interrupt()
+        self.in_hand.requeue(in_hand, "a second stop request")
         if self.phase is Phase.STOPPING:  # waiting for the last records: stop waiting
             self.outbox.finish()
         else:
             self._shutdown(grace=1.0)
-
-    def in_hand(self) -> list[tuple[WorkSlot, Settlement]]:
-        """The slots whose task is still ours (working on it, or waiting for its confirms),
-        each with its task's settlement."""
-        return [(slot, slot.settlement) for slot in self.slots
-                if slot.settlement is not None and slot.settlement.in_hand]
 
     def _cancel_consumer(self) -> None:
         given = self.intake.cancel(self.channel)
@@ -168,6 +163,9 @@ class TaskConsumer(BrokerSession):
         self.idle.stop()
 
     def _on_outbox_finished(self) -> None:
+        if self._stop_since is not None:  # nothing unconfirmed will be confirmed now
+            self.in_hand.give_back_unconfirmed(self.intake.giving_back)
+        self.intake.say_late()
         self.phase = Phase.STOPPED
         if self.outbox.error is not None:
             self.fail(self.outbox.error)  # e.g. no permission to publish: the user must act
@@ -209,9 +207,11 @@ class TaskConsumer(BrokerSession):
         self.rate.consuming_ready(channel.connection, topology)
         channel.add_on_cancel_callback(self._on_cancelled_by_broker)
         # The record first (a first fence proves we may read and write it: no work without
-        # records), then the control stream (a worker started while paused takes nothing).
+        # records), then the control stream (a worker started while paused takes nothing),
+        # then <queue>.urgent.retry (lanes.py: an urgent task's retry stays urgent).
         self.tail.start(channel.connection, self.ioloop, lambda: self.control.start(
-            channel.connection, self.ioloop, lambda: self._subscribe(channel)))
+            channel.connection, self.ioloop, lambda: self.intake.prepare(
+                channel.connection, topology, lambda: self._subscribe(channel))))
 
     def _subscribe(self, channel: Channel) -> None:
         """prefetch_count = the number of slots (2 x slots for <queue>.urgent). Slots still busy
@@ -220,8 +220,7 @@ class TaskConsumer(BrokerSession):
         done."""
         if not self._current(channel):
             return
-        step = subscribe_step(self.phase, self.control.paused,
-                              len(self.slots) - len(self._free_slots))
+        step = subscribe_step(self.phase, self.control.paused, self.busy_slots())
         if step == "pause":
             self.phase = Phase.PAUSED  # resume subscribes
         elif step == "wait":
@@ -287,7 +286,8 @@ class TaskConsumer(BrokerSession):
             # consuming: the life gives it back.)
             self.intake.hold(channel, method, properties, body)
             return
-        self.life.on_message(channel, method, properties, body)
+        self.life.on_message(channel, method, properties, body,
+                             urgent=self.intake.urgent_delivery(method))
 
     def _take_waiting(self) -> None:
         """A slot is free: it takes the next delivery in hand, urgent first (lanes.py)."""
@@ -295,7 +295,8 @@ class TaskConsumer(BrokerSession):
             return
         held = self.intake.take()
         if held is not None:
-            self.life.on_message(held.channel, held.method, held.properties, held.body)
+            self.life.on_message(held.channel, held.method, held.properties, held.body,
+                                 urgent=held.urgent)
 
     def _quiet_since(self) -> float | None:
         """Consuming with no task running, since when (None: not quiet). A slot waiting for
@@ -331,14 +332,7 @@ class TaskConsumer(BrokerSession):
         self.intake.forget()  # nobody can ack them now: the broker delivers them again
         self.idle.stop()
         self.phase = after_connection_lost(self.phase)
-        for slot, held in self.in_hand():
-            working = held.step is Step.RUNNING
-            held.drop()  # nobody can ack it now: the broker delivers it again
-            if working:
-                self.log.warning("[%s] connection lost while working on %s: stopped it; the "
-                                 "broker delivers it again (at-least-once)", slot.name,
-                                 held.delivery.label)
-                slot.interrupt()
+        self.in_hand.drop()  # nobody can ack them now: the broker delivers them again
 
     def _free(self, slot: WorkSlot, delivery: Delivery, seconds: float) -> None:
         if slot.delivery is not delivery:
@@ -350,57 +344,31 @@ class TaskConsumer(BrokerSession):
         self._free_slots.append(slot)
         self._changed = True
         self._take_waiting()
+        if self.phase is Phase.CONSUMING and self.channel is not None:
+            self.look_ahead.after_task(seconds if delivery.started else None, self.channel)
         if len(self._free_slots) == len(self.slots):
             if self.phase is Phase.CONSUMING:
                 self.idle.all_free()
-            if self.phase is Phase.WAITING_FOR_SLOTS and self.channel is not None:
-                self._subscribe(self.channel)
+            if self.phase is Phase.WAITING_FOR_SLOTS:
+                self.subscribe_again()
         self._finish_if_idle()
 
-    # --- task_control.py: pause, resume, cancel, stop ---------------------------------------
-    def _on_control(self, action: str, record: dict) -> None:
-        name = self.options.name
-        self._changed = True
-        if action == "pause":
-            in_hand = len(self.slots) - len(self._free_slots)
-            self.log.warning("[%s] paused (task_control.py): taking no new tasks%s", name,
-                             f"; finishing the {in_hand} in hand" if in_hand else "")
-            self._cancel_consumer()  # paused is not idle: --exit-when-idle waits for resume
-            if self.phase in (Phase.CONSUMING, Phase.WAITING_FOR_SLOTS):
-                self.phase = Phase.PAUSED
-        elif action == "resume":
-            self.log.info("[%s] resumed (task_control.py): taking tasks again", name)
-            if self.channel is not None:  # (it waits for busy slots itself)
-                self._subscribe(self.channel)
-        elif action in ("cancel", "cancel-tasks"):
-            self._cancel_in_hand(record)
-        elif action == "rate-limit":
-            self.rate.apply(self.control.state.rate_limit)
-        elif action == "stop":
-            self.log.warning("[%s] stop requested (task_control.py stop-workers)", name)
-            if self.phase not in STOP_ASKED:
-                self.request_stop()
+    # --- what task_control.py's commands ask of us (commands_in.py) -------------------------
+    def busy_slots(self) -> int:
+        """Slots not free: a task in hand, or work still running for one no longer ours."""
+        return len(self.slots) - len(self._free_slots)
 
-    def _cancel_in_hand(self, record: dict) -> None:
-        """The tasks in hand that are cancelled now (a whole run, or the tasks a cancel-tasks
-        selects) are stopped for real, their program and its children ended, and recorded
-        cancelled with the reason (who cancelled it); queued ones are acked unrun when they
-        come (policy.before_work)."""
-        stopped = 0
-        for slot, held in self.in_hand():
-            why = cancellation(held.delivery, self.control.state.cancelled_runs)
-            if why is not None and held.step is Step.RUNNING:
-                held.delivery.cancelled = why
-                slot.interrupt()
-                stopped += 1
-        self.log.warning("[%s] %s (task_control.py): %s", self.options.name,
-                         what_is_cancelled(record), f"stopping its {stopped} task(s) in hand"
-                         if stopped else "its tasks will not be run")
+    def pause(self) -> None:
+        """task_control.py pause (commands_in.py): take nothing new, finish what is in hand.
+        Paused is not idle: --exit-when-idle waits for the resume."""
+        self._cancel_consumer()
+        if self.phase in (Phase.CONSUMING, Phase.WAITING_FOR_SLOTS):
+            self.phase = Phase.PAUSED
 
-    def _answer(self, record: dict, what: str) -> None:
-        self.outbox.reply({"kind": "control-answer", "id": record.get("id"),
-                           "command": record.get("command"), "worker": self.options.name,
-                           "host": self.host, "did": what, "time": time.time()})
+    def subscribe_again(self) -> None:
+        """Resumed, or every slot free again: subscribe (it waits for busy slots itself)."""
+        if self.channel is not None:
+            self._subscribe(self.channel)
 
     # --- the beat: live snapshots, event flushes, idleness, a stop that cannot wait ------------
     def _tick(self) -> None:
@@ -429,20 +397,9 @@ class TaskConsumer(BrokerSession):
             self.idle.check(now)
         self.outbox.check_confirms(now)
         self.tail.check_fences(now)
-        self._give_up_if_overdue(now)
+        if self.phase is Phase.CONSUMING and self.channel is not None and not self.outbox.blocked:
+            self.look_ahead.check(self.channel)  # (blocked: a give-back would be a counted nack)
+        self.in_hand.give_back_if_stuck(self._stop_since is not None, now,
+                                        self.intake.giving_back)
+        self.intake.say_late()  # (given back after the pause or stop's line: lanes.py)
         self.ioloop.call_later(TICK_SECONDS, self._tick)
-
-    def _give_up_if_overdue(self, now: float) -> None:
-        """Stopping, a task whose record or copy the broker has not taken after
-        EXIT_GRACE_SECONDS (an alarm blocks publishing) no longer holds the worker: it goes
-        back to the queue instead (its next attempt is at-least-once), so a stop never waits
-        for the alarm to end."""
-        if self._stop_since is None or now - self._stop_since < EXIT_GRACE_SECONDS:
-            return
-        for slot, held in self.in_hand():
-            label = held.delivery.label
-            if held.step is Step.CONFIRMING and held.requeue(
-                    "the broker has not confirmed its record or copy (blocked?)"):
-                self.log.warning("[%s] the broker has not taken the record or copy of %s "
-                                 "(blocked?): stopping, the task goes back to the queue "
-                                 "instead", slot.name, label)

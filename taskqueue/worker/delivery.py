@@ -78,6 +78,10 @@ class Delivery:
     cancelled: str = ""  # why it was stopped: cancelled while it ran (task_control.py cancel)
     seen: int | None = None  # the results stream's offset read when it was checked (tail.py)
     rate_waited: bool = False  # it waited for its turn under a rate limit (rate_wait.py)
+    # Its retry stays urgent (to <queue>.urgent.retry: policy.after_work): it came through the
+    # subscription to <queue>.urgent while this worker had that retry queue. Decided by the
+    # intake (lanes.py ``Intake.urgent_delivery``) from where it came, never from a header.
+    urgent: bool = False
 
     @cached_property
     def headers(self) -> dict:

@@ -87,10 +87,16 @@ class DeliveryLife:
             self.idle.retry_due, parts.changed)
 
     def on_message(self, channel: Channel, method: Basic.Deliver,
-                   properties: pika.BasicProperties, body: bytes) -> None:
-        delivery = Delivery(channel, method.delivery_tag, properties, body, method.redelivered)
+                   properties: pika.BasicProperties, body: bytes, urgent: bool = False) -> None:
+        """*urgent*: ``Delivery.urgent``, as the intake decided it from the subscription the
+        delivery came through (lanes.py), never from its headers."""
+        delivery = Delivery(channel, method.delivery_tag, properties, body, method.redelivered,
+                            urgent=urgent)
         if self.parts.phase() is not Phase.CONSUMING or not self._free_slots:
-            # Sent before our basic.cancel arrived (stopping, or paused): back to the queue.
+            # Never from the consumer: one sent before our basic.cancel arrived (paused,
+            # stopping) goes back through the intake (give_back.py ``GiveBack``: a copy where a nack
+            # would count as a delivery), one that comes while every slot is busy waits there.
+            # A slot is taken only while consuming, so one handed in all the same goes back.
             channel.basic_nack(delivery.tag, requeue=True)
             return
         slot = self._free_slots.pop()

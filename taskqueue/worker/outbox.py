@@ -15,7 +15,7 @@ the alarm is over the journal is published (confirmed), then deleted. So are the
 workers of this host that died (kill -9) with outcomes in them, found at each connection.
 A copy the broker returns (its queue was deleted) makes the outbox declare the queues again and
 send it once more, up to ``MAX_COPY_RETURNS`` times; only then is it refused (the consumer puts
-the original back). Returns are matched to publishes exactly: each copy carries an
+the original back; returned.py). Returns are matched to publishes exactly: each copy carries an
 ``x-copy-id`` header unique in this worker, which the broker hands back with the return.
 Records go to the ``<queue>.results`` stream in groups: while one group waits for its
 confirm, the records that come meanwhile gather into the next, so a confirm is paid once per
@@ -41,25 +41,20 @@ from pika.channel import Channel
 from pika.connection import Connection
 
 from taskqueue.broker.config import BrokerSettings, QueueSpec
-from taskqueue.broker.connection import BrokerSession, settled_tags
-from taskqueue.broker.topology import (
-    ROUTING_CONTROL,
-    ROUTING_LIVE,
-    QueueSetup,
-    Topology,
-)
+from taskqueue.broker.connection import BrokerSession
+from taskqueue.broker.frames import settled_tags
+from taskqueue.broker.topology import ROUTING_CONTROL, ROUTING_LIVE
 from taskqueue.log import log_dir
 from taskqueue.wire.events import encode
 from taskqueue.wire.record import encode_group
 from taskqueue.worker.copies import Copy, RecordGroup
-from taskqueue.worker.flush import send_now
 from taskqueue.worker.journal import Journal, safe_name
 from taskqueue.worker.keeper import JournalKeeper
+from taskqueue.worker.returned import ReturnedCopies
 
 EVENT_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
                                         content_type="application/json")
 LIVE_PROPERTIES = pika.BasicProperties(content_type="application/json", expiration="10000")
-MAX_COPY_RETURNS = 3  # a copy returned this often (its queue keeps vanishing) is refused
 COPY_ID = "x-copy-id"
 RECORD_GROUP = 1000  # records in one stream message at most
 RECORD_GROUPS_IN_FLIGHT = 1  # the next group gathers while this one is confirmed
@@ -90,7 +85,7 @@ class Outbox(BrokerSession):
         self._sent_at: dict[int, float] = {}  # when each unconfirmed publish went out
         self._returned: set[str] = set()  # x-copy-id of copies returned, until confirmed
         self._copy_ids = itertools.count(1)
-        self._remaking: list[Copy | RecordGroup] | None = None  # waiting for the queues
+        self._returns = ReturnedCopies(spec, log, worker, self._send_again)
         self._snapshot: dict | None = None
         self._replies: deque[dict] = deque(maxlen=100)  # answers to control commands
         self._tag = 0
@@ -138,7 +133,7 @@ class Outbox(BrokerSession):
     @property
     def records_waiting(self) -> int:
         """Results records not yet sent (or waiting for the stream to be made again)."""
-        remaking = sum(len(item.items) for item in self._remaking or ()
+        remaking = sum(len(item.items) for item in self._returns.waiting or ()
                        if isinstance(item, RecordGroup))
         return len(self._records) + remaking + self.keeper.records
 
@@ -150,7 +145,7 @@ class Outbox(BrokerSession):
         in_flight = sum(isinstance(item, Copy) and not item.cancelled
                         for item in self._unconfirmed.values())
         due_back = self._closing_since is None and self.keeper.copy_due_back
-        return sum(not copy.cancelled for copy in (*self._copies, *(self._remaking or ()))) \
+        return sum(not copy.cancelled for copy in (*self._copies, *(self._returns.waiting or ()))) \
             + in_flight + self.keeper.copies + due_back
 
     def send(self, everything: bool = False) -> None:
@@ -179,7 +174,6 @@ class Outbox(BrokerSession):
             self._publish(channel, self.spec.exchange, ROUTING_LIVE, encode([self._snapshot]),
                           LIVE_PROPERTIES, None)
             self._snapshot = None
-        send_now(channel)  # out now, not on the loop's next turn: a task waits for its confirm
 
     def _send_records(self, channel: Channel) -> None:
         while self._records and self._in_flight[RecordGroup] < RECORD_GROUPS_IN_FLIGHT:
@@ -235,9 +229,7 @@ class Outbox(BrokerSession):
         self._unconfirmed.clear()
         self._in_flight.clear()
         self._sent_at.clear()
-        if self._remaking is not None:  # its setup died with the connection: send them again
-            lost.extend(self._remaking)
-            self._remaking = None
+        lost.extend(self._returns.take_back())  # their setup died with the connection
         copies = [item for item in lost if isinstance(item, Copy) and not item.cancelled]
         self._copies.extendleft(reversed(copies))
         for item in reversed(lost):
@@ -263,7 +255,7 @@ class Outbox(BrokerSession):
                 copy_id = item.properties.headers.get(COPY_ID)
                 if copy_id in self._returned or (isinstance(item, RecordGroup) and not acked):
                     self._returned.discard(copy_id)
-                    self._on_copy_returned(item)
+                    self._returns.returned(item, self.connection)
                 elif isinstance(item, RecordGroup):
                     item.settle(True)
                 else:
@@ -292,40 +284,11 @@ class Outbox(BrokerSession):
             self.on_stalled(self.url)
         self.drop_connection("confirms stopped")
 
-    # --- a copy with no queue to go to ---------------------------------------------------------
-    def _on_copy_returned(self, copy: Copy | RecordGroup) -> None:
-        """Its queue (or the results stream) was deleted: make the queues again, then send it
-        again (bounded)."""
-        copy.returns += 1
-        if copy.returns > MAX_COPY_RETURNS or copy.cancelled:
-            if isinstance(copy, RecordGroup):
-                self.log.error("[%s] the broker would not take %d results records into %r: "
-                               "their tasks go back to the queue", self.worker,
-                               len(copy.items), copy.routing_key)
-                copy.settle(False)
-            else:
-                copy.on_settled(False)
-            return
-        if self._remaking is not None:
-            self._remaking.append(copy)
-            return
-        self.log.warning("[%s] queue %r is gone (the copy came back unroutable): declaring the "
-                         "queues again and sending it again", self.worker, copy.routing_key)
-        self._remaking = [copy]
-        connection = self.connection
-        if connection is None or not connection.is_open:
-            self._after_remake(None)
-            return
-        QueueSetup(connection, self.spec, self.log, self._after_remake, self._after_remake,
-                   quiet=True).start()
-
-    def _after_remake(self, outcome: Topology | BaseException | None) -> None:
-        copies, self._remaking = self._remaking or [], None
-        if isinstance(outcome, BaseException):
-            self.log.warning("[%s] could not declare the queues again (%s)", self.worker,
-                             outcome)
+    # --- a copy with no queue to go to (returned.py) -------------------------------------------
+    def _send_again(self, returned: list[Copy | RecordGroup]) -> None:
+        """Copies the broker returned, their queues declared again since."""
         # Sent again on this connection, or on the next one if this one is gone.
-        for item in copies:
+        for item in returned:
             if isinstance(item, RecordGroup):
                 self._resend_group(item)
             elif not item.cancelled:
@@ -354,7 +317,7 @@ class Outbox(BrokerSession):
         copy is on its way already (kept too, it would be sent twice), or the journal cannot
         be written; they wait for the broker, as without a journal."""
         if copy is not None and any(item is copy for item in (*self._unconfirmed.values(),
-                                                              *(self._remaking or ()))):
+                                                              *(self._returns.waiting or ()))):
             return False
         if not self.keeper.write(record, copy):
             return False

@@ -10,7 +10,8 @@
                    a second stop request: the tasks in hand go back to the queue, STOPPING now
 
 Only CONSUMING takes tasks (a delivery that arrives in any other phase — sent before our
-cancel reached the broker — goes straight back to the queue). WAITING_FOR_SLOTS: connected
+cancel reached the broker — goes straight back to the queue: worker/lanes.py gives it back).
+WAITING_FOR_SLOTS: connected
 again while a slot still runs work from the lost connection (an in-process handler cannot be
 stopped), or resumed while paused tasks finish; a new subscription would count none of them
 against ``prefetch_count``, so the worker subscribes once every slot is free. Pure: no pika.

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from taskqueue.broker.config import QueueSpec
+from taskqueue.broker.urgent import urgent_retry_name
 from taskqueue.control.ratelimit import tier_for
 from taskqueue.control.state import Cancellations
 from taskqueue.wire.messages import CHECK_FROM, PRIOR_DELIVERIES, RATE_LEFT, RATE_PARKS
@@ -34,7 +35,8 @@ BROKER_HEADERS = ("x-delivery-count", "x-death")
 # What belongs to one attempt, never carried to its retry or dead copy: the broker's count of
 # deliveries and those before a park (a retry is a new attempt, counted afresh, as a task
 # never parked is), what was left to wait for its turn (stale: it would hop unasked for an old
-# wait), and its parks (the next attempt's record counts its own).
+# wait), and its parks (the next attempt's record counts its own). (Whether it is urgent is in no
+# header: ``Delivery.urgent``, from the queue it came from; a copy's queue says it again.)
 ATTEMPT_HEADERS = ("x-delivery-count", PRIOR_DELIVERIES, RATE_LEFT, RATE_PARKS)
 BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
 
@@ -59,7 +61,7 @@ class Verdict:
     ``headers`` (and ``expiration``), then ack the original once the broker confirms the copy.
     ``parked`` is no attempt: no results record."""
 
-    outcome: str  # done, cancelled (both: ack), retry, dead, parked (a copy, then ack)
+    outcome: str  # done, cancelled (both: ack); retry, dead, parked, given back (a copy, ack)
     reason: str = ""
     copy_to: str | None = None
     headers: dict = field(default_factory=dict)
@@ -127,7 +129,10 @@ def after_work(delivery: Delivery, outcome: Outcome, limits: Limits, queue: Queu
                slot: str, cancelled: bool | str = False) -> Verdict:
     """Done: ack. Stopped because it was cancelled while it ran: ack, as cancelled
     (*cancelled*: why, as ``cancellation`` says it; True: its run was). Failed: retry after
-    ``retry_delay`` while attempts remain, else dead."""
+    ``retry_delay`` while attempts remain, else dead. A retry waits in ``<queue>.retry``, which
+    dead-letters it back to ``<queue>``; an urgent task's (``delivery.urgent``: it came from
+    ``<queue>.urgent`` to a worker that has ``<queue>.urgent.retry``, lanes.py) in
+    ``<queue>.urgent.retry``, back to ``<queue>.urgent``: its retry stays urgent."""
     if outcome.ok:
         return Verdict("done")
     if cancelled:
@@ -140,7 +145,8 @@ def after_work(delivery: Delivery, outcome: Outcome, limits: Limits, queue: Queu
     headers = {**_carried(delivery), "x-retries": attempt,
                "x-last-error": outcome.reason[:MAX_LAST_ERROR],
                CHECK_FROM: int(delivery.received)}
-    return Verdict("retry", outcome.reason, queue.retry_name, headers,
+    retry_to = urgent_retry_name(queue.name) if delivery.urgent else queue.retry_name
+    return Verdict("retry", outcome.reason, retry_to, headers,
                    expiration=str(int(limits.retry_delay * 1000)))
 
 
@@ -166,17 +172,42 @@ def park(delivery: Delivery, wait: float, queue: QueueSpec, hop: bool = False) -
     headers (R6), no expiration. *hop*: it came back too early and goes on to the next tier
     unchecked and unasked (same parks); its ``x-check-from`` stays, as no check was made."""
     tier = tier_for(wait)
-    headers = {name: value for name, value in delivery.headers.items()
-               if name not in BROKER_HEADERS and not name.startswith(BROKER_HEADER_PREFIXES)}
+    headers = _moved(delivery)
     headers.update({RATE_LEFT: seconds_header(wait - tier),
-                    RATE_PARKS: delivery.parks + (0 if hop else 1),
-                    PRIOR_DELIVERIES: delivery.deliveries})
+                    RATE_PARKS: delivery.parks + (0 if hop else 1)})
     if not hop or not isinstance(headers.get(CHECK_FROM), (int, float)):
         # Checked up to its receipt (or never a copy before it): a done record of another
         # copy can only date from later. (An unchecked hop keeps the moment it was given.)
         headers[CHECK_FROM] = _check_from(delivery, hop)
     return Verdict("parked", f"its turn under the rate limit is in {wait:.1f} s",
                    queue.wait_name(tier), headers)
+
+
+def give_back(delivery: Delivery, queue_name: str) -> Verdict:
+    """A delivery held in hand and never started (a pause, a stop: lanes.py), back to
+    *queue_name* (the queue it came from) as a copy, then the ack; not an attempt: no record,
+    ``x-retries`` as it was. A quorum queue on RabbitMQ 3.x and 4.0-4.2 counts a
+    nack(requeue) as a delivery, which --delivery-limit (and 4.x's own limit) reads: a task
+    given back that way often enough would be dead-lettered unrun. So, as for a park: none of
+    the broker's headers, the deliveries without an ack so far carried in
+    ``x-prior-deliveries`` (a redelivery keeps its count, the give-back adds none). It was
+    never checked, so its ``x-check-from`` stays, or is the earliest moment a done record of
+    it can date from: a kill between the copy's confirm and the ack leaves two copies, and the
+    one taken second must find the first one's done record (both are checked)."""
+    headers = _moved(delivery)
+    if not isinstance(headers.get(CHECK_FROM), (int, float)):
+        headers[CHECK_FROM] = _check_from(delivery, hop=True)
+    return Verdict("given back", "held in hand, not started", queue_name, headers)
+
+
+def _moved(delivery: Delivery) -> dict:
+    """The headers of a task moved without being run (parked, given back): none of the
+    broker's, and the deliveries without an ack so far in ``x-prior-deliveries``, so that
+    --delivery-limit goes on counting from them."""
+    headers = {name: value for name, value in delivery.headers.items()
+               if name not in BROKER_HEADERS and not name.startswith(BROKER_HEADER_PREFIXES)}
+    headers[PRIOR_DELIVERIES] = delivery.deliveries
+    return headers
 
 
 def _check_from(delivery: Delivery, hop: bool) -> int:

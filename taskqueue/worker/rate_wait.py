@@ -17,7 +17,9 @@ the next tier at once (a *hop*: no check, no ask); else it is checked, then asks
 cancelled within POLL_SECONDS. An ask unanswered for ASK_GIVE_UP s is given up: the task is
 parked for the shortest tier (design §6's give-back, as a copy rather than a nack).
 
-While waiting, its settlement's step is ``WAITING_TURN`` (what decides); the slot's
+While waiting, its settlement's step is ``WAITING_TURN`` (what decides whether the task is still
+the wait's to start or park); where the wait itself is, its ``TurnState``: asking, a firm
+ticket, held, or over (what decides what an answer, a timer or a limit change does). The slot's
 ``rate_wait`` says for which key and, once answered, until when (the live snapshot shows
 it). The limit set off: every waiting slot starts now; changed: held ones ask again. Paused
 or draining while waiting: the task is parked (it would wait anyway, and a copy keeps the
@@ -31,6 +33,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from functools import partial
 from typing import Protocol
 
@@ -69,10 +72,29 @@ class Timers(Protocol):
     def remove_timeout(self, handle: object) -> None: ...
 
 
+class TurnState(Enum):
+    """Where one slot's wait for its turn is; each decision about the wait reads it.
+
+        begin -> ASKING ──firm ticket──> FIRM ──its time──> started ────┐
+                  │  ^                                                  ├──> OVER
+      soft, held  v  │ just before its turn, or the limit changed       │
+                  HELD   (ASKING asks again too; FIRM keeps its ticket) │
+        from any of them: the limit off -> started; paused or draining, │
+        no answer, a soft wait too long to hold -> parked; cancelled; ──┘
+        its task over (the life forgets the wait)
+    """
+
+    ASKING = "asking"  # an ask waits for its answer (given up after ASK_GIVE_UP s)
+    FIRM = "firm"  # a firm ticket: it starts at ``until``, whatever the limit becomes
+    HELD = "held"  # a soft ticket held in the slot: it asks again just before ``until``
+    OVER = "over"  # forgotten: a late answer, timer or limit change finds nothing to do
+
+
 @dataclass
 class Turn:
-    """One slot's wait: for which key, as a returner or not, and what is pending (an ask, a
-    timer). ``until``: when its turn comes (epoch seconds; while asking, when it asked)."""
+    """One slot's wait: for which key, as a returner or not, and its state. ``until``: when
+    its turn comes (epoch seconds; while asking, when it asked). ``cancel_ask`` and ``timer``
+    are only the handles that undo what is pending; no decision reads them."""
 
     slot: WorkSlot
     delivery: Delivery
@@ -80,10 +102,32 @@ class Turn:
     key: str
     returner: bool
     until: float
-    firm: bool = False  # a firm ticket: start at ``until``
+    state: TurnState = TurnState.ASKING
+    asks: int = 0  # the number of the last ask: an answer to an earlier one is not for it
     cancel_ask: Callable[[], None] | None = None
-    asked: object | None = None  # the ask waiting for its answer
     timer: object | None = None
+
+    # --- the transitions --------------------------------------------------------------------
+    def ask(self, now: float) -> int:
+        """(Again) ASKING, from *now*; the new ask's number."""
+        self.state, self.until, self.asks = TurnState.ASKING, now, self.asks + 1
+        return self.asks
+
+    def take_firm(self) -> None:
+        """ASKING -> FIRM: a firm ticket, to start at ``until``."""
+        self.state = TurnState.FIRM
+
+    def hold(self) -> None:
+        """ASKING -> HELD: held in the slot, its place kept (it asks again as a returner)."""
+        self.state, self.returner = TurnState.HELD, True
+
+    def end(self) -> None:
+        """-> OVER: started, parked, recorded cancelled or put back; nothing of it goes on."""
+        self.state = TurnState.OVER
+
+    def answers(self, ask: int) -> bool:
+        """An answer to ask number *ask* is the one this turn waits for."""
+        return self.state is TurnState.ASKING and self.asks == ask
 
 
 class RateWaits:
@@ -121,6 +165,7 @@ class RateWaits:
             return False
         settlement.wait_turn()
         delivery.rate_waited = True
+        self.forget(slot)  # (never one left: the life forgets a wait once its task is over)
         turn = Turn(slot, delivery, settlement, delivery.key if limit.per_key else "",
                     delivery.parks > 0, self._clock())
         self._turns[slot] = turn
@@ -132,22 +177,21 @@ class RateWaits:
         turn = self._turns.pop(slot, None)
         if turn is not None:
             self._stop(turn)
+            turn.end()
         slot.rate_wait = None
 
     # --- the steps of a wait ---------------------------------------------------------------
     def _ask(self, turn: Turn) -> None:
         self._stop(turn)
-        turn.firm, turn.until = False, self._clock()
-        asked = turn.asked = object()  # an answer to an earlier ask of this turn is not this one
+        asked = turn.ask(self._clock())
         self._show(turn)
 
         def on_answer(answer: Answer) -> None:
-            if turn.asked is asked and self._turns.get(turn.slot) is turn:
-                turn.asked = None
+            if turn.answers(asked):
                 self._guarded(turn, lambda: self._answered(turn, answer))
 
         cancel = self.gate.ask(turn.key, turn.returner, on_answer)
-        if turn.asked is asked and self._turns.get(turn.slot) is turn:  # (not answered at once)
+        if turn.answers(asked):  # (not answered at once)
             turn.cancel_ask = cancel
             self._sleep(turn, ASK_GIVE_UP, self._unanswered)  # pause and drain are watched
 
@@ -158,11 +202,11 @@ class RateWaits:
         if self.phase() in GIVE_UP_PHASES:
             self._give_up(turn)
         elif answer.firm:
-            turn.firm = True
+            turn.take_firm()
             self._show(turn)
             self._sleep(turn, answer.wait, self._go)
         elif self._holds(answer.wait):
-            turn.returner = True  # its place is kept: it asks again just before its turn
+            turn.hold()  # its place is kept: it asks again just before its turn
             self._show(turn)
             self._sleep(turn, max(SOONEST_SECONDS, answer.wait - HOLD / 2), self._ask)
         elif self._ends(turn):
@@ -191,9 +235,9 @@ class RateWaits:
 
     def _give_up(self, turn: Turn) -> None:
         """Paused or draining: the task waits out of the slot (parked) for what is left."""
+        left = 0.0 if turn.state is TurnState.FIRM else max(0.0, turn.until - self._clock())
         if not self._ends(turn):
             return
-        left = 0.0 if turn.firm else max(0.0, turn.until - self._clock())
         self._park(turn.slot, turn.delivery, left, because=f" (the worker is {self.phase().value})")
 
     def _unanswered(self, turn: Turn) -> None:
@@ -224,7 +268,7 @@ class RateWaits:
 
         def step() -> None:
             turn.timer = None
-            if self._turns.get(turn.slot) is not turn:
+            if turn.state is TurnState.OVER:
                 return
             if self._cancelled(turn.slot, turn.delivery):
                 self._forget(turn)  # recorded cancelled: its wait is over
@@ -255,7 +299,7 @@ class RateWaits:
                 f"{turn.delivery.label}; it goes back to the queue", step, back)()
 
     def _stop(self, turn: Turn) -> None:
-        turn.asked = None
+        """Undo what is pending (an ask, a timer); the state is the caller's to move."""
         if turn.cancel_ask is not None:
             cancel, turn.cancel_ask = turn.cancel_ask, None
             cancel()
@@ -264,14 +308,14 @@ class RateWaits:
             self._timers(turn.delivery).remove_timeout(timer)
 
     def _forget(self, turn: Turn) -> None:
-        if self._turns.get(turn.slot) is turn:
+        if turn.state is not TurnState.OVER:
             self.forget(turn.slot)
 
     def _show(self, turn: Turn) -> None:
         """The slot's ``rate_wait`` (display only: the live views); no ``until`` while the
         ask awaits its answer (there is no time to count down yet)."""
         shown: dict = {"key": turn.key}
-        if turn.asked is None:
+        if turn.state is not TurnState.ASKING:
             shown["until"] = round(turn.until, 3)
         turn.slot.rate_wait = shown
         self._changed()
@@ -281,7 +325,7 @@ class RateWaits:
         """Off: every waiting slot starts now. Changed: the slots not holding a firm ticket
         ask again (under the key the new limit counts)."""
         for turn in list(self._turns.values()):
-            if self._turns.get(turn.slot) is not turn:
+            if turn.state is TurnState.OVER:
                 continue  # (over meanwhile: a start or a park of another one's doing)
             self._guarded(turn, partial(self._follow, turn, limit))  # each turn on its own
 
@@ -289,6 +333,6 @@ class RateWaits:
         if limit is None:
             self._stop(turn)
             self._go(turn)
-        elif not turn.firm:
+        elif turn.state is not TurnState.FIRM:
             turn.key = turn.delivery.key if limit.per_key else ""
             self._ask(turn)

@@ -3,8 +3,11 @@ connections open and its heartbeats fine, but cut off from the majority of the q
 results stream's replicas: nothing is delivered, acks and records go nowhere, and a passive
 declare answers from a stale view (``depth 0``). No error ever comes.
 
-The sure sign is a write that needs that majority coming back: a *probe* is a fence (tail.py:
-a mark written into the results stream by the outbox, read back on the consuming connection).
+The sure sign is a write that needs that majority coming back: a *probe* reads the results
+stream from its end on the consuming connection, with a mark written by the outbox, and is
+answered by the first message it gets, ours or another worker's (tail.py: a stream gives its
+readers only what a majority of its nodes holds; waiting for our own mark would read every
+other quiet worker's probe meanwhile, quadratic in their number).
 ``ReachWatch`` asks for one once the worker has been quiet (consuming, no task running, nothing
 delivered) for ``PROBE_AFTER`` seconds, and again every ``PROBE_AFTER`` seconds while that
 lasts. One that has not come back after ``PROBE_TIMEOUT`` seconds means this node cannot

@@ -36,6 +36,7 @@ A task recognised as already done is acked at once (nothing to record: its recor
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from enum import Enum
 
@@ -43,7 +44,6 @@ import pika
 
 from taskqueue.worker.copies import Copy
 from taskqueue.worker.delivery import Delivery
-from taskqueue.worker.flush import send_now
 from taskqueue.worker.outbox import Outbox
 
 
@@ -64,6 +64,7 @@ class Step(Enum):
 IN_HAND = frozenset({Step.RECEIVED, Step.WAITING_TURN, Step.RUNNING, Step.DECIDING, Step.CONFIRMING,
                      Step.JOURNALED})
 WORK_RUNS = frozenset({Step.RUNNING, Step.REQUEUED_RUNNING, Step.DROPPED_RUNNING})
+BEFORE_WORK_ENDS = frozenset({Step.RECEIVED, Step.WAITING_TURN, Step.RUNNING})  # in hand
 # Over while the work runs, and what that becomes once the work has ended.
 _WHILE_RUNNING = {Step.REQUEUED: Step.REQUEUED_RUNNING, Step.DROPPED: Step.DROPPED_RUNNING}
 _WORK_ENDED = {Step.RUNNING: Step.DECIDING, Step.REQUEUED_RUNNING: Step.REQUEUED,
@@ -89,6 +90,7 @@ class Settlement:
         self.copy: Copy | None = None
         self._record: dict | None = None  # the record until the broker confirms it
         self._copy_due = False  # the copy is not confirmed yet
+        self.confirming_since: float | None = None  # monotonic: its record/copy sent (in_hand.py)
 
     @property
     def in_hand(self) -> bool:
@@ -132,7 +134,7 @@ class Settlement:
         if not self.delivery.channel.is_open:
             self._over(Step.DROPPED)
             return
-        self.step = Step.CONFIRMING
+        self.step, self.confirming_since = Step.CONFIRMING, time.monotonic()
         self._record, self._copy_due = record, copy_to is not None
         if copy_to is not None:
             self.copy = Copy(copy_to, self.delivery.body, properties, self._confirmed)
@@ -182,8 +184,9 @@ class Settlement:
         if not channel.is_open:
             self._over(Step.DROPPED)
             return
+        # Out at once (broker/frames.py, EagerWriteConnection): with prefetch = slots, the
+        # next task waits for this ack.
         channel.basic_ack(self.delivery.tag)
-        send_now(channel)  # out now (flush.py): with prefetch = slots, the next task waits for it
         self._over(Step.ACKED)
 
     def requeue(self, why: str) -> bool:

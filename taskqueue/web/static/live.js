@@ -10,6 +10,11 @@ function showLive(data) {
     setText(`q-${key}`, q[key]);
   }
   setText("q-latency", q.latency === null ? "-" : seconds(q.latency));
+  // The tasks a rate limit parked: shown while some are, or while a limit is in force.
+  for (const id of ["q-parked-label", "q-parked"]) {
+    document.getElementById(id).hidden = !q.parked_shown;
+  }
+  setText("q-parked", q.parked ?? "?");
   document.getElementById("paused").hidden = !q.paused;
   // The rate limit the workers apply, as the terminal view says it (keys in it are text).
   const rate = document.getElementById("rate-limit");

@@ -15,6 +15,7 @@ function queueState(queue) {
 function showQueue(row, queue) {
   const figure = (name) => row.querySelector(`[data-figure="${name}"]`);
   for (const name of ["ready", "retrying", "dead"]) fill(figure(name), queue[name] ?? "?");
+  fill(figure("parked"), queue.parked_shown ? queue.parked ?? "?" : "-");
   fill(figure("workers"), `${queue.workers} (${queue.busy} busy)`);
   fill(figure("done"), queue.done_per_minute);
   fill(figure("failed"), queue.failed_per_minute);
@@ -31,6 +32,11 @@ async function readOverview() {
     for (const queue of data.queues) {
       const row = rows.get(queue.name);
       if (row) showQueue(row, queue);
+    }
+    // The parked column (a rate limit's): there while one queue at least has it to show.
+    const parked = data.queues.some((queue) => queue.parked_shown);
+    for (const cell of document.querySelectorAll('#overview [data-figure="parked"]')) {
+      cell.hidden = !parked;
     }
     setText("updated", clock(data.updated));
     lastUpdated = data.updated;
