@@ -4,6 +4,7 @@ user error is one line on stderr with an exit code, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import re
 import signal
 import sys
@@ -148,6 +149,14 @@ def on_stop_signals(session: Signalled) -> None:
     what the n-th request means."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda _signum, _frame: session.note_signal())
+
+
+def on_dump_signal() -> None:
+    """``kill -USR1 <pid>`` prints every thread's stack on stderr and goes on (as Celery's
+    workers do): what a process that seems stuck is doing, without stopping it. POSIX only;
+    Windows has no such signal."""
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def keyboard_attached() -> bool:

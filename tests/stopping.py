@@ -12,11 +12,21 @@ worker that is reconnecting at that moment still reads it when it is back.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from tests.helpers import MAIN_URL, last_said, queue_state, run_script, settled_rows, wait_for
+from tests.helpers import (
+    MAIN_URL,
+    OUTPUT_OF,
+    last_said,
+    queue_state,
+    run_script,
+    settled_rows,
+    wait_for,
+)
 
 STOP_WAIT = 120  # seconds a stopped worker may take to finish what it holds and leave
 
@@ -27,17 +37,34 @@ def stop_workers(queue: str, workers: Iterable[subprocess.Popen], *, log_dir: Pa
     asked = run_script("task_control.py", "stop-workers", "--url", url, "--queue", queue,
                        log_dir=log_dir, timeout=60)
     assert asked.returncode == 0, asked.stdout + asked.stderr
-    return [_exit_code(worker) for worker in workers]
+    return [_exit_code(worker, asked.stdout) for worker in workers]
 
 
-def _exit_code(worker: subprocess.Popen) -> int:
-    """The stopped *worker*'s exit code; one that does not leave fails the test with what it
-    said last (a hang at exit is a defect to see, not a timeout to read)."""
+def _exit_code(worker: subprocess.Popen, answers: str) -> int:
+    """The stopped *worker*'s exit code; one that does not leave fails the test with who
+    answered the stop, what it said last and, on POSIX, what each of its threads was doing
+    (a hang at exit is a defect to see, not a timeout to read)."""
     try:
         return worker.wait(timeout=STOP_WAIT)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"a worker did not leave {STOP_WAIT} s after the stop; it said "
-                             f"last:\n{last_said(worker, 40)}") from None
+        said = last_said(worker, 40)
+        raise AssertionError(f"a worker did not leave {STOP_WAIT} s after the stop "
+                             f"(task_control.py: {answers.strip()}); it said last:\n{said}\n"
+                             f"its threads:\n{threads_of(worker)}") from None
+
+
+def threads_of(worker: subprocess.Popen) -> str:
+    """Every thread's stack of a running *worker*: SIGUSR1 makes it print them (cli.py's
+    ``on_dump_signal``) after what it had said."""
+    out = OUTPUT_OF.get(worker.pid)
+    if not hasattr(signal, "SIGUSR1") or out is None or worker.poll() is not None:
+        return "(not available)"
+    before = out.stat().st_size
+    worker.send_signal(signal.SIGUSR1)
+    time.sleep(2)
+    with out.open("rb") as handle:
+        handle.seek(before)
+        return handle.read().decode(errors="replace") or "(nothing printed)"
 
 
 SETTLED_LINE = re.compile(r"\] (?:done|cancelled|skipped|dead-lettered) (?:row \d+|no row), "

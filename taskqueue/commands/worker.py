@@ -19,6 +19,7 @@ from taskqueue.cli import (
     add_broker_options,
     add_retention_options,
     broker_settings,
+    on_dump_signal,
     on_stop_signals,
     positive_float,
     positive_int,
@@ -130,6 +131,7 @@ def main() -> int:
                             delivery_limit=args.delivery_limit, events=args.events)
     consumer = TaskConsumer(settings, spec, log, options, runners)
     on_stop_signals(consumer)
+    on_dump_signal()
     limit = f", tasks stopped after {args.task_timeout:g} s" if args.task_timeout else ""
     log.info("[%s] starting: queue %r at %s; work: %s%s", args.name, spec.name,
              mask_url(settings.urls[0]), work, limit)
