@@ -145,6 +145,32 @@ def test_pause_resume_and_a_worker_started_while_paused(queue, logs, tmp_path):
     assert "stop requested (task_control.py stop-workers)" in outs[0].read_text()
 
 
+def test_a_worker_whose_control_stream_is_deleted_hears_the_next_command(queue, logs, tmp_path):
+    """Deleting a stream cancels its readers: the worker says so, reads the stream made again
+    and hears the next pause, resume and stop. (Before: it stopped reading, silently, and a
+    stop-workers got no answer and stopped nothing.)"""
+    out = tmp_path / "w.out"
+    worker = start_worker("--queue", queue, "--name", "w1", "--seconds-per-dot", "0.05",
+                          log_dir=logs, out=out)
+    wait_for(lambda: consumers(queue) == 1, what="w1")
+    assert "w1 (pause)" in control("pause", "--queue", queue, logs=logs)
+    assert "w1 (resume)" in control("resume", "--queue", queue, logs=logs)
+    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(MAIN_URL))) as connection:
+        connection.channel().queue_delete(f"{queue}.control")
+    wait_for(lambda: "ended our reading of the control stream" in out.read_text(),
+             what="the worker says the broker ended its reading")
+    paused = control("pause", "--queue", queue, logs=logs)
+    assert "1 worker(s) answered: w1 (pause)" in paused, paused
+    emit(queue, logs, write_csv(tmp_path / "t.csv", ["a.", "b."]))
+    time.sleep(2)
+    assert done_rows(out) == {}, "paused: the pause given to the stream made again holds"
+    assert "w1 (resume)" in control("resume", "--queue", queue, logs=logs)
+    wait_for(lambda: len(done_rows(out)) == 2, what="done after resume")
+    assert "w1 (stop)" in control("stop-workers", "--queue", queue, logs=logs)
+    assert worker.wait(timeout=60) == 0
+    assert out.read_text().count("paused (task_control.py)") == 2, "each pause acted on once"
+
+
 @pytest.fixture(scope="module")
 def restart_node():
     from tests.conftest import _node

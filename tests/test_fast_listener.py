@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ import pytest
 
 from taskqueue.broker.config import QueueSpec
 from taskqueue.control import listener
-from taskqueue.control.state import ControlState
+from taskqueue.control.state import ControlState, command
 
 NO_REPLICA = ("PRECONDITION_FAILED - stream queue 'q.control' in vhost '/' does not have a "
               "running replica on the local node")
@@ -46,3 +47,133 @@ def test_a_stream_with_no_replica_on_our_node_yet_is_tried_again(monkeypatch):
 def test_a_broker_without_streams_is_final(monkeypatch):
     control, retries, caught_up = refused_once(monkeypatch, NO_STREAMS)
     assert not control.available and caught_up == [True] and not retries
+
+
+# --- reading again: after a reconnect, after the broker's cancel, from a stream made again ----
+class FakeChannel:
+    """Enough of a pika channel for the listener: it records the consume, and the test
+    delivers commands (``deliver``) or the broker's cancel (``cancel``) to it."""
+
+    def __init__(self) -> None:
+        self.is_open = True
+        self.on_message = self.on_cancel = None
+        self.arguments: dict = {}
+
+    def add_on_close_callback(self, _callback) -> None:
+        pass
+
+    def add_on_cancel_callback(self, callback) -> None:
+        self.on_cancel = callback
+
+    def basic_qos(self, prefetch_count: int, callback) -> None:
+        callback(None)
+
+    def basic_consume(self, _queue: str, on_message, arguments: dict) -> None:
+        self.on_message, self.arguments = on_message, arguments
+
+    def basic_ack(self, _tag: int) -> None:
+        pass
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def deliver(self, records: list[dict], first_offset: int = 0) -> None:
+        for offset, record in enumerate(records, first_offset):
+            self.on_message(self, SimpleNamespace(delivery_tag=offset + 1),
+                            pika.BasicProperties(headers={"x-stream-offset": offset}),
+                            json.dumps(record).encode())
+
+    def cancel(self) -> None:
+        self.on_cancel(SimpleNamespace())
+
+
+class FakeConnection:
+    is_open = True
+
+    def __init__(self) -> None:
+        self.channels: list[FakeChannel] = []
+
+    def channel(self, on_open_callback) -> None:
+        self.channels.append(FakeChannel())
+        on_open_callback(self.channels[-1])
+
+
+def reading(monkeypatch: pytest.MonkeyPatch, started: float = 0.0):
+    """A listener on a fake connection: (listener, connection, ioloop's pending calls, actions
+    taken, answers given)."""
+    monkeypatch.setattr(listener, "declare_control",
+                        lambda _connection, _spec, on_done, _on_error: on_done())
+    actions: list[str] = []
+    answers: list[str] = []
+    control = listener.WorkerControl(QueueSpec("q"), ControlState("w", started),
+                                     logging.getLogger("t"),
+                                     on_command=lambda action, _record: actions.append(action),
+                                     answer=lambda record, _what: answers.append(record["id"]))
+    return control, FakeConnection(), [], actions, answers
+
+
+def test_a_reconnect_reads_from_the_start_and_acts_on_each_command_once(monkeypatch):
+    """A pause then a resume, read again after a reconnect, must not resume (or pause) again:
+    each command is known by its id."""
+    control, connection, _pending, actions, answers = reading(monkeypatch)
+    history = [command("pause"), command("resume"), command("pause")]
+    control.start(connection, SimpleNamespace(call_later=lambda *_a: None,
+                                              remove_timeout=lambda _t: None), lambda: None)
+    connection.channels[-1].deliver(history)
+    assert actions == ["pause", "resume", "pause"] and control.paused
+    control.stop()
+    control.start(connection, SimpleNamespace(call_later=lambda *_a: None,
+                                              remove_timeout=lambda _t: None), lambda: None)
+    assert connection.channels[-1].arguments == {"x-stream-offset": "first"}
+    connection.channels[-1].deliver([*history, command("resume")])
+    assert actions == ["pause", "resume", "pause", "resume"], "only the new one acts"
+    assert len(answers) == 4 and not control.paused
+
+
+def test_a_stream_made_again_is_read_from_its_first_command(monkeypatch):
+    """Deleted and made again while the worker was away: the new stream's offsets start at 0
+    again. A reader that went on from its old offset skipped the stop at offset 0."""
+    control, connection, _pending, actions, _answers = reading(monkeypatch)
+    loop = SimpleNamespace(call_later=lambda *_a: None, remove_timeout=lambda _t: None)
+    control.start(connection, loop, lambda: None)
+    connection.channels[-1].deliver([command("pause"), command("resume"), command("pause"),
+                                     command("resume")])
+    control.stop()
+    control.start(connection, loop, lambda: None)
+    connection.channels[-1].deliver([command("stop")], first_offset=0)
+    assert actions[-1] == "stop"
+
+
+def test_the_brokers_cancel_is_said_and_the_stream_read_again(monkeypatch, caplog):
+    """The broker cancels a stream's readers when it is deleted (or its member goes away): the
+    worker says so and reads it again; a stop given to the stream made again is heard."""
+    control, connection, pending, actions, _answers = reading(monkeypatch)
+    loop = SimpleNamespace(call_later=lambda _delay, callback: pending.append(callback),
+                           remove_timeout=lambda _t: None)
+    control.start(connection, loop, lambda: None)
+    first = connection.channels[-1]
+    first.deliver([command("pause")])
+    with caplog.at_level(logging.WARNING):
+        first.cancel()
+    assert not first.is_open, "the cancelled reading's channel is closed"
+    assert "ended our reading of the control stream 'q.control'" in caplog.text
+    for call in list(pending):  # the quiet timers, and the reading again after a moment
+        call()
+    assert len(connection.channels) == 2, "read again, on a channel of its own"
+    connection.channels[-1].deliver([command("stop")])
+    assert actions == ["pause", "stop"]
+
+
+def test_a_cancel_of_a_reading_of_the_past_changes_nothing(monkeypatch):
+    """The connection was lost meanwhile (a newer reading exists): the old one's cancel is
+    ignored."""
+    control, connection, pending, _actions, _answers = reading(monkeypatch)
+    loop = SimpleNamespace(call_later=lambda _delay, callback: pending.append(callback),
+                           remove_timeout=lambda _t: None)
+    control.start(connection, loop, lambda: None)
+    old = connection.channels[-1]
+    control.stop()
+    control.start(connection, loop, lambda: None)
+    pending.clear()
+    old.cancel()
+    assert not pending and len(connection.channels) == 2

@@ -2,10 +2,16 @@
 what concerns this worker, answer the new ones.
 
 On each connection, before the worker takes a task, ``WorkerControl.start`` declares the stream
-and consumes it (from the first command the first time, from where it left off after a
-reconnect). The broker says nothing when a reader reaches the end of a stream, so the worker
-counts itself caught up once no command has come for ``QUIET_SECONDS``; only then does it
-subscribe to the task queue, so a worker started while the queue is paused takes nothing.
+and consumes it from its first command, acting only on commands it has not read before (each is
+known by its id): an offset kept from before would skip every command of a stream deleted and
+made again meanwhile, whose offsets start at 0 again. The stream is bounded (a few KB in
+practice, 10 MB at most), so reading it again costs what a worker's start costs. The broker
+says nothing when a reader reaches the end of a stream, so the worker counts itself caught up
+once no command has come for ``QUIET_SECONDS``; only then does it subscribe to the task queue,
+so a worker started while the queue is paused takes nothing. When the broker ends the reading
+(basic.cancel: the stream was deleted, or its member went away) the worker says so and reads
+it again (making it again if need be): a worker that silently stopped reading would never hear
+a pause or a stop.
 
 A worker that may not read or declare the stream (no permission, or a broker older than 3.9,
 which has no streams) says so once and works without control: the queue does not stop. A stream
@@ -17,6 +23,7 @@ so and works, and keeps trying to read it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +50,14 @@ def replica_missing(reason: BaseException) -> bool:
     return "running replica" in str(getattr(reason, "reply_text", ""))
 
 
+def command_key(record: dict | None, body: bytes) -> str | bytes:
+    """What tells one command (*record*, decoded from *body*) from another: its id, or for one
+    without (written by hand) a digest of its bytes."""
+    if record is not None and isinstance(record.get("id"), str) and record["id"]:
+        return record["id"]
+    return hashlib.blake2b(body, digest_size=16).digest()
+
+
 class WorkerControl:
     """Feeds the control stream's commands to ``on_command(action, record)``; answers through
     ``answer(record, what)``. ``state`` says what is in force (paused, cancelled runs)."""
@@ -53,7 +68,7 @@ class WorkerControl:
         self.spec, self.state, self.log = spec, state, log
         self.on_command, self.answer = on_command, answer
         self.available = True  # False once the stream turned out unusable: said once
-        self._next_offset: int | None = None
+        self._read_keys: set[str | bytes] = set()  # of the commands read (command_key)
         self._generation = 0
         self._waiting_since: float | None = None
         self._working_meanwhile = False  # said, and taking tasks, while the stream is unreadable
@@ -108,9 +123,21 @@ class WorkerControl:
             elif code is not None and connection.is_open:
                 self._retry(connection, ioloop, generation, on_caught_up, reason)
 
+        def cancelled() -> None:  # by the broker: read it again, after a moment
+            if generation != self._generation:
+                return
+            self.log.warning("the broker ended our reading of the control stream %r (deleted, "
+                             "or its node went away): reading it again", self.spec.control_name)
+
+            def again() -> None:
+                if generation == self._generation and connection.is_open:
+                    self._read(connection, ioloop, generation, on_caught_up)
+
+            ioloop.call_later(RETRY_SECONDS, again)
+
         def subscribe() -> None:
             connection.channel(on_open_callback=lambda channel: self._consume(
-                channel, generation, heard, unusable))
+                channel, generation, heard, unusable, cancelled))
             self._waiting_since, self._working_meanwhile = None, False
             heard()
 
@@ -144,33 +171,37 @@ class WorkerControl:
         self._generation += 1
 
     def _consume(self, channel: Channel, generation: int, heard: Callable[[], None],
-                 unusable: Callable[[BaseException], None]) -> None:
+                 unusable: Callable[[BaseException], None],
+                 cancelled: Callable[[], None]) -> None:
         channel.add_on_close_callback(lambda _channel, reason: unusable(reason)
                                       if isinstance(reason, pika.exceptions.ChannelClosedByBroker)
                                       else None)
-        offset = "first" if self._next_offset is None else self._next_offset
+
+        def on_cancel(_frame: object) -> None:
+            if channel.is_open:
+                channel.close()  # (closed by us: unusable() ignores it)
+            cancelled()
+
+        channel.add_on_cancel_callback(on_cancel)
 
         def on_message(ch: Channel, method: Basic.Deliver, properties: pika.BasicProperties,
                        body: bytes) -> None:
             ch.basic_ack(method.delivery_tag)
             if generation != self._generation:
                 return
-            position = (properties.headers or {}).get("x-stream-offset")
-            if isinstance(position, int):
-                if self._next_offset is not None and position < self._next_offset:
-                    return  # read before the reconnect
-                self._next_offset = position + 1
             heard()
             record = decode(body)
-            if record is None:
-                return
+            key = command_key(record, body)
+            if key in self._read_keys or record is None:
+                return  # read before (a reconnect reads the stream from its start again)
+            self._read_keys.add(key)
             try:
                 self._apply(record)
             except Exception:  # a command must never take the worker down: say it, go on
                 self.log.exception("could not act on the control command %r", record)
 
         channel.basic_qos(prefetch_count=PREFETCH, callback=lambda _frame: channel.basic_consume(
-            self.spec.control_name, on_message, arguments={"x-stream-offset": offset}))
+            self.spec.control_name, on_message, arguments={"x-stream-offset": "first"}))
 
     def _apply(self, record: dict) -> None:
         action = self.state.apply(record)
