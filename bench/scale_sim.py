@@ -105,8 +105,8 @@ class Fleet:
         """Start the instances, at most STARTING_AT_ONCE at a time, the first one alone
         (*on_first* once it is subscribed): on fresh names it makes the queues and streams,
         and an instance that finds a stream just declared and not yet running is refused
-        ("does not have a replica on the local node", 406), which the worker takes for a
-        broker without streams (it then works without control)."""
+        ("does not have a replica on the local node", 406; the worker waits for it and tries
+        again, as for a stream whose node is restarting)."""
         self.thread.start()
         pending, starting = list(self.consumers), []
         first = True

@@ -44,10 +44,13 @@ PREFETCH = 200  # a stream reader must have a prefetch; commands are small
 
 
 def replica_missing(reason: BaseException) -> bool:
-    """A 406 that passes: a stream just made, or its node just started, has no running replica
-    on the node we read from yet (seen with many workers starting on new names at once). Any
-    other 406 (RabbitMQ before 3.9: no streams) is final."""
-    return "running replica" in str(getattr(reason, "reply_text", ""))
+    """A 406 that passes: a stream just made, or its node just started, has no replica running
+    on the node we read from yet. RabbitMQ 3.10 says "does not have a replica on the local
+    node", later ones "does not have a running replica on the local node": both pass (seen
+    with workers starting together on a new queue, and after a broker restart; taken for
+    final, the worker worked without pause, cancel and stop for good). Any other 406
+    (RabbitMQ before 3.9: no streams) is final."""
+    return "replica on the local node" in str(getattr(reason, "reply_text", ""))
 
 
 def command_key(record: dict | None, body: bytes) -> str | bytes:
