@@ -1,4 +1,5 @@
-"""The control listener (control/listener.py) on a refusal: which 406 is final. No broker."""
+"""The control listener (control/listener.py) without a broker: which refusal is final, and
+reading again (after a reconnect, after the broker's cancel, from a stream made again)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def refused_once(monkeypatch: pytest.MonkeyPatch, text: str) -> tuple[listener.W
     return control, retries, caught_up
 
 
-@pytest.mark.parametrize("text", [NO_REPLICA, NO_REPLICA_3_10], ids=["4.x", "3.10"])
+@pytest.mark.parametrize("text", [NO_REPLICA, NO_REPLICA_3_10, "PRECONDITION_FAILED - words "
+                                  "of a later version"], ids=["4.x", "3.10", "unknown"])
 def test_a_stream_with_no_replica_on_our_node_yet_is_tried_again(monkeypatch, text):
     """Found at 1,000 workers (bench/scale.md): workers starting at once on new names got this
     406 and worked without pause, cancel and stop for good."""

@@ -15,10 +15,11 @@ a pause or a stop.
 
 A worker that may not read or declare the stream (no permission, or a broker older than 3.9,
 which has no streams) says so once and works without control: the queue does not stop. A stream
-that is there but not yet readable (its node restarting: any answer but 403/406, whatever the
-words: "home node ... is down" on 3.x, "... process is stopped by supervisor" on 4.x) is waited for,
-since the worker cannot know whether the queue is paused; after ``WAIT_SECONDS`` the worker says
-so and works, and keeps trying to read it.
+that is there but not yet readable (just made, or its node restarting: any answer but those of
+``refused_for_good``, whatever the words: "home node ... is down" on 3.x, "... process is stopped
+by supervisor" on 4.x, "does not have a replica on the local node" on 3.10) is waited for, since
+the worker cannot know whether the queue is paused; after ``WAIT_SECONDS`` the worker says so and
+works, and keeps trying to read it.
 """
 
 from __future__ import annotations
@@ -43,14 +44,17 @@ WAIT_SECONDS = 30.0
 PREFETCH = 200  # a stream reader must have a prefetch; commands are small
 
 
-def replica_missing(reason: BaseException) -> bool:
-    """A 406 that passes: a stream just made, or its node just started, has no replica running
-    on the node we read from yet. RabbitMQ 3.10 says "does not have a replica on the local
-    node", later ones "does not have a running replica on the local node": both pass (seen
-    with workers starting together on a new queue, and after a broker restart; taken for
-    final, the worker worked without pause, cancel and stop for good). Any other 406
-    (RabbitMQ before 3.9: no streams) is final."""
-    return "replica on the local node" in str(getattr(reason, "reply_text", ""))
+def refused_for_good(reason: BaseException) -> bool:
+    """A refusal that waiting cannot change: 403 (no permission), or a 406 for an argument the
+    broker does not know ("invalid arg 'x-queue-type'": RabbitMQ before 3.9, no streams). Any
+    other refusal passes, most often a stream just made or just restarted that has no replica
+    running on our node yet: "does not have a replica on the local node" (3.10), "... a running
+    replica ..." (later). Taken for final once (3.10's words were not known), it left a worker
+    without pause, cancel and stop-workers for good: seen with workers starting together on a
+    new queue, and after a broker restart."""
+    code = getattr(reason, "reply_code", None)
+    return code == 403 or (code == 406 and "invalid arg" in str(getattr(reason, "reply_text",
+                                                                          "")))
 
 
 def command_key(record: dict | None, body: bytes) -> str | bytes:
@@ -116,7 +120,7 @@ class WorkerControl:
             if generation != self._generation:
                 return
             code = getattr(reason, "reply_code", None)
-            if code == 403 or (code == 406 and not replica_missing(reason)):
+            if refused_for_good(reason):
                 self.available = False
                 self.log.warning("cannot read the control stream %r (%s): working without "
                                  "pause/cancel/stop-workers (a user with permission for it, "
