@@ -40,6 +40,7 @@ from taskqueue.control.state import ControlState, decode
 
 QUIET_SECONDS = 0.5
 RETRY_SECONDS = 1.0
+LATER_RETRY_SECONDS = 10.0  # once the worker works without having read it
 WAIT_SECONDS = 30.0
 PREFETCH = 200  # a stream reader must have a prefetch; commands are small
 
@@ -153,7 +154,9 @@ class WorkerControl:
     def _retry(self, connection: Connection, ioloop, generation: int,
                caught_up: Callable[[], None], reason: BaseException) -> None:
         """Not readable yet (its node is restarting): try again soon; past WAIT_SECONDS,
-        work meanwhile (said once) and keep trying."""
+        work meanwhile (said once) and keep trying, less often (a node that has no replica of
+        the stream, one added to the cluster after it was made, refuses it for as long as that
+        lasts)."""
         now = time.monotonic()
         if self._waiting_since is None:
             self._waiting_since = now
@@ -171,7 +174,7 @@ class WorkerControl:
             if generation == self._generation and connection.is_open:
                 self._read(connection, ioloop, generation, caught_up)
 
-        ioloop.call_later(RETRY_SECONDS, again)
+        ioloop.call_later(LATER_RETRY_SECONDS if self._working_meanwhile else RETRY_SECONDS, again)
 
     def stop(self) -> None:
         """The connection is gone: whatever it was reading belongs to the past."""
