@@ -44,11 +44,12 @@ CUT_SECONDS_4 = 60
 AFTER_CUT = 3  # the baseline of "did tasks while cut off": tasks in hand at the cut are over
 RUN_LINE = re.compile(r"\(run (\S+)\)")
 RECEIVED_LINE = re.compile(r"\[w0\] received row ")
-# The bound README.md and docs/clusters.md#partitions state: no client of ours stays on a node
-# cut off from its cluster longer than this, on RabbitMQ 3.x (pause_minority or not) and 4.x
-# (measured: 10-36 s; the worker's own check takes 22-23 s, 33 s when its marks' publishing
-# connection had to move twice first, the results stream's leader being on the cut-off node).
-LEAVE_BOUND = 45
+# What README.md and docs/clusters.md#partitions say: every client of ours leaves a node cut off
+# from its cluster while the cut lasts, on RabbitMQ 3.x (pause_minority or not) and 4.x. The
+# tests check that order (left, then healed), not a number of seconds; they print how long each
+# stayed (measured: 10-36 s; the worker's own check takes 22-23 s, 33 s when its marks'
+# publishing connection had to move twice first, the results stream's leader being on the
+# cut-off node).
 PAUSED_BY_THE_BROKER = "CONNECTION_FORCED"  # how a 3.x node pausing itself closes us
 CONSUMING_LOST = re.compile(r"^\S+ WARNING +connection to \S+ lost", re.M)  # (not the outbox's)
 
@@ -178,7 +179,7 @@ def end_all(processes: list, outs: list[Path]) -> None:
 def test_one_node_cut_off_no_client_stays_on_it(cluster, series, logs, tmp_path, mode):
     """Node 0 (where the queue was declared, and the first URL of w0 and of an emitter
     started at the cut) is cut off from the other two for CUT_SECONDS (4.x: CUT_SECONDS_4).
-    Whatever the mode and the series, the clients on it must leave it within LEAVE_BOUND: w0
+    Whatever the mode and the series, the clients on it must leave it while the cut lasts: w0
     does tasks on the majority side and the emitter publishes all its rows there, before the
     heal. On 3.x with ``pause_minority`` the node pauses itself and closes them; otherwise
     (3.x ``ignore``, and 4.x in either mode: it ignores the setting) nobody closes them, they
@@ -229,8 +230,9 @@ def test_one_node_cut_off_no_client_stays_on_it(cluster, series, logs, tmp_path,
         # Its probe, or (as above) a check's reading of the stream there failing first.
         assert "delivers nothing and our mark" in w0_said_in_cut or CONSUMING_LOST.search(
             w0_said_in_cut), ("w0 left by its own check", w0_said_in_cut[-2000:])
-    assert max(stayed.values()) <= LEAVE_BOUND, (stayed, w0_said_in_cut[-2000:],
-                                                 emitter_out.read_text()[-1500:])
+    assert max(stayed.values()) < cut_for, ("both left the cut-off node before the heal",
+                                            stayed, w0_said_in_cut[-2000:],
+                                            emitter_out.read_text()[-1500:])
     assert emitter_ended_in_cut == 0, ("the emitter left the cut-off node and published "
                                        "everything while the cut lasted",
                                        emitter_out.read_text()[-1500:])
@@ -246,8 +248,8 @@ def test_a_command_through_a_cut_off_node_is_given_through_the_next_url(cluster,
                                                                         tmp_path):
     """task_control.py's first URL is a node cut off from the other two (3.x ``ignore``, or
     4.x whatever the setting: it stays open and never confirms, or closes us as its stream
-    coordinator is gone): the command goes through the next URL while the cut lasts, within
-    LEAVE_BOUND (before: exit 3, "Stream coordinator unavailable", or a wait for the broker to
+    coordinator is gone): the command goes through the next URL while the cut lasts (before:
+    exit 3, "Stream coordinator unavailable", or a wait for the broker to
     give up on the publish)."""
     from tests.test_web_http import control_commands
 
@@ -271,7 +273,7 @@ def test_a_command_through_a_cut_off_node_is_given_through_the_next_url(cluster,
     said = out.read_text()
     print(f"task_control.py left the cut-off first node {left} s after its start")
     assert giving.returncode == 0, said
-    assert left is not None and left <= LEAVE_BOUND, (left, said)
+    assert left is not None, ("it left the cut-off node while the cut lasted", said)
     assert "paused queue" in said
     assert in_cut[-1] == "pause", in_cut
 
@@ -281,7 +283,7 @@ def test_a_report_and_the_dashboard_through_a_cut_off_node_read_the_majoritys_re
     """The first URL of the report and of a dashboard (started before the cut) is a node cut
     off from the other two (3.x ``ignore``; 4.x whatever the setting), while workers on the
     majority go on: the report's CSV has every task they had logged done before it began, and
-    the dashboard moves to a node that has them, within LEAVE_BOUND (the cut-off node's
+    the dashboard moves to a node that has them, while the cut lasts (the cut-off node's
     replica stops where the cut began on 3.x; on 4.3 a read there never answers)."""
     cluster.set_mode("ignore")
     queue = f"rep_{uuid.uuid4().hex[:6]}"
@@ -310,6 +312,7 @@ def test_a_report_and_the_dashboard_through_a_cut_off_node_read_the_majoritys_re
         wait_for(lambda: (dashboard.done_total() or 0) >= before, timeout=120,
                  what="the dashboard to count what the majority recorded, in the cut")
     finally:
+        healed_after = clock_now() - cut_at
         cluster.heal()
         cluster.wait_whole(restart=cut_off)
         said = dashboard.stop()
@@ -321,9 +324,11 @@ def test_a_report_and_the_dashboard_through_a_cut_off_node_read_the_majoritys_re
     assert report.returncode == 0, reported
     rows = (tmp_path / "r.csv").read_text().count(",done,")
     assert rows >= before, (rows, before, reported)
-    assert report_left is not None and report_left <= LEAVE_BOUND, (report_left, reported)
+    assert report_left is not None, ("the report left the cut-off node in the cut", reported)
     assert "the first is behind (cut off from its cluster?)" in said, said[-2000:]
-    assert moved is not None and moved <= LEAVE_BOUND, (moved, said[-2000:])
+    # (*moved* is to the second of its log line, from the cut's second: 1 s of rounding)
+    assert moved is not None and moved <= healed_after + 1, (
+        "the dashboard moved before the heal", moved, healed_after, said[-2000:])
     all_done_once(queue, cluster.nodes[1].url, {run: 900})
 
 
