@@ -173,10 +173,7 @@ class TaskConsumer(BrokerSession):
             self.finish()
 
     def _finish_if_idle(self) -> None:
-        # (and every cancel answered, within the grace: what was on its way came back first)
-        if self.phase is Phase.DRAINING and len(self._free_slots) == len(self.slots) and \
-                self.intake.when_answered(self._finish_if_idle, EXIT_GRACE_SECONDS,
-                                          self.ioloop.call_later):
+        if self.phase is Phase.DRAINING and len(self._free_slots) == len(self.slots):
             self._shutdown(EXIT_GRACE_SECONDS)
 
     def _shutdown(self, grace: float) -> None:

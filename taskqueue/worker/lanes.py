@@ -42,7 +42,6 @@ from pika.channel import Channel
 from pika.connection import Connection
 from pika.spec import Basic
 
-from taskqueue.broker.cancels import Cancels
 from taskqueue.broker.config import QueueSpec
 from taskqueue.broker.on_demand import declare_or_adopt
 from taskqueue.broker.topology import Topology, companion_arguments
@@ -142,7 +141,6 @@ class Intake:
         self._low_tag: str | None = None  # of those, the one of consumer priority -1
         self._on_message: OnMessage | None = None
         self._retry_refused = False  # said once
-        self._cancels: Cancels | None = None  # the task channel's, once we cancelled on it
 
     def prepare(self, connection: Connection, topology: Topology, then: Callable[[], None]
                 ) -> None:
@@ -266,46 +264,25 @@ class Intake:
 
     def cancel(self, channel: Channel | None) -> int:
         """Stop both subscriptions; the deliveries waiting go back (not started: another worker
-        can run them now). How many went back. Those on their way, sent before our cancel
-        reached the broker, come until its cancel-ok: broker/cancels.py hands them to
-        ``_late`` once every cancel is answered (pika would reject them: counted), and a stop
-        waits for that (``when_answered``) before it closes the channel."""
+        can run them now). How many went back."""
         if channel is not None and channel.is_open:
-            cancels = self._cancels = Cancels.of(channel, self.log, self.worker)
-            if self._urgent_tag is not None:
-                cancels.cancel(self._urgent_tag, self._late(self.urgent_queue))
-            for tag in self._normal_tags:
-                cancels.cancel(tag, self._late(self.queue))
+            for tag in self._tags:
+                channel.basic_cancel(tag)
         self._urgent_tag, self._normal_tags, self._low_tag = None, [], None
         return self.lanes.give_back(self._back)
 
-    def when_answered(self, then: Callable[[], None], within: float,
-                      call_later: Callable[[float, Callable[[], None]], object]) -> bool:
-        """True if no cancel of ours awaits the broker's answer; else *then* runs once they are
-        answered (or after *within* seconds: cancels.py)."""
-        cancels = self._cancels
-        return cancels is None or cancels.when_answered(then, within, call_later)
-
     def _arriving(self, queue: str, on_message: OnMessage) -> OnMessage:
         """*queue*'s deliveries: to *on_message* while its subscription lasts (the consumer
-        runs or holds them: it is consuming); one for a subscription no longer ours goes back
-        (``_late``). (pika hands us none of those: cancels.py takes them, or pika rejects.)"""
+        runs or holds them: it is consuming). Once cancelled (a pause, a stop), those the broker
+        sent before our cancel reached it go back as the held ones did (``GiveBack``: no
+        delivery counted where a nack would count one), on a channel still open (a closed one
+        gave them back already)."""
         def arrived(channel: Channel, method: Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
             tag = method.consumer_tag
             if tag == self._urgent_tag or tag in self._normal_tags:
                 on_message(channel, method, properties, body)
-            else:
-                self._late(queue)(channel, method, properties, body)
-        return arrived
-
-    def _late(self, queue: str) -> OnMessage:
-        """Once cancelled (a pause, a stop), what the broker sent before our cancel reached it
-        goes back as the held ones did (``GiveBack``: no delivery counted where a nack would
-        count one), on a channel still open (a closed one gave them back already)."""
-        def arrived(channel: Channel, method: Basic.Deliver,
-                    properties: pika.BasicProperties, body: bytes) -> None:
-            if channel.is_open:
+            elif channel.is_open:
                 self._back_to(Held(channel, method, properties, body), queue)
                 self.late += 1
         return arrived
@@ -330,7 +307,6 @@ class Intake:
     def forget(self) -> None:
         """The channel is closed or closing: the broker delivers all of them again."""
         self._urgent_tag, self._normal_tags, self._low_tag = None, [], None
-        self._cancels = None  # (no cancel-ok comes on a closed channel)
         self.lanes.drop()
         if self.giving_back is not None:
             self.giving_back.drop()

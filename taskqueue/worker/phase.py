@@ -28,9 +28,7 @@ class Phase(Enum):
     WAITING_FOR_SLOTS = "waiting for slots"  # connected; subscribes once every slot is free
     CONSUMING = "consuming"  # subscribed: the broker hands us tasks
     PAUSED = "paused"  # task_control.py pause: finish what is in hand, take nothing new
-    # a first stop request: finish what is in hand (and what was on its way when our cancel
-    # went out: until its cancel-ok, lanes.py), then stop
-    DRAINING = "draining"
+    DRAINING = "draining"  # a first stop request: finish what is in hand, then stop
     STOPPING = "stopping"  # closing: the last records and events go out
     STOPPED = "stopped"
 
