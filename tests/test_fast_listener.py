@@ -61,13 +61,14 @@ class FakeChannel:
     """Enough of a pika channel for the listener: it records the consume, and the test
     delivers commands (``deliver``) or the broker's cancel (``cancel``) to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, refusal: Exception | None = None) -> None:
         self.is_open = True
-        self.on_message = self.on_cancel = None
+        self.on_message = self.on_cancel = self.on_close = None
         self.arguments: dict = {}
+        self.refusal = refusal
 
-    def add_on_close_callback(self, _callback) -> None:
-        pass
+    def add_on_close_callback(self, callback) -> None:
+        self.on_close = callback
 
     def add_on_cancel_callback(self, callback) -> None:
         self.on_cancel = callback
@@ -75,8 +76,13 @@ class FakeChannel:
     def basic_qos(self, prefetch_count: int, callback) -> None:
         callback(None)
 
-    def basic_consume(self, _queue: str, on_message, arguments: dict) -> None:
+    def basic_consume(self, _queue: str, on_message, arguments: dict, callback=None) -> None:
         self.on_message, self.arguments = on_message, arguments
+        if self.refusal is not None:  # the broker closes the channel instead of a consume-ok
+            self.is_open = False
+            self.on_close(self, self.refusal)
+        elif callback is not None:
+            callback(None)  # the broker's consume-ok
 
     def basic_ack(self, _tag: int) -> None:
         pass
@@ -99,9 +105,10 @@ class FakeConnection:
 
     def __init__(self) -> None:
         self.channels: list[FakeChannel] = []
+        self.refusal: Exception | None = None  # each consume is refused with it, while set
 
     def channel(self, on_open_callback) -> None:
-        self.channels.append(FakeChannel())
+        self.channels.append(FakeChannel(self.refusal))
         on_open_callback(self.channels[-1])
 
 
@@ -184,3 +191,76 @@ def test_a_cancel_of_a_reading_of_the_past_changes_nothing(monkeypatch):
     pending.clear()
     old.cancel()
     assert not pending and len(connection.channels) == 2
+
+
+class FakeLoop:
+    """call_later and remove_timeout on a clock the test moves (``run_until``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, int, object]] = []
+        self._count = 0
+        monkeypatch.setattr(listener.time, "monotonic", lambda: self.now)
+
+    def call_later(self, delay: float, callback) -> int:
+        self._count += 1
+        self.timers.append((self.now + delay, self._count, callback))
+        return self._count
+
+    def remove_timeout(self, timer: int) -> None:
+        self.timers = [entry for entry in self.timers if entry[1] != timer]
+
+    def run_until(self, until: float) -> None:
+        while self.timers and min(self.timers)[0] <= until:
+            entry = min(self.timers)
+            self.timers.remove(entry)
+            self.now = entry[0]
+            entry[2]()
+        self.now = until
+
+
+def test_a_consume_refused_after_the_declare_is_waited_for_then_worked_around(monkeypatch,
+                                                                              caplog):
+    """The stream exists (the declare passes) but refuses the consume: no replica running on
+    our node yet (3.10's words). Before: the declare's success reset the wait, so it was said
+    again every second and never given up; and the refused reading's quiet moment counted as
+    caught up, so tasks were taken before any command was read."""
+    control, connection, _pending, _actions, _answers = reading(monkeypatch)
+    loop = FakeLoop(monkeypatch)
+    connection.refusal = pika.exceptions.ChannelClosedByBroker(406, NO_REPLICA_3_10)
+    caught_up: list[float] = []
+    with caplog.at_level(logging.INFO):
+        control.start(connection, loop, lambda: caught_up.append(loop.now))
+        loop.run_until(10.0)
+        assert caught_up == [], "no command read, so not caught up: tasks wait"
+        assert caplog.text.count("cannot be read yet") == 1, "said once, not at every try"
+        loop.run_until(listener.WAIT_SECONDS + 2)
+        assert caught_up and caught_up[0] > listener.WAIT_SECONDS, "then works meanwhile"
+        assert "still unreadable after" in caplog.text
+        tries = len(connection.channels)
+        loop.run_until(listener.WAIT_SECONDS + 2 + 10 * listener.LATER_RETRY_SECONDS)
+        assert 8 <= len(connection.channels) - tries <= 11, "tried again, less often"
+        connection.refusal = None  # its replica is up
+        loop.run_until(loop.now + listener.LATER_RETRY_SECONDS + 1)
+        connection.channels[-1].deliver([command("pause")])
+    assert control.paused and "is readable again" in caplog.text
+    assert len(caught_up) == 1
+
+
+def test_a_reading_closed_by_the_broker_after_catching_up_is_tried_again(monkeypatch):
+    """Reading, caught up, working: then the broker closes the reading's channel (its node
+    restarting, the stream moved): read again, and hear the next command."""
+    control, connection, _pending, actions, _answers = reading(monkeypatch)
+    loop = FakeLoop(monkeypatch)
+    caught_up: list[float] = []
+    control.start(connection, loop, lambda: caught_up.append(loop.now))
+    loop.run_until(1.0)
+    assert caught_up == [0.5]
+    first = connection.channels[-1]
+    first.is_open = False
+    first.on_close(first, pika.exceptions.ChannelClosedByBroker(
+        541, "INTERNAL_ERROR - stream member restarting"))
+    loop.run_until(3.0)
+    assert len(connection.channels) == 2, "read again"
+    connection.channels[-1].deliver([command("stop")])
+    assert actions == ["stop"] and caught_up == [0.5]

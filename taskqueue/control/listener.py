@@ -120,6 +120,9 @@ class WorkerControl:
         def unusable(reason: BaseException) -> None:
             if generation != self._generation:
                 return
+            if quiet["timer"] is not None and not quiet["done"]:
+                ioloop.remove_timeout(quiet["timer"])  # a reading refused is no quiet moment
+                quiet["timer"] = None
             code = getattr(reason, "reply_code", None)
             if refused_for_good(reason):
                 self.available = False
@@ -143,11 +146,17 @@ class WorkerControl:
 
             ioloop.call_later(RETRY_SECONDS, again)
 
-        def subscribe() -> None:
-            connection.channel(on_open_callback=lambda channel: self._consume(
-                channel, generation, heard, unusable, cancelled))
+        def reading() -> None:  # the broker took our consume: the stream is readable
+            if generation != self._generation:
+                return
+            if self._working_meanwhile:
+                self.log.info("the control stream %r is readable again", self.spec.control_name)
             self._waiting_since, self._working_meanwhile = None, False
             heard()
+
+        def subscribe() -> None:
+            connection.channel(on_open_callback=lambda channel: self._consume(
+                channel, generation, heard, unusable, cancelled, reading))
 
         declare_control(connection, self.spec, subscribe, unusable)
 
@@ -181,8 +190,8 @@ class WorkerControl:
         self._generation += 1
 
     def _consume(self, channel: Channel, generation: int, heard: Callable[[], None],
-                 unusable: Callable[[BaseException], None],
-                 cancelled: Callable[[], None]) -> None:
+                 unusable: Callable[[BaseException], None], cancelled: Callable[[], None],
+                 reading: Callable[[], None]) -> None:
         channel.add_on_close_callback(lambda _channel, reason: unusable(reason)
                                       if isinstance(reason, pika.exceptions.ChannelClosedByBroker)
                                       else None)
@@ -210,8 +219,12 @@ class WorkerControl:
             except Exception:  # a command must never take the worker down: say it, go on
                 self.log.exception("could not act on the control command %r", record)
 
+        # Caught up counts from the broker's consume-ok, not from the declare: a stream that
+        # exists may still refuse the consume (no replica running here yet), and that refusal
+        # must neither count as a quiet moment nor reset the wait for it.
         channel.basic_qos(prefetch_count=PREFETCH, callback=lambda _frame: channel.basic_consume(
-            self.spec.control_name, on_message, arguments={"x-stream-offset": "first"}))
+            self.spec.control_name, on_message, arguments={"x-stream-offset": "first"},
+            callback=lambda _frame: reading()))
 
     def _apply(self, record: dict) -> None:
         action = self.state.apply(record)
