@@ -155,6 +155,12 @@ class WorkerControl:
             heard()
 
         def subscribe() -> None:
+            # Quiet counts from here, not from the consume-ok: on 4.3 a stream whose leader was
+            # on a node just cut off answers the consume only once a new one is elected (10-20
+            # s), and taking no task until then would leave a worker idle on the majority side
+            # (tests/test_partitions.py). Its commands are read when it answers. A refusal ends
+            # this quiet moment (unusable): that stream is waited for, up to WAIT_SECONDS.
+            heard()
             connection.channel(on_open_callback=lambda channel: self._consume(
                 channel, generation, heard, unusable, cancelled, reading))
 
@@ -219,9 +225,9 @@ class WorkerControl:
             except Exception:  # a command must never take the worker down: say it, go on
                 self.log.exception("could not act on the control command %r", record)
 
-        # Caught up counts from the broker's consume-ok, not from the declare: a stream that
-        # exists may still refuse the consume (no replica running here yet), and that refusal
-        # must neither count as a quiet moment nor reset the wait for it.
+        # The wait for an unreadable stream ends at the broker's consume-ok, not at the
+        # declare: a stream that exists may still refuse the consume (no replica running here
+        # yet), and a declare's success must not start that wait over (said every second).
         channel.basic_qos(prefetch_count=PREFETCH, callback=lambda _frame: channel.basic_consume(
             self.spec.control_name, on_message, arguments={"x-stream-offset": "first"},
             callback=lambda _frame: reading()))
