@@ -49,8 +49,19 @@ def _exit_code(worker: subprocess.Popen, answers: str) -> int:
     except subprocess.TimeoutExpired:
         said = last_said(worker, 40)
         raise AssertionError(f"a worker did not leave {STOP_WAIT} s after the stop "
-                             f"(task_control.py: {answers.strip()}); it said last:\n{said}\n"
+                             f"(task_control.py: {answers.strip()}); its first warnings:\n"
+                             f"{warnings_of(worker)}\nit said last:\n{said}\n"
                              f"its threads:\n{threads_of(worker)}") from None
+
+
+def warnings_of(worker: subprocess.Popen, most: int = 10) -> str:
+    """The first *most* WARNING lines a worker printed: the one that explained stops 37 and 38's
+    hangs ("cannot read the control stream …") was long gone from its last lines."""
+    out = OUTPUT_OF.get(worker.pid)
+    if out is None or not out.exists():
+        return "(no output file)"
+    lines = [line for line in out.read_text(errors="replace").splitlines() if " WARNING " in line]
+    return "\n".join(lines[:most]) or "(none)"
 
 
 def threads_of(worker: subprocess.Popen) -> str:
