@@ -58,10 +58,10 @@ def refused_for_good(reason: BaseException) -> bool:
                                                                           "")))
 
 
-def command_key(record: dict | None, body: bytes) -> str | bytes:
+def command_key(record: dict, body: bytes) -> str | bytes:
     """What tells one command (*record*, decoded from *body*) from another: its id, or for one
     without (written by hand) a digest of its bytes."""
-    if record is not None and isinstance(record.get("id"), str) and record["id"]:
+    if isinstance(record.get("id"), str) and record["id"]:
         return record["id"]
     return hashlib.blake2b(body, digest_size=16).digest()
 
@@ -139,12 +139,7 @@ class WorkerControl:
                 return
             self.log.warning("the broker ended our reading of the control stream %r (deleted, "
                              "or its node went away): reading it again", self.spec.control_name)
-
-            def again() -> None:
-                if generation == self._generation and connection.is_open:
-                    self._read(connection, ioloop, generation, on_caught_up)
-
-            ioloop.call_later(RETRY_SECONDS, again)
+            self._read_later(RETRY_SECONDS, connection, ioloop, generation, on_caught_up)
 
         def reading() -> None:  # the broker took our consume: the stream is readable
             if generation != self._generation:
@@ -184,12 +179,17 @@ class WorkerControl:
                              "tasks meanwhile (a pause given now is seen once it is readable)",
                              self.spec.control_name, WAIT_SECONDS)
             caught_up()
+        self._read_later(LATER_RETRY_SECONDS if self._working_meanwhile else RETRY_SECONDS,
+                         connection, ioloop, generation, caught_up)
 
+    def _read_later(self, delay: float, connection: Connection, ioloop, generation: int,
+                    on_caught_up: Callable[[], None]) -> None:
+        """Read the stream again in *delay* seconds, unless the connection went meanwhile."""
         def again() -> None:
             if generation == self._generation and connection.is_open:
-                self._read(connection, ioloop, generation, caught_up)
+                self._read(connection, ioloop, generation, on_caught_up)
 
-        ioloop.call_later(LATER_RETRY_SECONDS if self._working_meanwhile else RETRY_SECONDS, again)
+        ioloop.call_later(delay, again)
 
     def stop(self) -> None:
         """The connection is gone: whatever it was reading belongs to the past."""
@@ -216,8 +216,10 @@ class WorkerControl:
                 return
             heard()
             record = decode(body)
+            if record is None:
+                return
             key = command_key(record, body)
-            if key in self._read_keys or record is None:
+            if key in self._read_keys:
                 return  # read before (a reconnect reads the stream from its start again)
             self._read_keys.add(key)
             try:
