@@ -35,16 +35,20 @@ class Channel:
         self.acked: list[int] = []
         self.nacked: list[tuple[int, bool]] = []
         self.consumers: dict[str, tuple[str, object]] = {}  # tag: (queue, callback)
+        self.answers: list = []  # the qos round trips asked (cancels.py)
+        self.connection = SimpleNamespace(ioloop=SimpleNamespace(
+            call_later=lambda _delay, _then: None))
 
     def basic_consume(self, queue: str, on_message) -> str:
         tag = f"ctag{len(self.consumers) + 1}"
         self.consumers[tag] = (queue, on_message)
         return tag
 
-    def basic_qos(self, prefetch_count: int) -> None:
-        pass
+    def basic_qos(self, prefetch_count: int, callback=None) -> None:
+        if callback is not None:
+            self.answers.append(callback)  # (the broker's answer: given by hand)
 
-    def basic_cancel(self, tag: str) -> None:
+    def basic_cancel(self, tag: str, callback=None) -> None:
         pass  # (the broker may still have sent some: deliver() sends them)
 
     def deliver(self, queue: str, tag: int, **headers: object) -> None:

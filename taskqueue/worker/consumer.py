@@ -156,7 +156,7 @@ class TaskConsumer(BrokerSession):
             self._shutdown(grace=1.0)
 
     def _cancel_consumer(self) -> None:
-        given = self.intake.cancel(self.channel)
+        given = self.intake.cancel(self.channel, then=self._finish_if_idle)
         if given:
             self.log.info("[%s] gave %d waiting task(s) back to the queue", self.options.name,
                           given)
@@ -173,7 +173,9 @@ class TaskConsumer(BrokerSession):
             self.finish()
 
     def _finish_if_idle(self) -> None:
-        if self.phase is Phase.DRAINING and len(self._free_slots) == len(self.slots):
+        # (and the broker has answered our cancels: what was on its way came back first)
+        if self.phase is Phase.DRAINING and len(self._free_slots) == len(self.slots) and \
+                self.intake.answered:
             self._shutdown(EXIT_GRACE_SECONDS)
 
     def _shutdown(self, grace: float) -> None:
@@ -257,11 +259,17 @@ class TaskConsumer(BrokerSession):
         queues up again and subscribes again. The cancel carries no reason. With a task in hand
         it is a consumer timeout, most likely: RabbitMQ 4.3 cancels the consumer (3.x closed
         the channel) and takes back the task held too long, uncounted (life.py counts it).
-        Without one: the queue was deleted, or its node went away."""
-        self.intake.forget()  # the channel is closed below
+        Without one: the queue was deleted, or its node went away. Stopping, our own cancels
+        went out already: the channel stays (what it gives back is settled on it) unless the
+        cancel took back a task in hand, whose ack can no longer be given."""
         self.idle.stop()
-        if self.phase in STOP_ASKED or self.channel is None or not self.channel.is_open:
+        if self.channel is None or not self.channel.is_open:
             return  # (both subscriptions cancelled: the second one finds the channel closing)
+        if self.phase in STOP_ASKED:
+            if self.life.taken_back("the broker cancelled the subscription"):
+                self.channel.close()
+            return
+        self.intake.forget()  # the channel is closed below
         self.phase = Phase.RECONNECTING  # the channel is closed below: set up again
         if not self.life.taken_back("the broker cancelled the subscription"):
             self.log.warning("[%s] the broker cancelled the subscription to %r (queue deleted, "

@@ -42,6 +42,7 @@ from pika.channel import Channel
 from pika.connection import Connection
 from pika.spec import Basic
 
+from taskqueue.broker.cancels import Cancelling
 from taskqueue.broker.config import QueueSpec
 from taskqueue.broker.on_demand import declare_or_adopt
 from taskqueue.broker.topology import Topology, companion_arguments
@@ -141,6 +142,9 @@ class Intake:
         self._low_tag: str | None = None  # of those, the one of consumer priority -1
         self._on_message: OnMessage | None = None
         self._retry_refused = False  # said once
+        # The subscriptions cancelled (a pause, a stop, one let go): what still comes for them
+        # goes back (``_late``), and a stop waits for the broker's answer (cancels.py).
+        self.cancelling = Cancelling(self.log, worker)
 
     def prepare(self, connection: Connection, topology: Topology, then: Callable[[], None]
                 ) -> None:
@@ -237,9 +241,8 @@ class Intake:
 
     def _let_go(self, channel: Channel, tag: str) -> None:
         """Cancel *tag*'s subscription, whose one task waits in hand (its prefetch full: no
-        other is on its way to it). With a callback, so that pika forgets the tag at the
-        broker's answer (without one it keeps every cancelled tag until the channel closes)."""
-        channel.basic_cancel(tag, callback=lambda _frame: None)
+        other should be on its way to it; one that is goes back: ``_late``)."""
+        self.cancelling.let_go(channel, tag, self._late(self.queue))
         self._normal_tags.remove(tag)
         if tag == self._low_tag:
             self._low_tag = None
@@ -262,27 +265,44 @@ class Intake:
         self._back_to(held, self.queue)
         return True
 
-    def cancel(self, channel: Channel | None) -> int:
+    def cancel(self, channel: Channel | None, then: Callable[[], None] = lambda: None) -> int:
         """Stop both subscriptions; the deliveries waiting go back (not started: another worker
-        can run them now). How many went back."""
-        if channel is not None and channel.is_open:
-            for tag in self._tags:
-                channel.basic_cancel(tag)
+        can run them now). How many went back. What the broker sent before our cancel reached
+        it goes back too as it comes (``_late``); *then* runs once the broker has answered the
+        cancels (``answered``: a stop closes the channel only then, cancels.py)."""
+        if channel is not None and channel.is_open and self._tags:
+            late = {tag: self._late(self.queue) for tag in self._normal_tags}
+            if self._urgent_tag is not None:  # (first: the order we subscribed in)
+                late = {self._urgent_tag: self._late(self.urgent_queue), **late}
+            self.cancelling.cancel(channel, late, self.prefetch, then)
         self._urgent_tag, self._normal_tags, self._low_tag = None, [], None
         return self.lanes.give_back(self._back)
 
+    @property
+    def answered(self) -> bool:
+        """No cancel of ours waits for the broker's answer."""
+        return self.cancelling.answered
+
     def _arriving(self, queue: str, on_message: OnMessage) -> OnMessage:
         """*queue*'s deliveries: to *on_message* while its subscription lasts (the consumer
-        runs or holds them: it is consuming). Once cancelled (a pause, a stop), those the broker
-        sent before our cancel reached it go back as the held ones did (``GiveBack``: no
-        delivery counted where a nack would count one), on a channel still open (a closed one
-        gave them back already)."""
+        runs or holds them: it is consuming); after its cancel, to ``_late`` (cancels.py hands
+        those to ``_late`` itself: pika would reject them)."""
         def arrived(channel: Channel, method: Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
             tag = method.consumer_tag
             if tag == self._urgent_tag or tag in self._normal_tags:
                 on_message(channel, method, properties, body)
-            elif channel.is_open:
+            else:
+                self._late(queue)(channel, method, properties, body)
+        return arrived
+
+    def _late(self, queue: str) -> OnMessage:
+        """Once cancelled (a pause, a stop), what the broker sent before our cancel reached it
+        goes back as the held ones did (``GiveBack``: no delivery counted where a nack would
+        count one), on a channel still open (a closed one gave them back already)."""
+        def arrived(channel: Channel, method: Basic.Deliver,
+                    properties: pika.BasicProperties, body: bytes) -> None:
+            if channel.is_open:
                 self._back_to(Held(channel, method, properties, body), queue)
                 self.late += 1
         return arrived
@@ -307,6 +327,7 @@ class Intake:
     def forget(self) -> None:
         """The channel is closed or closing: the broker delivers all of them again."""
         self._urgent_tag, self._normal_tags, self._low_tag = None, [], None
+        self.cancelling.forget()
         self.lanes.drop()
         if self.giving_back is not None:
             self.giving_back.drop()
