@@ -19,6 +19,7 @@ from taskqueue.broker.config import BrokerSettings, QueueSpec
 from taskqueue.web import feed as feed_module
 from taskqueue.web.copies import RunCopies
 from taskqueue.web.feed import DashboardFeed
+from taskqueue.web.place import StreamPlace, Verdict
 
 pytestmark = pytest.mark.fast
 
@@ -74,6 +75,7 @@ class Broker:
     def exchange_declare(self, *_args, **_kwargs) -> None: ...
     def queue_bind(self, *_args, **_kwargs) -> None: ...
     def basic_qos(self, *_args, **_kwargs) -> None: ...
+    def add_on_cancel_callback(self, *_args, **_kwargs) -> None: ...
     def close(self) -> None: ...
 
 
@@ -149,3 +151,17 @@ def test_an_absent_urgent_retry_queue_counts_zero_and_is_looked_for_seldom(tmp_p
     assert broker.feed.state.counts.retry == 3
     assert len(depths) >= 14 and broker.urgent_retry_looks == [0, 10_000], \
         broker.urgent_retry_looks
+
+
+def test_a_reading_resumed_tells_the_same_stream_from_one_made_again():
+    """The last message read is read again on a resume: the same body at that offset reads
+    on; another body there, or a lower offset, is a stream made anew (its figures start over);
+    a higher one (retention removed it meanwhile) reads on (web/place.py)."""
+    place = StreamPlace()
+    assert place.start() == "first"
+    assert [place.read(n, b"m%d" % n) for n in range(3)] == [Verdict.NEW] * 3
+    assert place.next_offset == 3 and place.start() == 2
+    assert place.read(2, b"m2") is Verdict.SEEN and place.read(3, b"m3") is Verdict.NEW
+    assert place.start() == 3 and place.read(3, b"another") is Verdict.OTHER
+    assert place.start() == 3 and place.read(1, b"m1") is Verdict.OTHER
+    assert place.start() == 3 and place.read(9, b"m9") is Verdict.NEW and place.next_offset == 10

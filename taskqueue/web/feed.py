@@ -9,7 +9,11 @@ alarm). The web handlers read ``view()`` under the lock; they never touch the br
 live page.
 
 A lost connection is one log line and a new connection two seconds later, reading the stream
-on from the offset after the last record read, so nothing is counted twice or missed.
+on from the last record read, so nothing is counted twice or missed (that record is read again
+to tell that the stream is still the one read: place.py). When the broker ends the reading
+(basic.cancel: the stream was deleted, or its node went away), or the stream turns out deleted
+or made anew, that is one log line and the figures start over from the stream's first record,
+as at a start: a deleted stream's records are gone, and a new one numbers its records from 0.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import pika
+from pika.adapters.blocking_connection import BlockingChannel
 
 from taskqueue.broker.blocking import open_blocking_at
 from taskqueue.broker.config import BrokerSettings, QueueSpec
@@ -35,6 +40,7 @@ from taskqueue.views.store import passive_counts
 from taskqueue.views.watch import VIEW_QUEUE_LIMIT
 from taskqueue.web.copies import RunCopies
 from taskqueue.web.nodes import NodeWatch
+from taskqueue.web.place import StreamPlace, Verdict
 from taskqueue.web.snapshot import FeedState
 from taskqueue.web.totals import RecordTotals
 from taskqueue.wire.events import decode_events
@@ -66,11 +72,13 @@ class DashboardFeed:
         # shows the figures of that moment, as of that moment (hub.py), rather than as current.
         self.heard_at: float | None = None
         self.bad_records = 0  # records that could not be read (skipped, logged)
-        self._next_offset: int | None = None  # the stream offset after the last record read
+        self.place = StreamPlace()  # the last record read (its offset): where to read on
+        self._results: BlockingChannel | None = None  # the channel reading the stream now
+        self._afresh = False  # the stream read is gone: start over (said where it was found)
         self._urls = list(settings.urls)  # tried in this order; a node found behind goes last
         self.tiers = TierWatch(spec)  # the tasks a rate limit parked
         self.urgent_retry = UrgentRetryWatch(spec)  # "retrying" counts it beside <queue>.retry
-        self.nodes = NodeWatch(settings, spec, log, lambda: self._next_offset or 0)
+        self.nodes = NodeWatch(settings, spec, log, lambda: self.place.next_offset)
         self._stopping = threading.Event()
         self.clock: Callable[[], float] = time.monotonic  # the loop's beat (a test's own clock)
         self._thread = threading.Thread(target=self._run, name="dashboard-feed", daemon=True)
@@ -161,6 +169,11 @@ class DashboardFeed:
         while not self._stopping.is_set():
             if self._take_advice(url):
                 return
+            if self._afresh:
+                # On a new connection: closing a reading with messages in hand would nack
+                # them, which a stream answers by closing the connection anyway.
+                self._start_afresh()
+                return
             if not following and self.clock() >= probe_at:
                 following = self._follow_results(connection)
                 probe_at = self.clock() + RESULTS_PROBE_SECONDS
@@ -183,7 +196,7 @@ class DashboardFeed:
         enough: it returns as soon as it has dispatched anything (a live event, a group of
         records, or the channel a 404 closed), so the loop above read the queue depths again
         after every event, and on a queue not declared yet spun at a quarter of a core."""
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self._afresh:
             left = deadline - self.clock()
             if left <= 0:
                 return
@@ -195,15 +208,40 @@ class DashboardFeed:
         probe = connection.channel()
         try:
             probe.queue_declare(self.spec.results_name, passive=True)
-        except pika.exceptions.ChannelClosedByBroker:
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404 and self.place.last is not None:  # deleted meanwhile
+                self.log.warning("dashboard: the results stream %r is gone (deleted): its "
+                                 "figures start over", self.spec.results_name)
+                self._start_afresh()
             return False
         probe.close()
         channel = connection.channel()
         channel.basic_qos(prefetch_count=PREFETCH)
-        offset = "first" if self._next_offset is None else self._next_offset
+        # Without it pika drops the consumer without a word and the feed would go deaf.
+        channel.add_on_cancel_callback(self._on_cancel)
+        self._results = channel
         channel.basic_consume(self.spec.results_name, self._on_record,
-                              arguments={"x-stream-offset": offset})
+                              arguments={"x-stream-offset": self.place.start()})
         return True
+
+    def _start_afresh(self) -> None:
+        """Forget what the stream read so far held: totals, the live tally's run figures,
+        the run pages' copies. What the workers' snapshots and the queue counts said stays,
+        and so do the history page's depth samples (no record holds those)."""
+        self._results, self._afresh, self.place = None, False, StreamPlace()
+        try:
+            self.copies.close()
+            self.copies.start()
+        except OSError as exc:
+            self.log.warning("dashboard: cannot start the run pages' copy again (%s)", exc)
+        with self.lock:
+            old, self.totals = self.totals, RecordTotals()
+            self.totals.minutes.depth = old.minutes.depth
+            self.totals.minutes.sampled_since = old.minutes.sampled_since
+            live = self.state
+            self.state = FeedState(self.spec.name, gone_after=GONE_AFTER, totals=self.totals)
+            for name in ("started", "counts", "slots", "rates", "parked"):
+                setattr(self.state, name, getattr(live, name))
 
     # --- the callbacks (in the thread) -----------------------------------------------------
     def _on_live(self, _channel, _method, _properties, body: bytes) -> None:
@@ -212,7 +250,34 @@ class DashboardFeed:
             for event in events:
                 self.state.feed(event)
 
-    def _on_record(self, channel, method, properties: pika.BasicProperties, body: bytes) -> None:
+    def _on_cancel(self, _frame: object) -> None:
+        """The broker ended our reading: the stream was deleted (maybe made again already,
+        numbered from 0, perhaps shorter than what we read: resumed, the feed would hear
+        nothing), or its node went away. Either way its first record is where to read from:
+        the figures start over, as at a start."""
+        self.log.warning("dashboard: the broker ended our reading of the results stream %r "
+                         "(deleted, or its node went away): reading it again from its first "
+                         "record", self.spec.results_name)
+        self._afresh = True
+
+    def _on_record(self, channel: BlockingChannel, method, properties: pika.BasicProperties,
+                   body: bytes) -> None:
+        current = channel is self._results  # (not in the if: mypy would narrow channel)
+        if not current or self._afresh:
+            return  # a reading given up: its connection is closed next
+        offset = (properties.headers or {}).get("x-stream-offset")
+        verdict = self.place.read(offset if isinstance(offset, int) else None, body)
+        if verdict is Verdict.OTHER:
+            self.log.warning("dashboard: the results stream %r is not the one read before "
+                             "(deleted and made again): reading it from its first record",
+                             self.spec.results_name)
+            self._afresh = True
+            return
+        if verdict is Verdict.NEW:
+            self._count(body)
+        channel.basic_ack(method.delivery_tag)
+
+    def _count(self, body: bytes) -> None:
         records = [r for r in decode_group(body) if kind_of(r) != "mark"]
         try:
             self.copies.add(records)  # before the totals count them: pages never lag /metrics
@@ -228,7 +293,3 @@ class DashboardFeed:
                     if self.bad_records <= 3:
                         self.log.warning("dashboard: skipped a record it cannot read (%r): "
                                          "%.200s", exc, json.dumps(record, default=str))
-            offset = (properties.headers or {}).get("x-stream-offset")
-            if isinstance(offset, int):
-                self._next_offset = offset + 1
-        channel.basic_ack(method.delivery_tag)
