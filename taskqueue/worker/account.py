@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from taskqueue.broker.config import DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_TASK_BYTES
@@ -15,6 +16,8 @@ from taskqueue.wire.events import event_id, task_event
 from taskqueue.worker.delivery import Delivery
 from taskqueue.worker.outbox import Outbox
 from taskqueue.worker.slots import WorkSlot
+
+SNAPSHOT_SECONDS = (0.5, 2.0)  # a live snapshot at most this often, and at least this often
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,19 @@ class WorkerAccount:
                  outbox: Outbox) -> None:
         self.options, self.host, self.slots, self.outbox = options, host, slots, outbox
         self.stats = WorkerStats()
+        self.changed, self._last_snapshot = True, 0.0  # something no snapshot has shown yet
+
+    def beat(self, now: float, state: str, connected: bool,
+             rate: Callable[[], dict | None]) -> None:
+        """The consumer's beat (*now*: monotonic): a live snapshot once something changed (a
+        task taken or finished, a task's fresh progress), at most every ``SNAPSHOT_SECONDS[0]``,
+        and at least every ``SNAPSHOT_SECONDS[1]`` (so a view sees a worker alive)."""
+        since = now - self._last_snapshot
+        if any(slot.progress.fresh() for slot in self.slots):
+            self.changed = True
+        if (self.changed and since >= SNAPSHOT_SECONDS[0]) or since >= SNAPSHOT_SECONDS[1]:
+            self.outbox.announce(self.snapshot(state, connected, rate=rate()))
+            self.changed, self._last_snapshot = False, now
 
     def record(self, slot: WorkSlot, delivery: Delivery, outcome: str, seconds: float,
                reason: str = "", result: str | None = None) -> dict:

@@ -57,7 +57,6 @@ from taskqueue.worker.tail import ResultsTail
 from taskqueue.worker.work import Runner
 
 TICK_SECONDS = 0.25  # idle checks, event flushes and live snapshots run on this beat
-SNAPSHOT_SECONDS = (0.5, 2.0)  # a live snapshot at most this often, and at least this often
 
 
 class TaskConsumer(BrokerSession):
@@ -104,7 +103,7 @@ class TaskConsumer(BrokerSession):
                              log, options.name)
         self.look_ahead = LookAhead(len(runners), self.intake, self.inspect_queue,
                                     self.in_hand.in_hand_for, log=log)
-        self._changed, self._last_snapshot, self._ticks = True, 0.0, 0
+        self._ticks = 0
         # task_control.py's commands (commands_in.py), which ask us to pause, resume or stop.
         self.commands = ControlCommands(self, queue, ControlState(options.name, time.time()))
         self.control = self.commands.listener
@@ -120,7 +119,7 @@ class TaskConsumer(BrokerSession):
         self._free_slots.extend(reversed(self.slots))
 
     def mark_changed(self) -> None:
-        self._changed = True  # a live snapshot goes out on the next beat
+        self.account.changed = True  # a live snapshot goes out on the next beat
 
     def _results_refused(self, reason: BaseException) -> None:
         """No permission on the results stream: no task is taken without records."""
@@ -350,7 +349,7 @@ class TaskConsumer(BrokerSession):
         slot.release(seconds)
         slot.settlement = None
         self._free_slots.append(slot)
-        self._changed = True
+        self.account.changed = True
         self._take_waiting()
         if self.phase is Phase.CONSUMING and self.channel is not None:
             self.look_ahead.after_task(seconds if delivery.started else None, self.channel)
@@ -385,14 +384,8 @@ class TaskConsumer(BrokerSession):
         self._ticks += 1
         now = time.monotonic()
         if self.options.events and self.phase not in (Phase.STOPPING, Phase.STOPPED):
-            since = now - self._last_snapshot
-            if any(slot.progress.fresh() for slot in self.slots):
-                self._changed = True  # a task's progress no snapshot has shown yet
-            if (self._changed and since >= SNAPSHOT_SECONDS[0]) or since >= SNAPSHOT_SECONDS[1]:
-                state = "paused" if self.control.paused else "running"
-                self.outbox.announce(self.account.snapshot(
-                    state, self.phase is Phase.CONSUMING, rate=self.rate.snapshot()))
-                self._changed, self._last_snapshot = False, now
+            self.account.beat(now, "paused" if self.control.paused else "running",
+                              self.phase is Phase.CONSUMING, self.rate.snapshot)
         if self._ticks % 2 == 0:
             self.outbox.send(everything=True)  # events and the snapshot go out on this beat
         if self.phase not in STOP_ASKED:
