@@ -35,7 +35,8 @@ class Channel:
         self.acked: list[int] = []
         self.nacked: list[tuple[int, bool]] = []
         self.consumers: dict[str, tuple[str, object]] = {}  # tag: (queue, callback)
-        self.answers: list = []  # the qos round trips asked (cancels.py)
+        self.answers: list = []  # the qos round trips asked (cancels.py), if held
+        self.hold_answers = False
         self.connection = SimpleNamespace(ioloop=SimpleNamespace(
             call_later=lambda _delay, _then: None))
 
@@ -45,8 +46,12 @@ class Channel:
         return tag
 
     def basic_qos(self, prefetch_count: int, callback=None) -> None:
-        if callback is not None:
+        if callback is None:
+            return
+        if self.hold_answers:
             self.answers.append(callback)  # (the broker's answer: given by hand)
+        else:
+            callback(None)  # the broker answers at once
 
     def basic_cancel(self, tag: str, callback=None) -> None:
         pass  # (the broker may still have sent some: deliver() sends them)

@@ -14,12 +14,13 @@ other goes to pika's own, unchanged. Both are pika internals: ``fits`` checks th
 pika that does not fit keeps pika's behaviour, said in one warning line.
 
 ``Cancelling`` sends our cancels and knows when the broker has handled them. They go out
-nowait, all at once: pika sends a cancel that waits for its cancel-ok only after the last one's
-answer, so the deliveries given back meanwhile (a nack, sent at once) could come straight back
-to a subscription not cancelled yet. Then one ``basic.qos`` round trip: its answer comes after
-the broker handled every cancel before it, so what was on its way (in the network, in buffers)
-came first, and a stop closes the channel only then (a close gives back what is on its way
-counted, on every version). The answer is waited for ``ANSWER_WITHIN`` seconds at most: a
+nowait, all at once (pika would send a cancel that waits for its cancel-ok only after the last
+one's answer), then one ``basic.qos`` round trip: its answer comes after the broker handled
+every cancel before it, so what was on its way (in the network, in buffers) came first. Only
+then does the worker give its tasks back (a nack goes out at once, not in pika's queue of
+requests: sent before the cancels, a task could come straight back to a subscription not
+cancelled yet), and only then does a stop close the channel (a close gives back what is on its
+way counted, on every version). The answer is waited for ``ANSWER_WITHIN`` seconds at most: a
 blocked or gone broker never answers.
 """
 
@@ -40,7 +41,7 @@ OnDelivery = Callable[[Channel, spec.Basic.Deliver, pika.BasicProperties, bytes]
 # Who takes a delivery for this consumer tag (None: pika, as ever).
 Claim = Callable[[str], "OnDelivery | None"]
 
-ANSWER_WITHIN = 5.0  # seconds a stop waits for the broker's answer to our cancels
+ANSWER_WITHIN = 2.0  # seconds a stop waits for the broker's answer to our cancels
 GONE_KEPT = 64  # cancelled subscriptions remembered per channel: only recent ones get late ones
 _ROUTED = "_taskqueue_route_late"  # set on a channel whose deliveries go through ours
 _warned = False  # the one line a pika that does not fit gets (per process)

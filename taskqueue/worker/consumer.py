@@ -259,15 +259,10 @@ class TaskConsumer(BrokerSession):
         it is a consumer timeout, most likely: RabbitMQ 4.3 cancels the consumer (3.x closed
         the channel) and takes back the task held too long, uncounted (life.py counts it).
         Without one: the queue was deleted, or its node went away. Stopping, our own cancels
-        went out already: the channel stays (what it gives back is settled on it) unless the
-        cancel took back a task in hand, whose ack can no longer be given."""
+        went out already: the channel stays, with what it is giving back."""
         self.idle.stop()
-        if self.channel is None or not self.channel.is_open:
+        if self.phase in STOP_ASKED or self.channel is None or not self.channel.is_open:
             return  # (both subscriptions cancelled: the second one finds the channel closing)
-        if self.phase in STOP_ASKED:
-            if self.life.taken_back("the broker cancelled the subscription"):
-                self.channel.close()
-            return
         self.intake.forget()  # the channel is closed below
         self.phase = Phase.RECONNECTING  # the channel is closed below: set up again
         if not self.life.taken_back("the broker cancelled the subscription"):
@@ -340,6 +335,7 @@ class TaskConsumer(BrokerSession):
         self.idle.stop()
         self.phase = after_connection_lost(self.phase)
         self.in_hand.drop()  # nobody can ack them now: the broker delivers them again
+        self._finish_if_idle()  # (a stop that waited for the cancels' answer: none comes now)
 
     def _free(self, slot: WorkSlot, delivery: Delivery, seconds: float) -> None:
         if slot.delivery is not delivery:

@@ -145,6 +145,8 @@ class Intake:
         # The subscriptions cancelled (a pause, a stop, one let go): what still comes for them
         # goes back (``_late``), and a stop waits for the broker's answer (cancels.py).
         self.cancelling = Cancelling(self.log, worker)
+        # Given back once the broker has answered our cancels (``cancel``): (held, urgent)
+        self._going_back: list[tuple[Held, bool]] = []
 
     def prepare(self, connection: Connection, topology: Topology, then: Callable[[], None]
                 ) -> None:
@@ -226,8 +228,8 @@ class Intake:
     def restore_first(self, channel: Channel) -> None:
         """The slot is free and only the priority -1 subscription is left: a first one of
         priority 0 again, so this worker is served as every other is. The low one stays (a
-        cancel now could meet a task on its way to it, which pika would reject: a delivery
-        counted on 3.x quorum queues); it is let go as any second one is."""
+        cancel now could meet a task on its way to it, to be given back); it is let go as any
+        second one is."""
         self._subscribe_normal(channel, 0)
 
     def _subscribe_normal(self, channel: Channel, priority: int) -> str | None:
@@ -267,16 +269,33 @@ class Intake:
 
     def cancel(self, channel: Channel | None, then: Callable[[], None] = lambda: None) -> int:
         """Stop both subscriptions; the deliveries waiting go back (not started: another worker
-        can run them now). How many went back. What the broker sent before our cancel reached
-        it goes back too as it comes (``_late``); *then* runs once the broker has answered the
-        cancels (``answered``: a stop closes the channel only then, cancels.py)."""
+        can run them now), and so do those the broker sent before our cancel reached it
+        (``_late``). How many of the first went back. They go back once the broker has
+        answered the cancels (``answered``, cancels.py): pika may hold our cancels behind a
+        request still waiting for its answer, and a task given back before them could come
+        straight back to a subscription not cancelled yet. *then* runs after that (a stop
+        closes the channel only then)."""
+        held: list[tuple[Held, bool]] = []
+        count = self.lanes.give_back(lambda one, urgent: held.append((one, urgent)))
+        self._going_back.extend(held)
         if channel is not None and channel.is_open and self._tags:
             late = {tag: self._late(self.queue) for tag in self._normal_tags}
             if self._urgent_tag is not None:  # (first: the order we subscribed in)
                 late = {self._urgent_tag: self._late(self.urgent_queue), **late}
-            self.cancelling.cancel(channel, late, self.prefetch, then)
+
+            def answered() -> None:
+                self._give_back_now()
+                then()
+            self.cancelling.cancel(channel, late, self.prefetch, answered)
+        elif self.cancelling.answered:  # (else the cancels waiting for their answer do it)
+            self._give_back_now()
         self._urgent_tag, self._normal_tags, self._low_tag = None, [], None
-        return self.lanes.give_back(self._back)
+        return count
+
+    def _give_back_now(self) -> None:
+        going, self._going_back = self._going_back, []
+        for held, urgent in going:
+            self._back(held, urgent)
 
     @property
     def answered(self) -> bool:
@@ -302,9 +321,14 @@ class Intake:
         count one), on a channel still open (a closed one gave them back already)."""
         def arrived(channel: Channel, method: Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
-            if channel.is_open:
-                self._back_to(Held(channel, method, properties, body), queue)
-                self.late += 1
+            if not channel.is_open:
+                return
+            self.late += 1
+            held = Held(channel, method, properties, body)
+            if self.cancelling.answered:
+                self._back_to(held, queue)
+            else:  # (with the held ones, once the cancels are answered: ``cancel``)
+                self._going_back.append((held, queue == self.urgent_queue))
         return arrived
 
     def say_late(self) -> None:
@@ -328,6 +352,7 @@ class Intake:
         """The channel is closed or closing: the broker delivers all of them again."""
         self._urgent_tag, self._normal_tags, self._low_tag = None, [], None
         self.cancelling.forget()
+        self._going_back.clear()  # (the broker has them back with the channel)
         self.lanes.drop()
         if self.giving_back is not None:
             self.giving_back.drop()
