@@ -18,6 +18,7 @@ real pika channel.)
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -60,23 +61,30 @@ def on_its_way(queue: str, tmp_path: Path, logs: Path, proxy: Proxy):
     return out, first, run
 
 
-def test_a_task_on_its_way_at_a_stop_goes_back_uncounted_and_runs_once(queue: str,
-                                                                      logs: Path,
-                                                                      tmp_path: Path):
-    """(On 4.3 it goes back with a nack, which counts nothing there: the same holds.)"""
+def stopped_with_one_on_its_way(queue: str, tmp_path: Path, logs: Path,
+                                then: Callable[[Proxy], None]) -> tuple[Path, str]:
+    """``on_its_way``, then SIGTERM; once the broker has our cancels (sent together:
+    <queue>.urgent's first; <queue>'s subscription stays counted while the delivery it sent is
+    unacked; their answer waits in the proxy, behind the delivery), *then* (the proxy); the
+    worker must leave with exit 0. Its output file and the run id."""
     proxy = Proxy(urlsplit(MAIN_URL).port)
     try:
         out, first, run = on_its_way(queue, tmp_path, logs, proxy)
         first.send_signal(signal.SIGTERM)
-        # The broker has our cancels (sent together: <queue>.urgent's first; <queue>'s
-        # subscription stays counted while the delivery it sent is unacked). Their answer
-        # waits in the proxy, behind the delivery.
         wait_for(lambda: (queue_state(urgent_name(queue)) or (0, 0))[1] == 0,
                  what="our cancels at the broker")
-        proxy.release()
-        assert first.wait(timeout=60) == 0, out.read_text()[-3000:]
+        then(proxy)
+        assert first.wait(timeout=120) == 0, out.read_text()[-3000:]
     finally:
         proxy.close()
+    return out, run
+
+
+def test_a_task_on_its_way_at_a_stop_goes_back_uncounted_and_runs_once(queue: str,
+                                                                      logs: Path,
+                                                                      tmp_path: Path):
+    """(On 4.3 it goes back with a nack, which counts nothing there: the same holds.)"""
+    out, run = stopped_with_one_on_its_way(queue, tmp_path, logs, Proxy.release)
     wait_for(lambda: queue_state(queue) == (1, 0), what="the task back in the queue")
     runs, _gate = gate_files(tmp_path)
     second_out = tmp_path / "second.out"
@@ -98,13 +106,7 @@ def test_a_stop_waits_for_the_brokers_answer_within_its_bound_then_leaves(queue:
                                                                      tmp_path: Path):
     """The broker's answer never comes (held to the end): the worker stops all the same, after
     the bound, and says why (the task goes back with the close: the broker has it)."""
-    proxy = Proxy(urlsplit(MAIN_URL).port)
-    try:
-        out, first, _run = on_its_way(queue, tmp_path, logs, proxy)
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(timeout=60) == 0, out.read_text()[-3000:]
-    finally:
-        proxy.close()
+    out, _run = stopped_with_one_on_its_way(queue, tmp_path, logs, lambda _proxy: None)
     said = out.read_text()
     assert "[first] the broker has not answered our cancel within 2 s" in said, said[-3000:]
     wait_for(lambda: queue_state(queue) == (1, 0), what="the task back with the close")
@@ -116,14 +118,5 @@ def test_a_stop_waiting_for_the_answer_goes_on_when_the_connection_is_lost(queue
     """The broker goes away while the stop waits for its answer (a host shutting down stops
     the worker and the broker together): no answer comes now, the worker stops as it did before
     it waited (exit 0), rather than reconnecting to a broker that is gone until it gives up."""
-    proxy = Proxy(urlsplit(MAIN_URL).port)
-    try:
-        out, first, _run = on_its_way(queue, tmp_path, logs, proxy)
-        first.send_signal(signal.SIGTERM)
-        wait_for(lambda: (queue_state(urgent_name(queue)) or (0, 0))[1] == 0,
-                 what="our cancels at the broker")
-        proxy.close()  # the broker's side gone, the answer with it
-        assert first.wait(timeout=120) == 0, out.read_text()[-3000:]
-    finally:
-        proxy.close()
+    stopped_with_one_on_its_way(queue, tmp_path, logs, Proxy.close)  # (the answer with it)
     wait_for(lambda: queue_state(queue) == (1, 0), what="the task back with the connection")

@@ -143,8 +143,9 @@ class Cancelling:
             if self._round is marker and channel.is_open:
                 self.log.warning("[%s] the broker has not answered our cancel within %g s "
                                  "(blocked or gone?): going on; a task still on its way goes "
-                                 "back with the channel's close, which counts as a delivery "
-                                 "on quorum queues", self.who, ANSWER_WITHIN)
+                                 "back as it comes, or with the channel's close if we stop "
+                                 "first (which counts as a delivery on quorum queues)",
+                                 self.who, ANSWER_WITHIN)
             answered()
 
         channel.basic_qos(prefetch_count=prefetch, callback=answered)

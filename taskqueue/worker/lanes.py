@@ -292,6 +292,11 @@ class Intake:
         self._urgent_tag, self._normal_tags, self._low_tag = None, [], None
         return count
 
+    def give_back_waiting(self) -> None:
+        """Stopping now (a second stop request, or the last records out): what waits for the
+        cancels' answer goes back without it (a close would give it back counted)."""
+        self._give_back_now()
+
     def _give_back_now(self) -> None:
         going, self._going_back = self._going_back, []
         for held, urgent in going:
