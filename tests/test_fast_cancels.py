@@ -222,7 +222,7 @@ def test_stopping_now_gives_back_what_waits_for_the_answer_once():
         method = SimpleNamespace(delivery_tag=number, redelivered=False, consumer_tag=tags[1])
         taking.hold(channel, method, properties(), b"task")
     assert taking.cancel(channel) == 2 and outbox.copies == [] and not taking.answered
-    taking.give_back_waiting()
+    taking.give_back_now()
     assert len(outbox.copies) == 2
     connection.method(channel, spec.Basic.QosOk())
     assert len(outbox.copies) == 2 and taking.answered

@@ -149,7 +149,7 @@ class TaskConsumer(BrokerSession):
             self._finish_if_idle()
             return
         self.in_hand.requeue(in_hand, "a second stop request")
-        self.intake.give_back_waiting()  # (not waiting for the cancels' answer either)
+        self.intake.give_back_now()  # (not waiting for the cancels' answer either)
         if self.phase is Phase.STOPPING:  # waiting for the last records: stop waiting
             self.outbox.finish()
         else:
@@ -164,7 +164,7 @@ class TaskConsumer(BrokerSession):
 
     def _on_outbox_finished(self) -> None:
         if self._stop_since is not None:  # nothing unconfirmed will be confirmed now
-            self.intake.give_back_waiting()
+            self.intake.give_back_now()
             self.in_hand.give_back_unconfirmed(self.intake.giving_back)
         self.intake.say_late()
         self.phase = Phase.STOPPED

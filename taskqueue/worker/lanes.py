@@ -145,8 +145,8 @@ class Intake:
         # The subscriptions cancelled (a pause, a stop, one let go): what still comes for them
         # goes back (``_late``), and a stop waits for the broker's answer (cancels.py).
         self.cancelling = Cancelling(self.log, worker)
-        # Given back once the broker has answered our cancels (``cancel``): (held, urgent)
-        self._going_back: list[tuple[Held, bool]] = []
+        # Given back once the broker has answered our cancels (``cancel``): (held, its queue)
+        self._going_back: list[tuple[Held, str]] = []
 
     def prepare(self, connection: Connection, topology: Topology, then: Callable[[], None]
                 ) -> None:
@@ -275,32 +275,29 @@ class Intake:
         request still waiting for its answer, and a task given back before them could come
         straight back to a subscription not cancelled yet. *then* runs after that (a stop
         closes the channel only then)."""
-        held: list[tuple[Held, bool]] = []
-        count = self.lanes.give_back(lambda one, urgent: held.append((one, urgent)))
-        self._going_back.extend(held)
+        count = self.lanes.give_back(lambda held, urgent: self._going_back.append(
+            (held, self.urgent_queue if urgent else self.queue)))
         if channel is not None and channel.is_open and self._tags:
             late = {tag: self._late(self.queue) for tag in self._normal_tags}
             if self._urgent_tag is not None:  # (first: the order we subscribed in)
                 late = {self._urgent_tag: self._late(self.urgent_queue), **late}
 
             def answered() -> None:
-                self._give_back_now()
+                self.give_back_now()
                 then()
             self.cancelling.cancel(channel, late, self.prefetch, answered)
         elif self.cancelling.answered:  # (else the cancels waiting for their answer do it)
-            self._give_back_now()
+            self.give_back_now()
         self._urgent_tag, self._normal_tags, self._low_tag = None, [], None
         return count
 
-    def give_back_waiting(self) -> None:
-        """Stopping now (a second stop request, or the last records out): what waits for the
-        cancels' answer goes back without it (a close would give it back counted)."""
-        self._give_back_now()
-
-    def _give_back_now(self) -> None:
+    def give_back_now(self) -> None:
+        """What waits for the cancels' answer goes back: at the answer, or without it when
+        stopping now (a second stop request, the last records out: a close would give it back
+        counted)."""
         going, self._going_back = self._going_back, []
-        for held, urgent in going:
-            self._back(held, urgent)
+        for held, queue in going:
+            self._back_to(held, queue)
 
     @property
     def answered(self) -> bool:
@@ -333,7 +330,7 @@ class Intake:
             if self.cancelling.answered:
                 self._back_to(held, queue)
             else:  # (with the held ones, once the cancels are answered: ``cancel``)
-                self._going_back.append((held, queue == self.urgent_queue))
+                self._going_back.append((held, queue))
         return arrived
 
     def say_late(self) -> None:
@@ -343,9 +340,6 @@ class Intake:
             self.log.info("[%s] gave %d task(s) back to the queue that were on their way to us "
                           "when we stopped taking tasks", self.worker, self.late)
             self.late = 0
-
-    def _back(self, held: Held, urgent: bool) -> None:
-        self._back_to(held, self.urgent_queue if urgent else self.queue)
 
     def _back_to(self, held: Held, queue: str) -> None:
         if self.giving_back is None:
