@@ -183,6 +183,23 @@ def queue_state(name: str, url: str = MAIN_URL) -> tuple[int, int] | None:
         connection.close()
 
 
+def queue_settles_at(name: str, expected: tuple[int, int], url: str = MAIN_URL,
+                     timeout: float = 10) -> None:
+    """Waits until a queue's (ready messages, consumers) read *expected*. The broker drops a gone
+    worker's subscription a moment after its connection closed (a quorum queue hears of it
+    through its own log), so a count read once right after a worker's exit can be early."""
+    seen: list[tuple[int, int] | None] = []
+
+    def settled() -> bool:
+        seen.append(queue_state(name, url))
+        return seen[-1] == expected
+    try:
+        wait_for(settled, timeout=timeout, interval=0.1)
+    except AssertionError:
+        raise AssertionError(f"{name}: (ready, consumers) is {seen[-1]}, not {expected}, "
+                             f"after {timeout} s") from None
+
+
 def unacked(name: str, node: str = "rabbit@localhost") -> int:
     out = subprocess.run(["rabbitmqctl", "-n", node, "list_queues", "-q", "--no-table-headers",
                           "name", "messages_unacknowledged"], capture_output=True, text=True,

@@ -27,6 +27,7 @@ from taskqueue.wire.record import FINAL
 from tests.helpers import (
     MAIN_URL,
     consumers,
+    queue_settles_at,
     queue_state,
     run_script,
     start_worker,
@@ -122,7 +123,7 @@ def test_cancel_rows_stops_the_running_one_with_its_child_and_skips_the_queued(q
     assert text.count("received row 15") == 0 and text.count("received row 16") == 0, \
         "the queued ones were acked unrun"
     assert "done row 20" in text, "the worker ran on after both cancels"
-    assert queue_state(queue) == (0, 0)
+    queue_settles_at(queue, (0, 0))
     after = cancel(queue, "--run", run, "--row", "20", logs=logs)
     assert "over already, nothing changes for them" in after and "row 20" in after, after
 
@@ -159,7 +160,7 @@ def test_cancel_by_id_and_by_plain_text_match_with_a_handler(queue, logs, tmp_pa
     assert final[3][0]["reason"] == f"cancelled by {SENDER}: id {third}"
     assert final[1][0]["reason"] == \
         f"cancelled by {SENDER}: tasks containing 'hang' of run {run}"
-    assert queue_state(queue) == (0, 0)
+    queue_settles_at(queue, (0, 0))
 
 
 # --- a handler's own children end with it (a timeout here; a cancel above) ------------------
