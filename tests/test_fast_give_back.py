@@ -21,6 +21,7 @@ from taskqueue.worker.consumer import TaskConsumer
 from taskqueue.worker.copies import Copy
 from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.give_back import GiveBack, Held
+from taskqueue.worker.in_hand import InHand
 from taskqueue.worker.lanes import Intake
 from taskqueue.worker.life import DeliveryLife, WorkerParts
 from taskqueue.worker.phase import Phase
@@ -241,7 +242,8 @@ def test_through_the_consumer_a_delivery_after_the_pause_is_given_back_by_copy_t
     parts = WorkerParts(logging.getLogger("test"), QueueSpec("jobs"), WorkerOptions(name="w"),
                         [], [], outbox, SimpleNamespace(stats=None),  # type: ignore[arg-type]
                         None, None, None, Overruns(),  # type: ignore[arg-type]
-                        lambda: phase, lambda *_: None, lambda: None)
+                        lambda: phase, lambda *_: None, lambda: None,
+                        InHand([], logging.getLogger("test")))
     worker = SimpleNamespace(phase=phase, _free_slots=[], intake=taking,
                              life=DeliveryLife(parts), _last_delivery=0.0)
     taking.subscribe(channel, lambda *args: TaskConsumer._on_message(

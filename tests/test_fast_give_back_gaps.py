@@ -291,7 +291,8 @@ def test_the_life_builds_the_delivery_with_the_urgency_it_is_handed():
                         SimpleNamespace(check=lambda *args: checked.append(args)),  # type: ignore[arg-type]
                         SimpleNamespace(busy=lambda: None),  # type: ignore[arg-type]
                         SimpleNamespace(state=SimpleNamespace(cancelled_runs=())),  # type: ignore[arg-type]
-                        Overruns(), lambda: Phase.CONSUMING, lambda *_: None, lambda: None)
+                        Overruns(), lambda: Phase.CONSUMING, lambda *_: None, lambda: None,
+                        InHand([], LOG))
     life = DeliveryLife(parts)
     for urgent in (True, False):
         life.on_message(None, SimpleNamespace(delivery_tag=1, redelivered=False),  # type: ignore[arg-type]

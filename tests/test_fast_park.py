@@ -18,6 +18,7 @@ from taskqueue.wire.messages import CHECK_FROM, PRIOR_DELIVERIES, RATE_LEFT, RAT
 from taskqueue.wire.record import CLOCK_SKEW
 from taskqueue.worker.account import WorkerAccount, WorkerOptions
 from taskqueue.worker.delivery import Delivery, Overruns
+from taskqueue.worker.in_hand import InHand
 from taskqueue.worker.life import DeliveryLife, WorkerParts
 from taskqueue.worker.phase import Phase
 from taskqueue.worker.policy import MAX_LEFT, Verdict, after_work, before_work, dead_letter, park
@@ -509,7 +510,8 @@ def life_holding(*steps: Step) -> tuple[DeliveryLife, list[dict], Overruns]:
     parts = WorkerParts(logging.getLogger("test"), QUEUE, OPTIONS, slots, [],
                         SimpleNamespace(record_result=recorded.append),  # type: ignore[arg-type]
                         account, None, None, None, overruns,  # type: ignore[arg-type]
-                        lambda: Phase.CONSUMING, lambda *_: None, lambda: None)
+                        lambda: Phase.CONSUMING, lambda *_: None, lambda: None,
+                        InHand(slots, logging.getLogger("test")))
     return DeliveryLife(parts), recorded, overruns
 
 

@@ -110,7 +110,7 @@ class TaskConsumer(BrokerSession):
         self.life = DeliveryLife(WorkerParts(
             log, queue, options, self.slots, self._free_slots, self.outbox, self.account,
             self.tail, self.idle, self.control, self.overruns, lambda: self.phase, self._free,
-            self.mark_changed, rate=self.rate))
+            self.mark_changed, self.in_hand, rate=self.rate))
         # A slot's outcome goes to the life on the I/O thread: the slot hops threads itself
         # (call_threadsafe), so pika is only ever called from the connection's thread.
         self.slots.extend(WorkSlot(name, runner, self.life.on_outcome, self.call_threadsafe)
@@ -176,7 +176,7 @@ class TaskConsumer(BrokerSession):
     def _finish_if_idle(self) -> None:
         # (and the broker has answered our cancels: what was on its way came back first)
         if self.phase is Phase.DRAINING and len(self._free_slots) == len(self.slots) and \
-                self.intake.answered:
+                not self.in_hand.any_apart and self.intake.answered:
             self._shutdown(EXIT_GRACE_SECONDS)
 
     def _shutdown(self, grace: float) -> None:
@@ -340,8 +340,9 @@ class TaskConsumer(BrokerSession):
         self._finish_if_idle()  # (a stop that waited for the cancels' answer: none comes now)
 
     def _free(self, slot: WorkSlot, delivery: Delivery, seconds: float) -> None:
-        if slot.delivery is not delivery:
-            return  # freed already
+        if slot.delivery is not delivery:  # freed already (set apart: life.py); a stop may wait
+            self._finish_if_idle()        # for the last confirms
+            return
         if slot.settlement is not None and slot.settlement.work_runs:
             return  # its work still runs (dropped while working): freed when it ends
         slot.release(seconds)

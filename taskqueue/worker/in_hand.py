@@ -1,8 +1,9 @@
 """The tasks in hand (settlement.py: still ours, not yet acked, put back or dropped), each in
-its slot, and what the worker does to all of them at once: put them back (a second stop
-request), give back the ones the broker has not confirmed (a stop that cannot wait for an
-alarm; with them the deliveries given back unstarted whose copies it has not confirmed), drop
-them (the connection is lost), stop the ones cancelled (task_control.py)."""
+its slot or, once its record is on its way, set apart (its slot takes the next task while the
+broker confirms: issue 29, item 5), and what the worker does to all of them at once: put them
+back (a second stop request), give back the ones the broker has not confirmed (a stop that
+cannot wait for an alarm; with them the deliveries given back unstarted whose copies it has not
+confirmed), drop them (the connection is lost), stop the ones cancelled (task_control.py)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,26 @@ class InHand:
 
     def __init__(self, slots: list[WorkSlot], log: logging.Logger) -> None:
         self.slots, self.log = slots, log  # the consumer's list (filled once its life exists)
+        # Settlements confirming (or journaled) whose slot was freed, with the slot they ran in.
+        self._apart: list[tuple[WorkSlot, Settlement]] = []
 
     def now(self) -> list[tuple[WorkSlot, Settlement]]:
-        """The slots whose task is still ours (working on it, or waiting for its confirms),
-        each with its task's settlement."""
+        """The tasks still ours, each with the slot it is (or was) in and its settlement: in a
+        slot (working on it, or waiting for its turn or its check), or set apart (waiting for
+        its confirms)."""
+        self._apart = [(slot, held) for slot, held in self._apart if held.in_hand]
         return [(slot, slot.settlement) for slot in self.slots
-                if slot.settlement is not None and slot.settlement.in_hand]
+                if slot.settlement is not None and slot.settlement.in_hand] + self._apart
+
+    def set_apart(self, slot: WorkSlot, settlement: Settlement) -> None:
+        """Its record (or copy) is on its way: the broker's confirm, then the ack, no longer
+        need the slot (the settlement acks by itself); it stays in hand until then."""
+        self._apart.append((slot, settlement))
+
+    @property
+    def any_apart(self) -> bool:
+        """A task set apart is still waiting for its confirms (a stop waits for it too)."""
+        return any(held.in_hand for _slot, held in self._apart)
 
     def in_hand_for(self) -> float | None:
         """Seconds the oldest task in a slot whose work has not ended has been ours: working,
@@ -46,7 +61,8 @@ class InHand:
             if settlement.requeue(why):
                 self.log.warning("[%s] requeued %s: %r", slot.name, delivery.label,
                                  delivery.text)
-            slot.interrupt()
+            if slot.settlement is settlement:  # (one set apart: its slot runs another task)
+                slot.interrupt()
 
     def give_back_if_stuck(self, stopping: bool, now: float,
                            giving_back: GiveBack | None) -> None:

@@ -28,6 +28,7 @@ from taskqueue.wire.record import task_key
 from taskqueue.worker.account import WorkerAccount, WorkerOptions
 from taskqueue.worker.delivery import Delivery, Overruns
 from taskqueue.worker.idle import IdleWatch
+from taskqueue.worker.in_hand import InHand
 from taskqueue.worker.outbox import Outbox
 from taskqueue.worker.phase import Phase
 from taskqueue.worker.policy import (
@@ -65,6 +66,7 @@ class WorkerParts:
     phase: Callable[[], Phase]  # the worker's phase now
     free: Callable[[WorkSlot, Delivery, float], None]  # the slot back on the stack, maybe stop
     changed: Callable[[], None]  # something a live view shows changed
+    in_hand: InHand  # the tasks still ours, in their slots or set apart while confirming
     rate: Gate | None = None  # the rate limit's gate (worker/ratelimit.py), None: never limited
 
 
@@ -235,19 +237,31 @@ class DeliveryLife:
             return
         settlement.reason, settlement.result = verdict.reason, result
         settlement.finish(verdict.outcome, seconds, record, verdict.copy_to, properties)
+        if settlement.step is Step.CONFIRMING:
+            self._set_apart(slot, settlement)
+
+    def _set_apart(self, slot: WorkSlot, settlement: Settlement) -> None:
+        """Its record (and copy) are on their way: the slot takes its next task now, while the
+        broker confirms them (a task held in hand starts at once: one round trip less per
+        task); the settlement acks by itself and is in hand (in_hand.py) until then. The
+        broker still counts it against the prefetch: no more tasks come than before."""
+        self.parts.in_hand.set_apart(slot, settlement)
+        if self.waits is not None:
+            self.waits.forget(slot)
+        self._free(slot, settlement.delivery, settlement.seconds)
 
     def taken_back(self, how: str) -> bool:
         """At a consumer timeout (*how* the broker said it) the broker takes back the task this
         worker held longest: count it (``overruns``: RabbitMQ 4.3 and classic queues do not),
         record the attempt and say it. Its ack can no longer be given: the connection starts
         over, the task is stopped and comes again. False: nothing was in hand."""
-        held = [(slot, slot.settlement.delivery) for slot in self.slots
-                if slot.settlement is not None and slot.settlement.in_hand]
+        held = self.parts.in_hand.now()
         if not held:
             return False
-        slot, delivery = min(held, key=lambda pair: pair[1].received)
+        slot, settlement = min(held, key=lambda pair: pair[1].delivery.received)
+        delivery = settlement.delivery
         seconds = time.time() - delivery.received
-        if slot.settlement is not None and slot.settlement.waiting_turn:
+        if settlement.waiting_turn:
             # It never ran: no attempt to record, and holding it was not its doing.
             self.log.error("[%s] %s while %s waited %.0f s for its turn under the rate limit: a "
                            "consumer timeout; the broker took the task back (not counted, no "
@@ -270,9 +284,10 @@ class DeliveryLife:
         self.tail.note_done(record)
 
     def _on_over(self, slot: WorkSlot, settlement: Settlement) -> None:
-        """Acked, requeued or dropped: count it, say it, free the slot."""
+        """Acked, requeued or dropped: count it, say it, free the slot (if it was not set apart:
+        then the slot runs another task already)."""
         delivery, seconds = settlement.delivery, settlement.seconds
-        if self.waits is not None:
+        if self.waits is not None and slot.settlement is settlement:
             self.waits.forget(slot)
         if settlement.step is Step.REQUEUED and settlement.why.startswith("the broker refused"):
             self.log.warning("[%s] %s for %s; the task goes back to the queue", slot.name,
