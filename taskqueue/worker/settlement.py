@@ -21,9 +21,10 @@ decision about the delivery reads it, whether its work runs included (no flag be
 
 Received: the slot is its own while the record says whether it was done already; waiting_turn:
 it waits in its slot for its turn under a rate limit (rate_wait.py); running: its
-work runs in the slot; deciding: the work ended, the policy says what becomes of it. A task put
-back or dropped while its work runs is no longer ours but still holds its slot: the slot takes
-the next task once the work has ended (``work_ended``).
+work runs in the slot; deciding: the work ended, the policy says what becomes of it;
+confirming: it needs its slot no more (life.py sets it apart: the slot takes its next task while
+the broker confirms). A task put back or dropped while its work runs is no longer ours but still
+holds its slot: the slot takes the next task once the work has ended (``work_ended``).
 
 Journaled: during a memory or disk alarm nothing can be confirmed; rather than hold the task
 (and its slot) until the alarm ends, what is still unconfirmed goes to the journal on disk

@@ -3,8 +3,11 @@
 A ``WorkSlot`` owns a ``Runner`` (work.py) and a thread to run it on, so that pika's I/O loop
 keeps answering heartbeats whatever the work does. The consumer hands it a delivery with
 ``assign``; the outcome comes back to the I/O thread through ``call_threadsafe`` (pika's
-documented pattern), where the consumer acks. A slot holds its delivery until the consumer
-``release``s it (after the ack): that is what keeps a worker at most N unacked tasks.
+documented pattern), where the consumer settles it. A slot holds its delivery until the consumer
+``release``s it: once its record (and copy) are on their way (the settlement is set apart and
+acks by itself: life.py), or once it is acked, put back or dropped. The broker's prefetch still
+counts it until the ack: the slot may take a task already in hand, never one more from the
+broker.
 """
 
 from __future__ import annotations
