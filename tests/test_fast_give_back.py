@@ -243,7 +243,7 @@ def test_through_the_consumer_a_delivery_after_the_pause_is_given_back_by_copy_t
                         [], [], outbox, SimpleNamespace(stats=None),  # type: ignore[arg-type]
                         None, None, None, Overruns(),  # type: ignore[arg-type]
                         lambda: phase, lambda *_: None, lambda: None,
-                        InHand([], logging.getLogger("test")))
+                        InHand([], logging.getLogger("test")), lambda call: call())
     worker = SimpleNamespace(phase=phase, _free_slots=[], intake=taking,
                              life=DeliveryLife(parts), _last_delivery=0.0)
     taking.subscribe(channel, lambda *args: TaskConsumer._on_message(

@@ -292,7 +292,7 @@ def test_the_life_builds_the_delivery_with_the_urgency_it_is_handed():
                         SimpleNamespace(busy=lambda: None),  # type: ignore[arg-type]
                         SimpleNamespace(state=SimpleNamespace(cancelled_runs=())),  # type: ignore[arg-type]
                         Overruns(), lambda: Phase.CONSUMING, lambda *_: None, lambda: None,
-                        InHand([], LOG))
+                        InHand([], LOG), lambda call: call())
     life = DeliveryLife(parts)
     for urgent in (True, False):
         life.on_message(None, SimpleNamespace(delivery_tag=1, redelivered=False),  # type: ignore[arg-type]

@@ -511,7 +511,7 @@ def life_holding(*steps: Step) -> tuple[DeliveryLife, list[dict], Overruns]:
                         SimpleNamespace(record_result=recorded.append),  # type: ignore[arg-type]
                         account, None, None, None, overruns,  # type: ignore[arg-type]
                         lambda: Phase.CONSUMING, lambda *_: None, lambda: None,
-                        InHand(slots, logging.getLogger("test")))
+                        InHand(slots, logging.getLogger("test")), lambda call: call())
     return DeliveryLife(parts), recorded, overruns
 
 

@@ -75,7 +75,7 @@ class TaskConsumer(BrokerSession):
         # hold these same lists).
         self.slots: list[WorkSlot] = []
         self._free_slots: list[WorkSlot] = []  # a stack: the first slot goes first
-        self.in_hand = InHand(self.slots, log)  # the tasks still ours in them
+        self.in_hand = InHand(self.slots, log, self._after_free)  # the tasks still ours
         self.outbox = Outbox(settings, queue, log, self.ioloop, options.name)
         self.outbox.on_finished = self._on_outbox_finished
         self.account = WorkerAccount(options, self.host, self.slots, self.outbox)
@@ -110,7 +110,7 @@ class TaskConsumer(BrokerSession):
         self.life = DeliveryLife(WorkerParts(
             log, queue, options, self.slots, self._free_slots, self.outbox, self.account,
             self.tail, self.idle, self.control, self.overruns, lambda: self.phase, self._free,
-            self.mark_changed, self.in_hand, rate=self.rate))
+            self.mark_changed, self.in_hand, self.call_threadsafe, rate=self.rate))
         # A slot's outcome goes to the life on the I/O thread: the slot hops threads itself
         # (call_threadsafe), so pika is only ever called from the connection's thread.
         self.slots.extend(WorkSlot(name, runner, self.life.on_outcome, self.call_threadsafe)
@@ -175,8 +175,7 @@ class TaskConsumer(BrokerSession):
 
     def _finish_if_idle(self) -> None:
         # (and the broker has answered our cancels: what was on its way came back first)
-        if self.phase is Phase.DRAINING and len(self._free_slots) == len(self.slots) and \
-                not self.in_hand.any_apart and self.intake.answered:
+        if self.phase is Phase.DRAINING and self.busy_slots() == 0 and self.intake.answered:
             self._shutdown(EXIT_GRACE_SECONDS)
 
     def _shutdown(self, grace: float) -> None:
@@ -340,19 +339,24 @@ class TaskConsumer(BrokerSession):
         self._finish_if_idle()  # (a stop that waited for the cancels' answer: none comes now)
 
     def _free(self, slot: WorkSlot, delivery: Delivery, seconds: float) -> None:
-        if slot.delivery is not delivery:  # freed already (set apart: life.py); a stop may wait
-            self._finish_if_idle()        # for the last confirms
-            return
+        if slot.delivery is not delivery:
+            return  # freed already
         if slot.settlement is not None and slot.settlement.work_runs:
             return  # its work still runs (dropped while working): freed when it ends
         slot.release(seconds)
         slot.settlement = None
         self._free_slots.append(slot)
-        self.account.changed = True
         self._take_waiting()
         if self.phase is Phase.CONSUMING and self.channel is not None:
             self.look_ahead.after_task(seconds if delivery.started else None, self.channel)
-        if len(self._free_slots) == len(self.slots):
+        self._after_free()
+
+    def _after_free(self) -> None:
+        """A slot freed, or a task set apart is over (in_hand.py): with none busy and none set
+        apart, the worker is idle (--exit-when-idle), may subscribe (resumed, or connected
+        again: the broker no longer counts any task of ours), or ends its drain."""
+        self.account.changed = True
+        if self.busy_slots() == 0:
             if self.phase is Phase.CONSUMING:
                 self.idle.all_free()
             if self.phase is Phase.WAITING_FOR_SLOTS:
@@ -361,8 +365,9 @@ class TaskConsumer(BrokerSession):
 
     # --- what task_control.py's commands ask of us (commands_in.py) -------------------------
     def busy_slots(self) -> int:
-        """Slots not free: a task in hand, or work still running for one no longer ours."""
-        return len(self.slots) - len(self._free_slots)
+        """Slots not free (a task in hand, or work still running for one no longer ours), and
+        tasks set apart waiting for their confirms (the broker counts them until the ack)."""
+        return len(self.slots) - len(self._free_slots) + self.in_hand.apart
 
     def pause(self) -> None:
         """task_control.py pause (commands_in.py): take nothing new, finish what is in hand.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from taskqueue.worker.give_back import GiveBack
 from taskqueue.worker.policy import cancellation
@@ -22,28 +22,37 @@ EXIT_GRACE_SECONDS = 5.0  # at exit, wait this long for the last records to be c
 class InHand:
     """The consumer's slots seen for the tasks still ours in them."""
 
-    def __init__(self, slots: list[WorkSlot], log: logging.Logger) -> None:
+    def __init__(self, slots: list[WorkSlot], log: logging.Logger,
+                 after_apart: Callable[[], None] = lambda: None) -> None:
         self.slots, self.log = slots, log  # the consumer's list (filled once its life exists)
-        # Settlements confirming (or journaled) whose slot was freed, with the slot they ran in.
+        # Settlements confirming whose slot was freed, with the slot they ran in; over, each
+        # leaves through ``apart_over``, which tells *after_apart* (the worker may be quiet).
         self._apart: list[tuple[WorkSlot, Settlement]] = []
+        self._after_apart = after_apart
 
     def now(self) -> list[tuple[WorkSlot, Settlement]]:
         """The tasks still ours, each with the slot it is (or was) in and its settlement: in a
         slot (working on it, or waiting for its turn or its check), or set apart (waiting for
         its confirms)."""
-        self._apart = [(slot, held) for slot, held in self._apart if held.in_hand]
         return [(slot, slot.settlement) for slot in self.slots
-                if slot.settlement is not None and slot.settlement.in_hand] + self._apart
+                if slot.settlement is not None and slot.settlement.in_hand] + [
+                    (slot, held) for slot, held in self._apart if held.in_hand]
 
     def set_apart(self, slot: WorkSlot, settlement: Settlement) -> None:
         """Its record (or copy) is on its way: the broker's confirm, then the ack, no longer
         need the slot (the settlement acks by itself); it stays in hand until then."""
         self._apart.append((slot, settlement))
 
+    def apart_over(self, settlement: Settlement) -> None:
+        """A settlement set apart is acked, put back or dropped."""
+        self._apart = [(slot, held) for slot, held in self._apart if held is not settlement]
+        self._after_apart()
+
     @property
-    def any_apart(self) -> bool:
-        """A task set apart is still waiting for its confirms (a stop waits for it too)."""
-        return any(held.in_hand for _slot, held in self._apart)
+    def apart(self) -> int:
+        """Tasks set apart, still waiting for their confirms: still in hand (a stop waits for
+        them, a resume subscribes after them: the broker counts them until their ack)."""
+        return len(self._apart)
 
     def in_hand_for(self) -> float | None:
         """Seconds the oldest task in a slot whose work has not ended has been ours: working,

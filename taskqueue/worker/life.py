@@ -1,5 +1,5 @@
 """A delivery's life, top to bottom: receive -> already done? -> its turn (a rate limit) ->
-run -> what becomes of it -> record, copy, confirm -> ack -> free the slot.
+run -> what becomes of it -> record, copy (the slot is free: it is set apart) -> confirm -> ack.
 
 ``DeliveryLife`` is the part of ``TaskConsumer`` (consumer.py) that carries one delivery
 through: the record says whether it was done already (tail.py), it waits for its turn while
@@ -67,6 +67,7 @@ class WorkerParts:
     free: Callable[[WorkSlot, Delivery, float], None]  # the slot back on the stack, maybe stop
     changed: Callable[[], None]  # something a live view shows changed
     in_hand: InHand  # the tasks still ours, in their slots or set apart while confirming
+    later: Callable[[Callable[[], None]], None]  # run it on the I/O loop's next turn
     rate: Gate | None = None  # the rate limit's gate (worker/ratelimit.py), None: never limited
 
 
@@ -241,10 +242,18 @@ class DeliveryLife:
             self._set_apart(slot, settlement)
 
     def _set_apart(self, slot: WorkSlot, settlement: Settlement) -> None:
-        """Its record (and copy) are on their way: the slot takes its next task now, while the
+        """Its record (and copy) are on their way: the slot takes its next task while the
         broker confirms them (a task held in hand starts at once: one round trip less per
         task); the settlement acks by itself and is in hand (in_hand.py) until then. The
-        broker still counts it against the prefetch: no more tasks come than before."""
+        broker still counts it against the prefetch: no more tasks come than before.
+        On the loop's next turn: whatever called this (the work's outcome, a turn that came, a
+        check) is done with this settlement before its slot holds another, and tasks in hand
+        run one after another, not one inside the other's call."""
+        self.parts.later(lambda: self._apart(slot, settlement))
+
+    def _apart(self, slot: WorkSlot, settlement: Settlement) -> None:
+        if slot.settlement is not settlement or settlement.step is not Step.CONFIRMING:
+            return  # over meanwhile (acked, put back, dropped): its slot was freed then
         self.parts.in_hand.set_apart(slot, settlement)
         if self.waits is not None:
             self.waits.forget(slot)
@@ -284,17 +293,21 @@ class DeliveryLife:
         self.tail.note_done(record)
 
     def _on_over(self, slot: WorkSlot, settlement: Settlement) -> None:
-        """Acked, requeued or dropped: count it, say it, free the slot (if it was not set apart:
-        then the slot runs another task already)."""
+        """Acked, requeued or dropped: count it, say it, free the slot (if it was set apart, the
+        slot runs another task already: it leaves the tasks in hand)."""
         delivery, seconds = settlement.delivery, settlement.seconds
-        if self.waits is not None and slot.settlement is settlement:
+        in_slot = slot.settlement is settlement
+        if self.waits is not None and in_slot:
             self.waits.forget(slot)
         if settlement.step is Step.REQUEUED and settlement.why.startswith("the broker refused"):
             self.log.warning("[%s] %s for %s; the task goes back to the queue", slot.name,
                              settlement.why, delivery.label)
         elif settlement.step is Step.ACKED:
             self._say_settled(slot, settlement)
-        self._free(slot, delivery, seconds)
+        if in_slot:
+            self._free(slot, delivery, seconds)
+        else:
+            self.parts.in_hand.apart_over(settlement)
 
     def _say_settled(self, slot: WorkSlot, settlement: Settlement) -> None:
         delivery, outcome, stats = settlement.delivery, settlement.outcome, self.stats
