@@ -77,7 +77,7 @@ class Worker:
 def test_the_slot_takes_the_next_task_while_the_record_is_confirmed():
     worker = Worker()
     worker.deliver(1)
-    (record, confirm), = worker.outbox.records
+    (_record, confirm), = worker.outbox.records
     held = worker.slot.settlement
     assert held is not None and held.step is Step.CONFIRMING
     assert worker.freed == [] and worker.in_hand.apart == 0, "not inside the outcome's call"
