@@ -27,8 +27,9 @@ the broker confirms). A task put back or dropped while its work runs is no longe
 holds its slot: the slot takes the next task once the work has ended (``work_ended``).
 
 Journaled: during a memory or disk alarm nothing can be confirmed; rather than hold the task
-(and its slot) until the alarm ends, what is still unconfirmed goes to the journal on disk
-(journal.py), the task is acked and the slot takes the next one; the outbox publishes the
+until the alarm ends (its slot is free, but the broker counts it against the prefetch: no next
+task would come), what is still unconfirmed goes to the journal on disk (journal.py), the task
+is acked and the broker sends the next one; the outbox publishes the
 journal once the alarm is over. Only a block does this: a connection that is down keeps the
 task in hand (the broker delivers it again if the connection is lost).
 
