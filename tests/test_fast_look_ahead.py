@@ -1,4 +1,4 @@
-"""A one-slot worker's second subscription (worker/look_ahead.py; lanes.py ``Intake``), without a
+"""A worker's second subscription (worker/look_ahead.py; lanes.py ``Intake``), without a
 broker; the fakes are tests/test_fast_give_back.py's. The real broker's side:
 tests/test_look_ahead.py."""
 
@@ -52,19 +52,17 @@ def nothing(*_args) -> None:
     return None
 
 
-@pytest.mark.parametrize("slots, ran, subscriptions, wanted", [
-    (1, 0.0, 1, True),               # zero work: hold the next one
-    (1, SHORT_SECONDS - 0.001, 1, True),
-    (1, SHORT_SECONDS, 1, False),    # long enough that the broker's wait does not matter
-    (1, None, 1, False),             # it never ran (skipped, cancelled, parked): says nothing
-    (1, 0.0, 2, False),              # holds one already
-    (1, 0.0, 0, False),              # not consuming
-    (4, 0.0, 1, False),              # several slots: never
+@pytest.mark.parametrize("ran, subscriptions, wanted", [
+    (0.0, 1, True),               # zero work: hold the next one (any number of slots)
+    (SHORT_SECONDS - 0.001, 1, True),
+    (SHORT_SECONDS, 1, False),    # long enough that the broker's wait does not matter
+    (None, 1, False),             # it never ran (skipped, cancelled, parked): says nothing
+    (0.0, 2, False),              # holds one already
+    (0.0, 0, False),              # not consuming
 ])
-def test_a_second_subscription_only_for_one_slot_after_a_short_task(slots, ran, subscriptions,
-                                                                      wanted):
+def test_a_second_subscription_after_a_short_task(ran, subscriptions, wanted):
     intake = Intake(subscriptions)
-    LookAhead(slots, intake, nothing, lambda: None).after_task(ran, None)  # type: ignore[arg-type]
+    LookAhead(intake, nothing, lambda: None).after_task(ran, None)  # type: ignore[arg-type]
     assert (intake.asked == ["second"]) is wanted
 
 
@@ -80,7 +78,7 @@ def looking(in_hand_for: float | None = 5.0, subscriptions: int = 2, holds: bool
             held_for: float = 1.0):
     intake, asks, clock = Intake(subscriptions, holds, held_for), [], Clock()
     state = {"in_hand_for": in_hand_for}
-    ahead = LookAhead(1, intake, lambda queue, answer: asks.append((queue, answer)),  # type: ignore[arg-type]
+    ahead = LookAhead(intake, lambda queue, answer: asks.append((queue, answer)),  # type: ignore[arg-type]
                       lambda: state["in_hand_for"], clock)
     return ahead, intake, asks, clock, state
 
@@ -124,7 +122,7 @@ def test_an_ask_that_cannot_be_made_lets_go():
     def broken(_queue, _answer) -> None:
         raise RuntimeError("no free channels")
 
-    ahead = LookAhead(1, intake, broken, lambda: 5.0)  # type: ignore[arg-type]
+    ahead = LookAhead(intake, broken, lambda: 5.0)  # type: ignore[arg-type]
     ahead.check(None)  # type: ignore[arg-type]
     assert intake.asked == ["one less"]
 
@@ -150,7 +148,7 @@ def test_the_depth_is_asked_at_most_every_few_seconds():
 def test_only_the_low_one_left_a_first_one_is_made_again_at_the_free_slot():
     intake = Intake(1)
     intake.only_low = True
-    LookAhead(1, intake, nothing, lambda: None).after_task(5.0, None)  # type: ignore[arg-type]
+    LookAhead(intake, nothing, lambda: None).after_task(5.0, None)  # type: ignore[arg-type]
     assert intake.asked == ["first again"]
 
 
@@ -181,8 +179,9 @@ class CancellingChannel(Channel):
         on_message(self, method, properties(), b"task")  # type: ignore[operator]
 
 
-def two_subscriptions(version: tuple[int, ...]):
+def two_subscriptions(version: tuple[int, ...], slots: int = 1):
     taking, outbox, _channel = intake(version, "quorum")
+    taking.slots = slots
     channel = CancellingChannel()
     running: list[int] = []
 
@@ -248,7 +247,7 @@ def test_the_first_subscription_let_go_is_made_again_once_the_slot_is_free():
     channel.deliver_to(first, 2)    # waits
     assert taking.hold_one_less(channel)  # type: ignore[arg-type]
     assert channel.cancelled == [first] and taking.only_low and len(outbox.copies) == 1
-    LookAhead(1, taking, nothing, lambda: None).after_task(5.0, channel)  # type: ignore[arg-type]
+    LookAhead(taking, nothing, lambda: None).after_task(5.0, channel)  # type: ignore[arg-type]
     third = list(channel.consumers)[-1]
     assert channel.priorities[-1] == 0 and channel.cancelled == [first]
     assert not taking.only_low and taking.normal_subscriptions == 2
@@ -257,9 +256,27 @@ def test_the_first_subscription_let_go_is_made_again_once_the_slot_is_free():
     assert len(taking.lanes) == 2 and len(outbox.copies) == 1 and channel.nacked == []
 
 
+def test_several_slots_let_go_the_low_subscription_whichever_brought_the_waiting_task():
+    """The first subscription counts the tasks running in the other slots: it stays (a new one
+    would count from zero: the worker would hold more than its slots). The low one goes, and
+    the task waiting goes back; it is held again only after a short task."""
+    taking, outbox, channel, running, first, second = two_subscriptions((4, 3, 6), slots=4)
+    channel.deliver_to(second, 1)   # runs
+    channel.deliver_to(first, 2)    # waits
+    assert taking.hold_one_less(channel)  # type: ignore[arg-type]
+    assert channel.cancelled == [second] and channel.nacked == [(2, True)]
+    assert taking.normal_subscriptions == 1 and not taking.only_low and len(taking.lanes) == 0
+    ahead = LookAhead(taking, nothing, lambda: None)  # type: ignore[arg-type]
+    ahead.after_task(5.0, channel)  # type: ignore[arg-type]
+    assert taking.normal_subscriptions == 1, "a long task: nothing restored, nothing added"
+    ahead.after_task(0.0, channel)  # type: ignore[arg-type]
+    assert taking.normal_subscriptions == 2 and channel.priorities[-1] == -1
+    assert outbox.copies == [] and running == [1]
+
+
 def test_a_long_task_after_a_long_one_does_not_restore_anything():
     taking, _outbox, channel, _running, _first, _second = two_subscriptions((4, 3, 6))
-    LookAhead(1, taking, nothing, lambda: None).after_task(5.0, channel)  # type: ignore[arg-type]
+    LookAhead(taking, nothing, lambda: None).after_task(5.0, channel)  # type: ignore[arg-type]
     assert channel.cancelled == [] and taking.normal_subscriptions == 2
 
 

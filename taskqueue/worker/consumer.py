@@ -101,7 +101,7 @@ class TaskConsumer(BrokerSession):
         # deliveries that came while every slot was busy.
         self.intake = Intake(queue.name, len(runners), GiveBack(self.outbox, lambda: self.topology),
                              log, options.name)
-        self.look_ahead = LookAhead(len(runners), self.intake, self.inspect_queue,
+        self.look_ahead = LookAhead(self.intake, self.inspect_queue,
                                     self.in_hand.in_hand_for, log=log)
         self._ticks = 0
         # task_control.py's commands (commands_in.py), which ask us to pause, resume or stop.

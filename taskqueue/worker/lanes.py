@@ -252,13 +252,17 @@ class Intake:
     def hold_one_less(self, channel: Channel) -> bool:
         """Cancel the <queue> subscription whose delivery waits in hand, and give that delivery
         back (unstarted): the other subscription's task runs on (look_ahead.py). The cancel
-        goes first, so the broker cannot send the task straight back to it."""
+        goes first, so the broker cannot send the task straight back to it. With several
+        slots the low one is cancelled whichever brought the task: the first counts the tasks
+        running in the other slots (look_ahead.py says why)."""
         if len(self._normal_tags) < 2 or not channel.is_open:
             return False
         held = self.lanes.last_normal()
         if held is None:
             return False
         tag = held.method.consumer_tag
+        if self.slots > 1 and self._low_tag is not None:
+            tag = self._low_tag
         self.log.info("[%s] %s waited in hand behind a long task: it goes back to the queue "
                       "unstarted, for a worker that may be free", self.worker,
                       held.delivery().label)

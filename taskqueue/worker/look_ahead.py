@@ -1,11 +1,11 @@
-"""A one-slot worker holds its next task while its tasks are short (issue 29, item 5).
+"""A worker holds its next task while its tasks are short (issue 29, item 5).
 
-With one slot and a prefetch of 1 (the tutorial's fair dispatch) every task waits on the broker
-twice: for its record's confirm, then, after the ack, for the next delivery. While tasks take
-milliseconds that second wait is a large part of each one. So a one-slot worker whose last task
-ran (its work, not a skip, a cancel or a park) shorter than ``SHORT_SECONDS`` subscribes to its
-queue a second time, prefetch 1 (the intake's ``subscribe_second``): the next task is already in
-hand when the slot frees.
+With a prefetch of one task per slot (the tutorial's fair dispatch) every task waits on the
+broker: its slot frees once its record is on its way (life.py sets the settlement apart), but
+the next task comes only after the ack. While tasks take milliseconds that wait is a large part
+of each one. So a worker whose last task ran (its work, not a skip, a cancel or a park) shorter
+than ``SHORT_SECONDS`` subscribes to its queue a second time, prefetch 1 (the intake's
+``subscribe_second``): the next task is already in hand when a slot frees.
 
 Holding a task is unfair only while another worker has nothing to do. The second subscription
 has consumer priority -1: the broker sends it a task only while every first subscription (of
@@ -29,9 +29,12 @@ never gives back. A give-back costs what a pause's does: a copy or a nack, and a
 task comes again (from its first publish: a copy the emitter published again may have been done
 by then).
 
-Several slots get no second subscription: their slots free at different moments, so a next task
-is mostly on its way while the others run (and per-consumer prefetch cannot grow by one while
-consuming: RabbitMQ applies a basic.qos to the consumers made after it).
+Several slots hold one task more, the same way, but their first subscription is never the one
+let go (lanes.py ``hold_one_less``): it counts the tasks running in the other slots, and a new
+one could not (a prefetch applies to the consumers made after it, from zero). The task given
+back may have come through it; its place there is then free, and the broker serves the
+consumers waiting for a task in turn: an idle worker's, waiting already, before ours. Only with
+no worker idle can it come back to us, and then holding it costs nobody.
 """
 
 from __future__ import annotations
@@ -67,11 +70,10 @@ class Subscriptions(Protocol):  # lanes.py's Intake
 class LookAhead:
     """When to hold a second task, when to let it go; the intake does both."""
 
-    def __init__(self, slots: int, intake: Subscriptions, inspect: Inspect,
+    def __init__(self, intake: Subscriptions, inspect: Inspect,
                  in_hand_for: Callable[[], float | None],
                  clock: Callable[[], float] = time.monotonic,
                  log: logging.Logger | None = None) -> None:
-        self.enabled = slots == 1
         self.intake, self._inspect, self._in_hand_for = intake, inspect, in_hand_for
         self._clock, self._log = clock, log or logging.getLogger(__name__)
         self._asked_at: float | None = None  # the last ask for the depth (None: none yet)
@@ -83,8 +85,7 @@ class LookAhead:
         left is the second (priority -1): a first one again, now that the slot can take it."""
         if self.intake.only_low:
             self.intake.restore_first(channel)
-        if (self.enabled and ran is not None and ran < SHORT_SECONDS
-                and self.intake.normal_subscriptions == 1):
+        if ran is not None and ran < SHORT_SECONDS and self.intake.normal_subscriptions == 1:
             self.intake.subscribe_second(channel)
 
     def check(self, channel: Channel) -> None:
