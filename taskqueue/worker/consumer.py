@@ -22,6 +22,7 @@ import logging
 import socket
 import time
 from dataclasses import replace
+from functools import partial
 
 import pika
 from pika.channel import Channel
@@ -110,7 +111,7 @@ class TaskConsumer(BrokerSession):
         self.life = DeliveryLife(WorkerParts(
             log, queue, options, self.slots, self._free_slots, self.outbox, self.account,
             self.tail, self.idle, self.control, self.overruns, lambda: self.phase, self._free,
-            self.mark_changed, self.in_hand, self.call_threadsafe, rate=self.rate))
+            self.mark_changed, self.in_hand, partial(self.ioloop.call_later, 0), rate=self.rate))
         # A slot's outcome goes to the life on the I/O thread: the slot hops threads itself
         # (call_threadsafe), so pika is only ever called from the connection's thread.
         self.slots.extend(WorkSlot(name, runner, self.life.on_outcome, self.call_threadsafe)

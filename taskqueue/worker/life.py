@@ -67,7 +67,7 @@ class WorkerParts:
     free: Callable[[WorkSlot, Delivery, float], None]  # the slot back on the stack, maybe stop
     changed: Callable[[], None]  # something a live view shows changed
     in_hand: InHand  # the tasks still ours, in their slots or set apart while confirming
-    later: Callable[[Callable[[], None]], None]  # run it on the I/O loop's next turn
+    later: Callable[[Callable[[], None]], None]  # on the I/O loop's next turn (a timer due now)
     rate: Gate | None = None  # the rate limit's gate (worker/ratelimit.py), None: never limited
 
 
