@@ -295,7 +295,7 @@ def test_the_life_builds_the_delivery_with_the_urgency_it_is_handed():
                         InHand([], LOG), lambda call: call())
     life = DeliveryLife(parts)
     for urgent in (True, False):
-        life.on_message(None, SimpleNamespace(delivery_tag=1, redelivered=False),  # type: ignore[arg-type]
+        life.on_message(None, SimpleNamespace(delivery_tag=1, redelivered=False, consumer_tag="c"),  # type: ignore[arg-type]
                         pika.BasicProperties(), b"task", urgent=urgent)
         assert slot.delivery is not None and slot.delivery.urgent is urgent
         assert failed(slot.delivery).copy_to == ("jobs.urgent.retry" if urgent else "jobs.retry")

@@ -42,6 +42,9 @@ class Intake:
         self.asked.append("first again")
         self.only_low = False
 
+    def may_hold_more(self, _in_hand) -> bool:
+        return True
+
     def hold_one_less(self, _channel) -> bool:
         self.asked.append("one less")
         self.normal_subscriptions, self.holds = 1, False
@@ -259,16 +262,23 @@ def test_the_first_subscription_let_go_is_made_again_once_the_slot_is_free():
 def test_several_slots_let_go_the_low_subscription_whichever_brought_the_waiting_task():
     """The first subscription counts the tasks running in the other slots: it stays (a new one
     would count from zero: the worker would hold more than its slots). The low one goes, and
-    the task waiting goes back; it is held again only after a short task."""
+    the task waiting goes back. A low one is made again after a short task, but not while the
+    task of the one let go is still in hand: the broker counts it against no subscription of
+    ours any more, and the worker would hold two tasks more than its slots."""
     taking, outbox, channel, running, first, second = two_subscriptions((4, 3, 6), slots=4)
     channel.deliver_to(second, 1)   # runs
     channel.deliver_to(first, 2)    # waits
     assert taking.hold_one_less(channel)  # type: ignore[arg-type]
     assert channel.cancelled == [second] and channel.nacked == [(2, True)]
     assert taking.normal_subscriptions == 1 and not taking.only_low and len(taking.lanes) == 0
-    ahead = LookAhead(taking, nothing, lambda: None)  # type: ignore[arg-type]
+    in_hand = {second, first}  # task 1 runs on; another slot's short task came through the first
+    ahead = LookAhead(taking, nothing, lambda: None,  # type: ignore[arg-type]
+                      subscriptions_in_hand=lambda: in_hand)
     ahead.after_task(5.0, channel)  # type: ignore[arg-type]
     assert taking.normal_subscriptions == 1, "a long task: nothing restored, nothing added"
+    ahead.after_task(0.0, channel)  # type: ignore[arg-type]
+    assert taking.normal_subscriptions == 1, "task 1 of the low one let go is still in hand"
+    in_hand = {first}  # task 1 is over
     ahead.after_task(0.0, channel)  # type: ignore[arg-type]
     assert taking.normal_subscriptions == 2 and channel.priorities[-1] == -1
     assert outbox.copies == [] and running == [1]
@@ -291,6 +301,17 @@ def test_time_in_hand_counts_until_the_work_ends_not_the_confirm(step, counted):
                            delivery=SimpleNamespace(received=time.time() - 5.0))
     age = InHand([SimpleNamespace(settlement=held)], logging.getLogger("t")).in_hand_for()  # type: ignore[list-item]
     assert (age is not None and age >= 5.0) is counted
+
+
+def test_with_several_slots_the_youngest_task_says_how_long_a_held_one_waits():
+    """A held task starts when the first slot frees: behind one long task and one short one it
+    is not behind a long task (given back then, it would come straight back on a busy queue)."""
+    now = time.time()
+    slots = [SimpleNamespace(settlement=SimpleNamespace(
+        in_hand=True, step=Step.RUNNING, delivery=SimpleNamespace(received=now - age)))
+        for age in (300.0, 0.01)]
+    age = InHand(slots, logging.getLogger("t")).in_hand_for()  # type: ignore[arg-type]
+    assert age is not None and age < SHORT_SECONDS
 
 
 def test_the_held_bound_reads_the_one_that_would_go_back():

@@ -103,7 +103,8 @@ class TaskConsumer(BrokerSession):
         self.intake = Intake(queue.name, len(runners), GiveBack(self.outbox, lambda: self.topology),
                              log, options.name)
         self.look_ahead = LookAhead(self.intake, self.inspect_queue,
-                                    self.in_hand.in_hand_for, log=log)
+                                    self.in_hand.in_hand_for, log=log,
+                                    subscriptions_in_hand=self.in_hand.subscriptions)
         self._ticks = 0
         # task_control.py's commands (commands_in.py), which ask us to pause, resume or stop.
         self.commands = ControlCommands(self, queue, ControlState(options.name, time.time()))

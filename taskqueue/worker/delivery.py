@@ -82,6 +82,7 @@ class Delivery:
     # subscription to <queue>.urgent while this worker had that retry queue. Decided by the
     # intake (lanes.py ``Intake.urgent_delivery``) from where it came, never from a header.
     urgent: bool = False
+    subscription: str = ""  # the consumer tag it came through (the look-ahead reads it)
 
     @cached_property
     def headers(self) -> dict:

@@ -55,12 +55,17 @@ class InHand:
         return len(self._apart)
 
     def in_hand_for(self) -> float | None:
-        """Seconds the oldest task in a slot whose work has not ended has been ours: working,
-        or waiting for its turn or its check (None: none). One waiting for its record's
+        """Seconds the youngest task in a slot whose work has not ended has been ours (None:
+        none): working, or waiting for its turn or its check; with several slots, the soonest
+        one may free for a task held behind them (look_ahead.py). One waiting for its record's
         confirm does not count: that wait is the broker's, as short as the work was."""
         received = [held.delivery.received for _slot, held in self.now()
                     if held.step in BEFORE_WORK_ENDS]
-        return time.time() - min(received) if received else None
+        return time.time() - max(received) if received else None
+
+    def subscriptions(self) -> set[str]:
+        """The consumer tags the tasks in hand came through."""
+        return {held.delivery.subscription for _slot, held in self.now()}
 
     def requeue(self, held: list[tuple[WorkSlot, Settlement]], why: str) -> None:
         """A second stop request: *held* (what was in hand when it came) back to the queue

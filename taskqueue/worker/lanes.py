@@ -140,6 +140,7 @@ class Intake:
         self._urgent_tag: str | None = None  # pika's, while <queue>.urgent is consumed
         self._normal_tags: list[str] = []  # <queue>'s: one, or two (look_ahead.py)
         self._low_tag: str | None = None  # of those, the one of consumer priority -1
+        self._let_go_low: set[str] = set()  # low ones let go at several slots (may_hold_more)
         self._on_message: OnMessage | None = None
         self._retry_refused = False  # said once
         # The subscriptions cancelled (a pause, a stop, one let go): what still comes for them
@@ -220,6 +221,14 @@ class Intake:
         prefetch full (look_ahead.py)."""
         self._low_tag = self._subscribe_normal(channel, -1) or self._low_tag
 
+    def may_hold_more(self, in_hand: set[str]) -> bool:
+        """No task of a low subscription let go (several slots: ``hold_one_less``) is still in
+        hand (*in_hand*: the consumer tags the tasks in hand came through). The broker no
+        longer counts such a task against a subscription of ours: a new low one now would hold
+        one task more than slots + 1."""
+        self._let_go_low &= in_hand
+        return not self._let_go_low
+
     @property
     def only_low(self) -> bool:
         """The one <queue> subscription left is the priority -1 one (the first was let go)."""
@@ -263,6 +272,7 @@ class Intake:
         tag = held.method.consumer_tag
         if self.slots > 1 and self._low_tag is not None:
             tag = self._low_tag
+            self._let_go_low.add(tag)  # (its task may run in a slot: may_hold_more)
         self.log.info("[%s] %s waited in hand behind a long task: it goes back to the queue "
                       "unstarted, for a worker that may be free", self.worker,
                       held.delivery().label)

@@ -94,7 +94,7 @@ class DeliveryLife:
         """*urgent*: ``Delivery.urgent``, as the intake decided it from the subscription the
         delivery came through (lanes.py), never from its headers."""
         delivery = Delivery(channel, method.delivery_tag, properties, body, method.redelivered,
-                            urgent=urgent)
+                            urgent=urgent, subscription=method.consumer_tag)
         if self.parts.phase() is not Phase.CONSUMING or not self._free_slots:
             # Never from the consumer: one sent before our basic.cancel arrived (paused,
             # stopping) goes back through the intake (give_back.py ``GiveBack``: a copy where a nack

@@ -65,6 +65,7 @@ class Subscriptions(Protocol):  # lanes.py's Intake
     def subscribe_second(self, channel: Channel) -> None: ...
     def restore_first(self, channel: Channel) -> None: ...
     def hold_one_less(self, channel: Channel) -> bool: ...
+    def may_hold_more(self, in_hand: set[str]) -> bool: ...
 
 
 class LookAhead:
@@ -73,8 +74,10 @@ class LookAhead:
     def __init__(self, intake: Subscriptions, inspect: Inspect,
                  in_hand_for: Callable[[], float | None],
                  clock: Callable[[], float] = time.monotonic,
-                 log: logging.Logger | None = None) -> None:
+                 log: logging.Logger | None = None,
+                 subscriptions_in_hand: Callable[[], set[str]] = set) -> None:
         self.intake, self._inspect, self._in_hand_for = intake, inspect, in_hand_for
+        self._subscriptions_in_hand = subscriptions_in_hand
         self._clock, self._log = clock, log or logging.getLogger(__name__)
         self._asked_at: float | None = None  # the last ask for the depth (None: none yet)
         self.given_back = 0
@@ -85,7 +88,8 @@ class LookAhead:
         left is the second (priority -1): a first one again, now that the slot can take it."""
         if self.intake.only_low:
             self.intake.restore_first(channel)
-        if ran is not None and ran < SHORT_SECONDS and self.intake.normal_subscriptions == 1:
+        if (ran is not None and ran < SHORT_SECONDS and self.intake.normal_subscriptions == 1
+                and self.intake.may_hold_more(self._subscriptions_in_hand())):
             self.intake.subscribe_second(channel)
 
     def check(self, channel: Channel) -> None:
