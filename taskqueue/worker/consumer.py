@@ -1,15 +1,15 @@
 """The worker's consuming side: take deliveries, hand each to a free slot, settle it.
 
-``TaskConsumer`` asks for ``prefetch_count`` = its number of slots (1 by default), so the
-broker never hands a worker more unacked tasks than it can work on at once: whoever has a free
-slot gets the next task (fair dispatch). It consumes ``<queue>.urgent`` too (broker/urgent.py),
-and a slot that frees takes an urgent task in hand before a normal one (lanes.py). The work
-runs in the slots (slots.py, work.py) while pika's I/O loop keeps answering heartbeats. A
-delivery's life reads top to bottom in life.py: receive -> already done? (tail.py) -> run
-(slots) -> what becomes of it (policy.py, a pure decision) -> record, copy, confirm, ack
-(settlement.py). Everything the worker publishes goes through its ``Outbox`` (outbox.py), a
-connection of its own, so that a broker blocking publishers (memory or disk alarm) never stops
-consuming.
+``TaskConsumer`` asks for ``prefetch_count`` = its number of slots (1 by default), so the broker
+hands a worker no more unacked tasks than it can work on at once (one more while tasks are
+short: look_ahead.py): whoever has a free slot gets the next task (fair dispatch). It consumes
+``<queue>.urgent`` too (broker/urgent.py), and a slot that frees takes an urgent task in hand
+before a normal one (lanes.py). The work runs in the slots (slots.py, work.py) while pika's I/O
+loop keeps answering heartbeats. A delivery's life reads top to bottom in life.py: receive ->
+already done? (tail.py) -> run (slots) -> what becomes of it (policy.py, a pure decision) ->
+record, copy, confirm, ack (settlement.py). Everything the worker publishes goes through its
+``Outbox`` (outbox.py), a connection of its own, so that a broker blocking publishers (memory or
+disk alarm) never stops consuming.
 
 The worker has one phase at a time (phase.py: starting, reconnecting, waiting for slots,
 consuming, paused, draining, stopping, stopped), and every decision about taking tasks reads

@@ -20,7 +20,7 @@ EXIT_GRACE_SECONDS = 5.0  # at exit, wait this long for the last records to be c
 
 
 class InHand:
-    """The consumer's slots seen for the tasks still ours in them."""
+    """The consumer's slots seen for the tasks still ours in them, and the tasks set apart."""
 
     def __init__(self, slots: list[WorkSlot], log: logging.Logger,
                  after_apart: Callable[[], None] = lambda: None) -> None:

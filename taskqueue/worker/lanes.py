@@ -5,14 +5,14 @@ prefetch of ``urgent_prefetch(slots)`` = 2 x slots, then ``<queue>`` with a pref
 (fair dispatch, as before). A delivery goes straight into a free slot; with none free it waits
 here, and the next slot to free takes the oldest urgent one, else the oldest normal one.
 
-So a worker holds at most ``slots`` normal tasks it has not started, and only while urgent ones
-run in their slots; and while urgent tasks wait in the broker, every slot that frees finds one
-already in hand: the broker sends its replacement while the next one runs. (With slots + 1,
-slots that free together, as tasks of one length started together do, found one for the
-first slot only and the others took a normal task: 20 of them at 4 workers x 4 slots in
-bench/priority.py, 0 with 2 x slots.) The price: a busy worker may hold up to 2 x slots urgent
-tasks that another worker's free slot could start; each waits until one of this worker's slots
-frees, up to one task's time.
+So a worker holds at most ``slots`` normal tasks it has not started (one more while its tasks
+are short: look_ahead.py), and only while urgent ones run in their slots; and while urgent tasks
+wait in the broker, every slot that frees finds one already in hand: the broker sends its
+replacement while the next one runs. (With slots + 1, slots that free together, as tasks of one
+length started together do, found one for the first slot only and the others took a normal task:
+20 of them at 4 workers x 4 slots in bench/priority.py, 0 with 2 x slots.) The price: a busy
+worker may hold up to 2 x slots urgent tasks that another worker's free slot could start; each
+waits until one of this worker's slots frees, up to one task's time.
 
 A normal task held while urgent ones keep coming would wait as long as they do, and the
 broker's consumer timeout (30 min by default) counts from its delivery, not from its start:

@@ -11,18 +11,19 @@ Holding a task is unfair only while another worker has nothing to do. The second
 has consumer priority -1: the broker sends it a task only while every first subscription (of
 every worker, priority 0) is full, so an idle worker is served first. And while the queue has
 tasks ready no worker is idle (each would be taking one), so a held task costs nobody anything.
-Once the task in hand has been there ``SHORT_SECONDS`` (working, waiting for its turn under a
-rate limit, or for its check, but not for its record's confirm; seen on the worker's beat, and
+Once the task in hand (with several slots: the youngest, whose slot may free first) has been
+there ``SHORT_SECONDS`` (working, waiting for its turn under a rate limit, or for its check, but
+not for its record's confirm; seen on the worker's beat, and
 not while an alarm blocks publishing: a give-back then would be a counted nack) the worker asks
 the queue's depth (a passive declare, every ``ASK_EVERY`` seconds at most, only while it holds
 one): at 0 ready (or no answer), the subscription whose task waits is cancelled and the task
 given back unstarted (``hold_one_less``: give_back.py, as a pause gives back), said in one line.
 So is a task held ``NORMAL_HELD_AT_MOST`` seconds, ready ones or not: the broker's consumer
 timeout counts from the delivery, not from the start. The worker is then back to one
-subscription until a short task again (if the one cancelled was the first, a first one is made
-again once the slot is free, ``restore_first``: the worker is not left served only after every
-other one; the low one stays, and is let go like any second one when it next holds a task behind
-a long one).
+subscription until a short task again (one slot: if the one cancelled was the first, a first
+one is made again once the slot is free, ``restore_first``: the worker is not left served only
+after every other one; the low one stays, and is let go like any second one when it next holds a
+task behind a long one).
 
 A worker of long tasks from the start never subscribes twice; one of short tasks in a deep queue
 never gives back. A give-back costs what a pause's does: a copy or a nack, and a check when the
@@ -34,7 +35,10 @@ let go (lanes.py ``hold_one_less``): it counts the tasks running in the other sl
 one could not (a prefetch applies to the consumers made after it, from zero). The task given
 back may have come through it; its place there is then free, and the broker serves the
 consumers waiting for a task in turn: an idle worker's, waiting already, before ours. Only with
-no worker idle can it come back to us, and then holding it costs nobody.
+no worker idle can it come back to us, and then holding it costs nobody. The low one let go
+may still have its task running in a slot, which the broker then counts against no subscription
+of ours: no low one is made again before that task is over (lanes.py ``may_hold_more``), so a
+worker never holds more than slots + 1 normal tasks.
 """
 
 from __future__ import annotations

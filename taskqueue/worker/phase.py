@@ -14,7 +14,8 @@ cancel reached the broker — goes straight back to the queue: worker/lanes.py g
 WAITING_FOR_SLOTS: connected
 again while a slot still runs work from the lost connection (an in-process handler cannot be
 stopped), or resumed while paused tasks finish; a new subscription would count none of them
-against ``prefetch_count``, so the worker subscribes once every slot is free. Pure: no pika.
+against ``prefetch_count``, so the worker subscribes once every slot is free and no task is set
+apart (in_hand.py: the broker counts it until its ack). Pure: no pika.
 """
 
 from __future__ import annotations
