@@ -256,7 +256,10 @@ def render(all_cases: list[Case], repeat: int, title: str, load: float) -> str:
               "\"task K.\" texts, 10 ms of sleep per '.'):", "",
               "- ours: `listening_worker.py --concurrency N --seconds-per-dot 0.01`: one "
               "process, an I/O thread and N slot threads (zero-work tasks run on the I/O "
-              "thread); each record confirmed (in groups) before its task is acked;",
+              "thread); each record confirmed (in groups) before its task is acked, a slot "
+              "taking its next task once the record is on its way; while tasks are short, one "
+              "task more in hand on a second subscription of consumer priority -1 (the "
+              "look-ahead: the broker serves it only while every first subscription is full);",
               "- minimal loop: bench/peer_minimal.py, N threads, each its own connection with "
               "prefetch 1: consume, publish a JSON record to `<queue>.results` (a stream) with "
               "confirms, wait for the confirm, ack;",
