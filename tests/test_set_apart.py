@@ -71,9 +71,12 @@ def totals_of_runs(queue: str) -> dict[str, int]:
     return totals["runs"]
 
 
-def no_process_left(ours: set[int]) -> None:
+def left_clean(ours: set[int], queue: str, out: Path) -> str:
+    """No process of the worker's left, nothing in the queue and no subscription: its log."""
     wait_for(lambda: not any(alive(pid) for pid in ours), timeout=10,
              what="no process of the worker's left")
+    queue_settles_at(queue, (0, 0))
+    return out.read_text()
 
 
 def test_the_next_task_starts_while_the_last_ones_record_awaits_its_confirm(queue: str,
@@ -99,9 +102,7 @@ def test_the_next_task_starts_while_the_last_ones_record_awaits_its_confirm(queu
         assert worker.wait(timeout=60) == 0, out.read_text()[-3000:]
     finally:
         proxy.close()
-    no_process_left(ours)
-    queue_settles_at(queue, (0, 0))
-    text = out.read_text()
+    text = left_clean(ours, queue, out)
     assert said(out, "done", "one") == said(out, "done", "two") == 1, text[-3000:]
     assert recorded_done(queue, run) == {1: "one", 2: "two"}
     assert totals_of_runs(queue).get(run) == 2
@@ -136,9 +137,7 @@ def test_a_stop_while_the_slot_runs_the_next_task_waits_for_the_confirm(queue: s
         assert worker.wait(timeout=60) == 0, out.read_text()[-3000:]
     finally:
         proxy.close()
-    no_process_left(ours)
-    queue_settles_at(queue, (0, 0))
-    text = out.read_text()
+    text = left_clean(ours, queue, out)
     assert said(out, "done", "one") == said(out, "done", "two") == 1, text[-3000:]
     assert "requeued" not in text and "back to the queue" not in text, text[-3000:]
     assert recorded_done(queue, first) == {1: "one"} and recorded_done(queue, second) == {
@@ -170,9 +169,7 @@ def test_a_stop_with_the_slot_free_waits_for_the_confirm_of_the_task_set_apart(q
         assert worker.wait(timeout=60) == 0, out.read_text()[-3000:]
     finally:
         proxy.close()
-    no_process_left(ours)
-    queue_settles_at(queue, (0, 0))
-    text = out.read_text()
+    text = left_clean(ours, queue, out)
     assert said(out, "done", "one") == 1, text[-3000:]
     assert "requeued" not in text and "back to the queue" not in text, text[-3000:]
     assert recorded_done(queue, run) == {1: "one"}
